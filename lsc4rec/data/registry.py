@@ -1,0 +1,108 @@
+"""Named datasets: the embedded Amazon Beauty copy, and MovieLens/any other data from a user-supplied path."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+from lsc4rec.data.errors import DataFileNotFoundError
+from lsc4rec.data.readers import RawDataset, load_raw
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    """A dataset shipped inside the package: its folder, interaction file, format and optional attributes."""
+
+    folder: str
+    file: str
+    format: str
+    attributes: str | None = None
+    description: str = ""
+
+
+#: Datasets shipped with the package (licence and origin in each folder's ATTRIBUTION.md).
+EMBEDDED_DATASETS: dict[str, EmbeddedDataset] = {
+    "beauty": EmbeddedDataset(
+        folder="beauty",
+        file="Beauty.txt",
+        format="sequence",
+        attributes="Beauty_item2attributes.json",
+        description="Amazon Beauty, S3-Rec/P5 5-core: 22,363 users, 12,101 items, 198,502 interactions",
+    ),
+}
+
+#: Names that mean MovieLens, which GroupLens's terms forbid redistributing: these always need a path.
+MOVIELENS_NAMES: tuple[str, ...] = ("ml-100k", "ml100k", "movielens-100k", "ml-1m", "ml1m", "movielens-1m")
+
+
+def _embedded(name: str) -> EmbeddedDataset:
+    """Look up an embedded dataset by (case-insensitive) name; ValueError lists the known ones."""
+    try:
+        return EMBEDDED_DATASETS[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"no embedded dataset {name!r}; embedded datasets: {', '.join(sorted(EMBEDDED_DATASETS))}"
+        ) from None
+
+
+def _package_dir() -> Path:
+    """Folder of this package on disk (the embedded data sits next to the modules, also when installed)."""
+    return Path(__file__).resolve().parent
+
+
+def embedded_path(name: str) -> Path:
+    """Path of the interaction file of embedded dataset ``name`` (e.g. ``.../beauty/Beauty.txt``)."""
+    entry = _embedded(name)
+    path = _package_dir() / entry.folder / entry.file
+    if not path.is_file():
+        raise DataFileNotFoundError(path, f"the embedded {name!r} data shipped with lsc4rec (bad install?)")
+    return path
+
+
+def embedded_attributes_path(name: str) -> Path | None:
+    """Path of the item-attribute JSON of embedded dataset ``name``, or None if it has none."""
+    entry = _embedded(name)
+    return None if entry.attributes is None else _package_dir() / entry.folder / entry.attributes
+
+
+def load_dataset(name: str, path: str | PathLike[str] | None = None, format: str = "auto") -> RawDataset:
+    """Load dataset ``name``: the embedded copy when ``path`` is empty, otherwise the data at ``path``.
+
+    - ``"beauty"`` without a path loads the embedded copy with its item attributes.
+    - MovieLens names (``ml-100k``, ``ml100k``, ``ml-1m``, ...) require a path: the files cannot be shipped.
+    - Any name with a path loads that path (``format`` as in :func:`~lsc4rec.data.readers.load_raw`); for a
+      sequence file ``X.txt`` an ``X_item2attributes.json`` next to it is loaded as item attributes too.
+    - An unknown name without a path raises ValueError listing the embedded datasets.
+    """
+    key = name.strip().lower()
+    if path is None or str(path).strip() == "":
+        if key in MOVIELENS_NAMES:
+            raise ValueError(
+                f"dataset {name!r}: MovieLens cannot be shipped with lsc4rec (the GroupLens terms forbid "
+                "redistribution); download it from grouplens.org and pass the folder holding u.data/u.item "
+                "(ML-100K) or ratings.dat/movies.dat (ML-1M) with data.path=..., e.g. "
+                f"`dataset=ml100k data.path=/abs/path/{key}`"
+            )
+        if key not in EMBEDDED_DATASETS:
+            raise ValueError(
+                f"unknown dataset {name!r} and no data.path given; embedded datasets: "
+                f"{', '.join(sorted(EMBEDDED_DATASETS))} (or pass data.path=/abs/path/to/file-or-folder)"
+            )
+        entry = EMBEDDED_DATASETS[key]
+        return load_raw(
+            embedded_path(key), format=entry.format, attributes_path=embedded_attributes_path(key), name=key
+        )
+
+    data_path = Path(path).expanduser()
+    attributes: Path | None = None
+    if data_path.is_file():
+        # The S3-Rec convention keeps attributes beside the sequence file as <stem>_item2attributes.json.
+        candidate = data_path.with_name(f"{data_path.stem}_item2attributes.json")
+        if candidate.is_file():
+            attributes = candidate
+            logger.info("using item attributes from %s", candidate)
+    return load_raw(data_path, format=format, attributes_path=attributes, name=name)

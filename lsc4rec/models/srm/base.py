@@ -1,0 +1,142 @@
+"""The interface every small on-device sequential recommender (SRM) implements, with shared scoring code.
+
+Conventions (project-wide): item ids are 1..num_items and 0 is padding; histories are ``LongTensor[B, L]``
+left-padded with 0, the most recent item in the last column. Scores are unnormalised logits; the padding
+"item" 0 always scores ``-inf`` so it can never be recommended and never takes probability mass.
+
+Opacus note: every parameterised module is called on batch-first tensors (dim 0 = user), and positions
+are selected only after the last module call, so Opacus' per-layer hooks attribute every gradient to its
+user (``tests/test_srm_models.py`` checks that per-sample gradients add up to the batch gradient). The one
+exception is scoring a sequence encoder against the *whole* catalogue (``candidates=None``), which
+multiplies by ``item_embedding.weight`` directly for speed; Opacus does not see that use of the tied table.
+DP training should therefore use ``sampled_softmax`` or ``bce``; ``sampled_softmax`` with
+``num_negatives >= num_items`` is exactly the full softmax and goes through the module call.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SequentialRecommender", "validate_common_args"]
+
+
+def validate_common_args(num_items: int, hidden_size: int, dropout: float) -> None:
+    """Raise ``ValueError`` for a catalogue, width or dropout rate no model can be built with."""
+    if int(num_items) < 1:
+        raise ValueError(f"num_items must be >= 1, got {num_items}")
+    if int(hidden_size) < 1:
+        raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+class SequentialRecommender(nn.Module, abc.ABC):
+    """Base class of the SRMs: next-item scores from a left-padded item history.
+
+    The default scoring methods are those of a *sequence encoder*: :meth:`encode` maps the history to one
+    hidden state per position, and the score of item ``i`` after position ``t`` is the dot product of that
+    state with item ``i``'s embedding (embeddings tied between input and output, as in SASRec and
+    RecBole's GRU4Rec). Models that score differently (DIN) override :meth:`position_scores`,
+    :meth:`position_scores_with_negatives`, :meth:`score_all` and :meth:`score_candidates` together.
+
+    Shape conventions for ``candidates`` in :meth:`position_scores`: ``[B, L, C]`` gives each position its
+    own candidates; a 1-D ``[C]`` tensor is a list shared by every position of every row (the cheap form
+    that sampled softmax uses); ``None`` means the whole catalogue, ids 0..num_items.
+    """
+
+    num_items: int
+    hidden_size: int
+    item_embedding: nn.Embedding
+
+    def __init__(self, num_items: int, hidden_size: int) -> None:
+        super().__init__()
+        self.num_items = int(num_items)
+        self.hidden_size = int(hidden_size)
+        # Row 0 is the padding item: it stays zero and receives no gradient.
+        self.item_embedding = nn.Embedding(self.num_items + 1, self.hidden_size, padding_idx=0)
+
+    # ------------------------------------------------------------------ to implement
+    @abc.abstractmethod
+    def encode(self, history: Tensor) -> Tensor:
+        """Return per-position hidden states ``[B, L, hidden_size]`` for a left-padded history ``[B, L]``.
+
+        The state at position ``t`` may depend only on ``history[:, :t+1]`` and must not depend on padding.
+        """
+
+    # ------------------------------------------------------------------ public scoring API
+    def position_scores(
+        self, inputs: Tensor, candidates: Tensor | None = None, positions: Tensor | None = None
+    ) -> Tensor:
+        """Causal next-item scores at every position of ``inputs [B, L]``.
+
+        The score at position ``t`` depends only on ``inputs[:, :t+1]``. ``candidates``: ``None`` (all items,
+        last dim ``num_items + 1`` with column 0 = ``-inf``), ``[B, L, C]`` per position, or ``[C]`` shared;
+        candidate id 0 scores ``-inf``. ``positions`` (bool ``[B, L]``): return only those positions,
+        flattened to ``[P, C]`` / ``[P, num_items + 1]`` in row-major order; otherwise ``[B, L, ...]``.
+        """
+        return self._scores_from_hidden(self.encode(inputs), candidates, positions)
+
+    def position_scores_with_negatives(
+        self, inputs: Tensor, candidates: Tensor, negatives: Tensor, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Scores of per-position ``candidates [B, L, K]`` and of ``negatives [C]`` shared by all positions.
+
+        Same values as two :meth:`position_scores` calls, but the history is encoded once (sampled softmax
+        needs both the target's score and the shared negatives' scores). Returns ``([.., K], [.., C])``
+        with leading dims ``[B, L]``, or ``[P]`` when ``positions`` is given.
+        """
+        hidden = self.encode(inputs)
+        return (
+            self._scores_from_hidden(hidden, candidates, positions),
+            self._scores_from_hidden(hidden, negatives, positions),
+        )
+
+    def position_item_logits(self, inputs: Tensor, positions: Tensor) -> Tensor:
+        """Scores ``[P, num_items]`` of the real items (ids 1..num_items, column ``i - 1``) at ``positions``.
+
+        The full-softmax training path: the same values as ``position_scores(inputs, positions=positions)``
+        without the padding column, so the loss never materialises (and copies) a masked
+        ``[P, num_items + 1]`` matrix; on a CPU that copy costs a third of a full-softmax step.
+        """
+        hidden = self.encode(inputs)[positions]
+        return hidden @ self.item_embedding.weight[1:].t()
+
+    def score_all(self, history: Tensor) -> Tensor:
+        """Next-item scores ``[B, num_items + 1]`` after the full ``history [B, L]``; column 0 = -inf."""
+        last = self.encode(history)[:, -1]
+        return self._mask_padding_column(last @ self.item_embedding.weight.t())
+
+    def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
+        """Next-item scores ``[B, C]`` after ``history [B, L]`` for ``candidates [B, C]``; id 0 is -inf."""
+        last = self.encode(history)[:, -1]
+        scores = torch.matmul(self.item_embedding(candidates), last.unsqueeze(-1)).squeeze(-1)
+        return scores.masked_fill(candidates == 0, float("-inf"))
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _mask_padding_column(self, scores: Tensor) -> Tensor:
+        """Set the padding column (index 0 of the last dim) of full-catalogue scores to -inf."""
+        is_padding = torch.arange(scores.size(-1), device=scores.device) == 0
+        return scores.masked_fill(is_padding, float("-inf"))
+
+    def _scores_from_hidden(
+        self, hidden: Tensor, candidates: Tensor | None, positions: Tensor | None
+    ) -> Tensor:
+        """Dot-product scores of ``hidden [B, L, d]`` against the candidates, then the position selection."""
+        if candidates is None:
+            if positions is not None:
+                hidden = hidden[positions]
+            # The full-catalogue product uses the weight directly (see the module note on Opacus).
+            return self._mask_padding_column(hidden @ self.item_embedding.weight.t())
+        if candidates.dim() == 1:
+            # Look the shared list up once per row so the embedding call stays batch-first (Opacus).
+            shared = candidates.unsqueeze(0).expand(hidden.size(0), -1)
+            scores = torch.matmul(hidden, self.item_embedding(shared).transpose(1, 2))  # [B, L, C]
+            scores = scores.masked_fill(candidates == 0, float("-inf"))
+        else:
+            cand_emb = self.item_embedding(candidates)  # [B, L, C, d]
+            scores = torch.matmul(cand_emb, hidden.unsqueeze(-1)).squeeze(-1)
+            scores = scores.masked_fill(candidates == 0, float("-inf"))
+        return scores if positions is None else scores[positions]

@@ -1,0 +1,217 @@
+"""Next-item training losses for the SRMs.
+
+Every loss takes ``(model, inputs [B, L], targets [B, L], ...)`` where ``targets[b, t]`` is the item that
+follows ``inputs[b, t]`` and target 0 marks a position that contributes nothing. Each returns the mean over
+non-padding target positions (0 when there are none, so an empty batch never yields NaN).
+
+``select_positions=True`` (default) scores only the non-padding positions (``positions=targets > 0``) after
+trimming leading columns that are padding in every row, which is the cheap path. ``select_positions=False``
+scores every position and masks the loss instead: the same value, more compute, but static shapes, which
+is what ``torch.func.vmap``-based per-sample gradients and graph export need.
+
+Random negatives come from an explicitly passed ``torch.Generator`` (CPU) so runs are reproducible.
+For DP training with Opacus use ``sampled_softmax`` or ``bce`` (see the note in ``base.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lsc4rec.models.srm.base import SequentialRecommender
+
+__all__ = [
+    "LOSSES",
+    "bce_loss",
+    "compute_loss",
+    "full_softmax_loss",
+    "sample_negatives_per_position",
+    "sample_shared_negatives",
+    "sampled_softmax_loss",
+]
+
+
+def _first_used_column(inputs: Tensor, targets: Tensor) -> int:
+    """Index of the first column holding an item or a target in some row (at least the last column).
+
+    Columns before it are padding in every row, and outputs at real positions do not depend on them.
+    """
+    used = ((inputs != 0) | (targets != 0)).any(dim=0).nonzero()
+    return int(used[0, 0]) if used.numel() > 0 else inputs.size(1) - 1
+
+
+def _masked_mean(per_position: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``per_position`` over ``mask`` (same shape); 0 when the mask is empty."""
+    weights = mask.to(per_position.dtype)
+    return (per_position * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def sample_shared_negatives(num_items: int, num_negatives: int, generator: torch.Generator) -> Tensor:
+    """``min(num_negatives, num_items)`` distinct item ids drawn uniformly from 1..num_items (CPU tensor).
+
+    Sampling without replacement makes ``num_negatives >= num_items`` cover the whole catalogue exactly.
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    if num_negatives >= num_items:
+        return torch.arange(1, num_items + 1)
+    return torch.randperm(num_items, generator=generator)[:num_negatives] + 1
+
+
+def sample_negatives_per_position(
+    targets: Tensor, num_items: int, num_negatives: int, generator: torch.Generator
+) -> Tensor:
+    """Uniform random items ``[B, L, num_negatives]`` that never equal the target at their position.
+
+    Draws r from 1..num_items-1 and maps r >= target to r + 1: exactly uniform over the other items,
+    without a resampling loop. Padding positions (target 0) get arbitrary ids in 2..num_items.
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    if num_items < 2:
+        raise ValueError("negative sampling needs at least 2 items")
+    draws = torch.randint(1, num_items, (*targets.shape, num_negatives), generator=generator)
+    draws = draws.to(targets.device)
+    return draws + (draws >= targets.unsqueeze(-1)).long()
+
+
+def full_softmax_loss(
+    model: SequentialRecommender, inputs: Tensor, targets: Tensor, *, select_positions: bool = True
+) -> Tensor:
+    """Cross-entropy of the next item over the whole catalogue, averaged over non-padding positions."""
+    if select_positions:
+        first = _first_used_column(inputs, targets)
+        inputs, targets = inputs[:, first:], targets[:, first:]
+        mask = targets > 0
+        # Item-only logits: column i - 1 is item i, so the padding column is never built or copied.
+        logits = model.position_item_logits(inputs, mask)  # [P, num_items]
+        nll = F.cross_entropy(logits, targets[mask] - 1, reduction="none")
+        return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
+    logits = model.position_scores(inputs)  # [B, L, num_items + 1]
+    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=0)
+    return _masked_mean(nll, targets.flatten() > 0)
+
+
+def sampled_softmax_loss(
+    model: SequentialRecommender,
+    inputs: Tensor,
+    targets: Tensor,
+    num_negatives: int,
+    generator: torch.Generator,
+    *,
+    select_positions: bool = True,
+) -> Tensor:
+    """Cross-entropy over ``[target] + num_negatives`` uniform negatives shared by the whole batch.
+
+    Negatives are drawn without replacement (see :func:`sample_shared_negatives`), once per call and
+    shared by every position, which lets sequence encoders score them with one matrix product. A negative
+    equal to the position's target (an accidental hit) is masked to -inf. No logQ correction is applied:
+    under uniform sampling every item has the same inclusion probability, so the correction is a constant
+    shift of all logits and cancels in the softmax. With ``num_negatives >= num_items`` the loss equals
+    :func:`full_softmax_loss`.
+    """
+    negatives = sample_shared_negatives(model.num_items, num_negatives, generator).to(inputs.device)
+    if select_positions:
+        first = _first_used_column(inputs, targets)
+        inputs, targets = inputs[:, first:], targets[:, first:]
+        mask = targets > 0
+        positive, negative = model.position_scores_with_negatives(
+            inputs, targets.unsqueeze(-1), negatives, positions=mask
+        )
+        chosen = targets[mask]  # [P]
+    else:
+        mask = targets > 0
+        # Padding targets (id 0) would score -inf; any real id keeps them finite (their loss is masked out).
+        positive, negative = model.position_scores_with_negatives(
+            inputs, targets.clamp(min=1).unsqueeze(-1), negatives
+        )
+        chosen = targets
+    negative = negative.masked_fill(negatives == chosen.unsqueeze(-1), float("-inf"))
+    # Cross-entropy with the target in column 0.
+    nll = torch.logsumexp(torch.cat([positive, negative], dim=-1), dim=-1) - positive.squeeze(-1)
+    if select_positions:
+        return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
+    return _masked_mean(nll, mask)
+
+
+def bce_loss(
+    model: SequentialRecommender,
+    inputs: Tensor,
+    targets: Tensor,
+    generator: torch.Generator,
+    num_negatives: int = 1,
+    *,
+    select_positions: bool = True,
+) -> Tensor:
+    """Binary cross-entropy on the target and ``num_negatives`` random negatives per position (SASRec's loss).
+
+    Per position: ``-log sigmoid(s_pos) - sum_k log(1 - sigmoid(s_neg_k))`` (the negatives are summed, as in
+    the negative-sampling objective of gSASRec/Caser; with the original single negative this is exactly
+    SASRec's loss), averaged over non-padding positions. Negatives are uniform over the items other than the
+    target at that position (:func:`sample_negatives_per_position`); pmixer's SASRec also excludes the rest
+    of the user's history, which needs per-user item sets we do not have here.
+    """
+    # Drawn before trimming, so both values of select_positions see the same negatives.
+    negatives = sample_negatives_per_position(targets, model.num_items, num_negatives, generator)
+    candidates = torch.cat([targets.unsqueeze(-1), negatives], dim=-1)  # [B, L, 1 + n]
+    if select_positions:
+        first = _first_used_column(inputs, targets)
+        inputs, targets, candidates = inputs[:, first:], targets[:, first:], candidates[:, first:]
+    mask = targets > 0
+    if select_positions:
+        scores = model.position_scores(inputs, candidates, positions=mask)  # [P, 1 + n]
+    else:
+        # Padding targets are id 0 and would score -inf; give them any real id (their loss is masked out).
+        scores = model.position_scores(inputs, candidates.clamp(min=1))
+    per_position = F.softplus(-scores[..., 0]) + F.softplus(scores[..., 1:]).sum(dim=-1)
+    if select_positions:
+        return per_position.sum() / per_position.new_tensor(max(per_position.numel(), 1))
+    return _masked_mean(per_position, mask)
+
+
+LossFn = Callable[..., Tensor]
+
+LOSSES: dict[str, LossFn] = {
+    "ce": full_softmax_loss,
+    "full_softmax": full_softmax_loss,
+    "sampled_softmax": sampled_softmax_loss,
+    "bce": bce_loss,
+}
+
+# Knobs a training loop passes uniformly; losses that have no use for them ignore them.
+_COMMON_KNOBS = ("generator", "num_negatives")
+
+
+def compute_loss(
+    name: str,
+    model: SequentialRecommender,
+    inputs: Tensor,
+    targets: Tensor,
+    generator: torch.Generator | None = None,
+    **kw: Any,
+) -> Tensor:
+    """Compute the loss ``name`` (a key of :data:`LOSSES`).
+
+    ``generator`` and ``num_negatives`` are passed to the losses that use them and ignored by the others
+    (so one training loop can switch losses by name); any other unknown keyword raises ``TypeError``.
+    """
+    try:
+        fn = LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}") from None
+    accepted = inspect.signature(fn).parameters
+    kw = dict(kw, generator=generator)
+    unknown = sorted(k for k in kw if k not in accepted and k not in _COMMON_KNOBS)
+    if unknown:
+        raise TypeError(
+            f"loss {name!r} got unexpected keyword argument(s) {unknown}; accepts {list(accepted)[3:]}"
+        )
+    args = {k: v for k, v in kw.items() if k in accepted}
+    if "generator" in accepted and args.get("generator") is None:
+        raise ValueError(f"loss {name!r} samples negatives and needs a torch.Generator")
+    return fn(model, inputs, targets, **args)

@@ -1,0 +1,102 @@
+"""Run outputs every entry point shares: ``metrics.json``, plots, and the final ``RESULT {json}`` line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: devices and CI have no display
+import matplotlib.pyplot as plt
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON: {value!r}")
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/inf; write them as null rather than emit invalid JSON.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` as JSON atomically (temporary file, then rename) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_clean(payload), handle, indent=2, default=_json_default)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def emit_result(summary: Mapping[str, Any]) -> str:
+    """Print the one-line ``RESULT {json}`` summary that ends every experiment, and return the line."""
+    line = "RESULT " + json.dumps(_clean(summary), default=_json_default, separators=(",", ":"))
+    sys.stdout.flush()
+    print(line, flush=True)
+    return line
+
+
+def plot_learning_curve(
+    history: Sequence[Mapping[str, Any]],
+    path: Path,
+    metric: str = "NDCG@10",
+    best_epoch: int | None = None,
+    title: str = "",
+) -> Path:
+    """Plot training loss and validation ``metric`` per epoch (two panels) to a PNG file."""
+    epochs = [row["epoch"] for row in history]
+    losses = [row["train_loss"] for row in history]
+    evaluated = [row for row in history if "valid" in row]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, losses, marker=".", color="tab:blue")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.grid(alpha=0.3)
+    ax_metric.plot(
+        [row["epoch"] for row in evaluated],
+        [row["valid"]["full"][metric] for row in evaluated],
+        marker=".",
+        color="tab:orange",
+    )
+    if best_epoch:
+        ax_metric.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
+        ax_metric.legend()
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(f"validation {metric} (full ranking)")
+    ax_metric.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

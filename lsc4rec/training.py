@@ -1,0 +1,268 @@
+"""Train a small recommendation model on sequences and evaluate it with the ranking protocols.
+
+Shared by the centralized baselines and the device clients, so that a number from either path means the
+same thing: the same batching, losses, early-stopping rule and metrics.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lsc4rec.data import EvalBatches, TrainBatches
+from lsc4rec.metrics import (
+    DEFAULT_KS,
+    RankingAccumulator,
+    full_ranking_ranks,
+    sample_negatives,
+    sampled_ranking_ranks,
+    target_ranks,
+)
+from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm, compute_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings for :func:`fit` (mirrors ``conf/train/*.yaml``)."""
+
+    loss: str = "ce"
+    num_negatives: int = 256
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = 5.0
+    patience: int = 10
+    eval_every: int = 1
+    max_minutes: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class EvalSet:
+    """One evaluation split (validation or test) with its fixed sampled-protocol negatives."""
+
+    name: str
+    batches: EvalBatches
+    num_items: int
+    # [num_users, num_sampled] item ids drawn once, so every epoch and every model sees the same negatives.
+    negatives: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        histories: Sequence[Sequence[int]],
+        targets: Sequence[int],
+        num_items: int,
+        max_len: int,
+        batch_size: int,
+        exclude_history: bool = True,
+        sampled_negatives: int = 0,
+        sampled_seed: int = 0,
+    ) -> EvalSet:
+        """Batch histories/targets; draw sampled-protocol negatives (none if ``sampled_negatives`` is 0)."""
+        batches = EvalBatches(histories, targets, max_len, batch_size, exclude_history=exclude_history)
+        negatives = None
+        if sampled_negatives > 0:
+            generator = torch.Generator().manual_seed(sampled_seed)
+            seen = EvalBatches(histories, targets, max_len, len(targets), exclude_history=True)
+            parts = []
+            for batch in seen:
+                parts.append(
+                    sample_negatives(
+                        batch.targets, num_items, sampled_negatives, generator, exclude=batch.seen
+                    )
+                )
+            negatives = torch.cat(parts)
+        return cls(name=name, batches=batches, num_items=num_items, negatives=negatives)
+
+
+@torch.no_grad()
+def evaluate(
+    model: SequentialRecommender, eval_set: EvalSet, ks: Sequence[int] = DEFAULT_KS, full_ranking: bool = True
+) -> dict[str, dict]:
+    """Rank every user's target: ``{"full": {...}, "sampled": {...}}`` with HR/NDCG/MRR@K.
+
+    ``full_ranking=False`` skips the all-items ranking and scores only target + sampled negatives, for models
+    whose all-items scoring is prohibitive (DIN scores every candidate against every history item).
+    """
+    if not full_ranking and eval_set.negatives is None:
+        raise ValueError(
+            f"{eval_set.name}: full_ranking=False needs sampled negatives (eval.sampled_negatives > 0)"
+        )
+    was_training = model.training
+    model.eval()
+    full = RankingAccumulator(ks) if full_ranking else None
+    sampled = RankingAccumulator(ks) if eval_set.negatives is not None else None
+    for batch in eval_set.batches:
+        negatives = eval_set.negatives[batch.rows] if eval_set.negatives is not None else None
+        if full is not None:
+            scores = model.score_all(batch.history)
+            full.add(full_ranking_ranks(scores, batch.targets, exclude=batch.seen))
+            if sampled is not None and negatives is not None:
+                sampled.add(sampled_ranking_ranks(scores, batch.targets, negatives))
+        elif sampled is not None and negatives is not None:
+            # Column 0 holds the target, so its rank among the candidates is the sampled-protocol rank.
+            candidates = torch.cat([batch.targets[:, None], negatives], dim=1)
+            scores = model.score_candidates(batch.history, candidates)
+            sampled.add(target_ranks(scores, torch.zeros_like(batch.targets)))
+    model.train(was_training)
+    result: dict[str, dict] = {}
+    if full is not None:
+        result["full"] = full.compute()
+    if sampled is not None:
+        result["sampled"] = sampled.compute()
+    return result
+
+
+def train_one_epoch(
+    model: SequentialRecommender,
+    batches: TrainBatches,
+    optimizer: torch.optim.Optimizer,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    description: str = "train",
+) -> float:
+    """One pass over the training batches; returns the mean loss per batch."""
+    model.train()
+    total, count = 0.0, 0
+    progress = tqdm(batches, desc=description, leave=False, disable=not settings.progress, mininterval=1.0)
+    for inputs, targets in progress:
+        loss = compute_loss(
+            settings.loss, model, inputs, targets, generator, num_negatives=settings.num_negatives
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{description}: loss became {loss.item()} (lr={settings.lr}); lower train.lr"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        total += loss.item()
+        count += 1
+        if count % 20 == 0:
+            progress.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`: the best epoch's weights and the per-epoch history."""
+
+    best_epoch: int
+    best_valid: dict[str, dict]
+    best_state: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    seconds_to_best: float = 0.0
+    stopped_because: str = ""
+
+
+def fit(
+    model: SequentialRecommender,
+    train_batches: TrainBatches,
+    valid_set: EvalSet,
+    settings: TrainSettings,
+    seed: int = 0,
+    ks: Sequence[int] = DEFAULT_KS,
+    selection_metric: str = "NDCG@10",
+    full_ranking: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train with early stopping on validation ``selection_metric``; keep the best epoch's weights.
+
+    The metric is read from the full-ranking protocol, or from the sampled one when ``full_ranking`` is False.
+    """
+    protocol = "full" if full_ranking else "sampled"
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    best_value, best_epoch, since_best = -math.inf, 0, 0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_valid: dict[str, dict] = {}
+    history: list[dict] = []
+    start = time.perf_counter()
+    seconds_to_best = 0.0
+    stopped_because = f"reached train.epochs={settings.epochs}"
+    for epoch in range(1, settings.epochs + 1):
+        epoch_start = time.perf_counter()
+        train_batches.set_epoch(epoch)
+        loss = train_one_epoch(model, train_batches, optimizer, settings, generator, f"epoch {epoch}")
+        record: dict = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "train_seconds": time.perf_counter() - epoch_start,
+        }
+        if epoch % settings.eval_every == 0 or epoch == settings.epochs:
+            valid = evaluate(model, valid_set, ks, full_ranking=full_ranking)
+            value = valid[protocol][selection_metric]
+            record["valid"] = valid
+            if value > best_value:
+                best_value, best_epoch, since_best = value, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_valid = valid
+                seconds_to_best = time.perf_counter() - start
+            else:
+                since_best += 1
+            logger.info(
+                "epoch %d loss %.4f valid %s %.4f (best %.4f @ %d)",
+                epoch,
+                loss,
+                selection_metric,
+                value,
+                best_value,
+                best_epoch,
+            )
+        record["elapsed_seconds"] = time.perf_counter() - start
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if since_best >= settings.patience:
+            stopped_because = f"no validation {selection_metric} gain for {settings.patience} evaluations"
+            break
+        if settings.max_minutes is not None and time.perf_counter() - start > settings.max_minutes * 60:
+            stopped_because = f"time budget train.max_minutes={settings.max_minutes} spent"
+            logger.warning("stopping after epoch %d: %s", epoch, stopped_because)
+            break
+    model.load_state_dict(best_state)
+    return FitResult(
+        best_epoch=best_epoch,
+        best_valid=best_valid,
+        best_state=best_state,
+        history=history,
+        train_seconds=time.perf_counter() - start,
+        seconds_to_best=seconds_to_best,
+        stopped_because=stopped_because,
+    )
+
+
+def build_model_from_config(
+    model_cfg: Mapping[str, Any], num_items: int, max_len: int
+) -> SequentialRecommender:
+    """Build the SRM named by ``model_cfg["name"]`` with the remaining keys as its hyperparameters."""
+    name = str(model_cfg["name"])
+    params = {str(k): v for k, v in dict(model_cfg).items() if k != "name"}
+    model_class = SRM_CLASSES.get(name)
+    # Position-aware models (SASRec) size their position table by the history length; others do not take it.
+    if model_class is not None and "max_len" in inspect.signature(model_class).parameters:
+        params.setdefault("max_len", max_len)
+    return build_srm(name, num_items, **params)

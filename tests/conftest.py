@@ -1,0 +1,83 @@
+"""Shared fixtures: small generated MovieLens folders (ML-100K and ML-1M layouts) and a text-file writer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+#: The read-only shared ML-100K copy, used by tests only when present (never shipped, never required).
+SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared/data/ml-100k"
+
+
+def genre_flags(*indices: int, n: int = 19) -> str:
+    """The ``|``-joined 0/1 genre flags of a ``u.item`` line with the given genre indices set."""
+    return "|".join("1" if i in indices else "0" for i in range(n))
+
+
+# u.data rows (user, item, rating, timestamp), deliberately out of time order. User 1 has a timestamp tie
+# (items 20 and 30 at t=200, 20 first in the file), user 3 has a single low rating.
+ML100K_RATINGS: list[tuple[int, int, int, int]] = [
+    (2, 10, 4, 300),
+    (1, 20, 5, 200),
+    (1, 10, 3, 100),
+    (2, 30, 2, 100),
+    (1, 30, 4, 200),
+    (3, 20, 1, 50),
+    (1, 40, 5, 150),
+]
+
+# ML-1M rows (user, item, rating, timestamp) with a tie for user 7 (items 3 then 1 at t=10).
+ML1M_RATINGS: list[tuple[int, int, int, int]] = [
+    (7, 3, 4, 10),
+    (5, 2, 5, 978300760),
+    (7, 1, 3, 10),
+    (5, 1, 1, 978300000),
+    (7, 2, 5, 5),
+]
+
+
+@pytest.fixture()
+def write_text(tmp_path: Path) -> Callable[..., Path]:
+    """Return ``write(name, text, encoding="utf-8") -> Path`` writing a file under ``tmp_path``."""
+
+    def write(name: str, text: str, encoding: str = "utf-8") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding=encoding)
+        return path
+
+    return write
+
+
+@pytest.fixture()
+def movielens_100k_dir(tmp_path: Path) -> Path:
+    """A folder with ML-100K-style ``u.data`` (tab-separated) and ``u.item`` (``|``-separated, latin-1)."""
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ML100K_RATINGS))
+    items = [
+        f"10|Alpha (1990)|01-Jan-1990||http://example.org/10|{genre_flags(1, 5)}",
+        # A '|' inside a title and a latin-1 character must both survive.
+        f"20|Beta|Gamma (1995)|01-Jan-1995||http://example.org/20|{genre_flags()}",
+        f"30|Épée (1996)|01-Jan-1996||http://example.org/30|{genre_flags(0)}",
+        f"40|Delta (1997)|01-Jan-1997||http://example.org/40|{genre_flags(8, 18)}",
+    ]
+    (folder / "u.item").write_text("\n".join(items) + "\n", encoding="latin-1")
+    return folder
+
+
+@pytest.fixture()
+def movielens_1m_dir(tmp_path: Path) -> Path:
+    """A folder with ML-1M-style ``ratings.dat`` and ``movies.dat`` (``::``-separated, latin-1)."""
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ML1M_RATINGS))
+    movies = [
+        "1::Toy Story (1995)::Animation|Children's|Comedy",
+        "2::Café (2000)::Drama",
+        "3::Nothing (2001)::(no genres listed)",
+    ]
+    (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
+    return folder
