@@ -124,7 +124,8 @@ def test_train_batches_errors() -> None:
 
 def test_eval_batches_rows_targets_and_seen() -> None:
     histories = [[1, 2, 3], [4], [5, 6]]
-    batches = EvalBatches(histories, [7, 8, 9], max_len=2, batch_size=2)
+    # File order with sort_by_length=False: rows 0, 1 then 2; each batch cut to its longest history.
+    batches = EvalBatches(histories, [7, 8, 9], max_len=2, batch_size=2, sort_by_length=False)
     assert (len(batches), batches.num_rows) == (2, 3)
     first, second = list(batches)
     assert isinstance(first, EvalBatch)
@@ -139,7 +140,30 @@ def test_eval_batches_rows_targets_and_seen() -> None:
     assert all(t.dtype == torch.long for t in (*first[:3], first.seen))
     plain = list(EvalBatches(histories, [7, 8, 9], max_len=2, batch_size=2, exclude_history=False))
     assert [b.seen for b in plain] == [None, None]
-    assert plain[0].history.tolist() == [[2, 3], [0, 4]]
+    # Default: rows grouped by history length (shortest first), each batch as wide as its longest history.
+    by_length = list(EvalBatches(histories, [7, 8, 9], max_len=5, batch_size=2))
+    assert [b.rows.tolist() for b in by_length] == [[1, 2], [0]]
+    assert by_length[0].history.tolist() == [[0, 4], [5, 6]]
+    assert by_length[0].targets.tolist() == [8, 9]
+    assert by_length[0].seen is not None and by_length[0].seen.tolist() == [[0, 4], [5, 6]]
+    assert by_length[1].history.tolist() == [[1, 2, 3]]
+
+
+def test_eval_batches_cover_every_row_once_with_its_own_history() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 30, (97,), generator=gen).tolist()
+    histories = [torch.randint(1, 100, (n,), generator=gen).tolist() for n in lengths]
+    targets = list(range(1, 98))
+    seen_rows = []
+    for batch in EvalBatches(histories, targets, max_len=10, batch_size=8):
+        assert batch.seen is not None
+        for i, row in enumerate(batch.rows.tolist()):
+            seen_rows.append(row)
+            assert int(batch.targets[i]) == targets[row]
+            real = [x for x in batch.history[i].tolist() if x]
+            assert real == histories[row][-10:]
+            assert [x for x in batch.seen[i].tolist() if x] == histories[row]
+    assert sorted(seen_rows) == list(range(97))
 
 
 def test_eval_batches_errors() -> None:

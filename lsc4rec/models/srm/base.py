@@ -106,8 +106,11 @@ class SequentialRecommender(nn.Module, abc.ABC):
 
     def score_all(self, history: Tensor) -> Tensor:
         """Next-item scores ``[B, num_items + 1]`` after the full ``history [B, L]``; column 0 = -inf."""
-        last = self.encode(history)[:, -1]
-        return self._mask_padding_column(last @ self.item_embedding.weight.t())
+        scores = self.encode(history)[:, -1] @ self.item_embedding.weight.t()
+        # In place: a masked_fill would copy the whole [B, num_items + 1] matrix to change one column, and
+        # full-ranking evaluation is dominated by such passes. The matmul's backward does not need its output.
+        scores[:, 0] = float("-inf")
+        return scores
 
     def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
         """Next-item scores ``[B, C]`` after ``history [B, L]`` for ``candidates [B, C]``; id 0 is -inf."""
