@@ -83,15 +83,12 @@ class EvalSet:
         negatives = None
         if sampled_negatives > 0:
             generator = torch.Generator().manual_seed(sampled_seed)
-            seen = EvalBatches(histories, targets, max_len, len(targets), exclude_history=True)
-            parts = []
-            for batch in seen:
-                parts.append(
-                    sample_negatives(
-                        batch.targets, num_items, sampled_negatives, generator, exclude=batch.seen
-                    )
+            negatives = torch.empty(len(targets), sampled_negatives, dtype=torch.long)
+            # Batches may come grouped by history length, so each draw is stored at its rows' positions.
+            for batch in EvalBatches(histories, targets, max_len, 4096, exclude_history=True):
+                negatives[batch.rows] = sample_negatives(
+                    batch.targets, num_items, sampled_negatives, generator, exclude=batch.seen
                 )
-            negatives = torch.cat(parts)
         return cls(name=name, batches=batches, num_items=num_items, negatives=negatives)
 
 
