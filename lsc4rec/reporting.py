@@ -100,3 +100,51 @@ def plot_learning_curve(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_rounds(
+    history: Sequence[Mapping[str, Any]], path: Path, metric: str = "NDCG@10", title: str = ""
+) -> Path:
+    """Plot a federated run per round: server validation metric, client metric, training loss, bytes."""
+    rounds = [row["round"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    evaluated = [row for row in history if "server_valid" in row]
+    axes[0].plot(
+        [r["round"] for r in evaluated],
+        [r["server_valid"][metric] for r in evaluated],
+        marker=".",
+        label="server, all users (full ranking)",
+    )
+    client = [row for row in history if row.get("client_evaluate", {}).get(f"client-{metric}") is not None]
+    if client:
+        axes[0].plot(
+            [r["round"] for r in client],
+            [r["client_evaluate"][f"client-{metric}"] for r in client],
+            marker=".",
+            label="clients, own devices",
+        )
+    axes[0].set_ylabel(f"validation {metric}")
+    axes[0].legend()
+    axes[1].plot(rounds, [row["train"].get("train_loss", float("nan")) for row in history], marker=".")
+    axes[1].set_ylabel("mean local training loss")
+    axes[2].plot(
+        rounds, [row["train"].get("bytes-sent", 0) / 2**20 for row in history], marker=".", label="sent"
+    )
+    axes[2].plot(
+        rounds,
+        [row["train"].get("bytes-received", 0) / 2**20 for row in history],
+        marker=".",
+        label="received",
+    )
+    axes[2].set_ylabel("MiB per round")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

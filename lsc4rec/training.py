@@ -137,8 +137,12 @@ def train_one_epoch(
     settings: TrainSettings,
     generator: torch.Generator,
     description: str = "train",
+    regularizer: Callable[[], torch.Tensor] | None = None,
 ) -> float:
-    """One pass over the training batches; returns the mean loss per batch."""
+    """One pass over the training batches; returns the mean loss per batch (without ``regularizer``).
+
+    ``regularizer`` adds a term to every step's loss (FedProx's proximal term on a device).
+    """
     model.train()
     total, count = 0.0, 0
     progress = tqdm(batches, desc=description, leave=False, disable=not settings.progress, mininterval=1.0)
@@ -151,7 +155,7 @@ def train_one_epoch(
                 f"{description}: loss became {loss.item()} (lr={settings.lr}); lower train.lr"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + regularizer() if regularizer is not None else loss).backward()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()

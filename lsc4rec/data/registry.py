@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -54,10 +56,28 @@ def _package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
+def _embedded_folder(entry: EmbeddedDataset) -> Path:
+    """Folder holding the embedded files: next to this module, or in another copy of the package on sys.path.
+
+    A Flower app bundle (FAB) carries code and small text files, not ``.txt`` data, and the SuperNode puts
+    the bundle first on ``sys.path``; the data then comes from the installed package further down the path.
+    ``$LSC4REC_DATA_DIR/<folder>`` wins over both (devices that keep data elsewhere).
+    """
+    candidates = []
+    if os.environ.get("LSC4REC_DATA_DIR"):
+        candidates.append(Path(os.environ["LSC4REC_DATA_DIR"]) / entry.folder)
+    candidates.append(_package_dir() / entry.folder)
+    candidates += [Path(p) / "lsc4rec" / "data" / entry.folder for p in sys.path if p]
+    for folder in candidates:
+        if (folder / entry.file).is_file():
+            return folder
+    return candidates[0]
+
+
 def embedded_path(name: str) -> Path:
     """Path of the interaction file of embedded dataset ``name`` (e.g. ``.../beauty/Beauty.txt``)."""
     entry = _embedded(name)
-    path = _package_dir() / entry.folder / entry.file
+    path = _embedded_folder(entry) / entry.file
     if not path.is_file():
         raise DataFileNotFoundError(path, f"the embedded {name!r} data shipped with lsc4rec (bad install?)")
     return path
@@ -66,7 +86,7 @@ def embedded_path(name: str) -> Path:
 def embedded_attributes_path(name: str) -> Path | None:
     """Path of the item-attribute JSON of embedded dataset ``name``, or None if it has none."""
     entry = _embedded(name)
-    return None if entry.attributes is None else _package_dir() / entry.folder / entry.attributes
+    return None if entry.attributes is None else _embedded_folder(entry) / entry.attributes
 
 
 def load_dataset(name: str, path: str | PathLike[str] | None = None, format: str = "auto") -> RawDataset:

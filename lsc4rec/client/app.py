@@ -1,0 +1,153 @@
+"""The Flower ClientApp of a device node: local SRM training and client-side evaluation.
+
+A SuperNode hosts the devices of one shard (``partition-id`` of ``num-partitions`` in its node config, see
+:mod:`lsc4rec.client.shard`). ``@app.train()`` loads the global weights, trains on the shard's sequences and
+replies with the new weights and ``num-examples``; ``@app.evaluate()`` ranks every device's validation item
+with the global model (full ranking). Node state that must survive rounds lives in ``context.state``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from omegaconf import DictConfig
+
+from lsc4rec.client.local_training import derive_seed, train_on_shard
+from lsc4rec.client.shard import DeviceShard, load_shard
+from lsc4rec.config import config_from_run_config, to_plain_dict
+from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.training import EvalSet, TrainSettings, build_model_from_config, evaluate
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=8)
+def _config(run_config_items: tuple) -> DictConfig:
+    return config_from_run_config(dict(run_config_items))
+
+
+def node_config(context: Context) -> DictConfig:
+    """The composed experiment config of this run (cached per process: composing costs ~0.1 s)."""
+    return _config(tuple(sorted(context.run_config.items())))
+
+
+def partition_of(context: Context) -> tuple[int, int]:
+    """``(partition-id, num-partitions)`` from the node config, with a clear error when missing."""
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as missing:
+        raise KeyError(
+            f"node config lacks {missing}: start the SuperNode with "
+            '--node-config "partition-id=<i> num-partitions=<n>"'
+        ) from None
+
+
+def shard_of(context: Context, cfg: DictConfig) -> DeviceShard:
+    """The devices this node hosts and their data."""
+    partition_id, num_partitions = partition_of(context)
+    return load_shard(
+        str(cfg.data.name),
+        cfg.data.path,
+        str(cfg.data.format),
+        partition_id,
+        num_partitions,
+        int(cfg.federated.users_per_node),
+        int(cfg.federated.partition_seed),
+    )
+
+
+def model_from_message(msg: Message, cfg: DictConfig, num_items: int) -> SequentialRecommender:
+    """Build the configured SRM and load the global weights sent by the server."""
+    model = build_model_from_config(cfg.model, num_items, int(cfg.data.max_len))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def _faulty(cfg: DictConfig, kind: str, partition_id: int) -> bool:
+    listed = str(cfg.federated.faults[kind]).replace(" ", "")
+    return bool(listed) and str(partition_id) in listed.split(",")
+
+
+def _inject_faults(cfg: DictConfig, partition_id: int) -> None:
+    # Fault drills (config federated.faults): exercise the server's handling of real failure modes.
+    if _faulty(cfg, "delay", partition_id):
+        time.sleep(float(cfg.federated.faults.delay_seconds))
+    if _faulty(cfg, "crash", partition_id):
+        raise RuntimeError(f"partition {partition_id}: injected crash (federated.faults.crash)")
+
+
+def _malformed(arrays: ArrayRecord) -> ArrayRecord:
+    """Drop the last array and reshape the first: what a client with the wrong model version would send."""
+    keys = list(arrays.keys())
+    out = {key: arrays[key] for key in keys[:-1]}
+    first = arrays[keys[0]].numpy()
+    out[keys[0]] = Array(np.ascontiguousarray(first.reshape(-1)[: max(1, first.size // 2)]))
+    return ArrayRecord(out)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the global SRM on this node's devices and reply with the update and ``num-examples``."""
+    cfg = node_config(context)
+    partition_id, _ = partition_of(context)
+    _inject_faults(cfg, partition_id)
+    shard = shard_of(context, cfg)
+    model = model_from_message(msg, cfg, shard.num_items)
+    server_round = int(msg.content["config"]["server-round"])
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    settings = TrainSettings(**to_plain_dict(cfg.train))
+    start = time.perf_counter()
+    metrics = train_on_shard(
+        model,
+        shard,
+        settings,
+        int(cfg.data.max_len),
+        int(cfg.federated.local_epochs),
+        mu,
+        seed=derive_seed(cfg.seed, server_round, partition_id),
+    )
+    metrics["train-seconds"] = time.perf_counter() - start
+    # Node state across rounds (sim and deployment): how often this node trained and on how many examples.
+    state = context.state.metric_records.get("node")
+    rounds = int(state["rounds-trained"]) + 1 if state is not None else 1
+    examples = (
+        float(state["examples-trained"]) + metrics["num-examples"]
+        if state is not None
+        else metrics["num-examples"]
+    )
+    context.state["node"] = MetricRecord({"rounds-trained": rounds, "examples-trained": examples})
+    metrics["rounds-trained"] = float(rounds)
+    arrays = ArrayRecord(model.state_dict())
+    if _faulty(cfg, "malformed", partition_id):
+        arrays = _malformed(arrays)
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_on_devices(msg: Message, context: Context) -> Message:
+    """Rank each device's validation item with the global SRM (full ranking); reply with the metrics."""
+    cfg = node_config(context)
+    shard = shard_of(context, cfg)
+    model = model_from_message(msg, cfg, shard.num_items)
+    eval_set = EvalSet.build(
+        "client-valid",
+        shard.valid_histories,
+        shard.valid_targets,
+        shard.num_items,
+        int(cfg.data.max_len),
+        int(cfg.eval.batch_size),
+        exclude_history=bool(cfg.eval.exclude_history),
+    )
+    with torch.no_grad():
+        result = evaluate(model, eval_set, tuple(int(k) for k in cfg.eval.ks))
+    metrics = {f"client-{key}": value for key, value in result["full"].items()}
+    metrics["num-examples"] = float(shard.num_devices)
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

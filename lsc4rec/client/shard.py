@@ -1,0 +1,77 @@
+"""Which devices (users) a SuperNode hosts, and their local data.
+
+Every device is one user. Users are dealt to ``num_partitions`` shards by a seeded permutation, so every node
+(and every run) agrees on the assignment without talking to the others; ``users_per_node`` caps a shard.
+A device's local data is its own sequence: the training part for local updates and the validation item for
+client-side evaluation, the same split as the centralized baseline so the two are comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+
+
+@dataclass(frozen=True)
+class DeviceShard:
+    """The devices of one SuperNode and their local sequences (internal item ids)."""
+
+    partition_id: int
+    num_partitions: int
+    users: tuple[int, ...]
+    train_sequences: tuple[tuple[int, ...], ...]
+    valid_histories: tuple[tuple[int, ...], ...]
+    valid_targets: tuple[int, ...]
+    num_items: int
+
+    @property
+    def num_devices(self) -> int:
+        """Number of users (devices) on this node."""
+        return len(self.users)
+
+
+def partition_users(num_users: int, num_partitions: int, partition_id: int, seed: int) -> np.ndarray:
+    """Internal user ids of shard ``partition_id`` (sorted): a seeded permutation cut in near-equal parts."""
+    if num_partitions < 1:
+        raise ValueError(f"num-partitions must be >= 1, got {num_partitions}")
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
+    if num_partitions > num_users:
+        raise ValueError(f"{num_partitions} partitions for only {num_users} users: some nodes would be empty")
+    order = np.random.default_rng(seed).permutation(num_users)
+    return np.sort(np.array_split(order, num_partitions)[partition_id])
+
+
+@lru_cache(maxsize=4)
+def cached_split(name: str, path: str | None, data_format: str) -> LeaveOneOutSplit:
+    """Load and split a dataset once per process (a simulation actor serves many rounds and nodes)."""
+    return leave_one_out(load_dataset(name, path, data_format))
+
+
+def load_shard(
+    name: str,
+    path: str | None,
+    data_format: str,
+    partition_id: int,
+    num_partitions: int,
+    users_per_node: int = 0,
+    seed: int = 0,
+) -> DeviceShard:
+    """Build the shard of node ``partition_id``: its users (at most ``users_per_node`` if > 0) and data."""
+    split = cached_split(name, path, data_format)
+    users = partition_users(len(split.train), num_partitions, partition_id, seed)
+    if users_per_node > 0:
+        users = users[:users_per_node]
+    return DeviceShard(
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        users=tuple(int(u) for u in users),
+        train_sequences=tuple(tuple(split.train[u]) for u in users),
+        valid_histories=tuple(tuple(split.train[u]) for u in users),
+        valid_targets=tuple(split.valid_targets[u] for u in users),
+        num_items=split.num_items,
+    )

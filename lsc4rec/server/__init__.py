@@ -1,0 +1,1 @@
+"""Cloud side: the Flower ServerApp, the federated round loop and its checkpoints."""

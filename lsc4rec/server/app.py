@@ -1,0 +1,37 @@
+"""The Flower ServerApp: composes the experiment config from the run config and runs the federated loop.
+
+``flwr run .`` uses the defaults in ``pyproject.toml`` ``[tool.flwr.app.config]``; ``--run-config`` overrides
+any of them (see :func:`lsc4rec.config.overrides_from_run_config` for how a key maps to ``conf/``). Outputs go
+to ``<output-dir>/<run_name>``: ``output-dir`` from the run config, else ``$LSC4REC_OUTPUT_DIR``, else the
+config's ``output_dir`` relative to the ServerApp's working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from lsc4rec.config import config_from_run_config
+from lsc4rec.server.federated import run_and_report
+
+app = ServerApp()
+
+
+def output_root(context: Context, default: str) -> Path:
+    """Where this run writes its folder (see the module docstring)."""
+    configured = str(context.run_config.get("output-dir", "") or "")
+    return Path(configured or os.environ.get("LSC4REC_OUTPUT_DIR", "") or default).expanduser().resolve()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the federated training of the configured SRM and print the ``RESULT`` line."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lsc4rec").setLevel(logging.INFO)
+    cfg = config_from_run_config(context.run_config)
+    run_and_report(grid, cfg, output_root(context, str(cfg.output_dir)) / str(cfg.run_name))

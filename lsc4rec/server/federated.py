@@ -1,0 +1,201 @@
+"""The federated round loop of the ServerApp: train, aggregate, evaluate, checkpoint; resume after a crash.
+
+Runs on any Flower ``Grid`` (simulation, real SuperNodes, or the in-process grid of the tests). Per round:
+sample nodes and send the global SRM; aggregate the valid updates (:class:`SRMStrategy`); aggregate the nodes'
+own evaluation; evaluate the global model on every user's validation item on the server (full ranking); write
+the checkpoint and ``metrics.json``. At the end the best round (server validation NDCG@10) and the last round
+are evaluated on the test items.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from omegaconf import DictConfig
+
+from lsc4rec.config import to_plain_dict
+from lsc4rec.data import leave_one_out, load_dataset
+from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
+from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from lsc4rec.strategies import SRMStrategy
+from lsc4rec.training import EvalSet, build_model_from_config, evaluate
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METRIC = "NDCG@10"
+
+
+def strategy_from_config(cfg: DictConfig) -> SRMStrategy:
+    """The SRM strategy described by ``cfg.strategy`` and ``cfg.federated``."""
+    return SRMStrategy(
+        rule=str(cfg.strategy.rule),
+        trim_fraction=float(cfg.strategy.trim_fraction),
+        proximal_mu=float(cfg.strategy.proximal_mu),
+        fraction_train=float(cfg.strategy.fraction_train),
+        fraction_evaluate=float(cfg.federated.fraction_evaluate) or 1.0,
+        min_train_replies=int(cfg.strategy.min_train_replies),
+        min_available_nodes=int(cfg.federated.min_available_nodes),
+        wait_for_nodes_seconds=float(cfg.federated.wait_for_nodes_seconds),
+        seed=int(cfg.seed),
+    )
+
+
+def _state_dict(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in arrays.to_torch_state_dict().items()}
+
+
+def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Run (or resume) the federated training of ``cfg``, write outputs to ``out``, return a summary."""
+    wall_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    plain_cfg = to_plain_dict(cfg)
+    torch.manual_seed(int(cfg.seed))
+    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    max_len = int(cfg.data.max_len)
+    model = build_model_from_config(cfg.model, split.num_items, max_len)
+    common = dict(
+        num_items=split.num_items,
+        max_len=max_len,
+        batch_size=int(cfg.eval.batch_size),
+        exclude_history=bool(cfg.eval.exclude_history),
+    )
+    valid_set = EvalSet.build("valid", split.valid_histories(), split.valid_targets, **common)
+    test_set = EvalSet.build(
+        "test",
+        split.test_histories(),
+        split.test_targets,
+        sampled_negatives=int(cfg.eval.sampled_negatives),
+        sampled_seed=int(cfg.eval.sampled_seed),
+        **common,
+    )
+    ks = tuple(int(k) for k in cfg.eval.ks)
+    strategy = strategy_from_config(cfg)
+    strategy.summary()
+
+    arrays = ArrayRecord(model.state_dict())
+    best = {"round": 0, "value": float("-inf"), "arrays": _state_dict(arrays)}
+    history: list[dict] = []
+    start_round = 1
+    checkpoint_path = out / "checkpoint.pt"
+    if bool(cfg.federated.resume):
+        state = load_checkpoint(checkpoint_path, reference=model.state_dict())
+        arrays = ArrayRecord(state["arrays"])
+        best = {"round": state["best_round"], "value": state["best_value"], "arrays": state["best_arrays"]}
+        history = state["history"]
+        strategy.load_state_dict(state["strategy"])
+        restore_rng_states(state["rng"])
+        start_round = int(state["round"]) + 1
+        logger.info("resuming %s after round %d of %d", out.name, state["round"], cfg.federated.rounds)
+
+    rounds = int(cfg.federated.rounds)
+    timeout = float(cfg.federated.round_timeout)
+    for server_round in range(start_round, rounds + 1):
+        round_start = time.perf_counter()
+        replies = grid.send_and_receive(
+            strategy.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout
+        )
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        train_seconds = time.perf_counter() - round_start
+        row: dict[str, Any] = {"round": server_round, "train": dict(train_metrics or {})}
+        if float(cfg.federated.fraction_evaluate) > 0:
+            eval_replies = grid.send_and_receive(
+                strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid), timeout=timeout
+            )
+            client_eval = strategy.aggregate_evaluate(server_round, eval_replies)
+            row["client_evaluate"] = dict(client_eval or {})
+        every = int(cfg.federated.server_eval_every)
+        if server_round % every == 0 or server_round == rounds:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            valid = evaluate(model, valid_set, ks)
+            row["server_valid"] = valid["full"]
+            if valid["full"][SELECTION_METRIC] > best["value"]:
+                best = {
+                    "round": server_round,
+                    "value": valid["full"][SELECTION_METRIC],
+                    "arrays": _state_dict(arrays),
+                }
+        row["round_seconds"] = time.perf_counter() - round_start
+        row["train_seconds"] = train_seconds
+        row["failed_nodes"] = [vars(f) for f in strategy.failures if f.round == server_round]
+        history.append(row)
+        logger.info(
+            "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, %.1f s",
+            server_round,
+            rounds,
+            int(row["train"].get("valid-replies", 0)),
+            int(row["train"].get("nodes-sampled", 0)),
+            row["train"].get("train_loss", float("nan")),
+            SELECTION_METRIC,
+            f"{row['server_valid'][SELECTION_METRIC]:.4f}" if "server_valid" in row else "-",
+            row["round_seconds"],
+        )
+        if bool(cfg.federated.checkpoint):
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "round": server_round,
+                    "arrays": _state_dict(arrays),
+                    "best_round": best["round"],
+                    "best_value": best["value"],
+                    "best_arrays": best["arrays"],
+                    "strategy": strategy.state_dict(),
+                    "rng": rng_states(),
+                    "history": history,
+                },
+            )
+        write_json(out / "metrics.json", {"status": "running", "config": plain_cfg, "rounds": history})
+
+    final_state = _state_dict(arrays)
+    model.load_state_dict(final_state)
+    test_last = evaluate(model, test_set, ks)
+    model.load_state_dict(best["arrays"])
+    test_best = evaluate(model, test_set, ks)
+    torch.save(final_state, out / "model_last.pt")
+    torch.save(best["arrays"], out / "model_best.pt")
+    total_sent = sum(int(r["train"].get("bytes-sent", 0)) for r in history)
+    total_received = sum(int(r["train"].get("bytes-received", 0)) for r in history)
+    summary = {
+        "experiment": "federated",
+        "dataset": str(cfg.data.name),
+        "model": str(cfg.model.name),
+        "strategy": str(cfg.strategy.name),
+        "rounds": rounds,
+        "best_round": best["round"],
+        "test": test_best,
+        "test_last_round": test_last,
+        "failures": len(strategy.failures),
+        "bytes_sent": total_sent,
+        "bytes_received": total_received,
+        "mean_round_seconds": sum(r["round_seconds"] for r in history) / max(len(history), 1),
+    }
+    payload = {
+        "status": "completed",
+        "config": plain_cfg,
+        "dataset_report": split.report,
+        "rounds": history,
+        "failed_nodes": [vars(f) for f in strategy.failures],
+        "final": summary,
+        "wall_seconds": round(time.perf_counter() - wall_start, 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "output_dir": str(out),
+    }
+    write_json(out / "metrics.json", payload)
+    plot_rounds(history, out / "rounds.png", title=f"federated {cfg.model.name} on {cfg.data.name}")
+    summary["output_dir"] = str(out)
+    summary["wall_seconds"] = payload["wall_seconds"]
+    return summary
+
+
+def run_and_report(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """:func:`run_federated`, then print the ``RESULT`` line."""
+    summary = run_federated(grid, cfg, out)
+    emit_result(summary)
+    return summary

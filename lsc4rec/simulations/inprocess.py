@@ -1,0 +1,114 @@
+"""An in-process Flower ``Grid``: the ServerApp loop drives the real ClientApp handlers in this process.
+
+No SuperLink, no Ray, no subprocesses: every message runs the same ``@app.train()`` / ``@app.evaluate()``
+functions a SuperNode would run, with per-node ``Context`` (``node_config`` with ``partition-id`` /
+``num-partitions``, persistent ``state``) and the run config. A handler exception becomes an error reply, as
+on a SuperNode; a reply that takes longer than the round timeout is dropped, as a timed-out node would be.
+It is the fast, deterministic path for tests and debugging; real runs use ``flwr run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from lsc4rec.client.app import evaluate_on_devices, train
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Message, Context], Message]
+HANDLERS: dict[str, Handler] = {MessageType.TRAIN: train, MessageType.EVALUATE: evaluate_on_devices}
+CLIENT_EXCEPTION_CODE = 1  # what a SuperNode reports for an exception inside a ClientApp
+
+
+class InProcessGrid(Grid):
+    """A Grid whose nodes are ClientApp handler calls in this process (see the module docstring)."""
+
+    def __init__(self, num_nodes: int, run_config: dict, run_id: int = 1) -> None:
+        """Create ``num_nodes`` nodes, node ``i`` hosting partition ``i`` of ``num_nodes``."""
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        # Messages read their sender identity from the task identity a SuperLink would set for the ServerApp.
+        TaskIdentity.run_id = run_id
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 0
+        self._run_id = run_id
+        self.contexts = {
+            node_id: Context(
+                run_id=run_id,
+                node_id=node_id,
+                node_config={"partition-id": node_id - 1, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for node_id in range(1, num_nodes + 1)
+        }
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run_id: int) -> None:
+        """Runs are fixed at construction."""
+        self._run_id = run_id
+
+    @property
+    def run(self):  # type: ignore[override]
+        """The run id (a full ``Run`` object exists only on a SuperLink)."""
+        return self._run_id
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """A new instruction message."""
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The ids of the in-process nodes."""
+        return list(self.contexts)
+
+    def _deliver(self, message: Message) -> Message:
+        handler = HANDLERS.get(message.metadata.message_type.split(".")[0])
+        if handler is None:
+            return Message(Error(2, f"no handler for {message.metadata.message_type}"), reply_to=message)
+        try:
+            return handler(message, self.contexts[message.metadata.dst_node_id])
+        except Exception as exc:  # a node's crash becomes an error reply, as on a SuperNode
+            logger.debug("node %d raised", message.metadata.dst_node_id, exc_info=True)
+            return Message(Error(CLIENT_EXCEPTION_CODE, f"{type(exc).__name__}: {exc}"), reply_to=message)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Run every message now and keep its reply until pulled."""
+        ids = []
+        for index, message in enumerate(messages):
+            message_id = f"m{len(self._replies)}-{index}"
+            self._replies[message_id] = self._deliver(message)
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Replies of pushed messages (each returned once)."""
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Run every message; replies finishing after ``timeout`` seconds (per message) are dropped."""
+        replies = []
+        for message in messages:
+            start = time.perf_counter()
+            reply = self._deliver(message)
+            if timeout is not None and time.perf_counter() - start > timeout:
+                logger.debug("dropping the reply of node %d: past the timeout", message.metadata.dst_node_id)
+                continue
+            replies.append(reply)
+        return replies

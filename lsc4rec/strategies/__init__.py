@@ -1,0 +1,6 @@
+"""Flower strategies for aggregating device SRM updates."""
+
+from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays
+from lsc4rec.strategies.srm import NodeFailure, SRMStrategy
+
+__all__ = ["AGGREGATION_RULES", "NodeFailure", "SRMStrategy", "aggregate_arrays"]

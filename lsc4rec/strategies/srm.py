@@ -1,0 +1,280 @@
+"""The SRM strategy: sample nodes, send the global weights, validate replies, aggregate what arrived.
+
+A Flower ``Strategy`` (Message API): it works under ``Strategy.start`` and the server's own round loop
+(which adds checkpoints and resume). Faults never stop a round: a node that returns an error, times out, or
+sends a malformed update (wrong keys, shapes or dtypes, non-finite values, no example count) is left out,
+logged with its node id and reason, and counted in the round's metrics. The round aggregates when at least
+``min_train_replies`` valid updates arrived; otherwise the global weights stay as they were and it says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_KEY = "num-examples"
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """One node's failed reply in one round."""
+
+    round: int
+    stage: str
+    node_id: int
+    reason: str
+
+
+def _content_bytes(content: RecordDict) -> int:
+    """Payload size of a message's records (arrays, metrics, configs), as counted by Flower."""
+    return sum(record.count_bytes() for record in content.values())
+
+
+def _is_finite(array: np.ndarray) -> bool:
+    return bool(np.isfinite(array).all()) if np.issubdtype(array.dtype, np.floating) else True
+
+
+class SRMStrategy(Strategy):
+    """Federated aggregation of SRM weights (FedAvg, FedProx, median or trimmed mean) with fault tolerance."""
+
+    def __init__(
+        self,
+        rule: str = "fedavg",
+        trim_fraction: float = 0.1,
+        proximal_mu: float = 0.0,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_replies: int = 1,
+        min_available_nodes: int = 1,
+        wait_for_nodes_seconds: float = 120.0,
+        seed: int = 0,
+    ) -> None:
+        """Configure the aggregation ``rule`` (see ``AGGREGATION_RULES``) and node sampling."""
+        if rule not in AGGREGATION_RULES:
+            raise ValueError(f"strategy.rule={rule!r} is not one of {AGGREGATION_RULES}")
+        for name, value in (("fraction_train", fraction_train), ("fraction_evaluate", fraction_evaluate)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"strategy.{name} must be in (0, 1], got {value}")
+        if proximal_mu < 0:
+            raise ValueError(f"strategy.proximal_mu must be >= 0, got {proximal_mu}")
+        if min_train_replies < 1:
+            raise ValueError(f"strategy.min_train_replies must be >= 1, got {min_train_replies}")
+        self.rule = rule
+        self.trim_fraction = float(trim_fraction)
+        self.proximal_mu = float(proximal_mu)
+        self.fraction_train = float(fraction_train)
+        self.fraction_evaluate = float(fraction_evaluate)
+        self.min_train_replies = int(min_train_replies)
+        self.min_available_nodes = int(min_available_nodes)
+        self.wait_for_nodes_seconds = float(wait_for_nodes_seconds)
+        self.rng = random.Random(seed)
+        self.failures: list[NodeFailure] = []
+        self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._expected: dict[str, set[int]] = {"train": set(), "evaluate": set()}
+        self._bytes_sent: dict[str, int] = {"train": 0, "evaluate": 0}
+
+    # ------------------------------------------------------------------ state for checkpoints
+    def state_dict(self) -> dict:
+        """Everything needed to continue identically after a restart (sampling RNG, failure log)."""
+        return {
+            "rng": self.rng.getstate(),
+            "failures": [vars(f) for f in self.failures],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output."""
+        rng_state = state["rng"]
+        # JSON/pickle round trips may turn the inner tuple into a list; random.setstate needs tuples.
+        self.rng.setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
+        self.failures = [NodeFailure(**f) for f in state["failures"]]
+
+    # ------------------------------------------------------------------ helpers
+    def _sample_nodes(self, grid: Grid, fraction: float) -> list[int]:
+        deadline = time.monotonic() + self.wait_for_nodes_seconds
+        node_ids = sorted(grid.get_node_ids())
+        while len(node_ids) < self.min_available_nodes and time.monotonic() < deadline:
+            time.sleep(1.0)
+            node_ids = sorted(grid.get_node_ids())
+        if len(node_ids) < self.min_available_nodes:
+            raise RuntimeError(
+                f"only {len(node_ids)} nodes connected after {self.wait_for_nodes_seconds:.0f} s; "
+                f"strategy.min_available_nodes={self.min_available_nodes}"
+            )
+        count = min(len(node_ids), max(1, math.ceil(fraction * len(node_ids))))
+        return sorted(self.rng.sample(node_ids, count))
+
+    def _messages(
+        self,
+        stage: str,
+        message_type: str,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+    ) -> list[Message]:
+        nodes = self._sample_nodes(grid, self.fraction_train if stage == "train" else self.fraction_evaluate)
+        self._expected[stage] = set(nodes)
+        self._bytes_sent[stage] = arrays.count_bytes() * len(nodes)
+        messages = []
+        for node_id in nodes:
+            # A fresh ConfigRecord per node: a shared object would be one record for all messages.
+            node_config = ConfigRecord(dict(config))
+            node_config["server-round"] = server_round
+            node_config["proximal-mu"] = self.proximal_mu
+            content = RecordDict({"arrays": arrays, "config": node_config})
+            messages.append(Message(content, dst_node_id=node_id, message_type=message_type))
+        return messages
+
+    def _fail(self, server_round: int, stage: str, node_id: int, reason: str) -> None:
+        failure = NodeFailure(server_round, stage, int(node_id), reason)
+        self.failures.append(failure)
+        logger.warning("round %d %s: node %d failed: %s", server_round, stage, node_id, reason)
+
+    def _check_update(self, reply: Message) -> str | None:
+        """Return why ``reply`` cannot be aggregated, or None when it is a valid update."""
+        if reply.has_error():
+            return f"client error {reply.error.code}: {reply.error.reason}"
+        content = reply.content
+        if "arrays" not in content.array_records:
+            return "reply has no 'arrays' ArrayRecord"
+        arrays = content.array_records["arrays"]
+        if set(arrays.keys()) != set(self._reference):
+            missing = sorted(set(self._reference) - set(arrays.keys()))
+            extra = sorted(set(arrays.keys()) - set(self._reference))
+            return f"array keys differ from the global model (missing {missing[:3]}, unexpected {extra[:3]})"
+        for key, (shape, dtype) in self._reference.items():
+            array = arrays[key]
+            if tuple(array.shape) != shape or array.dtype != dtype:
+                return f"array {key!r} is {array.dtype}{tuple(array.shape)}, expected {dtype}{shape}"
+        if not all(_is_finite(arrays[key].numpy()) for key in self._reference):
+            return "update contains NaN or inf"
+        metrics = content.metric_records.get("metrics")
+        if metrics is None or WEIGHT_KEY not in metrics:
+            return f"reply has no MetricRecord 'metrics' with {WEIGHT_KEY!r}"
+        if not float(metrics[WEIGHT_KEY]) > 0:
+            return f"{WEIGHT_KEY} = {metrics[WEIGHT_KEY]} (must be > 0)"
+        return None
+
+    def _split_replies(self, server_round: int, stage: str, replies: Iterable[Message]) -> list[Message]:
+        valid, seen = [], set()
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            seen.add(node_id)
+            reason = self._check_update(reply) if stage == "train" else self._check_metrics(reply)
+            if reason is None:
+                valid.append(reply)
+            else:
+                self._fail(server_round, stage, node_id, reason)
+        for node_id in sorted(self._expected[stage] - seen):
+            self._fail(server_round, stage, node_id, "no reply before the round timeout")
+        return valid
+
+    @staticmethod
+    def _check_metrics(reply: Message) -> str | None:
+        if reply.has_error():
+            return f"client error {reply.error.code}: {reply.error.reason}"
+        metrics = reply.content.metric_records.get("metrics")
+        if metrics is None or WEIGHT_KEY not in metrics or not float(metrics[WEIGHT_KEY]) > 0:
+            return f"reply has no MetricRecord 'metrics' with a positive {WEIGHT_KEY!r}"
+        return None
+
+    @staticmethod
+    def _weighted_metrics(replies: list[Message]) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        weight_sum = 0.0
+        for reply in replies:
+            metrics = reply.content.metric_records["metrics"]
+            weight = float(metrics[WEIGHT_KEY])
+            weight_sum += weight
+            for key, value in metrics.items():
+                if key != WEIGHT_KEY and isinstance(value, int | float):
+                    totals[key] = totals.get(key, 0.0) + weight * float(value)
+        out = {key: value / weight_sum for key, value in totals.items()} if weight_sum else {}
+        out[WEIGHT_KEY] = weight_sum
+        return out
+
+    # ------------------------------------------------------------------ Strategy API
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global weights to a sampled fraction of the nodes."""
+        self._reference = {key: (tuple(arrays[key].shape), arrays[key].dtype) for key in arrays}
+        return self._messages("train", MessageType.TRAIN, server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the valid updates; None arrays when fewer than ``min_train_replies`` arrived."""
+        replies = list(replies)
+        failures_before = len(self.failures)
+        valid = self._split_replies(server_round, "train", replies)
+        received = sum(_content_bytes(r.content) for r in replies if not r.has_error())
+        metrics = self._weighted_metrics(valid)
+        metrics.update(
+            {
+                "nodes-sampled": len(self._expected["train"]),
+                "valid-replies": len(valid),
+                "failures": len(self.failures) - failures_before,
+                "bytes-sent": self._bytes_sent["train"],
+                "bytes-received": received,
+                "aggregated": 0,
+            }
+        )
+        if len(valid) < self.min_train_replies:
+            logger.error(
+                "round %d: %d valid updates < strategy.min_train_replies=%d; global weights unchanged",
+                server_round,
+                len(valid),
+                self.min_train_replies,
+            )
+            return None, MetricRecord(metrics)
+        updates = [
+            {key: r.content.array_records["arrays"][key].numpy() for key in self._reference} for r in valid
+        ]
+        weights = [float(r.content.metric_records["metrics"][WEIGHT_KEY]) for r in valid]
+        combined = aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
+        metrics["aggregated"] = 1
+        return ArrayRecord({key: Array(combined[key]) for key in self._reference}), MetricRecord(metrics)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Ask a sampled fraction of the nodes to evaluate the global weights on their devices."""
+        return self._messages("evaluate", MessageType.EVALUATE, server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Example-weighted mean of the nodes' evaluation metrics."""
+        replies = list(replies)
+        failures_before = len(self.failures)
+        valid = self._split_replies(server_round, "evaluate", replies)
+        if not valid:
+            return None
+        metrics = self._weighted_metrics(valid)
+        metrics["failures"] = len(self.failures) - failures_before
+        metrics["valid-replies"] = len(valid)
+        return MetricRecord(metrics)
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        logger.info(
+            "SRMStrategy rule=%s trim=%.2f mu=%.4f fraction_train=%.2f fraction_evaluate=%.2f min_replies=%d",
+            self.rule,
+            self.trim_fraction,
+            self.proximal_mu,
+            self.fraction_train,
+            self.fraction_evaluate,
+            self.min_train_replies,
+        )

@@ -1,0 +1,164 @@
+"""Aggregation rules and the SRM strategy's handling of good, failed and malformed replies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from lsc4rec.strategies import SRMStrategy, aggregate_arrays
+
+
+def test_fedavg_is_example_weighted() -> None:
+    a = {"w": np.array([0.0, 10.0], dtype=np.float32), "n": np.array([2], dtype=np.int64)}
+    b = {"w": np.array([4.0, 2.0], dtype=np.float32), "n": np.array([4], dtype=np.int64)}
+    out = aggregate_arrays([a, b], [1, 3], "fedavg")
+    np.testing.assert_allclose(out["w"], [3.0, 4.0])
+    assert out["w"].dtype == np.float32 and out["n"].tolist() == [4] and out["n"].dtype == np.int64
+
+
+def test_median_and_trimmed_mean_resist_an_outlier() -> None:
+    updates = [{"w": np.array([v], dtype=np.float32)} for v in (1.0, 2.0, 3.0, 4.0, 1000.0)]
+    assert aggregate_arrays(updates, [1] * 5, "median")["w"].tolist() == [3.0]
+    # trim 20% of 5 -> drop 1 from each end: mean(2, 3, 4) = 3
+    assert aggregate_arrays(updates, [1] * 5, "trimmed_mean", trim_fraction=0.2)["w"].tolist() == [3.0]
+    assert aggregate_arrays(updates, [1] * 5, "fedavg")["w"][0] == pytest.approx(202.0)
+
+
+def test_aggregation_errors() -> None:
+    with pytest.raises(ValueError, match="unknown aggregation rule"):
+        aggregate_arrays([{"w": np.zeros(1)}], [1], "mean")
+    with pytest.raises(ValueError, match="no updates"):
+        aggregate_arrays([], [], "fedavg")
+    with pytest.raises(ValueError, match="positive sum"):
+        aggregate_arrays([{"w": np.zeros(1)}], [0], "fedavg")
+
+
+class ListGrid:
+    """Just enough of a Grid for configure_*: a fixed set of node ids."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.node_ids
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+
+
+def reply(message: Message, arrays: ArrayRecord | None, examples: float = 10.0, **metrics: float) -> Message:
+    content = RecordDict({"metrics": MetricRecord({"num-examples": examples, **metrics})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content, reply_to=message)
+
+
+def test_strategy_aggregates_valid_replies_and_reports_each_failure(caplog: pytest.LogCaptureFixture) -> None:
+    global_arrays = ArrayRecord(
+        {"w": Array(np.zeros(3, dtype=np.float32)), "b": Array(np.zeros(1, dtype=np.float32))}
+    )
+    strategy = SRMStrategy(min_train_replies=2, seed=0)
+    messages = list(
+        strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid([11, 12, 13, 14, 15, 16]))
+    )
+    assert [m.metadata.dst_node_id for m in messages] == [11, 12, 13, 14, 15, 16]
+    assert messages[0].content["config"]["server-round"] == 1
+    good = [
+        reply(
+            messages[0],
+            ArrayRecord({"w": Array(np.ones(3, dtype=np.float32)), "b": Array(np.ones(1, dtype=np.float32))}),
+            10.0,
+            train_loss=2.0,
+        ),
+        reply(
+            messages[1],
+            ArrayRecord(
+                {"w": Array(np.full(3, 4.0, dtype=np.float32)), "b": Array(np.zeros(1, dtype=np.float32))}
+            ),
+            30.0,
+            train_loss=1.0,
+        ),
+    ]
+    crashed = Message(Error(1, "RuntimeError: boom"), reply_to=messages[2])
+    wrong_shape = reply(
+        messages[3],
+        ArrayRecord({"w": Array(np.ones(4, dtype=np.float32)), "b": Array(np.ones(1, dtype=np.float32))}),
+    )
+    not_finite = reply(
+        messages[4],
+        ArrayRecord(
+            {"w": Array(np.array([np.nan, 0, 0], dtype=np.float32)), "b": Array(np.ones(1, dtype=np.float32))}
+        ),
+    )
+    # Node 16 never replies (timed out).
+    with caplog.at_level("WARNING"):
+        arrays, metrics = strategy.aggregate_train(1, [*good, crashed, wrong_shape, not_finite])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["w"].numpy(), [3.25, 3.25, 3.25])  # (1*10 + 4*30) / 40
+    np.testing.assert_allclose(arrays["b"].numpy(), [0.25])
+    assert metrics["valid-replies"] == 2 and metrics["failures"] == 4 and metrics["nodes-sampled"] == 6
+    assert metrics["train_loss"] == pytest.approx((2.0 * 10 + 1.0 * 30) / 40)
+    assert metrics["bytes-sent"] == global_arrays.count_bytes() * 6 and metrics["bytes-received"] > 0
+    reasons = {f.node_id: f.reason for f in strategy.failures}
+    assert "RuntimeError: boom" in reasons[13]
+    assert "expected float32(3,)" in reasons[14]
+    assert "NaN" in reasons[15]
+    assert "timeout" in reasons[16]
+    assert "node 13 failed" in caplog.text and "node 16 failed" in caplog.text
+
+
+def test_too_few_valid_replies_keep_the_global_model() -> None:
+    global_arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    strategy = SRMStrategy(min_train_replies=2)
+    messages = list(strategy.configure_train(3, global_arrays, ConfigRecord(), ListGrid([1, 2])))
+    arrays, metrics = strategy.aggregate_train(
+        3, [reply(messages[0], ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))}))]
+    )
+    assert arrays is None and metrics["aggregated"] == 0 and metrics["failures"] == 1
+
+
+def test_sampling_is_seeded_and_state_round_trips() -> None:
+    arrays = ArrayRecord({"w": Array(np.zeros(1, dtype=np.float32))})
+    grid = ListGrid(list(range(1, 21)))
+    first = SRMStrategy(fraction_train=0.25, seed=5)
+    picked = [m.metadata.dst_node_id for m in first.configure_train(1, arrays, ConfigRecord(), grid)]
+    assert len(picked) == 5
+    state = first.state_dict()
+    after = [m.metadata.dst_node_id for m in first.configure_train(2, arrays, ConfigRecord(), grid)]
+    second = SRMStrategy(fraction_train=0.25, seed=99)
+    second.load_state_dict(state)
+    assert [m.metadata.dst_node_id for m in second.configure_train(2, arrays, ConfigRecord(), grid)] == after
+
+
+def test_fedprox_mu_is_sent_to_clients() -> None:
+    arrays = ArrayRecord({"w": Array(np.zeros(1, dtype=np.float32))})
+    strategy = SRMStrategy(proximal_mu=0.1)
+    message = next(iter(strategy.configure_train(1, arrays, ConfigRecord({"x": 1}), ListGrid([7]))))
+    assert message.content["config"]["proximal-mu"] == pytest.approx(0.1)
+    assert message.content["config"]["x"] == 1
+
+
+def test_evaluate_aggregation_is_example_weighted() -> None:
+    arrays = ArrayRecord({"w": Array(np.zeros(1, dtype=np.float32))})
+    strategy = SRMStrategy()
+    messages = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), ListGrid([1, 2])))
+    metrics = strategy.aggregate_evaluate(
+        1,
+        [
+            reply(messages[0], None, 1.0, **{"client-NDCG@10": 0.2}),
+            reply(messages[1], None, 3.0, **{"client-NDCG@10": 0.6}),
+        ],
+    )
+    assert metrics is not None and metrics["client-NDCG@10"] == pytest.approx(0.5)
