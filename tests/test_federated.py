@@ -1,0 +1,196 @@
+"""Federated training end to end on the in-process grid: learning, faults, checkpoints, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsc4rec.config import config_from_run_config
+from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
+from lsc4rec.server.federated import run_federated
+from lsc4rec.simulations.inprocess import InProcessGrid
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_ITEMS = 60
+
+
+def write_pattern_dataset(path: Path, num_users: int = 240, seed: int = 0) -> Path:
+    """Sequences walking item i -> i+1 (mod NUM_ITEMS): a federated model can learn them exactly."""
+    rng = random.Random(seed)
+    lines = []
+    for user in range(1, num_users + 1):
+        start, length = rng.randrange(NUM_ITEMS), rng.randint(5, 12)
+        lines.append(" ".join(str(x) for x in [user, *((start + i) % NUM_ITEMS + 1 for i in range(length))]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def overrides(data: Path, *extra: str) -> str:
+    base = [
+        "data.name=pattern",
+        f"data.path={data}",
+        "data.max_len=10",
+        "eval.sampled_negatives=20",
+        "train.lr=0.005",
+        "train.progress=false",
+        "model.dropout=0.1",
+    ]
+    return " ".join([*base, *extra])
+
+
+def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
+    run_config = {"overrides": overrides(data, *extra)}
+    cfg = config_from_run_config(run_config)
+    return run_federated(InProcessGrid(nodes, run_config), cfg, out)
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    return write_pattern_dataset(tmp_path / "pattern.txt")
+
+
+def test_federated_run_learns_despite_crashing_and_malformed_nodes(data: Path, tmp_path: Path) -> None:
+    summary = run_inprocess(
+        data,
+        tmp_path / "run",
+        4,
+        "federated.rounds=4",
+        "federated.faults.crash=1",
+        "federated.faults.malformed=2",
+        "strategy.min_train_replies=2",
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["rounds"]) == 4
+    # Two healthy nodes carry the model: random ranking of 60 items would give NDCG@10 ~ 0.07.
+    assert summary["test"]["full"]["NDCG@10"] > 0.5, summary["test"]
+    first, last = metrics["rounds"][0], metrics["rounds"][-1]
+    assert last["server_valid"]["NDCG@10"] > first["server_valid"]["NDCG@10"]
+    for row in metrics["rounds"]:
+        assert row["train"]["valid-replies"] == 2 and row["train"]["failures"] == 2
+        assert row["train"]["bytes-sent"] > 0 and row["train"]["bytes-received"] > 0
+        assert {f["node_id"] for f in row["failed_nodes"] if f["stage"] == "train"} == {2, 3}
+    reasons = {f["node_id"]: f["reason"] for f in metrics["failed_nodes"] if f["stage"] == "train"}
+    assert "injected crash" in reasons[2]
+    assert "array keys differ" in reasons[3]
+    assert summary["failures"] == metrics["final"]["failures"] > 0
+    assert (tmp_path / "run" / "rounds.png").stat().st_size > 1000
+
+
+def test_too_few_updates_keep_the_previous_global_model(data: Path, tmp_path: Path) -> None:
+    run_inprocess(
+        data,
+        tmp_path / "run",
+        2,
+        "federated.rounds=1",
+        "federated.faults.crash=0",
+        "strategy.min_train_replies=2",
+    )
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    torch.manual_seed(42)
+    cfg = config_from_run_config({"overrides": overrides(data)})
+    from lsc4rec.training import build_model_from_config
+
+    initial = build_model_from_config(cfg.model, NUM_ITEMS, 10).state_dict()
+    assert all(torch.equal(state["arrays"][k], initial[k]) for k in initial)
+
+
+def test_corrupt_or_truncated_checkpoints_are_refused(data: Path, tmp_path: Path) -> None:
+    run_inprocess(data, tmp_path / "run", 2, "federated.rounds=1")
+    path = tmp_path / "run" / "checkpoint.pt"
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    flipped = bytearray(good)
+    flipped[-100] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad header"):
+        load_checkpoint(path)
+    # A resume against a missing checkpoint says what to do.
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        run_inprocess(data, tmp_path / "elsewhere", 2, "federated.rounds=1", "federated.resume=true")
+
+
+def test_checkpoint_for_another_model_is_refused(data: Path, tmp_path: Path) -> None:
+    run_inprocess(data, tmp_path / "run", 2, "federated.rounds=1")
+    cfg = config_from_run_config({"overrides": overrides(data, "model.hidden_size=32")})
+    from lsc4rec.training import build_model_from_config
+
+    other = build_model_from_config(cfg.model, NUM_ITEMS, 10).state_dict()
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_checkpoint(tmp_path / "run" / "checkpoint.pt", reference=other)
+
+
+def _cli(data: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lsc4rec.simulations.federated",
+        "federated.runtime=inprocess",
+        "federated.num_supernodes=3",
+        *overrides(data).split(),
+        f"output_dir={out}",
+        f"run_name={name}",
+        *extra,
+    ]
+
+
+def test_killed_run_resumes_to_the_same_weights(data: Path, tmp_path: Path) -> None:
+    rounds = "federated.rounds=4"
+    full = subprocess.run(
+        _cli(data, tmp_path, "full", rounds), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert full.stdout.strip().splitlines()[-1].startswith("RESULT ")
+
+    # Start the same run, SIGKILL it once round 2's checkpoint exists, then resume it.
+    killed = subprocess.Popen(
+        _cli(data, tmp_path, "killed", rounds),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if checkpoint.exists() and load_checkpoint(checkpoint)["round"] >= 2:
+                break
+            assert killed.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        os.killpg(killed.pid, signal.SIGKILL)
+    finally:
+        killed.wait(timeout=30)
+    interrupted_at = load_checkpoint(checkpoint)["round"]
+    assert 2 <= interrupted_at < 4, "the kill must land mid-run"
+    assert not (tmp_path / "killed" / "model_last.pt").exists()
+
+    resumed = subprocess.run(
+        _cli(data, tmp_path, "killed", rounds, "federated.resume=true"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming killed after round {interrupted_at}" in resumed.stderr + resumed.stdout
+    expected = torch.load(tmp_path / "full" / "model_last.pt")
+    got = torch.load(tmp_path / "killed" / "model_last.pt")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    history = json.loads((tmp_path / "killed" / "metrics.json").read_text())["rounds"]
+    assert [row["round"] for row in history] == [1, 2, 3, 4]
