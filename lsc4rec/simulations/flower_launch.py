@@ -141,6 +141,8 @@ def flwr_run(
     """``flwr run`` the app in ``app_dir`` on a private simulation SuperLink; return its final status."""
     home = flwr_home or Path(tempfile.mkdtemp(prefix="lsc4rec-flwr-"))
     env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home)}
+    # SuperLink and SuperNodes start further Flower executables (flower-superexec, flwr-clientapp) by name.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     with simulation_superlink(home, env) as connection:
         command = [
             _bin("flwr"),

@@ -1,0 +1,108 @@
+"""The app under real Flower runtimes: `flwr run` on a simulation SuperLink, and a loopback deployment."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_pattern_dataset(path: Path, num_users: int = 120, num_items: int = 40) -> Path:
+    """Small learnable sequences (item i -> i+1): keeps each Flower round to a few seconds of compute."""
+    rng = random.Random(1)
+    lines = []
+    for user in range(1, num_users + 1):
+        start, length = rng.randrange(num_items), rng.randint(5, 10)
+        lines.append(" ".join(str(x) for x in [user, *((start + i) % num_items + 1 for i in range(length))]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+SMALL = "data.name=pattern data.max_len=10 eval.sampled_negatives=20 train.lr=0.005 federated.rounds=2"
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    return write_pattern_dataset(tmp_path / "pattern.txt")
+
+
+def test_flwr_run_simulation_completes_and_reports(data: Path, tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "lsc4rec.simulations.federated",
+        *SMALL.split(),
+        f"data.path={data}",
+        "federated.num_supernodes=3",
+        "federated.faults.crash=2",
+        "federated.launch_timeout=480",
+        f"output_dir={tmp_path}",
+        "run_name=sim",
+    ]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["rounds"] == 2 and result["failures"] >= 2  # partition 2 crashes in both rounds
+    metrics = json.loads((tmp_path / "sim" / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert all(row["train"]["valid-replies"] == 2 for row in metrics["rounds"])
+    assert all(row["train"]["bytes-received"] > 0 for row in metrics["rounds"])
+
+
+def test_a_failing_run_exits_non_zero(data: Path, tmp_path: Path) -> None:
+    # The ServerApp cannot load its data and raises: `flwr run --stream` itself exits 0 on such a run, the
+    # launcher must read the run's status and fail loudly.
+    command = [
+        sys.executable,
+        "-m",
+        "lsc4rec.simulations.federated",
+        *SMALL.split(),
+        f"data.path={tmp_path / 'missing.txt'}",
+        "federated.num_supernodes=2",
+        "federated.launch_timeout=300",
+        f"output_dir={tmp_path}",
+        "run_name=broken",
+    ]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode != 0
+    assert "ended with status 'finished:failed'" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "broken" / "metrics.json").exists()
+
+
+def test_local_deployment_with_two_supernodes(data: Path, tmp_path: Path) -> None:
+    run_config = f'output-dir="{tmp_path}" overrides="{SMALL} data.path={data} run_name=deployed"'
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "deploy/local.py",
+            "--supernodes",
+            "2",
+            "--workdir",
+            str(tmp_path / "deploy"),
+            "--timeout",
+            "500",
+            "--run-config",
+            run_config,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:] + (
+        tmp_path / "deploy" / "flwr-run.log"
+    ).read_text()[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["status"] == "finished:completed" and result["supernodes"] == 2
+    metrics = json.loads((tmp_path / "deployed" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["rounds"]) == 2
+    assert all(row["train"]["valid-replies"] == 2 for row in metrics["rounds"])
+    # Everything the script started is gone: no SuperNode or SuperLink of this deployment is left running.
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "deploy")], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
