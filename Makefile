@@ -14,11 +14,10 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test lint clean
+.PHONY: install run centralized test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH)"
@@ -27,7 +26,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The default job: federated SASRec on Beauty via `flwr run .` (private simulation SuperLink, 4 SuperNodes);
+# exits non-zero unless the Flower run completed. The centralized baseline: `make centralized`.
 run: $(STAMP)
+	$(BIN)/python -m lsc4rec.simulations.federated
+
+centralized: $(STAMP)
 	$(BIN)/python -m lsc4rec.simulations.centralized
 
 test: $(STAMP)
