@@ -194,3 +194,12 @@ def test_killed_run_resumes_to_the_same_weights(data: Path, tmp_path: Path) -> N
         assert torch.equal(expected[key], got[key]), key
     history = json.loads((tmp_path / "killed" / "metrics.json").read_text())["rounds"]
     assert [row["round"] for row in history] == [1, 2, 3, 4]
+
+
+def test_din_trains_federated_under_the_sampled_protocol(data: Path, tmp_path: Path) -> None:
+    # DIN ranks with target attention, so it is evaluated on target + 20 sampled negatives (random: HR@10 = 10/21).
+    summary = run_inprocess(data, tmp_path / "run", 2, "model=din", "federated.rounds=8", "train.lr=0.01")
+    assert set(summary["test"]) == {"sampled"}
+    rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    assert all("client-HR@10" in row["client_evaluate"] for row in rounds)
+    assert summary["test"]["sampled"]["HR@10"] > 0.8, summary["test"]

@@ -3,7 +3,8 @@
 A SuperNode hosts the devices of one shard (``partition-id`` of ``num-partitions`` in its node config, see
 :mod:`lsc4rec.client.shard`). ``@app.train()`` loads the global weights, trains on the shard's sequences and
 replies with the new weights and ``num-examples``; ``@app.evaluate()`` ranks every device's validation item
-with the global model (full ranking). Node state that must survive rounds lives in ``context.state``.
+with the global model (full ranking, or the sampled protocol where ``eval.full_ranking`` is off). Node state
+that must survive rounds lives in ``context.state``.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     cfg = node_config(context)
     shard = shard_of(context, cfg)
     model = model_from_message(msg, cfg, shard.num_items)
+    full_ranking = bool(cfg.eval.full_ranking)
     eval_set = EvalSet.build(
         "client-valid",
         shard.valid_histories,
@@ -145,9 +147,13 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         int(cfg.data.max_len),
         int(cfg.eval.batch_size),
         exclude_history=bool(cfg.eval.exclude_history),
+        # Without full ranking (DIN), the node ranks against seeded negatives of its own devices.
+        sampled_negatives=0 if full_ranking else int(cfg.eval.sampled_negatives),
+        sampled_seed=int(cfg.eval.sampled_seed) + shard.partition_id,
     )
     with torch.no_grad():
-        result = evaluate(model, eval_set, tuple(int(k) for k in cfg.eval.ks))
-    metrics = {f"client-{key}": value for key, value in result["full"].items()}
+        result = evaluate(model, eval_set, tuple(int(k) for k in cfg.eval.ks), full_ranking=full_ranking)
+    protocol = "full" if full_ranking else "sampled"
+    metrics = {f"client-{key}": value for key, value in result[protocol].items()}
     metrics["num-examples"] = float(shard.num_devices)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

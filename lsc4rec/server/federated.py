@@ -38,6 +38,7 @@ def strategy_from_config(cfg: DictConfig) -> SRMStrategy:
         trim_fraction=float(cfg.strategy.trim_fraction),
         proximal_mu=float(cfg.strategy.proximal_mu),
         fraction_train=float(cfg.strategy.fraction_train),
+        # 0 switches client-side evaluation off in the round loop; the strategy itself needs a valid fraction.
         fraction_evaluate=float(cfg.federated.fraction_evaluate) or 1.0,
         min_train_replies=int(cfg.strategy.min_train_replies),
         min_available_nodes=int(cfg.federated.min_available_nodes),
@@ -65,15 +66,15 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
         batch_size=int(cfg.eval.batch_size),
         exclude_history=bool(cfg.eval.exclude_history),
     )
-    valid_set = EvalSet.build("valid", split.valid_histories(), split.valid_targets, **common)
-    test_set = EvalSet.build(
-        "test",
-        split.test_histories(),
-        split.test_targets,
-        sampled_negatives=int(cfg.eval.sampled_negatives),
-        sampled_seed=int(cfg.eval.sampled_seed),
-        **common,
+    full_ranking = bool(cfg.eval.full_ranking)
+    protocol = "full" if full_ranking else "sampled"
+    sampled = dict(sampled_negatives=int(cfg.eval.sampled_negatives), sampled_seed=int(cfg.eval.sampled_seed))
+    # Model selection reads the full-ranking metric; validation draws negatives only when that is switched off
+    # (DIN on a large catalogue, see conf/model/din.yaml).
+    valid_set = EvalSet.build(
+        "valid", split.valid_histories(), split.valid_targets, **common, **({} if full_ranking else sampled)
     )
+    test_set = EvalSet.build("test", split.test_histories(), split.test_targets, **common, **sampled)
     ks = tuple(int(k) for k in cfg.eval.ks)
     strategy = strategy_from_config(cfg)
     strategy.summary()
@@ -114,12 +115,12 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
         every = int(cfg.federated.server_eval_every)
         if server_round % every == 0 or server_round == rounds:
             model.load_state_dict(arrays.to_torch_state_dict())
-            valid = evaluate(model, valid_set, ks)
-            row["server_valid"] = valid["full"]
-            if valid["full"][SELECTION_METRIC] > best["value"]:
+            valid = evaluate(model, valid_set, ks, full_ranking=full_ranking)[protocol]
+            row["server_valid"] = valid
+            if valid[SELECTION_METRIC] > best["value"]:
                 best = {
                     "round": server_round,
-                    "value": valid["full"][SELECTION_METRIC],
+                    "value": valid[SELECTION_METRIC],
                     "arrays": _state_dict(arrays),
                 }
         row["round_seconds"] = time.perf_counter() - round_start
@@ -155,9 +156,9 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
 
     final_state = _state_dict(arrays)
     model.load_state_dict(final_state)
-    test_last = evaluate(model, test_set, ks)
+    test_last = evaluate(model, test_set, ks, full_ranking=full_ranking)
     model.load_state_dict(best["arrays"])
-    test_best = evaluate(model, test_set, ks)
+    test_best = evaluate(model, test_set, ks, full_ranking=full_ranking)
     torch.save(final_state, out / "model_last.pt")
     torch.save(best["arrays"], out / "model_best.pt")
     total_sent = sum(int(r["train"].get("bytes-sent", 0)) for r in history)
