@@ -197,7 +197,7 @@ def test_killed_run_resumes_to_the_same_weights(data: Path, tmp_path: Path) -> N
 
 
 def test_din_trains_federated_under_the_sampled_protocol(data: Path, tmp_path: Path) -> None:
-    # DIN ranks with target attention, so it is evaluated on target + 20 sampled negatives (random: HR@10 = 10/21).
+    # DIN ranks with target attention: evaluated on target + 20 sampled negatives (random: HR@10 = 10/21).
     summary = run_inprocess(data, tmp_path / "run", 2, "model=din", "federated.rounds=8", "train.lr=0.01")
     assert set(summary["test"]) == {"sampled"}
     rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
