@@ -5,8 +5,8 @@
 Starts a SuperLink (insecure, loopback only, runtime dependency installation off) and N SuperNodes, each
 hosting shard ``i`` of ``N`` (``--node-config "partition-id=i num-partitions=N"``), runs this repository's app
 with ``flwr run``, waits for the run's final status, stops every process it started (also on Ctrl-C or error)
-and exits 0 only when the run completed. Logs of every process land in ``--workdir``. For TLS and SuperNode
-authentication on real devices see ``deploy/README.md``.
+and exits 0 only when the run completed. Logs of every process land in ``--workdir``. Loopback only and
+insecure: real devices need TLS and SuperNode authentication.
 """
 
 from __future__ import annotations
