@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,44 +22,15 @@ import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from lsc4rec.simulations.flower_launch import (
+    flower_env,
+    flower_executable,
+    free_port,
+    submit_and_wait,
+    wait_for_port,
+)
+
 REPO = Path(__file__).resolve().parents[1]
-QUIET_ENV = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_HUB_OFFLINE": "1",
-}
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def executable(name: str) -> str:
-    """A Flower executable from this interpreter's environment (the project venv)."""
-    candidate = Path(sys.executable).with_name(name)
-    if not candidate.exists():
-        raise SystemExit(
-            f"{name} not found next to {sys.executable}: run with the project's .venv/bin/python"
-        )
-    return str(candidate)
-
-
-def wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
-    """Block until something listens on ``port``; fail with the log tail if the process dies first."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{log.stem} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"{log.stem} did not listen on port {port} within {seconds:.0f} s")
 
 
 def start(command: list[str], log: Path, env: dict[str, str], stack: ExitStack) -> subprocess.Popen:
@@ -95,13 +64,11 @@ def deploy(supernodes: int, run_config: str, workdir: Path, timeout: float) -> d
         '[superlink]\ndefault = "local-deployment"\n\n'
         f'[superlink.local-deployment]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home)}
-    # SuperLink and SuperNodes start further Flower executables (flower-superexec, flwr-clientapp) by name.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = flower_env(home)
     with ExitStack() as stack:
         superlink = start(
             [
-                executable("flower-superlink"),
+                flower_executable("flower-superlink"),
                 "--insecure",
                 "--disable-runtime-dependency-installation",
                 "--host",
@@ -120,7 +87,7 @@ def deploy(supernodes: int, run_config: str, workdir: Path, timeout: float) -> d
             node_port = free_port()
             node = start(
                 [
-                    executable("flower-supernode"),
+                    flower_executable("flower-supernode"),
                     "--insecure",
                     "--superlink",
                     f"127.0.0.1:{port}",
@@ -134,36 +101,14 @@ def deploy(supernodes: int, run_config: str, workdir: Path, timeout: float) -> d
                 stack,
             )
             wait_for_port(node_port, node, workdir / f"supernode-{index}.log")
-        command = [executable("flwr"), "run", str(REPO), "local-deployment", "--stream"]
-        if run_config:
-            command += ["--run-config", run_config]
         started = time.perf_counter()
-        try:
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-            output = proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            output = (
-                exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            )
-        (workdir / "flwr-run.log").write_text(output)
-        match = re.search(r"run[ _-]?(?:id)?\D{0,3}(\d{3,})", output, flags=re.IGNORECASE)
-        run_id = int(match.group(1)) if match else None
-        status = "unknown (no run id in the flwr run output)"
-        if run_id is not None:
-            listing = subprocess.run(
-                [executable("flwr"), "ls", "local-deployment", "--run-id", str(run_id), "--format", "json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            try:
-                status = str(json.loads(listing.stdout)["runs"][0]["status"])
-            except (json.JSONDecodeError, KeyError, IndexError):
-                status = f"unreadable: {listing.stdout[-300:]} {listing.stderr[-300:]}"
+        run = submit_and_wait(
+            REPO, "local-deployment", env, timeout, ["--run-config", run_config] if run_config else []
+        )
+        (workdir / "flwr-run.log").write_text(run.log)
         return {
-            "run_id": run_id,
-            "status": status,
+            "run_id": run.run_id,
+            "status": run.status,
             "supernodes": supernodes,
             "seconds": round(time.perf_counter() - started, 1),
             "workdir": str(workdir),

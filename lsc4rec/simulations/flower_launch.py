@@ -49,14 +49,15 @@ class FlowerRun:
         return self.status == "finished:completed"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """An unused TCP port on loopback."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _bin(name: str) -> str:
-    # Prefer the executables of this interpreter's environment (the venv), then PATH.
+def flower_executable(name: str) -> str:
+    """Path of a Flower executable: this interpreter's environment (the venv) first, then PATH."""
     candidate = Path(sys.executable).with_name(name)
     found = str(candidate) if candidate.exists() else shutil.which(name)
     if not found:
@@ -78,10 +79,23 @@ def run_config_string(values: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+    """Block until something listens on ``port``; fail with the log tail if the process dies first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{log.stem} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{log.stem} did not listen on port {port} within {seconds:.0f} s (log: {log})")
+
+
 @contextmanager
 def simulation_superlink(flwr_home: Path, env: dict[str, str]) -> Iterator[str]:
     """Run a private simulation SuperLink; yield the connection name configured for it in ``flwr_home``."""
-    port = _free_port()
+    port = free_port()
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text(
         '[superlink]\ndefault = "lsc4rec"\n\n'
@@ -91,7 +105,7 @@ def simulation_superlink(flwr_home: Path, env: dict[str, str]) -> Iterator[str]:
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
             [
-                _bin("flower-superlink"),
+                flower_executable("flower-superlink"),
                 "--insecure",
                 "--simulation",
                 "--disable-runtime-dependency-installation",
@@ -106,20 +120,7 @@ def simulation_superlink(flwr_home: Path, env: dict[str, str]) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"flower-superlink exited with {process.returncode}: {log_path.read_text()[-2000:]}"
-                )
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
-        else:
-            raise TimeoutError(
-                f"flower-superlink did not listen on port {port} within 60 s (log: {log_path})"
-            )
+        wait_for_port(port, process, log_path)
         yield "lsc4rec"
     finally:
         # The SuperLink's children (SuperExec, simulation, Ray) share its session: stop the whole group.
@@ -131,6 +132,44 @@ def simulation_superlink(flwr_home: Path, env: dict[str, str]) -> Iterator[str]:
                 os.killpg(process.pid, signal.SIGKILL)
 
 
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: private ``FLWR_HOME``, no phoning home, no runtime installs."""
+    env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home)}
+    # SuperLink and SuperNodes start further Flower executables (flower-superexec, flwr-clientapp) by name.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def submit_and_wait(
+    app_dir: Path, connection: str, env: dict[str, str], timeout: float, extra_args: list[str]
+) -> FlowerRun:
+    """``flwr run --stream`` the app on ``connection``, then read its final status from the SuperLink."""
+    command = [flower_executable("flwr"), "run", str(app_dir), connection, "--stream", *extra_args]
+    logger.info("launching: %s", " ".join(command))
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        output = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return FlowerRun(None, f"timed out after {timeout:.0f} s", output)
+    match = re.search(r"run[ _-]?(?:id)?\D{0,3}(\d{3,})", output, flags=re.IGNORECASE)
+    if match is None:
+        return FlowerRun(None, "unknown (no run id in the flwr run output)", output)
+    run_id = int(match.group(1))
+    listing = subprocess.run(
+        [flower_executable("flwr"), "ls", connection, "--run-id", str(run_id), "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        status = str(json.loads(listing.stdout)["runs"][0]["status"])
+    except (json.JSONDecodeError, KeyError, IndexError):
+        status = f"unreadable status: {listing.stdout[-500:]} {listing.stderr[-500:]}"
+    return FlowerRun(run_id, status, output)
+
+
 def flwr_run(
     app_dir: Path,
     run_config: Mapping[str, object],
@@ -140,45 +179,17 @@ def flwr_run(
 ) -> FlowerRun:
     """``flwr run`` the app in ``app_dir`` on a private simulation SuperLink; return its final status."""
     home = flwr_home or Path(tempfile.mkdtemp(prefix="lsc4rec-flwr-"))
-    env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home)}
-    # SuperLink and SuperNodes start further Flower executables (flower-superexec, flwr-clientapp) by name.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = flower_env(home)
     with simulation_superlink(home, env) as connection:
-        command = [
-            _bin("flwr"),
-            "run",
-            str(app_dir),
+        return submit_and_wait(
+            app_dir,
             connection,
-            "--stream",
-            "--run-config",
-            run_config_string(run_config),
-            "--federation-config",
-            f"num-supernodes={num_supernodes} client-resources-num-cpus=1",
-        ]
-        logger.info("launching: %s", " ".join(command))
-        try:
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-            output = proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            output = (
-                (exc.stdout or b"").decode(errors="replace")
-                if isinstance(exc.stdout, bytes)
-                else (exc.stdout or "")
-            )
-            return FlowerRun(None, f"timed out after {timeout:.0f} s", output)
-        match = re.search(r"run[ _-]?(?:id)?\D{0,3}(\d{3,})", output, flags=re.IGNORECASE)
-        run_id = int(match.group(1)) if match else None
-        status = "unknown"
-        if run_id is not None:
-            listing = subprocess.run(
-                [_bin("flwr"), "ls", connection, "--run-id", str(run_id), "--format", "json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            try:
-                status = str(json.loads(listing.stdout)["runs"][0]["status"])
-            except (json.JSONDecodeError, KeyError, IndexError):
-                status = f"unreadable status: {listing.stdout[-500:]} {listing.stderr[-500:]}"
-        return FlowerRun(run_id, status, output)
+            env,
+            timeout,
+            [
+                "--run-config",
+                run_config_string(run_config),
+                "--federation-config",
+                f"num-supernodes={num_supernodes} client-resources-num-cpus=1",
+            ],
+        )
