@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lsc4rec.data import EvalBatches, TrainBatches
+from lsc4rec.data import EvalBatches, LeaveOneOutSplit, TrainBatches
 from lsc4rec.metrics import (
     DEFAULT_KS,
     RankingAccumulator,
@@ -267,3 +267,28 @@ def build_model_from_config(
     if model_class is not None and "max_len" in inspect.signature(model_class).parameters:
         params.setdefault("max_len", max_len)
     return build_srm(name, num_items, **params)
+
+
+def build_eval_sets(
+    split: LeaveOneOutSplit, eval_cfg: Mapping[str, Any], max_len: int
+) -> tuple[EvalSet, EvalSet]:
+    """Validation and test sets of a leave-one-out split, as ``conf/eval`` describes them.
+
+    Model selection reads the full-ranking metric, so validation draws sampled negatives only when
+    ``full_ranking`` is off (DIN on a large catalogue, see ``conf/model/din.yaml``); test always has them.
+    """
+    common = dict(
+        num_items=split.num_items,
+        max_len=max_len,
+        batch_size=int(eval_cfg["batch_size"]),
+        exclude_history=bool(eval_cfg["exclude_history"]),
+    )
+    sampled = dict(
+        sampled_negatives=int(eval_cfg["sampled_negatives"]), sampled_seed=int(eval_cfg["sampled_seed"])
+    )
+    valid_sampled = {} if bool(eval_cfg["full_ranking"]) else sampled
+    valid_set = EvalSet.build(
+        "valid", split.valid_histories(), split.valid_targets, **common, **valid_sampled
+    )
+    test_set = EvalSet.build("test", split.test_histories(), split.test_targets, **common, **sampled)
+    return valid_set, test_set

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,3 +82,16 @@ def movielens_1m_dir(tmp_path: Path) -> Path:
     ]
     (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
     return folder
+
+
+def write_pattern_dataset(
+    path: Path, num_users: int = 300, num_items: int = 60, seed: int = 0, lengths: tuple[int, int] = (5, 12)
+) -> Path:
+    """S3-Rec file whose users walk item i -> i+1 (mod num_items) from a random start: perfectly learnable."""
+    rng = random.Random(seed)
+    lines = []
+    for user in range(1, num_users + 1):
+        start, length = rng.randrange(num_items), rng.randint(*lengths)
+        lines.append(" ".join(str(x) for x in [user, *((start + i) % num_items + 1 for i in range(length))]))
+    path.write_text("\n".join(lines) + "\n")
+    return path

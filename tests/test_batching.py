@@ -99,6 +99,7 @@ def test_bucketing_groups_similar_lengths_and_covers_every_example_once() -> Non
         seen = torch.cat([inputs[:, -1] for inputs, _ in bucketed]).sort().values
         assert seen.tolist() == list(range(1, 401))
         assert len(list(bucketed)) == len(bucketed) == 25
+
     # Every batch is as wide as its longest row, and bucketing pads far less than random batches.
     def padding(batches: TrainBatches) -> int:
         total = 0

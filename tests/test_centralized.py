@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_pattern_dataset
 
 from lsc4rec.config import compose_config
 from lsc4rec.simulations.centralized import run_centralized
@@ -17,22 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 60
 
 
-def write_pattern_dataset(path: Path, num_users: int = 300, seed: int = 0) -> Path:
-    """Sequences that walk item i -> i+1 (mod NUM_ITEMS) from a random start: the next item is predictable."""
-    rng = random.Random(seed)
-    lines = []
-    for user in range(1, num_users + 1):
-        start = rng.randrange(NUM_ITEMS)
-        length = rng.randint(5, 12)
-        items = [(start + step) % NUM_ITEMS + 1 for step in range(length)]
-        lines.append(" ".join(str(x) for x in [user, *items]))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @pytest.fixture()
 def pattern_file(tmp_path: Path) -> Path:
-    return write_pattern_dataset(tmp_path / "pattern.txt")
+    return write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=NUM_ITEMS)
 
 
 @pytest.mark.parametrize("model", ["sasrec", "gru4rec"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_pattern_dataset
 
 from lsc4rec.config import config_from_run_config
 from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
@@ -21,17 +21,6 @@ from lsc4rec.simulations.inprocess import InProcessGrid
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 60
-
-
-def write_pattern_dataset(path: Path, num_users: int = 240, seed: int = 0) -> Path:
-    """Sequences walking item i -> i+1 (mod NUM_ITEMS): a federated model can learn them exactly."""
-    rng = random.Random(seed)
-    lines = []
-    for user in range(1, num_users + 1):
-        start, length = rng.randrange(NUM_ITEMS), rng.randint(5, 12)
-        lines.append(" ".join(str(x) for x in [user, *((start + i) % NUM_ITEMS + 1 for i in range(length))]))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def overrides(data: Path, *extra: str) -> str:
@@ -55,7 +44,7 @@ def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
 
 @pytest.fixture()
 def data(tmp_path: Path) -> Path:
-    return write_pattern_dataset(tmp_path / "pattern.txt")
+    return write_pattern_dataset(tmp_path / "pattern.txt", num_users=240, num_items=NUM_ITEMS)
 
 
 def test_federated_run_learns_despite_crashing_and_malformed_nodes(data: Path, tmp_path: Path) -> None:

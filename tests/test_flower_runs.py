@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_pattern_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_pattern_dataset(path: Path, num_users: int = 120, num_items: int = 40) -> Path:
-    """Small learnable sequences (item i -> i+1): keeps each Flower round to a few seconds of compute."""
-    rng = random.Random(1)
-    lines = []
-    for user in range(1, num_users + 1):
-        start, length = rng.randrange(num_items), rng.randint(5, 10)
-        lines.append(" ".join(str(x) for x in [user, *((start + i) % num_items + 1 for i in range(length))]))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 SMALL = "data.name=pattern data.max_len=10 eval.sampled_negatives=20 train.lr=0.005 federated.rounds=2"
@@ -29,7 +18,10 @@ SMALL = "data.name=pattern data.max_len=10 eval.sampled_negatives=20 train.lr=0.
 
 @pytest.fixture()
 def data(tmp_path: Path) -> Path:
-    return write_pattern_dataset(tmp_path / "pattern.txt")
+    # Small, so each Flower round costs a few seconds of compute.
+    return write_pattern_dataset(
+        tmp_path / "pattern.txt", num_users=120, num_items=40, seed=1, lengths=(5, 10)
+    )
 
 
 def test_flwr_run_simulation_completes_and_reports(data: Path, tmp_path: Path) -> None:

@@ -25,8 +25,25 @@ FORMATS: tuple[str, ...] = ("auto", "sequence", "pairs", "movielens")
 
 #: Genre names of the 19 ``u.item`` flags, used when the folder has no ``u.genre``.
 ML100K_GENRES: tuple[str, ...] = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 
 # ASCII-only on purpose: int() also accepts '1_000', '+5' and non-ASCII digits, never valid ids here.
@@ -204,13 +221,15 @@ def _read_u_item(path: Path, genre_names: list[str]) -> tuple[dict[int, str], di
         fields = line.rstrip("\r\n").split("|")
         if len(fields) < 5 + n:
             raise DataFormatError(
-                path, f"expected {5 + n} '|'-separated fields (id, title, 3 dates/URL, {n} genre flags), "
-                f"got {len(fields)}: {line.strip()[:80]!r}", lineno,
+                path,
+                f"expected {5 + n} '|'-separated fields (id, title, 3 dates/URL, {n} genre flags), "
+                f"got {len(fields)}: {line.strip()[:80]!r}",
+                lineno,
             )
         item = _to_int(fields[0], path, lineno, "item id")
         if item in titles:
             raise DataFormatError(path, f"item id {item} repeated", lineno)
-        flags = fields[len(fields) - n:]
+        flags = fields[len(fields) - n :]
         bad = [flag for flag in flags if flag not in ("0", "1")]
         if bad:
             raise DataFormatError(path, f"item {item}: genre flag {bad[0]!r} is not 0 or 1", lineno)
@@ -291,7 +310,12 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
     if min_rating is not None:
         logger.info(
             "%s: min_rating=%s removed %d of %d ratings (%d kept, %d users left)",
-            ratings, min_rating, removed, total, total - removed, len(per_user),
+            ratings,
+            min_rating,
+            removed,
+            total,
+            total - removed,
+            len(per_user),
         )
     if not per_user:
         raise DataFormatError(ratings, f"no rating is >= min_rating={min_rating} ({total} ratings read)")
@@ -328,7 +352,7 @@ def read_item_attributes(path: str | PathLike[str]) -> dict[int, list[int]]:
 
     A non-integer key, a non-list value or a non-integer attribute raises DataFormatError naming the key.
     """
-    p = _require_file(path, "a JSON object {\"item id\": [attribute id, ...]}")
+    p = _require_file(path, 'a JSON object {"item id": [attribute id, ...]}')
     try:
         with p.open("r", encoding="utf-8") as handle:
             data = json.load(handle)
@@ -337,7 +361,7 @@ def read_item_attributes(path: str | PathLike[str]) -> dict[int, list[int]]:
     except UnicodeDecodeError as error:
         raise DataFormatError(p, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not isinstance(data, dict):
-        raise DataFormatError(p, f"expected a JSON object {{\"item id\": [...]}}, got {type(data).__name__}")
+        raise DataFormatError(p, f'expected a JSON object {{"item id": [...]}}, got {type(data).__name__}')
     attributes: dict[int, list[int]] = {}
     for key, values in data.items():
         if _INT_TOKEN.fullmatch(key.strip()) is None:
@@ -430,6 +454,10 @@ def load_raw(
         raw.name = name
     logger.info(
         "loaded %s (%s) from %s: %d users, %d interactions",
-        raw.name, resolved, raw.source, raw.num_users, raw.num_interactions,
+        raw.name,
+        resolved,
+        raw.source,
+        raw.num_users,
+        raw.num_interactions,
     )
     return raw

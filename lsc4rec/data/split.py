@@ -189,7 +189,11 @@ def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
     if too_short:
         logger.warning(
             "%d users with fewer than %d interactions are train-only (%s: %d of %d users)",
-            too_short, MIN_EVAL_LENGTH, raw.name, too_short, len(raw.user_ids),
+            too_short,
+            MIN_EVAL_LENGTH,
+            raw.name,
+            too_short,
+            len(raw.user_ids),
         )
     interactions = sum(lengths)
     report: dict[str, int | float] = {

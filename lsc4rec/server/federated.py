@@ -24,7 +24,7 @@ from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from lsc4rec.strategies import SRMStrategy
-from lsc4rec.training import EvalSet, build_model_from_config, evaluate
+from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +60,9 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
     split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
     max_len = int(cfg.data.max_len)
     model = build_model_from_config(cfg.model, split.num_items, max_len)
-    common = dict(
-        num_items=split.num_items,
-        max_len=max_len,
-        batch_size=int(cfg.eval.batch_size),
-        exclude_history=bool(cfg.eval.exclude_history),
-    )
     full_ranking = bool(cfg.eval.full_ranking)
+    valid_set, test_set = build_eval_sets(split, cfg.eval, max_len)
     protocol = "full" if full_ranking else "sampled"
-    sampled = dict(sampled_negatives=int(cfg.eval.sampled_negatives), sampled_seed=int(cfg.eval.sampled_seed))
-    # Model selection reads the full-ranking metric; validation draws negatives only when that is switched off
-    # (DIN on a large catalogue, see conf/model/din.yaml).
-    valid_set = EvalSet.build(
-        "valid", split.valid_histories(), split.valid_targets, **common, **({} if full_ranking else sampled)
-    )
-    test_set = EvalSet.build("test", split.test_histories(), split.test_targets, **common, **sampled)
     ks = tuple(int(k) for k in cfg.eval.ks)
     strategy = strategy_from_config(cfg)
     strategy.summary()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import TrainBatches, leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
-from lsc4rec.training import EvalSet, TrainSettings, build_model_from_config, evaluate, fit
+from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +59,8 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     logger.info("model %s with %d parameters", cfg.model.name, num_parameters)
 
     train_batches = TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=int(cfg.seed))
-    common = dict(
-        num_items=split.num_items,
-        max_len=max_len,
-        batch_size=int(cfg.eval.batch_size),
-        exclude_history=bool(cfg.eval.exclude_history),
-    )
     full_ranking = bool(cfg.eval.full_ranking)
-    sampled = dict(sampled_negatives=int(cfg.eval.sampled_negatives), sampled_seed=int(cfg.eval.sampled_seed))
-    # Early stopping reads the full-ranking metric, so validation draws sampled negatives only when it is off.
-    valid_set = EvalSet.build(
-        "valid", split.valid_histories(), split.valid_targets, **common, **({} if full_ranking else sampled)
-    )
-    test_set = EvalSet.build("test", split.test_histories(), split.test_targets, **common, **sampled)
+    valid_set, test_set = build_eval_sets(split, cfg.eval, max_len)
     ks = tuple(int(k) for k in cfg.eval.ks)
 
     def checkpoint_progress(record: dict) -> None:
