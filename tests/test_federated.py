@@ -192,3 +192,12 @@ def test_din_trains_federated_under_the_sampled_protocol(data: Path, tmp_path: P
     rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert all("client-HR@10" in row["client_evaluate"] for row in rounds)
     assert summary["test"]["sampled"]["HR@10"] > 0.8, summary["test"]
+
+
+def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) -> None:
+    run_config = {"overrides": overrides(data, "federated.rounds=3", "federated.fraction_evaluate=0")}
+    grid = InProcessGrid(2, run_config)
+    run_federated(grid, config_from_run_config(run_config), tmp_path / "run")
+    for context in grid.contexts.values():
+        state = context.state.metric_records["node"]
+        assert state["rounds-trained"] == 3 and state["examples-trained"] > 0

@@ -117,13 +117,10 @@ def train(msg: Message, context: Context) -> Message:
     )
     metrics["train-seconds"] = time.perf_counter() - start
     # Node state across rounds (sim and deployment): how often this node trained and on how many examples.
-    state = context.state.metric_records.get("node")
-    rounds = int(state["rounds-trained"]) + 1 if state is not None else 1
-    examples = (
-        float(state["examples-trained"]) + metrics["num-examples"]
-        if state is not None
-        else metrics["num-examples"]
-    )
+    fresh = MetricRecord({"rounds-trained": 0, "examples-trained": 0.0})
+    state = context.state.metric_records.get("node", fresh)
+    rounds = int(state["rounds-trained"]) + 1
+    examples = float(state["examples-trained"]) + metrics["num-examples"]
     context.state["node"] = MetricRecord({"rounds-trained": rounds, "examples-trained": examples})
     metrics["rounds-trained"] = float(rounds)
     arrays = ArrayRecord(model.state_dict())
