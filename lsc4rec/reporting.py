@@ -65,6 +65,17 @@ def emit_result(summary: Mapping[str, Any]) -> str:
     return line
 
 
+def _save_figure(fig: plt.Figure, path: Path, title: str) -> Path:
+    """Title, lay out and write ``fig`` as a PNG at ``path``, then free it."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_learning_curve(
     history: Sequence[Mapping[str, Any]],
     path: Path,
@@ -93,13 +104,7 @@ def plot_learning_curve(
     ax_metric.set_xlabel("epoch")
     ax_metric.set_ylabel(f"validation {metric} (full ranking)")
     ax_metric.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title)
 
 
 def plot_rounds(
@@ -141,10 +146,4 @@ def plot_rounds(
     for ax in axes:
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title)
