@@ -10,7 +10,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,12 @@ class TrainSettings:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999
     grad_clip: float | None = 5.0
+    # Multiply the learning rate by lr_decay after lr_decay_patience evaluations without a validation gain
+    # (ReduceLROnPlateau); 1.0 keeps it constant.
+    lr_decay: float = 1.0
+    lr_decay_patience: int = 2
     patience: int = 10
     eval_every: int = 1
     max_minutes: float | None = None
@@ -53,6 +58,18 @@ class TrainSettings:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 < self.adam_beta2 < 1.0:
+            raise ValueError(f"train.adam_beta2 must be in (0, 1), got {self.adam_beta2}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_decay_patience < 0:
+            raise ValueError(f"train.lr_decay_patience must be >= 0, got {self.lr_decay_patience}")
+
+    def make_optimizer(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The Adam optimizer these settings describe."""
+        return torch.optim.Adam(
+            parameters, lr=self.lr, betas=(0.9, self.adam_beta2), weight_decay=self.weight_decay
+        )
 
 
 @dataclass
@@ -195,7 +212,14 @@ def fit(
     The metric is read from the full-ranking protocol, or from the sampled one when ``full_ranking`` is False.
     """
     protocol = "full" if full_ranking else "sampled"
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = settings.make_optimizer(model.parameters())
+    plateau = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=settings.lr_decay, patience=settings.lr_decay_patience
+        )
+        if settings.lr_decay < 1.0
+        else None
+    )
     generator = torch.Generator().manual_seed(seed)
     best_value, best_epoch, since_best = -math.inf, 0, 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -217,6 +241,9 @@ def fit(
             valid = evaluate(model, valid_set, ks, full_ranking=full_ranking)
             value = valid[protocol][selection_metric]
             record["valid"] = valid
+            if plateau is not None:
+                plateau.step(value)
+                record["lr"] = optimizer.param_groups[0]["lr"]
             if value > best_value:
                 best_value, best_epoch, since_best = value, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

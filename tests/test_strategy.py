@@ -15,7 +15,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from lsc4rec.strategies import SRMStrategy, aggregate_arrays
+from lsc4rec.strategies import ServerOptimizer, SRMStrategy, aggregate_arrays
 
 
 def test_fedavg_is_example_weighted() -> None:
@@ -127,6 +127,20 @@ def test_too_few_valid_replies_keep_the_global_model() -> None:
         3, [reply(messages[0], ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))}))]
     )
     assert arrays is None and metrics["aggregated"] == 0 and metrics["failures"] == 1
+
+
+def test_server_momentum_steps_from_the_global_weights_sent() -> None:
+    strategy = SRMStrategy(server_optimizer=ServerOptimizer("momentum", lr=1.0, momentum=0.5))
+    current = np.array([1.0, 1.0], dtype=np.float32)
+    for server_round, expected in ((1, [2.0, 0.0]), (2, [3.5, -1.5])):
+        arrays = ArrayRecord({"w": Array(current)})
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), ListGrid([1])))
+        # The device moves the weights by (+1, -1) each round; momentum 0.5 turns round 2's step into 1.5x.
+        update = ArrayRecord({"w": Array(current + np.array([1.0, -1.0], dtype=np.float32))})
+        new, _ = strategy.aggregate_train(server_round, [reply(messages[0], update)])
+        current = new["w"].numpy()
+        np.testing.assert_allclose(current, expected)
+    assert "server_optimizer" in strategy.state_dict()
 
 
 def test_sampling_is_seeded_and_state_round_trips() -> None:

@@ -50,7 +50,7 @@ def train_on_shard(
     batches = TrainBatches(shard.train_sequences, max_len, settings.batch_size, seed=seed)
     if batches.num_examples == 0:
         raise ValueError(f"partition {shard.partition_id}: no device has a sequence with 2+ training items")
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = settings.make_optimizer(model.parameters())
     generator = torch.Generator().manual_seed(seed)
     regularizer = proximal_term(model, proximal_mu)
     quiet = replace(settings, progress=False)

@@ -23,7 +23,7 @@ from lsc4rec.config import to_plain_dict
 from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from lsc4rec.strategies import SRMStrategy
+from lsc4rec.strategies import ServerOptimizer, SRMStrategy
 from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,13 @@ def strategy_from_config(cfg: DictConfig) -> SRMStrategy:
         min_available_nodes=int(cfg.federated.min_available_nodes),
         wait_for_nodes_seconds=float(cfg.federated.wait_for_nodes_seconds),
         seed=int(cfg.seed),
+        server_optimizer=ServerOptimizer(
+            name=str(cfg.strategy.server_optimizer.name),
+            lr=float(cfg.strategy.server_optimizer.lr),
+            momentum=float(cfg.strategy.server_optimizer.momentum),
+            beta2=float(cfg.strategy.server_optimizer.beta2),
+            eps=float(cfg.strategy.server_optimizer.eps),
+        ),
     )
 
 

@@ -5,6 +5,8 @@ A Flower ``Strategy`` (Message API): it works under ``Strategy.start`` and the s
 sends a malformed update (wrong keys, shapes or dtypes, non-finite values, no example count) is left out,
 logged with its node id and reason, and counted in the round's metrics. The round aggregates when at least
 ``min_train_replies`` valid updates arrived; otherwise the global weights stay as they were and it says so.
+The aggregate becomes the new global model through a server optimizer (:mod:`.server_optimizer`): by default
+it is adopted as is (FedAvg); FedAvgM and FedAdam apply it as a pseudo-gradient with momentum / adaptivity.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays
+from lsc4rec.strategies.server_optimizer import ServerOptimizer
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +64,9 @@ class SRMStrategy(Strategy):
         min_available_nodes: int = 1,
         wait_for_nodes_seconds: float = 120.0,
         seed: int = 0,
+        server_optimizer: ServerOptimizer | None = None,
     ) -> None:
-        """Configure the aggregation ``rule`` (see ``AGGREGATION_RULES``) and node sampling."""
+        """Configure the aggregation ``rule`` (``AGGREGATION_RULES``), node sampling and server optimizer."""
         if rule not in AGGREGATION_RULES:
             raise ValueError(f"strategy.rule={rule!r} is not one of {AGGREGATION_RULES}")
         for name, value in (("fraction_train", fraction_train), ("fraction_evaluate", fraction_evaluate)):
@@ -81,8 +85,10 @@ class SRMStrategy(Strategy):
         self.min_available_nodes = int(min_available_nodes)
         self.wait_for_nodes_seconds = float(wait_for_nodes_seconds)
         self.rng = random.Random(seed)
+        self.server_optimizer = server_optimizer or ServerOptimizer("none")
         self.failures: list[NodeFailure] = []
         self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._global: dict[str, np.ndarray] = {}
         self._expected: dict[str, set[int]] = {"train": set(), "evaluate": set()}
         self._bytes_sent: dict[str, int] = {"train": 0, "evaluate": 0}
 
@@ -92,6 +98,7 @@ class SRMStrategy(Strategy):
         return {
             "rng": self.rng.getstate(),
             "failures": [vars(f) for f in self.failures],
+            "server_optimizer": self.server_optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -100,6 +107,7 @@ class SRMStrategy(Strategy):
         # JSON/pickle round trips may turn the inner tuple into a list; random.setstate needs tuples.
         self.rng.setstate((rng_state[0], tuple(rng_state[1]), rng_state[2]))
         self.failures = [NodeFailure(**f) for f in state["failures"]]
+        self.server_optimizer.load_state_dict(state.get("server_optimizer", {}))
 
     # ------------------------------------------------------------------ helpers
     def _sample_nodes(self, grid: Grid, fraction: float) -> list[int]:
@@ -212,6 +220,7 @@ class SRMStrategy(Strategy):
     ) -> Iterable[Message]:
         """Send the global weights to a sampled fraction of the nodes."""
         self._reference = {key: (tuple(arrays[key].shape), arrays[key].dtype) for key in arrays}
+        self._global = {key: arrays[key].numpy() for key in arrays}
         return self._messages("train", MessageType.TRAIN, server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -245,7 +254,9 @@ class SRMStrategy(Strategy):
             {key: r.content.array_records["arrays"][key].numpy() for key in self._reference} for r in valid
         ]
         weights = [float(r.content.metric_records["metrics"][WEIGHT_KEY]) for r in valid]
-        combined = aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
+        combined = self.server_optimizer.step(
+            self._global, aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
+        )
         metrics["aggregated"] = 1
         return ArrayRecord({key: Array(combined[key]) for key in self._reference}), MetricRecord(metrics)
 
@@ -270,8 +281,11 @@ class SRMStrategy(Strategy):
     def summary(self) -> None:
         """Log the strategy's settings."""
         logger.info(
-            "SRMStrategy rule=%s trim=%.2f mu=%.4f fraction_train=%.2f fraction_evaluate=%.2f min_replies=%d",
+            "SRMStrategy rule=%s server_optimizer=%s(lr=%g) trim=%.2f mu=%.4f fraction_train=%.2f "
+            "fraction_evaluate=%.2f min_replies=%d",
             self.rule,
+            self.server_optimizer.name,
+            self.server_optimizer.lr,
             self.trim_fraction,
             self.proximal_mu,
             self.fraction_train,
