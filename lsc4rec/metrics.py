@@ -446,10 +446,31 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> d
     return accumulator.compute()
 
 
+# Rank given to a target that a ranked list misses: beyond every cut-off.
+MISSED_RANK = 1 << 40
+
+
+def list_ranks(ranked_items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based position of each target in its row of ``ranked_items [B, n]``; ``MISSED_RANK`` if absent.
+
+    This is the protocol for candidate lists (LSC4Rec's collaborative evaluation): the ranked list is what a
+    generator retrieved and a reranker ordered, and a target outside the list counts as a miss at every K.
+    Padding slots (item 0) never match a target, since targets are >= 1.
+    """
+    if ranked_items.ndim != 2:
+        raise ValueError(f"ranked_items must be 2-D [B, n], got shape {tuple(ranked_items.shape)}")
+    targets = _check_ids("targets", targets, ranked_items.shape[0], 1, MISSED_RANK, "item ids")
+    hits = ranked_items.long() == targets[:, None]
+    first = hits.float().argmax(dim=1)
+    return torch.where(hits.any(dim=1), first, torch.full_like(first, MISSED_RANK))
+
+
 __all__ = [
     "DEFAULT_KS",
+    "MISSED_RANK",
     "RankingAccumulator",
     "full_ranking_ranks",
+    "list_ranks",
     "metrics_from_ranks",
     "sample_negatives",
     "sampled_ranking_ranks",

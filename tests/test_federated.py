@@ -15,6 +15,7 @@ import torch
 from conftest import write_pattern_dataset
 
 from lsc4rec.config import config_from_run_config
+from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
 from lsc4rec.server.federated import run_federated
 from lsc4rec.simulations.inprocess import InProcessGrid
@@ -201,3 +202,25 @@ def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) ->
     for context in grid.contexts.values():
         state = context.state.metric_records["node"]
         assert state["rounds-trained"] == 3 and state["examples-trained"] > 0
+
+
+def test_row_weighting_changes_only_item_rows_and_follows_node_counts(data: Path, tmp_path: Path) -> None:
+    finals = {}
+    for flag in ("false", "true"):
+        run_inprocess(
+            data,
+            tmp_path / flag,
+            3,
+            "federated.rounds=1",
+            "federated.fraction_evaluate=0",
+            f"strategy.row_weighting={flag}",
+        )
+        finals[flag] = torch.load(tmp_path / flag / "model_last.pt")
+    plain, weighted = finals["false"], finals["true"]
+    # Dense parameters are aggregated identically; only the item table is averaged per row.
+    for key in plain:
+        if key != ITEM_TABLE_KEY:
+            assert torch.equal(plain[key], weighted[key]), key
+    assert not torch.allclose(plain[ITEM_TABLE_KEY], weighted[ITEM_TABLE_KEY])
+    # Every node's pattern data holds every item, so rows stay close to FedAvg, yet they differ by counts.
+    assert torch.allclose(plain[ITEM_TABLE_KEY], weighted[ITEM_TABLE_KEY], atol=0.05)

@@ -15,7 +15,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
-from lsc4rec.strategies import ServerOptimizer, SRMStrategy, aggregate_arrays
+from lsc4rec.strategies import ServerOptimizer, SRMStrategy, aggregate_arrays, count_weighted_rows
 
 
 def test_fedavg_is_example_weighted() -> None:
@@ -127,6 +127,50 @@ def test_too_few_valid_replies_keep_the_global_model() -> None:
         3, [reply(messages[0], ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))}))]
     )
     assert arrays is None and metrics["aggregated"] == 0 and metrics["failures"] == 1
+
+
+def test_count_weighted_rows_average_only_over_nodes_that_saw_the_row() -> None:
+    a = np.array([[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]], dtype=np.float32)
+    b = np.array([[3.0, 3.0], [7.0, 7.0], [0.0, 0.0]], dtype=np.float32)
+    fallback = np.full((3, 2), -1.0, dtype=np.float32)
+    out = count_weighted_rows([a, b], [np.array([1, 0, 0]), np.array([3, 2, 0])], fallback)
+    # Row 0: (1*1 + 3*3) / 4; row 1: only b saw it; row 2: nobody did -> the fallback.
+    np.testing.assert_allclose(out, [[2.5, 2.5], [7.0, 7.0], [-1.0, -1.0]])
+    assert out.dtype == np.float32
+    with pytest.raises(ValueError, match="do not match"):
+        count_weighted_rows([a, b], [np.array([1, 0]), np.array([3, 2])], fallback)
+
+
+def test_row_weighting_applies_to_tables_with_counts_and_checks_them() -> None:
+    strategy = SRMStrategy(row_weighting=True)
+    global_arrays = ArrayRecord(
+        {"table": Array(np.zeros((2, 1), dtype=np.float32)), "w": Array(np.zeros(1, dtype=np.float32))}
+    )
+    messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid([1, 2, 3])))
+
+    def with_counts(message: Message, table: list[float], w: float, counts: list[int] | None) -> Message:
+        arrays = ArrayRecord(
+            {
+                "table": Array(np.array(table, dtype=np.float32).reshape(2, 1)),
+                "w": Array(np.array([w], dtype=np.float32)),
+            }
+        )
+        out = reply(message, arrays, 10.0)
+        if counts is not None:
+            out.content["row-counts"] = ArrayRecord({"table": Array(np.array(counts, dtype=np.int64))})
+        return out
+
+    replies = [
+        with_counts(messages[0], [4.0, 8.0], 1.0, [1, 0]),
+        with_counts(messages[1], [0.0, 2.0], 3.0, [0, 1]),
+        with_counts(messages[2], [9.0, 9.0], 5.0, [1, 2, 3]),  # counts of the wrong length: refused
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["valid-replies"] == 2
+    assert "row counts 'table'" in strategy.failures[0].reason
+    # Each row comes from the node that saw it; the dense array keeps FedAvg.
+    np.testing.assert_allclose(arrays["table"].numpy().ravel(), [4.0, 2.0])
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.0])
 
 
 def test_server_momentum_steps_from_the_global_weights_sent() -> None:

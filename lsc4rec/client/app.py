@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.config import config_from_run_config, to_plain_dict
-from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
+from lsc4rec.strategies.srm import ROW_COUNTS_KEY
 from lsc4rec.training import EvalSet, TrainSettings, build_model_from_config, evaluate
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,10 @@ def train(msg: Message, context: Context) -> Message:
     arrays = ArrayRecord(model.state_dict())
     if _faulty(cfg, "malformed", partition_id):
         arrays = _malformed(arrays)
-    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+    if bool(cfg.strategy.row_weighting):
+        content[ROW_COUNTS_KEY] = ArrayRecord({ITEM_TABLE_KEY: Array(shard.item_counts())})
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

@@ -33,6 +33,11 @@ class DeviceShard:
         """Number of users (devices) on this node."""
         return len(self.users)
 
+    def item_counts(self) -> np.ndarray:
+        """How often each item occurs in the node's training sequences, ``[num_items + 1]`` (0 = padding)."""
+        flat = np.fromiter((i for seq in self.train_sequences for i in seq), dtype=np.int64)
+        return np.bincount(flat, minlength=self.num_items + 1).astype(np.int64)
+
 
 def partition_users(num_users: int, num_partitions: int, partition_id: int, seed: int) -> np.ndarray:
     """Internal user ids of shard ``partition_id`` (sorted): a seeded permutation cut in near-equal parts."""

@@ -51,6 +51,7 @@ def strategy_from_config(cfg: DictConfig) -> SRMStrategy:
             beta2=float(cfg.strategy.server_optimizer.beta2),
             eps=float(cfg.strategy.server_optimizer.eps),
         ),
+        row_weighting=bool(cfg.strategy.row_weighting),
     )
 
 

@@ -1,6 +1,6 @@
 """Flower strategies for aggregating device SRM updates."""
 
-from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays
+from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays, count_weighted_rows
 from lsc4rec.strategies.server_optimizer import SERVER_OPTIMIZERS, ServerOptimizer
 from lsc4rec.strategies.srm import NodeFailure, SRMStrategy
 
@@ -11,4 +11,5 @@ __all__ = [
     "SRMStrategy",
     "ServerOptimizer",
     "aggregate_arrays",
+    "count_weighted_rows",
 ]

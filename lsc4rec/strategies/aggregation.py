@@ -57,3 +57,30 @@ def aggregate_arrays(
             np.rint(combined).astype(dtype) if np.issubdtype(dtype, np.integer) else combined.astype(dtype)
         )
     return out
+
+
+def count_weighted_rows(
+    tables: Sequence[np.ndarray], counts: Sequence[np.ndarray], fallback: np.ndarray
+) -> np.ndarray:
+    """Row-wise mean of per-node tables ``[R, d]`` weighted by each node's per-row counts ``[R]``.
+
+    For item-embedding tables (row i = item i) with counts = how often each node's data holds item i: a row
+    is averaged over the nodes that actually saw the item, in proportion to how often, instead of being
+    diluted by the nodes that never did (plain FedAvg divides an item seen on one of K nodes by K). Rows no
+    node saw take ``fallback[row]`` (the rule's ordinary aggregate).
+    """
+    if len(tables) != len(counts) or not tables:
+        raise ValueError(f"{len(tables)} tables but {len(counts)} count vectors")
+    stacked = np.stack([np.asarray(t, dtype=np.float64) for t in tables])  # [K, R, ...]
+    weight = np.stack([np.asarray(c, dtype=np.float64) for c in counts])  # [K, R]
+    if weight.shape != stacked.shape[:2]:
+        raise ValueError(f"counts {weight.shape} do not match tables {stacked.shape[:2]}")
+    if (weight < 0).any():
+        raise ValueError("row counts must be non-negative")
+    total = weight.sum(axis=0)  # [R]
+    seen = total > 0
+    share = np.divide(weight, total, out=np.zeros_like(weight), where=seen)
+    extra = (1,) * (stacked.ndim - 2)
+    combined = (share.reshape(*share.shape, *extra) * stacked).sum(axis=0)
+    out = np.where(seen.reshape(-1, *extra), combined, np.asarray(fallback, dtype=np.float64))
+    return out.astype(np.asarray(fallback).dtype)

@@ -23,12 +23,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays
+from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays, count_weighted_rows
 from lsc4rec.strategies.server_optimizer import ServerOptimizer
 
 logger = logging.getLogger(__name__)
 
 WEIGHT_KEY = "num-examples"
+# Optional reply record: per-row counts for row tables (item embeddings), keyed like the model arrays.
+ROW_COUNTS_KEY = "row-counts"
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,14 @@ class SRMStrategy(Strategy):
         wait_for_nodes_seconds: float = 120.0,
         seed: int = 0,
         server_optimizer: ServerOptimizer | None = None,
+        row_weighting: bool = False,
     ) -> None:
-        """Configure the aggregation ``rule`` (``AGGREGATION_RULES``), node sampling and server optimizer."""
+        """Configure the aggregation ``rule`` (``AGGREGATION_RULES``), node sampling and server optimizer.
+
+        ``row_weighting``: tables for which replies carry per-row counts (record ``row-counts``, e.g. item
+        embeddings with item occurrence counts) are averaged row by row over the nodes that saw each row
+        (:func:`count_weighted_rows`) instead of by ``rule``.
+        """
         if rule not in AGGREGATION_RULES:
             raise ValueError(f"strategy.rule={rule!r} is not one of {AGGREGATION_RULES}")
         for name, value in (("fraction_train", fraction_train), ("fraction_evaluate", fraction_evaluate)):
@@ -86,6 +94,7 @@ class SRMStrategy(Strategy):
         self.wait_for_nodes_seconds = float(wait_for_nodes_seconds)
         self.rng = random.Random(seed)
         self.server_optimizer = server_optimizer or ServerOptimizer("none")
+        self.row_weighting = bool(row_weighting)
         self.failures: list[NodeFailure] = []
         self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
         self._global: dict[str, np.ndarray] = {}
@@ -169,6 +178,13 @@ class SRMStrategy(Strategy):
                 return f"array {key!r} is {array.dtype}{tuple(array.shape)}, expected {dtype}{shape}"
         if not all(_is_finite(arrays[key].numpy()) for key in self._reference):
             return "update contains NaN or inf"
+        if ROW_COUNTS_KEY in content.array_records:
+            for key, counts in content.array_records[ROW_COUNTS_KEY].items():
+                if key not in self._reference or tuple(counts.shape) != self._reference[key][0][:1]:
+                    return f"row counts {key!r} {tuple(counts.shape)} match no table of the global model"
+                values = counts.numpy()
+                if not _is_finite(values) or (values < 0).any():
+                    return f"row counts {key!r} hold negative or non-finite values"
         metrics = content.metric_records.get("metrics")
         if metrics is None or WEIGHT_KEY not in metrics:
             return f"reply has no MetricRecord 'metrics' with {WEIGHT_KEY!r}"
@@ -254,11 +270,25 @@ class SRMStrategy(Strategy):
             {key: r.content.array_records["arrays"][key].numpy() for key in self._reference} for r in valid
         ]
         weights = [float(r.content.metric_records["metrics"][WEIGHT_KEY]) for r in valid]
-        combined = self.server_optimizer.step(
-            self._global, aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
-        )
+        aggregate = aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
+        if self.row_weighting:
+            self._weight_rows(aggregate, valid, updates)
+        combined = self.server_optimizer.step(self._global, aggregate)
         metrics["aggregated"] = 1
         return ArrayRecord({key: Array(combined[key]) for key in self._reference}), MetricRecord(metrics)
+
+    @staticmethod
+    def _weight_rows(
+        aggregate: dict[str, np.ndarray], valid: list[Message], updates: list[dict[str, np.ndarray]]
+    ) -> None:
+        """Replace, in place, the aggregate of every table all replies sent row counts for."""
+        records = [r.content.array_records.get(ROW_COUNTS_KEY) for r in valid]
+        if any(record is None for record in records):
+            return
+        shared = set.intersection(*(set(record.keys()) for record in records))
+        for key in sorted(shared):
+            counts = [record[key].numpy() for record in records]
+            aggregate[key] = count_weighted_rows([u[key] for u in updates], counts, aggregate[key])
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

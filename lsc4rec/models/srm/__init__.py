@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from lsc4rec.models.srm.base import SequentialRecommender
+from lsc4rec.models.srm.base import ITEM_TABLE_KEY, SequentialRecommender
 from lsc4rec.models.srm.din import DIN
 from lsc4rec.models.srm.gru4rec import GRU4Rec
 from lsc4rec.models.srm.losses import (
@@ -25,6 +25,7 @@ from lsc4rec.models.srm.sasrec import SASRec
 
 __all__ = [
     "DIN",
+    "ITEM_TABLE_KEY",
     "LOSSES",
     "SRM_CLASSES",
     "GRU4Rec",

@@ -20,7 +20,7 @@ import abc
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SequentialRecommender", "validate_common_args"]
+__all__ = ["ITEM_TABLE_KEY", "SequentialRecommender", "validate_common_args"]
 
 
 def validate_common_args(num_items: int, hidden_size: int, dropout: float) -> None:
@@ -32,6 +32,9 @@ def validate_common_args(num_items: int, hidden_size: int, dropout: float) -> No
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
+
+# State-dict key of the item table every SRM has (row i = item i): federated row weighting keys on it.
+ITEM_TABLE_KEY = "item_embedding.weight"
 
 class SequentialRecommender(nn.Module, abc.ABC):
     """Base class of the SRMs: next-item scores from a left-padded item history.

@@ -1,0 +1,68 @@
+"""The device–cloud staleness regime of LSC4Rec: the cloud sees each user's history only up to ``lag`` ago.
+
+The device always holds its user's real-time history; the cloud's copy misses the ``lag`` most recent
+interactions (uploads are batched and delayed). With the leave-one-out split (train part, validation item,
+test item) this gives, per evaluated user whose full sequence is ``s`` of length ``n``:
+
+* device, test moment: history ``s[:n-1]``; cloud's stale prompt for it: ``s[:n-1-lag]``;
+* device, validation moment: history ``s[:n-2]``; cloud's stale prompt: ``s[:n-2-lag]``;
+* the cloud's training data is what it has seen at the test moment, ``s[:n-1-lag]``, whose last item is the
+  cloud's own validation target (early stopping) and the rest its training sequence. Neither the device's
+  validation item nor its test item is ever in the cloud's training data when ``lag >= 1``.
+
+A request (the device uploading its real-time history) lets the cloud answer from ``s[:n-1]`` instead.
+Users whose stale view is empty keep an empty prompt (the cloud then recommends from the bos token alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lsc4rec.data.split import LeaveOneOutSplit
+
+__all__ = ["CloudView", "cloud_view"]
+
+
+@dataclass(frozen=True)
+class CloudView:
+    """What the cloud knows of every evaluated user (row u = internal user u), ``lag`` interactions late."""
+
+    lag: int
+    train: list[list[int]]
+    valid_histories: list[list[int]]
+    valid_targets: list[int]
+    stale_valid_prompts: list[list[int]]
+    stale_test_prompts: list[list[int]]
+
+    @property
+    def num_users(self) -> int:
+        """Evaluated users covered."""
+        return len(self.stale_test_prompts)
+
+
+def cloud_view(split: LeaveOneOutSplit, lag: int = 2) -> CloudView:
+    """The cloud's stale data for ``split`` (see the module docstring for exactly what it holds)."""
+    if lag < 0:
+        raise ValueError(f"collab.cloud_lag must be >= 0, got {lag}")
+    test_histories = split.test_histories()
+    valid_histories = split.valid_histories()
+    stale_test = [h[: max(len(h) - lag, 0)] for h in test_histories]
+    stale_valid = [h[: max(len(h) - lag, 0)] for h in valid_histories]
+    train, cloud_valid_histories, cloud_valid_targets = [], [], []
+    for seen in stale_test:
+        if len(seen) >= 2:
+            cloud_valid_histories.append(seen[:-1])
+            cloud_valid_targets.append(seen[-1])
+            train.append(seen[:-1])
+        elif seen:
+            train.append(seen)
+    # Users too short to be evaluated still upload their (stale) sequences.
+    train += [seq[: max(len(seq) - lag, 0)] for seq in split.train_only if len(seq) > lag]
+    return CloudView(
+        lag=lag,
+        train=train,
+        valid_histories=cloud_valid_histories,
+        valid_targets=cloud_valid_targets,
+        stale_valid_prompts=stale_valid,
+        stale_test_prompts=stale_test,
+    )

