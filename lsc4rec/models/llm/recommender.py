@@ -199,6 +199,21 @@ class CloudLLM(nn.Module):
         scores[:, 0] = float("-inf")
         return scores
 
+    def position_candidates(self, inputs: Tensor, k: int) -> Tensor:
+        """The top-``k`` next items ``[B, L, k]`` after every position of left-padded ``inputs [B, L]``.
+
+        One forward pass serves every prefix of every row (the model is causal); padding positions get 0.
+        These are the LLM's hard negatives for collaborative training of the SRM. One token per item only.
+        """
+        if self.tokenizer.depth != 1:
+            raise ValueError("position_candidates needs one token per item")
+        with self._evaluating():
+            tokens, mask = self.tokenizer.encode_histories(inputs)
+            # Token column j + 1 holds input column j; its output predicts the item after it.
+            logits = self.token_logits(self.hidden_states(tokens, mask)[:, 1:])
+            top = logits[..., self.tokenizer.codes[1:, 0]].topk(min(k, self.num_items), dim=-1).indices + 1
+        return top.masked_fill((inputs == 0).unsqueeze(-1), 0)
+
     def _next_token_fn(self, tokens: Tensor, mask: Tensor) -> NextTokenLogProbs:
         def next_token_logprobs(rows: Tensor, prefixes: Tensor) -> Tensor:
             row_tokens = torch.cat([tokens[rows], prefixes], dim=1)

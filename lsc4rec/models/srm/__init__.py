@@ -15,6 +15,7 @@ from lsc4rec.models.srm.gru4rec import GRU4Rec
 from lsc4rec.models.srm.losses import (
     LOSSES,
     bce_loss,
+    candidate_rerank_loss,
     compute_loss,
     full_softmax_loss,
     sample_negatives_per_position,
@@ -33,6 +34,7 @@ __all__ = [
     "SequentialRecommender",
     "bce_loss",
     "build_srm",
+    "candidate_rerank_loss",
     "compute_loss",
     "full_softmax_loss",
     "sample_negatives_per_position",

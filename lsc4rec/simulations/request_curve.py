@@ -1,0 +1,375 @@
+"""LSC4Rec device–cloud collaboration experiment: LLM-only vs SRM-only vs fused, and the request-ratio curve.
+
+    python -m lsc4rec.simulations.request_curve dataset=beauty
+    python -m lsc4rec.simulations.request_curve dataset=beauty collab.srm_path=outputs/<run>/model.pt
+
+1. The cloud LLM trains on the cloud's stale view (``collab.cloud_lag`` interactions late, see
+   :mod:`lsc4rec.data.staleness`); the device SRM trains on the devices' real-time data (standard, or
+   collaboratively on the LLM's candidates and then adapted).
+2. Per user, at the validation and at the test moment: the cloud's stale list (LLM on the stale prompt), the
+   fresh list a request would return (LLM on the real-time history), the SRM's scores of both lists, and the
+   device's inconsistency score between the LLM and SRM orders of its stale list.
+3. α and the request threshold are chosen on validation; test reports LLM-only (α = 1), SRM-only (α = 0)
+   and fused, and for each request ratio the intelligent and the random policy.
+
+The ranked list is the LLM's candidate list reordered; a target outside the list is a miss (the paper's
+protocol). Items the device has already consumed are dropped from the list (``eval.exclude_history``).
+Writes ``metrics.json`` + ``request_curve.png`` under the run folder and prints ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lsc4rec.client.collaborative_inference import drop_seen, srm_candidate_scores, srm_top_items
+from lsc4rec.client.collaborative_training import train_on_llm_candidates
+from lsc4rec.client.fusion import fuse_scores, rerank
+from lsc4rec.client.request_policy import RequestPolicy, inconsistency
+from lsc4rec.config import config_dir, to_plain_dict
+from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
+from lsc4rec.data.staleness import cloud_view
+from lsc4rec.metrics import list_ranks, metrics_from_ranks
+from lsc4rec.models.llm.pretrained import build_llm
+from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
+from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MomentLists", "build_moment", "compact_summary", "run_request_curve"]
+
+
+@dataclass
+class MomentLists:
+    """Everything the devices and the cloud produce for one evaluation moment (validation or test)."""
+
+    targets: Tensor  # [U]
+    stale_items: Tensor  # [U, n] LLM list from the stale prompt (seen items dropped)
+    stale_llm: Tensor
+    stale_srm: Tensor
+    fresh_items: Tensor  # [U, n] the list a request returns (LLM on the real-time history)
+    fresh_llm: Tensor
+    fresh_srm: Tensor
+    inconsistency: Tensor  # [U] the device's disagreement score on its stale list
+
+    def lists(self, requested: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(items, LLM scores, SRM scores) each device ranks: the fresh list where it requested one."""
+        pick = requested[:, None]
+        return (
+            torch.where(pick, self.fresh_items, self.stale_items),
+            torch.where(pick, self.fresh_llm, self.stale_llm),
+            torch.where(pick, self.fresh_srm, self.stale_srm),
+        )
+
+
+def build_moment(
+    llm: CloudLLM,
+    srm: SequentialRecommender,
+    histories: list[list[int]],
+    stale_prompts: list[list[int]],
+    targets: list[int],
+    cfg: DictConfig,
+    description: str,
+) -> MomentLists:
+    """Generate both lists, score them with the SRM and compute the devices' inconsistency scores."""
+    n = int(cfg.collab.candidates)
+    max_len = int(cfg.data.max_len)
+    exclude = bool(cfg.eval.exclude_history)
+    parts: dict[str, list[Tensor]] = {k: [] for k in MomentLists.__dataclass_fields__ if k != "targets"}
+    chunk = 512
+    for start in tqdm(range(0, len(histories), chunk), desc=description, disable=not cfg.llm.train.progress):
+        history = pad_left(histories[start : start + chunk], max_len)
+        stale = pad_left([p or [] for p in stale_prompts[start : start + chunk]], int(cfg.llm.max_len))
+        for kind, prompt in (
+            ("stale", stale),
+            ("fresh", pad_left(histories[start : start + chunk], int(cfg.llm.max_len))),
+        ):
+            items, llm_scores = llm.recommend_tensor(prompt, n)
+            if exclude:
+                items = drop_seen(items, history)
+            llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
+            parts[f"{kind}_items"].append(items)
+            parts[f"{kind}_llm"].append(llm_scores)
+            parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
+        top = srm_top_items(srm, history, int(cfg.request.k)) if cfg.request.score == "coverage" else None
+        parts["inconsistency"].append(
+            inconsistency(
+                parts["stale_items"][-1],
+                parts["stale_srm"][-1],
+                str(cfg.request.score),
+                int(cfg.request.k),
+                top,
+            )
+        )
+    return MomentLists(targets=torch.as_tensor(targets), **{k: torch.cat(v) for k, v in parts.items()})
+
+
+def ranked_metrics(
+    items: Tensor, llm_scores: Tensor, srm_scores: Tensor, targets: Tensor, alpha: float, cfg: DictConfig
+) -> dict[str, float]:
+    """HR/NDCG/MRR@K of the lists reranked by the fused score with weight ``alpha`` on the LLM."""
+    fused = fuse_scores(llm_scores, srm_scores, items, alpha, str(cfg.collab.normalization))
+    ks = tuple(int(k) for k in cfg.eval.ks)
+    return metrics_from_ranks(list_ranks(rerank(items, fused), targets), ks)
+
+
+def choose_alpha(moment: MomentLists, cfg: DictConfig) -> tuple[float, dict[str, float]]:
+    """The fusion weight: ``collab.alpha`` if a number, else the grid value best on validation NDCG@10."""
+    never = torch.zeros_like(moment.targets, dtype=torch.bool)
+    items, llm_scores, srm_scores = moment.lists(never)
+    curve = {
+        float(a): ranked_metrics(items, llm_scores, srm_scores, moment.targets, float(a), cfg)["NDCG@10"]
+        for a in cfg.collab.alpha_grid
+    }
+    if str(cfg.collab.alpha) != "auto":
+        return float(cfg.collab.alpha), curve
+    return max(curve, key=lambda a: (curve[a], -abs(a - 0.5))), curve
+
+
+def train_models(
+    cfg: DictConfig, split: LeaveOneOutSplit, out: Path
+) -> tuple[CloudLLM, SequentialRecommender, dict]:
+    """The cloud LLM (stale data) and the device SRM (real-time data), trained or loaded as configured."""
+    report: dict = {}
+    view = cloud_view(split, int(cfg.collab.cloud_lag))
+    llm = build_llm(cfg.llm, split.num_items, seed=int(cfg.seed))
+    if not cfg.llm.path:
+        settings = LLMTrainSettings(**to_plain_dict(cfg.llm.train))
+        result = fit_llm(
+            llm, view.train, view.valid_histories, view.valid_targets, settings, seed=int(cfg.seed)
+        )
+        llm.save_pretrained(out / "llm")
+        report["llm_training"] = {
+            "best_epoch": result.best_epoch,
+            "seconds_to_best": round(result.seconds_to_best, 1),
+            "train_seconds": round(result.train_seconds, 1),
+            "cloud_valid": result.best_valid,
+            "epochs": [
+                {k: v for k, v in r.items() if k != "valid"} | {"valid_NDCG@10": r["valid"]["NDCG@10"]}
+                for r in result.history
+            ],
+        }
+    max_len = int(cfg.data.max_len)
+    srm = build_model_from_config(cfg.model, split.num_items, max_len)
+    settings = TrainSettings(**to_plain_dict(cfg.train))
+    if cfg.collab.srm_path:
+        srm.load_state_dict(torch.load(str(cfg.collab.srm_path), map_location="cpu"))
+        report["srm_training"] = {"loaded": str(cfg.collab.srm_path)}
+    else:
+        start = time.perf_counter()
+        collab_losses: list[float] = []
+        if cfg.collab.srm_training == "collaborative":
+            collab_losses = train_on_llm_candidates(
+                srm,
+                llm,
+                split.train_sequences(),
+                settings,
+                max_len,
+                epochs=int(cfg.collab.srm_epochs),
+                hard_negatives=int(cfg.collab.hard_negatives),
+                random_negatives=int(cfg.collab.random_negatives),
+                seed=int(cfg.seed),
+            )
+        elif cfg.collab.srm_training != "standard":
+            raise ValueError(
+                f"collab.srm_training={cfg.collab.srm_training!r}; use standard or collaborative"
+            )
+        valid_set, _ = build_eval_sets(split, cfg.eval, max_len)
+        batches = TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=int(cfg.seed))
+        fitted = fit(srm, batches, valid_set, settings, seed=int(cfg.seed))
+        torch.save(fitted.best_state, out / "srm.pt")
+        report["srm_training"] = {
+            "mode": str(cfg.collab.srm_training),
+            "collaborative_losses": collab_losses,
+            "best_epoch": fitted.best_epoch,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    llm.eval()
+    srm.eval()
+    return llm, srm, report
+
+
+def run_request_curve(cfg: DictConfig, out: Path) -> dict:
+    """Run the experiment described by ``cfg``; write outputs under ``out`` and return the final summary."""
+    wall_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(cfg.seed))
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    logger.info("dataset %s: %s", cfg.data.name, split.report)
+    llm, srm, report = train_models(cfg, split, out)
+    view = cloud_view(split, int(cfg.collab.cloud_lag))
+    ks = tuple(int(k) for k in cfg.eval.ks)
+
+    valid = build_moment(
+        llm,
+        srm,
+        split.valid_histories(),
+        view.stale_valid_prompts,
+        split.valid_targets,
+        cfg,
+        "validation lists",
+    )
+    test = build_moment(
+        llm, srm, split.test_histories(), view.stale_test_prompts, split.test_targets, cfg, "test lists"
+    )
+    alpha, alpha_curve = choose_alpha(valid, cfg)
+    logger.info("fusion alpha %.2f (validation NDCG@10 by alpha: %s)", alpha, alpha_curve)
+
+    never = torch.zeros_like(test.targets, dtype=torch.bool)
+    stale = test.lists(never)
+    table = {
+        "llm_only": ranked_metrics(*stale, test.targets, 1.0, cfg),
+        "srm_only": ranked_metrics(*stale, test.targets, 0.0, cfg),
+        "fused": ranked_metrics(*stale, test.targets, alpha, cfg),
+    }
+    always = test.lists(~never)
+    table_always = {
+        "llm_only": ranked_metrics(*always, test.targets, 1.0, cfg),
+        "srm_only": ranked_metrics(*always, test.targets, 0.0, cfg),
+        "fused": ranked_metrics(*always, test.targets, alpha, cfg),
+    }
+    # Context: each model ranking the whole catalogue on its own (the SRM protocol).
+    _, test_set = build_eval_sets(split, cfg.eval, int(cfg.data.max_len))
+    srm_full = evaluate(srm, test_set, ks, full_ranking=True)["full"]
+    llm_stale_full = evaluate_llm(
+        llm, view.stale_test_prompts, split.test_targets, ks, int(cfg.collab.candidates)
+    )
+    llm_fresh_full = evaluate_llm(
+        llm, split.test_histories(), split.test_targets, ks, int(cfg.collab.candidates)
+    )
+
+    generator = torch.Generator().manual_seed(int(cfg.request.seed))
+    curve = []
+    for ratio in cfg.request.ratios:
+        row: dict = {"ratio": float(ratio)}
+        for mode in ("intelligent", "random"):
+            policy = RequestPolicy(mode, float(ratio))
+            if mode == "intelligent":
+                policy.calibrate(valid.inconsistency)
+            requested = policy.decide(test.inconsistency, generator)
+            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, cfg)
+            row[mode] = {"actual_ratio": float(requested.float().mean()), **metrics}
+        curve.append(row)
+        logger.info(
+            "request ratio %.2f: intelligent NDCG@10 %.4f (actual %.3f), random %.4f",
+            ratio,
+            row["intelligent"]["NDCG@10"],
+            row["intelligent"]["actual_ratio"],
+            row["random"]["NDCG@10"],
+        )
+
+    target_ratio = float(cfg.request.target_ratio)
+    at_target = next((r for r in curve if math.isclose(r["ratio"], target_ratio)), None)
+    never_ndcg, always_ndcg = table["fused"]["NDCG@10"], table_always["fused"]["NDCG@10"]
+    best_single = max(table["llm_only"]["NDCG@10"], table["srm_only"]["NDCG@10"])
+    summary = {
+        "experiment": "request_curve",
+        "dataset": str(cfg.data.name),
+        "model": str(cfg.model.name),
+        "llm": str(cfg.llm.name),
+        "cloud_lag": int(cfg.collab.cloud_lag),
+        "candidates": int(cfg.collab.candidates),
+        "alpha": alpha,
+        "normalization": str(cfg.collab.normalization),
+        "request_score": str(cfg.request.score),
+        "protocol": "LLM candidate list reranked; target outside the list = miss; seen items dropped",
+        "test_no_requests": table,
+        "test_always_request": table_always,
+        "fused_over_best_single": round(table["fused"]["NDCG@10"] / max(best_single, 1e-12), 3),
+        "request_curve": curve,
+        "full_ranking_context": {"srm": srm_full, "llm_stale": llm_stale_full, "llm_fresh": llm_fresh_full},
+    }
+    if at_target is not None and always_ndcg > never_ndcg:
+        summary["intelligent_gain_recovered_at_target"] = round(
+            (at_target["intelligent"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
+        )
+        summary["random_gain_recovered_at_target"] = round(
+            (at_target["random"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
+        )
+    payload = {
+        "status": "completed",
+        "config": to_plain_dict(cfg),
+        "dataset_report": split.report,
+        "training": report,
+        "alpha_validation_curve": {str(k): v for k, v in alpha_curve.items()},
+        "final": summary,
+        "wall_seconds": round(time.perf_counter() - wall_start, 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+    }
+    write_json(out / "metrics.json", payload)
+    plot_request_curve(summary, out / "request_curve.png")
+    return summary
+
+
+def compact_summary(summary: dict) -> dict:
+    """The headline figures of :func:`run_request_curve` (NDCG@10 / HR@10 only) for the RESULT line."""
+
+    def short(metrics: dict) -> dict:
+        return {k: round(metrics[k], 4) for k in ("NDCG@10", "HR@10", "actual_ratio") if k in metrics}
+
+    out = {
+        k: v
+        for k, v in summary.items()
+        if k not in ("test_no_requests", "test_always_request", "request_curve")
+    }
+    out.pop("full_ranking_context", None)
+    out["test_no_requests"] = {k: short(v) for k, v in summary["test_no_requests"].items()}
+    out["test_always_request"] = {k: short(v) for k, v in summary["test_always_request"].items()}
+    out["request_curve"] = [
+        {"ratio": r["ratio"], "intelligent": short(r["intelligent"]), "random": short(r["random"])}
+        for r in summary["request_curve"]
+    ]
+    return out
+
+
+def plot_request_curve(summary: dict, path: Path) -> None:
+    """NDCG@10 against request ratio (intelligent vs random) beside the LLM / SRM / fused bars."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    ratios = [r["ratio"] * 100 for r in summary["request_curve"]]
+    for mode, style in (("intelligent", "o-"), ("random", "s--")):
+        left.plot(ratios, [r[mode]["NDCG@10"] for r in summary["request_curve"]], style, label=mode)
+    left.set_xlabel("request ratio (%)")
+    left.set_ylabel("test NDCG@10 (fused)")
+    left.set_title(f"{summary['dataset']}: requests for fresh lists")
+    left.grid(alpha=0.3)
+    left.legend()
+    table = summary["test_no_requests"]
+    names = list(table)
+    right.bar(names, [table[n]["NDCG@10"] for n in names], color=["tab:blue", "tab:orange", "tab:green"])
+    right.set_ylabel("test NDCG@10, no requests")
+    right.set_title(f"alpha = {summary['alpha']:.1f}, lag = {summary['cloud_lag']}")
+    right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point (Hydra)."""
+    logging.basicConfig(level=logging.INFO)
+    summary = run_request_curve(cfg, Path(HydraConfig.get().runtime.output_dir))
+    emit_result(compact_summary(summary))
+
+
+if __name__ == "__main__":
+    main()

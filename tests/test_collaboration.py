@@ -1,0 +1,155 @@
+"""LSC4Rec collaboration: score fusion, inconsistency scores, request calibration, collaborative training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_pattern_dataset
+
+from lsc4rec.client.collaborative_inference import drop_seen
+from lsc4rec.client.fusion import fuse_scores, normalize_scores, rerank
+from lsc4rec.client.request_policy import RequestPolicy, inconsistency
+from lsc4rec.config import compose_config
+from lsc4rec.models.srm import build_srm, candidate_rerank_loss
+from lsc4rec.simulations.request_curve import compact_summary, run_request_curve
+
+ITEMS = torch.tensor([[5, 3, 9, 0], [1, 2, 4, 7]])
+LLM = torch.tensor([[-1.0, -2.0, -3.0, float("-inf")], [-0.5, -0.6, -0.7, -0.8]])
+SRM = torch.tensor([[0.1, 0.9, 0.5, float("-inf")], [4.0, 3.0, 2.0, 1.0]])
+
+
+def test_normalisations_stay_within_the_valid_slots() -> None:
+    valid = ITEMS > 0
+    minmax = normalize_scores(LLM, valid, "minmax")
+    assert minmax[0].tolist() == [1.0, 0.5, 0.0, 0.0]
+    softmax = normalize_scores(SRM, valid, "softmax")
+    assert torch.allclose(softmax.sum(dim=1), torch.ones(2)) and softmax[0, 3] == 0
+    rank = normalize_scores(SRM, valid, "rank")
+    assert rank[0].tolist() == [0.5, 1.0, 0.75, 0.0]
+    z = normalize_scores(SRM, valid, "zscore")
+    assert torch.allclose(z[1].mean(), torch.tensor(0.0), atol=1e-6)
+    with pytest.raises(ValueError, match=r"collab\.normalization"):
+        normalize_scores(LLM, valid, "l2")
+
+
+def test_alpha_ends_are_the_single_models_and_empty_slots_stay_last() -> None:
+    assert rerank(ITEMS, fuse_scores(LLM, SRM, ITEMS, 1.0)).tolist() == [[5, 3, 9, 0], [1, 2, 4, 7]]
+    assert rerank(ITEMS, fuse_scores(LLM, SRM, ITEMS, 0.0)).tolist() == [[3, 9, 5, 0], [1, 2, 4, 7]]
+    # alpha 0.5, minmax: row 0 -> 5: 0.5 * 1 + 0.5 * 0 = 0.5, 3: 0.25 + 0.5 = 0.75, 9: 0 + 0.25 = 0.25
+    fused = fuse_scores(LLM, SRM, ITEMS, 0.5)
+    assert torch.allclose(fused[0, :3], torch.tensor([0.5, 0.75, 0.25]))
+    assert fused[0, 3] == float("-inf")
+    with pytest.raises(ValueError, match=r"collab\.alpha"):
+        fuse_scores(LLM, SRM, ITEMS, 1.5)
+
+
+def test_drop_seen_removes_consumed_items_only() -> None:
+    assert drop_seen(ITEMS, torch.tensor([[0, 9, 3], [0, 0, 8]])).tolist() == [[5, 0, 0, 0], [1, 2, 4, 7]]
+
+
+def test_inconsistency_scores() -> None:
+    items = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 0, 0]])
+    agree = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    srm = torch.stack([agree, agree.flip(0), torch.tensor([2.0, 1.0, float("-inf"), float("-inf")])])
+    footrule = inconsistency(items, srm, "footrule")
+    # Identical order -> 0; reversed order of 4 -> footrule 8 = floor(16 / 2) -> 1; empty slots count as n.
+    assert footrule[0] == 0 and footrule[1] == 1.0 and footrule[2] == 1.0
+    topk = inconsistency(items, srm, "topk", k=2)
+    assert topk.tolist() == [0.0, 1.0, 0.0]
+    coverage = inconsistency(
+        items, srm, "coverage", k=2, srm_top_items=torch.tensor([[1, 9], [7, 8], [2, 1]])
+    )
+    assert coverage.tolist() == [0.5, 1.0, 0.0]
+    with pytest.raises(ValueError, match="srm_top_items"):
+        inconsistency(items, srm, "coverage")
+
+
+def test_calibration_hits_the_ratio_even_with_tied_scores() -> None:
+    # Discrete scores with heavy ties: 40% at 1.0, 40% at 0.5, 20% at 0.
+    scores = torch.tensor([1.0] * 40 + [0.5] * 40 + [0.0] * 20)
+    policy = RequestPolicy("intelligent", 0.6).calibrate(scores)
+    assert policy.threshold == 0.5 and policy.tie_probability == pytest.approx(0.5)
+    generator = torch.Generator().manual_seed(0)
+    rates = [float(policy.decide(scores, generator).float().mean()) for _ in range(200)]
+    assert sum(rates) / len(rates) == pytest.approx(0.6, abs=0.01)
+    # Higher scores always request before lower ones.
+    decided = policy.decide(scores, generator)
+    assert decided[:40].all() and not decided[80:].any()
+    assert not RequestPolicy("intelligent", 0.0).calibrate(scores).decide(scores, generator).any()
+    assert RequestPolicy("always").decide(scores, generator).all()
+    random_rate = RequestPolicy("random", 0.25).decide(torch.zeros(20000), generator).float().mean()
+    assert float(random_rate) == pytest.approx(0.25, abs=0.02)
+    with pytest.raises(ValueError, match=r"request\.mode"):
+        RequestPolicy("sometimes")
+
+
+def test_rerank_loss_is_cross_entropy_over_target_hard_and_random_candidates() -> None:
+    torch.manual_seed(0)
+    model = build_srm("gru4rec", 12, hidden_size=8, dropout=0.0)
+    inputs = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    targets = torch.tensor([[0, 2, 3], [4, 5, 6]])
+    # Row 1 position 2: the LLM's candidates include the target itself (6), which must not count as negative.
+    hard = torch.tensor([[[0, 0], [7, 8], [9, 10]], [[1, 2], [3, 11], [6, 12]]])
+    loss = candidate_rerank_loss(model, inputs, targets, hard, torch.Generator().manual_seed(0), 0)
+    scores = model.position_scores(inputs, torch.cat([targets[..., None], hard.clamp(min=1)], -1))
+    expected = []
+    for b, t in [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]:
+        row = scores[b, t].clone()
+        row[1:][hard[b, t] == targets[b, t]] = float("-inf")
+        expected.append(torch.logsumexp(row, 0) - row[0])
+    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="hard_negatives"):
+        candidate_rerank_loss(model, inputs, targets, hard[:, :2], torch.Generator(), 0)
+
+
+def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=60)
+    cfg = compose_config(
+        [
+            "data.name=pattern",
+            f"data.path={data}",
+            "data.max_len=10",
+            "llm.max_len=10",
+            "llm.hidden_size=32",
+            "llm.intermediate_size=64",
+            "llm.num_layers=1",
+            "llm.num_heads=2",
+            "llm.train.epochs=10",
+            "llm.train.lr=0.005",
+            "llm.train.warmup_steps=5",
+            "llm.train.batch_size=32",
+            "llm.train.progress=false",
+            "model.hidden_size=32",
+            "model.dropout=0.1",
+            "train.lr=0.005",
+            "train.epochs=8",
+            "train.patience=3",
+            "train.batch_size=32",
+            "train.progress=false",
+            "eval.sampled_negatives=20",
+            "collab.candidates=20",
+            "collab.srm_epochs=1",
+        ]
+    )
+    summary = run_request_curve(cfg, tmp_path / "run")
+    table = summary["test_no_requests"]
+    # The walk i -> i + 1 is learnable, but the cloud's prompt is 2 items stale: its own order is poor while
+    # the device SRM (real-time history) puts the target first whenever the stale list holds it.
+    assert table["llm_only"]["NDCG@10"] < 0.7
+    assert table["srm_only"]["NDCG@10"] > 0.9
+    assert summary["test_always_request"]["fused"]["NDCG@10"] > 0.99
+    curve = {row["ratio"]: row for row in summary["request_curve"]}
+    assert curve[0.0]["intelligent"]["NDCG@10"] == pytest.approx(table["fused"]["NDCG@10"])
+    assert curve[1.0]["random"]["NDCG@10"] == pytest.approx(
+        summary["test_always_request"]["fused"]["NDCG@10"]
+    )
+    assert abs(curve[0.2]["intelligent"]["actual_ratio"] - 0.2) < 0.08
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["training"]["srm_training"]["mode"] == "collaborative"
+    assert (tmp_path / "run" / "request_curve.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "llm" / "item_tokens.json").is_file()
+    compact = compact_summary(summary)
+    assert set(compact["test_no_requests"]["fused"]) == {"NDCG@10", "HR@10"}
