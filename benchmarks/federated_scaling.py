@@ -1,0 +1,166 @@
+"""Benchmark: federated round time, peak memory and bytes per node for 10, 50 and 100 simulated SuperNodes.
+
+    python benchmarks/federated_scaling.py                          # Beauty SASRec, 10/50/100 nodes, 2 rounds
+    python benchmarks/federated_scaling.py --nodes 10 50 --rounds 3 --extra model.hidden_size=64
+
+Each setting is a real ``flwr run`` on a local simulation SuperLink (Ray), so the numbers include Flower's
+transport and the actors, not only the algorithm. All users are spread over the nodes, so one round always
+trains one epoch of the whole dataset in total; what grows with the node count is per-node overhead and the
+traffic (every node downloads and uploads the full model). Peak memory is the largest summed resident set of
+this process and every process it started (SuperLink, simulation runtime, Ray workers), sampled from
+``/proc`` every 0.2 s (Linux). Writes ``outputs/benchmarks/federated_scaling.json`` + PNG, prints ``RESULT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from lsc4rec.config import compose_config
+from lsc4rec.reporting import emit_result, write_json
+from lsc4rec.simulations.federated import launch
+
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids for every process visible in /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces; the parent pid is the 2nd field after the closing parenthesis.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(parent, []).append(int(entry))
+    return tree
+
+
+def tree_rss_mb(root: int) -> float:
+    """Summed resident memory (MiB) of ``root`` and all its descendants."""
+    tree, total, stack = _children(), 0, [root]
+    while stack:
+        pid = stack.pop()
+        # A process may exit between listing and reading: it then no longer holds memory.
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
+        stack.extend(tree.get(pid, []))
+    return total / 1024
+
+
+class PeakMemory:
+    """Samples :func:`tree_rss_mb` of this process tree in a background thread; ``peak_mb`` is the maximum."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_one(nodes: int, rounds: int, extra: list[str], out: Path) -> dict:
+    """One ``flwr run`` with ``nodes`` SuperNodes; its per-round timings, traffic and peak memory."""
+    name = f"scaling-{nodes}-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides = [
+        "federated.runtime=flower",
+        f"federated.num_supernodes={nodes}",
+        f"federated.rounds={rounds}",
+        f"federated.min_available_nodes={nodes}",
+        "train.progress=false",
+        *extra,
+    ]
+    cfg = compose_config(["experiment=federated", *overrides, f"run_name={name}"])
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        launch(cfg, overrides, out / name)
+    wall = time.perf_counter() - start
+    metrics = json.loads((out / name / "metrics.json").read_text())
+    rows = metrics["rounds"]
+    round_seconds = [r["round_seconds"] for r in rows]
+    traffic = [(r["train"]["bytes-sent"] + r["train"]["bytes-received"]) / nodes for r in rows]
+    return {
+        "nodes": nodes,
+        "rounds": rounds,
+        "users_per_node": round(metrics["dataset_report"]["users_evaluated"] / nodes, 1),
+        "round_seconds": [round(s, 1) for s in round_seconds],
+        "mean_round_seconds": round(sum(round_seconds) / len(round_seconds), 1),
+        "train_bytes_per_round_per_node": round(sum(traffic) / len(traffic)),
+        "peak_memory_mb": round(memory.peak_mb, 1),
+        "server_peak_memory_mb": metrics["peak_memory_mb"],
+        "wall_seconds": round(wall, 1),
+        "failures": metrics["final"]["failures"],
+        "final_test_NDCG@10": round(metrics["final"]["test"]["full"]["NDCG@10"], 4),
+        "run_dir": str(out / name),
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Round time and peak memory against the number of SuperNodes."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    nodes = [r["nodes"] for r in rows]
+    left.plot(nodes, [r["mean_round_seconds"] for r in rows], "o-")
+    left.set_xlabel("simulated SuperNodes")
+    left.set_ylabel("mean round wall time (s)")
+    left.grid(alpha=0.3)
+    right.plot(nodes, [r["peak_memory_mb"] for r in rows], "s-", color="tab:red")
+    right.set_xlabel("simulated SuperNodes")
+    right.set_ylabel("peak memory, all processes (MiB)")
+    right.grid(alpha=0.3)
+    fig.suptitle("Federated SASRec on Beauty: one epoch of all users per round")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Run every node count and report them together."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--extra", nargs="*", default=[], help="further Hydra overrides")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
+    args = parser.parse_args()
+    rows = [run_one(n, args.rounds, args.extra, args.out) for n in args.nodes]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "federated_scaling.json", {"runs": rows, "extra_overrides": args.extra})
+    plot(rows, args.out / "federated_scaling.png")
+    emit_result(
+        {
+            "benchmark": "federated_scaling",
+            "runs": [{k: v for k, v in r.items() if k != "run_dir"} for r in rows],
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
