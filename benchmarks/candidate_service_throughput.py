@@ -1,0 +1,427 @@
+"""Benchmark: throughput and latency of the gRPC candidate service at 1, 8 and 32 concurrent clients.
+
+    python benchmarks/candidate_service_throughput.py                          # popularity source, Beauty
+    python benchmarks/candidate_service_throughput.py --requests 500 --n 50
+    python benchmarks/candidate_service_throughput.py --source llm --llm-path outputs/llm/run-x/model
+
+Starts the candidate service (in a separate process by default, so the measuring clients do not share the
+server's interpreter lock; ``--in-process`` keeps it in this one) with token authentication, then for each
+concurrency level runs that many client threads, each with its own channel, each sending ``--requests``
+requests for real Beauty user histories (leave-one-out test histories: train part + validation item, cut to
+the service's ``max_history``). Every reply is checked (``n`` distinct items outside the history, scores
+non-increasing). Writes ``outputs/benchmarks/candidate_service_throughput.json`` and a PNG next to it, and
+prints ``RESULT {json}``.
+
+Sources: ``popularity`` ranks items by their count in the training parts (add-one smoothed log-probability
+scores, history items excluded); ``llm`` loads a saved cloud LLM with
+``lsc4rec.models.llm.recommender.load_candidate_source(--llm-path)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import grpc
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lsc4rec.client.candidate_client import CandidateServiceClient, CandidateServiceError
+from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
+from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+
+logger = logging.getLogger("candidate_service_throughput")
+
+#: Seconds the parent waits for the server process to load its source and bind.
+SERVER_START_TIMEOUT = 600.0
+
+
+class PopularitySource:
+    """Candidate source ranking items by training-set popularity, excluding each history's items.
+
+    Scores are add-one smoothed log-probabilities ``log((count + 1) / (total + num_items))``, so the ranking
+    is a real (if simple) next-item model and items never seen in training still get a finite score.
+    """
+
+    def __init__(self, train_sequences: Sequence[Sequence[int]], num_items: int, max_history: int) -> None:
+        """Count item occurrences in ``train_sequences`` (1-based ids up to ``num_items``)."""
+        flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in train_sequences if len(s)])
+        counts = np.bincount(flat, minlength=num_items + 1)[1:].astype(np.float64) + 1.0
+        self._log_probs = np.log(counts / counts.sum())
+        # Most popular first; ties by item id (stable sort) so the ranking is deterministic.
+        self._order = np.argsort(-counts, kind="stable").astype(np.int64) + 1
+        self._num_items = num_items
+        self._max_history = max_history
+        self.model_version = f"popularity-{num_items}-items"
+
+    @property
+    def num_items(self) -> int:
+        """Catalogue size."""
+        return self._num_items
+
+    @property
+    def max_history(self) -> int:
+        """Longest history accepted (the dataset's usual model context)."""
+        return self._max_history
+
+    def recommend(self, histories: Sequence[Sequence[int]], n: int) -> CandidateList:
+        """The ``n`` most popular items outside each history (empty slots if the catalogue runs out)."""
+        items = np.zeros((len(histories), n), dtype=np.int64)
+        scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
+        for row, history in enumerate(histories):
+            seen = np.asarray(history, dtype=np.int64)
+            # The top n + |history| items always contain the top n outside the history.
+            head = self._order[: n + len(seen)]
+            ranked = head[~np.isin(head, seen)][:n]
+            items[row, : len(ranked)] = ranked
+            scores[row, : len(ranked)] = self._log_probs[ranked - 1]
+        return CandidateList(items, scores)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", choices=["popularity", "llm"], default="popularity")
+    parser.add_argument("--llm-path", type=Path, default=None, help="saved cloud LLM folder (--source llm)")
+    parser.add_argument("--dataset", default="beauty", help="dataset name (embedded: beauty)")
+    parser.add_argument("--data-path", default=None, help="data file/folder for a non-embedded dataset")
+    parser.add_argument("--max-history", type=int, default=50, help="popularity source's max_history")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=200, help="requests per client at every level")
+    parser.add_argument("--n", type=int, default=20, help="candidates per history")
+    parser.add_argument("--batch-size", type=int, default=1, help="histories per request (RecommendBatch)")
+    parser.add_argument("--server-workers", type=int, default=16, help="server thread pool size")
+    parser.add_argument("--timeout", type=float, default=10.0, help="client deadline per call, seconds")
+    parser.add_argument("--in-process", action="store_true", help="run the server in this process")
+    parser.add_argument("--seed", type=int, default=0, help="shuffles which users each client asks for")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
+    args = parser.parse_args(argv)
+    if args.source == "llm" and args.llm_path is None:
+        parser.error("--source llm needs --llm-path DIR (a folder written by CloudLLM.save_pretrained)")
+    if min(args.concurrency) < 1 or args.requests < 1 or args.n < 1 or args.batch_size < 1:
+        parser.error("--concurrency, --requests, --n and --batch-size must be >= 1")
+    return args
+
+
+def load_split(dataset: str, data_path: str | None) -> LeaveOneOutSplit:
+    """The leave-one-out split of ``dataset`` (the same ids every model in the project uses)."""
+    return leave_one_out(load_dataset(dataset, data_path))
+
+
+def build_source(args: argparse.Namespace, split: LeaveOneOutSplit) -> CandidateSource:
+    """The candidate source to serve: the popularity ranker or a saved cloud LLM."""
+    if args.source == "popularity":
+        return PopularitySource(split.train_sequences(), split.num_items, args.max_history)
+    try:
+        # Imported lazily: it pulls in torch/transformers, which the popularity run does not need.
+        from lsc4rec.models.llm.recommender import load_candidate_source
+    except ImportError as error:
+        raise SystemExit(
+            "--source llm needs lsc4rec.models.llm.recommender.load_candidate_source(path), which could not "
+            f"be imported: {error}"
+        ) from error
+    return load_candidate_source(args.llm_path)
+
+
+def _serve_in_child(args: argparse.Namespace, token: str, conn: Connection) -> None:
+    """Server process: load the data and source, serve, report the port, and stop when told to."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s server: %(message)s")
+    from lsc4rec.server.candidate_service import serve
+
+    try:
+        source = build_source(args, load_split(args.dataset, args.data_path))
+        running = serve(source, token=token, max_workers=args.server_workers)
+    except BaseException as error:
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        raise
+    conn.send(("ready", running.port))
+    conn.recv()  # any message (or the parent closing the pipe) means stop
+    running.stop(grace=1.0)
+
+
+class ServerHandle:
+    """The service under test, in this process or a child process; ``target`` is where clients connect."""
+
+    def __init__(self, args: argparse.Namespace, split: LeaveOneOutSplit, token: str) -> None:
+        """Start the service (blocks until it listens)."""
+        self._process: mp.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._running: Any = None
+        if args.in_process:
+            from lsc4rec.server.candidate_service import serve
+
+            self._running = serve(build_source(args, split), token=token, max_workers=args.server_workers)
+            port = self._running.port
+        else:
+            # spawn, not fork: a forked child would inherit this process's gRPC state, which gRPC forbids.
+            context = mp.get_context("spawn")
+            self._conn, child_conn = context.Pipe()
+            self._process = context.Process(
+                target=_serve_in_child, args=(args, token, child_conn), name="candidate-service"
+            )
+            self._process.start()
+            if not self._conn.poll(SERVER_START_TIMEOUT):
+                self.stop()
+                raise SystemExit(f"the candidate service did not start within {SERVER_START_TIMEOUT:.0f} s")
+            status, value = self._conn.recv()
+            if status != "ready":
+                self.stop()
+                raise SystemExit(f"the candidate service failed to start: {value}")
+            port = int(value)
+        self.target = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Stop the service and, for a child process, wait for it to exit."""
+        if self._running is not None:
+            self._running.stop(grace=1.0)
+        if self._process is not None:
+            assert self._conn is not None
+            with contextlib.suppress(OSError):  # BrokenPipeError: the child already exited
+                self._conn.send("stop")
+            self._process.join(timeout=30)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(timeout=10)
+
+
+def check_reply(result: CandidateList, histories: Sequence[Sequence[int]], n: int) -> int:
+    """Number of rows that break the candidate contract (wrong width, history item, repeat, unsorted)."""
+    bad = 0
+    for row, history in enumerate(histories):
+        items = result.items[row]
+        filled = items[items > 0]
+        scores = result.scores[row][: len(filled)]
+        if (
+            items.shape[0] != n
+            or len(np.unique(filled)) != len(filled)
+            or np.isin(filled, np.asarray(history)).any()
+            or (np.diff(scores) > 0).any()
+        ):
+            bad += 1
+    return bad
+
+
+def run_level(
+    target: str,
+    token: str,
+    clients: int,
+    requests: int,
+    requests_histories: list[list[list[int]]],
+    n: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """``clients`` threads, each with its own channel, sending ``requests`` requests; latency statistics."""
+    connections = [CandidateServiceClient(target, token=token, timeout=timeout) for _ in range(clients)]
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[Counter[str]] = [Counter() for _ in range(clients)]
+    contract_violations = [0] * clients
+    spans: list[tuple[float, float]] = [(0.0, 0.0)] * clients
+    barrier = threading.Barrier(clients)
+
+    failures: list[BaseException] = []
+
+    def client_loop(index: int) -> None:
+        client = connections[index]
+        try:
+            # Warm-up outside the timed part: connect (HTTP/2 handshake) and fetch Info.
+            client.recommend(requests_histories[(index * requests) % len(requests_histories)], n)
+        except BaseException as error:
+            failures.append(error)
+            barrier.abort()  # release the other clients instead of leaving them waiting forever
+            return
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        started = time.perf_counter()
+        for k in range(requests):
+            histories = requests_histories[(index * requests + k) % len(requests_histories)]
+            sent = time.perf_counter()
+            try:
+                result = client.recommend(histories, n)
+            except CandidateServiceError as error:
+                errors[index][error.code.name] += 1
+                continue
+            latencies[index].append(time.perf_counter() - sent)
+            contract_violations[index] += check_reply(result, histories, n)
+        spans[index] = (started, time.perf_counter())
+
+    threads = [threading.Thread(target=client_loop, args=(i,), name=f"client-{i}") for i in range(clients)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for connection in connections:
+            connection.close()
+    if failures:
+        raise SystemExit(f"a client could not reach the service during warm-up: {failures[0]}")
+
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    flat_ms = np.asarray([value for per_client in latencies for value in per_client]) * 1000.0
+    error_counts = sum(errors, Counter())
+    ok = int(flat_ms.size)
+    return {
+        "clients": clients,
+        "requests": clients * requests,
+        "ok": ok,
+        "errors": dict(error_counts),
+        "contract_violations": int(sum(contract_violations)),
+        "wall_s": round(wall, 4),
+        "requests_per_s": round(ok / wall, 2) if wall > 0 else float("nan"),
+        "histories_per_s": round(ok * len(requests_histories[0]) / wall, 2) if wall > 0 else float("nan"),
+        "latency_ms": {
+            "mean": round(float(flat_ms.mean()), 3) if ok else float("nan"),
+            "p50": round(float(np.percentile(flat_ms, 50)), 3) if ok else float("nan"),
+            "p90": round(float(np.percentile(flat_ms, 90)), 3) if ok else float("nan"),
+            "p99": round(float(np.percentile(flat_ms, 99)), 3) if ok else float("nan"),
+            "max": round(float(flat_ms.max()), 3) if ok else float("nan"),
+        },
+        # Spread of per-client throughput: a large spread means some clients were starved.
+        "per_client_requests_per_s_stdev": round(
+            statistics.pstdev(
+                len(lat) / (end - start) for lat, (start, end) in zip(latencies, spans, strict=True)
+            ),
+            2,
+        ),
+    }
+
+
+def plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Requests/s and p50/p99 latency against the number of concurrent clients."""
+    clients = [level["clients"] for level in levels]
+    fig, (ax_rate, ax_latency) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_rate.plot(clients, [level["requests_per_s"] for level in levels], marker="o")
+    ax_rate.set_ylabel("requests / s")
+    ax_rate.set_ylim(bottom=0)
+    ax_latency.plot(clients, [level["latency_ms"]["p50"] for level in levels], marker="o", label="p50")
+    ax_latency.plot(clients, [level["latency_ms"]["p99"] for level in levels], marker="o", label="p99")
+    ax_latency.set_ylabel("latency (ms)")
+    ax_latency.set_yscale("log")
+    ax_latency.legend()
+    for ax in (ax_rate, ax_latency):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(clients, [str(c) for c in clients])
+        ax.set_xlabel("concurrent clients (one channel each)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Start the service, measure every concurrency level, and report."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    split = load_split(args.dataset, args.data_path)
+    token = secrets.token_urlsafe(24)  # exercise the auth path as a deployment would
+    load_before = os.getloadavg()[0]
+    server = ServerHandle(args, split, token)
+    try:
+        with CandidateServiceClient(server.target, token=token, timeout=args.timeout) as probe:
+            info = probe.info()
+        if max(max(h) for h in split.test_histories()) > info.num_items:
+            raise SystemExit(
+                f"the service knows {info.num_items} items but {args.dataset} uses ids up to "
+                f"{split.num_items}: the model was trained on other data"
+            )
+        if args.n > info.max_n:
+            raise SystemExit(f"--n {args.n} is above the service's max_n = {info.max_n}")
+        # Real users' histories (train part + validation item), cut to what the service accepts, shuffled so
+        # that each client asks for different users.
+        users = [history[-info.max_history :] for history in split.test_histories()]
+        order = np.random.default_rng(args.seed).permutation(len(users))
+        users = [users[i] for i in order]
+        batches = [
+            [users[(k * args.batch_size + j) % len(users)] for j in range(args.batch_size)]
+            for k in range(max(args.concurrency) * args.requests)
+        ]
+        levels = []
+        for clients in args.concurrency:
+            logger.info("measuring %d concurrent clients x %d requests", clients, args.requests)
+            level = run_level(server.target, token, clients, args.requests, batches, args.n, args.timeout)
+            logger.info(
+                "%d clients: %.1f requests/s, p50 %.2f ms, p99 %.2f ms, errors %s",
+                clients,
+                level["requests_per_s"],
+                level["latency_ms"]["p50"],
+                level["latency_ms"]["p99"],
+                level["errors"] or "none",
+            )
+            levels.append(level)
+    finally:
+        server.stop()
+
+    payload = {
+        "benchmark": "candidate_service_throughput",
+        "source": args.source,
+        "llm_path": args.llm_path,
+        "dataset": args.dataset,
+        "service": {
+            "num_items": info.num_items,
+            "max_history": info.max_history,
+            "max_n": info.max_n,
+            "model_version": info.model_version,
+            "server_workers": args.server_workers,
+            "server_process": "in-process" if args.in_process else "separate process",
+            "auth": "bearer token",
+            "tls": False,
+        },
+        "n": args.n,
+        "histories_per_request": args.batch_size,
+        "requests_per_client": args.requests,
+        "users": len(users),
+        "machine": {"cpus": os.cpu_count(), "load_average_1min_before": round(load_before, 2)},
+        "grpcio": grpc.__version__,
+        "levels": levels,
+        "peak_memory_mb_client_process": round(peak_memory_mb(), 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(args.out / "candidate_service_throughput.json", payload)
+    title = f"candidate service, {args.source} source, n={args.n}, {args.batch_size} history/request"
+    plot(levels, args.out / "candidate_service_throughput.png", title)
+    logger.info("wrote %s and its plot", json_path)
+    emit_result(
+        {
+            "benchmark": "candidate_service_throughput",
+            "source": args.source,
+            "n": args.n,
+            "histories_per_request": args.batch_size,
+            "levels": [
+                {
+                    "clients": level["clients"],
+                    "requests_per_s": level["requests_per_s"],
+                    "p50_ms": level["latency_ms"]["p50"],
+                    "p99_ms": level["latency_ms"]["p99"],
+                    "errors": sum(level["errors"].values()),
+                    "contract_violations": level["contract_violations"],
+                }
+                for level in levels
+            ],
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

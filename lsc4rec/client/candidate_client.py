@@ -1,0 +1,252 @@
+"""Device-side stub of the cloud's gRPC candidate service, usable wherever a :class:`CandidateSource` is.
+
+    with CandidateServiceClient("cloud:50051", token=token, root_certificates="ca.pem") as cloud:
+        candidates = cloud.recommend(histories, n=20)   # CandidateList [B, 20]
+
+Only the wire format (:mod:`lsc4rec.proto`) is shared with the server; this module never imports
+``lsc4rec.server`` (devices do not ship the server package).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from lsc4rec.models.llm.candidates import CandidateList
+from lsc4rec.proto import candidate_service_pb2 as pb
+from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
+
+__all__ = ["CandidateServiceClient", "CandidateServiceError", "CandidateServiceInfo"]
+
+# The server bounds its replies by its own limits; this only has to be above the largest one it may send
+# (gRPC's default client limit of 4 MiB is below a full batch of long candidate lists).
+_MAX_REPLY_BYTES = 64 << 20
+
+_Reply = TypeVar("_Reply")
+
+
+class CandidateServiceError(RuntimeError):
+    """A failed call to the candidate service: the gRPC status ``code`` and the server's ``details``.
+
+    ``str(error)`` adds what usually causes that status (e.g. a TLS mismatch for ``UNAVAILABLE``), so a
+    device log says what to check.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, method: str, target: str, hint: str = "") -> None:
+        """Describe a failed ``method`` call to ``target``."""
+        self.code = code
+        self.details = details
+        self.method = method
+        self.target = target
+        suffix = f" ({hint})" if hint else ""
+        super().__init__(f"candidate service {target} {method}: {code.name}: {details}{suffix}")
+
+
+@dataclass(frozen=True)
+class CandidateServiceInfo:
+    """What the service advertises: catalogue size, request limits and the model behind it."""
+
+    num_items: int
+    max_history: int
+    max_n: int
+    max_batch: int
+    model_version: str
+
+
+class CandidateServiceClient:
+    """A :class:`~lsc4rec.models.llm.candidates.CandidateSource` that asks a remote candidate service.
+
+    ``num_items``, ``max_history`` (and ``max_n``, ``max_batch``, ``model_version``) come from one ``Info``
+    call made on first use and cached for the client's lifetime; :meth:`info` with ``refresh=True`` asks
+    again (e.g. after the cloud swapped models). Creating a client makes no call, so it can be built before
+    the service is up. Every call has a deadline of ``timeout`` seconds and every failure is raised as
+    :class:`CandidateServiceError`. One client (one channel) may be shared by many threads.
+
+    Note: ``isinstance(client, CandidateSource)`` on Python 3.11 reads the protocol's properties, i.e. it
+    makes the ``Info`` call (and raises CandidateServiceError if the service is unreachable).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        root_certificates: bytes | str | Path | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        """Connect to ``address`` (``host:port``): over TLS when ``root_certificates`` is given (PEM bytes, or
+        the path of a PEM file with the CA/self-signed certificate to trust), with ``authorization: Bearer``
+        metadata when ``token`` is given."""
+        if timeout <= 0:
+            raise ValueError(f"timeout = {timeout} must be > 0 seconds")
+        if token is not None and not token:
+            raise ValueError("empty token: pass token=None to connect without authentication")
+        self.address = address
+        self.timeout = float(timeout)
+        self.tls = root_certificates is not None
+        options = [("grpc.max_receive_message_length", _MAX_REPLY_BYTES)]
+        if root_certificates is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=_pem_bytes(root_certificates))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._stub = pb_grpc.CandidateServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+        self._info: CandidateServiceInfo | None = None
+        self._info_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ service description
+    def info(self, refresh: bool = False) -> CandidateServiceInfo:
+        """The service's :class:`CandidateServiceInfo` (one ``Info`` call, then cached unless ``refresh``)."""
+        with self._info_lock:
+            if self._info is None or refresh:
+                reply: pb.ServiceInfo = self._call("Info", self._stub.Info, pb.InfoRequest())
+                self._info = CandidateServiceInfo(
+                    num_items=reply.num_items,
+                    max_history=reply.max_history,
+                    max_n=reply.max_n,
+                    max_batch=reply.max_batch,
+                    model_version=reply.model_version,
+                )
+            return self._info
+
+    @property
+    def num_items(self) -> int:
+        """Catalogue size; valid item ids are 1..num_items (from the service's ``Info``)."""
+        return self.info().num_items
+
+    @property
+    def max_history(self) -> int:
+        """Longest history the service accepts; longer ones are refused (from the service's ``Info``)."""
+        return self.info().max_history
+
+    @property
+    def max_n(self) -> int:
+        """Largest ``n`` the service accepts."""
+        return self.info().max_n
+
+    @property
+    def model_version(self) -> str:
+        """The model behind the service, as of the last ``Info`` call."""
+        return self.info().model_version
+
+    # ------------------------------------------------------------------ recommending
+    def recommend(self, histories: Sequence[Sequence[int]], n: int, request_id: str = "") -> CandidateList:
+        """Top-``n`` candidates per history via ``RecommendBatch``, in calls of at most ``max_batch``
+        histories; items ``[B, n]`` (0 = empty slot) and float32 log-probability scores (-inf there)."""
+        if len(histories) == 0:
+            width = max(n, 0)
+            return CandidateList(np.zeros((0, width), dtype=np.int64), np.zeros((0, width), dtype=np.float32))
+        chunk = self.info().max_batch
+        # Allocated once the server has accepted n (a bad n must become its INVALID_ARGUMENT, not a
+        # numpy error or a huge allocation here).
+        items = scores = np.empty(0)
+        for start in range(0, len(histories), chunk):
+            part = histories[start : start + chunk]
+            request = pb.RecommendBatchRequest(
+                histories=[pb.History(items=_ids(history)) for history in part], n=n, request_id=request_id
+            )
+            reply: pb.RecommendBatchReply = self._call("RecommendBatch", self._stub.RecommendBatch, request)
+            if len(reply.replies) != len(part):
+                raise CandidateServiceError(
+                    grpc.StatusCode.INTERNAL,
+                    f"{len(reply.replies)} replies for {len(part)} histories",
+                    "RecommendBatch",
+                    self.address,
+                )
+            if start == 0:
+                items = np.zeros((len(histories), n), dtype=np.int64)
+                scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
+            for offset, row in enumerate(reply.replies):
+                self._fill(row, n, items, scores, start + offset, "RecommendBatch")
+        return CandidateList(items, scores)
+
+    def recommend_one(self, history: Sequence[int], n: int, request_id: str = "") -> CandidateList:
+        """Top-``n`` candidates for a single history via the unary ``Recommend`` rpc (a ``[1, n]`` list)."""
+        request = pb.RecommendRequest(history=_ids(history), n=n, request_id=request_id)
+        reply: pb.RecommendReply = self._call("Recommend", self._stub.Recommend, request)
+        items = np.zeros((1, n), dtype=np.int64)  # n is valid here: the server accepted it
+        scores = np.full((1, n), -np.inf, dtype=np.float32)
+        self._fill(reply, n, items, scores, 0, "Recommend")
+        return CandidateList(items, scores)
+
+    def _fill(
+        self, reply: pb.RecommendReply, n: int, items: np.ndarray, scores: np.ndarray, row: int, method: str
+    ) -> None:
+        """Copy one reply into row ``row``; a reply of the wrong length is a server bug, reported as such."""
+        if len(reply.items) != n or len(reply.scores) != n:
+            raise CandidateServiceError(
+                grpc.StatusCode.INTERNAL,
+                f"reply has {len(reply.items)} items and {len(reply.scores)} scores, expected n = {n}",
+                method,
+                self.address,
+            )
+        items[row] = reply.items
+        scores[row] = reply.scores
+
+    def _call(self, method: str, rpc: Callable[..., _Reply], request: object) -> _Reply:
+        """Make one call with the client's deadline and token; gRPC errors become CandidateServiceError."""
+        try:
+            return rpc(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            # Errors raised by a unary call are also grpc.Call objects, which carry code() and details().
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+            raise CandidateServiceError(
+                code, details or "", method, self.address, self._hint(code)
+            ) from error
+
+    def _hint(self, code: grpc.StatusCode) -> str:
+        """What usually causes ``code`` for this client."""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if self.tls:
+                expect = "TLS with a certificate the client's root_certificates trust"
+            else:
+                expect = "plaintext, as this client has no root_certificates"
+            return f"is the service running at {self.address}, and does it serve {expect}?"
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return "no token given to the client" if self._metadata is None else "check the client's token"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return (
+                f"no answer within the client's timeout of {self.timeout:g} s; raise it or check server load"
+            )
+        return ""
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Close the channel; calls made afterwards fail."""
+        self._channel.close()
+
+    def __enter__(self) -> CandidateServiceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _ids(history: Sequence[int]) -> list[int]:
+    """Item ids as a list of Python ints, from any sequence, numpy array or (CPU) tensor of ids."""
+    return np.asarray(history, dtype=np.int64).tolist()
+
+
+def _pem_bytes(root_certificates: bytes | str | Path) -> bytes:
+    """PEM bytes given directly, as text, or as a file path (FileNotFoundError names a missing file)."""
+    if isinstance(root_certificates, bytes):
+        return root_certificates
+    if isinstance(root_certificates, str) and root_certificates.lstrip().startswith("-----BEGIN"):
+        return root_certificates.encode()
+    path = Path(root_certificates).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"TLS root certificates file not found: {path}")
+    return path.read_bytes()

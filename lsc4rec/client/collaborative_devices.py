@@ -1,0 +1,127 @@
+"""The device side of LSC4Rec for a node's devices: rerank the cloud's list, decide, request, rerank again.
+
+Transport-agnostic: the stale lists and the fresh ones come from any :class:`CandidateSource` (the gRPC
+candidate-service client on a real device, the cloud LLM itself in an in-process simulation), so the same code
+runs in both. A node with a request budget (``ratio`` of its devices) lets its most inconsistent devices
+request (``mode=intelligent``) or a seeded random subset (``mode=random``); the decision never looks at the
+targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lsc4rec.client.collaborative_inference import drop_seen, srm_candidate_scores, srm_top_items
+from lsc4rec.client.fusion import fuse_scores, rerank
+from lsc4rec.client.request_policy import inconsistency
+from lsc4rec.data import pad_left
+from lsc4rec.metrics import RankingAccumulator, list_ranks
+from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
+from lsc4rec.models.srm import SequentialRecommender
+
+__all__ = ["CollaborationSettings", "serve_devices"]
+
+
+@dataclass(frozen=True)
+class CollaborationSettings:
+    """How devices fuse and when they request (mirrors ``conf/collab`` and ``conf/request``)."""
+
+    candidates: int = 50
+    alpha: float = 0.5
+    normalization: str = "minmax"
+    score: str = "footrule"
+    k: int = 10
+    mode: str = "intelligent"
+    ratio: float = 0.2
+    exclude_history: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("never", "always", "random", "intelligent"):
+            raise ValueError(f"request.mode={self.mode!r}; use never, always, random or intelligent")
+        if not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"request.ratio must be in [0, 1], got {self.ratio}")
+
+
+def _budget_mask(
+    scores: torch.Tensor, settings: CollaborationSettings, generator: torch.Generator
+) -> torch.Tensor:
+    """Which devices request: the ``ratio`` share with the highest scores (or random ones), per node."""
+    count = scores.shape[0]
+    if settings.mode == "never":
+        return torch.zeros(count, dtype=torch.bool)
+    if settings.mode == "always":
+        return torch.ones(count, dtype=torch.bool)
+    budget = round(settings.ratio * count)
+    chosen = torch.zeros(count, dtype=torch.bool)
+    if budget == 0:
+        return chosen
+    if settings.mode == "random":
+        chosen[torch.randperm(count, generator=generator)[:budget]] = True
+    else:
+        # Random tie-breaking: a stable sort on a random permutation keeps equal scores in random order.
+        order = torch.randperm(count, generator=generator)
+        ranked = order[scores[order].argsort(descending=True, stable=True)]
+        chosen[ranked[:budget]] = True
+    return chosen
+
+
+def serve_devices(
+    srm: SequentialRecommender,
+    histories: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    stale: CandidateList,
+    cloud: CandidateSource,
+    settings: CollaborationSettings,
+    max_len: int,
+    generator: torch.Generator,
+    ks: Sequence[int] = (5, 10, 20),
+) -> dict[str, float]:
+    """Rank each device's list, request fresh lists within the budget, and return the node's metrics.
+
+    ``stale`` holds the cloud's lists for these devices (from its stale copy of their histories); ``cloud``
+    answers requests from the real-time ``histories``. Returns HR/NDCG/MRR@K of the final ranked lists, those
+    of the lists before any request, the number of requests and the bytes they moved (request: history ids as
+    int64; reply: ids int64 + scores float32).
+    """
+    history = pad_left(histories, max_len)
+    target = torch.as_tensor(list(targets), dtype=torch.long)
+    items = torch.from_numpy(stale.items).long()
+    llm_scores = torch.from_numpy(stale.scores).float()
+    if settings.exclude_history:
+        items = drop_seen(items, history)
+    llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
+    srm_scores = srm_candidate_scores(srm, history, items)
+    top = srm_top_items(srm, history, settings.k) if settings.score == "coverage" else None
+    disagreement = inconsistency(items, srm_scores, settings.score, settings.k, top)
+    before = RankingAccumulator(ks)
+    fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
+    before.add(list_ranks(rerank(items, fused), target))
+
+    requested = _budget_mask(disagreement, settings, generator)
+    bytes_moved = 0
+    if requested.any():
+        rows = requested.nonzero().squeeze(1).tolist()
+        fresh_histories = [list(histories[r]) for r in rows]
+        fresh = cloud.recommend(fresh_histories, settings.candidates)
+        bytes_moved = sum(8 * len(h) for h in fresh_histories) + fresh.items.size * 12
+        fresh_items = torch.from_numpy(fresh.items).long()
+        if settings.exclude_history:
+            fresh_items = drop_seen(fresh_items, history[rows])
+        index = torch.tensor(rows)
+        items[index] = fresh_items
+        llm_scores[index] = (
+            torch.from_numpy(fresh.scores).float().masked_fill(fresh_items == 0, float("-inf"))
+        )
+        srm_scores[index] = srm_candidate_scores(srm, history[rows], fresh_items)
+    after = RankingAccumulator(ks)
+    fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
+    after.add(list_ranks(rerank(items, fused), target))
+    metrics = {f"collab-{k}": v for k, v in after.compute().items()}
+    metrics.update({f"collab-before-request-{k}": v for k, v in before.compute().items()})
+    metrics["requests"] = float(requested.sum())
+    metrics["request-bytes"] = float(bytes_moved)
+    metrics["mean-inconsistency"] = float(disagreement.mean())
+    return metrics

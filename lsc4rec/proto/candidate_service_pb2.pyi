@@ -1,0 +1,74 @@
+# ruff: noqa
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServiceInfo(_message.Message):
+    __slots__ = ("num_items", "max_history", "max_n", "model_version", "max_batch")
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MAX_N_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    num_items: int
+    max_history: int
+    max_n: int
+    model_version: str
+    max_batch: int
+    def __init__(self, num_items: _Optional[int] = ..., max_history: _Optional[int] = ..., max_n: _Optional[int] = ..., model_version: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("history", "n", "request_id")
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    history: _containers.RepeatedScalarFieldContainer[int]
+    n: int
+    request_id: str
+    def __init__(self, history: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RecommendReply(_message.Message):
+    __slots__ = ("items", "scores", "num_items", "model_version", "request_id")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    num_items: int
+    model_version: str
+    request_id: str
+    def __init__(self, items: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., num_items: _Optional[int] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class History(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, items: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RecommendBatchRequest(_message.Message):
+    __slots__ = ("histories", "n", "request_id")
+    HISTORIES_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    histories: _containers.RepeatedCompositeFieldContainer[History]
+    n: int
+    request_id: str
+    def __init__(self, histories: _Optional[_Iterable[_Union[History, _Mapping]]] = ..., n: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RecommendBatchReply(_message.Message):
+    __slots__ = ("replies", "request_id")
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[RecommendReply]
+    request_id: str
+    def __init__(self, replies: _Optional[_Iterable[_Union[RecommendReply, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...

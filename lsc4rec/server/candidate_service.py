@@ -1,0 +1,484 @@
+"""The cloud's candidate service: any :class:`CandidateSource` served over gRPC.
+
+Devices (through :class:`lsc4rec.client.candidate_client.CandidateServiceClient`) send interaction histories
+and get the cloud model's top-``n`` candidates back. The service checks every request against the source's
+catalogue and limits (``INVALID_ARGUMENT`` naming the offending field and value), can require a bearer token
+(``authorization: Bearer <token>`` metadata, checked by :class:`TokenAuthInterceptor` → ``UNAUTHENTICATED``)
+and can serve over TLS (:class:`TLSConfig`). Every refused request is logged with its reason.
+
+    with serve(source, token="s3cret") as service:
+        print(service.target)   # "127.0.0.1:<bound port>"
+        service.wait()          # block until stopped (Ctrl-C in a script)
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+
+from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
+from lsc4rec.proto import candidate_service_pb2 as pb
+from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_N",
+    "MAX_REQUEST_ID",
+    "CandidateServicer",
+    "RunningService",
+    "TLSConfig",
+    "TokenAuthInterceptor",
+    "serve",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest ``n`` a request may ask for unless the service is configured otherwise.
+DEFAULT_MAX_N = 100
+#: Most histories one ``RecommendBatch`` call may carry unless configured otherwise.
+DEFAULT_MAX_BATCH = 1024
+#: Longest ``request_id`` (characters): it is echoed in every reply of a batch and written to the logs.
+MAX_REQUEST_ID = 128
+
+# Wire-size bounds used to derive the gRPC message limits: an int64 varint takes at most 10 bytes (negative
+# ids take all 10, and those must still reach validation to get a precise error); a float takes 4.
+_MAX_VARINT_BYTES = 10
+_FLOAT_BYTES = 4
+# Tags, length prefixes, n, request_id (up to 4 bytes per character) and the other small fields, per
+# history/reply and per message.
+_PER_ENTRY_OVERHEAD = 64 + 4 * MAX_REQUEST_ID
+_PER_MESSAGE_OVERHEAD = 4096
+_MIN_MESSAGE_LIMIT = 1 << 20
+
+
+def _message_limit(entries: int, bytes_per_entry: int) -> int:
+    """A message limit twice the largest valid message, so a slightly bad request still gets a precise
+    ``INVALID_ARGUMENT`` instead of gRPC's generic ``RESOURCE_EXHAUSTED``, but never below 1 MiB."""
+    largest = entries * (bytes_per_entry + _PER_ENTRY_OVERHEAD) + _PER_MESSAGE_OVERHEAD
+    return max(_MIN_MESSAGE_LIMIT, 2 * largest)
+
+
+def _history_problem(history: Sequence[int], field: str, num_items: int, max_history: int) -> str | None:
+    """Why ``history`` is not acceptable (a message naming ``field`` and the bad value), or None if it is."""
+    if len(history) == 0:
+        return f"{field} is empty: at least one item id is required"
+    if len(history) > max_history:
+        return f"{field} has {len(history)} items, more than max_history = {max_history}"
+    ids = np.fromiter(history, dtype=np.int64, count=len(history))
+    bad = np.flatnonzero((ids < 1) | (ids > num_items))
+    if bad.size:
+        first = int(bad[0])
+        more = f" ({bad.size} unknown ids in total)" if bad.size > 1 else ""
+        return f"{field}[{first}] = {int(ids[first])} is not an item id (valid ids are 1..{num_items}){more}"
+    return None
+
+
+def _request_id_problem(request_id: str) -> str | None:
+    """Why ``request_id`` is not acceptable (too long to echo and log), or None."""
+    if len(request_id) > MAX_REQUEST_ID:
+        return f"request_id has {len(request_id)} characters, more than {MAX_REQUEST_ID}"
+    return None
+
+
+class CandidateServicer(pb_grpc.CandidateServiceServicer):
+    """gRPC servicer that validates requests and answers them with a wrapped :class:`CandidateSource`.
+
+    The source's ``num_items`` and ``max_history`` are read once, at construction: they are the contract the
+    service advertises through ``Info``. Calls into the source are serialised with a lock unless
+    ``source_is_thread_safe`` (models keep per-call state and torch modules are not re-entrant in general),
+    so concurrent requests never see each other's histories; a request whose deadline passes while it waits
+    for the lock is dropped with ``DEADLINE_EXCEEDED`` instead of occupying the model for nothing.
+    """
+
+    def __init__(
+        self,
+        source: CandidateSource,
+        *,
+        max_n: int = DEFAULT_MAX_N,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        model_version: str | None = None,
+        source_is_thread_safe: bool = False,
+    ) -> None:
+        """Serve ``source``; ``model_version`` defaults to ``source.model_version`` or the source's class."""
+        if max_n < 1:
+            raise ValueError(f"max_n = {max_n} must be >= 1")
+        if max_batch < 1:
+            raise ValueError(f"max_batch = {max_batch} must be >= 1")
+        self.source = source
+        self.num_items = int(source.num_items)
+        self.max_history = int(source.max_history)
+        if self.num_items < 1 or self.max_history < 1:
+            raise ValueError(
+                f"source {type(source).__name__} reports num_items = {self.num_items} and max_history = "
+                f"{self.max_history}; both must be >= 1"
+            )
+        self.max_n = int(max_n)
+        self.max_batch = int(max_batch)
+        if model_version is None:
+            model_version = str(getattr(source, "model_version", type(source).__name__))
+        self.model_version = model_version
+        self._lock: threading.Lock | None = None if source_is_thread_safe else threading.Lock()
+
+    # ------------------------------------------------------------------ limits
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest request the server accepts (a full batch of the longest histories, with slack)."""
+        return _message_limit(self.max_batch, self.max_history * _MAX_VARINT_BYTES)
+
+    @property
+    def max_reply_bytes(self) -> int:
+        """Largest reply the server sends (a full batch of ``max_n`` candidates each, with slack)."""
+        per_reply = self.max_n * (_MAX_VARINT_BYTES + _FLOAT_BYTES) + len(self.model_version.encode())
+        return _message_limit(self.max_batch, per_reply)
+
+    def info(self) -> pb.ServiceInfo:
+        """The catalogue size and request limits this servicer enforces."""
+        return pb.ServiceInfo(
+            num_items=self.num_items,
+            max_history=self.max_history,
+            max_n=self.max_n,
+            model_version=self.model_version,
+            max_batch=self.max_batch,
+        )
+
+    # ------------------------------------------------------------------ rpcs
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.ServiceInfo:
+        """Catalogue size and limits; never touches the model."""
+        return self.info()
+
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendReply:
+        """Top-``n`` candidates for one history."""
+        problem = (
+            _request_id_problem(request.request_id)
+            or self._n_problem(request.n)
+            or _history_problem(request.history, "history", self.num_items, self.max_history)
+        )
+        if problem:
+            _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, "Recommend", request.request_id)
+        histories = [list(request.history)]
+        result = self._run_source(histories, request.n, context, "Recommend", request.request_id)
+        return self._reply(result, 0, request.request_id)
+
+    def RecommendBatch(
+        self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendBatchReply:
+        """Top-``n`` candidates for every history of the request, in one call into the source."""
+        problem = _request_id_problem(request.request_id) or self._n_problem(request.n)
+        if not problem and len(request.histories) == 0:
+            problem = "histories is empty: at least one history is required"
+        if not problem and len(request.histories) > self.max_batch:
+            problem = (
+                f"histories has {len(request.histories)} entries, more than max_batch = {self.max_batch}"
+            )
+        if not problem:
+            for index, history in enumerate(request.histories):
+                problem = _history_problem(
+                    history.items, f"histories[{index}].items", self.num_items, self.max_history
+                )
+                if problem:
+                    break
+        if problem:
+            _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, "RecommendBatch", request.request_id)
+        histories = [list(history.items) for history in request.histories]
+        result = self._run_source(histories, request.n, context, "RecommendBatch", request.request_id)
+        return pb.RecommendBatchReply(
+            replies=[self._reply(result, row, request.request_id) for row in range(len(histories))],
+            request_id=request.request_id,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _n_problem(self, n: int) -> str | None:
+        """Why ``n`` is not acceptable, or None. Proto3 sends an unset ``n`` as 0, hence the hint."""
+        if 1 <= n <= self.max_n:
+            return None
+        hint = " (n was not set?)" if n == 0 else ""
+        return f"n = {n} is outside 1..{self.max_n}{hint}"
+
+    def _run_source(
+        self,
+        histories: list[list[int]],
+        n: int,
+        context: grpc.ServicerContext,
+        method: str,
+        request_id: str,
+    ) -> CandidateList:
+        """Call the source (under the lock unless it is thread-safe) and check the shape of what it returns.
+
+        Returns a CandidateList of exactly ``[len(histories), n]``: a source that fills fewer than ``n``
+        columns is padded with empty slots, anything else malformed is an ``INTERNAL`` error.
+        """
+        if self._lock is None:
+            result = self._call_source(histories, n, context, method, request_id)
+        else:
+            remaining = context.time_remaining()
+            # time_remaining() is None when the client set no deadline: then wait as long as it takes.
+            acquired = self._lock.acquire(timeout=-1 if remaining is None else max(remaining, 0.0))
+            if not acquired:
+                _refuse(
+                    context,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "deadline expired while waiting for the model (service busy)",
+                    method,
+                    request_id,
+                )
+            try:
+                result = self._call_source(histories, n, context, method, request_id)
+            finally:
+                self._lock.release()
+
+        items = np.asarray(result.items, dtype=np.int64)
+        scores = np.asarray(result.scores, dtype=np.float32)
+        rows = len(histories)
+        if items.ndim != 2 or items.shape != scores.shape or items.shape[0] != rows or items.shape[1] > n:
+            message = (
+                f"candidate source returned items {items.shape} / scores {scores.shape} for {rows} histories "
+                f"and n = {n} (expected [{rows}, {n}])"
+            )
+            logger.error("%s (request_id=%r)", message, request_id)
+            _abort(context, grpc.StatusCode.INTERNAL, message)
+        if items.shape[1] < n:
+            missing = n - items.shape[1]
+            items = np.pad(items, ((0, 0), (0, missing)), constant_values=0)
+            scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
+        return CandidateList(items, scores)
+
+    def _call_source(
+        self,
+        histories: list[list[int]],
+        n: int,
+        context: grpc.ServicerContext,
+        method: str,
+        request_id: str,
+    ) -> CandidateList:
+        """``source.recommend``; a failure becomes ``INTERNAL`` (logged with its traceback)."""
+        try:
+            return self.source.recommend(histories, n)
+        except Exception as error:
+            logger.exception("%s (request_id=%r): candidate source failed", method, request_id)
+            message = f"candidate source failed: {type(error).__name__}: {error}"
+            _abort(context, grpc.StatusCode.INTERNAL, message)
+
+    def _reply(self, result: CandidateList, row: int, request_id: str) -> pb.RecommendReply:
+        """Row ``row`` of ``result`` as a reply message."""
+        return pb.RecommendReply(
+            items=result.items[row].tolist(),
+            scores=result.scores[row].tolist(),
+            num_items=self.num_items,
+            model_version=self.model_version,
+            request_id=request_id,
+        )
+
+
+def _refuse(
+    context: grpc.ServicerContext, code: grpc.StatusCode, reason: str, method: str, request_id: str = ""
+) -> NoReturn:
+    """Log a refused request with its reason, then end the RPC with ``code`` and ``reason`` as details."""
+    logger.warning(
+        "refused %s from %s (request_id=%r): %s: %s",
+        method,
+        context.peer(),
+        request_id[:MAX_REQUEST_ID],  # a refused over-long id is logged cut short
+        code.name,
+        reason,
+    )
+    _abort(context, code, reason)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """End the RPC with ``code``; ``context.abort`` always raises but is not annotated ``NoReturn``."""
+    context.abort(code, details)
+    raise AssertionError("unreachable: grpc.ServicerContext.abort raises")
+
+
+# ---------------------------------------------------------------------- authentication
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Refuses every call without ``authorization: Bearer <token>`` metadata with ``UNAUTHENTICATED``.
+
+    The header is compared with :func:`hmac.compare_digest` (constant time, so response timing does not leak
+    how much of a guess was right). The token itself is never logged.
+    """
+
+    def __init__(self, token: str) -> None:
+        """Accept exactly ``token``; an empty token is an error (pass no interceptor to disable auth)."""
+        if not token:
+            raise ValueError("empty token: pass token=None to serve without authentication")
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Pass authenticated calls on to the service; answer the others with ``UNAUTHENTICATED``."""
+        values = [
+            value
+            for key, value in (handler_call_details.invocation_metadata or ())
+            if key.lower() == "authorization"
+        ]
+        if not values:
+            reason = "missing 'authorization: Bearer <token>' metadata"
+        elif len(values) > 1:
+            reason = f"{len(values)} authorization metadata entries; send exactly one"
+        elif not hmac.compare_digest(_as_bytes(values[0]), self._expected):
+            reason = "invalid token in the authorization metadata"
+        else:
+            return continuation(handler_call_details)
+        return _unauthenticated_handler(handler_call_details.method, reason)
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    """Metadata values arrive as str (text keys) or bytes (``-bin`` keys)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _unauthenticated_handler(method: str, reason: str) -> grpc.RpcMethodHandler:
+    """A handler that logs the refusal and aborts; every rpc of this service is unary-unary."""
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> NoReturn:
+        _refuse(context, grpc.StatusCode.UNAUTHENTICATED, reason, method)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+# ---------------------------------------------------------------------- TLS
+@dataclass(frozen=True)
+class TLSConfig:
+    """PEM files for serving over TLS: the server's certificate chain and its private key."""
+
+    certificate_chain: Path | str
+    private_key: Path | str
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Read both files into gRPC server credentials; clear errors for a missing or non-PEM file."""
+        chain = _read_pem(self.certificate_chain, "certificate chain", "CERTIFICATE")
+        key = _read_pem(self.private_key, "private key", "PRIVATE KEY")
+        return grpc.ssl_server_credentials([(key, chain)])
+
+
+def _read_pem(path: Path | str, what: str, marker: str) -> bytes:
+    """Contents of PEM file ``path``; FileNotFoundError / ValueError say which TLS file is wrong and why."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"TLS {what} file not found: {file}")
+    data = file.read_bytes()
+    # gRPC only reports a bad PEM as a failed handshake at the first connection; check the framing here.
+    if b"-----BEGIN " not in data or marker.encode() not in data:
+        raise ValueError(f"TLS {what} file {file} is not PEM: no '-----BEGIN ...{marker}-----' block")
+    return data
+
+
+# ---------------------------------------------------------------------- running a server
+class RunningService:
+    """A started candidate service: where it listens, how to stop it, and a context manager that stops it."""
+
+    def __init__(
+        self, server: grpc.Server, servicer: CandidateServicer, host: str, port: int, tls: bool
+    ) -> None:
+        """Wrap an already started ``server``; use :func:`serve` to make one."""
+        self.server = server
+        self.servicer = servicer
+        self.host = host
+        self.port = port
+        self.tls = tls
+
+    @property
+    def target(self) -> str:
+        """``host:port`` to give a client (the bound port, also when the service was asked for port 0)."""
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let running ones finish for up to ``grace`` seconds, and wait until down."""
+        self.server.stop(grace).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server stops (or ``timeout`` seconds pass); True when it has stopped."""
+        return self.server.wait_for_termination(timeout)
+
+    def __enter__(self) -> RunningService:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop(grace=1.0)
+
+
+def serve(
+    source: CandidateSource,
+    address: str = "127.0.0.1:0",
+    token: str | None = None,
+    tls: TLSConfig | None = None,
+    max_workers: int = 8,
+    *,
+    max_n: int = DEFAULT_MAX_N,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    model_version: str | None = None,
+    source_is_thread_safe: bool = False,
+) -> RunningService:
+    """Start a candidate service for ``source`` on ``address`` (port 0 = any free port) and return it.
+
+    ``token`` makes every call require ``authorization: Bearer <token>`` metadata; ``tls`` serves over TLS.
+    ``max_workers`` threads handle calls (they queue for the model lock unless ``source_is_thread_safe``).
+    Message limits follow from ``max_batch``, the source's ``max_history`` and ``max_n``. Raises OSError when
+    the address cannot be bound (in use, bad host), FileNotFoundError/ValueError for bad TLS files.
+    """
+    servicer = CandidateServicer(
+        source,
+        max_n=max_n,
+        max_batch=max_batch,
+        model_version=model_version,
+        source_is_thread_safe=source_is_thread_safe,
+    )
+    credentials = tls.server_credentials() if tls is not None else None
+    interceptors = [TokenAuthInterceptor(token)] if token is not None else []
+    host, _, _ = address.rpartition(":")
+    if not host:
+        raise ValueError(f"address {address!r} must be host:port (port 0 picks a free port)")
+    if token is not None and tls is None and host not in ("127.0.0.1", "localhost", "[::1]"):
+        logger.warning("candidate service on %s has a token but no TLS: the token travels in clear", address)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="candidate-service"),
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", servicer.max_request_bytes),
+            ("grpc.max_send_message_length", servicer.max_reply_bytes),
+            # Without this a second server on a fixed port would silently share it with the first.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_CandidateServiceServicer_to_server(servicer, server)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as error:  # grpcio raises RuntimeError("Failed to bind to address ...")
+        raise OSError(f"could not bind the candidate service to {address}: {error}") from error
+    if port == 0:  # older grpcio signal a failed bind by returning port 0
+        raise OSError(f"could not bind the candidate service to {address}")
+    server.start()
+    logger.info(
+        "candidate service for %s (%d items, max_history %d, model %s) listening on %s:%d (%s, %s)",
+        type(source).__name__,
+        servicer.num_items,
+        servicer.max_history,
+        servicer.model_version,
+        host,
+        port,
+        "TLS" if tls is not None else "plaintext",
+        "token auth" if token is not None else "no auth",
+    )
+    return RunningService(server, servicer, host, port, tls is not None)
