@@ -389,3 +389,23 @@ def test_client_module_does_not_import_the_server_package() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_recommend_for_users_answers_from_the_clouds_stored_histories() -> None:
+    # User 2's stored copy is longer than max_history: its last 10 items count.
+    stored = [[1, 2, 3], [], list(range(1, 31))]
+    service = serve(PopularitySource(), token=TOKEN, user_histories=stored)
+    with service, CandidateServiceClient(service.target, token=TOKEN) as client:
+        result = client.recommend_for_users([2, 0, 1], 5)
+        assert_same(result, expected([stored[2][-MAX_HISTORY:], stored[0], stored[1]], 5))
+        with pytest.raises(CandidateServiceError, match=r"user_ids\[1\] = 3 is not a known user \(0\.\.2\)"):
+            client.recommend_for_users([0, 3], 5)
+        with pytest.raises(CandidateServiceError, match="INVALID_ARGUMENT"):
+            client.recommend_for_users([0], 0)
+    service = serve(PopularitySource())
+    with (
+        service,
+        CandidateServiceClient(service.target) as client,
+        pytest.raises(CandidateServiceError, match="FAILED_PRECONDITION"),
+    ):
+        client.recommend_for_users([0], 5)

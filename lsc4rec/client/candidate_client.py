@@ -167,6 +167,30 @@ class CandidateServiceClient:
                 self._fill(row, n, items, scores, start + offset, "RecommendBatch")
         return CandidateList(items, scores)
 
+    def recommend_for_users(self, user_ids: Sequence[int], n: int, request_id: str = "") -> CandidateList:
+        """Top-``n`` candidates per user from the cloud's own copy of their histories (nothing uploaded)."""
+        if len(user_ids) == 0:
+            return CandidateList(np.zeros((0, n), dtype=np.int64), np.zeros((0, n), dtype=np.float32))
+        chunk = self.info().max_batch
+        items = scores = np.empty(0)
+        for start in range(0, len(user_ids), chunk):
+            part = [int(u) for u in user_ids[start : start + chunk]]
+            request = pb.RecommendForUsersRequest(user_ids=part, n=n, request_id=request_id)
+            reply = self._call("RecommendForUsers", self._stub.RecommendForUsers, request)
+            if len(reply.replies) != len(part):
+                raise CandidateServiceError(
+                    grpc.StatusCode.INTERNAL,
+                    f"{len(reply.replies)} replies for {len(part)} users",
+                    "RecommendForUsers",
+                    self.address,
+                )
+            if start == 0:
+                items = np.zeros((len(user_ids), n), dtype=np.int64)
+                scores = np.full((len(user_ids), n), -np.inf, dtype=np.float32)
+            for offset, row in enumerate(reply.replies):
+                self._fill(row, n, items, scores, start + offset, "RecommendForUsers")
+        return CandidateList(items, scores)
+
     def recommend_one(self, history: Sequence[int], n: int, request_id: str = "") -> CandidateList:
         """Top-``n`` candidates for a single history via the unary ``Recommend`` rpc (a ``[1, n]`` list)."""
         request = pb.RecommendRequest(history=_ids(history), n=n, request_id=request_id)

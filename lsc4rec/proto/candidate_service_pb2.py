@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%lsc4rec/proto/candidate_service.proto\x12\x14lsc4rec.candidate.v1\"\r\n\x0bInfoRequest\"n\n\x0bServiceInfo\x12\x11\n\tnum_items\x18\x01 \x01(\x05\x12\x13\n\x0bmax_history\x18\x02 \x01(\x05\x12\r\n\x05max_n\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x11\n\tmax_batch\x18\x05 \x01(\x05\"B\n\x10RecommendRequest\x12\x0f\n\x07history\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"m\n\x0eRecommendReply\x12\r\n\x05items\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x11\n\tnum_items\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x18\n\x07History\x12\r\n\x05items\x18\x01 \x03(\x03\"h\n\x15RecommendBatchRequest\x12\x30\n\thistories\x18\x01 \x03(\x0b\x32\x1d.lsc4rec.candidate.v1.History\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"`\n\x13RecommendBatchReply\x12\x35\n\x07replies\x18\x01 \x03(\x0b\x32$.lsc4rec.candidate.v1.RecommendReply\x12\x12\n\nrequest_id\x18\x02 \x01(\t2\xa5\x02\n\x10\x43\x61ndidateService\x12L\n\x04Info\x12!.lsc4rec.candidate.v1.InfoRequest\x1a!.lsc4rec.candidate.v1.ServiceInfo\x12Y\n\tRecommend\x12&.lsc4rec.candidate.v1.RecommendRequest\x1a$.lsc4rec.candidate.v1.RecommendReply\x12h\n\x0eRecommendBatch\x12+.lsc4rec.candidate.v1.RecommendBatchRequest\x1a).lsc4rec.candidate.v1.RecommendBatchReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%lsc4rec/proto/candidate_service.proto\x12\x14lsc4rec.candidate.v1\"\r\n\x0bInfoRequest\"n\n\x0bServiceInfo\x12\x11\n\tnum_items\x18\x01 \x01(\x05\x12\x13\n\x0bmax_history\x18\x02 \x01(\x05\x12\r\n\x05max_n\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x11\n\tmax_batch\x18\x05 \x01(\x05\"B\n\x10RecommendRequest\x12\x0f\n\x07history\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"m\n\x0eRecommendReply\x12\r\n\x05items\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x11\n\tnum_items\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x18\n\x07History\x12\r\n\x05items\x18\x01 \x03(\x03\"h\n\x15RecommendBatchRequest\x12\x30\n\thistories\x18\x01 \x03(\x0b\x32\x1d.lsc4rec.candidate.v1.History\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"`\n\x13RecommendBatchReply\x12\x35\n\x07replies\x18\x01 \x03(\x0b\x32$.lsc4rec.candidate.v1.RecommendReply\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x18RecommendForUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t2\x95\x03\n\x10\x43\x61ndidateService\x12L\n\x04Info\x12!.lsc4rec.candidate.v1.InfoRequest\x1a!.lsc4rec.candidate.v1.ServiceInfo\x12Y\n\tRecommend\x12&.lsc4rec.candidate.v1.RecommendRequest\x1a$.lsc4rec.candidate.v1.RecommendReply\x12h\n\x0eRecommendBatch\x12+.lsc4rec.candidate.v1.RecommendBatchRequest\x1a).lsc4rec.candidate.v1.RecommendBatchReply\x12n\n\x11RecommendForUsers\x12..lsc4rec.candidate.v1.RecommendForUsersRequest\x1a).lsc4rec.candidate.v1.RecommendBatchReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDBATCHREQUEST']._serialized_end=499
   _globals['_RECOMMENDBATCHREPLY']._serialized_start=501
   _globals['_RECOMMENDBATCHREPLY']._serialized_end=597
-  _globals['_CANDIDATESERVICE']._serialized_start=600
-  _globals['_CANDIDATESERVICE']._serialized_end=893
+  _globals['_RECOMMENDFORUSERSREQUEST']._serialized_start=599
+  _globals['_RECOMMENDFORUSERSREQUEST']._serialized_end=674
+  _globals['_CANDIDATESERVICE']._serialized_start=677
+  _globals['_CANDIDATESERVICE']._serialized_end=1082
 # @@protoc_insertion_point(module_scope)

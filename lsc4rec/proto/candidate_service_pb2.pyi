@@ -72,3 +72,13 @@ class RecommendBatchReply(_message.Message):
     replies: _containers.RepeatedCompositeFieldContainer[RecommendReply]
     request_id: str
     def __init__(self, replies: _Optional[_Iterable[_Union[RecommendReply, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RecommendForUsersRequest(_message.Message):
+    __slots__ = ("user_ids", "n", "request_id")
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[int]
+    n: int
+    request_id: str
+    def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -50,6 +50,11 @@ class CandidateServiceStub:
                 request_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchRequest.SerializeToString,
                 response_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.FromString,
                 _registered_method=True)
+        self.RecommendForUsers = channel.unary_unary(
+                '/lsc4rec.candidate.v1.CandidateService/RecommendForUsers',
+                request_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendForUsersRequest.SerializeToString,
+                response_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.FromString,
+                _registered_method=True)
 
 
 class CandidateServiceServicer:
@@ -76,6 +81,14 @@ class CandidateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecommendForUsers(self, request, context):
+        """Top-n candidates for users from the cloud's own copy of their histories (which may lag behind the
+        device): nothing is uploaded. FAILED_PRECONDITION when the service has no user-history store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CandidateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_CandidateServiceServicer_to_server(servicer, server):
             'RecommendBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.RecommendBatch,
                     request_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchRequest.FromString,
+                    response_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.SerializeToString,
+            ),
+            'RecommendForUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendForUsers,
+                    request_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendForUsersRequest.FromString,
                     response_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.SerializeToString,
             ),
     }
@@ -175,6 +193,33 @@ class CandidateService:
             target,
             '/lsc4rec.candidate.v1.CandidateService/RecommendBatch',
             lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchRequest.SerializeToString,
+            lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendForUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lsc4rec.candidate.v1.CandidateService/RecommendForUsers',
+            lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendForUsersRequest.SerializeToString,
             lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.FromString,
             options,
             channel_credentials,

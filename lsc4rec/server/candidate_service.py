@@ -108,8 +108,13 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         max_batch: int = DEFAULT_MAX_BATCH,
         model_version: str | None = None,
         source_is_thread_safe: bool = False,
+        user_histories: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        """Serve ``source``; ``model_version`` defaults to ``source.model_version`` or the source's class."""
+        """Serve ``source``; ``model_version`` defaults to ``source.model_version`` or the source's class.
+
+        ``user_histories[u]`` is the cloud's copy of user ``u``'s history (internal ids), which
+        ``RecommendForUsers`` answers from; without it that rpc is refused.
+        """
         if max_n < 1:
             raise ValueError(f"max_n = {max_n} must be >= 1")
         if max_batch < 1:
@@ -128,6 +133,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             model_version = str(getattr(source, "model_version", type(source).__name__))
         self.model_version = model_version
         self._lock: threading.Lock | None = None if source_is_thread_safe else threading.Lock()
+        self.user_histories = user_histories
 
     # ------------------------------------------------------------------ limits
     @property
@@ -191,6 +197,39 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, "RecommendBatch", request.request_id)
         histories = [list(history.items) for history in request.histories]
         result = self._run_source(histories, request.n, context, "RecommendBatch", request.request_id)
+        return pb.RecommendBatchReply(
+            replies=[self._reply(result, row, request.request_id) for row in range(len(histories))],
+            request_id=request.request_id,
+        )
+
+    def RecommendForUsers(
+        self, request: pb.RecommendForUsersRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendBatchReply:
+        """Top-``n`` candidates for users, from the cloud's stored, possibly stale histories."""
+        method = "RecommendForUsers"
+        if self.user_histories is None:
+            _refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this service has no user-history store; upload histories with RecommendBatch",
+                method,
+                request.request_id,
+            )
+        problem = _request_id_problem(request.request_id) or self._n_problem(request.n)
+        if not problem and len(request.user_ids) == 0:
+            problem = "user_ids is empty: at least one user is required"
+        if not problem and len(request.user_ids) > self.max_batch:
+            problem = f"user_ids has {len(request.user_ids)} entries, more than max_batch = {self.max_batch}"
+        if not problem:
+            known = len(self.user_histories)
+            bad = next((i for i, u in enumerate(request.user_ids) if not 0 <= u < known), None)
+            if bad is not None:
+                problem = f"user_ids[{bad}] = {request.user_ids[bad]} is not a known user (0..{known - 1})"
+        if problem:
+            _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, method, request.request_id)
+        # The cloud's own data: keep the most recent max_history items rather than refuse a long history.
+        histories = [list(self.user_histories[u])[-self.max_history :] for u in request.user_ids]
+        result = self._run_source(histories, request.n, context, method, request.request_id)
         return pb.RecommendBatchReply(
             replies=[self._reply(result, row, request.request_id) for row in range(len(histories))],
             request_id=request.request_id,
@@ -427,6 +466,7 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     model_version: str | None = None,
     source_is_thread_safe: bool = False,
+    user_histories: Sequence[Sequence[int]] | None = None,
 ) -> RunningService:
     """Start a candidate service for ``source`` on ``address`` (port 0 = any free port) and return it.
 
@@ -441,6 +481,7 @@ def serve(
         max_batch=max_batch,
         model_version=model_version,
         source_is_thread_safe=source_is_thread_safe,
+        user_histories=user_histories,
     )
     credentials = tls.server_credentials() if tls is not None else None
     interceptors = [TokenAuthInterceptor(token)] if token is not None else []
