@@ -224,3 +224,38 @@ def test_row_weighting_changes_only_item_rows_and_follows_node_counts(data: Path
     assert not torch.allclose(plain[ITEM_TABLE_KEY], weighted[ITEM_TABLE_KEY])
     # Every node's pattern data holds every item, so rows stay close to FedAvg, yet they differ by counts.
     assert torch.allclose(plain[ITEM_TABLE_KEY], weighted[ITEM_TABLE_KEY], atol=0.05)
+
+
+def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path) -> None:
+    summary = run_inprocess(
+        data,
+        tmp_path / "run",
+        2,
+        "federated.rounds=2",
+        "collab.enabled=true",
+        "collab.candidates=20",
+        "request.target_ratio=0.25",
+        "llm.max_len=10",
+        "llm.hidden_size=32",
+        "llm.intermediate_size=64",
+        "llm.num_layers=1",
+        "llm.num_heads=2",
+        "llm.train.epochs=8",
+        "llm.train.lr=0.005",
+        "llm.train.warmup_steps=5",
+        "llm.train.batch_size=32",
+        "llm.train.progress=false",
+    )
+    rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    for row in rounds:
+        client = row["client_evaluate"]
+        # Each node's budget: a quarter of its 120 devices request a fresh list, uploading their histories.
+        assert client["request-rate"] == pytest.approx(0.25, abs=0.01)
+        assert client["request-bytes-per-device"] > 0 and client["list-bytes-per-device"] == 8 + 20 * 12
+        assert 0.0 <= client["client-collab-NDCG@10"] <= 1.0
+        # Requests replace stale lists with fresh ones, which on this walk can only help.
+        assert client["client-collab-NDCG@10"] >= client["client-collab-before-request-NDCG@10"]
+    collaboration = summary["collaboration"]
+    assert collaboration["cloud"]["cloud_lag"] == 2
+    assert (tmp_path / "run" / "llm" / "item_tokens.json").is_file()
+    assert "client-collab-HR@10" in collaboration["last_round"]

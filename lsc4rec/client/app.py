@@ -19,6 +19,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
+from lsc4rec.client.candidate_client import CandidateServiceClient
+from lsc4rec.client.collaborative_devices import CollaborationSettings, serve_devices
 from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.config import config_from_run_config, to_plain_dict
@@ -156,5 +158,51 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         result = evaluate(model, eval_set, tuple(int(k) for k in cfg.eval.ks), full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"
     metrics = {f"client-{key}": value for key, value in result[protocol].items()}
+    config = msg.content["config"]
+    if bool(cfg.collab.enabled) and "candidate-service" in config:
+        metrics.update(
+            collaborate(model, shard, cfg, str(config["candidate-service"]), str(config["candidate-token"]))
+        )
     metrics["num-examples"] = float(shard.num_devices)
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def collaborate(
+    model: SequentialRecommender, shard: DeviceShard, cfg: DictConfig, target: str, token: str
+) -> dict[str, float]:
+    """LSC4Rec on this node's devices: fetch the cloud's lists, rerank, request within the budget, rank.
+
+    Returns the client-side collaborative metrics, plus per-device request rate and bytes (rates, so that the
+    strategy's device-weighted mean is the global rate).
+    """
+    settings = CollaborationSettings(
+        candidates=int(cfg.collab.candidates),
+        alpha=0.5 if str(cfg.collab.alpha) == "auto" else float(cfg.collab.alpha),
+        normalization=str(cfg.collab.normalization),
+        score=str(cfg.request.score),
+        k=int(cfg.request.k),
+        mode=str(cfg.request.mode),
+        ratio=float(cfg.request.target_ratio),
+        exclude_history=bool(cfg.eval.exclude_history),
+    )
+    with CandidateServiceClient(target, token=token, timeout=float(cfg.collab.service_timeout)) as cloud:
+        stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
+        stale_bytes = 8 * shard.num_devices + stale.items.size * 12
+        result = serve_devices(
+            model,
+            shard.valid_histories,
+            shard.valid_targets,
+            stale,
+            cloud,
+            settings,
+            int(cfg.data.max_len),
+            torch.Generator().manual_seed(derive_seed(cfg.seed, "requests", shard.partition_id)),
+            tuple(int(k) for k in cfg.eval.ks),
+        )
+    devices = max(shard.num_devices, 1)
+    out = {f"client-{k}": v for k, v in result.items() if k.startswith("collab")}
+    out["request-rate"] = result["requests"] / devices
+    out["request-bytes-per-device"] = result["request-bytes"] / devices
+    out["list-bytes-per-device"] = stale_bytes / devices
+    out["mean-inconsistency"] = result["mean-inconsistency"]
+    return out

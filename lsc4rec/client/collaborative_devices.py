@@ -104,7 +104,8 @@ def serve_devices(
     bytes_moved = 0
     if requested.any():
         rows = requested.nonzero().squeeze(1).tolist()
-        fresh_histories = [list(histories[r]) for r in rows]
+        # A device uploads its most recent items, as many as the service accepts.
+        fresh_histories = [list(histories[r])[-cloud.max_history :] for r in rows]
         fresh = cloud.recommend(fresh_histories, settings.candidates)
         bytes_moved = sum(8 * len(h) for h in fresh_histories) + fresh.items.size * 12
         fresh_items = torch.from_numpy(fresh.items).long()

@@ -20,9 +20,11 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from lsc4rec.config import to_plain_dict
-from lsc4rec.data import leave_one_out, load_dataset
+from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from lsc4rec.server.cloud import Cloud, start_cloud
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy
 from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
@@ -63,18 +65,45 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Run (or resume) the federated training of ``cfg``, write outputs to ``out``, return a summary."""
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    plain_cfg = to_plain_dict(cfg)
     torch.manual_seed(int(cfg.seed))
     split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
     max_len = int(cfg.data.max_len)
     model = build_model_from_config(cfg.model, split.num_items, max_len)
+    strategy = strategy_from_config(cfg)
+    strategy.summary()
+
+    cloud = start_cloud(cfg, split, out) if bool(cfg.collab.enabled) else None
+    try:
+        return _round_loop(grid, cfg, out, split, model, strategy, cloud, wall_start)
+    finally:
+        if cloud is not None:
+            cloud.stop()
+
+
+def _evaluate_config(cloud: Cloud | None) -> ConfigRecord:
+    """What client-side evaluation needs besides the weights: where the cloud's candidate service is."""
+    if cloud is None:
+        return ConfigRecord()
+    return ConfigRecord({"candidate-service": cloud.service.target, "candidate-token": cloud.token})
+
+
+def _round_loop(
+    grid: Grid,
+    cfg: DictConfig,
+    out: Path,
+    split: LeaveOneOutSplit,
+    model: SequentialRecommender,
+    strategy: SRMStrategy,
+    cloud: Cloud | None,
+    wall_start: float,
+) -> dict[str, Any]:
+    """The rounds themselves (resume, train, evaluate, checkpoint) and the final report."""
+    plain_cfg = to_plain_dict(cfg)
+    max_len = int(cfg.data.max_len)
     full_ranking = bool(cfg.eval.full_ranking)
     valid_set, test_set = build_eval_sets(split, cfg.eval, max_len)
     protocol = "full" if full_ranking else "sampled"
     ks = tuple(int(k) for k in cfg.eval.ks)
-    strategy = strategy_from_config(cfg)
-    strategy.summary()
-
     arrays = ArrayRecord(model.state_dict())
     best = {"round": 0, "value": float("-inf"), "arrays": _state_dict(arrays)}
     history: list[dict] = []
@@ -104,7 +133,8 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
         row: dict[str, Any] = {"round": server_round, "train": dict(train_metrics or {})}
         if float(cfg.federated.fraction_evaluate) > 0:
             eval_replies = grid.send_and_receive(
-                strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid), timeout=timeout
+                strategy.configure_evaluate(server_round, arrays, _evaluate_config(cloud), grid),
+                timeout=timeout,
             )
             client_eval = strategy.aggregate_evaluate(server_round, eval_replies)
             row["client_evaluate"] = dict(client_eval or {})
@@ -173,6 +203,12 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
         "bytes_received": total_received,
         "mean_round_seconds": sum(r["round_seconds"] for r in history) / max(len(history), 1),
     }
+    if cloud is not None:
+        last = history[-1].get("client_evaluate", {}) if history else {}
+        summary["collaboration"] = {
+            "cloud": cloud.report,
+            "last_round": {k: v for k, v in last.items() if k.startswith(("client-collab", "request"))},
+        }
     payload = {
         "status": "completed",
         "config": plain_cfg,

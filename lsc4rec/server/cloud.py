@@ -1,0 +1,69 @@
+"""The cloud side of LSC4Rec inside the ServerApp: the cloud LLM and the candidate service it answers through.
+
+The ServerApp trains the LLM on the cloud's stale view of the users (or loads ``llm.path``), then serves it
+over gRPC for the run's lifetime. The service holds the cloud's copy of each user's history at the moment
+the devices are evaluated (their validation moment, ``collab.cloud_lag`` interactions late), so a device
+gets its stale list by user id and uploads its real-time history only when it requests a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lsc4rec.config import to_plain_dict
+from lsc4rec.data import LeaveOneOutSplit
+from lsc4rec.data.staleness import cloud_view
+from lsc4rec.models.llm.pretrained import build_llm
+from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
+from lsc4rec.server.candidate_service import RunningService, serve
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Cloud", "start_cloud"]
+
+
+@dataclass
+class Cloud:
+    """The running cloud: its LLM, the candidate service and the token devices present to it."""
+
+    llm: CloudLLM
+    service: RunningService
+    token: str
+    report: dict
+
+    def stop(self) -> None:
+        """Stop the candidate service."""
+        self.service.stop(grace=1.0)
+
+
+def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
+    """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
+    view = cloud_view(split, int(cfg.collab.cloud_lag))
+    llm = build_llm(cfg.llm, split.num_items, seed=int(cfg.seed))
+    report: dict = {"cloud_lag": view.lag}
+    if not cfg.llm.path:
+        settings = LLMTrainSettings(**to_plain_dict(cfg.llm.train))
+        result = fit_llm(
+            llm, view.train, view.valid_histories, view.valid_targets, settings, seed=int(cfg.seed)
+        )
+        llm.save_pretrained(out / "llm")
+        report.update(best_epoch=result.best_epoch, train_seconds=round(result.train_seconds, 1))
+        report["cloud_valid"] = result.best_valid
+    llm.eval()
+    token = secrets.token_urlsafe(24)
+    service = serve(
+        llm,
+        str(cfg.collab.service_address),
+        token=token,
+        max_n=max(int(cfg.collab.candidates), 100),
+        model_version=f"{cfg.llm.name}-{cfg.data.name}",
+        user_histories=view.stale_valid_prompts,
+    )
+    logger.info("cloud LLM serving candidates on %s", service.target)
+    return Cloud(llm=llm, service=service, token=token, report=report)
