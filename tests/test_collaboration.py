@@ -153,3 +153,12 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "llm" / "item_tokens.json").is_file()
     compact = compact_summary(summary)
     assert set(compact["test_no_requests"]["fused"]) == {"NDCG@10", "HR@10"}
+
+
+def test_missing_mass_is_the_srm_probability_outside_the_list() -> None:
+    items = torch.tensor([[1, 2, 0], [3, 4, 5]])
+    catalogue = torch.log(torch.tensor([[0.0, 0.5, 0.3, 0.1, 0.1, 0.0], [0.0, 0.25, 0.25, 0.25, 0.25, 0.0]]))
+    mass = inconsistency(items, torch.zeros(2, 3), "missing_mass", srm_catalogue_scores=catalogue)
+    assert torch.allclose(mass, torch.tensor([0.2, 0.5]))
+    with pytest.raises(ValueError, match="srm_catalogue_scores"):
+        inconsistency(items, torch.zeros(2, 3), "missing_mass")

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lsc4rec.client.collaborative_inference import drop_seen, srm_candidate_scores, srm_top_items
+from lsc4rec.client.collaborative_inference import drop_seen, request_scores, srm_candidate_scores
 from lsc4rec.client.fusion import fuse_scores, rerank
-from lsc4rec.client.request_policy import inconsistency
 from lsc4rec.data import pad_left
 from lsc4rec.metrics import RankingAccumulator, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
@@ -32,7 +31,7 @@ class CollaborationSettings:
     candidates: int = 50
     alpha: float = 0.5
     normalization: str = "minmax"
-    score: str = "footrule"
+    score: str = "missing_mass"
     k: int = 10
     mode: str = "intelligent"
     ratio: float = 0.2
@@ -94,8 +93,7 @@ def serve_devices(
         items = drop_seen(items, history)
     llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
     srm_scores = srm_candidate_scores(srm, history, items)
-    top = srm_top_items(srm, history, settings.k) if settings.score == "coverage" else None
-    disagreement = inconsistency(items, srm_scores, settings.score, settings.k, top)
+    disagreement = request_scores(srm, history, items, srm_scores, settings.score, settings.k)
     before = RankingAccumulator(ks)
     fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
     before.add(list_ranks(rerank(items, fused), target))

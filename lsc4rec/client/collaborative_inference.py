@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lsc4rec.client.request_policy import inconsistency
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["drop_seen", "srm_candidate_scores", "srm_top_items"]
+__all__ = ["drop_seen", "request_scores", "srm_candidate_scores", "srm_catalogue_scores", "srm_top_items"]
 
 
 def drop_seen(items: Tensor, histories: Tensor) -> Tensor:
@@ -28,10 +29,23 @@ def srm_candidate_scores(srm: SequentialRecommender, histories: Tensor, items: T
 
 
 @torch.no_grad()
-def srm_top_items(srm: SequentialRecommender, histories: Tensor, k: int) -> Tensor:
-    """The SRM's own top-``k`` items ``[B, k]`` over the whole catalogue, history items excluded."""
+def srm_catalogue_scores(srm: SequentialRecommender, histories: Tensor) -> Tensor:
+    """The SRM's scores ``[B, num_items + 1]`` of every item; padding and history items are -inf."""
     srm.eval()
     scores = srm.score_all(histories)
     scores[:, 0] = float("-inf")
-    scores.scatter_(1, histories, float("-inf"))
-    return scores.topk(k, dim=1).indices
+    return scores.scatter_(1, histories, float("-inf"))
+
+
+def srm_top_items(srm: SequentialRecommender, histories: Tensor, k: int) -> Tensor:
+    """The SRM's own top-``k`` items ``[B, k]`` over the whole catalogue, history items excluded."""
+    return srm_catalogue_scores(srm, histories).topk(k, dim=1).indices
+
+
+def request_scores(
+    srm: SequentialRecommender, histories: Tensor, items: Tensor, srm_scores: Tensor, method: str, k: int
+) -> Tensor:
+    """Each device's inconsistency score ``[B]`` for its list ``items`` (see :func:`inconsistency`)."""
+    top = srm_top_items(srm, histories, k) if method == "coverage" else None
+    catalogue = srm_catalogue_scores(srm, histories) if method == "missing_mass" else None
+    return inconsistency(items, srm_scores, method, k, srm_top_items=top, srm_catalogue_scores=catalogue)

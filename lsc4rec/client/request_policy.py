@@ -14,6 +14,10 @@ Inconsistency scores (higher = more disagreement, all in [0, 1]):
 * ``topk``: 1 − |top-k of the LLM order ∩ top-k of the SRM order| / k.
 * ``coverage``: 1 − |SRM's top-k over the whole catalogue ∩ the LLM list| / k: how many of the items the
   device itself would recommend the cloud's list does not even contain.
+* ``missing_mass`` (default): 1 − Σ_{i in the list} p_SRM(i), with p_SRM the SRM's softmax over the whole
+  catalogue (history excluded): the device model's probability that the next item is not in the cloud's list
+  at all, i.e. that reranking it cannot help. On Beauty it predicts where a fresh list pays off better than
+  the rank-displacement scores (README results).
 
 The threshold is calibrated on validation data to a target request ratio (:meth:`RequestPolicy.calibrate`),
 with ties at the threshold broken at random in the right proportion, so discrete scores still hit the
@@ -29,7 +33,7 @@ from torch import Tensor
 
 __all__ = ["INCONSISTENCY_SCORES", "REQUEST_MODES", "RequestPolicy", "inconsistency"]
 
-INCONSISTENCY_SCORES = ("footrule", "topk", "coverage")
+INCONSISTENCY_SCORES = ("footrule", "topk", "coverage", "missing_mass")
 REQUEST_MODES = ("never", "always", "random", "intelligent")
 
 
@@ -47,11 +51,13 @@ def inconsistency(
     method: str = "footrule",
     k: int = 10,
     srm_top_items: Tensor | None = None,
+    srm_catalogue_scores: Tensor | None = None,
 ) -> Tensor:
     """Per-device disagreement ``[B]`` between the LLM list ``items [B, n]`` (in LLM order) and the SRM.
 
     ``srm_scores [B, n]`` are the SRM's scores of those candidates; ``srm_top_items [B, k]`` (``coverage``
-    only) the SRM's own top-k over the whole catalogue.
+    only) the SRM's own top-k over the whole catalogue; ``srm_catalogue_scores [B, num_items + 1]``
+    (``missing_mass`` only) its scores of every item, -inf for padding and the history.
     """
     if method not in INCONSISTENCY_SCORES:
         raise ValueError(f"request.score={method!r} is not one of {INCONSISTENCY_SCORES}")
@@ -64,6 +70,14 @@ def inconsistency(
         # Maximum footrule of a permutation of n is floor(n^2 / 2); empty slots count as maximal.
         displacement = torch.where(valid, displacement, torch.full_like(displacement, float(n)))
         return (displacement.sum(dim=1) / max(n * n // 2, 1)).clamp(max=1.0)
+    if method == "missing_mass":
+        if srm_catalogue_scores is None:
+            raise ValueError(
+                "request.score='missing_mass' needs the SRM's catalogue scores (srm_catalogue_scores)"
+            )
+        probabilities = torch.softmax(srm_catalogue_scores.float(), dim=1)
+        in_list = probabilities.gather(1, items.clamp(min=0)) * valid
+        return (1.0 - in_list.sum(dim=1)).clamp(min=0.0, max=1.0)
     k = min(k, n)
     if method == "topk":
         llm_top = valid & (torch.arange(n) < k)

@@ -36,10 +36,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lsc4rec.client.collaborative_inference import drop_seen, srm_candidate_scores, srm_top_items
+from lsc4rec.client.collaborative_inference import drop_seen, request_scores, srm_candidate_scores
 from lsc4rec.client.collaborative_training import train_on_llm_candidates
 from lsc4rec.client.fusion import fuse_scores, rerank
-from lsc4rec.client.request_policy import RequestPolicy, inconsistency
+from lsc4rec.client.request_policy import RequestPolicy
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.staleness import cloud_view
@@ -108,14 +108,14 @@ def build_moment(
             parts[f"{kind}_items"].append(items)
             parts[f"{kind}_llm"].append(llm_scores)
             parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
-        top = srm_top_items(srm, history, int(cfg.request.k)) if cfg.request.score == "coverage" else None
         parts["inconsistency"].append(
-            inconsistency(
+            request_scores(
+                srm,
+                history,
                 parts["stale_items"][-1],
                 parts["stale_srm"][-1],
                 str(cfg.request.score),
                 int(cfg.request.k),
-                top,
             )
         )
     return MomentLists(targets=torch.as_tensor(targets), **{k: torch.cat(v) for k, v in parts.items()})
