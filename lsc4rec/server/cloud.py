@@ -45,14 +45,21 @@ class Cloud:
 def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
     view = cloud_view(split, int(cfg.collab.cloud_lag))
-    llm = build_llm(cfg.llm, split.num_items, seed=int(cfg.seed))
-    report: dict = {"cloud_lag": view.lag}
-    if not cfg.llm.path:
+    saved = out / "llm"
+    resuming = bool(cfg.federated.resume) and saved.is_dir() and not cfg.llm.path
+    # A resumed run serves the LLM it trained before the interruption instead of training another one.
+    llm = (
+        CloudLLM.from_pretrained(saved)
+        if resuming
+        else build_llm(cfg.llm, split.num_items, seed=int(cfg.seed))
+    )
+    report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming}
+    if not cfg.llm.path and not resuming:
         settings = LLMTrainSettings(**to_plain_dict(cfg.llm.train))
         result = fit_llm(
             llm, view.train, view.valid_histories, view.valid_targets, settings, seed=int(cfg.seed)
         )
-        llm.save_pretrained(out / "llm")
+        llm.save_pretrained(saved)
         report.update(best_epoch=result.best_epoch, train_seconds=round(result.train_seconds, 1))
         report["cloud_valid"] = result.best_valid
     llm.eval()
