@@ -18,6 +18,7 @@ from lsc4rec.models.srm import (
     GRU4Rec,
     SASRec,
     SequentialRecommender,
+    TTT4Rec,
     bce_loss,
     build_srm,
     compute_loss,
@@ -37,6 +38,16 @@ FACTORIES: dict[str, Callable[[], SequentialRecommender]] = {
     "gru4rec": lambda: GRU4Rec(NUM_ITEMS, hidden_size=16, dropout=0.2),
     "gru4rec_2_layers": lambda: GRU4Rec(NUM_ITEMS, hidden_size=16, num_layers=2, gru_size=24),
     "din": lambda: DIN(NUM_ITEMS, hidden_size=16, attention_sizes=(16, 8), output_sizes=(32, 16)),
+    "ttt4rec": lambda: TTT4Rec(
+        NUM_ITEMS, hidden_size=16, num_heads=2, intermediate_size=32, dropout=0.2, ttt={"mini_batch_size": 3}
+    ),
+    "ttt4rec_linear": lambda: TTT4Rec(
+        NUM_ITEMS,
+        hidden_size=16,
+        num_heads=2,
+        intermediate_size=32,
+        ttt={"layer": "linear", "mini_batch_size": 4},
+    ),
 }
 ALL_MODELS = list(FACTORIES)
 BASE_MODELS = ["sasrec", "gru4rec", "din"]

@@ -23,6 +23,7 @@ from lsc4rec.models.srm.losses import (
     sampled_softmax_loss,
 )
 from lsc4rec.models.srm.sasrec import SASRec
+from lsc4rec.models.srm.ttt4rec import TTT4Rec
 
 __all__ = [
     "DIN",
@@ -32,6 +33,7 @@ __all__ = [
     "GRU4Rec",
     "SASRec",
     "SequentialRecommender",
+    "TTT4Rec",
     "bce_loss",
     "build_srm",
     "candidate_rerank_loss",
@@ -42,7 +44,12 @@ __all__ = [
     "sampled_softmax_loss",
 ]
 
-SRM_CLASSES: dict[str, type[SequentialRecommender]] = {"sasrec": SASRec, "gru4rec": GRU4Rec, "din": DIN}
+SRM_CLASSES: dict[str, type[SequentialRecommender]] = {
+    "sasrec": SASRec,
+    "gru4rec": GRU4Rec,
+    "din": DIN,
+    "ttt4rec": TTT4Rec,
+}
 
 
 def build_srm(name: str, num_items: int, **kwargs: Any) -> SequentialRecommender:
