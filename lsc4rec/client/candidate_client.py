@@ -140,55 +140,59 @@ class CandidateServiceClient:
     def recommend(self, histories: Sequence[Sequence[int]], n: int, request_id: str = "") -> CandidateList:
         """Top-``n`` candidates per history via ``RecommendBatch``, in calls of at most ``max_batch``
         histories; items ``[B, n]`` (0 = empty slot) and float32 log-probability scores (-inf there)."""
-        if len(histories) == 0:
+        return self._batched(
+            histories,
+            n,
+            "RecommendBatch",
+            self._stub.RecommendBatch,
+            lambda part: pb.RecommendBatchRequest(
+                histories=[pb.History(items=_ids(history)) for history in part], n=n, request_id=request_id
+            ),
+        )
+
+    def recommend_for_users(self, user_ids: Sequence[int], n: int, request_id: str = "") -> CandidateList:
+        """Top-``n`` candidates per user from the cloud's own copy of their histories (nothing uploaded)."""
+        return self._batched(
+            user_ids,
+            n,
+            "RecommendForUsers",
+            self._stub.RecommendForUsers,
+            lambda part: pb.RecommendForUsersRequest(
+                user_ids=[int(u) for u in part], n=n, request_id=request_id
+            ),
+        )
+
+    def _batched(
+        self,
+        rows: Sequence,
+        n: int,
+        method: str,
+        rpc: Callable[..., pb.RecommendBatchReply],
+        make_request: Callable[[Sequence], object],
+    ) -> CandidateList:
+        """Answer ``rows`` (histories or user ids) in calls of at most ``max_batch``, one reply per row."""
+        if len(rows) == 0:
             width = max(n, 0)
             return CandidateList(np.zeros((0, width), dtype=np.int64), np.zeros((0, width), dtype=np.float32))
         chunk = self.info().max_batch
         # Allocated once the server has accepted n (a bad n must become its INVALID_ARGUMENT, not a
         # numpy error or a huge allocation here).
         items = scores = np.empty(0)
-        for start in range(0, len(histories), chunk):
-            part = histories[start : start + chunk]
-            request = pb.RecommendBatchRequest(
-                histories=[pb.History(items=_ids(history)) for history in part], n=n, request_id=request_id
-            )
-            reply: pb.RecommendBatchReply = self._call("RecommendBatch", self._stub.RecommendBatch, request)
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            reply = self._call(method, rpc, make_request(part))
             if len(reply.replies) != len(part):
                 raise CandidateServiceError(
                     grpc.StatusCode.INTERNAL,
-                    f"{len(reply.replies)} replies for {len(part)} histories",
-                    "RecommendBatch",
+                    f"{len(reply.replies)} replies for {len(part)} rows",
+                    method,
                     self.address,
                 )
             if start == 0:
-                items = np.zeros((len(histories), n), dtype=np.int64)
-                scores = np.full((len(histories), n), -np.inf, dtype=np.float32)
+                items = np.zeros((len(rows), n), dtype=np.int64)
+                scores = np.full((len(rows), n), -np.inf, dtype=np.float32)
             for offset, row in enumerate(reply.replies):
-                self._fill(row, n, items, scores, start + offset, "RecommendBatch")
-        return CandidateList(items, scores)
-
-    def recommend_for_users(self, user_ids: Sequence[int], n: int, request_id: str = "") -> CandidateList:
-        """Top-``n`` candidates per user from the cloud's own copy of their histories (nothing uploaded)."""
-        if len(user_ids) == 0:
-            return CandidateList(np.zeros((0, n), dtype=np.int64), np.zeros((0, n), dtype=np.float32))
-        chunk = self.info().max_batch
-        items = scores = np.empty(0)
-        for start in range(0, len(user_ids), chunk):
-            part = [int(u) for u in user_ids[start : start + chunk]]
-            request = pb.RecommendForUsersRequest(user_ids=part, n=n, request_id=request_id)
-            reply = self._call("RecommendForUsers", self._stub.RecommendForUsers, request)
-            if len(reply.replies) != len(part):
-                raise CandidateServiceError(
-                    grpc.StatusCode.INTERNAL,
-                    f"{len(reply.replies)} replies for {len(part)} users",
-                    "RecommendForUsers",
-                    self.address,
-                )
-            if start == 0:
-                items = np.zeros((len(user_ids), n), dtype=np.int64)
-                scores = np.full((len(user_ids), n), -np.inf, dtype=np.float32)
-            for offset, row in enumerate(reply.replies):
-                self._fill(row, n, items, scores, start + offset, "RecommendForUsers")
+                self._fill(row, n, items, scores, start + offset, method)
         return CandidateList(items, scores)
 
     def recommend_one(self, history: Sequence[int], n: int, request_id: str = "") -> CandidateList:

@@ -179,13 +179,11 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext
     ) -> pb.RecommendBatchReply:
         """Top-``n`` candidates for every history of the request, in one call into the source."""
-        problem = _request_id_problem(request.request_id) or self._n_problem(request.n)
-        if not problem and len(request.histories) == 0:
-            problem = "histories is empty: at least one history is required"
-        if not problem and len(request.histories) > self.max_batch:
-            problem = (
-                f"histories has {len(request.histories)} entries, more than max_batch = {self.max_batch}"
-            )
+        problem = (
+            _request_id_problem(request.request_id)
+            or self._n_problem(request.n)
+            or self._batch_problem(len(request.histories), "histories", "history")
+        )
         if not problem:
             for index, history in enumerate(request.histories):
                 problem = _history_problem(
@@ -197,10 +195,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, "RecommendBatch", request.request_id)
         histories = [list(history.items) for history in request.histories]
         result = self._run_source(histories, request.n, context, "RecommendBatch", request.request_id)
-        return pb.RecommendBatchReply(
-            replies=[self._reply(result, row, request.request_id) for row in range(len(histories))],
-            request_id=request.request_id,
-        )
+        return self._batch_reply(result, request.request_id)
 
     def RecommendForUsers(
         self, request: pb.RecommendForUsersRequest, context: grpc.ServicerContext
@@ -215,11 +210,11 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
                 method,
                 request.request_id,
             )
-        problem = _request_id_problem(request.request_id) or self._n_problem(request.n)
-        if not problem and len(request.user_ids) == 0:
-            problem = "user_ids is empty: at least one user is required"
-        if not problem and len(request.user_ids) > self.max_batch:
-            problem = f"user_ids has {len(request.user_ids)} entries, more than max_batch = {self.max_batch}"
+        problem = (
+            _request_id_problem(request.request_id)
+            or self._n_problem(request.n)
+            or self._batch_problem(len(request.user_ids), "user_ids", "user")
+        )
         if not problem:
             known = len(self.user_histories)
             bad = next((i for i, u in enumerate(request.user_ids) if not 0 <= u < known), None)
@@ -230,12 +225,24 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         # The cloud's own data: keep the most recent max_history items rather than refuse a long history.
         histories = [list(self.user_histories[u])[-self.max_history :] for u in request.user_ids]
         result = self._run_source(histories, request.n, context, method, request.request_id)
-        return pb.RecommendBatchReply(
-            replies=[self._reply(result, row, request.request_id) for row in range(len(histories))],
-            request_id=request.request_id,
-        )
+        return self._batch_reply(result, request.request_id)
 
     # ------------------------------------------------------------------ helpers
+    def _batch_problem(self, count: int, field: str, what: str) -> str | None:
+        """Why a batch of ``count`` entries in ``field`` is refused (empty or over max_batch), or None."""
+        if count == 0:
+            return f"{field} is empty: at least one {what} is required"
+        if count > self.max_batch:
+            return f"{field} has {count} entries, more than max_batch = {self.max_batch}"
+        return None
+
+    def _batch_reply(self, result: CandidateList, request_id: str) -> pb.RecommendBatchReply:
+        """Every row of ``result`` as one batch reply, in request order."""
+        return pb.RecommendBatchReply(
+            replies=[self._reply(result, row, request_id) for row in range(len(result))],
+            request_id=request_id,
+        )
+
     def _n_problem(self, n: int) -> str | None:
         """Why ``n`` is not acceptable, or None. Proto3 sends an unset ``n`` as 0, hence the hint."""
         if 1 <= n <= self.max_n:
