@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lsc4rec.data import EvalBatches, LeaveOneOutSplit, TrainBatches
+from lsc4rec.data import EvalBatch, EvalBatches, LeaveOneOutSplit, TrainBatches
 from lsc4rec.metrics import (
     DEFAULT_KS,
     RankingAccumulator,
@@ -51,6 +51,8 @@ class TrainSettings:
     eval_every: int = 1
     max_minutes: float | None = None
     progress: bool = True
+    # Where fit() trains: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "eval_every"):
@@ -64,12 +66,48 @@ class TrainSettings:
             raise ValueError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.lr_decay_patience < 0:
             raise ValueError(f"train.lr_decay_patience must be >= 0, got {self.lr_decay_patience}")
+        self.resolve_device()
+
+    def resolve_device(self) -> torch.device:
+        """The torch device ``device`` names; a clear error when it is malformed or not on this machine."""
+        return resolve_device(self.device, "train.device")
 
     def make_optimizer(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The Adam optimizer these settings describe."""
         return torch.optim.Adam(
             parameters, lr=self.lr, betas=(0.9, self.adam_beta2), weight_decay=self.weight_decay
         )
+
+
+def resolve_device(name: str, field_name: str = "device") -> torch.device:
+    """Parse ``auto|cpu|cuda|cuda:N|mps`` into a device that exists here, or raise naming ``field_name``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"{field_name}={name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{field_name}={name!r} but this machine has no CUDA device; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{field_name}={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{field_name}={name!r} but MPS is not available here; use auto or cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{field_name}={name!r}: unsupported device type {device.type!r}")
+    return device
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device holding the model's parameters (CPU for a parameterless module)."""
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
 
 
 @dataclass
@@ -124,10 +162,15 @@ def evaluate(
         )
     was_training = model.training
     model.eval()
+    device = model_device(model)
     full = RankingAccumulator(ks) if full_ranking else None
     sampled = RankingAccumulator(ks) if eval_set.negatives is not None else None
     for batch in eval_set.batches:
+        if device.type != "cpu":
+            batch = _batch_to(batch, device)
         negatives = eval_set.negatives[batch.rows] if eval_set.negatives is not None else None
+        if negatives is not None:
+            negatives = negatives.to(device)
         if full is not None:
             scores = model.score_all(batch.history)
             full.add(full_ranking_ranks(scores, batch.targets, exclude=batch.seen))
@@ -147,6 +190,15 @@ def evaluate(
     return result
 
 
+def _batch_to(batch: EvalBatch, device: torch.device) -> EvalBatch:
+    seen = batch.seen.to(device, non_blocking=True) if batch.seen is not None else None
+    return batch._replace(
+        history=batch.history.to(device, non_blocking=True),
+        targets=batch.targets.to(device, non_blocking=True),
+        seen=seen,
+    )
+
+
 def train_one_epoch(
     model: SequentialRecommender,
     batches: TrainBatches,
@@ -158,12 +210,16 @@ def train_one_epoch(
 ) -> float:
     """One pass over the training batches; returns the mean loss per batch (without ``regularizer``).
 
-    ``regularizer`` adds a term to every step's loss (FedProx's proximal term on a device).
+    ``regularizer`` adds a term to every step's loss (FedProx's proximal term on a device). Batches go to
+    the device holding the model.
     """
     model.train()
+    device = model_device(model)
     total, count = 0.0, 0
     progress = tqdm(batches, desc=description, leave=False, disable=not settings.progress, mininterval=1.0)
     for inputs, targets in progress:
+        if device.type != "cpu":
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         loss = compute_loss(
             settings.loss, model, inputs, targets, generator, num_negatives=settings.num_negatives
         )
@@ -209,9 +265,15 @@ def fit(
 ) -> FitResult:
     """Train with early stopping on validation ``selection_metric``; keep the best epoch's weights.
 
+    Trains on ``settings.device``; the model ends on the device it came in on, holding the best weights
+    (``best_state`` is a CPU copy).
+
     The metric is read from the full-ranking protocol, or from the sampled one when ``full_ranking`` is False.
     """
     protocol = "full" if full_ranking else "sampled"
+    device = settings.resolve_device()
+    home = model_device(model)
+    model.to(device)
     optimizer = settings.make_optimizer(model.parameters())
     plateau = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -222,7 +284,7 @@ def fit(
     )
     generator = torch.Generator().manual_seed(seed)
     best_value, best_epoch, since_best = -math.inf, 0, 0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = _cpu_copy(model.state_dict())
     best_valid: dict[str, dict] = {}
     history: list[dict] = []
     start = time.perf_counter()
@@ -246,7 +308,7 @@ def fit(
                 record["lr"] = optimizer.param_groups[0]["lr"]
             if value > best_value:
                 best_value, best_epoch, since_best = value, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = _cpu_copy(model.state_dict())
                 best_valid = valid
                 seconds_to_best = time.perf_counter() - start
             else:
@@ -272,6 +334,7 @@ def fit(
             logger.warning("stopping after epoch %d: %s", epoch, stopped_because)
             break
     model.load_state_dict(best_state)
+    model.to(home)
     return FitResult(
         best_epoch=best_epoch,
         best_valid=best_valid,
@@ -281,6 +344,10 @@ def fit(
         seconds_to_best=seconds_to_best,
         stopped_because=stopped_because,
     )
+
+
+def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def build_model_from_config(

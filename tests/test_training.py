@@ -45,3 +45,39 @@ def test_constant_learning_rate_by_default_and_beta2_reaches_adam() -> None:
 def test_bad_settings_name_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"train.{field}"):
         TrainSettings(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("gpu", "is not a device"), ("tpu:0", "is not a device"), ("meta", "unsupported device type")],
+)
+def test_bad_device_names_the_field(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"train.device='{name}'.*{message}"):
+        TrainSettings(device=name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_on_a_machine_without_it_says_so() -> None:
+    with pytest.raises(ValueError, match=r"train.device='cuda' but this machine has no CUDA device"):
+        TrainSettings(device="cuda")
+
+
+def test_auto_device_is_cuda_exactly_when_cuda_is_present() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert TrainSettings(device="auto").resolve_device().type == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_matches_cpu_training_and_returns_the_model_home() -> None:
+    """The same seeds on CUDA and CPU reach the same validation metric (float noise only)."""
+    results = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = build_srm("sasrec", NUM_ITEMS, hidden_size=16, num_blocks=1, num_heads=1, dropout=0.0)
+        train, valid = _data()
+        settings = TrainSettings(epochs=3, patience=10, progress=False, device=device)
+        result = fit(model, train, valid, settings)
+        assert next(model.parameters()).device.type == "cpu"
+        assert all(v.device.type == "cpu" for v in result.best_state.values())
+        results[device] = [row["train_loss"] for row in result.history]
+    assert results["cuda"] == pytest.approx(results["cpu"], rel=1e-3)

@@ -11,7 +11,7 @@ import torch
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.data import TrainBatches
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.training import TrainSettings, train_one_epoch
+from lsc4rec.training import TrainSettings, model_device, train_one_epoch
 
 
 def derive_seed(*parts: object) -> int:
@@ -43,13 +43,16 @@ def train_on_shard(
 ) -> dict[str, float]:
     """Run ``local_epochs`` over the shard's sequences; return the node's training metrics.
 
-    ``num-examples`` is the number of next-item targets trained on (the FedAvg weight). Every source of
-    randomness (batch order, dropout, sampled negatives) derives from ``seed``, so a round replays exactly.
+    Trains on ``settings.device``. ``num-examples`` is the number of next-item targets trained on (the FedAvg
+    weight). Every source of randomness (batch order, dropout, sampled negatives) derives from ``seed``, so a
+    round replays exactly.
     """
     torch.manual_seed(seed)
     batches = TrainBatches(shard.train_sequences, max_len, settings.batch_size, seed=seed)
     if batches.num_examples == 0:
         raise ValueError(f"partition {shard.partition_id}: no device has a sequence with 2+ training items")
+    home = model_device(model)
+    model.to(settings.resolve_device())
     optimizer = settings.make_optimizer(model.parameters())
     generator = torch.Generator().manual_seed(seed)
     regularizer = proximal_term(model, proximal_mu)
@@ -62,6 +65,8 @@ def train_on_shard(
                 model, batches, optimizer, quiet, generator, f"partition {shard.partition_id}", regularizer
             )
         )
+    # The reply carries the weights from wherever the model came from (the ArrayRecord codec reads CPU).
+    model.to(home)
     return {
         "num-examples": float(batches.num_targets),
         "train_loss": float(losses[-1]),

@@ -79,6 +79,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
         full_ranking=full_ranking,
         on_epoch=checkpoint_progress,
     )
+    model.to(settings.resolve_device())
     test = evaluate(model, test_set, ks, full_ranking=full_ranking)
     torch.save(result.best_state, out / "model.pt")
 
@@ -106,6 +107,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "torch_threads": torch.get_num_threads(),
+        "device": str(settings.resolve_device()),
         "output_dir": str(out),
     }
     write_json(out / "metrics.json", payload)
