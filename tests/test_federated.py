@@ -204,6 +204,28 @@ def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) ->
         assert state["rounds-trained"] == 3 and state["examples-trained"] > 0
 
 
+def test_nodes_keep_their_adam_moments_and_decay_lr_across_rounds(data: Path, tmp_path: Path) -> None:
+    run_config = {
+        "overrides": overrides(
+            data,
+            "federated.rounds=3",
+            "federated.fraction_evaluate=0",
+            "federated.keep_optimizer_state=true",
+            "federated.round_lr_decay=0.5",
+            "train.batch_size=64",
+        )
+    }
+    grid = InProcessGrid(2, run_config)
+    summary = run_federated(grid, config_from_run_config(run_config), tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    assert [row["train"]["lr"] for row in history] == pytest.approx([0.005, 0.0025, 0.00125])
+    for context in grid.contexts.values():
+        moments = context.state.array_records["optimizer"]
+        # 120 devices per node in batches of 64 = 2 steps a round: the counter ran on over 3 rounds.
+        assert float(moments["0.step"].numpy()) == 6.0
+    assert summary["test"]["full"]["NDCG@10"] > 0
+
+
 def test_row_weighting_changes_only_item_rows_and_follows_node_counts(data: Path, tmp_path: Path) -> None:
     finals = {}
     for flag in ("false", "true"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -75,6 +76,18 @@ def model_from_message(msg: Message, cfg: DictConfig, num_items: int) -> Sequent
     return model
 
 
+#: context.state key of the node's Adam moments (``federated.keep_optimizer_state``).
+OPTIMIZER_STATE_KEY = "optimizer"
+
+
+def round_settings(settings: TrainSettings, cfg: DictConfig, server_round: int) -> TrainSettings:
+    """This round's local settings: lr decayed by ``federated.round_lr_decay`` per round after the first."""
+    decay = float(cfg.federated.round_lr_decay)
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"federated.round_lr_decay must be in (0, 1], got {decay}")
+    return replace(settings, lr=settings.lr * decay ** (server_round - 1))
+
+
 def _faulty(cfg: DictConfig, kind: str, partition_id: int) -> bool:
     listed = str(cfg.federated.faults[kind]).replace(" ", "")
     return bool(listed) and str(partition_id) in listed.split(",")
@@ -107,7 +120,13 @@ def train(msg: Message, context: Context) -> Message:
     model = model_from_message(msg, cfg, shard.num_items)
     server_round = int(msg.content["config"]["server-round"])
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
-    settings = TrainSettings(**to_plain_dict(cfg.train))
+    settings = round_settings(TrainSettings(**to_plain_dict(cfg.train)), cfg, server_round)
+    keep = bool(cfg.federated.keep_optimizer_state)
+    saved = context.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
+
+    def keep_state(flat: dict[str, torch.Tensor]) -> None:
+        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
+
     start = time.perf_counter()
     metrics = train_on_shard(
         model,
@@ -117,7 +136,10 @@ def train(msg: Message, context: Context) -> Message:
         int(cfg.federated.local_epochs),
         mu,
         seed=derive_seed(cfg.seed, server_round, partition_id),
+        optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
+        keep_state=keep_state if keep else None,
     )
+    metrics["lr"] = settings.lr
     metrics["train-seconds"] = time.perf_counter() - start
     # Node state across rounds (sim and deployment): how often this node trained and on how many examples.
     fresh = MetricRecord({"rounds-trained": 0, "examples-trained": 0.0})

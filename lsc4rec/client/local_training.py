@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import torch
@@ -32,6 +32,46 @@ def proximal_term(model: SequentialRecommender, mu: float) -> Callable[[], torch
     return term
 
 
+#: The per-parameter Adam buffers a node may carry from one round to the next.
+_ADAM_BUFFERS = ("step", "exp_avg", "exp_avg_sq")
+
+
+def optimizer_state_arrays(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter buffers as flat ``"<param index>.<buffer>"`` CPU tensors."""
+    flat: dict[str, torch.Tensor] = {}
+    for index, buffers in optimizer.state_dict()["state"].items():
+        for name in _ADAM_BUFFERS:
+            if name in buffers:
+                value = torch.as_tensor(buffers[name])
+                flat[f"{index}.{name}"] = value.detach().to("cpu", copy=True).reshape(value.shape)
+    return flat
+
+
+def load_optimizer_arrays(optimizer: torch.optim.Optimizer, flat: Mapping[str, torch.Tensor]) -> None:
+    """Restore buffers saved by :func:`optimizer_state_arrays`; the optimizer keeps its own hyperparameters.
+
+    Raises ValueError naming the buffer when the saved state does not fit the model's parameters.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        index_text, _, name = key.partition(".")
+        if not index_text.isdigit() or name not in _ADAM_BUFFERS or int(index_text) >= len(params):
+            raise ValueError(
+                f"saved optimizer state has an unknown entry {key!r} for {len(params)} parameters"
+            )
+        param = params[int(index_text)]
+        if name != "step" and tuple(value.shape) != tuple(param.shape):
+            raise ValueError(
+                f"saved optimizer state {key!r} has shape {tuple(value.shape)} but parameter "
+                f"{index_text} has {tuple(param.shape)}"
+            )
+        state.setdefault(int(index_text), {})[name] = torch.as_tensor(value)
+    current = optimizer.state_dict()
+    # Hyperparameters (this round's lr) come from the fresh optimizer, only the moments from the saved state.
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
 def train_on_shard(
     model: SequentialRecommender,
     shard: DeviceShard,
@@ -40,8 +80,13 @@ def train_on_shard(
     local_epochs: int,
     proximal_mu: float,
     seed: int,
+    optimizer_state: Mapping[str, torch.Tensor] | None = None,
+    keep_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, float]:
     """Run ``local_epochs`` over the shard's sequences; return the node's training metrics.
+
+    ``optimizer_state`` (from an earlier round's ``keep_state``) restores the node's Adam moments instead of
+    starting them from zero; ``keep_state`` receives the moments after training.
 
     Trains on ``settings.device``. ``num-examples`` is the number of next-item targets trained on (the FedAvg
     weight). Every source of randomness (batch order, dropout, sampled negatives) derives from ``seed``, so a
@@ -54,6 +99,8 @@ def train_on_shard(
     home = model_device(model)
     model.to(settings.resolve_device())
     optimizer = settings.make_optimizer(model.parameters())
+    if optimizer_state:
+        load_optimizer_arrays(optimizer, optimizer_state)
     generator = torch.Generator().manual_seed(seed)
     regularizer = proximal_term(model, proximal_mu)
     quiet = replace(settings, progress=False)
@@ -65,6 +112,8 @@ def train_on_shard(
                 model, batches, optimizer, quiet, generator, f"partition {shard.partition_id}", regularizer
             )
         )
+    if keep_state is not None:
+        keep_state(optimizer_state_arrays(optimizer))
     # The reply carries the weights from wherever the model came from (the ArrayRecord codec reads CPU).
     model.to(home)
     return {
