@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lsc4rec.data import EvalBatch, EvalBatches, LeaveOneOutSplit, TrainBatches
+from lsc4rec.devices import model_device, resolve_device
 from lsc4rec.metrics import (
     DEFAULT_KS,
     RankingAccumulator,
@@ -77,37 +78,6 @@ class TrainSettings:
         return torch.optim.Adam(
             parameters, lr=self.lr, betas=(0.9, self.adam_beta2), weight_decay=self.weight_decay
         )
-
-
-def resolve_device(name: str, field_name: str = "device") -> torch.device:
-    """Parse ``auto|cpu|cuda|cuda:N|mps`` into a device that exists here, or raise naming ``field_name``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"{field_name}={name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
-        ) from error
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{field_name}={name!r} but this machine has no CUDA device; use auto or cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"{field_name}={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{field_name}={name!r} but MPS is not available here; use auto or cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{field_name}={name!r}: unsupported device type {device.type!r}")
-    return device
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device holding the model's parameters (CPU for a parameterless module)."""
-    for parameter in model.parameters():
-        return parameter.device
-    return torch.device("cpu")
 
 
 @dataclass

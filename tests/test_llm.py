@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,29 @@ def test_training_learns_a_sequential_pattern_and_survives_save_and_load(tmp_pat
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="not a saved lsc4rec cloud LLM"):
         CloudLLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_llm_trains_and_serves_like_the_cpu_one_with_cpu_outputs() -> None:
+    train, valid_h, valid_t = _pattern_split()
+    settings = LLMTrainSettings(epochs=8, batch_size=32, lr=5e-3, warmup_steps=5, patience=3, progress=False)
+    results = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        llm = tiny_llm()
+        result = fit_llm(llm, train, valid_h, valid_t, replace(settings, device=device), seed=0)
+        assert llm.device.type == "cpu"  # fit_llm hands the model back where it came from
+        llm.to(device)
+        histories = torch.tensor([h[-10:] for h in valid_h[:16]])
+        assert llm.item_scores(histories).device.type == "cpu"
+        results[device] = (result.best_valid["NDCG@10"], llm.recommend(valid_h[:16], 5).items)
+    assert results["cuda"][0] == pytest.approx(results["cpu"][0], abs=0.02)
+    assert (results["cuda"][1] == results["cpu"][1]).mean() > 0.9
+
+
+def test_llm_device_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"llm\.train\.device='gpu'"):
+        LLMTrainSettings(device="gpu")
 
 
 def test_a_pretrained_base_model_is_extended_with_item_tokens(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit
 from lsc4rec.data.staleness import cloud_view
+from lsc4rec.devices import resolve_device
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
@@ -62,7 +63,10 @@ def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
         llm.save_pretrained(saved)
         report.update(best_epoch=result.best_epoch, train_seconds=round(result.train_seconds, 1))
         report["cloud_valid"] = result.best_valid
+    # The cloud serves where it trains (a GPU when the server has one).
+    llm.to(resolve_device(str(cfg.llm.train.device), "llm.train.device"))
     llm.eval()
+    report["device"] = str(llm.device)
     token = secrets.token_urlsafe(24)
     service = serve(
         llm,

@@ -43,6 +43,7 @@ from lsc4rec.client.request_policy import RequestPolicy
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.staleness import cloud_view
+from lsc4rec.devices import resolve_device
 from lsc4rec.metrics import list_ranks, metrics_from_ranks
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
@@ -166,6 +167,8 @@ def train_models(
                 for r in result.history
             ],
         }
+    # The LLM answers the devices' requests where the cloud would run it.
+    llm.to(resolve_device(str(cfg.llm.train.device), "llm.train.device"))
     max_len = int(cfg.data.max_len)
     srm = build_model_from_config(cfg.model, split.num_items, max_len)
     settings = TrainSettings(**to_plain_dict(cfg.train))

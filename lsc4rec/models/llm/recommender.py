@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from lsc4rec.data import pad_left
+from lsc4rec.devices import resolve_device
 from lsc4rec.models.llm.beam_search import NextTokenLogProbs, constrained_beam_search
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.llm.item_tokens import ItemTokenizer
@@ -161,8 +162,17 @@ class CloudLLM(nn.Module):
         finally:
             self.train(was_training)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the language model's weights live; inputs and outputs of the public methods stay on CPU."""
+        return self.lm.get_input_embeddings().weight.device
+
     def hidden_states(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        """Last-layer hidden states ``[B, T, d]`` of left-padded token rows (positions count real tokens)."""
+        """Last-layer hidden states ``[B, T, d]`` of left-padded token rows (positions count real tokens).
+
+        Computed on :attr:`device` (tokens are moved there).
+        """
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
         embeds = self.embedding_dropout(self.lm.get_input_embeddings()(tokens))
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions)
@@ -178,6 +188,7 @@ class CloudLLM(nn.Module):
         Every item is predicted from the tokens before it, the first one from the bos alone.
         """
         tokens, mask = self.tokenizer.encode_histories(sequences)
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
         predict_from = mask[:, :-1] & mask[:, 1:]
         hidden = self.hidden_states(tokens, mask)[:, :-1][predict_from]
         labels = tokens[:, 1:][predict_from]
@@ -195,7 +206,7 @@ class CloudLLM(nn.Module):
         with self._evaluating():
             tokens, mask = self.tokenizer.encode_histories(histories[:, -self.max_len :])
             logprobs = torch.log_softmax(self.token_logits(self.hidden_states(tokens, mask)[:, -1]), dim=-1)
-        scores = logprobs[:, self.tokenizer.codes[:, 0]]
+            scores = logprobs[:, self.tokenizer.codes[:, 0].to(logprobs.device)].float().cpu()
         scores[:, 0] = float("-inf")
         return scores
 
@@ -211,7 +222,8 @@ class CloudLLM(nn.Module):
             tokens, mask = self.tokenizer.encode_histories(inputs)
             # Token column j + 1 holds input column j; its output predicts the item after it.
             logits = self.token_logits(self.hidden_states(tokens, mask)[:, 1:])
-            top = logits[..., self.tokenizer.codes[1:, 0]].topk(min(k, self.num_items), dim=-1).indices + 1
+            item_columns = self.tokenizer.codes[1:, 0].to(logits.device)
+            top = logits[..., item_columns].topk(min(k, self.num_items), dim=-1).indices.cpu() + 1
         return top.masked_fill((inputs == 0).unsqueeze(-1), 0)
 
     def _next_token_fn(self, tokens: Tensor, mask: Tensor) -> NextTokenLogProbs:
@@ -219,7 +231,8 @@ class CloudLLM(nn.Module):
             row_tokens = torch.cat([tokens[rows], prefixes], dim=1)
             row_mask = torch.cat([mask[rows], torch.ones_like(prefixes, dtype=torch.bool)], dim=1)
             hidden = self.hidden_states(row_tokens, row_mask)[:, -1]
-            return torch.log_softmax(self.token_logits(hidden), dim=-1)
+            # The beam search bookkeeping runs on CPU; only the network runs on the model's device.
+            return torch.log_softmax(self.token_logits(hidden), dim=-1).float().cpu()
 
         return next_token_logprobs
 
@@ -278,8 +291,9 @@ class CloudLLM(nn.Module):
         )
 
 
-def load_candidate_source(directory: str | Path) -> CloudLLM:
-    """A saved cloud LLM, ready to serve candidates (eval mode)."""
+def load_candidate_source(directory: str | Path, device: str = "cpu") -> CloudLLM:
+    """A saved cloud LLM on ``device`` (auto|cpu|cuda|cuda:N|mps), ready to serve candidates (eval mode)."""
     llm = CloudLLM.from_pretrained(directory)
+    llm.to(resolve_device(device, "device"))
     llm.eval()
     return llm

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lsc4rec.data import TrainBatches, pad_left
+from lsc4rec.devices import resolve_device
 from lsc4rec.metrics import DEFAULT_KS, RankingAccumulator, full_ranking_ranks, list_ranks
 from lsc4rec.models.llm.recommender import CloudLLM
 
@@ -39,6 +40,8 @@ class LLMTrainSettings:
     max_minutes: float | None = 15.0
     candidates: int = 50
     progress: bool = True
+    # Where fit_llm trains: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "candidates"):
@@ -48,6 +51,7 @@ class LLMTrainSettings:
             raise ValueError(f"llm.train.lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError(f"llm.train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        resolve_device(self.device, "llm.train.device")
 
 
 @dataclass
@@ -92,6 +96,10 @@ def evaluate_llm(
     return metrics
 
 
+def _cpu_copy(llm: CloudLLM) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in llm.state_dict().items()}
+
+
 def fit_llm(
     llm: CloudLLM,
     sequences: Sequence[Sequence[int]],
@@ -102,7 +110,12 @@ def fit_llm(
     selection_metric: str = "NDCG@10",
     on_epoch: Callable[[dict], None] | None = None,
 ) -> LLMFitResult:
-    """Train ``llm`` on ``sequences`` (AdamW, linear warm-up, clipping); keep the best validation epoch."""
+    """Train ``llm`` on ``sequences`` (AdamW, linear warm-up, clipping); keep the best validation epoch.
+
+    Trains on ``settings.device``; the model ends on the device it came in on, holding the best weights.
+    """
+    home = llm.device
+    llm.to(resolve_device(settings.device, "llm.train.device"))
     batches = TrainBatches(sequences, llm.max_len, settings.batch_size, seed=seed)
     if batches.num_examples == 0:
         raise ValueError("the cloud LLM has no training sequence with 2+ items")
@@ -111,7 +124,7 @@ def fit_llm(
     warmup = max(settings.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     best_value, best_epoch, since_best = -math.inf, 0, 0
-    best_state = {k: v.detach().clone() for k, v in llm.state_dict().items()}
+    best_state = _cpu_copy(llm)
     best_valid: dict[str, float] = {}
     history: list[dict] = []
     start = time.perf_counter()
@@ -139,7 +152,7 @@ def fit_llm(
         history.append(record)
         if value > best_value:
             best_value, best_epoch, since_best, best_valid = value, epoch, 0, valid
-            best_state = {k: v.detach().clone() for k, v in llm.state_dict().items()}
+            best_state = _cpu_copy(llm)
             seconds_to_best = record["elapsed_seconds"]
         else:
             since_best += 1
@@ -162,6 +175,7 @@ def fit_llm(
             logger.warning("LLM training stops after epoch %d: llm.train.max_minutes spent", epoch)
             break
     llm.load_state_dict(best_state)
+    llm.to(home)
     llm.eval()
     return LLMFitResult(
         best_epoch=best_epoch,
