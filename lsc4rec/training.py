@@ -27,6 +27,7 @@ from lsc4rec.metrics import (
     sampled_ranking_ranks,
     target_ranks,
 )
+from lsc4rec.models.solid.dual_model import SolidRecommender
 from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm, compute_loss
 
 logger = logging.getLogger(__name__)
@@ -178,9 +179,10 @@ def train_one_epoch(
     description: str = "train",
     regularizer: Callable[[], torch.Tensor] | None = None,
 ) -> float:
-    """One pass over the training batches; returns the mean loss per batch (without ``regularizer``).
+    """One pass over the training batches; returns the mean next-item loss per batch.
 
-    ``regularizer`` adds a term to every step's loss (FedProx's proximal term on a device). Batches go to
+    Every step also minimises the model's :meth:`~SequentialRecommender.auxiliary_loss` (SOLID's VQ term) and
+    ``regularizer`` (FedProx's proximal term on a device); neither is in the returned mean. Batches go to
     the device holding the model.
     """
     model.train()
@@ -198,7 +200,13 @@ def train_one_epoch(
                 f"{description}: loss became {loss.item()} (lr={settings.lr}); lower train.lr"
             )
         optimizer.zero_grad(set_to_none=True)
-        (loss + regularizer() if regularizer is not None else loss).backward()
+        objective = loss
+        auxiliary = model.auxiliary_loss(inputs)
+        if auxiliary is not None:
+            objective = objective + auxiliary
+        if regularizer is not None:
+            objective = objective + regularizer()
+        objective.backward()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
@@ -326,6 +334,9 @@ def build_model_from_config(
     """Build the SRM named by ``model_cfg["name"]`` with the remaining keys as its hyperparameters."""
     name = str(model_cfg["name"])
     params = {str(k): v for k, v in dict(model_cfg).items() if k != "name"}
+    if name == "solid":
+        # SOLID wraps a base SRM; its semantic ids come later (lsc4rec.models.solid.setup).
+        return SolidRecommender(num_items, **{"max_len": max_len, **params})
     model_class = SRM_CLASSES.get(name)
     # Position-aware models (SASRec) size their position table by the history length; others do not take it.
     if model_class is not None and "max_len" in inspect.signature(model_class).parameters:

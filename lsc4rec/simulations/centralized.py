@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import TrainBatches, leave_one_out, load_dataset
+from lsc4rec.models.solid import SolidRecommender
+from lsc4rec.models.solid.setup import prepare_solid_model
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
 from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
 
@@ -55,6 +57,10 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     max_len = int(cfg.data.max_len)
     settings = TrainSettings(**to_plain_dict(cfg.train))
     model = build_model_from_config(cfg.model, split.num_items, max_len)
+    solid_report = None
+    if isinstance(model, SolidRecommender):
+        _, _, solid_report = prepare_solid_model(model, cfg.solid, raw, split, seed=int(cfg.seed))
+        logger.info("SOLID codebook: %s", solid_report["codebook"])
     num_parameters = sum(p.numel() for p in model.parameters())
     logger.info("model %s with %d parameters", cfg.model.name, num_parameters)
 
@@ -101,6 +107,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
         "config": plain_cfg,
         "dataset_report": split.report,
         "num_parameters": num_parameters,
+        "solid": solid_report,
         "stopped_because": result.stopped_because,
         "epochs": result.history,
         "final": summary,

@@ -70,6 +70,13 @@ class SequentialRecommender(nn.Module, abc.ABC):
         The state at position ``t`` may depend only on ``history[:, :t+1]`` and must not depend on padding.
         """
 
+    def auxiliary_loss(self, inputs: Tensor) -> Tensor | None:
+        """An extra training term for the batch ``inputs [B, L]`` (e.g. SOLID's VQ loss); None = nothing.
+
+        Training adds it to the next-item loss of every step; evaluation never calls it.
+        """
+        return None
+
     # ------------------------------------------------------------------ public scoring API
     def position_scores(
         self, inputs: Tensor, candidates: Tensor | None = None, positions: Tensor | None = None

