@@ -21,11 +21,13 @@ from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
 from lsc4rec.client.candidate_client import CandidateServiceClient
+from lsc4rec.client.codebook_sync import device_statistics, item_features_of, prepare_device_model
 from lsc4rec.client.collaborative_devices import CollaborationSettings, serve_devices
 from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.config import config_from_run_config, to_plain_dict
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
+from lsc4rec.strategies.codebook import STATS_KEY, VERSION_KEY, statistics_record
 from lsc4rec.strategies.srm import ROW_COUNTS_KEY
 from lsc4rec.training import EvalSet, TrainSettings, build_model_from_config, evaluate
 
@@ -118,6 +120,7 @@ def train(msg: Message, context: Context) -> Message:
     _inject_faults(cfg, partition_id)
     shard = shard_of(context, cfg)
     model = model_from_message(msg, cfg, shard.num_items)
+    codebook = prepare_device_model(msg, context, cfg, model)
     server_round = int(msg.content["config"]["server-round"])
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     settings = round_settings(TrainSettings(**to_plain_dict(cfg.train)), cfg, server_round)
@@ -154,6 +157,11 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     if bool(cfg.strategy.row_weighting):
         content[ROW_COUNTS_KEY] = ArrayRecord({ITEM_TABLE_KEY: Array(shard.item_counts())})
+    if codebook is not None:
+        # SOLID: statistics of this node's items under the codebook, on the locally updated representations.
+        stats = device_statistics(codebook, item_features_of(cfg, model), shard)
+        content[STATS_KEY] = statistics_record(stats)
+        content["metrics"][VERSION_KEY] = codebook.version
     return Message(content, reply_to=msg)
 
 
@@ -163,6 +171,7 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     cfg = node_config(context)
     shard = shard_of(context, cfg)
     model = model_from_message(msg, cfg, shard.num_items)
+    codebook = prepare_device_model(msg, context, cfg, model)
     full_ranking = bool(cfg.eval.full_ranking)
     eval_set = EvalSet.build(
         "client-valid",
@@ -186,6 +195,8 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
             collaborate(model, shard, cfg, str(config["candidate-service"]), str(config["candidate-token"]))
         )
     metrics["num-examples"] = float(shard.num_devices)
+    if codebook is not None:
+        metrics[VERSION_KEY] = codebook.version
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

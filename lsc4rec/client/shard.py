@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,15 @@ def partition_users(num_users: int, num_partitions: int, partition_id: int, seed
 
 
 @lru_cache(maxsize=4)
+def cached_raw(name: str, path: str | None, data_format: str) -> RawDataset:
+    """Load a dataset once per process (a simulation actor serves many rounds and nodes)."""
+    return load_dataset(name, path, data_format)
+
+
+@lru_cache(maxsize=4)
 def cached_split(name: str, path: str | None, data_format: str) -> LeaveOneOutSplit:
-    """Load and split a dataset once per process (a simulation actor serves many rounds and nodes)."""
-    return leave_one_out(load_dataset(name, path, data_format))
+    """Load and split a dataset once per process."""
+    return leave_one_out(cached_raw(name, path, data_format))
 
 
 def load_shard(

@@ -20,12 +20,15 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from lsc4rec.config import to_plain_dict
-from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
+from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
+from lsc4rec.models.solid.setup import build_codebook, item_representations, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from lsc4rec.server.cloud import Cloud, start_cloud
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy
+from lsc4rec.strategies.codebook import CodebookSync
 from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
 logger = logging.getLogger(__name__)
@@ -66,18 +69,57 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)
+    split = leave_one_out(raw)
     max_len = int(cfg.data.max_len)
     model = build_model_from_config(cfg.model, split.num_items, max_len)
     strategy = strategy_from_config(cfg)
     strategy.summary()
+    codebook = SolidOnServer.start(cfg, raw, split, model) if isinstance(model, SolidRecommender) else None
 
     cloud = start_cloud(cfg, split, out) if bool(cfg.collab.enabled) else None
     try:
-        return _round_loop(grid, cfg, out, split, model, strategy, cloud, wall_start)
+        return _round_loop(grid, cfg, out, split, model, strategy, cloud, wall_start, codebook)
     finally:
         if cloud is not None:
             cloud.stop()
+
+
+class SolidOnServer:
+    """The server's half of SOLID: the global codebook sync plus labelling the global model's items."""
+
+    def __init__(self, cfg: DictConfig, raw: RawDataset, split: LeaveOneOutSplit, sync: CodebookSync) -> None:
+        self.cfg, self.raw, self.split, self.sync = cfg, raw, split, sync
+
+    @classmethod
+    def start(
+        cls, cfg: DictConfig, raw: RawDataset, split: LeaveOneOutSplit, model: SolidRecommender
+    ) -> SolidOnServer:
+        """Version 0 of the codebook, fitted on the initial global model's item representations."""
+        features, _ = item_representations(cfg.solid, raw, split, model.item_embedding.weight.detach())
+        codebook = build_codebook(cfg.solid, features, seed=int(cfg.seed))
+        sync = CodebookSync(
+            codebook,
+            momentum=float(cfg.solid.sync_momentum),
+            reseed_scale=float(cfg.solid.reseed_scale),
+            sync_every=int(cfg.solid.sync_every),
+            seed=int(cfg.seed),
+        )
+        logger.info(
+            "SOLID codebook version 0: sizes %s, features %s", codebook.sizes, list(cfg.solid.features)
+        )
+        return cls(cfg, raw, split, sync)
+
+    def label(self, model: SequentialRecommender, codebook: SemanticCodebook | None = None) -> dict[str, Any]:
+        """Give ``model`` the semantic ids of ``codebook`` (default: the current one); return code usage."""
+        assert isinstance(model, SolidRecommender)
+        codebook = codebook or self.sync.codebook
+        features, _ = item_representations(
+            self.cfg.solid, self.raw, self.split, model.item_embedding.weight.detach()
+        )
+        codes = semantic_ids(codebook, features)
+        model.set_semantic_ids(codes)
+        return codebook.usage(codes[1:])
 
 
 def _evaluate_config(cloud: Cloud | None) -> ConfigRecord:
@@ -96,6 +138,7 @@ def _round_loop(
     strategy: SRMStrategy,
     cloud: Cloud | None,
     wall_start: float,
+    solid: SolidOnServer | None = None,
 ) -> dict[str, Any]:
     """The rounds themselves (resume, train, evaluate, checkpoint) and the final report."""
     plain_cfg = to_plain_dict(cfg)
@@ -105,14 +148,26 @@ def _round_loop(
     protocol = "full" if full_ranking else "sampled"
     ks = tuple(int(k) for k in cfg.eval.ks)
     arrays = ArrayRecord(model.state_dict())
-    best = {"round": 0, "value": float("-inf"), "arrays": _state_dict(arrays)}
+    best: dict[str, Any] = {
+        "round": 0,
+        "value": float("-inf"),
+        "arrays": _state_dict(arrays),
+        "codebook": None,
+    }
     history: list[dict] = []
     start_round = 1
     checkpoint_path = out / "checkpoint.pt"
     if bool(cfg.federated.resume):
         state = load_checkpoint(checkpoint_path, reference=model.state_dict())
         arrays = ArrayRecord(state["arrays"])
-        best = {"round": state["best_round"], "value": state["best_value"], "arrays": state["best_arrays"]}
+        best = {
+            "round": state["best_round"],
+            "value": state["best_value"],
+            "arrays": state["best_arrays"],
+            "codebook": state.get("best_codebook"),
+        }
+        if solid is not None:
+            solid.sync.load_state_dict(state["codebook"])
         history = state["history"]
         strategy.load_state_dict(state["strategy"])
         restore_rng_states(state["rng"])
@@ -123,24 +178,36 @@ def _round_loop(
     timeout = float(cfg.federated.round_timeout)
     for server_round in range(start_round, rounds + 1):
         round_start = time.perf_counter()
-        replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=timeout
-        )
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        codebook_row: dict[str, Any] = solid.sync.attach(messages) if solid is not None else {}
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
+        if solid is not None:
+            stats, collected = solid.sync.collect(replies)
+            codebook_row.update(collected)
+            codebook_row.update(solid.sync.update(server_round, stats))
         train_seconds = time.perf_counter() - round_start
         row: dict[str, Any] = {"round": server_round, "train": dict(train_metrics or {})}
         if float(cfg.federated.fraction_evaluate) > 0:
-            eval_replies = grid.send_and_receive(
-                strategy.configure_evaluate(server_round, arrays, _evaluate_config(cloud), grid),
-                timeout=timeout,
+            eval_messages = list(
+                strategy.configure_evaluate(server_round, arrays, _evaluate_config(cloud), grid)
             )
+            if solid is not None:
+                attached = solid.sync.attach(eval_messages)
+                codebook_row["codebook-bytes-sent"] += attached["codebook-bytes-sent"]
+            eval_replies = list(grid.send_and_receive(eval_messages, timeout=timeout))
+            if solid is not None:
+                solid.sync.acknowledge(eval_replies)
             client_eval = strategy.aggregate_evaluate(server_round, eval_replies)
             row["client_evaluate"] = dict(client_eval or {})
         every = int(cfg.federated.server_eval_every)
         if server_round % every == 0 or server_round == rounds:
             model.load_state_dict(arrays.to_torch_state_dict())
+            if solid is not None:
+                usage = solid.label(model)
+                codebook_row.update({"perplexity": usage["perplexity"], "dead_codes": usage["dead_codes"]})
             valid = evaluate(model, valid_set, ks, full_ranking=full_ranking)[protocol]
             row["server_valid"] = valid
             if valid[SELECTION_METRIC] > best["value"]:
@@ -148,10 +215,13 @@ def _round_loop(
                     "round": server_round,
                     "value": valid[SELECTION_METRIC],
                     "arrays": _state_dict(arrays),
+                    "codebook": solid.sync.codebook.to_arrays() if solid is not None else None,
                 }
         row["round_seconds"] = time.perf_counter() - round_start
         row["train_seconds"] = train_seconds
         row["failed_nodes"] = [vars(f) for f in strategy.failures if f.round == server_round]
+        if solid is not None:
+            row["codebook"] = codebook_row
         history.append(row)
         logger.info(
             "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, %.1f s",
@@ -173,6 +243,8 @@ def _round_loop(
                     "best_round": best["round"],
                     "best_value": best["value"],
                     "best_arrays": best["arrays"],
+                    "best_codebook": best["codebook"],
+                    "codebook": solid.sync.state_dict() if solid is not None else None,
                     "strategy": strategy.state_dict(),
                     "rng": rng_states(),
                     "history": history,
@@ -182,8 +254,13 @@ def _round_loop(
 
     final_state = _state_dict(arrays)
     model.load_state_dict(final_state)
+    if solid is not None:
+        solid.label(model)
     test_last = evaluate(model, test_set, ks, full_ranking=full_ranking)
     model.load_state_dict(best["arrays"])
+    if solid is not None and best["codebook"] is not None:
+        # The best round's weights go with the codebook version they were evaluated under.
+        solid.label(model, SemanticCodebook.from_arrays(best["codebook"]))
     test_best = evaluate(model, test_set, ks, full_ranking=full_ranking)
     torch.save(final_state, out / "model_last.pt")
     torch.save(best["arrays"], out / "model_best.pt")
@@ -203,6 +280,14 @@ def _round_loop(
         "bytes_received": total_received,
         "mean_round_seconds": sum(r["round_seconds"] for r in history) / max(len(history), 1),
     }
+    if solid is not None:
+        summary["codebook"] = {
+            "version": solid.sync.version,
+            "sizes": solid.sync.codebook.sizes,
+            "bytes_sent": sum(int(r["codebook"].get("codebook-bytes-sent", 0)) for r in history),
+            "bytes_received": sum(int(r["codebook"].get("codebook-bytes-received", 0)) for r in history),
+            "last_round": history[-1]["codebook"] if history else {},
+        }
     if cloud is not None:
         last = history[-1].get("client_evaluate", {}) if history else {}
         summary["collaboration"] = {

@@ -39,6 +39,16 @@ FEATURE_SOURCES = ("embedding", "attributes", "text")
 QUANTIZERS = ("kmeans", "rvq")
 
 
+# (data source, dataset name, feature source, settings) -> (block, report) of the static sources.
+_STATIC_BLOCKS: dict[tuple[str, str, str, str], tuple[Tensor, Any]] = {}
+
+
+def _static_key(solid_cfg: Mapping[str, Any], source: str) -> str:
+    if source == "attributes":
+        return f"dim={int(solid_cfg['attribute_dim'])}"
+    return f"model={solid_cfg.get('text_model')}"
+
+
 def _internal_side_information(
     raw: RawDataset, split: LeaveOneOutSplit
 ) -> tuple[dict[int, list[int]], dict[int, str]]:
@@ -80,6 +90,9 @@ def item_representations(
                     f"the item table has {item_table.shape[0] - 1} items, the dataset {split.num_items}"
                 )
             blocks[source] = embedding_features(item_table)
+        elif (str(raw.source), raw.name, source, key := _static_key(solid_cfg, source)) in _STATIC_BLOCKS:
+            # Attribute and text blocks never change during a run: computed once per process.
+            blocks[source], report[source] = _STATIC_BLOCKS[(str(raw.source), raw.name, source, key)]
         elif source == "attributes":
             if not attributes:
                 raise ValueError(
@@ -93,6 +106,11 @@ def item_representations(
                 raise ValueError(f"solid.features has 'text' but dataset {raw.name!r} has no item titles")
             model_dir = solid_cfg.get("text_model") or find_text_model()
             blocks[source], report["text"] = text_features(titles, split.num_items, model_dir)
+        if source != "embedding":
+            _STATIC_BLOCKS[(str(raw.source), raw.name, source, _static_key(solid_cfg, source))] = (
+                blocks[source],
+                report[source],
+            )
     weights = {str(k): float(v) for k, v in dict(solid_cfg.get("feature_weights") or {}).items()}
     features = combine_features(blocks, weights)
     report["dim"] = int(features.shape[1])

@@ -1,0 +1,84 @@
+"""Device side of the global SOLID codebook: keep the node's copy current, label items, report statistics.
+
+The node keeps the codebook it last received in ``context.state`` (``ArrayRecord "codebook"``). Every message
+announces the server's version; a message to a stale node carries the new codebook, which replaces the stored
+one before the node trains or evaluates. After local training the node reports per-code statistics of the
+items its devices interacted with (weighted by how often), computed on the updated item representations:
+aggregated sums, never a device's sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Context, Message
+from omegaconf import DictConfig
+
+from lsc4rec.client.shard import DeviceShard, cached_raw, cached_split
+from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
+from lsc4rec.models.solid.codebook import CodebookStatistics
+from lsc4rec.models.solid.setup import item_representations, semantic_ids
+from lsc4rec.strategies.codebook import CODEBOOK_KEY, VERSION_KEY, codebook_from_record
+
+__all__ = [
+    "device_codebook",
+    "device_statistics",
+    "install_semantic_ids",
+    "item_features_of",
+    "prepare_device_model",
+]
+
+
+def device_codebook(msg: Message, context: Context) -> SemanticCodebook | None:
+    """The codebook version the server announced (the stored copy updated first); None without SOLID."""
+    config = msg.content["config"]
+    if VERSION_KEY not in config:
+        return None
+    announced = int(config[VERSION_KEY])
+    if CODEBOOK_KEY in msg.content.array_records:
+        context.state[CODEBOOK_KEY] = msg.content.array_records[CODEBOOK_KEY]
+    stored = context.state.array_records.get(CODEBOOK_KEY)
+    if stored is None:
+        raise ValueError(
+            f"the server announced codebook version {announced} without sending it and this node holds none "
+            "(node state lost?); it will be sent again next round"
+        )
+    codebook = codebook_from_record(stored)
+    if codebook.version != announced:
+        raise ValueError(
+            f"this node holds codebook version {codebook.version} but the server announced {announced} "
+            "without sending it; it will be sent again next round"
+        )
+    return codebook
+
+
+def item_features_of(cfg: DictConfig, model: SolidRecommender) -> torch.Tensor:
+    """The item representations the codebook quantises, from public sources and the model's item table."""
+    raw = cached_raw(str(cfg.data.name), cfg.data.path, str(cfg.data.format))
+    split = cached_split(str(cfg.data.name), cfg.data.path, str(cfg.data.format))
+    features, _ = item_representations(cfg.solid, raw, split, model.item_embedding.weight.detach().cpu())
+    return features
+
+
+def install_semantic_ids(model: SolidRecommender, codebook: SemanticCodebook, features: torch.Tensor) -> None:
+    """Label every item with ``codebook`` and give the model those semantic ids."""
+    model.set_semantic_ids(semantic_ids(codebook, features))
+
+
+def device_statistics(
+    codebook: SemanticCodebook, features: torch.Tensor, shard: DeviceShard
+) -> CodebookStatistics:
+    """Per-code statistics of the items this node's devices interacted with, weighted by interaction count."""
+    counts = torch.from_numpy(shard.item_counts()[1:]).to(torch.float64)
+    used = counts > 0
+    return codebook.statistics(features[used], weights=counts[used])
+
+
+def prepare_device_model(
+    msg: Message, context: Context, cfg: DictConfig, model: object
+) -> SemanticCodebook | None:
+    """Bring the node's codebook up to date and label the items of a SOLID ``model``; None for other SRMs."""
+    codebook = device_codebook(msg, context)
+    if codebook is None or not isinstance(model, SolidRecommender):
+        return None
+    install_semantic_ids(model, codebook, item_features_of(cfg, model))
+    return codebook
