@@ -16,12 +16,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lsc4rec.config import to_plain_dict
-from lsc4rec.data import LeaveOneOutSplit
+from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.devices import resolve_device
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
+from lsc4rec.models.solid.setup import llm_semantic_ids
 from lsc4rec.server.candidate_service import RunningService, serve
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,15 @@ class Cloud:
         self.service.stop(grace=1.0)
 
 
+def _semantic_tokens(cfg: DictConfig, split: LeaveOneOutSplit) -> dict:
+    """SOLID semantic ids for the LLM's item tokens when ``llm.item_tokens=semantic`` (else nothing)."""
+    if str(cfg.llm.get("item_tokens", "item")) != "semantic":
+        return {}
+    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)
+    ids, sizes = llm_semantic_ids(cfg.solid, raw, split, seed=int(cfg.seed))
+    return {"semantic_ids": ids, "semantic_sizes": sizes}
+
+
 def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
     view = cloud_view(split, int(cfg.collab.cloud_lag))
@@ -52,7 +62,7 @@ def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
     llm = (
         CloudLLM.from_pretrained(saved)
         if resuming
-        else build_llm(cfg.llm, split.num_items, seed=int(cfg.seed))
+        else build_llm(cfg.llm, split.num_items, seed=int(cfg.seed), **_semantic_tokens(cfg, split))
     )
     report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming}
     if not cfg.llm.path and not resuming:

@@ -66,6 +66,35 @@ class ItemTokenizer:
         codes[1:, 0] = torch.arange(first_item_token, first_item_token + num_items)
         return cls(codes, bos_token_id, pad_token_id, first_item_token + num_items)
 
+    @classmethod
+    def from_semantic_ids(
+        cls,
+        semantic_ids: Tensor,
+        sizes: Sequence[int],
+        first_token: int,
+        bos_token_id: int,
+        pad_token_id: int,
+    ) -> ItemTokenizer:
+        """Item i is its semantic id ``semantic_ids[i]`` (0-based code per level), one token per level.
+
+        Level ``l`` code ``c`` is token ``first_token + sum(sizes[:l]) + c``: levels never share a token, so
+        the vocabulary is ``first_token + sum(sizes)`` and the trie of valid codes is the catalogue. Ids must
+        be unique per item (see :func:`lsc4rec.models.solid.disambiguate`).
+        """
+        semantic_ids = torch.as_tensor(semantic_ids, dtype=torch.long)
+        if semantic_ids.ndim != 2 or semantic_ids.shape[1] != len(sizes):
+            raise ValueError(
+                f"semantic ids must be [num_items + 1, {len(sizes)}] for sizes {list(sizes)}, "
+                f"got {tuple(semantic_ids.shape)}"
+            )
+        items = semantic_ids[1:]
+        for level, k in enumerate(sizes):
+            if int(items[:, level].min()) < 0 or int(items[:, level].max()) >= int(k):
+                raise ValueError(f"semantic id level {level}: codes must lie in 0..{int(k) - 1}")
+        offsets = torch.tensor([0, *torch.cumsum(torch.tensor([int(k) for k in sizes]), 0)[:-1].tolist()])
+        codes = semantic_ids + first_token + offsets
+        return cls(codes, bos_token_id, pad_token_id, first_token + sum(int(k) for k in sizes))
+
     # ------------------------------------------------------------------ properties
     @property
     def num_items(self) -> int:

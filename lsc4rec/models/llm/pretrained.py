@@ -52,8 +52,24 @@ def load_base_model(base: str, local_files_only: bool = True) -> PreTrainedModel
     return AutoModelForCausalLM.from_pretrained(base, local_files_only=local_files_only, dtype=torch.float32)
 
 
-def build_llm(llm_cfg: Mapping[str, Any], num_items: int, seed: int = 0) -> CloudLLM:
-    """The cloud LLM that ``conf/llm/*.yaml`` describes, for a catalogue of ``num_items`` items."""
+def build_llm(
+    llm_cfg: Mapping[str, Any],
+    num_items: int,
+    seed: int = 0,
+    semantic_ids: torch.Tensor | None = None,
+    semantic_sizes: list[int] | None = None,
+) -> CloudLLM:
+    """The cloud LLM that ``conf/llm/*.yaml`` describes, for a catalogue of ``num_items`` items.
+
+    ``llm.item_tokens=semantic`` (scratch models) writes items as the given SOLID semantic ids.
+    """
+    item_tokens = str(llm_cfg.get("item_tokens", "item"))
+    if item_tokens not in ("item", "semantic"):
+        raise ValueError(f"llm.item_tokens must be 'item' or 'semantic', got {item_tokens!r}")
+    if item_tokens == "semantic" and (llm_cfg["name"] != "scratch" or llm_cfg.get("path")):
+        raise ValueError("llm.item_tokens=semantic is available for llm=scratch models trained in this run")
+    if item_tokens == "semantic" and semantic_ids is None:
+        raise ValueError("llm.item_tokens=semantic needs the SOLID semantic ids (solid.* builds them)")
     if llm_cfg.get("path"):
         llm = CloudLLM.from_pretrained(str(llm_cfg["path"]))
         if llm.num_items != num_items:
@@ -71,6 +87,8 @@ def build_llm(llm_cfg: Mapping[str, Any], num_items: int, seed: int = 0) -> Clou
             max_len=int(llm_cfg["max_len"]),
             dropout=float(llm_cfg["dropout"]),
             seed=seed,
+            semantic_ids=semantic_ids if item_tokens == "semantic" else None,
+            semantic_sizes=semantic_sizes if item_tokens == "semantic" else None,
         )
     base = load_base_model(str(llm_cfg["base"]), bool(llm_cfg.get("local_files_only", True)))
     return CloudLLM.from_base_model(

@@ -76,11 +76,28 @@ class CloudLLM(nn.Module):
         max_len: int = 50,
         dropout: float = 0.3,
         seed: int = 0,
+        semantic_ids: Tensor | None = None,
+        semantic_sizes: Sequence[int] | None = None,
     ) -> CloudLLM:
-        """A fresh Llama-architecture model with the vocabulary ``[pad, bos, eos, <item_1>..<item_N>]``."""
-        tokenizer = ItemTokenizer.one_token_per_item(
-            num_items, first_item_token=3, bos_token_id=BOS, pad_token_id=PAD
-        )
+        """A fresh Llama-architecture model with the vocabulary ``[pad, bos, eos, <item_1>..<item_N>]``.
+
+        With ``semantic_ids [num_items + 1, levels]`` (unique per item) and ``semantic_sizes``, items are
+        written as their semantic ids instead (``[pad, bos, eos, <level-0 codes>, <level-1 codes>, ...]``),
+        so the LLM and SOLID devices share one item vocabulary.
+        """
+        if semantic_ids is None:
+            tokenizer = ItemTokenizer.one_token_per_item(
+                num_items, first_item_token=3, bos_token_id=BOS, pad_token_id=PAD
+            )
+        else:
+            if semantic_sizes is None or semantic_ids.shape[0] != num_items + 1:
+                raise ValueError(
+                    f"semantic ids need semantic_sizes and one row per item plus padding ({num_items + 1}), "
+                    f"got {tuple(semantic_ids.shape)}"
+                )
+            tokenizer = ItemTokenizer.from_semantic_ids(
+                semantic_ids, semantic_sizes, first_token=3, bos_token_id=BOS, pad_token_id=PAD
+            )
         config = LlamaConfig(
             vocab_size=tokenizer.vocab_size,
             hidden_size=hidden_size,

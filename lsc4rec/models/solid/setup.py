@@ -24,12 +24,14 @@ from lsc4rec.models.solid.item_features import (
     find_text_model,
     text_features,
 )
+from lsc4rec.models.solid.semantic import disambiguate
 
 __all__ = [
     "FEATURE_SOURCES",
     "QUANTIZERS",
     "build_codebook",
     "item_representations",
+    "llm_semantic_ids",
     "load_item_table",
     "prepare_solid_model",
     "semantic_ids",
@@ -187,3 +189,21 @@ def prepare_solid_model(
         **codebook.usage(codes[1:]),
     }
     return codebook, features, report
+
+
+def llm_semantic_ids(
+    solid_cfg: Mapping[str, Any],
+    raw: RawDataset,
+    split: LeaveOneOutSplit,
+    item_table: Tensor | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, list[int]]:
+    """Unique semantic ids for the cloud LLM's item tokens and the size of each level.
+
+    The codebook's ids plus one disambiguating level (:func:`disambiguate`), so a generated token tuple names
+    exactly one item; the trie over these tuples is the catalogue.
+    """
+    features, _ = item_representations(solid_cfg, raw, split, item_table)
+    codebook = build_codebook(solid_cfg, features, seed)
+    unique = disambiguate(semantic_ids(codebook, features))
+    return unique, [*codebook.sizes, int(unique[1:, -1].max()) + 1]
