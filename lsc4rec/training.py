@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -170,6 +170,26 @@ def _batch_to(batch: EvalBatch, device: torch.device) -> EvalBatch:
     )
 
 
+class TrainingHook(Protocol):
+    """Something that acts around every optimisation step of :func:`train_one_epoch`.
+
+    MergeNet's parameter transfer, a source model trained alongside, and knowledge distillation plug in here
+    (``lsc4rec.models.mergenet.transfer``).
+    """
+
+    def before_step(self, model: SequentialRecommender, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Called before the batch's forward pass."""
+
+    def extra_loss(
+        self, model: SequentialRecommender, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A term added to this step's loss, or None."""
+        return None
+
+    def after_step(self, model: SequentialRecommender) -> None:
+        """Called after the optimizer step."""
+
+
 def train_one_epoch(
     model: SequentialRecommender,
     batches: TrainBatches,
@@ -178,12 +198,13 @@ def train_one_epoch(
     generator: torch.Generator,
     description: str = "train",
     regularizer: Callable[[], torch.Tensor] | None = None,
+    hooks: Sequence[TrainingHook] = (),
 ) -> float:
     """One pass over the training batches; returns the mean next-item loss per batch.
 
-    Every step also minimises the model's :meth:`~SequentialRecommender.auxiliary_loss` (SOLID's VQ term) and
-    ``regularizer`` (FedProx's proximal term on a device); neither is in the returned mean. Batches go to
-    the device holding the model.
+    Every step also minimises the model's :meth:`~SequentialRecommender.auxiliary_loss` (SOLID's VQ term),
+    ``regularizer`` (FedProx's proximal term on a device) and the hooks' extra losses; none is in the returned
+    mean. ``hooks`` act before and after every step. Batches go to the device holding the model.
     """
     model.train()
     device = model_device(model)
@@ -192,6 +213,8 @@ def train_one_epoch(
     for inputs, targets in progress:
         if device.type != "cpu":
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        for hook in hooks:
+            hook.before_step(model, inputs, targets)
         loss = compute_loss(
             settings.loss, model, inputs, targets, generator, num_negatives=settings.num_negatives
         )
@@ -206,10 +229,16 @@ def train_one_epoch(
             objective = objective + auxiliary
         if regularizer is not None:
             objective = objective + regularizer()
+        for hook in hooks:
+            extra = hook.extra_loss(model, inputs, targets)
+            if extra is not None:
+                objective = objective + extra
         objective.backward()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
+        for hook in hooks:
+            hook.after_step(model)
         total += loss.item()
         count += 1
         if count % 20 == 0:
@@ -240,6 +269,7 @@ def fit(
     selection_metric: str = "NDCG@10",
     full_ranking: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    hooks: Sequence[TrainingHook] = (),
 ) -> FitResult:
     """Train with early stopping on validation ``selection_metric``; keep the best epoch's weights.
 
@@ -271,7 +301,9 @@ def fit(
     for epoch in range(1, settings.epochs + 1):
         epoch_start = time.perf_counter()
         train_batches.set_epoch(epoch)
-        loss = train_one_epoch(model, train_batches, optimizer, settings, generator, f"epoch {epoch}")
+        loss = train_one_epoch(
+            model, train_batches, optimizer, settings, generator, f"epoch {epoch}", hooks=hooks
+        )
         record: dict = {
             "epoch": epoch,
             "train_loss": loss,

@@ -253,6 +253,18 @@ class CloudLLM(nn.Module):
 
         return next_token_logprobs
 
+    def position_item_logits(self, inputs: Tensor, positions: Tensor) -> Tensor:
+        """Next-item logits ``[P, num_items]`` (column ``i - 1`` = item ``i``) at the ``positions [B, L]`` of
+        left-padded ``inputs [B, L]``, without gradients, on the CPU (a teacher's view for distillation).
+        """
+        if self.tokenizer.depth != 1:
+            raise ValueError("position_item_logits needs one token per item")
+        with self._evaluating():
+            tokens, mask = self.tokenizer.encode_histories(inputs[:, -self.max_len :].cpu())
+            hidden = self.hidden_states(tokens, mask)[:, 1:][positions[:, -self.max_len :].to(self.device)]
+            logits = self.token_logits(hidden)[:, self.tokenizer.codes[1:, 0].to(self.device)]
+        return logits.float().cpu()
+
     def recommend_tensor(
         self, histories: Tensor, n: int, exclude_history: bool = True
     ) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -109,10 +110,13 @@ def fit_llm(
     seed: int = 0,
     selection_metric: str = "NDCG@10",
     on_epoch: Callable[[dict], None] | None = None,
+    hooks: Sequence[Any] = (),
 ) -> LLMFitResult:
     """Train ``llm`` on ``sequences`` (AdamW, linear warm-up, clipping); keep the best validation epoch.
 
     Trains on ``settings.device``; the model ends on the device it came in on, holding the best weights.
+    ``hooks`` (``before_step(llm, rows, None)`` / ``after_step(llm)``, e.g. a MergeNet transfer into the LLM)
+    act around every step.
     """
     home = llm.device
     llm.to(resolve_device(settings.device, "llm.train.device"))
@@ -137,11 +141,15 @@ def fit_llm(
         for inputs, targets in progress:
             # The full sequence of each row: its inputs plus the last target (rows are right-aligned).
             rows = torch.cat([inputs, targets[:, -1:]], dim=1)
+            for hook in hooks:
+                hook.before_step(llm, rows, None)
             loss = llm.loss(rows)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(llm.parameters(), settings.grad_clip)
             optimizer.step()
+            for hook in hooks:
+                hook.after_step(llm)
             scheduler.step()
             total += float(loss.detach()) * rows.shape[0]
             count += rows.shape[0]

@@ -1,0 +1,154 @@
+"""MergeNet's parameter adapter: knowledge transfer layers between a target matrix and a source's factors.
+
+The source parameter matrix ``S [p, q]`` enters only through low-rank factors ``U [p, r]``, ``V [q, r]``
+(``S ≈ U Vᵀ``: a truncated SVD, or learned LoRA factors), so the adapter's cost grows with the rank, not with
+the source's size. Each knowledge transfer layer (papers.md §4.2) lets the target's rows (``m`` tokens of
+width ``n``) and columns (``n`` tokens of width ``m``) attend to the source's factor tokens (the ``r`` columns
+of ``U`` and of ``V``), averages the four cross-attentions (rows/columns × U/V), then applies a spectrally
+normalised feed-forward part; residuals and LayerNorm around both. Source and target shapes may differ.
+
+Choices where the paper is silent, written down here: the adapter works on RMS-normalised copies of the
+matrices and returns ``target + scale · out(h)`` with ``out`` initialised to zero, so at the start it returns
+the target unchanged and learns a correction (the released code overwrites the target with a LayerNorm output,
+which rescales it arbitrarily at the first transfer). The released code's attention between full matrices is
+replaced by attention to factor tokens, the "low-rank re-encoding" the paper describes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+__all__ = ["KnowledgeTransferLayer", "ParameterAdapter", "low_rank_factors"]
+
+
+def low_rank_factors(matrix: Tensor, rank: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``(U·√Σ, V·√Σ)`` of the rank-``rank`` truncated SVD of ``matrix [p, q]`` (so ``U Vᵀ ≈ matrix``)."""
+    if matrix.ndim != 2:
+        raise ValueError(f"a source parameter must be a matrix, got shape {tuple(matrix.shape)}")
+    rank = int(rank)
+    if not 1 <= rank <= min(matrix.shape):
+        raise ValueError(
+            f"mergenet.rank must be in 1..{min(matrix.shape)} for a {tuple(matrix.shape)} matrix"
+        )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    u, s, v = torch.svd_lowrank(matrix.detach().float(), q=rank, niter=4)
+    torch.random.set_rng_state(generator_state)
+    root = s.sqrt()
+    return u * root, v * root
+
+
+class _CrossAttention(nn.Module):
+    """Multi-head attention of ``queries [M, dq]`` over ``keys [R, dk]``; output ``[M, dq]``."""
+
+    def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if attention_dim % heads != 0:
+            raise ValueError(f"mergenet.attention_dim ({attention_dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.query = nn.Linear(query_dim, attention_dim)
+        self.key = nn.Linear(key_dim, attention_dim)
+        self.value = nn.Linear(key_dim, attention_dim)
+        self.out = nn.Linear(attention_dim, query_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """Attend every query to every key."""
+        m, r, h = queries.shape[0], keys.shape[0], self.heads
+        q = self.query(queries).view(m, h, -1).transpose(0, 1)  # [h, M, a]
+        k = self.key(keys).view(r, h, -1).transpose(0, 1)  # [h, R, a]
+        v = self.value(keys).view(r, h, -1).transpose(0, 1)
+        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
+        mixed = (self.dropout(weights) @ v).transpose(0, 1).reshape(m, -1)
+        return self.out(mixed)
+
+
+class KnowledgeTransferLayer(nn.Module):
+    """One KTL: target rows/columns attend to the source factor tokens; spectral-norm FFN; residual + norm."""
+
+    def __init__(
+        self,
+        target_shape: tuple[int, int],
+        source_shape: tuple[int, int],
+        attention_dim: int = 64,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        m, n = target_shape
+        p, q = source_shape
+        self.row_u = _CrossAttention(n, p, attention_dim, heads, dropout)
+        self.row_v = _CrossAttention(n, q, attention_dim, heads, dropout)
+        self.col_u = _CrossAttention(m, p, attention_dim, heads, dropout)
+        self.col_v = _CrossAttention(m, q, attention_dim, heads, dropout)
+        self.attention_norm = nn.LayerNorm(n)
+        self.ffn = nn.Sequential(
+            spectral_norm(nn.Linear(n, 2 * n)),
+            nn.GELU(approximate="tanh"),
+            nn.Dropout(dropout),
+            spectral_norm(nn.Linear(2 * n, n)),
+        )
+        self.ffn_norm = nn.LayerNorm(n)
+
+    def forward(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """``x [m, n]`` re-encoded with the source factors ``u [p, r]``, ``v [q, r]``."""
+        u_tokens, v_tokens = u.t(), v.t()  # r tokens of width p and q
+        rows = self.row_u(x, u_tokens) + self.row_v(x, v_tokens)
+        columns = (self.col_u(x.t(), u_tokens) + self.col_v(x.t(), v_tokens)).t()
+        x = self.attention_norm(x + (rows + columns) / 4.0)
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class ParameterAdapter(nn.Module):
+    """Stacked KTLs mapping (target matrix, source factors) to the target's new parameters, same shape."""
+
+    def __init__(
+        self,
+        target_shape: tuple[int, int],
+        source_shape: tuple[int, int],
+        num_layers: int = 2,
+        attention_dim: int = 64,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        """Adapter for a ``target_shape`` matrix fed by factors of a ``source_shape`` matrix."""
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"mergenet.num_layers must be >= 1, got {num_layers}")
+        self.target_shape = tuple(int(d) for d in target_shape)
+        self.source_shape = tuple(int(d) for d in source_shape)
+        self.layers = nn.ModuleList(
+            KnowledgeTransferLayer(self.target_shape, self.source_shape, attention_dim, heads, dropout)
+            for _ in range(num_layers)
+        )
+        self.out = nn.Linear(self.target_shape[1], self.target_shape[1])
+        # Zero output projection: the adapter starts as the identity on the target.
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, target: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """New parameters ``[m, n]`` for ``target [m, n]`` given source factors ``u [p, r]``, ``v [q, r]``."""
+        if tuple(target.shape) != self.target_shape:
+            raise ValueError(f"adapter built for a {self.target_shape} target, got {tuple(target.shape)}")
+        if (
+            u.shape[0] != self.source_shape[0]
+            or v.shape[0] != self.source_shape[1]
+            or u.shape[1] != v.shape[1]
+        ):
+            raise ValueError(
+                f"source factors must be [{self.source_shape[0]}, r] and [{self.source_shape[1]}, r], "
+                f"got {tuple(u.shape)} and {tuple(v.shape)}"
+            )
+        scale = target.detach().pow(2).mean().sqrt().clamp(min=1e-8)
+        source_scale = (
+            (u.detach().pow(2).mean().sqrt() * v.detach().pow(2).mean().sqrt()).sqrt().clamp(min=1e-8)
+        )
+        x = target / scale
+        u, v = u / source_scale, v / source_scale
+        for layer in self.layers:
+            x = layer(x, u, v)
+        return target + scale * self.out(x)

@@ -1,0 +1,192 @@
+"""MergeNet: the adapter, low-rank factors, parameter pairing, the transfer cycle, KD, and the experiment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_pattern_dataset
+
+from lsc4rec.config import compose_config
+from lsc4rec.data import TrainBatches
+from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.models.mergenet import (
+    Distillation,
+    MergeNetTransfer,
+    ParameterAdapter,
+    ParameterSlice,
+    SourceTraining,
+    low_rank_factors,
+    resolve_slice,
+)
+from lsc4rec.models.srm import SASRec
+from lsc4rec.simulations.mergenet import run_mergenet
+from lsc4rec.training import TrainSettings, train_one_epoch
+
+NUM_ITEMS = 20
+
+
+def tiny_models() -> tuple[SASRec, CloudLLM]:
+    torch.manual_seed(0)
+    srm = SASRec(NUM_ITEMS, hidden_size=8, num_blocks=1, num_heads=2, dropout=0.0, max_len=6)
+    llm = CloudLLM.from_scratch(
+        NUM_ITEMS, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_len=6
+    )
+    return srm, llm
+
+
+def test_low_rank_factors_reconstruct_a_low_rank_matrix() -> None:
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(30, 3, generator=generator) @ torch.randn(3, 12, generator=generator)
+    u, v = low_rank_factors(matrix, 3)
+    assert u.shape == (30, 3) and v.shape == (12, 3)
+    assert torch.allclose(u @ v.t(), matrix, atol=1e-4)
+    with pytest.raises(ValueError, match=r"mergenet\.rank must be in 1\.\.12"):
+        low_rank_factors(matrix, 13)
+
+
+def test_adapter_starts_as_identity_handles_other_shapes_and_reads_the_source() -> None:
+    torch.manual_seed(0)
+    adapter = ParameterAdapter((20, 8), (20, 16), num_layers=2, attention_dim=16, heads=2, dropout=0.0)
+    target = torch.randn(20, 8)
+    u, v = low_rank_factors(torch.randn(20, 16), 4)
+    assert torch.equal(adapter(target, u, v), target)
+    # Once the output projection is non-zero, the output depends on the source factors.
+    torch.nn.init.normal_(adapter.out.weight, std=0.1)
+    a = adapter(target, u, v)
+    b = adapter(target, u * 2 + 1, v)
+    assert a.shape == (20, 8) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match=r"built for a \(20, 8\) target"):
+        adapter(torch.randn(19, 8), u, v)
+    with pytest.raises(ValueError, match="source factors must be"):
+        adapter(target, u[:5], v)
+
+
+def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
+    # Each cycle starts from the same target T; the "task step" after a transfer moves the parameters 20%
+    # towards W*. The rule 1/2||theta' - theta_after||^2 must teach the adapter to propose W* itself.
+    torch.manual_seed(0)
+    start = torch.randn(12, 6)
+    target = torch.nn.Parameter(start.clone())
+    source = torch.nn.Parameter(torch.randn(12, 10))
+    goal = start + torch.randn(12, 6)
+    transfer = MergeNetTransfer(
+        ParameterSlice(target, None, "t"),
+        ParameterSlice(source, None, "s"),
+        rank=4,
+        t_cycle=1,
+        attention_dim=16,
+        heads=2,
+        dropout=0.0,
+        lr=1e-2,
+    )
+    distances = []
+    for _ in range(200):
+        proposal = transfer.transfer()
+        distances.append(float((proposal.detach() - goal).norm()))
+        with torch.no_grad():
+            target -= 0.2 * (target - goal)
+        transfer.learn(proposal)
+        with torch.no_grad():
+            target.copy_(start)
+    # 7.8 -> 1.8 here: the adapter's correction is a linear map of LayerNormed 6-d rows, which cannot hit an
+    # arbitrary 12 x 6 goal exactly; without learning the distance would stay at 7.8.
+    assert distances[-1] < 0.3 * distances[0], (distances[0], distances[-1])
+    assert distances[-1] < min(distances[:10])
+    assert transfer.stats.transfers == 200
+
+
+def test_slices_name_item_rows_and_write_only_them() -> None:
+    srm, llm = tiny_models()
+    srm_rows = resolve_slice("srm.item_embeddings", srm, llm)
+    llm_rows = resolve_slice("llm.item_embeddings", srm, llm)
+    assert srm_rows.shape == (NUM_ITEMS, 8) and llm_rows.shape == (NUM_ITEMS, 16)
+    table = llm.lm.get_input_embeddings().weight
+    specials = table[:3].detach().clone()
+    llm_rows.assign(torch.zeros(NUM_ITEMS, 16))
+    assert torch.equal(table[:3], specials) and float(table[3:].abs().sum()) == 0.0
+    assert resolve_slice("srm:blocks.0.ffn.net.0.weight", srm, llm).shape == (8, 8)
+    with pytest.raises(ValueError, match="has no parameter 'nope'"):
+        resolve_slice("srm:nope", srm, llm)
+    with pytest.raises(ValueError, match="MergeNet pairs matrices"):
+        resolve_slice("srm:blocks.0.ffn.net.0.bias", srm, llm)
+    with pytest.raises(ValueError, match=r"use llm\.item_embeddings"):
+        resolve_slice("somewhere", srm, llm)
+
+
+def test_hooks_run_inside_training_transfer_kd_and_source_steps() -> None:
+    srm, llm = tiny_models()
+    sequences = [[(s + i) % NUM_ITEMS + 1 for i in range(6)] for s in range(40)]
+    batches = TrainBatches(sequences, 6, 8, seed=0)
+    settings = TrainSettings(epochs=1, batch_size=8, progress=False)
+    transfer = MergeNetTransfer(
+        resolve_slice("srm.item_embeddings", srm, llm),
+        resolve_slice("llm.item_embeddings", srm, llm),
+        rank=4,
+        t_cycle=2,
+        attention_dim=16,
+        heads=2,
+    )
+    source = SourceTraining(llm, sequences, seed=0)
+    llm_before = llm.lm.get_input_embeddings().weight.detach().clone()
+    optimizer = settings.make_optimizer(srm.parameters())
+    train_one_epoch(
+        srm, batches, optimizer, settings, torch.Generator().manual_seed(0), hooks=[transfer, source]
+    )
+    steps = len(list(batches))
+    assert (
+        transfer.stats.transfers == (steps + 1) // 2
+        and len(transfer.stats.adapter_losses) == transfer.stats.transfers
+    )
+    assert source.steps == steps and not torch.equal(llm.lm.get_input_embeddings().weight, llm_before)
+    # KD: the term is positive for different models and zero against itself-like teacher logits.
+    kd = Distillation(llm, weight=1.0, temperature=2.0)
+    inputs, targets = next(iter(batches))
+    loss = kd.extra_loss(srm, inputs, targets)
+    assert loss is not None and float(loss) > 0 and loss.requires_grad
+    with pytest.raises(ValueError, match="temperature > 0"):
+        Distillation(llm, temperature=0.0)
+
+
+def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
+    data = write_pattern_dataset(tmp_path / "p.txt", num_users=150, num_items=30)
+    cfg = compose_config(
+        [
+            "data.name=p",
+            f"data.path={data}",
+            "data.max_len=8",
+            "model.hidden_size=16",
+            "model.dropout=0.1",
+            "train.epochs=4",
+            "train.lr=0.005",
+            "train.batch_size=64",
+            "train.progress=false",
+            "eval.sampled_negatives=10",
+            "llm.hidden_size=32",
+            "llm.num_layers=1",
+            "llm.num_heads=2",
+            "llm.intermediate_size=64",
+            "llm.max_len=8",
+            "llm.train.epochs=3",
+            "llm.train.lr=0.005",
+            "llm.train.progress=false",
+            "mergenet.rank=4",
+            "mergenet.attention_dim=16",
+            "mergenet.llm_finetune_epochs=1",
+        ],
+        config_name="mergenet_run",
+    )
+    result = run_mergenet(cfg, tmp_path / "run")
+    assert set(result["cloud_to_device"]) == {"srm", "mergenet", "kd"}
+    assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}
+    for variant in result["cloud_to_device"].values():
+        assert {"all", "cold_users", "warm_users"} <= set(variant)
+        assert variant["all"]["users"] == 150
+    # The walk is learnable: random ranking of 30 items would give HR@10 ~ 0.33.
+    assert result["cloud_to_device"]["srm"]["all"]["HR@10"] > 0.8
+    assert result["overhead"]["transfers"] > 0 and result["overhead"]["adapter_parameters"] > 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["runs"]["mergenet"]["transfer"]["transfers"] > 0
+    assert (tmp_path / "run" / "mergenet.png").stat().st_size > 1000
