@@ -106,7 +106,7 @@ def test_slices_name_item_rows_and_write_only_them() -> None:
     table = llm.lm.get_input_embeddings().weight
     specials = table[:3].detach().clone()
     llm_rows.assign(torch.zeros(NUM_ITEMS, 16))
-    assert torch.equal(table[:3], specials) and float(table[3:].abs().sum()) == 0.0
+    assert torch.equal(table[:3], specials) and float(table[3:].detach().abs().sum()) == 0.0
     assert resolve_slice("srm:blocks.0.ffn.net.0.weight", srm, llm).shape == (8, 8)
     with pytest.raises(ValueError, match="has no parameter 'nope'"):
         resolve_slice("srm:nope", srm, llm)
@@ -190,3 +190,48 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["runs"]["mergenet"]["transfer"]["transfers"] > 0
     assert (tmp_path / "run" / "mergenet.png").stat().st_size > 1000
+
+
+def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path: Path) -> None:
+    from lsc4rec.config import config_from_run_config
+    from lsc4rec.server.federated import run_federated
+    from lsc4rec.simulations.inprocess import InProcessGrid
+
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=120, num_items=30)
+    overrides = " ".join(
+        [
+            "data.name=pattern",
+            f"data.path={data}",
+            "data.max_len=10",
+            "eval.sampled_negatives=10",
+            "train.lr=0.005",
+            "train.progress=false",
+            "model.dropout=0.1",
+            "federated.rounds=3",
+            "collab.enabled=true",
+            "collab.candidates=10",
+            "llm.max_len=10",
+            "llm.hidden_size=32",
+            "llm.intermediate_size=64",
+            "llm.num_layers=1",
+            "llm.num_heads=2",
+            "llm.train.epochs=3",
+            "llm.train.progress=false",
+            "mergenet.every_rounds=2",
+            "mergenet.rank=4",
+            "mergenet.attention_dim=16",
+        ]
+    )
+    run_config = {"overrides": overrides}
+    summary = run_federated(
+        InProcessGrid(2, run_config), config_from_run_config(run_config), tmp_path / "run"
+    )
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    # Rounds 1 and 3 transfer (every 2 rounds); round 1's aggregate teaches the adapter.
+    assert [("mergenet" in row) for row in rows] == [True, False, True]
+    assert rows[0]["mergenet"]["mergenet-extra-bytes"] == 0 and rows[0]["mergenet"]["mergenet-seconds"] > 0
+    assert rows[0]["mergenet"]["mergenet-adapter-loss"] > 0
+    assert summary["failures"] == 0
+    with pytest.raises(ValueError, match=r"needs collab\.enabled=true"):
+        run_config = {"overrides": f"data.name=pattern data.path={data} mergenet.every_rounds=1"}
+        run_federated(InProcessGrid(1, run_config), config_from_run_config(run_config), tmp_path / "bad")

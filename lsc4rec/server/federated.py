@@ -9,6 +9,7 @@ are evaluated on the test items.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from omegaconf import DictConfig
 
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
+from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.models.mergenet import MergeNetTransfer, resolve_slice
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.setup import build_codebook, item_representations, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
@@ -78,6 +81,10 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
     codebook = SolidOnServer.start(cfg, raw, split, model) if isinstance(model, SolidRecommender) else None
 
     cloud = start_cloud(cfg, split, out) if bool(cfg.collab.enabled) else None
+    if int(cfg.mergenet.every_rounds) > 0 and cloud is None:
+        raise ValueError(
+            "mergenet.every_rounds > 0 transfers from the cloud LLM: it needs collab.enabled=true"
+        )
     try:
         return _round_loop(grid, cfg, out, split, model, strategy, cloud, wall_start, codebook)
     finally:
@@ -122,6 +129,72 @@ class SolidOnServer:
         return codebook.usage(codes[1:])
 
 
+class MergeNetOnServer:
+    """MergeNet in the federated loop: the cloud LLM -> the global SRM, on the server, every k rounds.
+
+    The round is the transfer cycle: before sending, the adapter rewrites the global SRM's paired parameters
+    (``θ' = adapter(θ_global, factors(θ_LLM))``); the nodes train from ``θ'``; the aggregate is the
+    post-step parameters the adapter learns from (``½‖θ' − θ_aggregate‖²``). Nodes receive the same-sized
+    model, so the transfer costs server time, not bytes.
+    """
+
+    def __init__(self, cfg: DictConfig, model: SequentialRecommender, llm: CloudLLM) -> None:
+        self.model = model
+        self.every = int(cfg.mergenet.every_rounds)
+        m = cfg.mergenet
+        self.transfer = MergeNetTransfer(
+            resolve_slice(str(m.target), model, llm),
+            resolve_slice(str(m.source), model, llm),
+            rank=int(m.rank),
+            t_cycle=1,
+            num_layers=int(m.num_layers),
+            attention_dim=int(m.attention_dim),
+            heads=int(m.heads),
+            dropout=float(m.dropout),
+            lr=float(m.lr),
+            weight_decay=float(m.weight_decay),
+            grad_clip=float(m.grad_clip),
+            seed=int(cfg.seed),
+        )
+        self.pending: torch.Tensor | None = None
+
+    def before_round(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, dict[str, float]]:
+        """The global model to send this round (transferred on the cycle) and the transfer's cost."""
+        if self.every <= 0 or (server_round - 1) % self.every != 0:
+            return arrays, {}
+        start = time.perf_counter()
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        self.pending = self.transfer.transfer()
+        out = ArrayRecord(self.model.state_dict())
+        return out, {"mergenet-seconds": time.perf_counter() - start, "mergenet-extra-bytes": 0}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adapter and optimizer state for the checkpoint (a resumed run keeps learning the same adapter)."""
+        return {
+            "adapter": self.transfer.adapter.state_dict(),
+            "optimizer": self.transfer.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        self.transfer.adapter.load_state_dict(state["adapter"])
+        self.transfer.optimizer.load_state_dict(state["optimizer"])
+
+    def after_round(self, arrays: ArrayRecord) -> dict[str, float]:
+        """Learn from the aggregate that followed a transfer."""
+        if self.pending is None:
+            return {}
+        start = time.perf_counter()
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        loss = self.transfer.learn(self.pending)
+        self.pending = None
+        return {
+            "mergenet-adapter-loss": loss,
+            "mergenet-learn-seconds": time.perf_counter() - start,
+            "mergenet-relative-change": self.transfer.stats.relative_changes[-1],
+        }
+
+
 def _evaluate_config(cloud: Cloud | None) -> ConfigRecord:
     """What client-side evaluation needs besides the weights: where the cloud's candidate service is."""
     if cloud is None:
@@ -157,6 +230,7 @@ def _round_loop(
     history: list[dict] = []
     start_round = 1
     checkpoint_path = out / "checkpoint.pt"
+    state: dict[str, Any] = {}
     if bool(cfg.federated.resume):
         state = load_checkpoint(checkpoint_path, reference=model.state_dict())
         arrays = ArrayRecord(state["arrays"])
@@ -176,14 +250,25 @@ def _round_loop(
 
     rounds = int(cfg.federated.rounds)
     timeout = float(cfg.federated.round_timeout)
+    mergenet = None
+    if cloud is not None and int(cfg.mergenet.every_rounds) > 0:
+        # The adapter works on its own copy of the global model; the evaluation model stays untouched.
+        mergenet = MergeNetOnServer(cfg, copy.deepcopy(model), cloud.llm)
+        if start_round > 1 and state.get("mergenet") is not None:
+            mergenet.load_state_dict(state["mergenet"])
     for server_round in range(start_round, rounds + 1):
         round_start = time.perf_counter()
+        transfer_row: dict[str, float] = {}
+        if mergenet is not None:
+            arrays, transfer_row = mergenet.before_round(server_round, arrays)
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         codebook_row: dict[str, Any] = solid.sync.attach(messages) if solid is not None else {}
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
+            if mergenet is not None:
+                transfer_row.update(mergenet.after_round(arrays))
         if solid is not None:
             stats, collected = solid.sync.collect(replies)
             codebook_row.update(collected)
@@ -222,6 +307,8 @@ def _round_loop(
         row["failed_nodes"] = [vars(f) for f in strategy.failures if f.round == server_round]
         if solid is not None:
             row["codebook"] = codebook_row
+        if transfer_row:
+            row["mergenet"] = transfer_row
         history.append(row)
         logger.info(
             "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, %.1f s",
@@ -245,6 +332,7 @@ def _round_loop(
                     "best_arrays": best["arrays"],
                     "best_codebook": best["codebook"],
                     "codebook": solid.sync.state_dict() if solid is not None else None,
+                    "mergenet": mergenet.state_dict() if mergenet is not None else None,
                     "strategy": strategy.state_dict(),
                     "rng": rng_states(),
                     "history": history,
