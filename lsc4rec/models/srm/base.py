@@ -20,7 +20,7 @@ import abc
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ITEM_TABLE_KEY", "SequentialRecommender", "validate_common_args"]
+__all__ = ["ITEM_TABLE_KEY", "SequentialRecommender", "padding_rotations", "validate_common_args"]
 
 
 def validate_common_args(num_items: int, hidden_size: int, dropout: float) -> None:
@@ -31,6 +31,24 @@ def validate_common_args(num_items: int, hidden_size: int, dropout: float) -> No
         raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def padding_rotations(history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(is_item, to_right, to_left)`` for a left-padded ``history [B, L]``: gather indices that move each
+    row's padding to its end (``to_right``) and back (``to_left``), for recurrent encoders.
+
+    Written with comparisons instead of ``remainder`` by the symbolic length, which ONNX export cannot
+    translate: every index lies in ``[-L, 2L)``, so one conditional wrap is exact.
+    """
+    length = history.size(1)
+    is_item = history != 0
+    num_padding = length - is_item.sum(dim=1, keepdim=True)  # [B, 1]
+    steps = torch.arange(length, device=history.device).unsqueeze(0)  # [1, L]
+    shifted = steps + num_padding
+    to_right = shifted - length * (shifted >= length).long()
+    back = steps - num_padding
+    to_left = back + length * (back < 0).long()
+    return is_item, to_right, to_left
 
 
 # State-dict key of the item table every SRM has (row i = item i): federated row weighting keys on it.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lsc4rec.models.srm.base import SequentialRecommender, validate_common_args
+from lsc4rec.models.srm.base import SequentialRecommender, padding_rotations, validate_common_args
 
 __all__ = ["GRU4Rec"]
 
@@ -65,13 +65,8 @@ class GRU4Rec(SequentialRecommender):
 
     def encode(self, history: Tensor) -> Tensor:
         """Hidden state ``[B, L, hidden_size]`` after each position of ``history [B, L]``, 0 at padding."""
-        length = history.size(1)
-        is_item = history != 0
-        num_padding = length - is_item.sum(dim=1, keepdim=True)  # [B, 1]
-        steps = torch.arange(length, device=history.device).unsqueeze(0)  # [1, L]
         # Rotate left by the padding count: right-padded row. Rotate back by the same amount afterwards.
-        to_right = torch.remainder(steps + num_padding, length)
-        to_left = torch.remainder(steps - num_padding, length)
+        is_item, to_right, to_left = padding_rotations(history)
         right_padded = torch.gather(history, 1, to_right)
         x = self.embedding_dropout(self.item_embedding(right_padded))
         out, _ = self.gru(x)  # causal: real steps see only earlier real steps and the zero initial state

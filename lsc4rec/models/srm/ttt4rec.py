@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsc4rec.models.srm.base import SequentialRecommender, validate_common_args
+from lsc4rec.models.srm.base import SequentialRecommender, padding_rotations, validate_common_args
 from lsc4rec.models.srm.ttt import TTTMLP, TTTLayer, TTTLinear, TTTState
 
 __all__ = ["TTT_LAYERS", "TTT4Rec", "TTT4RecBlock", "TTT4RecState", "TTTOptions"]
@@ -200,13 +200,7 @@ class TTT4Rec(SequentialRecommender):
     @staticmethod
     def _rotations(history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(is_item, to_right, to_left)``: gathers moving each row's padding to its end and back."""
-        length = history.size(1)
-        is_item = history != 0
-        num_padding = length - is_item.sum(dim=1, keepdim=True)  # [B, 1]
-        steps = torch.arange(length, device=history.device).unsqueeze(0)
-        to_right = torch.remainder(steps + num_padding, length)
-        to_left = torch.remainder(steps - num_padding, length)
-        return is_item, to_right, to_left
+        return padding_rotations(history)
 
     def encode(self, history: Tensor) -> Tensor:
         """Hidden state ``[B, L, hidden_size]`` after each position of ``history [B, L]``, 0 at padding."""
