@@ -1,0 +1,180 @@
+"""SRMs as ONNX files and ONNX Runtime scoring on the device.
+
+:func:`export_srm` writes one of two graphs for any SRM (SASRec, GRU4Rec, DIN, TTT4Rec, SOLID):
+
+- ``candidates``: ``(history int64 [batch, length], candidates int64 [batch, count])`` -> ``scores [batch,
+  count]`` (reranking an LLM candidate list);
+- ``all``: ``history -> scores [batch, num_items + 1]`` (full ranking; column 0, padding, is -inf).
+
+Batch, history length (up to the model's ``max_len``) and candidate count are dynamic. Inside the graph the
+history is left-padded to ``max_len`` first: padding never changes an SRM's outputs (tested for every model),
+and it gives TTT4Rec's mini-batch loop a static trip count, which is what lets it export. The file's metadata
+records the model, item count, graph kind and ``max_len``; :class:`OnnxScorer` checks them when it loads, so a
+corrupt or mismatched file is refused with a message naming the file and what did not match.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lsc4rec.models.srm import SequentialRecommender
+
+__all__ = ["GRAPH_KINDS", "OnnxModelError", "OnnxScorer", "export_srm"]
+
+GRAPH_KINDS = ("candidates", "all")
+_METADATA_KEY = "lsc4rec"
+
+
+class OnnxModelError(ValueError):
+    """An ONNX file that cannot serve as the expected SRM (unreadable, or built for something else)."""
+
+
+class _CandidateGraph(nn.Module):
+    def __init__(self, model: SequentialRecommender, max_len: int) -> None:
+        super().__init__()
+        self.model, self.max_len = model, max_len
+
+    def forward(self, history: Tensor, candidates: Tensor) -> Tensor:
+        history = F.pad(history, (self.max_len - history.shape[1], 0))
+        return self.model.score_candidates(history, candidates)
+
+
+class _FullRankingGraph(nn.Module):
+    def __init__(self, model: SequentialRecommender, max_len: int) -> None:
+        super().__init__()
+        self.model, self.max_len = model, max_len
+
+    def forward(self, history: Tensor) -> Tensor:
+        history = F.pad(history, (self.max_len - history.shape[1], 0))
+        return self.model.score_all(history)
+
+
+def export_srm(
+    model: SequentialRecommender, path: str | Path, max_len: int, kind: str = "candidates"
+) -> Path:
+    """Export ``model`` (eval mode, on the CPU) as the ``kind`` graph to ``path``; returns the path."""
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"ONNX graph kind must be one of {list(GRAPH_KINDS)}, got {kind!r}")
+    if max_len < 2:
+        raise ValueError(f"max_len must be >= 2 for an ONNX export, got {max_len}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model = model.eval()
+    history = torch.zeros(2, min(max_len, 4), dtype=torch.long)
+    history[:, -1] = 1
+    batch = torch.export.Dim("batch")
+    length = torch.export.Dim("length", min=1, max=max_len)
+    if kind == "candidates":
+        graph: nn.Module = _CandidateGraph(model, max_len)
+        args: tuple = (history, torch.ones(2, 3, dtype=torch.long))
+        names = ["history", "candidates"]
+        shapes = {"history": {0: batch, 1: length}, "candidates": {0: batch, 1: torch.export.Dim("count")}}
+    else:
+        graph = _FullRankingGraph(model, max_len)
+        args = (history,)
+        names = ["history"]
+        shapes = {"history": {0: batch, 1: length}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            args,
+            input_names=names,
+            output_names=["scores"],
+            dynamic_shapes=shapes,
+            dynamo=True,
+            verbose=False,
+        )
+    metadata = {
+        "model": type(model).__name__,
+        "num_items": int(model.num_items),
+        "kind": kind,
+        "max_len": int(max_len),
+        "inputs": names,
+    }
+    program.model.metadata_props[_METADATA_KEY] = json.dumps(metadata)
+    program.save(str(path))
+    model.train(was_training)
+    return path
+
+
+class OnnxScorer:
+    """ONNX Runtime session for an exported SRM: scores histories (and candidates) as numpy arrays."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        num_items: int | None = None,
+        kind: str | None = None,
+        threads: int = 1,
+    ) -> None:
+        """Load ``path``; ``num_items``/``kind``, when given, must match what the file was exported for."""
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model {self.path} does not exist")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own exception types for a broken file
+            raise OnnxModelError(
+                f"{self.path}: not a loadable ONNX model ({str(error).splitlines()[0]})"
+            ) from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(_METADATA_KEY)
+        if raw is None:
+            raise OnnxModelError(f"{self.path}: no lsc4rec metadata; export it with lsc4rec's export_srm")
+        self.metadata = json.loads(raw)
+        if num_items is not None and int(self.metadata["num_items"]) != int(num_items):
+            raise OnnxModelError(
+                f"{self.path}: exported for {self.metadata['num_items']} items, "
+                f"this catalogue has {num_items}"
+            )
+        if kind is not None and self.metadata["kind"] != kind:
+            raise OnnxModelError(f"{self.path}: a {self.metadata['kind']!r} graph, expected {kind!r}")
+        inputs = [i.name for i in self.session.get_inputs()]
+        if inputs != self.metadata["inputs"]:
+            raise OnnxModelError(
+                f"{self.path}: graph inputs {inputs} differ from its metadata {self.metadata['inputs']}"
+            )
+
+    @property
+    def max_len(self) -> int:
+        """Longest history the graph takes (longer ones keep their most recent items)."""
+        return int(self.metadata["max_len"])
+
+    def _history(self, history: np.ndarray) -> np.ndarray:
+        history = np.ascontiguousarray(history, dtype=np.int64)
+        if history.ndim != 2 or history.shape[1] < 1:
+            raise ValueError(f"history must be [batch, length >= 1], got shape {history.shape}")
+        bad = (history < 0) | (history > int(self.metadata["num_items"]))
+        if bad.any():
+            raise ValueError(
+                f"history holds item id {int(history[bad][0])}, outside 0..{self.metadata['num_items']}"
+            )
+        return history[:, -self.max_len :]
+
+    def score_candidates(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Scores ``[batch, count]`` of ``candidates`` after a left-padded ``history``."""
+        if self.metadata["kind"] != "candidates":
+            raise OnnxModelError(f"{self.path}: a full-ranking graph cannot score candidate lists")
+        candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+        return self.session.run(None, {"history": self._history(history), "candidates": candidates})[0]
+
+    def score_all(self, history: np.ndarray) -> np.ndarray:
+        """Scores ``[batch, num_items + 1]`` of every item after ``history`` (an ``all`` graph)."""
+        if self.metadata["kind"] != "all":
+            raise OnnxModelError(f"{self.path}: a candidate graph cannot rank the whole catalogue")
+        return self.session.run(None, {"history": self._history(history)})[0]
