@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,24 @@ def test_corrupt_and_mismatched_files_are_refused_with_the_reason(tmp_path: Path
         scorer.score_candidates(np.array([[1, 99]]), np.array([[1]]))
     with pytest.raises(ValueError, match="ONNX graph kind"):
         export_srm(build("sasrec"), tmp_path / "x.onnx", MAX_LEN, kind="everything")
+
+
+def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: Path) -> None:
+    from conftest import write_pattern_dataset
+
+    from lsc4rec.config import config_from_run_config
+    from lsc4rec.server.federated import run_federated
+    from lsc4rec.simulations.inprocess import InProcessGrid
+
+    data = write_pattern_dataset(tmp_path / "p.txt", num_users=80, num_items=30)
+    base = f"data.name=p data.path={data} data.max_len=8 eval.sampled_negatives=10 train.progress=false"
+    base += " model.hidden_size=16 federated.rounds=1"
+    client = {}
+    for runtime in ("torch", "onnx"):
+        run_config = {"overrides": f"{base} runtime={runtime}"}
+        run_federated(InProcessGrid(2, run_config), config_from_run_config(run_config), tmp_path / runtime)
+        rows = json.loads((tmp_path / runtime / "metrics.json").read_text())["rounds"]
+        client[runtime] = rows[0]["client_evaluate"]
+    assert client["onnx"]["onnx-export-seconds"] > 0
+    for key in ("client-NDCG@10", "client-HR@10", "client-MRR@10"):
+        assert client["onnx"][key] == pytest.approx(client["torch"][key], abs=1e-6), key

@@ -10,9 +10,11 @@ that must survive rounds lives in ``context.state``.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from lsc4rec.client.candidate_client import CandidateServiceClient
 from lsc4rec.client.codebook_sync import device_statistics, item_features_of, prepare_device_model
 from lsc4rec.client.collaborative_devices import CollaborationSettings, serve_devices
 from lsc4rec.client.local_training import derive_seed, train_on_shard
+from lsc4rec.client.onnx_runtime import OnnxRecommender
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.config import config_from_run_config, to_plain_dict
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
@@ -165,6 +168,13 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _onnx_dir(context: Context) -> Path:
+    """Where this node keeps its exported ONNX graphs (one folder per node, reused every round)."""
+    folder = Path(tempfile.gettempdir()) / "lsc4rec-onnx" / f"run{context.run_id}-node{context.node_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @app.evaluate()
 def evaluate_on_devices(msg: Message, context: Context) -> Message:
     """Rank each device's validation item with the global SRM (full ranking); reply with the metrics."""
@@ -185,10 +195,22 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         sampled_negatives=0 if full_ranking else int(cfg.eval.sampled_negatives),
         sampled_seed=int(cfg.eval.sampled_seed) + shard.partition_id,
     )
+    scorer: torch.nn.Module = model
+    export_seconds = 0.0
+    if str(cfg.runtime) == "onnx":
+        # The device ranks with ONNX Runtime: re-export this round's global model, then score through it.
+        start = time.perf_counter()
+        kinds = ("all",) if full_ranking else ("candidates",)
+        scorer = OnnxRecommender.export(model, _onnx_dir(context), int(cfg.data.max_len), kinds=kinds)
+        export_seconds = time.perf_counter() - start
+    elif str(cfg.runtime) != "torch":
+        raise ValueError(f"runtime must be 'torch' or 'onnx', got {cfg.runtime!r}")
     with torch.no_grad():
-        result = evaluate(model, eval_set, tuple(int(k) for k in cfg.eval.ks), full_ranking=full_ranking)
+        result = evaluate(scorer, eval_set, tuple(int(k) for k in cfg.eval.ks), full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"
     metrics = {f"client-{key}": value for key, value in result[protocol].items()}
+    if str(cfg.runtime) == "onnx":
+        metrics["onnx-export-seconds"] = export_seconds
     config = msg.content["config"]
     if bool(cfg.collab.enabled) and "candidate-service" in config:
         metrics.update(

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["GRAPH_KINDS", "OnnxModelError", "OnnxScorer", "export_srm"]
+__all__ = ["GRAPH_KINDS", "OnnxModelError", "OnnxRecommender", "OnnxScorer", "export_srm"]
 
 GRAPH_KINDS = ("candidates", "all")
 _METADATA_KEY = "lsc4rec"
@@ -178,3 +178,48 @@ class OnnxScorer:
         if self.metadata["kind"] != "all":
             raise OnnxModelError(f"{self.path}: a candidate graph cannot rank the whole catalogue")
         return self.session.run(None, {"history": self._history(history)})[0]
+
+
+class OnnxRecommender(nn.Module):
+    """An exported SRM behind the scoring interface the evaluation code uses (``score_all``,
+    ``score_candidates``), answered by ONNX Runtime: drop-in for :func:`lsc4rec.training.evaluate`.
+    """
+
+    def __init__(self, scorers: dict[str, OnnxScorer], num_items: int) -> None:
+        """Wrap one scorer per graph kind (``candidates`` and/or ``all``)."""
+        super().__init__()
+        self.scorers = scorers
+        self.num_items = int(num_items)
+
+    @classmethod
+    def export(
+        cls,
+        model: SequentialRecommender,
+        directory: str | Path,
+        max_len: int,
+        kinds: tuple[str, ...] = GRAPH_KINDS,
+        threads: int = 1,
+    ) -> OnnxRecommender:
+        """Export ``model``'s graphs into ``directory`` (overwriting) and open them with ONNX Runtime."""
+        directory = Path(directory)
+        scorers = {}
+        for kind in kinds:
+            path = export_srm(model, directory / f"srm-{kind}.onnx", max_len, kind)
+            scorers[kind] = OnnxScorer(path, num_items=model.num_items, kind=kind, threads=threads)
+        return cls(scorers, model.num_items)
+
+    def _scorer(self, kind: str) -> OnnxScorer:
+        if kind not in self.scorers:
+            raise OnnxModelError(
+                f"no {kind!r} graph was exported for this device (exported: {sorted(self.scorers)})"
+            )
+        return self.scorers[kind]
+
+    def score_all(self, history: Tensor) -> Tensor:
+        """Next-item scores ``[B, num_items + 1]`` (column 0 = -inf) from ONNX Runtime."""
+        return torch.from_numpy(self._scorer("all").score_all(history.cpu().numpy()))
+
+    def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
+        """Scores ``[B, C]`` of ``candidates`` from ONNX Runtime."""
+        scores = self._scorer("candidates").score_candidates(history.cpu().numpy(), candidates.cpu().numpy())
+        return torch.from_numpy(scores)
