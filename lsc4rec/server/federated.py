@@ -141,20 +141,13 @@ class MergeNetOnServer:
     def __init__(self, cfg: DictConfig, model: SequentialRecommender, llm: CloudLLM) -> None:
         self.model = model
         self.every = int(cfg.mergenet.every_rounds)
-        m = cfg.mergenet
-        self.transfer = MergeNetTransfer(
-            resolve_slice(str(m.target), model, llm),
-            resolve_slice(str(m.source), model, llm),
-            rank=int(m.rank),
-            t_cycle=1,
-            num_layers=int(m.num_layers),
-            attention_dim=int(m.attention_dim),
-            heads=int(m.heads),
-            dropout=float(m.dropout),
-            lr=float(m.lr),
-            weight_decay=float(m.weight_decay),
-            grad_clip=float(m.grad_clip),
+        # The round is the cycle: one transfer per transferring round.
+        self.transfer = MergeNetTransfer.from_config(
+            cfg.mergenet,
+            resolve_slice(str(cfg.mergenet.target), model, llm),
+            resolve_slice(str(cfg.mergenet.source), model, llm),
             seed=int(cfg.seed),
+            t_cycle=1,
         )
         self.pending: torch.Tensor | None = None
 

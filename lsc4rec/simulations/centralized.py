@@ -24,6 +24,7 @@ from lsc4rec.data import TrainBatches, leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.setup import prepare_solid_model
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
+from lsc4rec.simulations.runs import begin_run
 from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
 
 logger = logging.getLogger(__name__)
@@ -44,11 +45,7 @@ def protocol_description(cfg: DictConfig) -> str:
 def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     """Run the centralized baseline described by ``cfg``; write outputs and return the final summary."""
     wall_start = time.perf_counter()
-    plain_cfg = to_plain_dict(cfg)
-    out = Path(output_dir) if output_dir is not None else Path(cfg.output_dir) / str(plain_cfg["run_name"])
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    plain_cfg, out = begin_run(cfg, output_dir)
     torch.manual_seed(int(cfg.seed))
 
     raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)

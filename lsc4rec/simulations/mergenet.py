@@ -34,7 +34,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lsc4rec.config import config_dir, to_plain_dict
+from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm.pretrained import build_llm
@@ -43,6 +43,7 @@ from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.mergenet import Distillation, MergeNetTransfer, SourceTraining, resolve_slice
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.simulations.runs import begin_run
 from lsc4rec.training import EvalSet, TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
 
 logger = logging.getLogger(__name__)
@@ -52,21 +53,7 @@ DIRECTIONS = ("cloud_to_device", "device_to_cloud")
 
 def transfer_from_config(cfg: DictConfig, target: Any, source: Any) -> MergeNetTransfer:
     """A :class:`MergeNetTransfer` for ``source`` -> ``target`` with the ``mergenet.*`` settings."""
-    m = cfg.mergenet
-    return MergeNetTransfer(
-        target,
-        source,
-        rank=int(m.rank),
-        t_cycle=int(m.t_cycle),
-        num_layers=int(m.num_layers),
-        attention_dim=int(m.attention_dim),
-        heads=int(m.heads),
-        dropout=float(m.dropout),
-        lr=float(m.lr),
-        weight_decay=float(m.weight_decay),
-        grad_clip=float(m.grad_clip),
-        seed=int(cfg.seed),
-    )
+    return MergeNetTransfer.from_config(cfg.mergenet, target, source, seed=int(cfg.seed))
 
 
 def user_groups(split: LeaveOneOutSplit, short_history: int, rare_count: int) -> dict[str, list[int]]:
@@ -172,11 +159,7 @@ def _plot(result: dict[str, Any], path: Path, title: str) -> None:
 def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Run the MergeNet experiment of ``cfg``; write outputs; return the result."""
     wall_start = time.perf_counter()
-    plain = to_plain_dict(cfg)
-    out = Path(output_dir) if output_dir is not None else Path(cfg.output_dir) / str(plain["run_name"])
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    plain, out = begin_run(cfg, output_dir)
     directions = [str(d) for d in cfg.mergenet.directions]
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:

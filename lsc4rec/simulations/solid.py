@@ -29,13 +29,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lsc4rec.config import config_dir, to_plain_dict
+from lsc4rec.config import config_dir
 from lsc4rec.data import TrainBatches, leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.setup import build_codebook, item_representations, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender, build_srm
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.simulations.centralized import protocol_description
+from lsc4rec.simulations.runs import begin_run
 from lsc4rec.training import TrainSettings, build_eval_sets, evaluate, fit
 
 logger = logging.getLogger(__name__)
@@ -132,11 +133,7 @@ def plot_variants(headlines: dict[str, dict[str, float]], path: Path, title: str
 def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Run the base model, SOLID and its ablations as ``cfg`` describes; write outputs; return the result."""
     wall_start = time.perf_counter()
-    plain = to_plain_dict(cfg)
-    out = Path(output_dir) if output_dir is not None else Path(cfg.output_dir) / str(plain["run_name"])
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    plain, out = begin_run(cfg, output_dir)
     model_cfg = plain["model"]
     if model_cfg.get("name") != "solid":
         raise ValueError(f"the SOLID experiment needs model=solid (got model.name={model_cfg.get('name')!r})")

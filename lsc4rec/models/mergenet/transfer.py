@@ -16,8 +16,9 @@ rows, tied with its output head), ``srm.item_embeddings`` (the SRM's item table,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +165,32 @@ class MergeNetTransfer(_Hook):
         self.steps = 0
         self.pending: Tensor | None = None
         self.stats = TransferStats()
+
+    @classmethod
+    def from_config(
+        cls,
+        mergenet_cfg: Mapping[str, Any],
+        target: ParameterSlice,
+        source: ParameterSlice,
+        seed: int = 0,
+        t_cycle: int | None = None,
+    ) -> MergeNetTransfer:
+        """The transfer ``conf/mergenet`` describes (``t_cycle`` overrides ``mergenet.t_cycle``)."""
+        m = mergenet_cfg
+        return cls(
+            target,
+            source,
+            rank=int(m["rank"]),
+            t_cycle=int(m["t_cycle"]) if t_cycle is None else int(t_cycle),
+            num_layers=int(m["num_layers"]),
+            attention_dim=int(m["attention_dim"]),
+            heads=int(m["heads"]),
+            dropout=float(m["dropout"]),
+            lr=float(m["lr"]),
+            weight_decay=float(m["weight_decay"]),
+            grad_clip=float(m["grad_clip"]),
+            seed=seed,
+        )
 
     def transfer(self) -> Tensor:
         """Compute ``θ'`` (with the adapter's graph), write it into the target and return it."""
