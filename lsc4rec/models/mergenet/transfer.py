@@ -143,10 +143,11 @@ class MergeNetTransfer(_Hook):
         attention_dim: int = 64,
         heads: int = 4,
         dropout: float = 0.1,
-        lr: float = 1e-3,
+        lr: float = 1e-4,
         weight_decay: float = 5e-4,
         grad_clip: float = 50.0,
         seed: int = 0,
+        max_change: float = 0.05,
     ) -> None:
         """Pair ``source`` -> ``target`` with a fresh adapter; see ``conf/mergenet/default.yaml``."""
         if t_cycle < 1:
@@ -154,7 +155,9 @@ class MergeNetTransfer(_Hook):
         self.target, self.source = target, source
         self.rank, self.t_cycle, self.grad_clip, self.seed = int(rank), int(t_cycle), float(grad_clip), seed
         torch.manual_seed(seed)
-        self.adapter = ParameterAdapter(target.shape, source.shape, num_layers, attention_dim, heads, dropout)
+        self.adapter = ParameterAdapter(
+            target.shape, source.shape, num_layers, attention_dim, heads, dropout, max_change
+        )
         # Bias/norm parameters are not decayed (the released recipe).
         decay = [p for n, p in self.adapter.named_parameters() if p.ndim >= 2 and "norm" not in n]
         no_decay = [p for n, p in self.adapter.named_parameters() if p.ndim < 2 or "norm" in n]
@@ -190,6 +193,7 @@ class MergeNetTransfer(_Hook):
             weight_decay=float(m["weight_decay"]),
             grad_clip=float(m["grad_clip"]),
             seed=seed,
+            max_change=float(m["max_change"]),
         )
 
     def transfer(self) -> Tensor:
