@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
@@ -27,6 +27,13 @@ from lsc4rec.client.codebook_sync import device_statistics, item_features_of, pr
 from lsc4rec.client.collaborative_devices import CollaborationSettings, serve_devices
 from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.onnx_runtime import OnnxRecommender
+from lsc4rec.client.privacy_mods import central_dp_clipping_mod
+from lsc4rec.client.private_training import (
+    PrivacySettings,
+    history_from_lists,
+    history_to_lists,
+    train_on_shard_private,
+)
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.config import config_from_run_config, to_plain_dict
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
@@ -83,6 +90,8 @@ def model_from_message(msg: Message, cfg: DictConfig, num_items: int) -> Sequent
 
 #: context.state key of the node's Adam moments (``federated.keep_optimizer_state``).
 OPTIMIZER_STATE_KEY = "optimizer"
+#: context.state key of the node's privacy ledger (Opacus RDP history over all rounds, local DP).
+PRIVACY_STATE_KEY = "privacy-ledger"
 
 
 def round_settings(settings: TrainSettings, cfg: DictConfig, server_round: int) -> TrainSettings:
@@ -115,7 +124,38 @@ def _malformed(arrays: ArrayRecord) -> ArrayRecord:
     return ArrayRecord(out)
 
 
-@app.train()
+def train_privately(
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    settings: TrainSettings,
+    cfg: DictConfig,
+    context: Context,
+    server_round: int,
+) -> dict[str, float]:
+    """Local DP-SGD on this node's devices; the privacy ledger lives on in ``context.state``."""
+    if bool(cfg.federated.keep_optimizer_state):
+        # Adam moments carried across rounds are a function of earlier noisy gradients only (post-processing)
+        # but Opacus builds its own optimizer each round; keeping both in step is not supported.
+        raise ValueError("privacy.mode=local does not support federated.keep_optimizer_state=true")
+    ledger = context.state.config_records.get(PRIVACY_STATE_KEY)
+    result = train_on_shard_private(
+        model,
+        shard.train_sequences,
+        settings,
+        PrivacySettings.from_config(cfg.privacy),
+        int(cfg.data.max_len),
+        int(cfg.federated.local_epochs),
+        planned_rounds=int(cfg.federated.rounds),
+        num_devices=shard.population or shard.num_devices,
+        seed=derive_seed(cfg.seed, server_round, shard.partition_id),
+        history=history_from_lists(dict(ledger) if ledger is not None else None),
+        label=f"partition {shard.partition_id}",
+    )
+    context.state[PRIVACY_STATE_KEY] = ConfigRecord(history_to_lists(result.history))
+    return result.metrics
+
+
+@app.train(mods=[central_dp_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the global SRM on this node's devices and reply with the update and ``num-examples``."""
     cfg = node_config(context)
@@ -134,17 +174,22 @@ def train(msg: Message, context: Context) -> Message:
         context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
 
     start = time.perf_counter()
-    metrics = train_on_shard(
-        model,
-        shard,
-        settings,
-        int(cfg.data.max_len),
-        int(cfg.federated.local_epochs),
-        mu,
-        seed=derive_seed(cfg.seed, server_round, partition_id),
-        optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
-        keep_state=keep_state if keep else None,
-    )
+    if str(cfg.privacy.mode) == "local":
+        if mu > 0:
+            raise ValueError("privacy.mode=local does not support FedProx (strategy.proximal_mu > 0)")
+        metrics = train_privately(model, shard, settings, cfg, context, server_round)
+    else:
+        metrics = train_on_shard(
+            model,
+            shard,
+            settings,
+            int(cfg.data.max_len),
+            int(cfg.federated.local_epochs),
+            mu,
+            seed=derive_seed(cfg.seed, server_round, partition_id),
+            optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
+            keep_state=keep_state if keep else None,
+        )
     metrics["lr"] = settings.lr
     metrics["train-seconds"] = time.perf_counter() - start
     # Node state across rounds (sim and deployment): how often this node trained and on how many examples.

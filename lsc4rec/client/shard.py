@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
+from lsc4rec.data.partition import federation_size, partition_users
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class DeviceShard:
     valid_histories: tuple[tuple[int, ...], ...]
     valid_targets: tuple[int, ...]
     num_items: int
+    #: Devices in the whole federation (all partitions): the population behind privacy's default δ.
+    population: int = 0
 
     @property
     def num_devices(self) -> int:
@@ -37,18 +40,6 @@ class DeviceShard:
         """How often each item occurs in the node's training sequences, ``[num_items + 1]`` (0 = padding)."""
         flat = np.fromiter((i for seq in self.train_sequences for i in seq), dtype=np.int64)
         return np.bincount(flat, minlength=self.num_items + 1).astype(np.int64)
-
-
-def partition_users(num_users: int, num_partitions: int, partition_id: int, seed: int) -> np.ndarray:
-    """Internal user ids of shard ``partition_id`` (sorted): a seeded permutation cut in near-equal parts."""
-    if num_partitions < 1:
-        raise ValueError(f"num-partitions must be >= 1, got {num_partitions}")
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
-    if num_partitions > num_users:
-        raise ValueError(f"{num_partitions} partitions for only {num_users} users: some nodes would be empty")
-    order = np.random.default_rng(seed).permutation(num_users)
-    return np.sort(np.array_split(order, num_partitions)[partition_id])
 
 
 @lru_cache(maxsize=4)
@@ -85,4 +76,5 @@ def load_shard(
         valid_histories=tuple(tuple(split.train[u]) for u in users),
         valid_targets=tuple(split.valid_targets[u] for u in users),
         num_items=split.num_items,
+        population=federation_size(len(split.train), num_partitions, users_per_node),
     )

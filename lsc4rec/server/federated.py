@@ -10,7 +10,9 @@ are evaluated on the test items.
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,20 @@ from omegaconf import DictConfig
 
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
+from lsc4rec.data.partition import federation_size
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.mergenet import MergeNetTransfer, resolve_slice
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.setup import build_codebook, item_representations, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.privacy import PrivacySettings
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from lsc4rec.server.cloud import Cloud, start_cloud
+from lsc4rec.server.warm_start import warm_start_on_cloud
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy
 from lsc4rec.strategies.codebook import CodebookSync
+from lsc4rec.strategies.privacy import CentralDP, central_noise_for_target
 from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
 logger = logging.getLogger(__name__)
@@ -39,9 +45,49 @@ logger = logging.getLogger(__name__)
 SELECTION_METRIC = "NDCG@10"
 
 
-def strategy_from_config(cfg: DictConfig) -> SRMStrategy:
-    """The SRM strategy described by ``cfg.strategy`` and ``cfg.federated``."""
-    return SRMStrategy(
+def check_privacy_config(cfg: DictConfig) -> None:
+    """Refuse combinations that would release un-noised information about devices under DP."""
+    mode = str(cfg.privacy.mode)
+    if mode == "none":
+        return
+    if bool(cfg.strategy.row_weighting):
+        raise ValueError(f"privacy.mode={mode}: strategy.row_weighting sends per-item counts in clear")
+    if str(cfg.model.name) == "solid":
+        raise ValueError(f"privacy.mode={mode}: SOLID's codebook statistics are not privatised")
+    if mode == "central" and str(cfg.strategy.rule) != "fedavg":
+        raise ValueError(
+            f"privacy.mode=central calibrates its noise to a mean: strategy.rule must be fedavg, "
+            f"not {cfg.strategy.rule}"
+        )
+
+
+def central_dp_from_config(cfg: DictConfig, inner: SRMStrategy, population: int) -> CentralDP:
+    """Central DP around ``inner``: noise from ``privacy.noise_multiplier`` or ``privacy.target_epsilon``."""
+    privacy = PrivacySettings.from_config(cfg.privacy)
+    nodes = max(1, math.ceil(float(cfg.strategy.fraction_train) * int(cfg.federated.num_supernodes)))
+    delta = privacy.resolved_delta(population)
+    noise = privacy.noise_multiplier or central_noise_for_target(
+        float(privacy.target_epsilon), int(cfg.federated.rounds), delta, nodes
+    )
+    return CentralDP(
+        inner,
+        noise_multiplier=noise,
+        clipping_norm=privacy.clipping_norm,
+        num_sampled_nodes=nodes,
+        delta=delta,
+        clipping=privacy.central_clipping,
+        max_epsilon=privacy.budget,
+    )
+
+
+def strategy_from_config(cfg: DictConfig, population: int = 0) -> SRMStrategy | CentralDP:
+    """The SRM strategy described by ``cfg.strategy`` and ``cfg.federated`` (wrapped for central DP).
+
+    ``population``: devices in the federation (central DP's default δ is 1 / population).
+    """
+    check_privacy_config(cfg)
+    central = str(cfg.privacy.mode) == "central"
+    strategy = SRMStrategy(
         rule=str(cfg.strategy.rule),
         trim_fraction=float(cfg.strategy.trim_fraction),
         proximal_mu=float(cfg.strategy.proximal_mu),
@@ -60,7 +106,9 @@ def strategy_from_config(cfg: DictConfig) -> SRMStrategy:
             eps=float(cfg.strategy.server_optimizer.eps),
         ),
         row_weighting=bool(cfg.strategy.row_weighting),
+        uniform_weights=central,
     )
+    return central_dp_from_config(cfg, strategy, population) if central else strategy
 
 
 def _state_dict(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
@@ -76,7 +124,12 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
     split = leave_one_out(raw)
     max_len = int(cfg.data.max_len)
     model = build_model_from_config(cfg.model, split.num_items, max_len)
-    strategy = strategy_from_config(cfg)
+    warm_start = (
+        warm_start_on_cloud(model, cfg, split)
+        if int(cfg.federated.warm_start_epochs) > 0 and not bool(cfg.federated.resume)
+        else None
+    )
+    strategy = strategy_from_config(cfg, population=_federation_size(cfg, split))
     strategy.summary()
     codebook = SolidOnServer.start(cfg, raw, split, model) if isinstance(model, SolidRecommender) else None
 
@@ -86,10 +139,21 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
             "mergenet.every_rounds > 0 transfers from the cloud LLM: it needs collab.enabled=true"
         )
     try:
-        return _round_loop(grid, cfg, out, split, model, strategy, cloud, wall_start, codebook)
+        summary = _round_loop(grid, cfg, out, split, model, strategy, cloud, wall_start, codebook)
+        if warm_start is not None:
+            summary["warm_start"] = warm_start
+            payload = json.loads((out / "metrics.json").read_text())
+            payload["final"]["warm_start"] = warm_start
+            write_json(out / "metrics.json", payload)
+        return summary
     finally:
         if cloud is not None:
             cloud.stop()
+
+
+def _federation_size(cfg: DictConfig, split: LeaveOneOutSplit) -> int:
+    nodes, cap = int(cfg.federated.num_supernodes), int(cfg.federated.users_per_node)
+    return federation_size(len(split.train), nodes, cap)
 
 
 class SolidOnServer:
@@ -201,7 +265,7 @@ def _round_loop(
     out: Path,
     split: LeaveOneOutSplit,
     model: SequentialRecommender,
-    strategy: SRMStrategy,
+    strategy: SRMStrategy | CentralDP,
     cloud: Cloud | None,
     wall_start: float,
     solid: SolidOnServer | None = None,
@@ -361,6 +425,8 @@ def _round_loop(
         "bytes_received": total_received,
         "mean_round_seconds": sum(r["round_seconds"] for r in history) / max(len(history), 1),
     }
+    if str(cfg.privacy.mode) != "none":
+        summary["privacy"] = privacy_summary(cfg, history)
     if solid is not None:
         summary["codebook"] = {
             "version": solid.sync.version,
@@ -391,6 +457,15 @@ def _round_loop(
     summary["output_dir"] = str(out)
     summary["wall_seconds"] = payload["wall_seconds"]
     return summary
+
+
+def privacy_summary(cfg: DictConfig, history: list[dict]) -> dict[str, Any]:
+    """The privacy spent by the end of the run (from the last round that reported it)."""
+    keys = ("epsilon", "epsilon-max", "epsilon-mean", "delta", "noise-multiplier", "privacy-stopped")
+    last = next((row["train"] for row in reversed(history) if "epsilon" in row.get("train", {})), {})
+    out: dict[str, Any] = {"mode": str(cfg.privacy.mode), "clipping_norm": float(cfg.privacy.clipping_norm)}
+    out.update({key.replace("-", "_"): last[key] for key in keys if key in last})
+    return out
 
 
 def run_and_report(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays, count_weighted_rows
+from lsc4rec.strategies.privacy_metrics import is_privacy_stop, local_privacy_metrics
 from lsc4rec.strategies.server_optimizer import ServerOptimizer
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,14 @@ class SRMStrategy(Strategy):
         seed: int = 0,
         server_optimizer: ServerOptimizer | None = None,
         row_weighting: bool = False,
+        uniform_weights: bool = False,
     ) -> None:
         """Configure the aggregation ``rule`` (``AGGREGATION_RULES``), node sampling and server optimizer.
 
         ``row_weighting``: tables for which replies carry per-row counts (record ``row-counts``, e.g. item
         embeddings with item occurrence counts) are averaged row by row over the nodes that saw each row
-        (:func:`count_weighted_rows`) instead of by ``rule``.
+        (:func:`count_weighted_rows`) instead of by ``rule``. ``uniform_weights``: every node counts the same
+        instead of by its ``num-examples`` (what central DP's noise calibration assumes).
         """
         if rule not in AGGREGATION_RULES:
             raise ValueError(f"strategy.rule={rule!r} is not one of {AGGREGATION_RULES}")
@@ -95,6 +98,7 @@ class SRMStrategy(Strategy):
         self.rng = random.Random(seed)
         self.server_optimizer = server_optimizer or ServerOptimizer("none")
         self.row_weighting = bool(row_weighting)
+        self.uniform_weights = bool(uniform_weights)
         self.failures: list[NodeFailure] = []
         self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
         self._global: dict[str, np.ndarray] = {}
@@ -245,12 +249,20 @@ class SRMStrategy(Strategy):
         """Aggregate the valid updates; None arrays when fewer than ``min_train_replies`` arrived."""
         replies = list(replies)
         failures_before = len(self.failures)
-        valid = self._split_replies(server_round, "train", replies)
+        # Nodes whose privacy budget is spent answer without training: neither an update nor a failure.
+        stopped = [r for r in replies if is_privacy_stop(r)]
+        for reply in stopped:
+            node = reply.metadata.src_node_id
+            logger.info("round %d: node %d has spent its privacy budget", server_round, node)
+        self._expected["train"] -= {r.metadata.src_node_id for r in stopped}
+        valid = self._split_replies(server_round, "train", [r for r in replies if not is_privacy_stop(r)])
         received = sum(_content_bytes(r.content) for r in replies if not r.has_error())
         metrics = self._weighted_metrics(valid)
+        metrics.update(local_privacy_metrics(valid + stopped))
         metrics.update(
             {
-                "nodes-sampled": len(self._expected["train"]),
+                "privacy-stopped": len(stopped),
+                "nodes-sampled": len(self._expected["train"]) + len(stopped),
                 "valid-replies": len(valid),
                 "failures": len(self.failures) - failures_before,
                 "bytes-sent": self._bytes_sent["train"],
@@ -270,6 +282,8 @@ class SRMStrategy(Strategy):
             {key: r.content.array_records["arrays"][key].numpy() for key in self._reference} for r in valid
         ]
         weights = [float(r.content.metric_records["metrics"][WEIGHT_KEY]) for r in valid]
+        if self.uniform_weights:
+            weights = [1.0] * len(valid)
         aggregate = aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
         if self.row_weighting:
             self._weight_rows(aggregate, valid, updates)

@@ -10,7 +10,10 @@ scores every position and masks the loss instead: the same value, more compute, 
 is what ``torch.func.vmap``-based per-sample gradients and graph export need.
 
 Random negatives come from an explicitly passed ``torch.Generator`` (CPU) so runs are reproducible.
-For DP training with Opacus use ``sampled_softmax`` or ``bce`` (see the note in ``base.py``).
+:func:`per_sequence_loss` gives one loss per row (its own positions' mean) with negatives drawn up front by
+:func:`draw_negatives`: the form DP-SGD's per-sample clipping needs (``lsc4rec.client.private_training``).
+Opacus' per-layer hooks see every parameter use only with ``sampled_softmax`` or ``bce`` (note in
+``base.py``); the whole-model ``torch.func`` path handles every loss.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ __all__ = [
     "bce_loss",
     "candidate_rerank_loss",
     "compute_loss",
+    "draw_negatives",
     "full_softmax_loss",
+    "per_sequence_loss",
     "sample_negatives_per_position",
     "sample_shared_negatives",
     "sampled_softmax_loss",
@@ -81,6 +86,62 @@ def sample_negatives_per_position(
     return draws + (draws >= targets.unsqueeze(-1)).long()
 
 
+def _dense_position_losses(
+    name: str, model: SequentialRecommender, inputs: Tensor, targets: Tensor, negatives: Tensor | None
+) -> Tensor:
+    """Loss ``name`` at every position ``[B, L]`` (static shapes; padding positions hold arbitrary values).
+
+    ``negatives`` are the draws of :func:`draw_negatives` (None for the full softmax).
+    """
+    if name in ("ce", "full_softmax"):
+        logits = model.position_scores(inputs)  # [B, L, num_items + 1]
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=0)
+        return nll.view(targets.shape)
+    if negatives is None:
+        raise ValueError(f"loss {name!r} needs negatives (see draw_negatives)")
+    # Padding targets (id 0) would score -inf; any real id keeps them finite (their loss is masked out).
+    real = targets.clamp(min=1)
+    if name == "sampled_softmax":
+        positive, negative = model.position_scores_with_negatives(inputs, real.unsqueeze(-1), negatives)
+        negative = negative.masked_fill(negatives == targets.unsqueeze(-1), float("-inf"))
+        return torch.logsumexp(torch.cat([positive, negative], dim=-1), dim=-1) - positive.squeeze(-1)
+    if name == "bce":
+        scores = model.position_scores(inputs, torch.cat([real.unsqueeze(-1), negatives], dim=-1))
+        return F.softplus(-scores[..., 0]) + F.softplus(scores[..., 1:]).sum(dim=-1)
+    raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
+
+
+def draw_negatives(
+    name: str, num_items: int, targets: Tensor, num_negatives: int, generator: torch.Generator
+) -> Tensor | None:
+    """The random negatives loss ``name`` uses for a batch with ``targets [B, L]`` (None: it uses none).
+
+    ``sampled_softmax``: ``[C]`` items shared by the batch; ``bce``: ``[B, L, n]`` per position. Drawn
+    apart from the loss so that per-sample gradient code can draw once per batch and slice per row.
+    """
+    if name in ("ce", "full_softmax"):
+        return None
+    if name == "sampled_softmax":
+        return sample_shared_negatives(num_items, num_negatives, generator).to(targets.device)
+    if name == "bce":
+        return sample_negatives_per_position(targets, num_items, num_negatives, generator)
+    raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
+
+
+def per_sequence_loss(
+    name: str, model: SequentialRecommender, inputs: Tensor, targets: Tensor, negatives: Tensor | None
+) -> Tensor:
+    """Loss ``name`` of every row ``[B]``: the mean over that row's own non-padding target positions.
+
+    Each row's value depends on that row alone (and the data-independent ``negatives``), which is what
+    per-sample gradient clipping (DP-SGD) needs: a batch mean over *positions* would let one user's sequence
+    length change every other user's gradient. Rows without targets give 0.
+    """
+    mask = (targets > 0).to(torch.float32)
+    per_position = _dense_position_losses(name, model, inputs, targets, negatives)
+    return (per_position * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
+
+
 def full_softmax_loss(
     model: SequentialRecommender, inputs: Tensor, targets: Tensor, *, select_positions: bool = True
 ) -> Tensor:
@@ -93,9 +154,7 @@ def full_softmax_loss(
         logits = model.position_item_logits(inputs, mask)  # [P, num_items]
         nll = F.cross_entropy(logits, targets[mask] - 1, reduction="none")
         return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
-    logits = model.position_scores(inputs)  # [B, L, num_items + 1]
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=0)
-    return _masked_mean(nll, targets.flatten() > 0)
+    return _masked_mean(_dense_position_losses("ce", model, inputs, targets, None), targets > 0)
 
 
 def sampled_softmax_loss(
@@ -117,27 +176,19 @@ def sampled_softmax_loss(
     :func:`full_softmax_loss`.
     """
     negatives = sample_shared_negatives(model.num_items, num_negatives, generator).to(inputs.device)
-    if select_positions:
-        first = _first_used_column(inputs, targets)
-        inputs, targets = inputs[:, first:], targets[:, first:]
-        mask = targets > 0
-        positive, negative = model.position_scores_with_negatives(
-            inputs, targets.unsqueeze(-1), negatives, positions=mask
-        )
-        chosen = targets[mask]  # [P]
-    else:
-        mask = targets > 0
-        # Padding targets (id 0) would score -inf; any real id keeps them finite (their loss is masked out).
-        positive, negative = model.position_scores_with_negatives(
-            inputs, targets.clamp(min=1).unsqueeze(-1), negatives
-        )
-        chosen = targets
-    negative = negative.masked_fill(negatives == chosen.unsqueeze(-1), float("-inf"))
+    if not select_positions:
+        per_position = _dense_position_losses("sampled_softmax", model, inputs, targets, negatives)
+        return _masked_mean(per_position, targets > 0)
+    first = _first_used_column(inputs, targets)
+    inputs, targets = inputs[:, first:], targets[:, first:]
+    mask = targets > 0
+    positive, negative = model.position_scores_with_negatives(
+        inputs, targets.unsqueeze(-1), negatives, positions=mask
+    )
+    negative = negative.masked_fill(negatives == targets[mask].unsqueeze(-1), float("-inf"))
     # Cross-entropy with the target in column 0.
     nll = torch.logsumexp(torch.cat([positive, negative], dim=-1), dim=-1) - positive.squeeze(-1)
-    if select_positions:
-        return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
-    return _masked_mean(nll, mask)
+    return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
 
 
 def bce_loss(
@@ -159,20 +210,15 @@ def bce_loss(
     """
     # Drawn before trimming, so both values of select_positions see the same negatives.
     negatives = sample_negatives_per_position(targets, model.num_items, num_negatives, generator)
+    if not select_positions:
+        return _masked_mean(_dense_position_losses("bce", model, inputs, targets, negatives), targets > 0)
     candidates = torch.cat([targets.unsqueeze(-1), negatives], dim=-1)  # [B, L, 1 + n]
-    if select_positions:
-        first = _first_used_column(inputs, targets)
-        inputs, targets, candidates = inputs[:, first:], targets[:, first:], candidates[:, first:]
+    first = _first_used_column(inputs, targets)
+    inputs, targets, candidates = inputs[:, first:], targets[:, first:], candidates[:, first:]
     mask = targets > 0
-    if select_positions:
-        scores = model.position_scores(inputs, candidates, positions=mask)  # [P, 1 + n]
-    else:
-        # Padding targets are id 0 and would score -inf; give them any real id (their loss is masked out).
-        scores = model.position_scores(inputs, candidates.clamp(min=1))
+    scores = model.position_scores(inputs, candidates, positions=mask)  # [P, 1 + n]
     per_position = F.softplus(-scores[..., 0]) + F.softplus(scores[..., 1:]).sum(dim=-1)
-    if select_positions:
-        return per_position.sum() / per_position.new_tensor(max(per_position.numel(), 1))
-    return _masked_mean(per_position, mask)
+    return per_position.sum() / per_position.new_tensor(max(per_position.numel(), 1))
 
 
 def candidate_rerank_loss(

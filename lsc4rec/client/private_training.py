@@ -1,0 +1,335 @@
+"""Local differential privacy on a device node: DP-SGD with Opacus and a privacy ledger that spans rounds.
+
+The privacy unit is one **device**, i.e. one user's whole training sequence (the project's devices are users,
+``DESIGN.md`` §1): every training example is one user's sequence, Poisson-sampled into batches, its gradient
+clipped to ``privacy.clipping_norm`` and Gaussian noise added (Opacus' ``PrivacyEngine``). So the ε a node
+reports bounds what its released updates reveal about any one of its users, over all rounds so far.
+
+Per-sample gradients come from one of two engines (``privacy.grad_sample_mode``):
+
+* ``hooks`` — Opacus' per-layer hooks (its standard path). Needs every parameter use to go through a module,
+  so the tied full-catalogue product of the full softmax is invisible to it: only ``sampled_softmax`` and
+  ``bce`` qualify, and TTT4Rec's fast weights are not covered. ``nn.GRU`` is swapped for Opacus' ``DPGRU``
+  (``ModuleValidator.fix``); SASRec already uses plain ``nn.Linear`` attention instead of
+  ``nn.MultiheadAttention``, so nothing needs replacing there.
+* ``functorch`` — the whole model's per-sample gradients by ``torch.func`` (``vmap`` of ``grad`` over rows),
+  handed to Opacus' optimizer through its ``no_op`` mode: any SRM (TTT4Rec, SOLID) and any loss (full
+  softmax included). ``auto`` picks ``hooks`` where it is exact and ``functorch`` otherwise.
+
+Accounting: Opacus' RDP accountant history ``[(noise multiplier, sample rate, steps), ...]`` is restored from
+and written back to the node's ``context.state`` every round, so ε is cumulative. A noise multiplier can be
+given, or derived from ``privacy.target_epsilon`` for the whole planned run. A node whose next round would
+push ε past ``privacy.max_epsilon`` does not train and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import DataLoader, TensorDataset
+
+from lsc4rec.data import TrainBatches
+from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss
+from lsc4rec.models.srm.ttt4rec import TTT4Rec
+from lsc4rec.privacy import HOOK_SAFE_LOSSES, PrivacySettings
+from lsc4rec.training import TrainSettings
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------- the ledger (accountant history)
+
+#: One composition step block: (noise multiplier, sample rate, number of steps), as Opacus' RDP history.
+HistoryEntry = tuple[float, float, int]
+
+
+def epsilon_of(history: Sequence[HistoryEntry], delta: float) -> float:
+    """Cumulative ε at ``delta`` after ``history`` (RDP accountant); 0 for an empty history."""
+    from opacus.accountants import RDPAccountant
+
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [(float(n), float(q), int(s)) for n, q, s in history]
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def history_to_lists(history: Sequence[HistoryEntry]) -> dict[str, list]:
+    """The ledger as plain lists (what a Flower ``ConfigRecord`` in ``context.state`` holds)."""
+    return {
+        "noise": [float(n) for n, _, _ in history],
+        "rate": [float(q) for _, q, _ in history],
+        "steps": [int(s) for _, _, s in history],
+    }
+
+
+def history_from_lists(record: Mapping | None) -> list[HistoryEntry]:
+    """Inverse of :func:`history_to_lists`; a clear error for a ledger that does not hold together."""
+    if record is None:
+        return []
+    noise, rate, steps = (list(record.get(key, [])) for key in ("noise", "rate", "steps"))
+    if not len(noise) == len(rate) == len(steps):
+        raise ValueError(
+            f"privacy ledger is corrupt: {len(noise)} noise, {len(rate)} rate and {len(steps)} steps entries"
+        )
+    return [(float(n), float(q), int(s)) for n, q, s in zip(noise, rate, steps, strict=True)]
+
+
+def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, total_steps: int) -> float:
+    """The least noise multiplier keeping ε <= ``target_epsilon`` after ``total_steps`` at ``sample_rate``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=total_steps,
+            accountant="rdp",
+            epsilon_tolerance=0.005,
+        )
+    )
+
+
+# ---------------------------------------------------------------------- the DP-SGD plan of one node
+
+
+@dataclass(frozen=True)
+class PrivatePlan:
+    """How one node runs DP-SGD: Poisson rate, steps per epoch, noise, and the ε that results."""
+
+    sample_rate: float
+    steps_per_epoch: int
+    expected_batch_size: float
+    noise_multiplier: float
+    delta: float
+
+
+def plan_for(
+    privacy: PrivacySettings,
+    num_examples: int,
+    batch_size: int,
+    local_epochs: int,
+    planned_rounds: int,
+    num_devices: int,
+) -> PrivatePlan:
+    """The node's DP-SGD plan for ``num_examples`` sequences (the same every round, so ε is predictable)."""
+    if num_examples < 1:
+        raise ValueError("DP-SGD needs at least one training sequence on the node")
+    steps = max(1, math.ceil(num_examples / batch_size))
+    rate = 1.0 / steps
+    delta = privacy.resolved_delta(num_devices)
+    noise = privacy.noise_multiplier
+    if noise == 0:
+        assert privacy.target_epsilon is not None  # checked in PrivacySettings
+        noise = noise_for_target(privacy.target_epsilon, delta, rate, steps * local_epochs * planned_rounds)
+    return PrivatePlan(rate, steps, num_examples * rate, noise, delta)
+
+
+def resolve_grad_sample_mode(privacy: PrivacySettings, model: SequentialRecommender, loss: str) -> str:
+    """``hooks`` or ``functorch`` for this model and loss (``auto``: hooks wherever they are exact)."""
+    hooks_ok = loss in HOOK_SAFE_LOSSES and _hooks_cover(model)
+    if privacy.grad_sample_mode == "hooks":
+        if not hooks_ok:
+            raise ValueError(
+                f"privacy.grad_sample_mode=hooks cannot train {type(model).__name__} with train.loss={loss}: "
+                f"Opacus' per-layer hooks need a loss in {HOOK_SAFE_LOSSES} and no parameter used outside a "
+                "module (TTT fast weights, SOLID's generated classifier); use grad_sample_mode=functorch"
+            )
+        return "hooks"
+    if privacy.grad_sample_mode == "functorch":
+        return "functorch"
+    return "hooks" if hooks_ok else "functorch"
+
+
+def _hooks_cover(model: SequentialRecommender) -> bool:
+    """Whether Opacus' per-layer hooks see every parameter use of ``model``."""
+    from lsc4rec.models.solid.dual_model import SolidRecommender
+
+    return not isinstance(model, TTT4Rec | SolidRecommender)
+
+
+# ---------------------------------------------------------------------- training
+
+
+class _RowLoss(torch.nn.Module):
+    """The wrapped SRM's per-sequence loss as a ``forward``, so that ``functional_call`` can swap weights."""
+
+    def __init__(self, model: SequentialRecommender, loss: str) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-row losses ``[B]``."""
+        return per_sequence_loss(self.loss, self.model, inputs, targets, negatives)
+
+
+def _per_sample_grads(
+    wrapper: _RowLoss,
+    params: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """Gradient of every row's own loss w.r.t. every trainable parameter: ``{name: [B, *shape]}``."""
+    buffers = dict(wrapper.named_buffers())
+
+    def row_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, neg: torch.Tensor | None):
+        batched_neg = None if neg is None else neg.unsqueeze(0) if neg.dim() == 3 else neg
+        out = functional_call(wrapper, ({**p, **buffers}), (x.unsqueeze(0), y.unsqueeze(0), batched_neg))
+        return out.squeeze(0)
+
+    # bce negatives are per position ([B, L, n]: one slice per row); sampled-softmax ones are shared ([C]).
+    negative_dim = 0 if negatives is not None and negatives.dim() == 3 else None
+    compute = vmap(grad(row_loss), in_dims=(None, 0, 0, negative_dim), randomness="different")
+    return compute(params, inputs, targets, negatives)
+
+
+@dataclass
+class PrivateRoundResult:
+    """One node's DP-SGD round: metrics for the reply and the updated ledger."""
+
+    metrics: dict[str, float]
+    history: list[HistoryEntry]
+    trained: bool
+
+
+def train_on_shard_private(
+    model: SequentialRecommender,
+    train_sequences: Sequence[Sequence[int]],
+    settings: TrainSettings,
+    privacy: PrivacySettings,
+    max_len: int,
+    local_epochs: int,
+    planned_rounds: int,
+    num_devices: int,
+    seed: int,
+    history: Sequence[HistoryEntry] = (),
+    label: str = "node",
+) -> PrivateRoundResult:
+    """Train ``model`` in place with DP-SGD for ``local_epochs`` over ``train_sequences`` (one per device).
+
+    ``history`` is the node's ledger from earlier rounds; the result holds it extended by this round. When
+    this round would take ε past the budget, nothing is trained and ``trained`` is False. Metrics:
+    ``epsilon`` (cumulative, at ``delta``), ``delta``, ``noise-multiplier``, ``sample-rate``,
+    ``clipped-fraction`` (share of per-sample gradients the clipping norm cut), ``num-examples``,
+    ``train_loss``, ``grad-sample-mode`` (0 hooks, 1 functorch).
+    """
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+
+    batches = TrainBatches(train_sequences, max_len, settings.batch_size, seed=seed)
+    if batches.num_examples == 0:
+        raise ValueError(f"{label}: no device has a sequence with 2+ training items")
+    batch_size = privacy.batch_size or settings.batch_size
+    plan = plan_for(privacy, batches.num_examples, batch_size, local_epochs, planned_rounds, num_devices)
+    history = list(history)
+    this_round = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_epoch * local_epochs)
+    spent = epsilon_of(history, plan.delta)
+    after = epsilon_of([*history, this_round], plan.delta)
+    base_metrics = {
+        "delta": plan.delta,
+        "noise-multiplier": plan.noise_multiplier,
+        "sample-rate": plan.sample_rate,
+        "devices": float(batches.num_examples),
+    }
+    budget = privacy.budget
+    if budget is not None and after > budget * (1 + 1e-9):
+        logger.warning(
+            "%s: privacy budget spent (epsilon %.3f; one more round would reach %.3f > %.3f): not training",
+            label,
+            spent,
+            after,
+            budget,
+        )
+        metrics = {**base_metrics, "epsilon": spent, "privacy-exhausted": 1.0, "num-examples": 0.0}
+        return PrivateRoundResult(metrics, history, trained=False)
+
+    mode = resolve_grad_sample_mode(privacy, model, settings.loss)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    with warnings.catch_warnings():
+        # Opacus warns about secure_mode and its own RNG; seeds here are for reproducible experiments.
+        warnings.simplefilter("ignore")
+        trainable = ModuleValidator.fix(model) if mode == "hooks" else model
+        optimizer = settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
+        loader = DataLoader(
+            TensorDataset(batches.inputs, batches.targets),
+            batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        engine = PrivacyEngine(accountant="rdp")
+        engine.accountant.history = list(history)
+        wrapped, dp_optimizer, dp_loader = engine.make_private(
+            module=trainable,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=privacy.clipping_norm,
+            grad_sample_mode="hooks" if mode == "hooks" else "no_op",
+            noise_generator=torch.Generator().manual_seed(seed + 1),
+        )
+    trainable.train()
+    row_loss = _RowLoss(trainable, settings.loss)
+    # Names as the wrapper sees them ("model.<name>"), which is what functional_call swaps.
+    named = [(n, p) for n, p in row_loss.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in named], [p for _, p in named]
+    losses, clipped, seen = [], 0, 0
+    for _ in range(local_epochs):
+        for inputs, targets in dp_loader:
+            dp_optimizer.zero_grad(set_to_none=True)
+            rows = inputs.size(0)
+            if rows == 0:
+                # An empty Poisson batch still takes a step: the noise is part of the mechanism.
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            else:
+                negatives = draw_negatives(
+                    settings.loss, model.num_items, targets, settings.num_negatives, generator
+                )
+                if mode == "hooks":
+                    per_row = per_sequence_loss(settings.loss, trainable, inputs, targets, negatives)
+                    with warnings.catch_warnings():
+                        # Opacus' hooks on the item embedding fire for an integer input (no input grad).
+                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                        per_row.mean().backward()
+                    losses.append(float(per_row.detach().mean()))
+                else:
+                    values = {n: p.detach() for n, p in zip(names, params, strict=True)}
+                    grads = _per_sample_grads(row_loss, values, inputs, targets, negatives)
+                    for name, p in zip(names, params, strict=True):
+                        p.grad_sample = grads[name]
+                    with torch.no_grad():
+                        losses.append(float(row_loss(inputs, targets, negatives).mean()))
+                norms = torch.stack(
+                    [p.grad_sample.reshape(rows, -1).norm(dim=1) for p in params], dim=1
+                ).norm(dim=1)
+                clipped += int((norms > privacy.clipping_norm).sum())
+                seen += rows
+            dp_optimizer.step()
+    if mode == "hooks":
+        wrapped._close()  # remove Opacus' hooks from the module
+        # DPGRU keeps the nn.GRU parameter names as aliases; copy every original key back.
+        fixed_state = trainable.state_dict()
+        model.load_state_dict({key: fixed_state[key] for key in model.state_dict()})
+    new_history = [(float(n), float(q), int(s)) for n, q, s in engine.accountant.history]
+    epsilon = epsilon_of(new_history, plan.delta)
+    metrics = {
+        **base_metrics,
+        "epsilon": epsilon,
+        "privacy-exhausted": 0.0,
+        "num-examples": float(batches.num_targets),
+        "train_loss": sum(losses) / max(len(losses), 1),
+        "clipped-fraction": clipped / max(seen, 1),
+        "grad-sample-mode": 0.0 if mode == "hooks" else 1.0,
+    }
+    return PrivateRoundResult(metrics, new_history, trained=True)

@@ -1,0 +1,89 @@
+"""Privacy settings shared by the devices (local DP-SGD) and the server (central DP): ``conf/privacy/``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["GRAD_SAMPLE_MODES", "HOOK_SAFE_LOSSES", "PRIVACY_MODES", "PrivacySettings"]
+
+PRIVACY_MODES = ("none", "local", "central")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch")
+#: Losses whose every parameter use Opacus' per-layer hooks see (see ``models/srm/base.py``).
+HOOK_SAFE_LOSSES = ("sampled_softmax", "bce")
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """What ``conf/privacy/*.yaml`` configures (see there for each key)."""
+
+    mode: str = "none"
+    noise_multiplier: float = 0.0
+    target_epsilon: float | None = None
+    max_epsilon: float | None = None
+    delta: float | None = None
+    clipping_norm: float = 1.0
+    batch_size: int = 0
+    grad_sample_mode: str = "auto"
+    central_clipping: str = "server"
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRIVACY_MODES:
+            raise ValueError(f"privacy.mode must be one of {PRIVACY_MODES}, got {self.mode!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(
+                f"privacy.grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}"
+            )
+        if self.central_clipping not in ("server", "client"):
+            raise ValueError(
+                f"privacy.central_clipping must be server or client, got {self.central_clipping!r}"
+            )
+        if not self.clipping_norm > 0:
+            raise ValueError(f"privacy.clipping_norm must be > 0, got {self.clipping_norm}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        for name in ("target_epsilon", "max_epsilon"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"privacy.{name} must be > 0 (or null), got {value}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ValueError(f"privacy.delta must be in (0, 1) (or null = 1/devices), got {self.delta}")
+        if self.batch_size < 0:
+            raise ValueError(f"privacy.batch_size must be >= 0 (0 = train.batch_size), got {self.batch_size}")
+        if self.mode != "none" and self.target_epsilon is None and self.noise_multiplier == 0:
+            raise ValueError(
+                f"privacy.mode={self.mode} needs privacy.noise_multiplier > 0 or privacy.target_epsilon"
+            )
+
+    @classmethod
+    def from_config(cls, section: Mapping) -> PrivacySettings:
+        """Settings from the ``privacy`` config section (null/absent keys take the defaults)."""
+
+        def number(key: str) -> float | None:
+            value = section.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            mode=str(section.get("mode", "none")),
+            noise_multiplier=float(section.get("noise_multiplier") or 0.0),
+            target_epsilon=number("target_epsilon"),
+            max_epsilon=number("max_epsilon"),
+            delta=number("delta"),
+            clipping_norm=float(section.get("clipping_norm", 1.0)),
+            batch_size=int(section.get("batch_size") or 0),
+            grad_sample_mode=str(section.get("grad_sample_mode", "auto")),
+            central_clipping=str(section.get("central_clipping", "server")),
+        )
+
+    def resolved_delta(self, num_devices: int) -> float:
+        """δ: the configured value, else 1 / the number of devices in the whole population."""
+        if self.delta is not None:
+            return self.delta
+        if num_devices < 2:
+            raise ValueError(f"privacy.delta=null means 1/devices, but there are {num_devices} devices")
+        return 1.0 / num_devices
+
+    @property
+    def budget(self) -> float | None:
+        """The ε a device may not exceed: ``max_epsilon``, else ``target_epsilon``, else none."""
+        return self.max_epsilon if self.max_epsilon is not None else self.target_epsilon

@@ -1,0 +1,211 @@
+"""Privacy on the server side: central DP around the SRM strategy, and the round's privacy metrics.
+
+Central DP (``privacy.mode=central``) wraps :class:`~lsc4rec.strategies.srm.SRMStrategy` in Flower's own
+fixed-clipping wrappers (``DifferentialPrivacyServerSideFixedClipping`` or, with
+``privacy.central_clipping=client``, ``DifferentialPrivacyClientSideFixedClipping`` plus the client mod in
+:mod:`lsc4rec.client.privacy_mods`): every node's update is clipped to ``clipping_norm`` and the average
+gets Gaussian noise of standard deviation ``noise_multiplier * clipping_norm / nodes sampled``. The privacy
+unit is a **node** (all devices it hosts). The wrapped strategy averages with equal node weights, which is
+what that noise calibration assumes.
+
+Flower's own accountant refuses strategies other than its ``FedAvg``, so :class:`CentralDP` composes the
+same Gaussian events into Flower's ``RdpAccountant`` itself (no amplification by sampling, as Flower's
+fixed-clipping accounting requires), reports ε each round and checkpoints the accountant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+
+from lsc4rec.strategies.srm import NodeFailure, SRMStrategy
+
+logger = logging.getLogger(__name__)
+
+
+def _accountant(delta: float, population: int):
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+
+    return RdpAccountant(
+        PrivacyConfig(
+            target_delta=delta,
+            population_size=population,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            max_epsilon=None,
+        )
+    )
+
+
+def _gaussian_event(noise_multiplier: float, sample_size: int, population: int):
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    return GaussianPrivacyEvent(
+        noise_multiplier=noise_multiplier, sample_size=sample_size, population_size=population
+    )
+
+
+def central_epsilon(noise_multiplier: float, rounds: int, delta: float, nodes: int) -> float:
+    """ε after ``rounds`` releases of the Gaussian mechanism with ``noise_multiplier`` (Flower's RDP)."""
+    accountant = _accountant(delta, nodes)
+    for _ in range(rounds):
+        accountant.compose(_gaussian_event(noise_multiplier, nodes, nodes))
+    return float(accountant.get_privacy_spent().epsilon)
+
+
+def central_noise_for_target(target_epsilon: float, rounds: int, delta: float, nodes: int) -> float:
+    """The smallest noise multiplier (to 0.1%) keeping ε <= ``target_epsilon`` after ``rounds`` releases."""
+    low, high = 0.01, 1.0
+    while central_epsilon(high, rounds, delta, nodes) > target_epsilon:
+        high *= 2
+        if high > 1e4:
+            raise ValueError(f"no noise multiplier reaches epsilon={target_epsilon} in {rounds} rounds")
+    while (high - low) / high > 1e-3:
+        middle = (low + high) / 2
+        if central_epsilon(middle, rounds, delta, nodes) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+class CentralDP(Strategy):
+    """Central DP around the SRM strategy: Flower's fixed-clipping wrapper plus Flower's RDP accounting.
+
+    Exposes what the server's round loop uses from :class:`SRMStrategy` (failures, checkpoint state).
+    ``max_epsilon`` stops training (no more releases) once the next round would exceed it.
+    """
+
+    def __init__(
+        self,
+        inner: SRMStrategy,
+        noise_multiplier: float,
+        clipping_norm: float,
+        num_sampled_nodes: int,
+        delta: float,
+        clipping: str = "server",
+        max_epsilon: float | None = None,
+    ) -> None:
+        """Wrap ``inner`` (which must weight nodes equally) for ``num_sampled_nodes`` nodes per round."""
+        super().__init__()
+        if not inner.uniform_weights:
+            raise ValueError("central DP needs an SRM strategy that weights nodes equally (uniform_weights)")
+        if inner.row_weighting:
+            raise ValueError("central DP cannot use strategy.row_weighting (the counts are not private)")
+        if noise_multiplier <= 0:
+            raise ValueError(f"central DP needs privacy.noise_multiplier > 0, got {noise_multiplier}")
+        wrapper = {
+            "server": DifferentialPrivacyServerSideFixedClipping,
+            "client": DifferentialPrivacyClientSideFixedClipping,
+        }[clipping]
+        self.inner = inner
+        self.clipping = clipping
+        self.dp = wrapper(inner, noise_multiplier, clipping_norm, num_sampled_nodes)
+        self.noise_multiplier = noise_multiplier
+        self.num_sampled_nodes = num_sampled_nodes
+        self.delta = delta
+        self.max_epsilon = max_epsilon
+        self.accountant = _accountant(delta, num_sampled_nodes)
+        self._pending: dict[int, int] = {}
+
+    # What the round loop reads from the SRM strategy.
+    @property
+    def failures(self) -> list:
+        """The wrapped strategy's failure log."""
+        return self.inner.failures
+
+    def epsilon(self) -> float:
+        """ε spent so far (0 before the first release)."""
+        return float(self.accountant.get_privacy_spent().epsilon) if self._released() else 0.0
+
+    def _released(self) -> int:
+        releases = self.accountant.num_releases
+        return int(releases() if callable(releases) else releases)
+
+    def _epsilon_after_release(self) -> float:
+        probe = _accountant(self.delta, self.num_sampled_nodes)
+        probe.load_state_dict(self.accountant.state_dict())
+        probe.compose(_gaussian_event(self.noise_multiplier, self.num_sampled_nodes, self.num_sampled_nodes))
+        return float(probe.get_privacy_spent().epsilon)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped strategy's state plus the accountant's."""
+        return {"inner": self.inner.state_dict(), "accountant": self.accountant.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.inner.load_state_dict(state["inner"])
+        self.accountant.load_state_dict(state["accountant"])
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The wrapped strategy's messages (with the clipping norm for client-side clipping), or none once
+        another release would exceed ``max_epsilon``."""
+        if self.max_epsilon is not None and self._epsilon_after_release() > self.max_epsilon * (1 + 1e-9):
+            logger.warning(
+                "round %d: central DP budget spent (epsilon %.3f of %.3f): no training this round",
+                server_round,
+                self.epsilon(),
+                self.max_epsilon,
+            )
+            return []
+        messages = list(self.dp.configure_train(server_round, arrays, config, grid))
+        self._pending[server_round] = len(messages)
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Clip (server-side), aggregate, add the noise, account the release; metrics gain ``epsilon``."""
+        sent = self._pending.pop(server_round, 0)
+        if sent == 0:
+            return None, MetricRecord({"privacy-exhausted": 1.0, "epsilon": self.epsilon()})
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_error():
+                # Flower's DP wrappers skip the whole aggregation when any node errs (the noise is calibrated
+                # to the sampled node count); record who failed, as the SRM strategy would.
+                node = reply.metadata.src_node_id
+                reason = f"client error {reply.error.code}: {reply.error.reason} (round skipped: central DP)"
+                self.inner.failures.append(NodeFailure(server_round, "train", node, reason))
+                logger.warning("round %d train: node %d failed: %s", server_round, node, reason)
+        arrays, metrics = self.dp.aggregate_train(server_round, replies)
+        out = dict(metrics or {})
+        if arrays is not None:
+            self.accountant.compose(_gaussian_event(self.noise_multiplier, sent, self.num_sampled_nodes))
+        out.update(
+            {"epsilon": self.epsilon(), "delta": self.delta, "noise-multiplier": self.noise_multiplier}
+        )
+        return arrays, MetricRecord(out)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Client-side evaluation as the wrapped strategy does it."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Evaluation metrics as the wrapped strategy aggregates them."""
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """Log the DP settings and the wrapped strategy's."""
+        logger.info(
+            "central DP (%s-side clipping): noise multiplier %.4f, clip %.4f, %d nodes/round, delta %g",
+            self.clipping,
+            self.noise_multiplier,
+            self.dp.clipping_norm,
+            self.num_sampled_nodes,
+            self.delta,
+        )
+        self.inner.summary()
