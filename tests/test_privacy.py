@@ -1,0 +1,438 @@
+"""Privacy: per-sequence losses, per-sample gradients, DP-SGD with a cross-round ledger, central DP."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_pattern_dataset
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.task_identity import TaskIdentity
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+from lsc4rec.client.privacy_mods import central_dp_clipping_mod
+from lsc4rec.client.private_training import (
+    _per_sample_grads,
+    _RowLoss,
+    history_from_lists,
+    history_to_lists,
+    plan_for,
+    train_on_shard_private,
+)
+from lsc4rec.config import config_from_run_config
+from lsc4rec.data.partition import federation_size, partition_users
+from lsc4rec.models.srm import build_srm
+from lsc4rec.models.srm.losses import draw_negatives, full_softmax_loss, per_sequence_loss
+from lsc4rec.privacy import PrivacySettings
+from lsc4rec.server.federated import run_federated
+from lsc4rec.simulations.inprocess import InProcessGrid
+from lsc4rec.simulations.privacy_sweep import random_ndcg
+from lsc4rec.strategies import SRMStrategy
+from lsc4rec.strategies.privacy import CentralDP, central_epsilon, central_noise_for_target
+from lsc4rec.training import TrainSettings
+
+NUM_ITEMS = 40
+
+
+def sequences(count: int, seed: int = 0, low: int = 3, high: int = 12) -> list[list[int]]:
+    """Random item sequences (ids 1..NUM_ITEMS) of random lengths in [low, high)."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randint(
+            1, NUM_ITEMS + 1, (int(torch.randint(low, high, (1,), generator=g)),), generator=g
+        ).tolist()
+        for _ in range(count)
+    ]
+
+
+def padded(seqs: list[list[int]], max_len: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) left-padded as the training batches build them."""
+    inputs = torch.zeros(len(seqs), max_len, dtype=torch.long)
+    targets = torch.zeros_like(inputs)
+    for row, seq in enumerate(seqs):
+        seq = seq[-(max_len + 1) :]
+        inputs[row, max_len - len(seq) + 1 :] = torch.tensor(seq[:-1])
+        targets[row, max_len - len(seq) + 1 :] = torch.tensor(seq[1:])
+    return inputs, targets
+
+
+def settings(loss: str = "sampled_softmax", batch_size: int = 16) -> TrainSettings:
+    return TrainSettings(loss=loss, num_negatives=12, batch_size=batch_size, lr=5e-3, progress=False)
+
+
+# ---------------------------------------------------------------------- losses and per-sample gradients
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "bce"])
+def test_per_sequence_loss_of_a_row_depends_on_that_row_only(loss: str) -> None:
+    torch.manual_seed(0)
+    model = build_srm("sasrec", NUM_ITEMS, hidden_size=8, dropout=0.0).eval()
+    inputs, targets = padded(sequences(5, seed=1))
+    negatives = draw_negatives(loss, NUM_ITEMS, targets, 6, torch.Generator().manual_seed(0))
+    together = per_sequence_loss(loss, model, inputs, targets, negatives)
+    for row in range(5):
+        own = negatives if negatives is None or negatives.dim() == 1 else negatives[row : row + 1]
+        alone = per_sequence_loss(loss, model, inputs[row : row + 1], targets[row : row + 1], own)
+        torch.testing.assert_close(together[row : row + 1], alone)
+    if loss == "ce":
+        # A row's value is the plain next-item cross-entropy averaged over that row's own positions.
+        torch.testing.assert_close(together[2], full_softmax_loss(model, inputs[2:3], targets[2:3]))
+
+
+def test_functorch_per_sample_gradients_match_opacus_hooks_and_add_up() -> None:
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    model = build_srm("sasrec", NUM_ITEMS, hidden_size=8, dropout=0.0)
+    inputs, targets = padded(sequences(6, seed=2))
+    negatives = draw_negatives("sampled_softmax", NUM_ITEMS, targets, 10, torch.Generator().manual_seed(3))
+    wrapper = _RowLoss(model, "sampled_softmax")
+    params = {n: p.detach() for n, p in wrapper.named_parameters()}
+    ours = _per_sample_grads(wrapper, params, inputs, targets, negatives)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hooked = GradSampleModule(model, loss_reduction="sum")
+        per_sequence_loss("sampled_softmax", model, inputs, targets, negatives).sum().backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(ours[f"model.{name}"], param.grad_sample, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(ours[f"model.{name}"].sum(0), param.grad, atol=1e-6, rtol=1e-4)
+    hooked._close()
+
+
+# ---------------------------------------------------------------------- accounting
+
+
+def test_ledger_round_trips_and_rejects_a_corrupt_record() -> None:
+    history = [(1.1, 0.25, 8), (0.9, 0.5, 4)]
+    assert history_from_lists(history_to_lists(history)) == history
+    assert history_from_lists(None) == []
+    with pytest.raises(ValueError, match="ledger is corrupt: 2 noise, 1 rate and 2 steps"):
+        history_from_lists({"noise": [1.0, 1.0], "rate": [0.5], "steps": [1, 2]})
+
+
+def test_epsilon_grows_with_rounds_exactly_as_the_rdp_accountant_predicts() -> None:
+    seqs = sequences(64, seed=4)
+    model = build_srm("sasrec", NUM_ITEMS, hidden_size=8)
+    privacy = PrivacySettings(mode="local", noise_multiplier=1.2, clipping_norm=0.5, delta=1e-3)
+    history: list = []
+    epsilons = []
+    for server_round in range(1, 4):
+        result = train_on_shard_private(
+            model, seqs, settings(), privacy, 10, 1, planned_rounds=3, num_devices=64, seed=server_round,
+            history=history,
+        )  # fmt: skip
+        history = result.history
+        epsilons.append(result.metrics["epsilon"])
+        assert result.trained and result.metrics["sample-rate"] == pytest.approx(0.25)
+    # 64 devices in Poisson batches of 16 expected: q = 1/4, 4 steps per round; three rounds = 12 steps.
+    assert [s for _, _, s in history] == [12]
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    for steps, got in zip((4, 8, 12), epsilons, strict=True):
+        rdp = compute_rdp(q=0.25, noise_multiplier=1.2, steps=steps, orders=orders)
+        expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-3)
+        assert got == pytest.approx(expected, rel=1e-6)
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+
+
+def test_noise_from_target_epsilon_lands_on_it_and_a_spent_budget_stops_training(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seqs = sequences(48, seed=5)
+    model = build_srm("gru4rec", NUM_ITEMS, hidden_size=8)
+    privacy = PrivacySettings(mode="local", target_epsilon=3.0, clipping_norm=1.0)
+    history: list = []
+    for server_round in (1, 2):
+        result = train_on_shard_private(
+            model, seqs, settings("bce"), privacy, 10, 2, planned_rounds=2, num_devices=48,
+            seed=server_round, history=history,
+        )  # fmt: skip
+        history = result.history
+    assert 2.95 <= result.metrics["epsilon"] <= 3.0
+    assert result.metrics["delta"] == pytest.approx(1 / 48)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        third = train_on_shard_private(
+            model, seqs, settings("bce"), privacy, 10, 2, planned_rounds=2, num_devices=48, seed=3,
+            history=history, label="partition 7",
+        )  # fmt: skip
+    assert (
+        not third.trained and third.metrics["privacy-exhausted"] == 1.0 and third.metrics["num-examples"] == 0
+    )
+    assert third.history == history and third.metrics["epsilon"] == pytest.approx(result.metrics["epsilon"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "partition 7: privacy budget spent" in caplog.text
+
+
+def test_plan_and_settings_errors_name_the_key() -> None:
+    with pytest.raises(ValueError, match=r"privacy.mode must be one of"):
+        PrivacySettings(mode="global")
+    with pytest.raises(ValueError, match=r"needs privacy.noise_multiplier > 0 or privacy.target_epsilon"):
+        PrivacySettings(mode="local")
+    with pytest.raises(ValueError, match=r"privacy.clipping_norm must be > 0"):
+        PrivacySettings(mode="local", noise_multiplier=1.0, clipping_norm=0.0)
+    with pytest.raises(ValueError, match="1/devices, but there are 1 devices"):
+        PrivacySettings(mode="local", noise_multiplier=1.0).resolved_delta(1)
+    plan = plan_for(PrivacySettings(mode="local", noise_multiplier=1.0), 100, 32, 1, 5, 1000)
+    assert plan.steps_per_epoch == 4 and plan.sample_rate == 0.25 and plan.delta == pytest.approx(1e-3)
+    hooks = PrivacySettings(mode="local", noise_multiplier=1.0, grad_sample_mode="hooks")
+    with pytest.raises(ValueError, match=r"grad_sample_mode=hooks cannot train SASRec with train.loss=ce"):
+        train_on_shard_private(
+            build_srm("sasrec", NUM_ITEMS, hidden_size=8), sequences(8), settings("ce"), hooks, 10, 1, 1, 8, 0
+        )
+
+
+# ---------------------------------------------------------------------- DP-SGD itself
+
+
+def _first_step_sums(monkeypatch: pytest.MonkeyPatch) -> list[list[torch.Tensor]]:
+    """Record, at every DP step, the clipped per-sample gradient sums (before noise) of every parameter."""
+    from opacus.optimizers.optimizer import DPOptimizer
+
+    recorded: list[list[torch.Tensor]] = []
+    original = DPOptimizer.add_noise
+
+    def spy(self: DPOptimizer) -> None:
+        recorded.append([p.summed_grad.detach().clone() for p in self.params])
+        original(self)
+
+    monkeypatch.setattr(DPOptimizer, "add_noise", spy)
+    return recorded
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_per_sample_clipping_bounds_each_devices_influence(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swapping one device's sequence moves the pre-noise gradient sum by at most 2C, whatever its data."""
+    clip = 0.05
+    privacy = PrivacySettings(mode="local", noise_multiplier=1.0, clipping_norm=clip, grad_sample_mode=mode)
+    base = sequences(12, seed=6)
+    # One device with a long, erratic sequence: its raw gradient is far larger than the clipping norm.
+    outlier = [((7 * i) % NUM_ITEMS) + 1 for i in range(40)]
+    sums = []
+    for data in (base, [*base[:5], outlier, *base[6:]]):
+        recorded = _first_step_sums(monkeypatch)
+        torch.manual_seed(0)
+        model = build_srm("sasrec", NUM_ITEMS, hidden_size=8, dropout=0.0)
+        # batch_size >= devices: Poisson rate 1, every device is in the (single) batch.
+        train_on_shard_private(model, data, settings(batch_size=12), privacy, 10, 1, 1, 12, seed=0)
+        sums.append(recorded[0])
+    change = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(*sums, strict=True)))
+    assert 0 < change <= 2 * clip * (1 + 1e-4)
+    # Without clipping the same swap would move the sum far more: the bound is the clipping, not the data.
+    torch.manual_seed(0)
+    model = build_srm("sasrec", NUM_ITEMS, hidden_size=8, dropout=0.0)
+    negatives = draw_negatives("sampled_softmax", NUM_ITEMS, padded([outlier])[1], 12, torch.Generator())
+    per_sequence_loss("sampled_softmax", model, *padded([outlier]), negatives).sum().backward()
+    raw = math.sqrt(sum(float((p.grad**2).sum()) for p in model.parameters()))
+    assert raw > 10 * clip
+
+
+@pytest.mark.parametrize(("name", "loss", "expected_mode"), [
+    ("sasrec", "sampled_softmax", 0.0),
+    ("gru4rec", "bce", 0.0),
+    ("din", "sampled_softmax", 0.0),
+    ("ttt4rec", "ce", 1.0),
+    ("sasrec", "ce", 1.0),
+])  # fmt: skip
+def test_every_srm_is_dp_trainable(name: str, loss: str, expected_mode: float) -> None:
+    torch.manual_seed(0)
+    model = build_srm(name, NUM_ITEMS, hidden_size=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    privacy = PrivacySettings(mode="local", noise_multiplier=0.8, clipping_norm=1.0)
+    result = train_on_shard_private(
+        model, sequences(40, seed=7), settings(loss), privacy, 10, 1, 3, 40, seed=1
+    )
+    assert result.metrics["grad-sample-mode"] == expected_mode
+    assert set(model.state_dict()) == set(before)  # DPGRU's parameter names map back to nn.GRU's
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert set(trainable) <= set(changed)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert math.isfinite(result.metrics["train_loss"]) and 0 <= result.metrics["clipped-fraction"] <= 1
+
+
+# ---------------------------------------------------------------------- central DP pieces
+
+
+@pytest.fixture()
+def task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+
+
+def test_client_clipping_mod_clips_only_when_the_server_asks(task_identity: None) -> None:
+    received = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+
+    def message(config: dict) -> Message:
+        return Message(
+            RecordDict({"arrays": received, "config": ConfigRecord(config)}),
+            dst_node_id=1,
+            message_type="train",
+        )
+
+    def trained(msg: Message, context: Context) -> Message:
+        update = ArrayRecord({"w": Array(np.full(4, 3.0, dtype=np.float32))})  # norm 6
+        return Message(
+            RecordDict({"arrays": update, "metrics": MetricRecord({"num-examples": 1.0})}), reply_to=msg
+        )
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    clipped = central_dp_clipping_mod(message({KEY_CLIPPING_NORM: 1.5}), context, trained)
+    np.testing.assert_allclose(np.linalg.norm(clipped.content["arrays"]["w"].numpy()), 1.5, rtol=1e-5)
+    untouched = central_dp_clipping_mod(message({"server-round": 1}), context, trained)
+    np.testing.assert_allclose(untouched.content["arrays"]["w"].numpy(), 3.0)
+
+
+def test_central_noise_for_target_and_accountant_state_round_trip() -> None:
+    noise = central_noise_for_target(4.0, rounds=5, delta=1e-3, nodes=10)
+    assert 3.99 <= central_epsilon(noise, 5, 1e-3, 10) <= 4.0
+    assert central_epsilon(noise * 1.01, 5, 1e-3, 10) < central_epsilon(noise, 5, 1e-3, 10)
+    inner = SRMStrategy(uniform_weights=True)
+    dp = CentralDP(inner, noise_multiplier=noise, clipping_norm=1.0, num_sampled_nodes=10, delta=1e-3)
+    dp.accountant.compose(_event(noise))
+    copy = CentralDP(SRMStrategy(uniform_weights=True), noise, 1.0, 10, 1e-3)
+    copy.load_state_dict(dp.state_dict())
+    assert copy.epsilon() == pytest.approx(dp.epsilon()) and dp.epsilon() > 0
+    with pytest.raises(ValueError, match="weights nodes equally"):
+        CentralDP(SRMStrategy(), noise, 1.0, 10, 1e-3)
+
+
+def _event(noise: float):
+    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+
+    return GaussianPrivacyEvent(noise_multiplier=noise, sample_size=10, population_size=10)
+
+
+def test_federation_size_counts_capped_shards() -> None:
+    for users, parts, cap in ((103, 4, 0), (103, 4, 20), (103, 4, 30), (10, 10, 1)):
+        expected = sum(
+            min(len(partition_users(users, parts, p, 0)), cap)
+            if cap
+            else len(partition_users(users, parts, p, 0))
+            for p in range(parts)
+        )
+        assert federation_size(users, parts, cap) == expected
+
+
+# ---------------------------------------------------------------------- federated runs
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    return write_pattern_dataset(tmp_path / "pattern.txt", num_users=240, num_items=60)
+
+
+def federated(data: Path, out: Path, *extra: str) -> tuple[dict, list[dict]]:
+    base = [
+        "data.name=pattern",
+        f"data.path={data}",
+        "data.max_len=10",
+        "eval.sampled_negatives=20",
+        "train.lr=0.005",
+        "train.progress=false",
+        "model.dropout=0.1",
+        "federated.num_supernodes=4",
+        *extra,
+    ]
+    run_config = {"overrides": " ".join(base)}
+    summary = run_federated(InProcessGrid(4, run_config), config_from_run_config(run_config), out)
+    return summary, json.loads((out / "metrics.json").read_text())["rounds"]
+
+
+def test_local_dp_run_reports_cumulative_epsilon_and_still_beats_random(data: Path, tmp_path: Path) -> None:
+    summary, rounds = federated(
+        data,
+        tmp_path / "local",
+        "federated.rounds=3",
+        "privacy.mode=local",
+        "privacy.target_epsilon=8",
+        "train.loss=sampled_softmax",
+        "train.num_negatives=30",
+    )
+    epsilons = [row["train"]["epsilon-max"] for row in rounds]
+    assert epsilons[0] < epsilons[1] < epsilons[2] <= 8.0 and epsilons[2] > 7.9
+    assert all(row["train"]["epsilon-mean"] == pytest.approx(row["train"]["epsilon-max"]) for row in rounds)
+    assert summary["privacy"]["epsilon"] == pytest.approx(epsilons[2])
+    assert summary["privacy"]["delta"] == pytest.approx(1 / 240)
+    floor = random_ndcg(60)
+    assert summary["test_last_round"]["full"]["NDCG@10"] > 2 * floor
+
+
+def test_nodes_out_of_budget_stop_without_counting_as_failures(data: Path, tmp_path: Path) -> None:
+    # Noise 3, every device in the one step of a round (60 devices, batches of 128): epsilon 0.79 after
+    # round 1, 1.21 after round 2 (> the 1.0 budget).
+    summary, rounds = federated(
+        data,
+        tmp_path / "budget",
+        "federated.rounds=3",
+        "privacy.mode=local",
+        "privacy.noise_multiplier=3.0",
+        "privacy.max_epsilon=1.0",
+        "train.loss=sampled_softmax",
+        "train.num_negatives=30",
+    )
+    assert rounds[0]["train"]["valid-replies"] == 4 and rounds[0]["train"]["privacy-stopped"] == 0
+    for row in rounds[1:]:
+        assert row["train"]["privacy-stopped"] == 4 and row["train"]["valid-replies"] == 0
+        assert row["train"]["epsilon-max"] == pytest.approx(rounds[0]["train"]["epsilon-max"])
+    assert summary["failures"] == 0
+
+
+def test_central_dp_run_with_client_side_clipping_accounts_every_round(data: Path, tmp_path: Path) -> None:
+    summary, rounds = federated(
+        data,
+        tmp_path / "central",
+        "federated.rounds=2",
+        "privacy.mode=central",
+        "privacy.central_clipping=client",
+        "privacy.noise_multiplier=0.7",
+        "privacy.clipping_norm=0.5",
+    )
+    delta = 1 / 240
+    for number, row in enumerate(rounds, start=1):
+        assert row["train"]["epsilon"] == pytest.approx(central_epsilon(0.7, number, delta, 4), rel=1e-6)
+        assert row["train"]["valid-replies"] == 4
+    assert summary["privacy"]["mode"] == "central" and summary["privacy"]["epsilon"] > 0
+
+
+def test_dp_refuses_settings_that_would_leak(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="row_weighting sends per-item counts in clear"):
+        federated(
+            data,
+            tmp_path / "x",
+            "privacy.mode=local",
+            "privacy.noise_multiplier=1",
+            "strategy.row_weighting=true",
+        )
+    with pytest.raises(ValueError, match=r"strategy.rule must be fedavg"):
+        federated(
+            data, tmp_path / "y", "privacy.mode=central", "privacy.noise_multiplier=1", "strategy=median"
+        )
+
+
+def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "lsc4rec.simulations.privacy_sweep",
+        "data.name=pattern", f"data.path={data}", "data.max_len=10", "eval.sampled_negatives=20",
+        "train.lr=0.005", "train.progress=false", "federated.rounds=2", "sweep.epsilons=[8]",
+        f"output_dir={tmp_path}", "run_name=sweep", "threads=1",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    names = [row["name"] for row in result["settings"]]
+    assert names == ["non-private", "local-eps8", "central-eps8"]
+    local = result["settings"][1]
+    assert 7.9 < local["epsilon"] <= 8.0 and local["NDCG@10"] > result["random_NDCG@10"]
+    assert (tmp_path / "sweep" / "privacy_sweep.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
+    assert saved["status"] == "completed" and len(saved["settings"]) == 3
