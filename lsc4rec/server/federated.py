@@ -34,7 +34,7 @@ from lsc4rec.privacy import PrivacySettings
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from lsc4rec.server.cloud import Cloud, start_cloud
-from lsc4rec.server.warm_start import warm_start_on_cloud
+from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy
 from lsc4rec.strategies.codebook import CodebookSync
 from lsc4rec.strategies.privacy import CentralDP, central_noise_for_target
@@ -124,6 +124,8 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
     split = leave_one_out(raw)
     max_len = int(cfg.data.max_len)
     model = build_model_from_config(cfg.model, split.num_items, max_len)
+    if cfg.federated.initial_weights and not bool(cfg.federated.resume):
+        load_initial_weights(model, Path(str(cfg.federated.initial_weights)))
     warm_start = (
         warm_start_on_cloud(model, cfg, split)
         if int(cfg.federated.warm_start_epochs) > 0 and not bool(cfg.federated.resume)

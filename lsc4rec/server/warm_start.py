@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from lsc4rec.config import to_plain_dict
@@ -60,3 +62,36 @@ def warm_start_on_cloud(
     }
     logger.info("warm start on the cloud's stale data: %s", report)
     return report
+
+
+def load_initial_weights(model: SequentialRecommender, path: Path) -> None:
+    """Load ``federated.initial_weights`` (a ``torch.save``-d state dict) into the global model.
+
+    Raises FileNotFoundError / ValueError naming the file and the mismatch, never a half-loaded model.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"federated.initial_weights: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a corrupt file
+        raise ValueError(
+            f"federated.initial_weights: {path} is not a readable state dict ({error})"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"federated.initial_weights: {path} holds a {type(state).__name__}, not a state dict"
+        )
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"federated.initial_weights: {path} does not fit {type(model).__name__}: "
+            f"missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(
+                f"federated.initial_weights: {path}: {key!r} has shape {tuple(state[key].shape)}, "
+                f"the model needs {tuple(value.shape)}"
+            )
+    model.load_state_dict(state)

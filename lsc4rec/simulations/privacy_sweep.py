@@ -8,8 +8,10 @@ the in-process grid unless ``sweep.runtime=flower``) from the same initial model
 (ε = ∞), then for each mode in ``sweep.modes`` and each ε in ``sweep.epsilons`` a run whose noise is derived
 so that the planned rounds end at that ε (``privacy.target_epsilon``; δ = ``privacy.delta`` or 1/devices). The
 metric is the **last** round's full-ranking test NDCG@10: picking the best round on the devices' validation
-items would itself spend privacy. Also random-recommender NDCG@10 as the floor. Writes ``metrics.json`` and
-``privacy_sweep.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
+items would itself spend privacy. Also random-recommender NDCG@10 as the floor. With
+``federated.warm_start_epochs`` the global SRM is first trained once on the cloud's stale data (what the cloud
+already holds, see :mod:`lsc4rec.server.warm_start`) and every setting starts from those weights. Writes
+``metrics.json`` and ``privacy_sweep.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import hydra
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -32,9 +35,11 @@ from lsc4rec.config import config_dir
 from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.federated import run_federated
+from lsc4rec.server.warm_start import warm_start_on_cloud
 from lsc4rec.simulations.federated import launch
 from lsc4rec.simulations.inprocess import InProcessGrid
 from lsc4rec.simulations.runs import begin_run
+from lsc4rec.training import build_model_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +121,19 @@ def main(cfg: DictConfig) -> None:
         o for o in HydraConfig.get().overrides.task if not o.startswith(("run_name=", "sweep."))
     ]
     split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    warm_start = None
+    if int(cfg.federated.warm_start_epochs) > 0:
+        # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.
+        model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
+        warm_start = warm_start_on_cloud(model, cfg, split)
+        torch.save(model.state_dict(), out / "warm_start.pt")
+        base_overrides = [
+            *[o for o in base_overrides if not o.startswith("federated.warm_start_epochs=")],
+            "federated.warm_start_epochs=0",
+            f"federated.initial_weights={out / 'warm_start.pt'}",
+        ]
+        cfg.federated.warm_start_epochs = 0
+        cfg.federated.initial_weights = str(out / "warm_start.pt")
     rows: list[dict[str, Any]] = []
     for setting in settings_of(cfg):
         logger.info("privacy sweep: %s", setting["name"])
@@ -149,6 +167,7 @@ def main(cfg: DictConfig) -> None:
         "rounds": int(cfg.federated.rounds),
         "nodes": int(cfg.federated.num_supernodes),
         "random_NDCG@10": floor,
+        "warm_start": warm_start,
         "settings": [
             {k: row[k] for k in ("name", "epsilon", METRIC, "fraction_of_non_private")} for row in rows
         ],
