@@ -7,8 +7,10 @@ Scores ``--candidates`` (50) candidates for one user with a history of ``--histo
 thread (torch and ONNX Runtime both), with the model configs of ``conf/model/`` and the Beauty catalogue
 (12,101 items). Reports p50/p99 milliseconds for each runtime, the speed-up, the ONNX file size, the largest
 score difference to PyTorch, and with ``--quantize`` the same for an int8 dynamically quantised file plus its
-ranking agreement with fp32 (top-10 overlap of the candidates over random histories; pass ``--state-dict`` to
-load trained SASRec weights so the agreement reflects a real model). Writes
+ranking agreement with fp32 (top-10 overlap of the candidates over random histories). ``--state-dict`` loads
+trained SASRec weights (Beauty); then the int8 accuracy cost is also measured where it matters: test NDCG@10
+and HR@10 of the fp32 and int8 ONNX files under the sampled protocol (target + 99 seeded negatives) for the
+first ``--accuracy-users`` Beauty test users. Writes
 ``outputs/benchmarks/onnx_latency.json`` and a PNG, prints ``RESULT {json}``. Targets: SASRec ORT p50 <= 1 ms
 and >= 2x faster than eager.
 """
@@ -32,6 +34,25 @@ from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.training import build_model_from_config
 
 BEAUTY_ITEMS = 12101
+
+
+def sampled_test_metrics(scorer: OnnxScorer, max_len: int, users: int) -> dict[str, float]:
+    """NDCG@10 / HR@10 of ``scorer`` on the first ``users`` Beauty test users (target + 99 negatives)."""
+    from lsc4rec.data import leave_one_out, load_dataset
+    from lsc4rec.metrics import RankingAccumulator, target_ranks
+    from lsc4rec.training import EvalSet
+
+    split = leave_one_out(load_dataset("beauty", None, "sequences"))
+    histories, targets = split.test_histories()[:users], split.test_targets[:users]
+    test = EvalSet.build("test", histories, targets, split.num_items, max_len, 256, sampled_negatives=99)
+    assert test.negatives is not None
+    accumulator = RankingAccumulator((10,))
+    for batch in test.batches:
+        candidates = torch.cat([batch.targets[:, None], test.negatives[batch.rows]], dim=1)
+        scores = scorer.score_candidates(batch.history.numpy(), candidates.numpy())
+        accumulator.add(target_ranks(torch.from_numpy(scores), torch.zeros_like(batch.targets)))
+    result = accumulator.compute()
+    return {"NDCG@10": round(result["NDCG@10"], 5), "HR@10": round(result["HR@10"], 5)}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -75,6 +96,7 @@ def main() -> None:
         "--quantize", action="store_true", help="also measure an int8 dynamically quantised file"
     )
     parser.add_argument("--state-dict", type=Path, default=None, help="trained SASRec model.pt (Beauty)")
+    parser.add_argument("--accuracy-users", type=int, default=5000, help="test users for the int8 accuracy")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -120,6 +142,12 @@ def main() -> None:
                 "max_abs_diff": float(np.abs(q_scores - reference).max()),
                 "top10_overlap_with_fp32": round(top10_overlap(q_scores, reference), 4),
             }
+            if args.state_dict is not None and name == "sasrec":
+                row["int8"]["test_sampled"] = {
+                    "fp32": sampled_test_metrics(scorer, args.history, args.accuracy_users),
+                    "int8": sampled_test_metrics(q_scorer, args.history, args.accuracy_users),
+                    "users": args.accuracy_users,
+                }
         rows[name] = row
         print(name, row, flush=True)
     sasrec = rows.get("sasrec")
