@@ -83,6 +83,11 @@ def test_corrupt_and_mismatched_files_are_refused_with_the_reason(tmp_path: Path
         OnnxScorer(truncated)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         OnnxScorer(tmp_path / "missing.onnx")
+    with pytest.raises(OnnxModelError, match=r"providers \['NoSuchExecutionProvider'\] are not available"):
+        OnnxScorer(path, providers=("NoSuchExecutionProvider", "CPUExecutionProvider"))
+    assert OnnxScorer(path, providers=("CPUExecutionProvider",)).session.get_providers() == [
+        "CPUExecutionProvider"
+    ]
     scorer = OnnxScorer(path)
     with pytest.raises(ValueError, match=r"item id 99, outside 0\.\.40"):
         scorer.score_candidates(np.array([[1, 99]]), np.array([[1]]))

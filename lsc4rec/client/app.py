@@ -246,7 +246,9 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         # The device ranks with ONNX Runtime: re-export this round's global model, then score through it.
         start = time.perf_counter()
         kinds = ("all",) if full_ranking else ("candidates",)
-        scorer = OnnxRecommender.export(model, _onnx_dir(context), int(cfg.data.max_len), kinds=kinds)
+        scorer = OnnxRecommender.export(
+            model, _onnx_dir(context), int(cfg.data.max_len), kinds=kinds, providers=tuple(cfg.onnx_providers)
+        )
         export_seconds = time.perf_counter() - start
     elif str(cfg.runtime) != "torch":
         raise ValueError(f"runtime must be 'torch' or 'onnx', got {cfg.runtime!r}")

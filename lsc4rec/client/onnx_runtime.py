@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -115,19 +116,31 @@ class OnnxScorer:
         num_items: int | None = None,
         kind: str | None = None,
         threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
-        """Load ``path``; ``num_items``/``kind``, when given, must match what the file was exported for."""
+        """Load ``path``; ``num_items``/``kind``, when given, must match what the file was exported for.
+
+        ``providers``: ONNX Runtime execution providers in order of preference (e.g. ``CUDAExecutionProvider``
+        then ``CPUExecutionProvider`` with onnxruntime-gpu on a Jetson); each must be available here.
+        """
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model {self.path} does not exist")
+        available = ort.get_available_providers()
+        missing = [name for name in providers if name not in available]
+        if not providers or missing:
+            raise OnnxModelError(
+                f"ONNX Runtime execution providers {missing or list(providers)} are not available in this "
+                f"onnxruntime build (available: {available})"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+                str(self.path), sess_options=options, providers=list(providers)
             )
         except Exception as error:  # onnxruntime raises its own exception types for a broken file
             raise OnnxModelError(
@@ -199,13 +212,16 @@ class OnnxRecommender(nn.Module):
         max_len: int,
         kinds: tuple[str, ...] = GRAPH_KINDS,
         threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> OnnxRecommender:
         """Export ``model``'s graphs into ``directory`` (overwriting) and open them with ONNX Runtime."""
         directory = Path(directory)
         scorers = {}
         for kind in kinds:
             path = export_srm(model, directory / f"srm-{kind}.onnx", max_len, kind)
-            scorers[kind] = OnnxScorer(path, num_items=model.num_items, kind=kind, threads=threads)
+            scorers[kind] = OnnxScorer(
+                path, num_items=model.num_items, kind=kind, threads=threads, providers=providers
+            )
         return cls(scorers, model.num_items)
 
     def _scorer(self, kind: str) -> OnnxScorer:
