@@ -26,6 +26,7 @@ class PrivacySettings:
     batch_size: int = 0
     grad_sample_mode: str = "auto"
     central_clipping: str = "server"
+    seeded_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in PRIVACY_MODES:
@@ -73,6 +74,7 @@ class PrivacySettings:
             batch_size=int(section.get("batch_size") or 0),
             grad_sample_mode=str(section.get("grad_sample_mode", "auto")),
             central_clipping=str(section.get("central_clipping", "server")),
+            seeded_noise=bool(section.get("seeded_noise", True)),
         )
 
     def resolved_delta(self, num_devices: int) -> float:

@@ -436,3 +436,15 @@ def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_p
     assert (tmp_path / "sweep" / "privacy_sweep.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
     assert saved["status"] == "completed" and len(saved["settings"]) == 3
+
+
+def test_seeded_noise_replays_and_os_seeded_noise_does_not() -> None:
+    def weights(seeded: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_srm("sasrec", NUM_ITEMS, hidden_size=8)
+        privacy = PrivacySettings(mode="local", noise_multiplier=1.0, seeded_noise=seeded)
+        train_on_shard_private(model, sequences(32, seed=8), settings(), privacy, 10, 1, 1, 32, seed=5)
+        return model.item_embedding.weight.detach().clone()
+
+    assert torch.equal(weights(True), weights(True))
+    assert not torch.equal(weights(False), weights(False))

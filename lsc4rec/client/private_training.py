@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -257,6 +258,9 @@ def train_on_shard_private(
         return PrivateRoundResult(metrics, history, trained=False)
 
     mode = resolve_grad_sample_mode(privacy, model, settings.loss)
+    # Seeded noise makes experiments replay exactly; an adversary who knows the seed could subtract the noise,
+    # so a deployment sets privacy.seeded_noise=false (sampling and noise seeds from the OS).
+    rng_seed = seed if privacy.seeded_noise else int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     with warnings.catch_warnings():
@@ -267,7 +271,7 @@ def train_on_shard_private(
         loader = DataLoader(
             TensorDataset(batches.inputs, batches.targets),
             batch_size=batch_size,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(rng_seed),
         )
         engine = PrivacyEngine(accountant="rdp")
         engine.accountant.history = list(history)
@@ -278,7 +282,7 @@ def train_on_shard_private(
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=privacy.clipping_norm,
             grad_sample_mode="hooks" if mode == "hooks" else "no_op",
-            noise_generator=torch.Generator().manual_seed(seed + 1),
+            noise_generator=torch.Generator().manual_seed(rng_seed + 1),
         )
     trainable.train()
     row_loss = _RowLoss(trainable, settings.loss)
