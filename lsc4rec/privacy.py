@@ -27,6 +27,7 @@ class PrivacySettings:
     grad_sample_mode: str = "auto"
     central_clipping: str = "server"
     seeded_noise: bool = True
+    freeze_item_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in PRIVACY_MODES:
@@ -75,6 +76,7 @@ class PrivacySettings:
             grad_sample_mode=str(section.get("grad_sample_mode", "auto")),
             central_clipping=str(section.get("central_clipping", "server")),
             seeded_noise=bool(section.get("seeded_noise", True)),
+            freeze_item_embeddings=bool(section.get("freeze_item_embeddings", False)),
         )
 
     def resolved_delta(self, num_devices: int) -> float:

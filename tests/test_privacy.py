@@ -448,3 +448,18 @@ def test_seeded_noise_replays_and_os_seeded_noise_does_not() -> None:
 
     assert torch.equal(weights(True), weights(True))
     assert not torch.equal(weights(False), weights(False))
+
+
+@pytest.mark.parametrize("grad_sample_mode", ["hooks", "functorch"])
+def test_frozen_item_embeddings_stay_put_and_the_encoder_trains(grad_sample_mode: str) -> None:
+    torch.manual_seed(0)
+    model = build_srm("sasrec", NUM_ITEMS, hidden_size=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    privacy = PrivacySettings(
+        mode="local", noise_multiplier=1.0, freeze_item_embeddings=True, grad_sample_mode=grad_sample_mode
+    )
+    train_on_shard_private(model, sequences(32, seed=9), settings(), privacy, 10, 1, 1, 32, seed=2)
+    assert torch.equal(model.item_embedding.weight, before["item_embedding.weight"])
+    assert model.item_embedding.weight.requires_grad  # frozen only while training privately
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) == len(before) - 1

@@ -267,6 +267,11 @@ def train_on_shard_private(
         # Opacus warns about secure_mode and its own RNG; seeds here are for reproducible experiments.
         warnings.simplefilter("ignore")
         trainable = ModuleValidator.fix(model) if mode == "hooks" else model
+        if privacy.freeze_item_embeddings:
+            # The item table is most of an SRM's parameters, and DP noise lands on every one of its rows each
+            # step while a user's gradient touches a few; keeping it fixed (e.g. as warm-started on the cloud)
+            # spends the noise on the sequence encoder only.
+            trainable.item_embedding.weight.requires_grad_(False)
         optimizer = settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
         loader = DataLoader(
             TensorDataset(batches.inputs, batches.targets),
@@ -322,6 +327,7 @@ def train_on_shard_private(
                 clipped += int((norms > privacy.clipping_norm).sum())
                 seen += rows
             dp_optimizer.step()
+    trainable.item_embedding.weight.requires_grad_(True)
     if mode == "hooks":
         wrapped._close()  # remove Opacus' hooks from the module
         # DPGRU keeps the nn.GRU parameter names as aliases; copy every original key back.
