@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import subprocess
 import sys
@@ -15,10 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from conftest import self_signed_certificate
 
 from lsc4rec.client.candidate_client import CandidateServiceClient, CandidateServiceError
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
@@ -307,41 +302,9 @@ def test_concurrent_clients_get_their_own_answers(client: CandidateServiceClient
 
 
 # ---------------------------------------------------------------------- TLS
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost / 127.0.0.1 and its key, as PEM files in ``directory``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_round_trip_and_plaintext_refused(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path, "server")
-    other_cert, _ = _self_signed(tmp_path, "other")
+    cert, key = self_signed_certificate(tmp_path, "server")
+    other_cert, _ = self_signed_certificate(tmp_path, "other")
     with serve(PopularitySource(), token=TOKEN, tls=TLSConfig(cert, key)) as running:
         assert running.tls
         with CandidateServiceClient(running.target, token=TOKEN, root_certificates=cert) as secure:
@@ -363,7 +326,7 @@ def test_tls_round_trip_and_plaintext_refused(tmp_path: Path) -> None:
 
 
 def test_tls_file_errors(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path, "server")
+    cert, key = self_signed_certificate(tmp_path, "server")
     with pytest.raises(FileNotFoundError, match=r"TLS certificate chain file not found: .*missing\.crt"):
         serve(PopularitySource(), tls=TLSConfig(tmp_path / "missing.crt", key))
     with pytest.raises(FileNotFoundError, match="TLS private key file not found"):

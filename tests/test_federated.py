@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pattern_dataset
+from conftest import self_signed_certificate, write_pattern_dataset
 
 from lsc4rec.config import config_from_run_config
 from lsc4rec.models.srm import ITEM_TABLE_KEY
@@ -249,12 +249,18 @@ def test_row_weighting_changes_only_item_rows_and_follows_node_counts(data: Path
 
 
 def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path) -> None:
+    # The candidate service speaks TLS, as it must for real devices; the nodes verify it with the CA file.
+    certificate, key = self_signed_certificate(tmp_path, "cloud")
     summary = run_inprocess(
         data,
         tmp_path / "run",
         2,
         "federated.rounds=2",
         "collab.enabled=true",
+        f"collab.service_certificate={certificate}",
+        f"collab.service_key={key}",
+        f"collab.service_root_certificates={certificate}",
+        "collab.service_public_address=localhost",
         "collab.candidates=20",
         "request.target_ratio=0.25",
         "llm.max_len=10",
@@ -279,5 +285,31 @@ def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path) ->
         assert client["client-collab-NDCG@10"] >= client["client-collab-before-request-NDCG@10"]
     collaboration = summary["collaboration"]
     assert collaboration["cloud"]["cloud_lag"] == 2
+    assert collaboration["cloud"]["service"]["tls"] is True
     assert (tmp_path / "run" / "llm" / "item_tokens.json").is_file()
     assert "client-collab-HR@10" in collaboration["last_round"]
+
+
+def test_candidate_service_addresses_and_tls_settings(tmp_path: Path) -> None:
+    from flwr.app import Context, RecordDict
+    from omegaconf import OmegaConf
+
+    from lsc4rec.client.app import candidate_root_certificates
+    from lsc4rec.server.cloud import public_address, service_tls
+
+    assert public_address(None, "0.0.0.0:50051") == "0.0.0.0:50051"
+    assert public_address("cloud.lan", "0.0.0.0:50051") == "cloud.lan:50051"
+    assert public_address("cloud.lan:443", "0.0.0.0:50051") == "cloud.lan:443"
+    assert service_tls(OmegaConf.create({"service_certificate": None, "service_key": None})) is None
+    with pytest.raises(ValueError, match=r"service_certificate and collab\.service_key go together"):
+        service_tls(OmegaConf.create({"service_certificate": "a.crt", "service_key": None}))
+    cfg = OmegaConf.create({"collab": {"service_root_certificates": None}})
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match=r"set collab\.service_root_certificates or the SuperNode.s node"):
+        candidate_root_certificates(context, cfg)
+    context.node_config["candidate-ca"] = str(tmp_path / "nowhere.crt")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.crt does not exist on this device"):
+        candidate_root_certificates(context, cfg)
+    (tmp_path / "ca.crt").write_text("pem")
+    context.node_config["candidate-ca"] = str(tmp_path / "ca.crt")
+    assert candidate_root_certificates(context, cfg) == tmp_path / "ca.crt"

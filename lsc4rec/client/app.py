@@ -260,8 +260,13 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         metrics["onnx-export-seconds"] = export_seconds
     config = msg.content["config"]
     if bool(cfg.collab.enabled) and "candidate-service" in config:
+        trust = (
+            candidate_root_certificates(context, cfg) if bool(config.get("candidate-tls", False)) else None
+        )
         metrics.update(
-            collaborate(model, shard, cfg, str(config["candidate-service"]), str(config["candidate-token"]))
+            collaborate(
+                model, shard, cfg, str(config["candidate-service"]), str(config["candidate-token"]), trust
+            )
         )
     metrics["num-examples"] = float(shard.num_devices)
     if codebook is not None:
@@ -269,8 +274,27 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
+def candidate_root_certificates(context: Context, cfg: DictConfig) -> Path:
+    """The CA file a device trusts for the candidate service: node config ``candidate-ca``, else
+    ``collab.service_root_certificates``; a clear error when neither names a readable file."""
+    path = context.node_config.get("candidate-ca") or cfg.collab.get("service_root_certificates")
+    if not path:
+        raise ValueError(
+            "the candidate service uses TLS: set collab.service_root_certificates or the SuperNode's node "
+            "config candidate-ca to the CA certificate (PEM) to trust"
+        )
+    if not Path(str(path)).is_file():
+        raise FileNotFoundError(f"candidate-service CA certificate {path} does not exist on this device")
+    return Path(str(path))
+
+
 def collaborate(
-    model: SequentialRecommender, shard: DeviceShard, cfg: DictConfig, target: str, token: str
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    cfg: DictConfig,
+    target: str,
+    token: str,
+    root_certificates: Path | None = None,
 ) -> dict[str, float]:
     """LSC4Rec on this node's devices: fetch the cloud's lists, rerank, request within the budget, rank.
 
@@ -287,7 +311,10 @@ def collaborate(
         ratio=float(cfg.request.target_ratio),
         exclude_history=bool(cfg.eval.exclude_history),
     )
-    with CandidateServiceClient(target, token=token, timeout=float(cfg.collab.service_timeout)) as cloud:
+    client = CandidateServiceClient(
+        target, token=token, root_certificates=root_certificates, timeout=float(cfg.collab.service_timeout)
+    )
+    with client as cloud:
         stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
         stale_bytes = 8 * shard.num_devices + stale.items.size * 12
         result = serve_devices(

@@ -23,7 +23,7 @@ from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
 from lsc4rec.models.solid.setup import llm_semantic_ids
-from lsc4rec.server.candidate_service import RunningService, serve
+from lsc4rec.server.candidate_service import RunningService, TLSConfig, serve
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class Cloud:
     service: RunningService
     token: str
     report: dict
+    #: Where devices call the service (``collab.service_public_address`` or the bound address).
+    public_address: str = ""
 
     def stop(self) -> None:
         """Stop the candidate service."""
@@ -82,9 +84,37 @@ def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
         llm,
         str(cfg.collab.service_address),
         token=token,
+        tls=service_tls(cfg.collab),
         max_n=max(int(cfg.collab.candidates), 100),
         model_version=f"{cfg.llm.name}-{cfg.data.name}",
         user_histories=view.stale_valid_prompts,
     )
-    logger.info("cloud LLM serving candidates on %s", service.target)
-    return Cloud(llm=llm, service=service, token=token, report=report)
+    public = public_address(cfg.collab.get("service_public_address"), service.target)
+    report["service"] = {"bound": service.target, "public": public, "tls": service.tls}
+    logger.info(
+        "cloud LLM serving candidates on %s (devices call %s, TLS %s)", service.target, public, service.tls
+    )
+    return Cloud(llm=llm, service=service, token=token, report=report, public_address=public)
+
+
+def public_address(configured: str | None, bound: str) -> str:
+    """Where devices call the service: ``configured`` (``host`` takes the bound port), else ``bound``."""
+    if not configured:
+        return bound
+    configured = str(configured)
+    if configured.rsplit(":", 1)[-1].isdigit() and ":" in configured:
+        return configured
+    return f"{configured}:{bound.rsplit(':', 1)[-1]}"
+
+
+def service_tls(collab: DictConfig) -> TLSConfig | None:
+    """The candidate service's TLS files, ``collab.service_certificate`` + ``service_key`` (both or none)."""
+    certificate, key = collab.get("service_certificate"), collab.get("service_key")
+    if not certificate and not key:
+        return None
+    if not certificate or not key:
+        raise ValueError(
+            "collab.service_certificate and collab.service_key go together: got "
+            f"certificate={certificate!r}, key={key!r}"
+        )
+    return TLSConfig(Path(str(certificate)), Path(str(key)))

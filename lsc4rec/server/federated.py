@@ -258,7 +258,13 @@ def _evaluate_config(cloud: Cloud | None) -> ConfigRecord:
     """What client-side evaluation needs besides the weights: where the cloud's candidate service is."""
     if cloud is None:
         return ConfigRecord()
-    return ConfigRecord({"candidate-service": cloud.service.target, "candidate-token": cloud.token})
+    return ConfigRecord(
+        {
+            "candidate-service": cloud.public_address or cloud.service.target,
+            "candidate-token": cloud.token,
+            "candidate-tls": bool(cloud.service.tls),
+        }
+    )
 
 
 def _round_loop(
