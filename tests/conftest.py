@@ -133,3 +133,29 @@ def self_signed_certificate(directory: Path, name: str) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+#: Overrides that make a federated run on a pattern dataset small and quick.
+PATTERN_RUN = (
+    "data.name=pattern",
+    "data.max_len=10",
+    "eval.sampled_negatives=20",
+    "train.lr=0.005",
+    "train.progress=false",
+    "model.dropout=0.1",
+)
+
+
+def pattern_overrides(data: Path, *extra: str) -> str:
+    """The run config's ``overrides`` string for a quick federated run on the pattern dataset ``data``."""
+    return " ".join([*PATTERN_RUN, f"data.path={data}", *extra])
+
+
+def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
+    """A federated run on the in-process grid with ``nodes`` nodes; returns its summary."""
+    from lsc4rec.config import config_from_run_config
+    from lsc4rec.server.federated import run_federated
+    from lsc4rec.simulations.inprocess import InProcessGrid
+
+    run_config = {"overrides": pattern_overrides(data, *extra)}
+    return run_federated(InProcessGrid(nodes, run_config), config_from_run_config(run_config), out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pattern_dataset
+from conftest import pattern_overrides, write_pattern_dataset
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -144,16 +144,10 @@ def test_federated_solid_syncs_the_codebook_and_learns(tmp_path: Path) -> None:
     (tmp_path / "pattern_item2attributes.json").write_text(
         json.dumps({str(i): [(i - 1) // 4] for i in range(1, 41)})
     )
-    overrides = " ".join(
-        [
+    overrides = pattern_overrides(
+        data,
+        *[
             "model=solid",
-            "data.name=pattern",
-            f"data.path={data}",
-            "data.max_len=10",
-            "eval.sampled_negatives=20",
-            "train.lr=0.005",
-            "train.progress=false",
-            "model.dropout=0.1",
             "model.hidden_size=16",
             "model.base_params.num_blocks=1",
             "solid.features=[embedding,attributes]",
@@ -161,7 +155,7 @@ def test_federated_solid_syncs_the_codebook_and_learns(tmp_path: Path) -> None:
             "solid.attribute_dim=8",
             "federated.rounds=3",
             "federated.local_epochs=2",
-        ]
+        ],
     )
     run_config = {"overrides": overrides}
     summary = run_federated(

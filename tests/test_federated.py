@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import self_signed_certificate, write_pattern_dataset
+from conftest import pattern_overrides, run_inprocess, self_signed_certificate, write_pattern_dataset
 
 from lsc4rec.config import config_from_run_config
 from lsc4rec.models.srm import ITEM_TABLE_KEY
@@ -22,25 +22,6 @@ from lsc4rec.simulations.inprocess import InProcessGrid
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 60
-
-
-def overrides(data: Path, *extra: str) -> str:
-    base = [
-        "data.name=pattern",
-        f"data.path={data}",
-        "data.max_len=10",
-        "eval.sampled_negatives=20",
-        "train.lr=0.005",
-        "train.progress=false",
-        "model.dropout=0.1",
-    ]
-    return " ".join([*base, *extra])
-
-
-def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
-    run_config = {"overrides": overrides(data, *extra)}
-    cfg = config_from_run_config(run_config)
-    return run_federated(InProcessGrid(nodes, run_config), cfg, out)
 
 
 @pytest.fixture()
@@ -86,7 +67,7 @@ def test_too_few_updates_keep_the_previous_global_model(data: Path, tmp_path: Pa
     )
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     torch.manual_seed(42)
-    cfg = config_from_run_config({"overrides": overrides(data)})
+    cfg = config_from_run_config({"overrides": pattern_overrides(data)})
     from lsc4rec.training import build_model_from_config
 
     initial = build_model_from_config(cfg.model, NUM_ITEMS, 10).state_dict()
@@ -115,7 +96,7 @@ def test_corrupt_or_truncated_checkpoints_are_refused(data: Path, tmp_path: Path
 
 def test_checkpoint_for_another_model_is_refused(data: Path, tmp_path: Path) -> None:
     run_inprocess(data, tmp_path / "run", 2, "federated.rounds=1")
-    cfg = config_from_run_config({"overrides": overrides(data, "model.hidden_size=32")})
+    cfg = config_from_run_config({"overrides": pattern_overrides(data, "model.hidden_size=32")})
     from lsc4rec.training import build_model_from_config
 
     other = build_model_from_config(cfg.model, NUM_ITEMS, 10).state_dict()
@@ -130,7 +111,7 @@ def _cli(data: Path, out: Path, name: str, *extra: str) -> list[str]:
         "lsc4rec.simulations.federated",
         "federated.runtime=inprocess",
         "federated.num_supernodes=3",
-        *overrides(data).split(),
+        *pattern_overrides(data).split(),
         f"output_dir={out}",
         f"run_name={name}",
         *extra,
@@ -196,7 +177,7 @@ def test_din_trains_federated_under_the_sampled_protocol(data: Path, tmp_path: P
 
 
 def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) -> None:
-    run_config = {"overrides": overrides(data, "federated.rounds=3", "federated.fraction_evaluate=0")}
+    run_config = {"overrides": pattern_overrides(data, "federated.rounds=3", "federated.fraction_evaluate=0")}
     grid = InProcessGrid(2, run_config)
     run_federated(grid, config_from_run_config(run_config), tmp_path / "run")
     for context in grid.contexts.values():
@@ -206,7 +187,7 @@ def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) ->
 
 def test_nodes_keep_their_adam_moments_and_decay_lr_across_rounds(data: Path, tmp_path: Path) -> None:
     run_config = {
-        "overrides": overrides(
+        "overrides": pattern_overrides(
             data,
             "federated.rounds=3",
             "federated.fraction_evaluate=0",

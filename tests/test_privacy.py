@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_pattern_dataset
+from conftest import run_inprocess, write_pattern_dataset
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
@@ -25,13 +25,10 @@ from lsc4rec.client.private_training import (
     plan_for,
     train_on_shard_private,
 )
-from lsc4rec.config import config_from_run_config
 from lsc4rec.data.partition import federation_size, partition_users
 from lsc4rec.models.srm import build_srm
 from lsc4rec.models.srm.losses import draw_negatives, full_softmax_loss, per_sequence_loss
 from lsc4rec.privacy import PrivacySettings
-from lsc4rec.server.federated import run_federated
-from lsc4rec.simulations.inprocess import InProcessGrid
 from lsc4rec.simulations.privacy_sweep import random_ndcg
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP, central_epsilon, central_noise_for_target
@@ -329,19 +326,8 @@ def data(tmp_path: Path) -> Path:
 
 
 def federated(data: Path, out: Path, *extra: str) -> tuple[dict, list[dict]]:
-    base = [
-        "data.name=pattern",
-        f"data.path={data}",
-        "data.max_len=10",
-        "eval.sampled_negatives=20",
-        "train.lr=0.005",
-        "train.progress=false",
-        "model.dropout=0.1",
-        "federated.num_supernodes=4",
-        *extra,
-    ]
-    run_config = {"overrides": " ".join(base)}
-    summary = run_federated(InProcessGrid(4, run_config), config_from_run_config(run_config), out)
+    """A 4-node in-process run; its summary and per-round metrics."""
+    summary = run_inprocess(data, out, 4, "federated.num_supernodes=4", *extra)
     return summary, json.loads((out / "metrics.json").read_text())["rounds"]
 
 

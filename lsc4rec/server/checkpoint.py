@@ -97,18 +97,21 @@ def load_checkpoint(path: Path, reference: dict[str, torch.Tensor] | None = None
 
 
 def check_weights(
-    path: Path, name: str, weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+    path: Path,
+    name: str,
+    weights: dict[str, torch.Tensor],
+    reference: dict[str, torch.Tensor],
+    error: type[Exception] = CheckpointError,
 ) -> None:
-    """Raise :class:`CheckpointError` unless ``weights`` has exactly the reference's keys and shapes."""
+    """Raise ``error`` (:class:`CheckpointError`) unless ``weights`` has exactly the reference's keys and
+    shapes; the message names ``path``, ``name`` and the first mismatch."""
     missing = sorted(set(reference) - set(weights))
     extra = sorted(set(weights) - set(reference))
     if missing or extra:
-        raise CheckpointError(
-            f"{path}: {name} do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})"
-        )
+        raise error(f"{path}: {name} do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
     for key, tensor in reference.items():
         if tuple(weights[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(
+            raise error(
                 f"{path}: {name}[{key!r}] has shape {tuple(weights[key].shape)}, "
                 f"the model needs {tuple(tensor.shape)}"
             )

@@ -21,6 +21,7 @@ from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.server.checkpoint import check_weights
 from lsc4rec.training import EvalSet, TrainSettings, fit
 
 logger = logging.getLogger(__name__)
@@ -81,17 +82,5 @@ def load_initial_weights(model: SequentialRecommender, path: Path) -> None:
         raise ValueError(
             f"federated.initial_weights: {path} holds a {type(state).__name__}, not a state dict"
         )
-    expected = model.state_dict()
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or extra:
-        raise ValueError(
-            f"federated.initial_weights: {path} does not fit {type(model).__name__}: "
-            f"missing {missing[:3]}, unexpected {extra[:3]}"
-        )
-    for key, value in expected.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(
-                f"federated.initial_weights: {path}: {key!r} has shape {tuple(state[key].shape)}, "
-                f"the model needs {tuple(value.shape)}"
-            )
+    check_weights(path, "federated.initial_weights", state, model.state_dict(), error=ValueError)
     model.load_state_dict(state)
