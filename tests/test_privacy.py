@@ -419,6 +419,7 @@ def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_p
     assert names == ["non-private", "local-eps8", "central-eps8"]
     local = result["settings"][1]
     assert 7.9 < local["epsilon"] <= 8.0 and local["NDCG@10"] > result["random_NDCG@10"]
+    assert 0 < result["initial_NDCG@10"] < result["settings"][0]["NDCG@10"]
     assert (tmp_path / "sweep" / "privacy_sweep.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
     assert saved["status"] == "completed" and len(saved["settings"]) == 3

@@ -32,14 +32,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lsc4rec.config import config_dir
-from lsc4rec.data import leave_one_out, load_dataset
+from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.federated import run_federated
-from lsc4rec.server.warm_start import warm_start_on_cloud
+from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.simulations.federated import launch
 from lsc4rec.simulations.inprocess import InProcessGrid
 from lsc4rec.simulations.runs import begin_run
-from lsc4rec.training import build_model_from_config
+from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +83,25 @@ def run_setting(cfg: DictConfig, base_overrides: list[str], setting: dict[str, A
     return launch(run_cfg, overrides, out)
 
 
+def initial_test_metrics(cfg: DictConfig, split: LeaveOneOutSplit) -> dict[str, float]:
+    """Full-ranking test metrics of the model every setting starts from (initial weights or a fresh init)."""
+    torch.manual_seed(int(cfg.seed))
+    model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
+    if cfg.federated.initial_weights:
+        load_initial_weights(model, Path(str(cfg.federated.initial_weights)))
+    _, test = build_eval_sets(split, cfg.eval, int(cfg.data.max_len))
+    return evaluate(model, test, tuple(int(k) for k in cfg.eval.ks))["full"]
+
+
 def random_ndcg(num_items: int, k: int = 10) -> float:
     """Expected NDCG@k of a uniformly random full ranking of ``num_items`` items (the target's rank is
     uniform, and only ranks 1..k count)."""
     return sum(1.0 / math.log2(rank + 1) for rank in range(1, k + 1)) / num_items
 
 
-def plot_sweep(rows: list[dict[str, Any]], floor: float, path: Path, title: str) -> Path:
+def plot_sweep(
+    rows: list[dict[str, Any]], floor: float, path: Path, title: str, initial: float | None = None
+) -> Path:
     """NDCG@10 against ε per mode, the non-private run and the random floor as horizontal lines."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     reference = next((r for r in rows if r["mode"] == "none"), None)
@@ -101,6 +113,8 @@ def plot_sweep(rows: list[dict[str, Any]], floor: float, path: Path, title: str)
         ax.axhline(reference[METRIC], color="black", linestyle="--", label="non-private (ε = ∞)")
         ax.axhline(reference[METRIC] / 2, color="grey", linestyle=":", label="50% of non-private")
     ax.axhline(floor, color="red", linestyle="-.", linewidth=0.8, label="random")
+    if initial is not None:
+        ax.axhline(initial, color="green", linestyle="-.", linewidth=0.8, label="initial model (round 0)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("ε (final, δ fixed)")
     ax.set_ylabel(f"test {METRIC} (last round, full ranking)")
@@ -134,6 +148,7 @@ def main(cfg: DictConfig) -> None:
         ]
         cfg.federated.warm_start_epochs = 0
         cfg.federated.initial_weights = str(out / "warm_start.pt")
+    initial = initial_test_metrics(cfg, split)
     rows: list[dict[str, Any]] = []
     for setting in settings_of(cfg):
         logger.info("privacy sweep: %s", setting["name"])
@@ -159,7 +174,9 @@ def main(cfg: DictConfig) -> None:
     for row in rows:
         row["fraction_of_non_private"] = row[METRIC] / reference if reference > 0 else math.nan
     floor = random_ndcg(split.num_items)
-    plot_sweep(rows, floor, out / "privacy_sweep.png", f"{cfg.model.name} on {cfg.data.name}")
+    plot_sweep(
+        rows, floor, out / "privacy_sweep.png", f"{cfg.model.name} on {cfg.data.name}", initial[METRIC]
+    )
     result = {
         "experiment": "privacy_sweep",
         "dataset": str(cfg.data.name),
@@ -168,6 +185,8 @@ def main(cfg: DictConfig) -> None:
         "nodes": int(cfg.federated.num_supernodes),
         "random_NDCG@10": floor,
         "warm_start": warm_start,
+        # What the federated runs start from, on the same test items: the share any run adds lies above it.
+        "initial_NDCG@10": initial[METRIC],
         "settings": [
             {k: row[k] for k in ("name", "epsilon", METRIC, "fraction_of_non_private")} for row in rows
         ],
