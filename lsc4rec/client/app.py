@@ -28,15 +28,11 @@ from lsc4rec.client.collaborative_devices import CollaborationSettings, serve_de
 from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.onnx_runtime import OnnxRecommender
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
-from lsc4rec.client.private_training import (
-    PrivacySettings,
-    history_from_lists,
-    history_to_lists,
-    train_on_shard_private,
-)
+from lsc4rec.client.private_training import history_from_lists, history_to_lists, train_on_shard_private
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.config import config_from_run_config, to_plain_dict
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
+from lsc4rec.privacy import PrivacySettings
 from lsc4rec.strategies.codebook import STATS_KEY, VERSION_KEY, statistics_record
 from lsc4rec.strategies.srm import ROW_COUNTS_KEY
 from lsc4rec.training import EvalSet, TrainSettings, build_model_from_config, evaluate
@@ -134,8 +130,7 @@ def train_privately(
 ) -> dict[str, float]:
     """Local DP-SGD on this node's devices; the privacy ledger lives on in ``context.state``."""
     if bool(cfg.federated.keep_optimizer_state):
-        # Adam moments carried across rounds are a function of earlier noisy gradients only (post-processing)
-        # but Opacus builds its own optimizer each round; keeping both in step is not supported.
+        # Opacus wraps a fresh optimizer every round; carrying Adam moments across DP rounds is not wired in.
         raise ValueError("privacy.mode=local does not support federated.keep_optimizer_state=true")
     ledger = context.state.config_records.get(PRIVACY_STATE_KEY)
     result = train_on_shard_private(
@@ -195,7 +190,8 @@ def train(msg: Message, context: Context) -> Message:
     # Node state across rounds (sim and deployment): how often this node trained and on how many examples.
     fresh = MetricRecord({"rounds-trained": 0, "examples-trained": 0.0})
     state = context.state.metric_records.get("node", fresh)
-    rounds = int(state["rounds-trained"]) + 1
+    # A node out of privacy budget answered without training.
+    rounds = int(state["rounds-trained"]) + (0 if metrics.get("privacy-exhausted", 0.0) else 1)
     examples = float(state["examples-trained"]) + metrics["num-examples"]
     context.state["node"] = MetricRecord({"rounds-trained": rounds, "examples-trained": examples})
     metrics["rounds-trained"] = float(rounds)
