@@ -33,7 +33,7 @@ FACTORIES: dict[str, Callable[[], SequentialRecommender]] = {
         NUM_ITEMS, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.2, max_len=MAX_LEN
     ),
     "sasrec_post_ln": lambda: SASRec(
-        NUM_ITEMS, hidden_size=16, num_heads=2, max_len=MAX_LEN, norm_first=False
+        NUM_ITEMS, hidden_size=16, num_heads=2, max_len=MAX_LEN, norm_first=False, intermediate_size=40
     ),
     "gru4rec": lambda: GRU4Rec(NUM_ITEMS, hidden_size=16, dropout=0.2),
     "gru4rec_2_layers": lambda: GRU4Rec(NUM_ITEMS, hidden_size=16, num_layers=2, gru_size=24),
@@ -222,6 +222,18 @@ def test_sasrec_positions_are_right_aligned_and_length_is_checked() -> None:
     torch.testing.assert_close(short, full, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="max_len"):
         model.score_all(torch.ones(1, MAX_LEN + 1, dtype=torch.long))
+
+
+def test_sasrec_feed_forward_width() -> None:
+    paper = SASRec(NUM_ITEMS, hidden_size=16, max_len=MAX_LEN)
+    wide = SASRec(NUM_ITEMS, hidden_size=16, max_len=MAX_LEN, intermediate_size=64)
+    assert paper.blocks[0].ffn.net[0].weight.shape == (16, 16)
+    assert wide.blocks[0].ffn.net[0].weight.shape == (64, 16)
+    assert wide.blocks[0].ffn.net[3].weight.shape == (16, 64)
+    extra = sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in paper.parameters())
+    assert extra == 2 * 2 * (16 * 48) + 2 * 48  # two blocks, two wider matrices and one wider bias each
+    with pytest.raises(ValueError, match="intermediate_size"):
+        SASRec(NUM_ITEMS, hidden_size=16, intermediate_size=0)
 
 
 # ---------------------------------------------------------------------------- consistency of the API

@@ -68,13 +68,14 @@ class CausalSelfAttention(nn.Module):
 class PointWiseFeedForward(nn.Module):
     """Position-wise two-layer ReLU network (the paper's FFN; pmixer's pair of 1x1 convolutions)."""
 
-    def __init__(self, hidden_size: int, dropout: float) -> None:
+    def __init__(self, hidden_size: int, dropout: float, intermediate_size: int | None = None) -> None:
         super().__init__()
+        inner = hidden_size if intermediate_size is None else intermediate_size
         self.net = nn.Sequential(
-            nn.Linear(hidden_size, hidden_size),
+            nn.Linear(hidden_size, inner),
             nn.ReLU(),
             nn.Dropout(dropout),
-            nn.Linear(hidden_size, hidden_size),
+            nn.Linear(inner, hidden_size),
             nn.Dropout(dropout),
         )
 
@@ -86,13 +87,20 @@ class PointWiseFeedForward(nn.Module):
 class SASRecBlock(nn.Module):
     """One self-attention block: attention + FFN, each with residual, dropout and LayerNorm (pre or post)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float, norm_first: bool) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        dropout: float,
+        norm_first: bool,
+        intermediate_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.attention = CausalSelfAttention(hidden_size, num_heads, dropout)
         self.attention_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self.attention_dropout = nn.Dropout(dropout)
-        self.ffn = PointWiseFeedForward(hidden_size, dropout)
+        self.ffn = PointWiseFeedForward(hidden_size, dropout, intermediate_size)
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=1e-8)
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
@@ -111,7 +119,8 @@ class SASRec(SequentialRecommender):
     64 is the common power-of-two choice of RecBole and later benchmarks), ``dropout=0.2`` (paper: 0.2 on
     ML-1M, 0.5 on the sparse Amazon sets), ``max_len=50`` (paper: 200 on ML-1M, 50 elsewhere),
     ``norm_first=True`` (pmixer's Pre-LN). ``scale_embeddings=True`` multiplies item embeddings by sqrt(d)
-    as pmixer does (the Transformer convention).
+    as pmixer does (the Transformer convention). ``intermediate_size`` is the feed-forward inner width:
+    ``None`` = d, as in the paper; 4d is the Transformer convention (and eSASRec's).
     """
 
     def __init__(
@@ -124,12 +133,16 @@ class SASRec(SequentialRecommender):
         max_len: int = 50,
         norm_first: bool = True,
         scale_embeddings: bool = True,
+        intermediate_size: int | None = None,
     ) -> None:
         validate_common_args(num_items, hidden_size, dropout)
         if int(num_blocks) < 1 or int(num_heads) < 1 or int(max_len) < 1:
             raise ValueError(
                 f"num_blocks, num_heads and max_len must be >= 1, got {num_blocks}, {num_heads}, {max_len}"
             )
+        if intermediate_size is not None and int(intermediate_size) < 1:
+            raise ValueError(f"intermediate_size must be >= 1 or null, got {intermediate_size}")
+        self.intermediate_size = None if intermediate_size is None else int(intermediate_size)
         super().__init__(num_items, hidden_size)
         self.max_len = int(max_len)
         self.norm_first = bool(norm_first)
@@ -138,7 +151,8 @@ class SASRec(SequentialRecommender):
         self.position_embedding = nn.Embedding(self.max_len + 1, hidden_size, padding_idx=0)
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            SASRecBlock(hidden_size, int(num_heads), dropout, self.norm_first) for _ in range(int(num_blocks))
+            SASRecBlock(hidden_size, int(num_heads), dropout, self.norm_first, self.intermediate_size)
+            for _ in range(int(num_blocks))
         )
         self.final_norm = nn.LayerNorm(hidden_size, eps=1e-8)
         self._reset_parameters()
