@@ -85,6 +85,7 @@ def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
         lr=1e-2,
         # The goal is a whole RMS away from the start: allow corrections that large.
         max_change=3.0,
+        signal="step",
     )
     distances = []
     for _ in range(200):
@@ -100,6 +101,43 @@ def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
     assert distances[-1] < 0.3 * distances[0], (distances[0], distances[-1])
     assert distances[-1] < min(distances[:10])
     assert transfer.stats.transfers == 200
+
+
+def test_the_gradient_signal_descends_the_targets_loss_through_the_adapter() -> None:
+    # Task loss L(theta) = 1/2||theta - W*||^2 evaluated at the transferred parameters: its gradient at theta'
+    # (left in .grad, as a training step leaves it) must teach the adapter to propose W*; a step that leaves
+    # no gradient teaches nothing.
+    torch.manual_seed(0)
+    start = torch.randn(12, 6)
+    target = torch.nn.Parameter(start.clone())
+    source = torch.nn.Parameter(torch.randn(12, 10))
+    goal = start + torch.randn(12, 6)
+    transfer = MergeNetTransfer(
+        ParameterSlice(target, None, "t"),
+        ParameterSlice(source, None, "s"),
+        rank=4,
+        t_cycle=1,
+        attention_dim=16,
+        heads=2,
+        dropout=0.0,
+        lr=1e-2,
+        max_change=3.0,
+    )
+    assert transfer.signal == "gradient"
+    target.grad = None
+    before = [p.detach().clone() for p in transfer.adapter.parameters()]
+    assert transfer.learn(transfer.transfer()) == 0.0
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, transfer.adapter.parameters(), strict=True))
+    losses = []
+    for _ in range(200):
+        target.data.copy_(start)
+        proposal = transfer.transfer()
+        losses.append(0.5 * float((proposal.detach() - goal).pow(2).sum()))
+        target.grad = target.detach() - goal
+        transfer.learn(proposal)
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+    with pytest.raises(ValueError, match=r"mergenet\.signal"):
+        MergeNetTransfer(ParameterSlice(target, None, "t"), ParameterSlice(source, None, "s"), signal="x")
 
 
 def test_slices_name_item_rows_and_write_only_them() -> None:

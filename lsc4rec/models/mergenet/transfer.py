@@ -2,11 +2,16 @@
 
 :class:`MergeNetTransfer` is a training hook (:class:`~lsc4rec.training.TrainingHook`): every ``t_cycle``
 steps it computes ``θ' = adapter(θ_target, factors(θ_source))`` and writes it into the target, the models
-take their normal step, and the adapter learns from the target's post-step parameters by
-``½‖θ' − θ_after‖²`` (papers.md §4.2: the gradient reaching ``θ'`` is the target's own update, so the adapter
-learns to emit parameters the task loss prefers). :class:`SourceTraining` lets the source take its normal
-step alongside; :class:`Distillation` is the knowledge-distillation baseline (a KL term towards the LLM's
-next-item distribution).
+take their normal step, and the adapter learns from that step. Two learning signals (``mergenet.signal``):
+
+* ``gradient`` (default): the target's task-loss gradient at ``θ'`` is pushed through the adapter
+  (``∂L/∂φ = ∂L/∂θ' · ∂θ'/∂φ``), so the adapter descends the target's own loss: the hypernetwork rule.
+* ``step``: ``½‖θ' − θ_after‖²`` with the target's post-step parameters (papers.md §4.2, the released code's
+  rule). Under plain SGD the two coincide up to the learning rate; under Adam the step is the optimizer's
+  normalised update, whose size carries no information about the loss, and the adapter learns to repeat it.
+
+:class:`SourceTraining` lets the source take its normal step alongside; :class:`Distillation` is the
+knowledge-distillation baseline (a KL term towards the LLM's next-item distribution).
 
 Parameter names (``mergenet.source`` / ``mergenet.target``): ``llm.item_embeddings`` (the LLM's item-token
 rows, tied with its output head), ``srm.item_embeddings`` (the SRM's item table, tied with its classifier), or
@@ -66,6 +71,14 @@ class ParameterSlice:
         data = self.parameter.detach()
         data = data if self.rows is None else data[self.rows.to(data.device)]
         return data.float().cpu().clone()
+
+    def gradient(self) -> Tensor | None:
+        """A detached CPU float copy of the slice's current gradient, or None when it has none."""
+        grad = self.parameter.grad
+        if grad is None:
+            return None
+        grad = grad if self.rows is None else grad[self.rows.to(grad.device)]
+        return grad.detach().float().cpu().clone()
 
     def assign(self, value: Tensor) -> None:
         """Overwrite the slice in place (the model keeps its parameter object and optimizer state)."""
@@ -148,10 +161,14 @@ class MergeNetTransfer(_Hook):
         grad_clip: float = 50.0,
         seed: int = 0,
         max_change: float = 0.05,
+        signal: str = "gradient",
     ) -> None:
         """Pair ``source`` -> ``target`` with a fresh adapter; see ``conf/mergenet/default.yaml``."""
         if t_cycle < 1:
             raise ValueError(f"mergenet.t_cycle must be >= 1, got {t_cycle}")
+        if signal not in ("gradient", "step"):
+            raise ValueError(f"mergenet.signal must be 'gradient' or 'step', got {signal!r}")
+        self.signal = signal
         self.target, self.source = target, source
         self.rank, self.t_cycle, self.grad_clip, self.seed = int(rank), int(t_cycle), float(grad_clip), seed
         torch.manual_seed(seed)
@@ -194,6 +211,7 @@ class MergeNetTransfer(_Hook):
             grad_clip=float(m["grad_clip"]),
             seed=seed,
             max_change=float(m["max_change"]),
+            signal=str(m.get("signal", "gradient")),
         )
 
     def transfer(self) -> Tensor:
@@ -212,17 +230,29 @@ class MergeNetTransfer(_Hook):
         return new
 
     def learn(self, proposed: Tensor) -> float:
-        """Adapter step on ``½‖θ' − θ_after‖²`` with the target's current (post-step) parameters."""
+        """One adapter step from the target step that followed the transfer ``proposed``.
+
+        ``signal=gradient`` needs the target's gradient of that step (its ``.grad``, still set after the
+        optimizer step); a step without one (the target not in the loss) teaches nothing and is skipped.
+        Returns the surrogate loss (``step``) or the gradient's norm (``gradient``).
+        """
         start = time.perf_counter()
-        after = self.target.value()
-        loss = 0.5 * (proposed - after).pow(2).sum()
+        if self.signal == "gradient":
+            grad = self.target.gradient()
+            if grad is None:
+                return 0.0
+            loss = (proposed * grad).sum()
+            reported = float(grad.norm())
+        else:
+            loss = 0.5 * (proposed - self.target.value()).pow(2).sum()
+            reported = float(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), self.grad_clip)
         self.optimizer.step()
-        self.stats.adapter_losses.append(float(loss.detach()))
+        self.stats.adapter_losses.append(reported)
         self.stats.seconds += time.perf_counter() - start
-        return float(loss.detach())
+        return reported
 
     def before_step(self, model: SequentialRecommender, inputs: Tensor, targets: Tensor) -> None:
         """Transfer on the cycle's first step."""
