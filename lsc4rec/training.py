@@ -53,6 +53,9 @@ class TrainSettings:
     eval_every: int = 1
     max_minutes: float | None = None
     progress: bool = True
+    # After early stopping, train a fresh model for the selected number of epochs on the training and the
+    # validation interactions (every interaction before the test moment) and report its test metrics too.
+    refit: bool = False
     # Where fit() trains: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps.
     device: str = "auto"
 
@@ -300,14 +303,17 @@ def fit(
     stopped_because = f"reached train.epochs={settings.epochs}"
     for epoch in range(1, settings.epochs + 1):
         epoch_start = time.perf_counter()
+        epoch_lr = float(optimizer.param_groups[0]["lr"])
         train_batches.set_epoch(epoch)
         loss = train_one_epoch(
             model, train_batches, optimizer, settings, generator, f"epoch {epoch}", hooks=hooks
         )
+        # epoch_lr: the rate this epoch trained at; lr (with a plateau schedule): the rate after its decision.
         record: dict = {
             "epoch": epoch,
             "train_loss": loss,
             "train_seconds": time.perf_counter() - epoch_start,
+            "epoch_lr": epoch_lr,
         }
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
             valid = evaluate(model, valid_set, ks, full_ranking=full_ranking)
@@ -354,6 +360,42 @@ def fit(
         seconds_to_best=seconds_to_best,
         stopped_because=stopped_because,
     )
+
+
+def train_epochs(
+    model: SequentialRecommender,
+    train_batches: TrainBatches,
+    settings: TrainSettings,
+    epochs: int,
+    seed: int = 0,
+    learning_rates: Sequence[float] | None = None,
+) -> list[dict]:
+    """Train for exactly ``epochs`` epochs without validation; returns per-epoch loss and time.
+
+    ``learning_rates`` (one per epoch) replays a schedule chosen elsewhere, e.g. the plateau decays that
+    :func:`fit` recorded on validation data; None keeps ``settings.lr``. The model ends on the device it
+    came in on.
+    """
+    if epochs < 1:
+        raise ValueError(f"train_epochs needs epochs >= 1, got {epochs}")
+    if learning_rates is not None and len(learning_rates) < epochs:
+        raise ValueError(f"{len(learning_rates)} learning rates given for {epochs} epochs")
+    home = model_device(model)
+    model.to(settings.resolve_device())
+    optimizer = settings.make_optimizer(model.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        if learning_rates is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = float(learning_rates[epoch - 1])
+        start = time.perf_counter()
+        train_batches.set_epoch(epoch)
+        loss = train_one_epoch(model, train_batches, optimizer, settings, generator, f"refit epoch {epoch}")
+        history.append({"epoch": epoch, "train_loss": loss, "train_seconds": time.perf_counter() - start})
+        logger.info("refit epoch %d/%d loss %.4f", epoch, epochs, loss)
+    model.to(home)
+    return history
 
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

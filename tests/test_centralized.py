@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_pattern_dataset
 
@@ -92,3 +93,42 @@ def test_missing_dataset_path_is_a_clear_error(tmp_path: Path) -> None:
     cfg = compose_config(["data.name=nothing", f"data.path={tmp_path / 'nope.txt'}", "train.progress=false"])
     with pytest.raises(FileNotFoundError, match=r"nope\.txt"):
         run_centralized(cfg, tmp_path / "run")
+
+
+def test_refit_trains_on_the_validation_interactions(tmp_path: Path) -> None:
+    # Half of the users end with [1, 2] (validation 1, test 2); the other half with [1, 2, r] (validation 2).
+    # The transition 1 -> 2 exists only as the second half's validation interaction: the early-stopped model
+    # never trains on it, the refit model does, so only the refit predicts the first half's test item.
+    rng = np.random.default_rng(0)
+    lines = []
+    for user in range(1, 201):
+        prefix = [int(i) for i in rng.choice(np.arange(3, 41), size=4, replace=False)]
+        tail = [1, 2] if user % 2 else [1, 2, int(rng.integers(3, 41))]
+        lines.append(" ".join(str(x) for x in [user, *prefix, *tail]))
+    data = tmp_path / "refit.txt"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = compose_config(
+        [
+            "data.name=refit",
+            f"data.path={data}",
+            "data.max_len=10",
+            "model.hidden_size=16",
+            "model.dropout=0.1",
+            "train.epochs=6",
+            "train.patience=6",
+            "train.lr=0.01",
+            "train.batch_size=32",
+            "train.refit=true",
+            "train.progress=false",
+            "eval.sampled_negatives=20",
+        ]
+    )
+    summary = run_centralized(cfg, tmp_path / "run")
+    plain, refit = summary["test"]["full"], summary["refit"]["test"]["full"]
+    assert summary["refit"]["epochs"] == summary["best_epoch"]
+    assert plain["HR@10"] < 0.4, plain  # item 2 was never a training target
+    assert refit["HR@10"] > plain["HR@10"] + 0.3, (plain, refit)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["refit_epochs"]) == summary["best_epoch"]
+    assert all(row["epoch_lr"] == pytest.approx(0.01) for row in metrics["epochs"])
+    assert (tmp_path / "run" / "model_refit.pt").is_file()

@@ -7,7 +7,7 @@ import torch
 
 from lsc4rec.data import TrainBatches
 from lsc4rec.models.srm import build_srm
-from lsc4rec.training import EvalSet, TrainSettings, fit
+from lsc4rec.training import EvalSet, TrainSettings, fit, train_epochs
 
 NUM_ITEMS = 20
 
@@ -81,3 +81,17 @@ def test_cuda_training_matches_cpu_training_and_returns_the_model_home() -> None
         assert all(v.device.type == "cpu" for v in result.best_state.values())
         results[device] = [row["train_loss"] for row in result.history]
     assert results["cuda"] == pytest.approx(results["cpu"], rel=1e-3)
+
+
+def test_train_epochs_runs_exactly_and_replays_learning_rates() -> None:
+    torch.manual_seed(0)
+    model = build_srm("gru4rec", NUM_ITEMS, hidden_size=8, dropout=0.0)
+    train, _ = _data()
+    before = [p.detach().clone() for p in model.parameters()]
+    history = train_epochs(model, train, TrainSettings(progress=False), 2, learning_rates=[0.0, 0.0])
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    train_epochs(model, train, TrainSettings(progress=False), 1)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ValueError, match="1 learning rates given for 2 epochs"):
+        train_epochs(model, train, TrainSettings(progress=False), 2, learning_rates=[0.1])

@@ -6,6 +6,11 @@
 Writes ``outputs/<run>/metrics.json`` (config, dataset report, per-epoch metrics, final test metrics under the
 full-ranking and sampled protocols, wall time, peak memory), ``learning_curve.png`` and ``model.pt``, and
 prints ``RESULT {json}`` with the final test metrics as its last line.
+
+``train.refit=true`` adds a second model: trained from scratch with the same seed for the selected number
+of epochs (replaying the learning rates) on the training *and* validation interactions, i.e. everything
+before the test moment, as a deployed model would be. Its test metrics are reported under ``refit``
+(weights in ``model_refit.pt``); ``test`` stays the early-stopped model's.
 """
 
 from __future__ import annotations
@@ -20,12 +25,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lsc4rec.config import config_dir, to_plain_dict
-from lsc4rec.data import TrainBatches, leave_one_out, load_dataset
+from lsc4rec.data import LeaveOneOutSplit, RawDataset, TrainBatches, leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.setup import prepare_solid_model
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
 from lsc4rec.simulations.runs import begin_run
-from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
+from lsc4rec.training import (
+    EvalSet,
+    FitResult,
+    TrainSettings,
+    build_eval_sets,
+    build_model_from_config,
+    evaluate,
+    fit,
+    train_epochs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +54,36 @@ def protocol_description(cfg: DictConfig) -> str:
         "leave-one-out; full = ranking over all items"
         f" (already-seen items excluded: {bool(cfg.eval.exclude_history)}); {sampled}"
     )
+
+
+def refit_with_validation(
+    cfg: DictConfig,
+    raw: RawDataset,
+    split: LeaveOneOutSplit,
+    settings: TrainSettings,
+    result: FitResult,
+    test_set: EvalSet,
+    out: Path,
+) -> dict:
+    """Train a fresh model for ``result.best_epoch`` epochs on train + validation interactions; test it."""
+    seed, max_len = int(cfg.seed), int(cfg.data.max_len)
+    torch.manual_seed(seed)
+    model = build_model_from_config(cfg.model, split.num_items, max_len)
+    if isinstance(model, SolidRecommender):
+        prepare_solid_model(model, cfg.solid, raw, split, seed=seed)
+    batches = TrainBatches(split.train_sequences(include_valid=True), max_len, settings.batch_size, seed=seed)
+    epochs = result.best_epoch
+    rates = [float(row.get("epoch_lr", settings.lr)) for row in result.history[:epochs]]
+    start = time.perf_counter()
+    history = train_epochs(model, batches, settings, epochs, seed=seed, learning_rates=rates)
+    seconds = time.perf_counter() - start
+    model.to(settings.resolve_device())
+    ks = tuple(int(k) for k in cfg.eval.ks)
+    test = evaluate(model, test_set, ks, full_ranking=bool(cfg.eval.full_ranking))
+    model.to("cpu")
+    torch.save(model.state_dict(), out / "model_refit.pt")
+    logger.info("refit on train + validation (%d epochs, %.0f s): test %s", epochs, seconds, test.get("full"))
+    return {"epochs": epochs, "train_seconds": round(seconds, 1), "test": test, "history": history}
 
 
 def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
@@ -99,6 +143,12 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
         "test": test,
         "valid": result.best_valid,
     }
+    refit_history: list[dict] = []
+    if settings.refit:
+        refit = refit_with_validation(cfg, raw, split, settings, result, test_set, out)
+        refit_history = refit.pop("history")
+        summary["refit"] = refit
+        summary["seconds_to_refit"] = round(result.seconds_to_best + refit["train_seconds"], 1)
     payload = {
         "status": "completed",
         "config": plain_cfg,
@@ -107,6 +157,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
         "solid": solid_report,
         "stopped_because": result.stopped_because,
         "epochs": result.history,
+        "refit_epochs": refit_history,
         "final": summary,
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
