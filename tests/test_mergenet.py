@@ -217,15 +217,18 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
             "mergenet.rank=4",
             "mergenet.attention_dim=16",
             "mergenet.llm_finetune_epochs=1",
+            # A sparse device: the SRM knows 60% of the users, the LLM all of them (stale).
+            "mergenet.device_users=0.6",
         ],
         config_name="mergenet_run",
     )
     result = run_mergenet(cfg, tmp_path / "run")
+    assert result["device_users"] == 90
     assert set(result["cloud_to_device"]) == {"srm", "mergenet", "kd"}
     assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}
     for variant in result["cloud_to_device"].values():
         assert {"all", "cold_users", "warm_users"} <= set(variant)
-        assert variant["all"]["users"] == 150
+        assert variant["all"]["users"] == 90
     # The walk is learnable: random ranking of 30 items would give HR@10 ~ 0.33.
     assert result["cloud_to_device"]["srm"]["all"]["HR@10"] > 0.8
     assert result["overhead"]["transfers"] > 0 and result["overhead"]["adapter_parameters"] > 0
@@ -277,3 +280,24 @@ def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path:
     with pytest.raises(ValueError, match=r"needs collab\.enabled=true"):
         run_config = {"overrides": f"data.name=pattern data.path={data} mergenet.every_rounds=1"}
         run_federated(InProcessGrid(1, run_config), config_from_run_config(run_config), tmp_path / "bad")
+
+
+def test_device_users_is_a_seeded_subset_with_its_own_data() -> None:
+    from lsc4rec.data import leave_one_out
+    from lsc4rec.data.readers import RawDataset
+    from lsc4rec.simulations.mergenet import device_users
+
+    sequences = [[u + 1, u + 2, u + 3, u + 4] for u in range(10)]
+    split = leave_one_out(RawDataset("toy", Path("toy"), [100 + u for u in range(10)], sequences))
+    assert device_users(split, 1.0, seed=0) is split
+    part = device_users(split, 0.3, seed=0)
+    assert part is not None and len(part.train) == 3 and part.num_items == split.num_items
+    assert part == device_users(split, 0.3, seed=0)
+    for row, user in enumerate(part.user_map.raw_ids):
+        source = user - 100
+        assert part.train[row] == split.train[source]
+        assert part.test_targets[row] == split.test_targets[source]
+    with pytest.raises(ValueError, match=r"mergenet\.device_users"):
+        device_users(split, 0.0, seed=0)
+    with pytest.raises(ValueError, match=r"outside 0\.\.9"):
+        split.subset([3, 10])

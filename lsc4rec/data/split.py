@@ -143,6 +143,28 @@ class LeaveOneOutSplit:
             evaluated = [list(t) for t in self.train]
         return evaluated + [list(seq) for seq in self.train_only]
 
+    def subset(self, users: Sequence[int]) -> LeaveOneOutSplit:
+        """The split of the evaluated users ``users`` only (internal ids, renumbered 0..len-1 in that order).
+
+        The item ids and catalogue stay; ``train_only`` sequences (no user to evaluate) are dropped.
+        """
+        rows = [int(u) for u in users]
+        bad = [u for u in rows if not 0 <= u < len(self.train)]
+        if bad:
+            raise ValueError(f"subset of {self.name}: users {bad[:5]} outside 0..{len(self.train) - 1}")
+        raw_users = [self.user_map.to_raw(u) for u in rows]
+        return LeaveOneOutSplit(
+            name=self.name,
+            num_items=self.num_items,
+            item_map=self.item_map,
+            user_map=IdMap(raw_users, start=0, kind="user"),
+            train=[list(self.train[u]) for u in rows],
+            valid_targets=[self.valid_targets[u] for u in rows],
+            test_targets=[self.test_targets[u] for u in rows],
+            train_only=[],
+            report={**self.report, "users_evaluated": len(rows)},
+        )
+
     def valid_histories(self) -> list[list[int]]:
         """Histories for predicting ``valid_targets``: each evaluated user's train part."""
         return [list(t) for t in self.train]

@@ -10,9 +10,11 @@ LSC4Rec. Cloud -> device: the SRM is trained from scratch three times with the s
 every ``mergenet.t_cycle`` steps, the LLM taking its own steps alongside when ``mergenet.train_source``), and
 with knowledge distillation towards the LLM (``kd``). Device -> cloud (``mergenet.directions`` has
 ``device_to_cloud``): the LLM is fine-tuned for ``mergenet.llm_finetune_epochs`` more epochs with and without
-a transfer from the trained SRM into its item-token embeddings. Test metrics are full-ranking, overall and for
-cold users (short histories) and rare target items, so one can see where transfer helps. Writes
-``metrics.json`` and ``mergenet.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
+a transfer from the trained SRM into its item-token embeddings. ``mergenet.device_users < 1`` models a sparse
+device: the SRM trains and is tested on a seeded share of the users while the LLM still learns from all of
+them (stale), the setting where knowledge from the cloud has the most to add. Test metrics are full-ranking,
+overall and for cold users (short histories) and rare target items, so one can see where transfer helps.
+Writes ``metrics.json`` and ``mergenet.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -54,6 +57,17 @@ DIRECTIONS = ("cloud_to_device", "device_to_cloud")
 def transfer_from_config(cfg: DictConfig, target: Any, source: Any) -> MergeNetTransfer:
     """A :class:`MergeNetTransfer` for ``source`` -> ``target`` with the ``mergenet.*`` settings."""
     return MergeNetTransfer.from_config(cfg.mergenet, target, source, seed=int(cfg.seed))
+
+
+def device_users(split: LeaveOneOutSplit, fraction: float, seed: int) -> LeaveOneOutSplit:
+    """The users a device SRM trains on and is tested on: a seeded ``fraction`` of all (1.0 = everyone)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"mergenet.device_users must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return split
+    count = max(1, round(fraction * len(split.train)))
+    users = np.sort(np.random.default_rng(seed).permutation(len(split.train))[:count])
+    return split.subset(users.tolist())
 
 
 def user_groups(split: LeaveOneOutSplit, short_history: int, rare_count: int) -> dict[str, list[int]]:
@@ -164,8 +178,10 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise ValueError(f"mergenet.directions: unknown {bad}; valid: {list(DIRECTIONS)}")
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
-    view = cloud_view(split, int(cfg.collab.cloud_lag))
+    everyone = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
+    view = cloud_view(everyone, int(cfg.collab.cloud_lag))
+    split = device_users(everyone, float(cfg.mergenet.device_users), int(cfg.seed))
     max_len = int(cfg.data.max_len)
     settings = TrainSettings(**plain["train"])
     valid_set, _ = build_eval_sets(split, cfg.eval, max_len)
@@ -220,12 +236,13 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
 
     cloud: dict[str, Any] = {}
     if "device_to_cloud" in directions and srm is not None:
-        cloud = _device_to_cloud(cfg, llm, srm, view, split, llm_settings)
+        cloud = _device_to_cloud(cfg, llm, srm, view, everyone, llm_settings)
 
     result: dict[str, Any] = {
         "experiment": "mergenet",
         "dataset": cfg.data.name,
         "pair": f"{source_spec} -> {target_spec}",
+        "device_users": len(split.train),
         "llm_test_NDCG@10": round(llm_report["test_full_history"]["NDCG@10"], 4),
         "cloud_to_device": {name: run["test"] for name, run in runs.items()},
     }
