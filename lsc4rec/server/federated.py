@@ -200,8 +200,9 @@ class MergeNetOnServer:
 
     The round is the transfer cycle: before sending, the adapter rewrites the global SRM's paired parameters
     (``θ' = adapter(θ_global, factors(θ_LLM))``); the nodes train from ``θ'``; the aggregate is the
-    post-step parameters the adapter learns from (``½‖θ' − θ_aggregate‖²``). Nodes receive the same-sized
-    model, so the transfer costs server time, not bytes.
+    post-step parameters the adapter learns from (``½‖θ' − θ_aggregate‖²``: the server holds no gradient,
+    and ``θ' − θ_aggregate`` is the round's pseudo-gradient, so the ``step`` signal is the only one here).
+    Nodes receive the same-sized model, so the transfer costs server time, not bytes.
     """
 
     def __init__(self, cfg: DictConfig, model: SequentialRecommender, llm: CloudLLM) -> None:
@@ -214,6 +215,7 @@ class MergeNetOnServer:
             resolve_slice(str(cfg.mergenet.source), model, llm),
             seed=int(cfg.seed),
             t_cycle=1,
+            signal="step",
         )
         self.pending: torch.Tensor | None = None
 

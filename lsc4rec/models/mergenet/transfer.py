@@ -194,8 +194,9 @@ class MergeNetTransfer(_Hook):
         source: ParameterSlice,
         seed: int = 0,
         t_cycle: int | None = None,
+        signal: str | None = None,
     ) -> MergeNetTransfer:
-        """The transfer ``conf/mergenet`` describes (``t_cycle`` overrides ``mergenet.t_cycle``)."""
+        """The transfer ``conf/mergenet`` describes (``t_cycle`` / ``signal`` override ``mergenet.*``)."""
         m = mergenet_cfg
         return cls(
             target,
@@ -211,7 +212,7 @@ class MergeNetTransfer(_Hook):
             grad_clip=float(m["grad_clip"]),
             seed=seed,
             max_change=float(m["max_change"]),
-            signal=str(m.get("signal", "gradient")),
+            signal=str(m.get("signal", "gradient")) if signal is None else signal,
         )
 
     def transfer(self) -> Tensor:
