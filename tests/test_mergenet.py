@@ -66,6 +66,49 @@ def test_adapter_starts_as_identity_handles_other_shapes_and_reads_the_source() 
         adapter(target, u[:5], v)
 
 
+def test_aligned_adapter_reads_each_rows_own_source_row() -> None:
+    torch.manual_seed(0)
+    generic = ParameterAdapter((500, 8), (500, 16), attention_dim=16, heads=2, dropout=0.0)
+    adapter = ParameterAdapter((500, 8), (500, 16), attention_dim=16, heads=2, dropout=0.0, aligned=True)
+    # The catalogue-wide column projections are what the aligned adapter leaves out.
+    assert sum(p.numel() for p in adapter.parameters()) < 0.1 * sum(p.numel() for p in generic.parameters())
+    target = torch.randn(500, 8)
+    u, v = low_rank_factors(torch.randn(500, 16), 4)
+    assert torch.equal(adapter(target, u, v), target)
+    torch.nn.init.normal_(adapter.out.weight, std=0.1)
+    base = adapter(target, u, v)
+    # Swapping two items' source rows (the factors' scale stays) changes those two output rows only. Eval
+    # mode: in training mode spectral norm takes a power-iteration step per call, changing every row.
+    adapter.eval()
+    base = adapter(target, u, v)
+    swapped = u.clone()
+    swapped[[7, 9]] = u[[9, 7]]
+    changed = adapter(target, swapped, v)
+    rows = (changed - base).abs().amax(dim=1) > 1e-7
+    assert rows.nonzero().flatten().tolist() == [7, 9]
+    with pytest.raises(ValueError, match="as many source rows as target rows"):
+        ParameterAdapter((500, 8), (400, 16), aligned=True)
+
+
+def test_item_tables_pair_row_aligned_by_default() -> None:
+    srm, llm = tiny_models()
+    items = MergeNetTransfer(
+        resolve_slice("srm.item_embeddings", srm, llm), resolve_slice("llm.item_embeddings", srm, llm), rank=4
+    )
+    other = MergeNetTransfer(
+        resolve_slice("srm:blocks.0.ffn.net.0.weight", srm, llm),
+        resolve_slice("llm.item_embeddings", srm, llm),
+        rank=4,
+    )
+    assert items.adapter.aligned and not other.adapter.aligned
+    with pytest.raises(ValueError, match=r"mergenet\.aligned"):
+        MergeNetTransfer(
+            resolve_slice("srm.item_embeddings", srm, llm),
+            resolve_slice("llm.item_embeddings", srm, llm),
+            aligned="yes",
+        )
+
+
 def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
     # Each cycle starts from the same target T; the "task step" after a transfer moves the parameters 20%
     # towards W*. The rule 1/2||theta' - theta_after||^2 must teach the adapter to propose W* itself.

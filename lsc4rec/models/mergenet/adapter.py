@@ -15,6 +15,11 @@ step is scale-free, and an unbounded correction rewrote 20-30% of an SRM item ta
 on Beauty. (The released code overwrites the target with a LayerNorm output, which rescales it arbitrarily at
 the first transfer.) The released code's attention between full matrices is replaced by attention to factor
 tokens, the "low-rank re-encoding" the paper describes.
+
+Row-aligned pairs (``aligned``: the LLM's item-token rows and the SRM's item table index the same items) get
+a row-wise path instead: item ``i``'s target row attends to item ``i``'s own source components. The generic
+path can only pass item-specific knowledge through the column attentions' projections, which squeeze the
+whole catalogue through ``attention_dim`` numbers (and hold most of the adapter's parameters).
 """
 
 from __future__ import annotations
@@ -70,8 +75,46 @@ class _CrossAttention(nn.Module):
         return self.out(mixed)
 
 
+class _RowComponentAttention(nn.Module):
+    """Target row ``i`` attends to the ``r`` rank-1 components ``u[i, k] · v[:, k]`` of source row ``i``.
+
+    For row-aligned matrices (both index the same items). A component's key/value projection is
+    ``u[i, k] · (W v_k) + b``, so the ``[m, r, q]`` component tensor is never built.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if attention_dim % heads != 0:
+            raise ValueError(f"mergenet.attention_dim ({attention_dim}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.query = nn.Linear(query_dim, attention_dim)
+        self.key = nn.Linear(key_dim, attention_dim)
+        self.value = nn.Linear(key_dim, attention_dim)
+        self.out = nn.Linear(attention_dim, query_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _project(self, layer: nn.Linear, u: Tensor, v: Tensor) -> Tensor:
+        m, r, h = u.shape[0], u.shape[1], self.heads
+        projected = u.unsqueeze(-1) * (v.t() @ layer.weight.t()).unsqueeze(0) + layer.bias  # [m, r, a]
+        return projected.view(m, r, h, -1).transpose(1, 2)  # [m, h, r, a/h]
+
+    def forward(self, queries: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        """``queries [m, n]`` over their own rows' components of ``u [m, r]``, ``v [q, r]``; ``[m, n]``."""
+        m, h = queries.shape[0], self.heads
+        q = self.query(queries).view(m, h, 1, -1)  # [m, h, 1, a/h]
+        k, val = self._project(self.key, u, v), self._project(self.value, u, v)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [m, h, 1, r]
+        mixed = (self.dropout(weights) @ val).reshape(m, -1)
+        return self.out(mixed)
+
+
 class KnowledgeTransferLayer(nn.Module):
-    """One KTL: target rows/columns attend to the source factor tokens; spectral-norm FFN; residual + norm."""
+    """One KTL: target rows/columns attend to the source factor tokens; spectral-norm FFN; residual + norm.
+
+    ``aligned`` (source and target rows index the same things, e.g. two item tables): each target row
+    attends to its own source row's rank-1 components and to the ``v`` factor tokens, and the column
+    attentions (whose projections are as wide as the catalogue) are left out.
+    """
 
     def __init__(
         self,
@@ -80,14 +123,21 @@ class KnowledgeTransferLayer(nn.Module):
         attention_dim: int = 64,
         heads: int = 4,
         dropout: float = 0.1,
+        aligned: bool = False,
     ) -> None:
         super().__init__()
         m, n = target_shape
         p, q = source_shape
-        self.row_u = _CrossAttention(n, p, attention_dim, heads, dropout)
+        if aligned and m != p:
+            raise ValueError(f"aligned transfer needs as many source rows as target rows, got {p} and {m}")
+        self.aligned = aligned
         self.row_v = _CrossAttention(n, q, attention_dim, heads, dropout)
-        self.col_u = _CrossAttention(m, p, attention_dim, heads, dropout)
-        self.col_v = _CrossAttention(m, q, attention_dim, heads, dropout)
+        if aligned:
+            self.row_own = _RowComponentAttention(n, q, attention_dim, heads, dropout)
+        else:
+            self.row_u = _CrossAttention(n, p, attention_dim, heads, dropout)
+            self.col_u = _CrossAttention(m, p, attention_dim, heads, dropout)
+            self.col_v = _CrossAttention(m, q, attention_dim, heads, dropout)
         self.attention_norm = nn.LayerNorm(n)
         self.ffn = nn.Sequential(
             spectral_norm(nn.Linear(n, 2 * n)),
@@ -100,6 +150,10 @@ class KnowledgeTransferLayer(nn.Module):
     def forward(self, x: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """``x [m, n]`` re-encoded with the source factors ``u [p, r]``, ``v [q, r]``."""
         u_tokens, v_tokens = u.t(), v.t()  # r tokens of width p and q
+        if self.aligned:
+            mixed = (self.row_own(x, u, v) + self.row_v(x, v_tokens)) / 2.0
+            x = self.attention_norm(x + mixed)
+            return self.ffn_norm(x + self.ffn(x))
         rows = self.row_u(x, u_tokens) + self.row_v(x, v_tokens)
         columns = (self.col_u(x.t(), u_tokens) + self.col_v(x.t(), v_tokens)).t()
         x = self.attention_norm(x + (rows + columns) / 4.0)
@@ -118,8 +172,12 @@ class ParameterAdapter(nn.Module):
         heads: int = 4,
         dropout: float = 0.1,
         max_change: float = 0.05,
+        aligned: bool = False,
     ) -> None:
-        """Adapter for a ``target_shape`` matrix fed by factors of a ``source_shape`` matrix."""
+        """Adapter for a ``target_shape`` matrix fed by factors of a ``source_shape`` matrix.
+
+        ``aligned``: source and target rows index the same things (see :class:`KnowledgeTransferLayer`).
+        """
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"mergenet.num_layers must be >= 1, got {num_layers}")
@@ -128,8 +186,11 @@ class ParameterAdapter(nn.Module):
         self.max_change = float(max_change)
         self.target_shape = tuple(int(d) for d in target_shape)
         self.source_shape = tuple(int(d) for d in source_shape)
+        self.aligned = bool(aligned)
         self.layers = nn.ModuleList(
-            KnowledgeTransferLayer(self.target_shape, self.source_shape, attention_dim, heads, dropout)
+            KnowledgeTransferLayer(
+                self.target_shape, self.source_shape, attention_dim, heads, dropout, self.aligned
+            )
             for _ in range(num_layers)
         )
         self.out = nn.Linear(self.target_shape[1], self.target_shape[1])

@@ -162,8 +162,12 @@ class MergeNetTransfer(_Hook):
         seed: int = 0,
         max_change: float = 0.05,
         signal: str = "gradient",
+        aligned: bool | str = "auto",
     ) -> None:
-        """Pair ``source`` -> ``target`` with a fresh adapter; see ``conf/mergenet/default.yaml``."""
+        """Pair ``source`` -> ``target`` with a fresh adapter; see ``conf/mergenet/default.yaml``.
+
+        ``aligned="auto"``: row-aligned when both slices are item tables (the same items, row for row).
+        """
         if t_cycle < 1:
             raise ValueError(f"mergenet.t_cycle must be >= 1, got {t_cycle}")
         if signal not in ("gradient", "step"):
@@ -172,8 +176,12 @@ class MergeNetTransfer(_Hook):
         self.target, self.source = target, source
         self.rank, self.t_cycle, self.grad_clip, self.seed = int(rank), int(t_cycle), float(grad_clip), seed
         torch.manual_seed(seed)
+        if aligned == "auto":
+            aligned = target.name.endswith("item_embeddings") and source.name.endswith("item_embeddings")
+        if not isinstance(aligned, bool):
+            raise ValueError(f"mergenet.aligned must be auto, true or false, got {aligned!r}")
         self.adapter = ParameterAdapter(
-            target.shape, source.shape, num_layers, attention_dim, heads, dropout, max_change
+            target.shape, source.shape, num_layers, attention_dim, heads, dropout, max_change, aligned
         )
         # Bias/norm parameters are not decayed (the released recipe).
         decay = [p for n, p in self.adapter.named_parameters() if p.ndim >= 2 and "norm" not in n]
@@ -213,6 +221,7 @@ class MergeNetTransfer(_Hook):
             seed=seed,
             max_change=float(m["max_change"]),
             signal=str(m.get("signal", "gradient")) if signal is None else signal,
+            aligned=m.get("aligned", "auto"),
         )
 
     def transfer(self) -> Tensor:
