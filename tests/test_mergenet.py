@@ -90,6 +90,21 @@ def test_aligned_adapter_reads_each_rows_own_source_row() -> None:
         ParameterAdapter((500, 8), (400, 16), aligned=True)
 
 
+def test_row_component_attention_equals_attention_over_explicit_components() -> None:
+    from lsc4rec.models.mergenet.adapter import _RowComponentAttention
+
+    torch.manual_seed(0)
+    attention = _RowComponentAttention(8, 12, 16, 4, 0.0)
+    x, u, v = torch.randn(30, 8), torch.randn(30, 5), torch.randn(12, 5)
+    components = u.unsqueeze(-1) * v.t().unsqueeze(0)  # [rows, r, q]: u[i, k] * v[:, k]
+    keys = attention.key(components).view(30, 5, 4, 4).transpose(1, 2)
+    values = attention.value(components).view(30, 5, 4, 4).transpose(1, 2)
+    queries = attention.query(x).view(30, 4, 1, 4)
+    weights = torch.softmax(queries @ keys.transpose(-1, -2) / 2.0, dim=-1)
+    expected = attention.out((weights @ values).reshape(30, 16))
+    torch.testing.assert_close(attention(x, u, v), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_item_tables_pair_row_aligned_by_default() -> None:
     srm, llm = tiny_models()
     items = MergeNetTransfer(

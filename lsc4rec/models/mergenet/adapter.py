@@ -79,7 +79,8 @@ class _RowComponentAttention(nn.Module):
     """Target row ``i`` attends to the ``r`` rank-1 components ``u[i, k] · v[:, k]`` of source row ``i``.
 
     For row-aligned matrices (both index the same items). A component's key/value projection is
-    ``u[i, k] · (W v_k) + b``, so the ``[m, r, q]`` component tensor is never built.
+    ``u[i, k] · (W v_k) + b``, so the logits and the mixed values factor through ``[m, heads, r]`` tensors
+    and the ``[m, r, q]`` components are never built.
     """
 
     def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int, dropout: float) -> None:
@@ -93,19 +94,20 @@ class _RowComponentAttention(nn.Module):
         self.out = nn.Linear(attention_dim, query_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def _project(self, layer: nn.Linear, u: Tensor, v: Tensor) -> Tensor:
-        m, r, h = u.shape[0], u.shape[1], self.heads
-        projected = u.unsqueeze(-1) * (v.t() @ layer.weight.t()).unsqueeze(0) + layer.bias  # [m, r, a]
-        return projected.view(m, r, h, -1).transpose(1, 2)  # [m, h, r, a/h]
-
     def forward(self, queries: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """``queries [m, n]`` over their own rows' components of ``u [m, r]``, ``v [q, r]``; ``[m, n]``."""
-        m, h = queries.shape[0], self.heads
-        q = self.query(queries).view(m, h, 1, -1)  # [m, h, 1, a/h]
-        k, val = self._project(self.key, u, v), self._project(self.value, u, v)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # [m, h, 1, r]
-        mixed = (self.dropout(weights) @ val).reshape(m, -1)
-        return self.out(mixed)
+        m, h, r = queries.shape[0], self.heads, u.shape[1]
+        q = self.query(queries).view(m, h, -1)  # [m, h, d]
+        key_dirs = (v.t() @ self.key.weight.t()).view(r, h, -1)  # W_k v_k: [r, h, d]
+        value_dirs = (v.t() @ self.value.weight.t()).view(r, h, -1)
+        # q · (u_ik W_k v_k + b_k) = u_ik (q · W_k v_k) + q · b_k
+        logits = u.unsqueeze(1) * torch.einsum("mhd,rhd->mhr", q, key_dirs)
+        logits = logits + torch.einsum("mhd,hd->mh", q, self.key.bias.view(h, -1)).unsqueeze(-1)
+        weights = self.dropout(torch.softmax(logits / math.sqrt(q.shape[-1]), dim=-1))  # [m, h, r]
+        # Σ_k w_k (u_ik W_v v_k + b_v) = Σ_k (w_k u_ik) W_v v_k + (Σ_k w_k) b_v
+        mixed = torch.einsum("mhr,rhd->mhd", weights * u.unsqueeze(1), value_dirs)
+        mixed = mixed + weights.sum(-1, keepdim=True) * self.value.bias.view(1, h, -1)
+        return self.out(mixed.reshape(m, -1))
 
 
 class KnowledgeTransferLayer(nn.Module):
