@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_pattern_dataset
+from torch import Tensor, nn
 
 from lsc4rec.config import compose_config
 from lsc4rec.data import TrainBatches
@@ -124,9 +125,8 @@ def test_item_tables_pair_row_aligned_by_default() -> None:
         )
 
 
-def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
-    # Each cycle starts from the same target T; the "task step" after a transfer moves the parameters 20%
-    # towards W*. The rule 1/2||theta' - theta_after||^2 must teach the adapter to propose W* itself.
+def toy_transfer(signal: str) -> tuple[Tensor, nn.Parameter, Tensor, MergeNetTransfer]:
+    """A 12 x 6 target starting at ``start``, a goal ``W*`` a whole RMS away, and a transfer into it."""
     torch.manual_seed(0)
     start = torch.randn(12, 6)
     target = torch.nn.Parameter(start.clone())
@@ -143,8 +143,15 @@ def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
         lr=1e-2,
         # The goal is a whole RMS away from the start: allow corrections that large.
         max_change=3.0,
-        signal="step",
+        signal=signal,
     )
+    return start, target, goal, transfer
+
+
+def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
+    # Each cycle starts from the same target T; the "task step" after a transfer moves the parameters 20%
+    # towards W*. The rule 1/2||theta' - theta_after||^2 must teach the adapter to propose W* itself.
+    start, target, goal, transfer = toy_transfer("step")
     distances = []
     for _ in range(200):
         proposal = transfer.transfer()
@@ -165,22 +172,7 @@ def test_the_gradient_signal_descends_the_targets_loss_through_the_adapter() -> 
     # Task loss L(theta) = 1/2||theta - W*||^2 evaluated at the transferred parameters: its gradient at theta'
     # (left in .grad, as a training step leaves it) must teach the adapter to propose W*; a step that leaves
     # no gradient teaches nothing.
-    torch.manual_seed(0)
-    start = torch.randn(12, 6)
-    target = torch.nn.Parameter(start.clone())
-    source = torch.nn.Parameter(torch.randn(12, 10))
-    goal = start + torch.randn(12, 6)
-    transfer = MergeNetTransfer(
-        ParameterSlice(target, None, "t"),
-        ParameterSlice(source, None, "s"),
-        rank=4,
-        t_cycle=1,
-        attention_dim=16,
-        heads=2,
-        dropout=0.0,
-        lr=1e-2,
-        max_change=3.0,
-    )
+    start, target, goal, transfer = toy_transfer("gradient")
     assert transfer.signal == "gradient"
     target.grad = None
     before = [p.detach().clone() for p in transfer.adapter.parameters()]
@@ -195,7 +187,7 @@ def test_the_gradient_signal_descends_the_targets_loss_through_the_adapter() -> 
         transfer.learn(proposal)
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
     with pytest.raises(ValueError, match=r"mergenet\.signal"):
-        MergeNetTransfer(ParameterSlice(target, None, "t"), ParameterSlice(source, None, "s"), signal="x")
+        MergeNetTransfer(ParameterSlice(target, None, "t"), transfer.source, signal="x")
 
 
 def test_slices_name_item_rows_and_write_only_them() -> None:

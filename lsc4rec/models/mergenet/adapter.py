@@ -50,8 +50,8 @@ def low_rank_factors(matrix: Tensor, rank: int, seed: int = 0) -> tuple[Tensor, 
     return u * root, v * root
 
 
-class _CrossAttention(nn.Module):
-    """Multi-head attention of ``queries [M, dq]`` over ``keys [R, dk]``; output ``[M, dq]``."""
+class _AttentionProjections(nn.Module):
+    """Query/key/value/output projections and attention dropout shared by the attentions below."""
 
     def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -63,6 +63,10 @@ class _CrossAttention(nn.Module):
         self.value = nn.Linear(key_dim, attention_dim)
         self.out = nn.Linear(attention_dim, query_dim)
         self.dropout = nn.Dropout(dropout)
+
+
+class _CrossAttention(_AttentionProjections):
+    """Multi-head attention of ``queries [M, dq]`` over ``keys [R, dk]``; output ``[M, dq]``."""
 
     def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
         """Attend every query to every key."""
@@ -75,24 +79,13 @@ class _CrossAttention(nn.Module):
         return self.out(mixed)
 
 
-class _RowComponentAttention(nn.Module):
+class _RowComponentAttention(_AttentionProjections):
     """Target row ``i`` attends to the ``r`` rank-1 components ``u[i, k] · v[:, k]`` of source row ``i``.
 
     For row-aligned matrices (both index the same items). A component's key/value projection is
     ``u[i, k] · (W v_k) + b``, so the logits and the mixed values factor through ``[m, heads, r]`` tensors
     and the ``[m, r, q]`` components are never built.
     """
-
-    def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        if attention_dim % heads != 0:
-            raise ValueError(f"mergenet.attention_dim ({attention_dim}) must be divisible by heads ({heads})")
-        self.heads = heads
-        self.query = nn.Linear(query_dim, attention_dim)
-        self.key = nn.Linear(key_dim, attention_dim)
-        self.value = nn.Linear(key_dim, attention_dim)
-        self.out = nn.Linear(attention_dim, query_dim)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, queries: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """``queries [m, n]`` over their own rows' components of ``u [m, r]``, ``v [q, r]``; ``[m, n]``."""
