@@ -391,9 +391,11 @@ def train_epochs(
                 group["lr"] = float(learning_rates[epoch - 1])
         start = time.perf_counter()
         train_batches.set_epoch(epoch)
-        loss = train_one_epoch(model, train_batches, optimizer, settings, generator, f"refit epoch {epoch}")
+        loss = train_one_epoch(
+            model, train_batches, optimizer, settings, generator, f"epoch {epoch}/{epochs}"
+        )
         history.append({"epoch": epoch, "train_loss": loss, "train_seconds": time.perf_counter() - start})
-        logger.info("refit epoch %d/%d loss %.4f", epoch, epochs, loss)
+        logger.info("epoch %d/%d (no validation) loss %.4f", epoch, epochs, loss)
     model.to(home)
     return history
 
