@@ -28,6 +28,7 @@ from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, TrainBatches, leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.setup import prepare_solid_model
+from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
 from lsc4rec.simulations.runs import begin_run
 from lsc4rec.training import (
@@ -56,6 +57,17 @@ def protocol_description(cfg: DictConfig) -> str:
     )
 
 
+def build_model(
+    cfg: DictConfig, raw: RawDataset, split: LeaveOneOutSplit
+) -> tuple[SequentialRecommender, dict | None]:
+    """The configured SRM, with SOLID's semantic ids prepared when it is SOLID (and SOLID's report)."""
+    model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
+    if not isinstance(model, SolidRecommender):
+        return model, None
+    _, _, report = prepare_solid_model(model, cfg.solid, raw, split, seed=int(cfg.seed))
+    return model, report
+
+
 def refit_with_validation(
     cfg: DictConfig,
     raw: RawDataset,
@@ -68,9 +80,7 @@ def refit_with_validation(
     """Train a fresh model for ``result.best_epoch`` epochs on train + validation interactions; test it."""
     seed, max_len = int(cfg.seed), int(cfg.data.max_len)
     torch.manual_seed(seed)
-    model = build_model_from_config(cfg.model, split.num_items, max_len)
-    if isinstance(model, SolidRecommender):
-        prepare_solid_model(model, cfg.solid, raw, split, seed=seed)
+    model, _ = build_model(cfg, raw, split)
     batches = TrainBatches(split.train_sequences(include_valid=True), max_len, settings.batch_size, seed=seed)
     epochs = result.best_epoch
     rates = [float(row.get("epoch_lr", settings.lr)) for row in result.history[:epochs]]
@@ -97,10 +107,8 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     logger.info("dataset %s: %s", cfg.data.name, split.report)
     max_len = int(cfg.data.max_len)
     settings = TrainSettings(**to_plain_dict(cfg.train))
-    model = build_model_from_config(cfg.model, split.num_items, max_len)
-    solid_report = None
-    if isinstance(model, SolidRecommender):
-        _, _, solid_report = prepare_solid_model(model, cfg.solid, raw, split, seed=int(cfg.seed))
+    model, solid_report = build_model(cfg, raw, split)
+    if solid_report is not None:
         logger.info("SOLID codebook: %s", solid_report["codebook"])
     num_parameters = sum(p.numel() for p in model.parameters())
     logger.info("model %s with %d parameters", cfg.model.name, num_parameters)

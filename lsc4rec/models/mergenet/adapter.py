@@ -147,11 +147,11 @@ class KnowledgeTransferLayer(nn.Module):
         u_tokens, v_tokens = u.t(), v.t()  # r tokens of width p and q
         if self.aligned:
             mixed = (self.row_own(x, u, v) + self.row_v(x, v_tokens)) / 2.0
-            x = self.attention_norm(x + mixed)
-            return self.ffn_norm(x + self.ffn(x))
-        rows = self.row_u(x, u_tokens) + self.row_v(x, v_tokens)
-        columns = (self.col_u(x.t(), u_tokens) + self.col_v(x.t(), v_tokens)).t()
-        x = self.attention_norm(x + (rows + columns) / 4.0)
+        else:
+            rows = self.row_u(x, u_tokens) + self.row_v(x, v_tokens)
+            columns = (self.col_u(x.t(), u_tokens) + self.col_v(x.t(), v_tokens)).t()
+            mixed = (rows + columns) / 4.0
+        x = self.attention_norm(x + mixed)
         return self.ffn_norm(x + self.ffn(x))
 
 
