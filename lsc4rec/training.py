@@ -427,7 +427,15 @@ def build_eval_sets(
 
     Model selection reads the full-ranking metric, so validation draws sampled negatives only when
     ``full_ranking`` is off (DIN on a large catalogue, see ``conf/model/din.yaml``); test always has them.
+    Validation covers the split's validation users (every user unless the split was restricted with
+    :meth:`LeaveOneOutSplit.with_validation_users`, which ``eval.validation_users`` asks for).
     """
+    requested = eval_cfg.get("validation_users")
+    if requested is not None and split.validation_users is None:
+        raise ValueError(
+            f"eval.validation_users={requested} is honoured by the centralized baseline only"
+            " (python -m lsc4rec.simulations.centralized); leave it null here"
+        )
     common = dict(
         num_items=split.num_items,
         max_len=max_len,
@@ -438,8 +446,14 @@ def build_eval_sets(
         sampled_negatives=int(eval_cfg["sampled_negatives"]), sampled_seed=int(eval_cfg["sampled_seed"])
     )
     valid_sampled = {} if bool(eval_cfg["full_ranking"]) else sampled
+    rows = split.validation_rows()
+    histories = split.valid_histories()
     valid_set = EvalSet.build(
-        "valid", split.valid_histories(), split.valid_targets, **common, **valid_sampled
+        "valid",
+        [histories[u] for u in rows],
+        [split.valid_targets[u] for u in rows],
+        **common,
+        **valid_sampled,
     )
     test_set = EvalSet.build("test", split.test_histories(), split.test_targets, **common, **sampled)
     return valid_set, test_set

@@ -60,6 +60,35 @@ def test_leave_one_out_hand_example(caplog: pytest.LogCaptureFixture) -> None:
     assert warnings[0].startswith("2 users with fewer than 3 interactions are train-only")
 
 
+def test_validation_users_hold_out_only_their_validation_item() -> None:
+    raw = RawDataset(
+        name="six",
+        source=Path("six.txt"),
+        user_ids=list(range(6)),
+        sequences=[[u * 10 + 1, u * 10 + 2, u * 10 + 3, u * 10 + 4] for u in range(6)],
+    )
+    split = leave_one_out(raw)
+    assert split.validation_rows() == list(range(6))
+    restricted = split.with_validation_users(2, seed=7)
+    assert restricted.with_validation_users(2, seed=7).validation_users == restricted.validation_users
+    held_out = restricted.validation_rows()
+    assert len(held_out) == 2 and held_out == sorted(held_out)
+    sequences = restricted.train_sequences()
+    for user in range(6):
+        expected = split.train[user] + ([] if user in held_out else [split.valid_targets[user]])
+        assert sequences[user] == expected
+    assert restricted.train_sequences(include_valid=True) == split.train_sequences(include_valid=True)
+    assert restricted.test_histories() == split.test_histories()
+    # A subset keeps the validation users it contains, renumbered; one without any is an error.
+    others = [u for u in range(6) if u not in held_out]
+    assert restricted.subset([held_out[1], others[0]]).validation_users == [0]
+    with pytest.raises(ValueError, match="none of its 2 users is a validation user"):
+        restricted.subset(others[:2])
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match=f"six: validation_users={bad} must be between 1 and 6"):
+            split.with_validation_users(bad, seed=0)
+
+
 def test_accessors_return_copies() -> None:
     split = leave_one_out(hand_dataset())
     split.train_sequences()[0].append(99)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from lsc4rec.data import TrainBatches
+from lsc4rec.config import compose_config
+from lsc4rec.data import RawDataset, TrainBatches, leave_one_out
 from lsc4rec.models.srm import build_srm
-from lsc4rec.training import EvalSet, TrainSettings, fit, train_epochs
+from lsc4rec.training import EvalSet, TrainSettings, build_eval_sets, fit, train_epochs
 
 NUM_ITEMS = 20
 
@@ -95,3 +98,20 @@ def test_train_epochs_runs_exactly_and_replays_learning_rates() -> None:
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with pytest.raises(ValueError, match="1 learning rates given for 2 epochs"):
         train_epochs(model, train, TrainSettings(progress=False), 2, learning_rates=[0.1])
+
+
+def test_eval_sets_follow_the_validation_users() -> None:
+    raw = RawDataset(
+        "ten", Path("ten.txt"), list(range(10)), [[u + 1, u + 2, u + 3, u + 4] for u in range(10)]
+    )
+    split = leave_one_out(raw)
+    cfg = compose_config(["eval.validation_users=3", "eval.sampled_negatives=5"])
+    with pytest.raises(
+        ValueError, match=r"eval\.validation_users=3 is honoured by the centralized baseline only"
+    ):
+        build_eval_sets(split, cfg.eval, 8)
+    restricted = split.with_validation_users(3, seed=0)
+    valid, test = build_eval_sets(restricted, cfg.eval, 8)
+    expected = sorted(split.valid_targets[u] for u in restricted.validation_rows())
+    assert sorted(int(t) for batch in valid.batches for t in batch.targets) == expected
+    assert len(test.negatives) == 10

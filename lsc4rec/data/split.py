@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -127,32 +127,65 @@ class LeaveOneOutSplit:
     train_only: list[list[int]]
     report: dict[str, int | float]
     train_only_users: list[int] = field(default_factory=list)
+    #: Internal ids (sorted) of the users whose validation item is held out of training and used for model
+    #: selection; None = every evaluated user (S3-Rec / RecBole protocol). See :meth:`with_validation_users`.
+    validation_users: list[int] | None = None
+
+    def with_validation_users(self, count: int, seed: int) -> LeaveOneOutSplit:
+        """The same split with only ``count`` seeded users holding their validation item out of training.
+
+        Every other evaluated user trains on its validation item (everything before its test item), and model
+        selection reads the ``count`` held-out users: the validation protocol of the gSASRec and eSASRec
+        benchmarks (2,048 validation users). Test still covers every evaluated user.
+        """
+        users = len(self.train)
+        if not 1 <= int(count) <= users:
+            raise ValueError(
+                f"{self.name}: validation_users={count} must be between 1 and {users} (evaluated users)"
+            )
+        chosen = np.random.default_rng(int(seed)).choice(users, size=int(count), replace=False)
+        return replace(self, validation_users=sorted(int(u) for u in chosen))
+
+    def validation_rows(self) -> list[int]:
+        """Evaluated users whose validation item is scored for model selection (all unless restricted)."""
+        return list(range(len(self.train))) if self.validation_users is None else list(self.validation_users)
 
     def train_sequences(self, include_valid: bool = False, include_test: bool = False) -> list[list[int]]:
         """Training sequences: evaluated users' train parts, then the ``train_only`` sequences.
 
         ``include_valid`` appends each user's validation item; ``include_test`` appends the validation and the
         test item (the full sequences; implies ``include_valid``, since the test item follows the valid one).
+        Under :meth:`with_validation_users`, users outside the validation sample always train on their
+        validation item.
         """
         if include_test:
             rows = zip(self.train, self.valid_targets, self.test_targets, strict=True)
             evaluated = [[*t, v, s] for t, v, s in rows]
-        elif include_valid:
-            evaluated = [[*t, v] for t, v in zip(self.train, self.valid_targets, strict=True)]
         else:
-            evaluated = [list(t) for t in self.train]
+            held_out = set() if include_valid else set(self.validation_rows())
+            evaluated = [
+                list(t) if u in held_out else [*t, v]
+                for u, (t, v) in enumerate(zip(self.train, self.valid_targets, strict=True))
+            ]
         return evaluated + [list(seq) for seq in self.train_only]
 
     def subset(self, users: Sequence[int]) -> LeaveOneOutSplit:
         """The split of the evaluated users ``users`` only (internal ids, renumbered 0..len-1 in that order).
 
-        The item ids and catalogue stay; ``train_only`` sequences (no user to evaluate) are dropped.
+        The item ids and catalogue stay; ``train_only`` sequences (no user to evaluate) are dropped; a
+        validation-user sample keeps those of its users that are in ``users``.
         """
         rows = [int(u) for u in users]
         bad = [u for u in rows if not 0 <= u < len(self.train)]
         if bad:
             raise ValueError(f"subset of {self.name}: users {bad[:5]} outside 0..{len(self.train) - 1}")
         raw_users = [self.user_map.to_raw(u) for u in rows]
+        validation_users = None
+        if self.validation_users is not None:
+            held_out = set(self.validation_users)
+            validation_users = [i for i, u in enumerate(rows) if u in held_out]
+            if not validation_users:
+                raise ValueError(f"subset of {self.name}: none of its {len(rows)} users is a validation user")
         return LeaveOneOutSplit(
             name=self.name,
             num_items=self.num_items,
@@ -163,6 +196,7 @@ class LeaveOneOutSplit:
             test_targets=[self.test_targets[u] for u in rows],
             train_only=[],
             report={**self.report, "users_evaluated": len(rows)},
+            validation_users=validation_users,
         )
 
     def valid_histories(self) -> list[list[int]]:

@@ -51,8 +51,14 @@ def protocol_description(cfg: DictConfig) -> str:
     sampled = f"sampled = target + {negatives} uniform negatives (seed {seed})"
     if not cfg.eval.full_ranking:
         return f"leave-one-out; {sampled} only (full ranking disabled: eval.full_ranking=false)"
+    validation_users = cfg.eval.get("validation_users")
+    validation = (
+        "validation on every user"
+        if validation_users is None
+        else f"validation on {int(validation_users)} seeded users, the others train on their validation item"
+    )
     return (
-        "leave-one-out; full = ranking over all items"
+        f"leave-one-out ({validation}); full = ranking over all items"
         f" (already-seen items excluded: {bool(cfg.eval.exclude_history)}); {sampled}"
     )
 
@@ -105,6 +111,13 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)
     split = leave_one_out(raw)
     logger.info("dataset %s: %s", cfg.data.name, split.report)
+    if cfg.eval.get("validation_users") is not None:
+        split = split.with_validation_users(int(cfg.eval.validation_users), seed=int(cfg.seed))
+        logger.info(
+            "validation on %d held-out users; the other %d train on their validation item",
+            len(split.validation_rows()),
+            len(split.train) - len(split.validation_rows()),
+        )
     max_len = int(cfg.data.max_len)
     settings = TrainSettings(**to_plain_dict(cfg.train))
     model, solid_report = build_model(cfg, raw, split)
