@@ -147,6 +147,15 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
         summary["test_always_request"]["fused"]["NDCG@10"]
     )
     assert abs(curve[0.2]["intelligent"]["actual_ratio"] - 0.2) < 0.08
+    # Every compared score gets its own calibrated curve, ending at always-request.
+    compared = ["missing_mass", "footrule", "topk", "coverage", "uncovered_mass"]
+    assert list(curve[0.2]["intelligent_by_score"]) == compared
+    for method in compared:
+        assert abs(curve[0.2]["intelligent_by_score"][method]["actual_ratio"] - 0.2) < 0.08, method
+        assert curve[1.0]["intelligent_by_score"][method]["NDCG@10"] == pytest.approx(
+            summary["test_always_request"]["fused"]["NDCG@10"]
+        )
+    assert set(summary["gain_recovered_at_target_by_score"]) == set(compared)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["training"]["srm_training"]["mode"] == "collaborative"
     assert (tmp_path / "run" / "request_curve.png").stat().st_size > 1000
@@ -162,3 +171,19 @@ def test_missing_mass_is_the_srm_probability_outside_the_list() -> None:
     assert torch.allclose(mass, torch.tensor([0.2, 0.5]))
     with pytest.raises(ValueError, match="srm_catalogue_scores"):
         inconsistency(items, torch.zeros(2, 3), "missing_mass")
+
+
+def test_uncovered_mass_counts_only_the_srm_top_n_the_list_lacks() -> None:
+    # n = 3 slots: the SRM's top-3 are items 1, 2, 3 in both rows.
+    items = torch.tensor([[1, 2, 0], [3, 4, 5], [3, 2, 1]])
+    probabilities = torch.tensor(
+        [[0.0, 0.5, 0.3, 0.15, 0.05, 0.0], [0.0, 0.4, 0.3, 0.2, 0.1, 0.0], [0.0, 0.4, 0.3, 0.2, 0.1, 0.0]]
+    )
+    catalogue = torch.log(probabilities)
+    uncovered = inconsistency(items, torch.zeros(3, 3), "uncovered_mass", srm_catalogue_scores=catalogue)
+    # Row 0: item 3 is missing (the empty slot covers nothing); row 1: items 1 and 2; row 2: nothing.
+    assert torch.allclose(uncovered, torch.tensor([0.15, 0.7, 0.0]))
+    missing = inconsistency(items, torch.zeros(3, 3), "missing_mass", srm_catalogue_scores=catalogue)
+    assert torch.allclose(missing, torch.tensor([0.2, 0.7, 0.1]))  # the tail beyond the top-3 counts there
+    with pytest.raises(ValueError, match=r"uncovered_mass.*srm_catalogue_scores"):
+        inconsistency(items, torch.zeros(3, 3), "uncovered_mass")

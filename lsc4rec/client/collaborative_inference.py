@@ -5,13 +5,21 @@ Shared by the experiments and the device client, so a simulated device and a dep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 from lsc4rec.client.request_policy import inconsistency
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["drop_seen", "request_scores", "srm_candidate_scores", "srm_catalogue_scores", "srm_top_items"]
+__all__ = [
+    "drop_seen",
+    "request_score_table",
+    "request_scores",
+    "srm_candidate_scores",
+    "srm_catalogue_scores",
+]
 
 
 def drop_seen(items: Tensor, histories: Tensor) -> Tensor:
@@ -37,15 +45,27 @@ def srm_catalogue_scores(srm: SequentialRecommender, histories: Tensor) -> Tenso
     return scores.scatter_(1, histories, float("-inf"))
 
 
-def srm_top_items(srm: SequentialRecommender, histories: Tensor, k: int) -> Tensor:
-    """The SRM's own top-``k`` items ``[B, k]`` over the whole catalogue, history items excluded."""
-    return srm_catalogue_scores(srm, histories).topk(k, dim=1).indices
-
-
 def request_scores(
     srm: SequentialRecommender, histories: Tensor, items: Tensor, srm_scores: Tensor, method: str, k: int
 ) -> Tensor:
     """Each device's inconsistency score ``[B]`` for its list ``items`` (see :func:`inconsistency`)."""
-    top = srm_top_items(srm, histories, k) if method == "coverage" else None
-    catalogue = srm_catalogue_scores(srm, histories) if method == "missing_mass" else None
-    return inconsistency(items, srm_scores, method, k, srm_top_items=top, srm_catalogue_scores=catalogue)
+    return request_score_table(srm, histories, items, srm_scores, (method,), k)[method]
+
+
+def request_score_table(
+    srm: SequentialRecommender,
+    histories: Tensor,
+    items: Tensor,
+    srm_scores: Tensor,
+    methods: Sequence[str],
+    k: int,
+) -> dict[str, Tensor]:
+    """Several inconsistency scores ``{method: [B]}`` of the same lists; the catalogue is scored once."""
+    catalogue = None
+    if any(m in ("missing_mass", "uncovered_mass", "coverage") for m in methods):
+        catalogue = srm_catalogue_scores(srm, histories)
+    top = catalogue.topk(k, dim=1).indices if "coverage" in methods and catalogue is not None else None
+    return {
+        method: inconsistency(items, srm_scores, method, k, srm_top_items=top, srm_catalogue_scores=catalogue)
+        for method in methods
+    }

@@ -14,10 +14,14 @@ Inconsistency scores (higher = more disagreement, all in [0, 1]):
 * ``topk``: 1 − |top-k of the LLM order ∩ top-k of the SRM order| / k.
 * ``coverage``: 1 − |SRM's top-k over the whole catalogue ∩ the LLM list| / k: how many of the items the
   device itself would recommend the cloud's list does not even contain.
-* ``missing_mass`` (default): 1 − Σ_{i in the list} p_SRM(i), with p_SRM the SRM's softmax over the whole
-  catalogue (history excluded): the device model's probability that the next item is not in the cloud's list
-  at all, i.e. that reranking it cannot help. On Beauty it predicts where a fresh list pays off better than
-  the rank-displacement scores (README results).
+* ``missing_mass``: 1 − Σ_{i in the list} p_SRM(i), with p_SRM the SRM's softmax over the whole catalogue
+  (history excluded): the device model's probability that the next item is not in the cloud's list at all,
+  i.e. that reranking it cannot help.
+* ``uncovered_mass`` (default): Σ p_SRM(i) over the SRM's own top-n items (n = the list's length) that the
+  list lacks. A fresh list is the cloud's best n items for the real-time history, which the device's own
+  top-n approximates, so this is the probability mass a request could plausibly bring into the list;
+  ``missing_mass`` also counts the long tail that no list of n items would hold. On Beauty it predicts where
+  a fresh list pays off best of all the scores (README results).
 
 The threshold is calibrated on validation data to a target request ratio (:meth:`RequestPolicy.calibrate`),
 with ties at the threshold broken at random in the right proportion, so discrete scores still hit the
@@ -33,7 +37,7 @@ from torch import Tensor
 
 __all__ = ["INCONSISTENCY_SCORES", "REQUEST_MODES", "RequestPolicy", "inconsistency"]
 
-INCONSISTENCY_SCORES = ("footrule", "topk", "coverage", "missing_mass")
+INCONSISTENCY_SCORES = ("footrule", "topk", "coverage", "missing_mass", "uncovered_mass")
 REQUEST_MODES = ("never", "always", "random", "intelligent")
 
 
@@ -57,7 +61,7 @@ def inconsistency(
 
     ``srm_scores [B, n]`` are the SRM's scores of those candidates; ``srm_top_items [B, k]`` (``coverage``
     only) the SRM's own top-k over the whole catalogue; ``srm_catalogue_scores [B, num_items + 1]``
-    (``missing_mass`` only) its scores of every item, -inf for padding and the history.
+    (``missing_mass`` and ``uncovered_mass``) its scores of every item, -inf for padding and the history.
     """
     if method not in INCONSISTENCY_SCORES:
         raise ValueError(f"request.score={method!r} is not one of {INCONSISTENCY_SCORES}")
@@ -70,14 +74,18 @@ def inconsistency(
         # Maximum footrule of a permutation of n is floor(n^2 / 2); empty slots count as maximal.
         displacement = torch.where(valid, displacement, torch.full_like(displacement, float(n)))
         return (displacement.sum(dim=1) / max(n * n // 2, 1)).clamp(max=1.0)
-    if method == "missing_mass":
+    if method in ("missing_mass", "uncovered_mass"):
         if srm_catalogue_scores is None:
             raise ValueError(
-                "request.score='missing_mass' needs the SRM's catalogue scores (srm_catalogue_scores)"
+                f"request.score={method!r} needs the SRM's catalogue scores (srm_catalogue_scores)"
             )
         probabilities = torch.softmax(srm_catalogue_scores.float(), dim=1)
-        in_list = probabilities.gather(1, items.clamp(min=0)) * valid
-        return (1.0 - in_list.sum(dim=1)).clamp(min=0.0, max=1.0)
+        if method == "missing_mass":
+            in_list = probabilities.gather(1, items.clamp(min=0)) * valid
+            return (1.0 - in_list.sum(dim=1)).clamp(min=0.0, max=1.0)
+        top = probabilities.topk(min(n, probabilities.shape[1]), dim=1)
+        covered = ((top.indices[:, :, None] == items[:, None, :]) & valid[:, None, :]).any(dim=2)
+        return (top.values * ~covered).sum(dim=1).clamp(min=0.0, max=1.0)
     k = min(k, n)
     if method == "topk":
         llm_top = valid & (torch.arange(n) < k)

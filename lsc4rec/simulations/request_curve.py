@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lsc4rec.client.collaborative_inference import drop_seen, request_scores, srm_candidate_scores
+from lsc4rec.client.collaborative_inference import drop_seen, request_score_table, srm_candidate_scores
 from lsc4rec.client.collaborative_training import train_on_llm_candidates
 from lsc4rec.client.fusion import fuse_scores, rerank
 from lsc4rec.client.request_policy import RequestPolicy
@@ -68,7 +68,9 @@ class MomentLists:
     fresh_items: Tensor  # [U, n] the list a request returns (LLM on the real-time history)
     fresh_llm: Tensor
     fresh_srm: Tensor
-    inconsistency: Tensor  # [U] the device's disagreement score on its stale list
+    inconsistency: Tensor  # [U] the device's disagreement score (request.score) on its stale list
+    # Every score of request.compare on the same lists, for the comparison curves.
+    compared: dict[str, Tensor] = field(default_factory=dict)
 
     def lists(self, requested: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(items, LLM scores, SRM scores) each device ranks: the fresh list where it requested one."""
@@ -93,7 +95,10 @@ def build_moment(
     n = int(cfg.collab.candidates)
     max_len = int(cfg.data.max_len)
     exclude = bool(cfg.eval.exclude_history)
-    parts: dict[str, list[Tensor]] = {k: [] for k in MomentLists.__dataclass_fields__ if k != "targets"}
+    methods = request_methods(cfg)
+    lists = ("stale_items", "stale_llm", "stale_srm", "fresh_items", "fresh_llm", "fresh_srm")
+    parts: dict[str, list[Tensor]] = {k: [] for k in lists}
+    scores: dict[str, list[Tensor]] = {m: [] for m in methods}
     chunk = 512
     for start in tqdm(range(0, len(histories), chunk), desc=description, disable=not cfg.llm.train.progress):
         history = pad_left(histories[start : start + chunk], max_len)
@@ -109,17 +114,23 @@ def build_moment(
             parts[f"{kind}_items"].append(items)
             parts[f"{kind}_llm"].append(llm_scores)
             parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
-        parts["inconsistency"].append(
-            request_scores(
-                srm,
-                history,
-                parts["stale_items"][-1],
-                parts["stale_srm"][-1],
-                str(cfg.request.score),
-                int(cfg.request.k),
-            )
+        table = request_score_table(
+            srm, history, parts["stale_items"][-1], parts["stale_srm"][-1], methods, int(cfg.request.k)
         )
-    return MomentLists(targets=torch.as_tensor(targets), **{k: torch.cat(v) for k, v in parts.items()})
+        for method, values in table.items():
+            scores[method].append(values)
+    by_method = {m: torch.cat(v) for m, v in scores.items()}
+    return MomentLists(
+        targets=torch.as_tensor(targets),
+        **{k: torch.cat(v) for k, v in parts.items()},
+        inconsistency=by_method[str(cfg.request.score)],
+        compared=by_method,
+    )
+
+
+def request_methods(cfg: DictConfig) -> list[str]:
+    """The configured request score first, then the other scores of ``request.compare`` (no repeats)."""
+    return list(dict.fromkeys([str(cfg.request.score), *(str(m) for m in cfg.request.get("compare", []))]))
 
 
 def ranked_metrics(
@@ -261,6 +272,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
     )
 
     generator = torch.Generator().manual_seed(int(cfg.request.seed))
+    compare_generator = torch.Generator().manual_seed(int(cfg.request.seed) + 1)
     curve = []
     for ratio in cfg.request.ratios:
         row: dict = {"ratio": float(ratio)}
@@ -271,6 +283,13 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
             requested = policy.decide(test.inconsistency, generator)
             metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, cfg)
             row[mode] = {"actual_ratio": float(requested.float().mean()), **metrics}
+        row["intelligent_by_score"] = {}
+        for method, values in valid.compared.items():
+            # Its own coin stream, so adding a compared score leaves the headline curves unchanged.
+            policy = RequestPolicy("intelligent", float(ratio)).calibrate(values)
+            requested = policy.decide(test.compared[method], compare_generator)
+            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, cfg)
+            row["intelligent_by_score"][method] = {"actual_ratio": float(requested.float().mean()), **metrics}
         curve.append(row)
         logger.info(
             "request ratio %.2f: intelligent NDCG@10 %.4f (actual %.3f), random %.4f",
@@ -308,6 +327,10 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         summary["random_gain_recovered_at_target"] = round(
             (at_target["random"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
         )
+        summary["gain_recovered_at_target_by_score"] = {
+            method: round((row["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3)
+            for method, row in at_target["intelligent_by_score"].items()
+        }
     payload = {
         "status": "completed",
         "config": to_plain_dict(cfg),
@@ -348,8 +371,14 @@ def plot_request_curve(summary: dict, path: Path) -> None:
     """NDCG@10 against request ratio (intelligent vs random) beside the LLM / SRM / fused bars."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     ratios = [r["ratio"] * 100 for r in summary["request_curve"]]
-    for mode, style in (("intelligent", "o-"), ("random", "s--")):
-        left.plot(ratios, [r[mode]["NDCG@10"] for r in summary["request_curve"]], style, label=mode)
+    curve = summary["request_curve"]
+    headline = summary["request_score"]
+    left.plot(ratios, [r["intelligent"]["NDCG@10"] for r in curve], "o-", label=f"intelligent ({headline})")
+    for method in curve[0].get("intelligent_by_score", {}):
+        if method != headline:
+            values = [r["intelligent_by_score"][method]["NDCG@10"] for r in curve]
+            left.plot(ratios, values, ".:", alpha=0.8, label=f"intelligent ({method})")
+    left.plot(ratios, [r["random"]["NDCG@10"] for r in curve], "s--", label="random")
     left.set_xlabel("request ratio (%)")
     left.set_ylabel("test NDCG@10 (fused)")
     left.set_title(f"{summary['dataset']}: requests for fresh lists")
