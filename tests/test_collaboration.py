@@ -148,7 +148,7 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
     )
     assert abs(curve[0.2]["intelligent"]["actual_ratio"] - 0.2) < 0.08
     # Every compared score gets its own calibrated curve, ending at always-request.
-    compared = ["missing_mass", "footrule", "topk", "coverage", "uncovered_mass"]
+    compared = ["uncovered_mass", "footrule", "topk", "coverage", "missing_mass"]
     assert list(curve[0.2]["intelligent_by_score"]) == compared
     for method in compared:
         assert abs(curve[0.2]["intelligent_by_score"][method]["actual_ratio"] - 0.2) < 0.08, method

@@ -31,7 +31,7 @@ class CollaborationSettings:
     candidates: int = 50
     alpha: float = 0.5
     normalization: str = "minmax"
-    score: str = "missing_mass"
+    score: str = "uncovered_mass"
     k: int = 10
     mode: str = "intelligent"
     ratio: float = 0.2
