@@ -11,6 +11,7 @@ from conftest import write_pattern_dataset
 
 from lsc4rec.client.collaborative_inference import drop_seen
 from lsc4rec.client.fusion import fuse_scores, normalize_scores, rerank
+from lsc4rec.client.request_model import FEATURE_NAMES, LearnedRequestModel
 from lsc4rec.client.request_policy import RequestPolicy, inconsistency
 from lsc4rec.config import compose_config
 from lsc4rec.models.srm import build_srm, candidate_rerank_loss
@@ -148,7 +149,7 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
     )
     assert abs(curve[0.2]["intelligent"]["actual_ratio"] - 0.2) < 0.08
     # Every compared score gets its own calibrated curve, ending at always-request.
-    compared = ["uncovered_mass", "footrule", "topk", "coverage", "missing_mass"]
+    compared = ["uncovered_mass", "footrule", "topk", "coverage", "missing_mass", "learned"]
     assert list(curve[0.2]["intelligent_by_score"]) == compared
     for method in compared:
         assert abs(curve[0.2]["intelligent_by_score"][method]["actual_ratio"] - 0.2) < 0.08, method
@@ -156,6 +157,8 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
             summary["test_always_request"]["fused"]["NDCG@10"]
         )
     assert set(summary["gain_recovered_at_target_by_score"]) == set(compared)
+    # The learned score was fitted on the validation moment and saved for the devices.
+    assert LearnedRequestModel.load(tmp_path / "run" / "request_model.json").feature_names == FEATURE_NAMES
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["training"]["srm_training"]["mode"] == "collaborative"
     assert (tmp_path / "run" / "request_curve.png").stat().st_size > 1000

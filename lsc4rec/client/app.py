@@ -29,6 +29,7 @@ from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.onnx_runtime import OnnxRecommender
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
 from lsc4rec.client.private_training import history_from_lists, history_to_lists, train_on_shard_private
+from lsc4rec.client.request_model import LearnedRequestModel
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.config import config_from_run_config, to_plain_dict
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
@@ -306,6 +307,9 @@ def collaborate(
         mode=str(cfg.request.mode),
         ratio=float(cfg.request.target_ratio),
         exclude_history=bool(cfg.eval.exclude_history),
+        request_model=LearnedRequestModel.load(Path(cfg.request.model_path))
+        if str(cfg.request.score) == "learned" and cfg.request.get("model_path")
+        else None,
     )
     client = CandidateServiceClient(
         target, token=token, root_certificates=root_certificates, timeout=float(cfg.collab.service_timeout)

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from lsc4rec.client.collaborative_inference import drop_seen, request_scores, srm_candidate_scores
+from lsc4rec.client.collaborative_inference import (
+    drop_seen,
+    request_scores,
+    srm_candidate_scores,
+    srm_catalogue_scores,
+)
 from lsc4rec.client.fusion import fuse_scores, rerank
+from lsc4rec.client.request_model import LearnedRequestModel, request_features
 from lsc4rec.data import pad_left
 from lsc4rec.metrics import RankingAccumulator, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
@@ -36,8 +42,15 @@ class CollaborationSettings:
     mode: str = "intelligent"
     ratio: float = 0.2
     exclude_history: bool = True
+    # The fitted request model when score is "learned" (request.model_path).
+    request_model: LearnedRequestModel | None = None
 
     def __post_init__(self) -> None:
+        if self.score == "learned" and self.request_model is None:
+            raise ValueError(
+                "request.score=learned needs request.model_path: the request_model.json a request_curve run"
+                " writes"
+            )
         if self.mode not in ("never", "always", "random", "intelligent"):
             raise ValueError(f"request.mode={self.mode!r}; use never, always, random or intelligent")
         if not 0.0 <= self.ratio <= 1.0:
@@ -93,7 +106,13 @@ def serve_devices(
         items = drop_seen(items, history)
     llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
     srm_scores = srm_candidate_scores(srm, history, items)
-    disagreement = request_scores(srm, history, items, srm_scores, settings.score, settings.k)
+    if settings.request_model is not None and settings.score == "learned":
+        features = request_features(
+            items, srm_scores, llm_scores, srm_catalogue_scores(srm, history), history
+        )
+        disagreement = settings.request_model.predict(features)
+    else:
+        disagreement = request_scores(srm, history, items, srm_scores, settings.score, settings.k)
     before = RankingAccumulator(ks)
     fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
     before.add(list_ranks(rerank(items, fused), target))

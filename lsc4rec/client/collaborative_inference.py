@@ -59,10 +59,13 @@ def request_score_table(
     srm_scores: Tensor,
     methods: Sequence[str],
     k: int,
+    catalogue: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Several inconsistency scores ``{method: [B]}`` of the same lists; the catalogue is scored once."""
-    catalogue = None
-    if any(m in ("missing_mass", "uncovered_mass", "coverage") for m in methods):
+    """Several inconsistency scores ``{method: [B]}`` of the same lists; the catalogue is scored once.
+
+    ``catalogue`` may pass the SRM's :func:`srm_catalogue_scores` of ``histories`` when already computed.
+    """
+    if catalogue is None and any(m in ("missing_mass", "uncovered_mass", "coverage") for m in methods):
         catalogue = srm_catalogue_scores(srm, histories)
     top = catalogue.topk(k, dim=1).indices if "coverage" in methods and catalogue is not None else None
     return {

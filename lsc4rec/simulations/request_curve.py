@@ -36,9 +36,15 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lsc4rec.client.collaborative_inference import drop_seen, request_score_table, srm_candidate_scores
+from lsc4rec.client.collaborative_inference import (
+    drop_seen,
+    request_score_table,
+    srm_candidate_scores,
+    srm_catalogue_scores,
+)
 from lsc4rec.client.collaborative_training import train_on_llm_candidates
 from lsc4rec.client.fusion import fuse_scores, rerank
+from lsc4rec.client.request_model import LearnedRequestModel, request_features
 from lsc4rec.client.request_policy import RequestPolicy
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
@@ -53,6 +59,9 @@ from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
 
 logger = logging.getLogger(__name__)
+
+#: The request score fitted on the validation moment (:mod:`lsc4rec.client.request_model`).
+LEARNED = "learned"
 
 __all__ = ["MomentLists", "build_moment", "compact_summary", "run_request_curve"]
 
@@ -71,6 +80,8 @@ class MomentLists:
     inconsistency: Tensor  # [U] the device's disagreement score (request.score) on its stale list
     # Every score of request.compare on the same lists, for the comparison curves.
     compared: dict[str, Tensor] = field(default_factory=dict)
+    # [U, F] the learned request model's features of the stale lists (only when a score is "learned").
+    features: Tensor | None = None
 
     def lists(self, requested: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(items, LLM scores, SRM scores) each device ranks: the fresh list where it requested one."""
@@ -95,10 +106,12 @@ def build_moment(
     n = int(cfg.collab.candidates)
     max_len = int(cfg.data.max_len)
     exclude = bool(cfg.eval.exclude_history)
-    methods = request_methods(cfg)
+    methods = [m for m in request_methods(cfg) if m != LEARNED]
+    learned = LEARNED in request_methods(cfg)
     lists = ("stale_items", "stale_llm", "stale_srm", "fresh_items", "fresh_llm", "fresh_srm")
     parts: dict[str, list[Tensor]] = {k: [] for k in lists}
     scores: dict[str, list[Tensor]] = {m: [] for m in methods}
+    features: list[Tensor] = []
     chunk = 512
     for start in tqdm(range(0, len(histories), chunk), desc=description, disable=not cfg.llm.train.progress):
         history = pad_left(histories[start : start + chunk], max_len)
@@ -114,18 +127,57 @@ def build_moment(
             parts[f"{kind}_items"].append(items)
             parts[f"{kind}_llm"].append(llm_scores)
             parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
-        table = request_score_table(
-            srm, history, parts["stale_items"][-1], parts["stale_srm"][-1], methods, int(cfg.request.k)
-        )
+        stale_lists = parts["stale_items"][-1], parts["stale_srm"][-1]
+        catalogue = srm_catalogue_scores(srm, history)
+        table = request_score_table(srm, history, *stale_lists, methods, int(cfg.request.k), catalogue)
         for method, values in table.items():
             scores[method].append(values)
+        if learned:
+            items, srm_scores = stale_lists
+            features.append(request_features(items, srm_scores, parts["stale_llm"][-1], catalogue, history))
     by_method = {m: torch.cat(v) for m, v in scores.items()}
+    # A learned score is filled in by fit_request_model once the validation gains are known.
+    headline = by_method.get(str(cfg.request.score), torch.zeros(len(targets)))
     return MomentLists(
         targets=torch.as_tensor(targets),
         **{k: torch.cat(v) for k, v in parts.items()},
-        inconsistency=by_method[str(cfg.request.score)],
+        inconsistency=headline,
         compared=by_method,
+        features=torch.cat(features) if learned else None,
     )
+
+
+def per_device_ndcg(
+    items: Tensor, llm: Tensor, srm: Tensor, targets: Tensor, alpha: float, cfg: DictConfig
+) -> Tensor:
+    """NDCG@10 ``[U]`` of each device's fused ranking of its list (0 when the target is not in its top 10)."""
+    fused = fuse_scores(llm, srm, items, alpha, str(cfg.collab.normalization))
+    ranks = list_ranks(rerank(items, fused), targets)
+    return torch.where(ranks < 10, 1.0 / torch.log2(ranks.float() + 2.0), torch.zeros(len(targets)))
+
+
+def fit_request_model(
+    valid: MomentLists, test: MomentLists, alpha: float, cfg: DictConfig, out: Path
+) -> LearnedRequestModel:
+    """Fit the learned request score on the validation moment's realised gains; score both moments with it.
+
+    The gain of a device is the NDCG@10 of its fused fresh list minus that of its fused stale list, both known
+    at the validation moment; the fitted model is saved as ``request_model.json`` (``request.model_path`` for
+    federated runs).
+    """
+    if valid.features is None or test.features is None:
+        raise ValueError("fit_request_model needs moments built with request features (a 'learned' score)")
+    never = torch.zeros_like(valid.targets, dtype=torch.bool)
+    gains = per_device_ndcg(*valid.lists(~never), valid.targets, alpha, cfg) - per_device_ndcg(
+        *valid.lists(never), valid.targets, alpha, cfg
+    )
+    model = LearnedRequestModel.fit(valid.features, gains)
+    model.save(out / "request_model.json")
+    for moment in (valid, test):
+        moment.compared[LEARNED] = model.predict(moment.features)
+        if str(cfg.request.score) == LEARNED:
+            moment.inconsistency = moment.compared[LEARNED]
+    return model
 
 
 def request_methods(cfg: DictConfig) -> list[str]:
@@ -247,6 +299,8 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
     )
     alpha, alpha_curve = choose_alpha(valid, cfg)
     logger.info("fusion alpha %.2f (validation NDCG@10 by alpha: %s)", alpha, alpha_curve)
+    if valid.features is not None:
+        fit_request_model(valid, test, alpha, cfg, out)
 
     never = torch.zeros_like(test.targets, dtype=torch.bool)
     stale = test.lists(never)
