@@ -156,7 +156,12 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
         assert curve[1.0]["intelligent_by_score"][method]["NDCG@10"] == pytest.approx(
             summary["test_always_request"]["fused"]["NDCG@10"]
         )
-    assert set(summary["gain_recovered_at_target_by_score"]) == set(compared)
+    assert set(summary["gain_recovered_at_target_by_score_intelligent"]) == set(compared)
+    # A node budget lets exactly the top share request.
+    assert all(
+        row["actual_ratio"] == pytest.approx(0.2, abs=0.01) for row in curve[0.2]["budget_by_score"].values()
+    )
+    assert set(summary["gain_recovered_at_target_by_score_budget"]) == set(compared)
     # The learned score was fitted on the validation moment and saved for the devices.
     assert LearnedRequestModel.load(tmp_path / "run" / "request_model.json").feature_names == FEATURE_NAMES
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -22,6 +22,7 @@ from lsc4rec.client.collaborative_inference import (
 )
 from lsc4rec.client.fusion import fuse_scores, rerank
 from lsc4rec.client.request_model import LearnedRequestModel, request_features
+from lsc4rec.client.request_policy import top_share
 from lsc4rec.data import pad_left
 from lsc4rec.metrics import RankingAccumulator, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
@@ -66,18 +67,11 @@ def _budget_mask(
         return torch.zeros(count, dtype=torch.bool)
     if settings.mode == "always":
         return torch.ones(count, dtype=torch.bool)
-    budget = round(settings.ratio * count)
-    chosen = torch.zeros(count, dtype=torch.bool)
-    if budget == 0:
-        return chosen
     if settings.mode == "random":
-        chosen[torch.randperm(count, generator=generator)[:budget]] = True
-    else:
-        # Random tie-breaking: a stable sort on a random permutation keeps equal scores in random order.
-        order = torch.randperm(count, generator=generator)
-        ranked = order[scores[order].argsort(descending=True, stable=True)]
-        chosen[ranked[:budget]] = True
-    return chosen
+        chosen = torch.zeros(count, dtype=torch.bool)
+        chosen[torch.randperm(count, generator=generator)[: round(settings.ratio * count)]] = True
+        return chosen
+    return top_share(scores, settings.ratio, generator)
 
 
 def serve_devices(

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["INCONSISTENCY_SCORES", "REQUEST_MODES", "RequestPolicy", "inconsistency"]
+__all__ = ["INCONSISTENCY_SCORES", "REQUEST_MODES", "RequestPolicy", "inconsistency", "top_share"]
 
 INCONSISTENCY_SCORES = ("footrule", "topk", "coverage", "missing_mass", "uncovered_mass")
 REQUEST_MODES = ("never", "always", "random", "intelligent")
@@ -144,3 +144,20 @@ class RequestPolicy:
         if self.mode == "random":
             return coin < self.ratio
         return (scores > self.threshold) | ((scores == self.threshold) & (coin < self.tie_probability))
+
+
+def top_share(scores: Tensor, ratio: float, generator: torch.Generator) -> Tensor:
+    """Boolean ``[B]``: exactly ``round(ratio * B)`` devices with the highest scores (ties in random order).
+
+    The budgeted decision of a node that lets a fixed share of its devices request (federated runs), as
+    opposed to each device comparing its score with a threshold calibrated beforehand (``RequestPolicy``).
+    """
+    count = scores.shape[0]
+    chosen = torch.zeros(count, dtype=torch.bool)
+    budget = round(ratio * count)
+    if budget == 0:
+        return chosen
+    # A stable sort of a random permutation keeps equal scores in random order.
+    order = torch.randperm(count, generator=generator)
+    chosen[order[scores[order].argsort(descending=True, stable=True)][:budget]] = True
+    return chosen

@@ -45,7 +45,7 @@ from lsc4rec.client.collaborative_inference import (
 from lsc4rec.client.collaborative_training import train_on_llm_candidates
 from lsc4rec.client.fusion import fuse_scores, rerank
 from lsc4rec.client.request_model import LearnedRequestModel, request_features
-from lsc4rec.client.request_policy import RequestPolicy
+from lsc4rec.client.request_policy import RequestPolicy, top_share
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.staleness import cloud_view
@@ -337,13 +337,17 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
             requested = policy.decide(test.inconsistency, generator)
             metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, cfg)
             row[mode] = {"actual_ratio": float(requested.float().mean()), **metrics}
-        row["intelligent_by_score"] = {}
+        row["intelligent_by_score"], row["budget_by_score"] = {}, {}
         for method, values in valid.compared.items():
             # Its own coin stream, so adding a compared score leaves the headline curves unchanged.
             policy = RequestPolicy("intelligent", float(ratio)).calibrate(values)
             requested = policy.decide(test.compared[method], compare_generator)
             metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, cfg)
             row["intelligent_by_score"][method] = {"actual_ratio": float(requested.float().mean()), **metrics}
+            # A node budget instead of a threshold: exactly the top share of devices by the score requests.
+            budget = top_share(test.compared[method], float(ratio), compare_generator)
+            metrics = ranked_metrics(*test.lists(budget), test.targets, alpha, cfg)
+            row["budget_by_score"][method] = {"actual_ratio": float(budget.float().mean()), **metrics}
         curve.append(row)
         logger.info(
             "request ratio %.2f: intelligent NDCG@10 %.4f (actual %.3f), random %.4f",
@@ -381,10 +385,11 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         summary["random_gain_recovered_at_target"] = round(
             (at_target["random"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
         )
-        summary["gain_recovered_at_target_by_score"] = {
-            method: round((row["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3)
-            for method, row in at_target["intelligent_by_score"].items()
-        }
+        for kind in ("intelligent", "budget"):
+            summary[f"gain_recovered_at_target_by_score_{kind}"] = {
+                method: round((row["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3)
+                for method, row in at_target[f"{kind}_by_score"].items()
+            }
     payload = {
         "status": "completed",
         "config": to_plain_dict(cfg),
