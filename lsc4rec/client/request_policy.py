@@ -64,7 +64,9 @@ def inconsistency(
     (``missing_mass`` and ``uncovered_mass``) its scores of every item, -inf for padding and the history.
     """
     if method not in INCONSISTENCY_SCORES:
-        raise ValueError(f"request.score={method!r} is not one of {INCONSISTENCY_SCORES}")
+        raise ValueError(
+            f"request.score={method!r} is not one of {INCONSISTENCY_SCORES} (or 'learned': a fitted model)"
+        )
     valid = items > 0
     n = items.shape[1]
     if method == "footrule":
