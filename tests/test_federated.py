@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import pattern_overrides, run_inprocess, self_signed_certificate, write_pattern_dataset
 
+from lsc4rec.client.request_model import FEATURE_NAMES, LearnedRequestModel
 from lsc4rec.config import config_from_run_config
 from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
@@ -229,13 +230,23 @@ def test_row_weighting_changes_only_item_rows_and_follows_node_counts(data: Path
     assert torch.allclose(plain[ITEM_TABLE_KEY], weighted[ITEM_TABLE_KEY], atol=0.05)
 
 
-def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("score", ["uncovered_mass", "learned"])
+def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path, score: str) -> None:
     # The candidate service speaks TLS, as it must for real devices; the nodes verify it with the CA file.
     certificate, key = self_signed_certificate(tmp_path, "cloud")
+    request = [f"request.score={score}"]
+    if score == "learned":
+        # The devices load a shipped request model (here: request when the SRM is unsure).
+        weights = [0.0] * len(FEATURE_NAMES)
+        weights[FEATURE_NAMES.index("srm_top1")] = -1.0
+        model = LearnedRequestModel([0.0] * len(weights), [1.0] * len(weights), weights, 0.0)
+        model.save(tmp_path / "req.json")
+        request.append(f"request.model_path={tmp_path / 'req.json'}")
     summary = run_inprocess(
         data,
         tmp_path / "run",
         2,
+        *request,
         "federated.rounds=2",
         "collab.enabled=true",
         f"collab.service_certificate={certificate}",
