@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lsc4rec.client.request_policy import inconsistency
+from lsc4rec.client.request_policy import inconsistency, uncovered_by_rank
 
 __all__ = ["FEATURE_NAMES", "LearnedRequestModel", "request_features"]
 
@@ -67,9 +67,8 @@ def request_features(
     valid = items > 0
     n = items.shape[1]
     probabilities = torch.softmax(catalogue_scores.float(), dim=1)
-    top = probabilities.topk(min(4 * n, probabilities.shape[1]), dim=1)
-    covered = ((top.indices[:, :, None] == items[:, None, :]) & valid[:, None, :]).any(dim=2)
-    uncovered = top.values * ~covered
+    top = probabilities.topk(min(10, probabilities.shape[1]), dim=1).values
+    uncovered = uncovered_by_rank(probabilities, items, 4 * n)
     in_list = probabilities.gather(1, items.clamp(min=0)) * valid
     llm_probabilities = torch.softmax(llm_scores.float().masked_fill(~valid, float("-inf")), dim=1)
     base = {
@@ -79,8 +78,8 @@ def request_features(
         "uncovered_mass_2n": uncovered[:, : 2 * n].sum(dim=1),
         "uncovered_mass_4n": uncovered.sum(dim=1),
         "missing_mass": (1.0 - in_list.sum(dim=1)).clamp(min=0.0),
-        "srm_top1": top.values[:, 0],
-        "srm_top10_mass": top.values[:, :10].sum(dim=1),
+        "srm_top1": top[:, 0],
+        "srm_top10_mass": top.sum(dim=1),
         "srm_best_in_list": in_list.max(dim=1).values,
         "list_fill": valid.float().mean(dim=1),
         "log_history_length": torch.log1p((histories > 0).sum(dim=1).float()),

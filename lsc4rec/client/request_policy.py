@@ -35,7 +35,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["INCONSISTENCY_SCORES", "REQUEST_MODES", "RequestPolicy", "inconsistency", "top_share"]
+__all__ = [
+    "INCONSISTENCY_SCORES",
+    "REQUEST_MODES",
+    "RequestPolicy",
+    "inconsistency",
+    "top_share",
+    "uncovered_by_rank",
+]
 
 INCONSISTENCY_SCORES = ("footrule", "topk", "coverage", "missing_mass", "uncovered_mass")
 REQUEST_MODES = ("never", "always", "random", "intelligent")
@@ -85,9 +92,7 @@ def inconsistency(
         if method == "missing_mass":
             in_list = probabilities.gather(1, items.clamp(min=0)) * valid
             return (1.0 - in_list.sum(dim=1)).clamp(min=0.0, max=1.0)
-        top = probabilities.topk(min(n, probabilities.shape[1]), dim=1)
-        covered = ((top.indices[:, :, None] == items[:, None, :]) & valid[:, None, :]).any(dim=2)
-        return (top.values * ~covered).sum(dim=1).clamp(min=0.0, max=1.0)
+        return uncovered_by_rank(probabilities, items, n).sum(dim=1).clamp(min=0.0, max=1.0)
     k = min(k, n)
     if method == "topk":
         llm_top = valid & (torch.arange(n) < k)
@@ -146,6 +151,18 @@ class RequestPolicy:
         if self.mode == "random":
             return coin < self.ratio
         return (scores > self.threshold) | ((scores == self.threshold) & (coin < self.tie_probability))
+
+
+def uncovered_by_rank(probabilities: Tensor, items: Tensor, depth: int) -> Tensor:
+    """``[B, depth]``: the SRM's probability of its r-th best item where the list ``items`` lacks it, else 0.
+
+    ``probabilities [B, num_items + 1]`` is the SRM's next-item distribution; summing the first k columns
+    gives the uncovered mass of its top-k (``uncovered_mass`` is k = the list length).
+    """
+    valid = items > 0
+    top = probabilities.topk(min(depth, probabilities.shape[1]), dim=1)
+    covered = ((top.indices[:, :, None] == items[:, None, :]) & valid[:, None, :]).any(dim=2)
+    return top.values * ~covered
 
 
 def top_share(scores: Tensor, ratio: float, generator: torch.Generator) -> Tensor:
