@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lsc4rec.client.request_policy import inconsistency, uncovered_by_rank
+from lsc4rec.client.request_policy import inconsistency, list_probabilities, uncovered_by_rank
 
 __all__ = ["FEATURE_NAMES", "LearnedRequestModel", "request_features"]
 
@@ -69,7 +69,7 @@ def request_features(
     probabilities = torch.softmax(catalogue_scores.float(), dim=1)
     top = probabilities.topk(min(10, probabilities.shape[1]), dim=1).values
     uncovered = uncovered_by_rank(probabilities, items, 4 * n)
-    in_list = probabilities.gather(1, items.clamp(min=0)) * valid
+    in_list = list_probabilities(probabilities, items)
     llm_probabilities = torch.softmax(llm_scores.float().masked_fill(~valid, float("-inf")), dim=1)
     base = {
         "uncovered_mass_n/5": uncovered[:, : max(n // 5, 1)].sum(dim=1),

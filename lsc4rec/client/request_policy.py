@@ -40,6 +40,7 @@ __all__ = [
     "REQUEST_MODES",
     "RequestPolicy",
     "inconsistency",
+    "list_probabilities",
     "top_share",
     "uncovered_by_rank",
 ]
@@ -90,8 +91,7 @@ def inconsistency(
             )
         probabilities = torch.softmax(srm_catalogue_scores.float(), dim=1)
         if method == "missing_mass":
-            in_list = probabilities.gather(1, items.clamp(min=0)) * valid
-            return (1.0 - in_list.sum(dim=1)).clamp(min=0.0, max=1.0)
+            return (1.0 - list_probabilities(probabilities, items).sum(dim=1)).clamp(min=0.0, max=1.0)
         return uncovered_by_rank(probabilities, items, n).sum(dim=1).clamp(min=0.0, max=1.0)
     k = min(k, n)
     if method == "topk":
@@ -151,6 +151,11 @@ class RequestPolicy:
         if self.mode == "random":
             return coin < self.ratio
         return (scores > self.threshold) | ((scores == self.threshold) & (coin < self.tie_probability))
+
+
+def list_probabilities(probabilities: Tensor, items: Tensor) -> Tensor:
+    """``[B, n]``: the SRM's probability of each item of the list ``items`` (0 at empty slots)."""
+    return probabilities.gather(1, items.clamp(min=0)) * (items > 0)
 
 
 def uncovered_by_rank(probabilities: Tensor, items: Tensor, depth: int) -> Tensor:
