@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,16 @@ def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
 
     run_config = {"overrides": pattern_overrides(data, *extra)}
     return run_federated(InProcessGrid(nodes, run_config), config_from_run_config(run_config), out)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Text vectors are cached in a per-session folder, never in the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("lsc4rec-cache")
+    previous = os.environ.get("LSC4REC_CACHE_DIR")
+    os.environ["LSC4REC_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("LSC4REC_CACHE_DIR", None)
+    else:
+        os.environ["LSC4REC_CACHE_DIR"] = previous

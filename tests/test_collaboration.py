@@ -133,6 +133,8 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
             "eval.sampled_negatives=20",
             "collab.candidates=20",
             "collab.srm_epochs=1",
+            # The request mechanics on the cloud's own list (a union pool would already hold the target).
+            "collab.candidate_pool=llm",
         ]
     )
     summary = run_request_curve(cfg, tmp_path / "run")

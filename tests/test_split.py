@@ -54,6 +54,8 @@ def test_leave_one_out_hand_example(caplog: pytest.LogCaptureFixture) -> None:
         "min_sequence_length": 1,
         "max_sequence_length": 4,
         "density": 0.5,
+        "items_with_text": 0,
+        "items_with_title": 0,
     }
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

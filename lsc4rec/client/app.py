@@ -307,6 +307,8 @@ def collaborate(
         mode=str(cfg.request.mode),
         ratio=float(cfg.request.target_ratio),
         exclude_history=bool(cfg.eval.exclude_history),
+        candidate_pool=str(cfg.collab.candidate_pool),
+        device_candidates=int(cfg.collab.device_candidates),
         request_model=LearnedRequestModel.load(Path(cfg.request.model_path))
         if str(cfg.request.score) == "learned" and cfg.request.get("model_path")
         else None,

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from lsc4rec.client.collaborative_inference import (
+    CANDIDATE_POOLS,
+    device_top_items,
     drop_seen,
-    request_scores,
+    request_score_table,
     srm_candidate_scores,
     srm_catalogue_scores,
+    union_candidates,
 )
 from lsc4rec.client.fusion import fuse_scores, rerank
 from lsc4rec.client.request_model import LearnedRequestModel, request_features
@@ -45,8 +48,17 @@ class CollaborationSettings:
     exclude_history: bool = True
     # The fitted request model when score is "learned" (request.model_path).
     request_model: LearnedRequestModel | None = None
+    # What devices fuse over: the cloud's list (llm) or its union with their own top items (union).
+    candidate_pool: str = "union"
+    device_candidates: int = 50
 
     def __post_init__(self) -> None:
+        if self.candidate_pool not in CANDIDATE_POOLS:
+            raise ValueError(
+                f"collab.candidate_pool={self.candidate_pool!r}; use one of {', '.join(CANDIDATE_POOLS)}"
+            )
+        if self.device_candidates < 1:
+            raise ValueError(f"collab.device_candidates must be >= 1, got {self.device_candidates}")
         if self.score == "learned" and self.request_model is None:
             raise ValueError(
                 "request.score=learned needs request.model_path: the request_model.json a request_curve run"
@@ -88,9 +100,10 @@ def serve_devices(
     """Rank each device's list, request fresh lists within the budget, and return the node's metrics.
 
     ``stale`` holds the cloud's lists for these devices (from its stale copy of their histories); ``cloud``
-    answers requests from the real-time ``histories``. Returns HR/NDCG/MRR@K of the final ranked lists, those
-    of the lists before any request, the number of requests and the bytes they moved (request: history ids as
-    int64; reply: ids int64 + scores float32).
+    answers requests from the real-time ``histories``. With ``candidate_pool=union`` each device fuses over
+    its list plus its SRM's own top items over the catalogue. Returns HR/NDCG/MRR@K of the final ranked
+    lists, those of the lists before any request, the number of requests and the bytes they moved (request:
+    history ids as int64; reply: ids int64 + scores float32).
     """
     history = pad_left(histories, max_len)
     target = torch.as_tensor(list(targets), dtype=torch.long)
@@ -100,16 +113,24 @@ def serve_devices(
         items = drop_seen(items, history)
     llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
     srm_scores = srm_candidate_scores(srm, history, items)
+    catalogue = srm_catalogue_scores(srm, history)
     if settings.request_model is not None and settings.score == "learned":
-        features = request_features(
-            items, srm_scores, llm_scores, srm_catalogue_scores(srm, history), history
-        )
+        features = request_features(items, srm_scores, llm_scores, catalogue, history)
         disagreement = settings.request_model.predict(features)
     else:
-        disagreement = request_scores(srm, history, items, srm_scores, settings.score, settings.k)
+        disagreement = request_score_table(
+            srm, history, items, srm_scores, (settings.score,), settings.k, catalogue
+        )[settings.score]
+    device = device_top_items(catalogue, settings.device_candidates)
+
+    def ranked(items: torch.Tensor, llm_scores: torch.Tensor, srm_scores: torch.Tensor) -> torch.Tensor:
+        if settings.candidate_pool == "union":
+            items, llm_scores, srm_scores = union_candidates(items, llm_scores, srm_scores, *device)
+        fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
+        return list_ranks(rerank(items, fused), target)
+
     before = RankingAccumulator(ks)
-    fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
-    before.add(list_ranks(rerank(items, fused), target))
+    before.add(ranked(items, llm_scores, srm_scores))
 
     requested = _budget_mask(disagreement, settings, generator)
     bytes_moved = 0
@@ -129,8 +150,7 @@ def serve_devices(
         )
         srm_scores[index] = srm_candidate_scores(srm, history[rows], fresh_items)
     after = RankingAccumulator(ks)
-    fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
-    after.add(list_ranks(rerank(items, fused), target))
+    after.add(ranked(items, llm_scores, srm_scores))
     metrics = {f"collab-{k}": v for k, v in after.compute().items()}
     metrics.update({f"collab-before-request-{k}": v for k, v in before.compute().items()})
     metrics["requests"] = float(requested.sum())

@@ -13,12 +13,17 @@ from torch import Tensor
 from lsc4rec.client.request_policy import inconsistency
 from lsc4rec.models.srm import SequentialRecommender
 
+#: Values of ``collab.candidate_pool``: what the device fuses over.
+CANDIDATE_POOLS: tuple[str, ...] = ("llm", "union")
+
 __all__ = [
+    "CANDIDATE_POOLS",
+    "device_top_items",
     "drop_seen",
     "request_score_table",
-    "request_scores",
     "srm_candidate_scores",
     "srm_catalogue_scores",
+    "union_candidates",
 ]
 
 
@@ -45,13 +50,6 @@ def srm_catalogue_scores(srm: SequentialRecommender, histories: Tensor) -> Tenso
     return scores.scatter_(1, histories, float("-inf"))
 
 
-def request_scores(
-    srm: SequentialRecommender, histories: Tensor, items: Tensor, srm_scores: Tensor, method: str, k: int
-) -> Tensor:
-    """Each device's inconsistency score ``[B]`` for its list ``items`` (see :func:`inconsistency`)."""
-    return request_score_table(srm, histories, items, srm_scores, (method,), k)[method]
-
-
 def request_score_table(
     srm: SequentialRecommender,
     histories: Tensor,
@@ -72,3 +70,37 @@ def request_score_table(
         method: inconsistency(items, srm_scores, method, k, srm_top_items=top, srm_catalogue_scores=catalogue)
         for method in methods
     }
+
+
+def device_top_items(catalogue: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The SRM's own top-``n`` items ``[B, n]`` over the catalogue and their scores (empty slots 0 / -inf).
+
+    ``catalogue`` is :func:`srm_catalogue_scores` (history and padding already -inf), so a consumed item
+    never comes out.
+    """
+    scores, items = catalogue.topk(min(n, catalogue.shape[1] - 1), dim=1)
+    empty = scores == float("-inf")
+    return items.masked_fill(empty, 0), scores
+
+
+def union_candidates(
+    llm_items: Tensor, llm_scores: Tensor, llm_srm: Tensor, device_items: Tensor, device_srm: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The cloud's list followed by the device's own top items it lacks: ``(items, LLM, SRM)`` ``[B, n + m]``.
+
+    The cloud only scores its own list, so an item that only the device proposes gets the row's lowest LLM
+    score (the cloud ranked it below its whole list); both lists are already free of consumed items, and an
+    item the cloud also proposed keeps its cloud slot. Empty slots are item 0 with -inf scores.
+    """
+    duplicate = (device_items[:, :, None] == llm_items[:, None, :]).any(dim=2) | (device_items == 0)
+    extra_items = device_items.masked_fill(duplicate, 0)
+    finite = torch.isfinite(llm_scores) & (llm_items > 0)
+    floor = torch.where(finite, llm_scores, torch.full_like(llm_scores, float("inf"))).min(dim=1).values
+    floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
+    extra_llm = floor[:, None].expand_as(extra_items).masked_fill(duplicate, float("-inf"))
+    extra_srm = device_srm.masked_fill(duplicate, float("-inf"))
+    return (
+        torch.cat([llm_items, extra_items], dim=1),
+        torch.cat([llm_scores, extra_llm.to(llm_scores.dtype)], dim=1),
+        torch.cat([llm_srm, extra_srm.to(llm_srm.dtype)], dim=1),
+    )

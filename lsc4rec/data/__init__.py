@@ -6,6 +6,7 @@ ids are 0..num_users-1; histories given to models are LongTensors ``[B, L]`` lef
 
 from lsc4rec.data.batching import EvalBatch, EvalBatches, TrainBatches, pad_left
 from lsc4rec.data.errors import DataFileNotFoundError, DataFormatError
+from lsc4rec.data.item_text import ItemText, item_text_from_titles, read_item_text
 from lsc4rec.data.readers import (
     FORMATS,
     ML100K_GENRES,
@@ -23,6 +24,7 @@ from lsc4rec.data.registry import (
     EmbeddedDataset,
     embedded_attributes_path,
     embedded_path,
+    embedded_text_path,
     load_dataset,
 )
 from lsc4rec.data.split import MIN_EVAL_LENGTH, IdMap, LeaveOneOutSplit, leave_one_out
@@ -39,17 +41,21 @@ __all__ = [
     "EvalBatch",
     "EvalBatches",
     "IdMap",
+    "ItemText",
     "LeaveOneOutSplit",
     "RawDataset",
     "TrainBatches",
     "detect_format",
     "embedded_attributes_path",
     "embedded_path",
+    "embedded_text_path",
+    "item_text_from_titles",
     "leave_one_out",
     "load_dataset",
     "load_raw",
     "pad_left",
     "read_item_attributes",
+    "read_item_text",
     "read_movielens",
     "read_pair_file",
     "read_sequence_file",

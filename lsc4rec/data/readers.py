@@ -17,6 +17,7 @@ from os import PathLike
 from pathlib import Path
 
 from lsc4rec.data.errors import DataFileNotFoundError, DataFormatError
+from lsc4rec.data.item_text import ItemText, check_text_items, item_text_from_titles, read_item_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class RawDataset:
     """Interactions as read from disk, in raw (file) ids.
 
     ``sequences[k]`` holds the raw item ids of user ``user_ids[k]`` in chronological order. Item side
-    information (titles, genres, attribute ids) is keyed by raw item id and may be empty.
+    information (titles, genres, attribute ids, item text) is keyed by raw item id and may be empty.
     """
 
     name: str
@@ -67,6 +68,7 @@ class RawDataset:
     item_titles: dict[int, str] = field(default_factory=dict)
     item_genres: dict[int, list[str]] = field(default_factory=dict)
     item_attributes: dict[int, list[int]] = field(default_factory=dict)
+    item_text: dict[int, ItemText] = field(default_factory=dict)
 
     @property
     def num_interactions(self) -> int:
@@ -324,6 +326,7 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
     # list.sort is stable, so equal timestamps keep their order of appearance in the file.
     sequences = [[item for _, item in sorted(per_user[u], key=lambda pair: pair[0])] for u in user_ids]
 
+    rated = {item for seq in sequences for item in seq}
     folder = ratings.parent
     item_file = folder / ("u.item" if separator is None else "movies.dat")
     titles: dict[int, str] = {}
@@ -344,6 +347,9 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
         sequences=sequences,
         item_titles=titles,
         item_genres=genres,
+        item_text=item_text_from_titles(
+            {i: t for i, t in titles.items() if i in rated}, {i: g for i, g in genres.items() if i in rated}
+        ),
     )
 
 
@@ -430,11 +436,13 @@ def load_raw(
     format: str = "auto",
     attributes_path: str | PathLike[str] | None = None,
     name: str | None = None,
+    text_path: str | PathLike[str] | None = None,
 ) -> RawDataset:
     """Read a dataset in any supported ``format`` (:data:`FORMATS`; ``"auto"`` uses :func:`detect_format`).
 
-    ``attributes_path`` optionally adds item attribute ids (:func:`read_item_attributes`); ``name`` defaults
-    to the file stem (the folder name for MovieLens).
+    ``attributes_path`` optionally adds item attribute ids (:func:`read_item_attributes`); ``text_path`` adds
+    item text (:func:`~lsc4rec.data.item_text.read_item_text`, replacing MovieLens titles/genres), which must
+    only name items of the interactions; ``name`` defaults to the file stem (the folder name for MovieLens).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; valid formats: {', '.join(FORMATS)}")
@@ -450,14 +458,18 @@ def load_raw(
         raw = read_movielens(p)
     if attributes_path is not None:
         raw.item_attributes = read_item_attributes(attributes_path)
+    if text_path is not None:
+        raw.item_text = read_item_text(text_path)
+        check_text_items(raw.item_text, (item for seq in raw.sequences for item in seq), text_path)
     if name is not None:
         raw.name = name
     logger.info(
-        "loaded %s (%s) from %s: %d users, %d interactions",
+        "loaded %s (%s) from %s: %d users, %d interactions, text for %d items",
         raw.name,
         resolved,
         raw.source,
         raw.num_users,
         raw.num_interactions,
+        sum(1 for text in raw.item_text.values() if not text.is_empty),
     )
     return raw

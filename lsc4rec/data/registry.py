@@ -10,6 +10,7 @@ from os import PathLike
 from pathlib import Path
 
 from lsc4rec.data.errors import DataFileNotFoundError
+from lsc4rec.data.item_text import text_file_beside
 from lsc4rec.data.readers import RawDataset, load_raw
 
 logger = logging.getLogger(__name__)
@@ -17,12 +18,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmbeddedDataset:
-    """A dataset shipped inside the package: its folder, interaction file, format and optional attributes."""
+    """A dataset shipped inside the package: folder, interaction file, format, attributes and item text."""
 
     folder: str
     file: str
     format: str
     attributes: str | None = None
+    text: str | None = None
     description: str = ""
 
 
@@ -33,6 +35,7 @@ EMBEDDED_DATASETS: dict[str, EmbeddedDataset] = {
         file="Beauty.txt",
         format="sequence",
         attributes="Beauty_item2attributes.json",
+        text="Beauty_item_text.jsonl.gz",
         description="Amazon Beauty, S3-Rec/P5 5-core: 22,363 users, 12,101 items, 198,502 interactions",
     ),
 }
@@ -89,15 +92,31 @@ def embedded_attributes_path(name: str) -> Path | None:
     return None if entry.attributes is None else _embedded_folder(entry) / entry.attributes
 
 
-def load_dataset(name: str, path: str | PathLike[str] | None = None, format: str = "auto") -> RawDataset:
+def embedded_text_path(name: str) -> Path | None:
+    """Path of the item text of embedded dataset ``name``, or None if it has none."""
+    entry = _embedded(name)
+    return None if entry.text is None else _embedded_folder(entry) / entry.text
+
+
+def load_dataset(
+    name: str,
+    path: str | PathLike[str] | None = None,
+    format: str = "auto",
+    text_path: str | PathLike[str] | None = None,
+) -> RawDataset:
     """Load dataset ``name``: the embedded copy when ``path`` is empty, otherwise the data at ``path``.
 
-    - ``"beauty"`` without a path loads the embedded copy with its item attributes.
-    - MovieLens names (``ml-100k``, ``ml100k``, ``ml-1m``, ...) require a path: the files cannot be shipped.
+    - ``"beauty"`` without a path loads the embedded copy with its item attributes and item text.
+    - MovieLens names (``ml-100k``, ``ml100k``, ``ml-1m``, ...) require a path: the files cannot be shipped;
+      their titles and genres become the item text.
     - Any name with a path loads that path (``format`` as in :func:`~lsc4rec.data.readers.load_raw`); for a
-      sequence file ``X.txt`` an ``X_item2attributes.json`` next to it is loaded as item attributes too.
+      sequence file ``X.txt`` an ``X_item2attributes.json`` next to it is loaded as item attributes, and an
+      ``X_item_text.jsonl`` (or ``.jsonl.gz``) as item text.
+    - ``text_path`` (``data.text_path``) names an item text file explicitly and wins over the others.
     - An unknown name without a path raises ValueError listing the embedded datasets.
     """
+    if text_path is not None and str(text_path).strip() == "":
+        text_path = None
     key = name.strip().lower()
     if path is None or str(path).strip() == "":
         if key in MOVIELENS_NAMES:
@@ -114,7 +133,11 @@ def load_dataset(name: str, path: str | PathLike[str] | None = None, format: str
             )
         entry = EMBEDDED_DATASETS[key]
         return load_raw(
-            embedded_path(key), format=entry.format, attributes_path=embedded_attributes_path(key), name=key
+            embedded_path(key),
+            format=entry.format,
+            attributes_path=embedded_attributes_path(key),
+            name=key,
+            text_path=text_path if text_path is not None else embedded_text_path(key),
         )
 
     data_path = Path(path).expanduser()
@@ -125,4 +148,8 @@ def load_dataset(name: str, path: str | PathLike[str] | None = None, format: str
         if candidate.is_file():
             attributes = candidate
             logger.info("using item attributes from %s", candidate)
-    return load_raw(data_path, format=format, attributes_path=attributes, name=name)
+        if text_path is None:
+            text_path = text_file_beside(data_path)
+            if text_path is not None:
+                logger.info("using item text from %s", text_path)
+    return load_raw(data_path, format=format, attributes_path=attributes, name=name, text_path=text_path)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from lsc4rec.data.item_text import ItemText
 from lsc4rec.data.readers import RawDataset
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ class LeaveOneOutSplit:
     #: Internal ids (sorted) of the users whose validation item is held out of training and used for model
     #: selection; None = every evaluated user (S3-Rec / RecBole protocol). See :meth:`with_validation_users`.
     validation_users: list[int] | None = None
+    #: Item text keyed by internal item id (items without text are absent); see :mod:`lsc4rec.data.item_text`.
+    item_text: dict[int, ItemText] = field(default_factory=dict)
 
     def with_validation_users(self, count: int, seed: int) -> LeaveOneOutSplit:
         """The same split with only ``count`` seeded users holding their validation item out of training.
@@ -197,6 +200,7 @@ class LeaveOneOutSplit:
             train_only=[],
             report={**self.report, "users_evaluated": len(rows)},
             validation_users=validation_users,
+            item_text=self.item_text,
         )
 
     def valid_histories(self) -> list[list[int]]:
@@ -252,6 +256,11 @@ def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
             len(raw.user_ids),
         )
     interactions = sum(lengths)
+    item_text = {
+        item_map.to_internal(raw_item): text
+        for raw_item, text in raw.item_text.items()
+        if raw_item in item_map and not text.is_empty
+    }
     report: dict[str, int | float] = {
         "users_total": len(raw.user_ids),
         "users_evaluated": len(evaluated_users),
@@ -263,6 +272,8 @@ def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
         "min_sequence_length": min(lengths) if lengths else 0,
         "max_sequence_length": max(lengths) if lengths else 0,
         "density": round(interactions / (len(lengths) * len(item_map)), 6) if len(item_map) else 0.0,
+        "items_with_text": len(item_text),
+        "items_with_title": sum(1 for text in item_text.values() if text.title),
     }
     return LeaveOneOutSplit(
         name=raw.name,
@@ -275,4 +286,5 @@ def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
         train_only=train_only,
         report=report,
         train_only_users=train_only_users,
+        item_text=item_text,
     )

@@ -50,7 +50,7 @@ def _semantic_tokens(cfg: DictConfig, split: LeaveOneOutSplit) -> dict:
     """SOLID semantic ids for the LLM's item tokens when ``llm.item_tokens=semantic`` (else nothing)."""
     if str(cfg.llm.get("item_tokens", "item")) != "semantic":
         return {}
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)
+    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
     ids, sizes = llm_semantic_ids(cfg.solid, raw, split, seed=int(cfg.seed))
     return {"semantic_ids": ids, "semantic_sizes": sizes}
 
@@ -64,7 +64,14 @@ def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
     llm = (
         CloudLLM.from_pretrained(saved)
         if resuming
-        else build_llm(cfg.llm, split.num_items, seed=int(cfg.seed), **_semantic_tokens(cfg, split))
+        else build_llm(
+            cfg.llm,
+            split.num_items,
+            seed=int(cfg.seed),
+            item_text=split.item_text,
+            text_cfg=cfg.text,
+            **_semantic_tokens(cfg, split),
+        )
     )
     report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming}
     if not cfg.llm.path and not resuming:

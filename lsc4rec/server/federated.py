@@ -120,7 +120,7 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)
+    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
     split = leave_one_out(raw)
     max_len = int(cfg.data.max_len)
     model = build_model_from_config(cfg.model, split.num_items, max_len)

@@ -108,7 +108,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     plain_cfg, out = begin_run(cfg, output_dir)
     torch.manual_seed(int(cfg.seed))
 
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)
+    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
     split = leave_one_out(raw)
     logger.info("dataset %s: %s", cfg.data.name, split.report)
     if cfg.eval.get("validation_users") is not None:

@@ -178,7 +178,9 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise ValueError(f"mergenet.directions: unknown {bad}; valid: {list(DIRECTIONS)}")
-    everyone = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    everyone = leave_one_out(
+        load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
+    )
     # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
     view = cloud_view(everyone, int(cfg.collab.cloud_lag))
     split = device_users(everyone, float(cfg.mergenet.device_users), int(cfg.seed))
@@ -193,7 +195,9 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         "groups": user_groups(split, int(cfg.mergenet.short_history), int(cfg.mergenet.rare_item_count)),
     }
 
-    llm = build_llm(cfg.llm, split.num_items, seed=int(cfg.seed))
+    llm = build_llm(
+        cfg.llm, split.num_items, seed=int(cfg.seed), item_text=split.item_text, text_cfg=cfg.text
+    )
     llm_settings = LLMTrainSettings(**plain["llm"]["train"])
     llm_report: dict[str, Any] = {}
     if not cfg.llm.path:

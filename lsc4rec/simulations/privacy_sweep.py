@@ -134,7 +134,9 @@ def main(cfg: DictConfig) -> None:
     base_overrides = [
         o for o in HydraConfig.get().overrides.task if not o.startswith(("run_name=", "sweep."))
     ]
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    split = leave_one_out(
+        load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
+    )
     warm_start = None
     if int(cfg.federated.warm_start_epochs) > 0:
         # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.

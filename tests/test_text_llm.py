@@ -1,0 +1,163 @@
+"""The text-grounded cloud LLM: item tokens start as their text, train, persist and generalise."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lsc4rec.config import config_dir
+from lsc4rec.data import ItemText, pad_left
+from lsc4rec.models.llm.pretrained import build_llm
+from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
+
+NUM_ITEMS = 30
+
+
+def text_llm(text_vectors: torch.Tensor | None, seed: int = 0) -> CloudLLM:
+    return CloudLLM.from_scratch(
+        NUM_ITEMS,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        max_len=10,
+        dropout=0.0,
+        seed=seed,
+        text_vectors=text_vectors,
+    )
+
+
+def random_text(dim: int = 8, seed: int = 0) -> torch.Tensor:
+    vectors = torch.randn(NUM_ITEMS + 1, dim, generator=torch.Generator().manual_seed(seed))
+    vectors[0] = 0.0
+    vectors[7] = 0.0  # item 7 has no text
+    return vectors
+
+
+def test_item_tokens_start_as_their_projected_text() -> None:
+    text = random_text()
+    llm = text_llm(text)
+    item_tokens = llm.tokenizer.codes[1:, 0]
+    # The learned id part of every item starts at zero: the item token is its text alone.
+    assert llm.lm.get_input_embeddings().weight[item_tokens].abs().sum() == 0
+    rows = llm.text_rows()[item_tokens].detach()
+    # With hidden size >= text size the projection spans the text space: inner products are kept up to scale.
+    gram_text, gram_rows = text[1:] @ text[1:].T, rows @ rows.T
+    present = text[1:].norm(dim=1) > 0
+    ratio = gram_rows[present][:, present] / gram_text[present][:, present]
+    assert torch.allclose(ratio, ratio.mean().expand_as(ratio), rtol=1e-3)
+    assert rows[6].abs().sum() == 0  # no text: nothing but the (zero) id part
+    # Input and output rows agree (tied): the logits of item tokens are hidden . (id + text).
+    hidden = torch.randn(4, 32)
+    logits = llm.token_logits(hidden)
+    table = llm.lm.get_input_embeddings().weight + llm.text_rows()
+    assert torch.allclose(logits, hidden @ table.T, atol=1e-5)
+
+
+def walk_sequences(items: int, users: int = 240, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    sequences = []
+    for _ in range(users):
+        start, length = rng.randrange(items), rng.randint(5, 10)
+        sequences.append([(start + i) % items + 1 for i in range(length)])
+    return sequences
+
+
+def test_text_carries_what_was_learned_to_items_never_seen_in_training() -> None:
+    # Items 1..20 form a walk i -> i + 1; items 21..30 never occur but share the text of items 1..10 (twins).
+    base = torch.randn(21, 16, generator=torch.Generator().manual_seed(1))
+    text = torch.zeros(NUM_ITEMS + 1, 16)
+    text[1:21] = base[1:21]
+    text[21:31] = base[1:11]
+    sequences = walk_sequences(20)
+    histories = [s[:-1] for s in sequences if s[-1] <= 10]
+    targets = [s[-1] for s in sequences if s[-1] <= 10]
+    settings = LLMTrainSettings(
+        epochs=12, batch_size=32, lr=5e-3, warmup_steps=5, patience=12, progress=False
+    )
+    twin_rank = {}
+    for name, vectors in (("text", text), ("id", None)):
+        llm = text_llm(vectors)
+        fit_llm(llm, sequences, histories, targets, settings, seed=0)
+        scores = llm.item_scores(pad_left(histories, 10))
+        twins = torch.tensor(targets) + 20
+        # Rank of the target's never-seen twin among the ten never-seen items 21..30.
+        unseen = scores[:, 21:31]
+        twin_rank[name] = (unseen > scores.gather(1, twins[:, None])).sum(dim=1).float().mean().item()
+    # An ID-only model knows nothing of the unseen items (random rank ~4.5 of 0..9); text puts the twin first.
+    assert twin_rank["text"] < 1.0 < 3.0 < twin_rank["id"]
+
+
+def test_text_grounded_llm_survives_save_and_load(tmp_path: Path) -> None:
+    llm = text_llm(random_text())
+    sequences = walk_sequences(NUM_ITEMS, users=60)
+    settings = LLMTrainSettings(epochs=2, batch_size=32, lr=5e-3, warmup_steps=5, progress=False)
+    fit_llm(llm, sequences, [s[:-1] for s in sequences], [s[-1] for s in sequences], settings)
+    llm.save_pretrained(tmp_path / "llm")
+    assert (tmp_path / "llm" / "item_text_part.safetensors").is_file()
+    loaded = CloudLLM.from_pretrained(tmp_path / "llm")
+    histories = pad_left(sequences[:8], 10)
+    assert torch.allclose(loaded.item_scores(histories), llm.item_scores(histories), atol=1e-5)
+    (tmp_path / "llm" / "item_text_part.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"text-grounded but item_text_part\.safetensors is missing"):
+        CloudLLM.from_pretrained(tmp_path / "llm")
+
+
+def llm_config(**overrides: object):
+    cfg = OmegaConf.load(config_dir() / "llm" / "scratch.yaml")
+    cfg.update({"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_len": 10})
+    cfg.update(overrides)
+    return cfg
+
+
+def test_build_llm_grounds_in_text_or_says_why_it_cannot(tmp_path: Path) -> None:
+    texts = {i: ItemText(title=f"item {i}", brand="A" if i % 2 else "B") for i in range(1, NUM_ITEMS + 1)}
+    text_cfg = {"encoder": "minilm", "cache_dir": str(tmp_path), "progress": False}
+    grounded = build_llm(llm_config(item_init="text"), NUM_ITEMS, item_text=texts, text_cfg=text_cfg)
+    assert grounded.text_part is not None and grounded.text_part.text_dim == 384
+    assert build_llm(llm_config(), NUM_ITEMS, item_text=texts).text_part is None
+    with pytest.raises(ValueError, match=r"llm\.item_init=text needs item text"):
+        build_llm(llm_config(item_init="text"), NUM_ITEMS, item_text={})
+    with pytest.raises(ValueError, match=r"llm\.item_init must be one of"):
+        build_llm(llm_config(item_init="words"), NUM_ITEMS)
+    with pytest.raises(ValueError, match=r"needs llm\.item_tokens=item"):
+        build_llm(
+            llm_config(item_init="text", item_tokens="semantic"),
+            NUM_ITEMS,
+            item_text=texts,
+            semantic_ids=torch.zeros(NUM_ITEMS + 1, 2, dtype=torch.long),
+            semantic_sizes=[4, 8],
+        )
+
+
+def test_a_pretrained_base_starts_item_tokens_from_its_own_text_embeddings() -> None:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    base = LlamaForCausalLM(config)
+    original = base.get_input_embeddings().weight.detach().clone()
+    token_text = [[5, 9, 11] if i % 3 else [] for i in range(NUM_ITEMS)]
+    llm = CloudLLM.from_base_model(base, NUM_ITEMS, max_len=10, item_token_text=token_text)
+    rows = llm.lm.get_input_embeddings().weight.detach()
+    assert torch.allclose(rows[50 + 1], original[[5, 9, 11]].mean(0))
+    # An item without text keeps the usual start near the mean embedding.
+    assert torch.allclose(rows[50], original.mean(0), atol=0.05)
+    with pytest.raises(ValueError, match="item_token_text has 2 rows for 30 items"):
+        CloudLLM.from_base_model(LlamaForCausalLM(config), NUM_ITEMS, item_token_text=[[1], [2]])
+    assert np.isfinite(llm.item_scores(torch.tensor([[1, 2, 3]])).numpy()[:, 1:]).all()
