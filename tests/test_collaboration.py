@@ -9,13 +9,20 @@ import pytest
 import torch
 from conftest import write_pattern_dataset
 
-from lsc4rec.client.collaborative_inference import drop_seen
+from lsc4rec.client.collaborative_inference import (
+    device_top_items,
+    drop_seen,
+    srm_candidate_scores,
+    srm_catalogue_scores,
+    union_candidates,
+)
 from lsc4rec.client.fusion import fuse_scores, normalize_scores, rerank
 from lsc4rec.client.request_model import FEATURE_NAMES, LearnedRequestModel
 from lsc4rec.client.request_policy import RequestPolicy, inconsistency
 from lsc4rec.config import compose_config
+from lsc4rec.data import pad_left
 from lsc4rec.models.srm import build_srm, candidate_rerank_loss
-from lsc4rec.simulations.request_curve import compact_summary, run_request_curve
+from lsc4rec.simulations.request_curve import MomentLists, choose_alpha, compact_summary, run_request_curve
 
 ITEMS = torch.tensor([[5, 3, 9, 0], [1, 2, 4, 7]])
 LLM = torch.tensor([[-1.0, -2.0, -3.0, float("-inf")], [-0.5, -0.6, -0.7, -0.8]])
@@ -197,3 +204,124 @@ def test_uncovered_mass_counts_only_the_srm_top_n_the_list_lacks() -> None:
     assert torch.allclose(missing, torch.tensor([0.2, 0.7, 0.1]))  # the tail beyond the top-3 counts there
     with pytest.raises(ValueError, match=r"uncovered_mass.*srm_catalogue_scores"):
         inconsistency(items, torch.zeros(3, 3), "uncovered_mass")
+
+
+def test_union_candidates_never_hold_a_consumed_item_or_a_repeat() -> None:
+    torch.manual_seed(0)
+    srm = build_srm("gru4rec", 40, hidden_size=8, dropout=0.0)
+    generator = torch.Generator().manual_seed(1)
+    histories = pad_left(
+        [torch.randint(1, 41, (int(n),), generator=generator).tolist() for n in (3, 8, 1, 12)], 10
+    )
+    # A stale cloud list that proposes some consumed items (the device drops them) and leaves a slot empty.
+    llm_items = torch.stack([torch.randperm(40, generator=generator)[:12] + 1 for _ in range(4)])
+    llm_items[:, 0] = histories[:, -1]
+    llm_items = drop_seen(llm_items, histories)
+    llm_items[2, 5] = 0
+    positions = torch.arange(12, dtype=torch.float).expand(4, 12)
+    llm_scores = (-positions).masked_fill(llm_items == 0, float("-inf"))
+    device_items, device_srm = device_top_items(srm_catalogue_scores(srm, histories), 15)
+    items, llm, srm_scores = union_candidates(
+        llm_items, llm_scores, srm_candidate_scores(srm, histories, llm_items), device_items, device_srm
+    )
+    assert items.shape == (4, 27)
+    for row in range(4):
+        real = items[row][items[row] > 0].tolist()
+        assert len(real) == len(set(real)), "an item appears twice"
+        assert not set(real) & set(histories[row].tolist()), "a consumed item is a candidate"
+        # Every item either side proposed is there, the cloud's in its own slots and order.
+        assert set(real) == set(llm_items[row][llm_items[row] > 0].tolist()) | set(device_items[row].tolist())
+        assert items[row, :12].tolist() == llm_items[row].tolist()
+        # Items only the device proposes score as the cloud's lowest; empty slots score -inf on both sides.
+        extra = items[row, 12:] > 0
+        floor = llm_scores[row][llm_items[row] > 0].min()
+        assert (llm[row, 12:][extra] == floor).all()
+        assert (llm[row][items[row] == 0] == float("-inf")).all()
+        assert (srm_scores[row][items[row] == 0] == float("-inf")).all()
+    # A device-only item keeps its catalogue score: ranking by the SRM alone is the device's own top.
+    fused = fuse_scores(llm, srm_scores, items, 0.0)
+    assert torch.equal(rerank(items, fused)[:, :10], device_items[:, :10])
+
+
+def synthetic_moment(targets: list[int], stale: list[list[int]], device: list[list[int]]) -> MomentLists:
+    """A moment with the given lists; LLM scores fall with the list position, SRM scores rise with the id."""
+    items = torch.tensor(stale)
+    llm = -torch.arange(items.shape[1], dtype=torch.float).expand_as(items).clone()
+    device_items = torch.tensor(device)
+    return MomentLists(
+        targets=torch.tensor(targets),
+        stale_items=items,
+        stale_llm=llm,
+        stale_srm=items.float(),
+        fresh_items=items,
+        fresh_llm=llm,
+        fresh_srm=items.float(),
+        inconsistency=torch.zeros(len(targets)),
+        device_items=device_items,
+        device_srm=device_items.float(),
+        pool="union",
+    )
+
+
+def test_fusion_weight_is_the_one_best_on_validation_for_each_pool() -> None:
+    cfg = compose_config(["collab.alpha_grid=[0.0,0.3,1.0]"])
+    # Validation: the LLM's first item is the target for every user, so the LLM alone (alpha = 1) wins.
+    llm_wins = synthetic_moment([1, 4], [[1, 2, 3], [4, 5, 6]], [[9, 8, 7], [9, 8, 7]])
+    alpha, curve = choose_alpha(llm_wins, cfg, "llm")
+    assert alpha == 1.0 and curve[1.0] > curve[0.0]
+    # The target is one only the device proposes (its highest SRM score): only a union pool holds it, and
+    # the SRM alone (alpha = 0) ranks it first.
+    device_wins = synthetic_moment([9, 9], [[1, 2, 3], [4, 5, 6]], [[9, 8, 7], [9, 8, 7]])
+    alpha, curve = choose_alpha(device_wins, cfg, "union")
+    assert curve[0.0] == curve[0.3] == pytest.approx(1.0)
+    assert curve[1.0] < 0.9
+    assert alpha == 0.3  # of equally good weights, the one nearest 0.5
+    assert choose_alpha(device_wins, cfg, "llm")[1][0.0] == 0.0  # the cloud's list alone never holds it
+    assert choose_alpha(device_wins, compose_config(["collab.alpha=0.3"]), "union")[0] == 0.3
+
+
+def test_union_pool_in_the_request_curve_never_falls_below_the_device_alone(tmp_path: Path) -> None:
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=60)
+    cfg = compose_config(
+        [
+            "data.name=pattern",
+            f"data.path={data}",
+            "data.max_len=10",
+            "llm.max_len=10",
+            "llm.hidden_size=32",
+            "llm.intermediate_size=64",
+            "llm.num_layers=1",
+            "llm.num_heads=2",
+            "llm.train.epochs=3",
+            "llm.train.lr=0.005",
+            "llm.train.batch_size=32",
+            "llm.train.progress=false",
+            "model.hidden_size=32",
+            "train.lr=0.005",
+            "train.epochs=6",
+            "train.batch_size=32",
+            "train.progress=false",
+            "eval.sampled_negatives=20",
+            "collab.candidates=10",
+            "collab.device_candidates=10",
+            "collab.srm_training=standard",
+            "request.compare=[]",
+        ]
+    )
+    summary = run_request_curve(cfg, tmp_path / "run")
+    collaboration = summary["collaboration"]
+    test = collaboration["test"]["all"]
+    assert set(test) == {"srm_alone", "llm_alone", "fused_llm", "fused_union", "fused_always_request"}
+    # The union holds the device's own top 10, so fusing over it can only add to the device alone when the
+    # weight is chosen on validation (here the stale cloud adds nothing: alpha goes to the device).
+    assert test["fused_union"]["NDCG@10"] >= test["srm_alone"]["NDCG@10"] - 0.02
+    assert test["fused_union"]["NDCG@10"] > test["fused_llm"]["NDCG@10"]
+    assert set(collaboration["slice_sizes"]) == {
+        "all",
+        "rare_targets",
+        "popular_targets",
+        "cold_users",
+        "warm_users",
+    }
+    assert collaboration["slice_sizes"]["cold_users"] + collaboration["slice_sizes"]["warm_users"] == 300
+    assert collaboration["ndcg10_over_device_srm"]["srm_alone"] == 1.0
