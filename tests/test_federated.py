@@ -235,6 +235,12 @@ def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path, sc
     # The candidate service speaks TLS, as it must for real devices; the nodes verify it with the CA file.
     certificate, key = self_signed_certificate(tmp_path, "cloud")
     request = [f"request.score={score}"]
+    if score == "uncovered_mass":
+        # This dataset carries item text, so the ServerApp's cloud LLM is text-grounded (llm.item_init=auto).
+        lines = [
+            json.dumps({"item_id": i, "title": f"step {i} of the walk"}) for i in range(1, NUM_ITEMS + 1)
+        ]
+        data.with_name("pattern_item_text.jsonl").write_text("\n".join(lines) + "\n")
     if score == "learned":
         # The devices load a shipped request model (here: request when the SRM is unsure).
         weights = [0.0] * len(FEATURE_NAMES)
@@ -279,6 +285,9 @@ def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path, sc
     assert collaboration["cloud"]["cloud_lag"] == 2
     assert collaboration["cloud"]["service"]["tls"] is True
     assert (tmp_path / "run" / "llm" / "item_tokens.json").is_file()
+    grounded = score == "uncovered_mass"
+    assert collaboration["cloud"]["item_init"] == ("text" if grounded else "random")
+    assert (tmp_path / "run" / "llm" / "item_text_part.safetensors").is_file() == grounded
     assert "client-collab-HR@10" in collaboration["last_round"]
 
 

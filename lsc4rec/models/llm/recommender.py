@@ -77,6 +77,8 @@ class CloudLLM(nn.Module):
         if text_part is not None and tokenizer.depth != 1:
             raise ValueError("item text grounding needs one token per item (llm.item_tokens=item)")
         self.text_part = text_part
+        #: Where the item tokens started (``llm.item_init``: random or text); saved with the model.
+        self.item_init = "text" if text_part is not None else "random"
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -373,6 +375,7 @@ class CloudLLM(nn.Module):
             "max_len": self.max_len,
             "embedding_dropout": self.embedding_dropout.p,
             "item_text": self.text_part is not None,
+            "item_init": self.item_init,
         }
         if self.text_part is not None:
             save_file(
@@ -404,13 +407,15 @@ class CloudLLM(nn.Module):
                 int(state["projection.weight"].shape[0]),
             )
             text_part.load_state_dict(state)
-        return cls(
+        llm = cls(
             lm,
             tokenizer,
             max_len=int(settings["max_len"]),
             embedding_dropout=float(settings["embedding_dropout"]),
             text_part=text_part,
         )
+        llm.item_init = str(settings.get("item_init", llm.item_init))
+        return llm
 
 
 def load_candidate_source(directory: str | Path, device: str = "cpu") -> CloudLLM:
