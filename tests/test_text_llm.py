@@ -165,3 +165,78 @@ def test_a_pretrained_base_starts_item_tokens_from_its_own_text_embeddings() -> 
     with pytest.raises(ValueError, match="item_token_text has 2 rows for 30 items"):
         CloudLLM.from_base_model(LlamaForCausalLM(config), NUM_ITEMS, item_token_text=[[1], [2]])
     assert np.isfinite(llm.item_scores(torch.tensor([[1, 2, 3]])).numpy()[:, 1:]).all()
+
+
+def tiny_word_model(vocab_size: int, positions: int = 256) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=positions,
+        bos_token_id=101,
+        eos_token_id=102,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_title_prompts_are_written_and_learned_by_a_word_model(tmp_path: Path) -> None:
+    # A word tokenizer that ships offline (MiniLM's WordPiece) under a tiny random Llama: the CPU stand-in
+    # for SmolLM2 reading a P5-style prompt.
+    from transformers import AutoTokenizer
+
+    from lsc4rec.models.llm.prompt import TitlePrompt
+    from lsc4rec.text.encoders import minilm_folder
+
+    words = AutoTokenizer.from_pretrained(minilm_folder(), local_files_only=True)
+    names = ["red", "blue", "green", "pink", "black", "white", "gold", "silver", "brown", "grey"]
+    items = len(names) * 2
+    titles = [
+        "",
+        *[f"{names[(i - 1) % 10]} {'lipstick' if i <= 10 else 'mascara'}" for i in range(1, items + 1)],
+    ]
+    prompt = TitlePrompt(words, titles, pad_token_id=0, max_tokens=40)
+    tokens, mask = prompt.encode(torch.tensor([[0, 0, 3], [1, 2, 11]]))
+    decoded = words.decode(tokens[0][mask[0]])
+    assert decoded == "a shopper bought, oldest first : green lipstick ; next they buy :"
+    assert "red lipstick ; blue lipstick ; red mascara ;" in words.decode(tokens[1][mask[1]])
+    assert not mask[0, : mask.shape[1] - int(mask[0].sum())].any()  # left padding
+    # Too long: the oldest titles go first.
+    long_ids = prompt.prompt_ids(list(range(1, 21)))
+    assert len(long_ids) <= 40 and words.decode(long_ids).endswith(
+        "brown mascara ; grey mascara ; next they buy :"
+    )
+    with pytest.raises(ValueError, match=r"item id 21 is outside 1\.\.20"):
+        prompt.prompt_ids([21])
+
+    llm = CloudLLM.from_base_model(
+        tiny_word_model(words.vocab_size), items, max_len=8, dropout=0.0, prompt=prompt
+    )
+    # The walk i -> i + 1 over 20 items, learned from the titles in the prompt.
+    sequences = [[(start + k) % items + 1 for k in range(6)] for start in range(items) for _ in range(6)]
+    histories, targets = [s[:-1] for s in sequences[::6]], [s[-1] for s in sequences[::6]]
+    settings = LLMTrainSettings(
+        epochs=25, batch_size=16, lr=5e-3, warmup_steps=5, patience=25, progress=False
+    )
+    result = fit_llm(llm, sequences, histories, targets, settings, seed=0)
+    assert result.best_valid["NDCG@10"] > 0.6  # random: ~0.2 over 20 items
+    candidates = llm.recommend(histories[:4], 5)
+    assert candidates.items.min() >= 1 and candidates.items.max() <= items
+    llm.save_pretrained(tmp_path / "prompt_llm")
+    loaded = CloudLLM.from_pretrained(tmp_path / "prompt_llm")
+    assert loaded.prompt is not None and loaded.prompt.titles == titles
+    assert np.array_equal(loaded.recommend(histories[:4], 5).items, candidates.items)
+    with pytest.raises(ValueError, match="history_format=items"):
+        llm.position_candidates(pad_left(histories[:2], 8), 3)
+
+
+def test_title_prompts_need_a_word_vocabulary_and_text() -> None:
+    texts = {i: ItemText(title=f"item {i}") for i in range(1, NUM_ITEMS + 1)}
+    with pytest.raises(ValueError, match="needs a pretrained base with a word vocabulary"):
+        build_llm(llm_config(history_format="titles"), NUM_ITEMS, item_text=texts)
+    with pytest.raises(ValueError, match=r"llm\.history_format must be one of"):
+        build_llm(llm_config(history_format="prose"), NUM_ITEMS, item_text=texts)

@@ -17,11 +17,22 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lsc4rec.data.item_text import ItemText
+from lsc4rec.models.llm.prompt import TitlePrompt
 from lsc4rec.models.llm.recommender import CloudLLM
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ITEM_INITS", "SMOLLM2_GGUF", "build_llm", "load_base_model", "load_base_tokenizer"]
+__all__ = [
+    "HISTORY_FORMATS",
+    "ITEM_INITS",
+    "SMOLLM2_GGUF",
+    "build_llm",
+    "load_base_model",
+    "load_base_tokenizer",
+]
+
+#: Values of ``llm.history_format``: a stream of item tokens, or item titles in a prompt (pretrained bases).
+HISTORY_FORMATS: tuple[str, ...] = ("items", "titles")
 
 #: Values of ``llm.item_init``: where item tokens start (text needs the dataset's item text; auto = text
 #: when the dataset has item text and items are single tokens, else random).
@@ -110,6 +121,16 @@ def build_llm(
         )
     if item_init == "text" and item_tokens == "semantic":
         raise ValueError("llm.item_init=text needs llm.item_tokens=item (one token per item)")
+    history_format = str(llm_cfg.get("history_format", "items"))
+    if history_format not in HISTORY_FORMATS:
+        raise ValueError(f"llm.history_format must be one of {HISTORY_FORMATS}, got {history_format!r}")
+    if history_format == "titles" and (
+        llm_cfg["name"] == "scratch" or not item_text or item_tokens != "item"
+    ):
+        raise ValueError(
+            "llm.history_format=titles needs a pretrained base with a word vocabulary (llm=smollm2 or "
+            "llm=pretrained), one token per item, and item text for the titles"
+        )
     llm = _fresh_llm(
         llm_cfg,
         num_items,
@@ -118,6 +139,7 @@ def build_llm(
         semantic_sizes,
         item_text if item_init == "text" else None,
         text_cfg or {},
+        item_text if history_format == "titles" else None,
     )
     llm.item_init = item_init
     return llm
@@ -131,8 +153,12 @@ def _fresh_llm(
     semantic_sizes: list[int] | None,
     item_text: Mapping[int, ItemText] | None,
     text_cfg: Mapping[str, Any],
+    prompt_text: Mapping[int, ItemText] | None = None,
 ) -> CloudLLM:
-    """A new LLM (scratch or on a pretrained base), grounded in ``item_text`` when it is given."""
+    """A new LLM (scratch or on a pretrained base), grounded in ``item_text`` when it is given.
+
+    ``prompt_text`` (pretrained bases) makes the model read histories as these items' titles in a prompt.
+    """
     if llm_cfg["name"] == "scratch":
         text_vectors = None if item_text is None else _text_vectors(item_text, num_items, text_cfg)
         return CloudLLM.from_scratch(
@@ -150,10 +176,22 @@ def _fresh_llm(
         )
     local_only = bool(llm_cfg.get("local_files_only", True))
     base = load_base_model(str(llm_cfg["base"]), local_only)
-    token_text = None
-    if item_text is not None:
+    token_text, prompt = None, None
+    fields = tuple(text_cfg.get("fields", ("title", "brand", "categories")))
+    if item_text is not None or prompt_text is not None:
         tokenizer = load_base_tokenizer(str(llm_cfg["base"]), local_only)
-        fields = tuple(text_cfg.get("fields", ("title", "brand", "categories")))
+    if prompt_text is not None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        titles = [
+            prompt_text[i].render(("title",)) if i in prompt_text else "" for i in range(1, num_items + 1)
+        ]
+        prompt = TitlePrompt(
+            tokenizer,
+            ["", *titles],
+            pad_token_id=int(pad if pad is not None else 0),
+            max_tokens=int(llm_cfg.get("prompt_max_tokens", 512)),
+        )
+    if item_text is not None:
         token_text = [
             tokenizer(item_text[i].render(fields), add_special_tokens=False)["input_ids"]
             if i in item_text
@@ -167,6 +205,7 @@ def _fresh_llm(
         dropout=float(llm_cfg["dropout"]),
         seed=seed,
         item_token_text=token_text,
+        prompt=prompt,
     )
 
 

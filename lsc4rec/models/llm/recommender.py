@@ -8,7 +8,9 @@
 
 Text grounding (``llm.item_init=text``): a from-scratch model's item tokens are projected item-text vectors
 plus a learned id part (:class:`~lsc4rec.models.llm.item_text_part.ItemTextPart`); a pretrained base starts
-each new item token from its own embeddings of the item's text.
+each new item token from its own embeddings of the item's text. A pretrained base may also read the history
+as item titles in a prompt (``llm.history_format=titles``, :class:`~lsc4rec.models.llm.prompt.TitlePrompt`)
+and answer with the next item's token.
 
 A history is the token stream ``[bos, item tokens...]`` (see :class:`ItemTokenizer`); the model is trained
 with next-token cross-entropy and generates candidates with :func:`constrained_beam_search`. Dropout on the
@@ -37,6 +39,7 @@ from lsc4rec.models.llm.beam_search import NextTokenLogProbs, constrained_beam_s
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.llm.item_text_part import ItemTextPart
 from lsc4rec.models.llm.item_tokens import ItemTokenizer
+from lsc4rec.models.llm.prompt import TitlePrompt
 
 __all__ = ["CloudLLM", "load_candidate_source"]
 
@@ -56,10 +59,12 @@ class CloudLLM(nn.Module):
         embedding_dropout: float = 0.0,
         batch_size: int = 256,
         text_part: ItemTextPart | None = None,
+        prompt: TitlePrompt | None = None,
     ) -> None:
         """Wrap ``lm`` (any ``*ForCausalLM``) with the item token table; histories keep ``max_len`` items.
 
-        ``text_part`` adds projected item-text vectors to the item tokens' embedding rows (input and output).
+        ``text_part`` adds projected item-text vectors to the item tokens' embedding rows (input and output);
+        ``prompt`` writes histories as item titles in the model's own words instead of item tokens.
         """
         super().__init__()
         rows = lm.get_input_embeddings().num_embeddings
@@ -77,6 +82,9 @@ class CloudLLM(nn.Module):
         if text_part is not None and tokenizer.depth != 1:
             raise ValueError("item text grounding needs one token per item (llm.item_tokens=item)")
         self.text_part = text_part
+        if prompt is not None and (tokenizer.depth != 1 or prompt.num_items != tokenizer.num_items):
+            raise ValueError("a title prompt needs one token per item and a title row for every item")
+        self.prompt = prompt
         #: Where the item tokens started (``llm.item_init``: random or text); saved with the model.
         self.item_init = "text" if text_part is not None else "random"
 
@@ -156,6 +164,7 @@ class CloudLLM(nn.Module):
         dropout: float = 0.1,
         seed: int = 0,
         item_token_text: Sequence[Sequence[int]] | None = None,
+        prompt: TitlePrompt | None = None,
     ) -> CloudLLM:
         """Extend a pretrained causal LM with ``num_items`` new item tokens after its vocabulary.
 
@@ -163,7 +172,7 @@ class CloudLLM(nn.Module):
         add tokens without disturbing the pretrained distribution; with ``item_token_text`` (item ``i``'s text
         as the base tokenizer's ids, in row ``i - 1``) an item's row starts as the mean of its text's token
         embeddings instead (the model's own representation of the item; an empty row keeps the mean start).
-        The model's own bos/pad ids are used unless given.
+        The model's own bos/pad ids are used unless given; ``prompt`` makes it read histories as titles.
         """
         base_vocab = lm.get_input_embeddings().num_embeddings
         bos = bos_token_id if bos_token_id is not None else lm.config.bos_token_id
@@ -188,13 +197,16 @@ class CloudLLM(nn.Module):
             output = lm.get_output_embeddings()
             if output is not None and output.weight.data_ptr() != new.data_ptr():
                 output.weight[base_vocab:] = new[base_vocab:]
-        if max_len + 2 > getattr(lm.config, "max_position_embeddings", max_len + 2):
+        needed = max_len + 2 if prompt is None else prompt.max_tokens + 1
+        if needed > getattr(lm.config, "max_position_embeddings", needed):
+            what = (
+                f"llm.max_len={max_len}" if prompt is None else f"llm.prompt_max_tokens={prompt.max_tokens}"
+            )
             raise ValueError(
-                f"llm.max_len={max_len} needs {max_len + 2} positions; the model has "
-                f"{lm.config.max_position_embeddings}"
+                f"{what} needs {needed} positions; the model has {lm.config.max_position_embeddings}"
             )
         tokenizer = ItemTokenizer.one_token_per_item(num_items, base_vocab, int(bos), int(pad))
-        return cls(lm, tokenizer, max_len=max_len, embedding_dropout=dropout)
+        return cls(lm, tokenizer, max_len=max_len, embedding_dropout=dropout, prompt=prompt)
 
     # ------------------------------------------------------------------ CandidateSource
     @property
@@ -261,11 +273,40 @@ class CloudLLM(nn.Module):
             logits = torch.cat([logits, nn.functional.linear(hidden, head.weight[size:], extra)], dim=-1)
         return logits
 
+    def encode(self, histories: Tensor) -> tuple[Tensor, Tensor]:
+        """Model input ``(tokens, attention_mask)`` for left-padded item histories (prompt or item tokens)."""
+        if self.prompt is not None:
+            self.tokenizer.check_items(histories, "history")
+            return self.prompt.encode(histories)
+        return self.tokenizer.encode_histories(histories)
+
+    def _prompt_loss(self, sequences: Tensor) -> Tensor:
+        """Cross-entropy of one next item per row, after a prompt of a random prefix of the row's items."""
+        prompts, targets = [], []
+        for row in sequences.tolist():
+            real = [i for i in row if i > 0]
+            if len(real) < 2:
+                continue
+            cut = int(torch.randint(1, len(real), ()).item())
+            prompts.append(real[:cut])
+            targets.append(real[cut])
+        if not targets:
+            return self.lm.get_input_embeddings().weight.sum() * 0.0
+        tokens, mask = self.encode(pad_left(prompts, self.max_len))
+        text = self.text_rows()
+        hidden = self.hidden_states(tokens, mask, text)[:, -1]
+        item_columns = self.tokenizer.codes[1:, 0].to(self.device)
+        logits = self.token_logits(hidden, text)[:, item_columns]
+        return nn.functional.cross_entropy(logits, torch.as_tensor(targets, device=self.device) - 1)
+
     def loss(self, sequences: Tensor) -> Tensor:
         """Mean next-token cross-entropy over the item tokens of left-padded item ``sequences [B, L]``.
 
-        Every item is predicted from the tokens before it, the first one from the bos alone.
+        Every item is predicted from the tokens before it, the first one from the bos alone. With a title
+        prompt, one item per row is predicted from a prompt of the items before it (a random cut per row).
         """
+        if self.prompt is not None:
+            return self._prompt_loss(sequences)
         tokens, mask = self.tokenizer.encode_histories(sequences)
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         predict_from = mask[:, :-1] & mask[:, 1:]
@@ -284,7 +325,7 @@ class CloudLLM(nn.Module):
         if self.tokenizer.depth != 1:
             raise ValueError("item_scores needs one token per item; use recommend() for multi-token codes")
         with self._evaluating():
-            tokens, mask = self.tokenizer.encode_histories(histories[:, -self.max_len :])
+            tokens, mask = self.encode(histories[:, -self.max_len :])
             text = self.text_rows()
             hidden = self.hidden_states(tokens, mask, text)[:, -1]
             logprobs = torch.log_softmax(self.token_logits(hidden, text), dim=-1)
@@ -298,8 +339,11 @@ class CloudLLM(nn.Module):
         One forward pass serves every prefix of every row (the model is causal); padding positions get 0.
         These are the LLM's hard negatives for collaborative training of the SRM. One token per item only.
         """
-        if self.tokenizer.depth != 1:
-            raise ValueError("position_candidates needs one token per item")
+        if self.tokenizer.depth != 1 or self.prompt is not None:
+            raise ValueError(
+                "position_candidates needs one token per item read as item tokens "
+                "(llm.history_format=items); use collab.srm_training=standard with a title prompt"
+            )
         with self._evaluating():
             tokens, mask = self.tokenizer.encode_histories(inputs)
             # Token column j + 1 holds input column j; its output predicts the item after it.
@@ -326,8 +370,8 @@ class CloudLLM(nn.Module):
         """Next-item logits ``[P, num_items]`` (column ``i - 1`` = item ``i``) at the ``positions [B, L]`` of
         left-padded ``inputs [B, L]``, without gradients, on the CPU (a teacher's view for distillation).
         """
-        if self.tokenizer.depth != 1:
-            raise ValueError("position_item_logits needs one token per item")
+        if self.tokenizer.depth != 1 or self.prompt is not None:
+            raise ValueError("position_item_logits needs item tokens read as such (llm.history_format=items)")
         with self._evaluating():
             tokens, mask = self.tokenizer.encode_histories(inputs[:, -self.max_len :].cpu())
             text = self.text_rows()
@@ -348,7 +392,7 @@ class CloudLLM(nn.Module):
                 allowed = torch.ones(chunk.shape[0], self.num_items + 1, dtype=torch.bool)
                 if exclude_history:
                     allowed.scatter_(1, chunk, False)
-                tokens, mask = self.tokenizer.encode_histories(chunk)
+                tokens, mask = self.encode(chunk)
                 items, scores = constrained_beam_search(
                     self._next_token_fn(tokens, mask), self.tokenizer, allowed, n
                 )
@@ -377,6 +421,8 @@ class CloudLLM(nn.Module):
             "item_text": self.text_part is not None,
             "item_init": self.item_init,
         }
+        if self.prompt is not None:
+            self.prompt.save(directory)
         if self.text_part is not None:
             save_file(
                 {k: v.detach().cpu().contiguous() for k, v in self.text_part.state_dict().items()},
@@ -413,6 +459,7 @@ class CloudLLM(nn.Module):
             max_len=int(settings["max_len"]),
             embedding_dropout=float(settings["embedding_dropout"]),
             text_part=text_part,
+            prompt=TitlePrompt.load(directory),
         )
         llm.item_init = str(settings.get("item_init", llm.item_init))
         return llm
