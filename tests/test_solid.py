@@ -183,7 +183,7 @@ def test_text_features_mean_pool_a_local_model(tmp_path: Path) -> None:
         )
     ).eval()
     model.save_pretrained(tmp_path)
-    features, report = text_features({1: "toy story", 3: "red mascara"}, num_items=3, model_dir=tmp_path)
+    features, report = text_features({1: "toy story", 3: "red mascara"}, num_items=3, model=str(tmp_path))
     assert report == {"items_with_titles": 2, "items_without_titles": 1}
     assert torch.equal(features[1], torch.zeros(16))
     assert torch.allclose(features[[0, 2]].norm(dim=1), torch.ones(2), atol=1e-5)
@@ -193,6 +193,10 @@ def test_text_features_mean_pool_a_local_model(tmp_path: Path) -> None:
     assert torch.allclose(features[0], torch.nn.functional.normalize(expected, dim=1)[0], atol=1e-5)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         text_features({1: "x"}, 1, tmp_path / "missing")
+    # Other weights in the same folder are a different encoder: the cache never serves the old vectors.
+    torch.manual_seed(1)
+    BertModel(model.config).save_pretrained(tmp_path)
+    assert not torch.allclose(text_features({1: "toy story"}, 1, tmp_path)[0][0], features[0])
 
 
 def test_combined_blocks_have_equal_scale() -> None:

@@ -138,12 +138,32 @@ def _sentence_max_length(folder: Path) -> int:
 
 
 def _sentence_key(folder: Path, name: str | None) -> str:
-    """Cache key of a sentence encoder: its name (or folder name plus a config digest) and its pooling."""
+    """Cache key of a sentence encoder: its name and pooling.
+
+    An unnamed folder is named by its folder name plus a digest of its config and weights, so retrained
+    weights never hit stale vectors.
+    """
     if name is None:
-        config = folder / "config.json"
-        digest = hashlib.sha256(config.read_bytes()).hexdigest()[:10] if config.is_file() else "noconfig"
-        name = f"{folder.name}-{digest}"
+        digest = hashlib.sha256()
+        for file in (
+            sorted(folder.glob("*.json"))
+            + sorted(folder.glob("*.safetensors"))
+            + sorted(folder.glob("*.bin"))
+        ):
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+        name = f"{folder.name}-{digest.hexdigest()[:12]}"
     return f"{name}-mean-{_sentence_max_length(folder)}"
+
+
+def _local_folder(name: str) -> Path | None:
+    """``name`` as a local model folder, None when it is no path; FileNotFoundError for a missing folder."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if "/" in name or "\\" in name or path.is_absolute():
+        raise FileNotFoundError(f"text model folder {path} does not exist")
+    return None
 
 
 def minilm_folder() -> Path:
@@ -184,8 +204,9 @@ def encoder_key(name: str) -> str:
         return _sentence_key(minilm_folder(), _MINILM_NAME)
     if name == "smollm2":
         return f"{_SMOLLM2_NAME}-mean-{CausalLMTextEncoder.DEFAULT_MAX_LENGTH}"
-    if Path(name).expanduser().is_dir():
-        return _sentence_key(Path(name).expanduser(), None)
+    folder = _local_folder(name)
+    if folder is not None:
+        return _sentence_key(folder, None)
     raise _unknown(name)
 
 
@@ -195,6 +216,7 @@ def build_text_encoder(name: str) -> TextEncoder:
         return SentenceTextEncoder(minilm_folder(), name=_MINILM_NAME)
     if name == "smollm2":
         return _smollm2_encoder()
-    if Path(name).expanduser().is_dir():
-        return SentenceTextEncoder(Path(name).expanduser())
+    folder = _local_folder(name)
+    if folder is not None:
+        return SentenceTextEncoder(folder)
     raise _unknown(name)

