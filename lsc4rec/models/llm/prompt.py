@@ -57,10 +57,12 @@ class TitlePrompt:
         def ids(text: str) -> list[int]:
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-        self._header, self._footer, self._separator = ids(header), ids(footer), ids(";")
+        # Pieces are tokenised apart, so each carries its leading space (byte-level BPE vocabularies such as
+        # SmolLM2's spell " word" and "word" differently; WordPiece ignores it).
+        self._header, self._footer, self._separator = ids(header), ids(" " + footer), ids(";")
         # Item i's title tokens followed by the separator; an item without text is written as "item <i>".
         self._item_tokens = [[]] + [
-            ids(title or f"item {i}")[: self.max_title_tokens] + self._separator
+            ids(" " + (title or f"item {i}"))[: self.max_title_tokens] + self._separator
             for i, title in enumerate(self.titles[1:], start=1)
         ]
         if len(self._header) + len(self._footer) >= self.max_tokens:
