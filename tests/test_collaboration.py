@@ -12,6 +12,7 @@ from conftest import write_pattern_dataset
 from lsc4rec.client.collaborative_inference import (
     device_top_items,
     drop_seen,
+    seen_items,
     srm_candidate_scores,
     srm_catalogue_scores,
     union_candidates,
@@ -325,3 +326,14 @@ def test_union_pool_in_the_request_curve_never_falls_below_the_device_alone(tmp_
     }
     assert collaboration["slice_sizes"]["cold_users"] + collaboration["slice_sizes"]["warm_users"] == 300
     assert collaboration["ndcg10_over_device_srm"]["srm_alone"] == 1.0
+
+
+def test_items_consumed_before_the_model_window_are_still_excluded() -> None:
+    torch.manual_seed(0)
+    srm = build_srm("gru4rec", 20, hidden_size=8, dropout=0.0)
+    histories = [list(range(1, 13)), [5, 6]]
+    window = pad_left(histories, 4)  # the model reads the last 4 items only
+    catalogue = srm_catalogue_scores(srm, window, seen_items(histories))
+    assert torch.isinf(catalogue[0, 1:13]).all() and torch.isfinite(catalogue[0, 13:]).all()
+    assert torch.isinf(catalogue[1, [5, 6]]).all() and int(torch.isinf(catalogue[1]).sum()) == 3
+    assert drop_seen(torch.tensor([[1, 13], [1, 6]]), seen_items(histories)).tolist() == [[0, 13], [1, 0]]

@@ -19,6 +19,7 @@ from lsc4rec.client.collaborative_inference import (
     device_top_items,
     drop_seen,
     request_score_table,
+    seen_items,
     srm_candidate_scores,
     srm_catalogue_scores,
     union_candidates,
@@ -106,14 +107,15 @@ def serve_devices(
     history ids as int64; reply: ids int64 + scores float32).
     """
     history = pad_left(histories, max_len)
+    seen = seen_items(histories)  # the whole history, also past max_len
     target = torch.as_tensor(list(targets), dtype=torch.long)
     items = torch.from_numpy(stale.items).long()
     llm_scores = torch.from_numpy(stale.scores).float()
     if settings.exclude_history:
-        items = drop_seen(items, history)
+        items = drop_seen(items, seen)
     llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
     srm_scores = srm_candidate_scores(srm, history, items)
-    catalogue = srm_catalogue_scores(srm, history)
+    catalogue = srm_catalogue_scores(srm, history, seen)
     if settings.request_model is not None and settings.score == "learned":
         features = request_features(items, srm_scores, llm_scores, catalogue, history)
         disagreement = settings.request_model.predict(features)
@@ -142,7 +144,7 @@ def serve_devices(
         bytes_moved = sum(8 * len(h) for h in fresh_histories) + fresh.items.size * 12
         fresh_items = torch.from_numpy(fresh.items).long()
         if settings.exclude_history:
-            fresh_items = drop_seen(fresh_items, history[rows])
+            fresh_items = drop_seen(fresh_items, seen[rows])
         index = torch.tensor(rows)
         items[index] = fresh_items
         llm_scores[index] = (

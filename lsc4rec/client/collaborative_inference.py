@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lsc4rec.client.request_policy import inconsistency
+from lsc4rec.data import pad_left
 from lsc4rec.models.srm import SequentialRecommender
 
 #: Values of ``collab.candidate_pool``: what the device fuses over.
@@ -21,10 +22,16 @@ __all__ = [
     "device_top_items",
     "drop_seen",
     "request_score_table",
+    "seen_items",
     "srm_candidate_scores",
     "srm_catalogue_scores",
     "union_candidates",
 ]
+
+
+def seen_items(histories: Sequence[Sequence[int]]) -> Tensor:
+    """Each device's whole history, left-padded to the longest: all it has consumed, also past ``max_len``."""
+    return pad_left(histories, max((len(h) for h in histories), default=1) or 1)
 
 
 def drop_seen(items: Tensor, histories: Tensor) -> Tensor:
@@ -42,12 +49,16 @@ def srm_candidate_scores(srm: SequentialRecommender, histories: Tensor, items: T
 
 
 @torch.no_grad()
-def srm_catalogue_scores(srm: SequentialRecommender, histories: Tensor) -> Tensor:
-    """The SRM's scores ``[B, num_items + 1]`` of every item; padding and history items are -inf."""
+def srm_catalogue_scores(srm: SequentialRecommender, histories: Tensor, seen: Tensor | None = None) -> Tensor:
+    """The SRM's scores ``[B, num_items + 1]`` of every item; padding and consumed items are -inf.
+
+    ``histories`` is the model's (truncated) input; ``seen`` (default: ``histories``) the device's whole
+    history, left-padded, whose items are all excluded.
+    """
     srm.eval()
     scores = srm.score_all(histories)
     scores[:, 0] = float("-inf")
-    return scores.scatter_(1, histories, float("-inf"))
+    return scores.scatter_(1, histories if seen is None else seen, float("-inf"))
 
 
 def request_score_table(

@@ -41,6 +41,7 @@ from lsc4rec.client.collaborative_inference import (
     device_top_items,
     drop_seen,
     request_score_table,
+    seen_items,
     srm_candidate_scores,
     srm_catalogue_scores,
     union_candidates,
@@ -145,6 +146,8 @@ def build_moment(
     chunk = 512
     for start in tqdm(range(0, len(histories), chunk), desc=description, disable=not cfg.llm.train.progress):
         history = pad_left(histories[start : start + chunk], max_len)
+        # Exclusions cover the whole history, also past max_len (as the SRM protocol's full ranking does).
+        seen = seen_items(histories[start : start + chunk])
         stale = pad_left([p or [] for p in stale_prompts[start : start + chunk]], int(cfg.llm.max_len))
         for kind, prompt in (
             ("stale", stale),
@@ -152,19 +155,19 @@ def build_moment(
         ):
             items, llm_scores = llm.recommend_tensor(prompt, n)
             if exclude:
-                items = drop_seen(items, history)
+                items = drop_seen(items, seen)
             llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
             parts[f"{kind}_items"].append(items)
             parts[f"{kind}_llm"].append(llm_scores)
             parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
         stale_lists = parts["stale_items"][-1], parts["stale_srm"][-1]
-        catalogue = srm_catalogue_scores(srm, history)
+        catalogue = srm_catalogue_scores(srm, history, seen)
         target = torch.as_tensor(targets[start : start + chunk], dtype=torch.long)
         full["srm"].append(full_ranking_ranks(catalogue, target))
         for name, model in llms.items():
             if model.tokenizer.depth == 1:
                 # The LLM alone from the stale prompt, with the device's seen items removed as for the SRM.
-                full[name].append(full_ranking_ranks(model.item_scores(stale), target, exclude=history))
+                full[name].append(full_ranking_ranks(model.item_scores(stale), target, exclude=seen))
         top_items, top_scores = device_top_items(catalogue, device_n)
         device["items"].append(top_items)
         device["srm"].append(top_scores)
