@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,10 @@ def test_devices_request_where_the_learned_model_predicts_the_largest_gain() -> 
     weights = [0.0] * len(FEATURE_NAMES)
     weights[FEATURE_NAMES.index("list_fill")] = -1.0
     model = LearnedRequestModel([0.0] * len(weights), [1.0] * len(weights), weights, 0.0)
-    settings = CollaborationSettings(candidates=10, score="learned", ratio=0.5, request_model=model)
+    # Fusion over the cloud's list only: the union would also hold the device's own top items.
+    settings = CollaborationSettings(
+        candidates=10, score="learned", ratio=0.5, request_model=model, candidate_pool="llm"
+    )
     cloud = RecordingCloud({d + 2: d + 21 for d in range(8)})
     metrics = serve_devices(
         srm,
@@ -136,3 +140,17 @@ def test_devices_request_where_the_learned_model_predicts_the_largest_gain() -> 
     assert metrics["requests"] == 4.0
     # The fresh lists put the target first; with alpha 0.5 it stays in the top 10, the stale lists miss it.
     assert metrics["collab-HR@10"] == pytest.approx(0.5) and metrics["collab-before-request-HR@10"] == 0.0
+    # Over the union the same devices request, and no device ranks worse than over the cloud's list alone.
+    union_cloud = RecordingCloud({d + 2: d + 21 for d in range(8)})
+    union = serve_devices(
+        srm,
+        histories,
+        targets,
+        CandidateList(items, scores),
+        union_cloud,
+        replace(settings, candidate_pool="union"),
+        5,
+        torch.Generator().manual_seed(0),
+    )
+    assert sorted(union_cloud.asked) == sorted(cloud.asked)
+    assert union["collab-HR@10"] >= metrics["collab-HR@10"]
