@@ -114,9 +114,10 @@ def test_rerank_loss_is_cross_entropy_over_target_hard_and_random_candidates() -
         candidate_rerank_loss(model, inputs, targets, hard[:, :2], torch.Generator(), 0)
 
 
-def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
+def pattern_curve_config(tmp_path: Path, extra: list[str]):
+    """A request_curve config for a 300-user walk over 60 items with small models, plus ``extra``."""
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=60)
-    cfg = compose_config(
+    return compose_config(
         [
             "data.name=pattern",
             f"data.path={data}",
@@ -126,24 +127,33 @@ def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
             "llm.intermediate_size=64",
             "llm.num_layers=1",
             "llm.num_heads=2",
-            "llm.train.epochs=10",
             "llm.train.lr=0.005",
-            "llm.train.warmup_steps=5",
             "llm.train.batch_size=32",
             "llm.train.progress=false",
             "model.hidden_size=32",
-            "model.dropout=0.1",
             "train.lr=0.005",
-            "train.epochs=8",
-            "train.patience=3",
             "train.batch_size=32",
             "train.progress=false",
             "eval.sampled_negatives=20",
+            *extra,
+        ]
+    )
+
+
+def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
+    cfg = pattern_curve_config(
+        tmp_path,
+        [
+            "llm.train.epochs=10",
+            "llm.train.warmup_steps=5",
+            "model.dropout=0.1",
+            "train.epochs=8",
+            "train.patience=3",
             "collab.candidates=20",
             "collab.srm_epochs=1",
             # The request mechanics on the cloud's own list (a union pool would already hold the target).
             "collab.candidate_pool=llm",
-        ]
+        ],
     )
     summary = run_request_curve(cfg, tmp_path / "run")
     table = summary["test_no_requests"]
@@ -282,32 +292,16 @@ def test_fusion_weight_is_the_one_best_on_validation_for_each_pool() -> None:
 
 
 def test_union_pool_in_the_request_curve_never_falls_below_the_device_alone(tmp_path: Path) -> None:
-    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=60)
-    cfg = compose_config(
+    cfg = pattern_curve_config(
+        tmp_path,
         [
-            "data.name=pattern",
-            f"data.path={data}",
-            "data.max_len=10",
-            "llm.max_len=10",
-            "llm.hidden_size=32",
-            "llm.intermediate_size=64",
-            "llm.num_layers=1",
-            "llm.num_heads=2",
             "llm.train.epochs=3",
-            "llm.train.lr=0.005",
-            "llm.train.batch_size=32",
-            "llm.train.progress=false",
-            "model.hidden_size=32",
-            "train.lr=0.005",
             "train.epochs=6",
-            "train.batch_size=32",
-            "train.progress=false",
-            "eval.sampled_negatives=20",
             "collab.candidates=10",
             "collab.device_candidates=10",
             "collab.srm_training=standard",
             "request.compare=[]",
-        ]
+        ],
     )
     summary = run_request_curve(cfg, tmp_path / "run")
     collaboration = summary["collaboration"]
@@ -337,3 +331,14 @@ def test_items_consumed_before_the_model_window_are_still_excluded() -> None:
     assert torch.isinf(catalogue[0, 1:13]).all() and torch.isfinite(catalogue[0, 13:]).all()
     assert torch.isinf(catalogue[1, [5, 6]]).all() and int(torch.isinf(catalogue[1]).sum()) == 3
     assert drop_seen(torch.tensor([[1, 13], [1, 6]]), seen_items(histories)).tolist() == [[0, 13], [1, 0]]
+
+
+def test_the_federated_cloud_refuses_a_baseline_llm_it_cannot_report(tmp_path: Path) -> None:
+    from lsc4rec.data import leave_one_out, load_dataset
+    from lsc4rec.server.cloud import start_cloud
+
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=20, num_items=10)
+    split = leave_one_out(load_dataset("pattern", data))
+    cfg = compose_config([f"collab.baseline_llm_path={tmp_path}", "collab.enabled=true"])
+    with pytest.raises(ValueError, match=r"collab\.baseline_llm_path=.* is honoured by request_curve only"):
+        start_cloud(cfg, split, tmp_path / "run")

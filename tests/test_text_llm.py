@@ -41,6 +41,24 @@ def random_text(dim: int = 8, seed: int = 0) -> torch.Tensor:
     return vectors
 
 
+def tiny_word_model(vocab_size: int, positions: int = 256, bos: int = 101) -> LlamaForCausalLM:
+    """A tiny random Llama over a word vocabulary of ``vocab_size`` (bos ``bos``, eos ``bos + 1``)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=positions,
+        bos_token_id=bos,
+        eos_token_id=bos + 1,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
 def test_item_tokens_start_as_their_projected_text() -> None:
     text = random_text()
     llm = text_llm(text)
@@ -142,19 +160,7 @@ def test_build_llm_grounds_in_text_or_says_why_it_cannot(tmp_path: Path) -> None
 
 
 def test_a_pretrained_base_starts_item_tokens_from_its_own_text_embeddings() -> None:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    base = LlamaForCausalLM(config)
+    base = tiny_word_model(50, positions=64, bos=1)
     original = base.get_input_embeddings().weight.detach().clone()
     token_text = [[5, 9, 11] if i % 3 else [] for i in range(NUM_ITEMS)]
     llm = CloudLLM.from_base_model(base, NUM_ITEMS, max_len=10, item_token_text=token_text)
@@ -163,25 +169,10 @@ def test_a_pretrained_base_starts_item_tokens_from_its_own_text_embeddings() -> 
     # An item without text keeps the usual start near the mean embedding.
     assert torch.allclose(rows[50], original.mean(0), atol=0.05)
     with pytest.raises(ValueError, match="item_token_text has 2 rows for 30 items"):
-        CloudLLM.from_base_model(LlamaForCausalLM(config), NUM_ITEMS, item_token_text=[[1], [2]])
+        CloudLLM.from_base_model(
+            tiny_word_model(50, positions=64, bos=1), NUM_ITEMS, item_token_text=[[1], [2]]
+        )
     assert np.isfinite(llm.item_scores(torch.tensor([[1, 2, 3]])).numpy()[:, 1:]).all()
-
-
-def tiny_word_model(vocab_size: int, positions: int = 256) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=positions,
-        bos_token_id=101,
-        eos_token_id=102,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config)
 
 
 def test_title_prompts_are_written_and_learned_by_a_word_model(tmp_path: Path) -> None:

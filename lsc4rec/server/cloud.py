@@ -57,6 +57,11 @@ def _semantic_tokens(cfg: DictConfig, split: LeaveOneOutSplit) -> dict:
 
 def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
+    if cfg.collab.get("baseline_llm_path"):
+        raise ValueError(
+            f"collab.baseline_llm_path={cfg.collab.baseline_llm_path} is honoured by request_curve only "
+            "(federated runs serve one cloud LLM: llm.path)"
+        )
     view = cloud_view(split, int(cfg.collab.cloud_lag))
     saved = out / "llm"
     resuming = bool(cfg.federated.resume) and saved.is_dir() and not cfg.llm.path

@@ -121,18 +121,21 @@ def build_moment(
     cfg: DictConfig,
     description: str,
     baseline_llm: CloudLLM | None = None,
+    rank_alone: bool = True,
 ) -> MomentLists:
     """Generate both lists, score them with the SRM and compute the devices' inconsistency scores.
 
-    Also the device SRM's own top items (for a union pool) and the full-catalogue ranks of the SRM, the LLM
-    and ``baseline_llm`` (when given) each ranking alone, the LLMs from the stale prompt.
+    Also the device SRM's own top items (for a union pool) and, with ``rank_alone``, the full-catalogue ranks
+    of the SRM, the LLM and ``baseline_llm`` (when given) each ranking alone, the LLMs from the stale prompt.
     """
     n = int(cfg.collab.candidates)
     device_n = int(cfg.collab.device_candidates)
     pool = str(cfg.collab.candidate_pool)
     if pool not in CANDIDATE_POOLS:
         raise ValueError(f"collab.candidate_pool={pool!r}; use one of {', '.join(CANDIDATE_POOLS)}")
+    # The models whose full-catalogue ranking alone is reported (none at a moment that only selects).
     llms = {"llm": llm} | ({"baseline_llm": baseline_llm} if baseline_llm is not None else {})
+    llms = llms if rank_alone else {}
     full: dict[str, list[Tensor]] = {"srm": []} | {name: [] for name in llms}
     device: dict[str, list[Tensor]] = {"items": [], "srm": []}
     max_len = int(cfg.data.max_len)
@@ -163,7 +166,8 @@ def build_moment(
         stale_lists = parts["stale_items"][-1], parts["stale_srm"][-1]
         catalogue = srm_catalogue_scores(srm, history, seen)
         target = torch.as_tensor(targets[start : start + chunk], dtype=torch.long)
-        full["srm"].append(full_ranking_ranks(catalogue, target))
+        if rank_alone:
+            full["srm"].append(full_ranking_ranks(catalogue, target))
         for name, model in llms.items():
             if model.tokenizer.depth == 1:
                 # The LLM alone from the stale prompt, with the device's seen items removed as for the SRM.
@@ -432,6 +436,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         split.valid_targets,
         cfg,
         "validation lists",
+        rank_alone=False,  # models alone are reported on test only
     )
     baseline = load_baseline_llm(cfg, split.num_items)
     test = build_moment(
