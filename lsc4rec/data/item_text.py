@@ -23,6 +23,7 @@ from pathlib import Path
 from lsc4rec.data.errors import DataFileNotFoundError, DataFormatError
 
 __all__ = [
+    "DEFAULT_TEXT_FIELDS",
     "TEXT_FIELDS",
     "ItemText",
     "check_text_items",
@@ -33,6 +34,9 @@ __all__ = [
 
 #: The fields of a text record besides ``item_id``.
 TEXT_FIELDS: tuple[str, ...] = ("title", "brand", "categories", "description", "price")
+
+#: The fields an item's text is rendered from by default (``text.fields``).
+DEFAULT_TEXT_FIELDS: tuple[str, ...] = ("title", "brand", "categories")
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class ItemText:
         """True when no field holds anything to read."""
         return not (self.title or self.brand or self.categories or self.description) and self.price is None
 
-    def render(self, fields: Sequence[str] = ("title", "brand", "categories")) -> str:
+    def render(self, fields: Sequence[str] = DEFAULT_TEXT_FIELDS) -> str:
         """The item as one line of text, ``title | brand | cat > cat``: the input of a text encoder.
 
         Missing fields are left out; an item with none of ``fields`` renders as ``""``.

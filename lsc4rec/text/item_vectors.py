@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lsc4rec.data.item_text import ItemText
+from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS, ItemText
 from lsc4rec.text.cache import TextVectorCache, default_cache_dir
 from lsc4rec.text.encoders import TextEncoder, build_text_encoder, encoder_key
 
@@ -46,7 +46,7 @@ def item_text_vectors(
     item_text: Mapping[int, ItemText],
     num_items: int,
     encoder: str | TextEncoder = "minilm",
-    fields: Sequence[str] = ("title", "brand", "categories"),
+    fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     progress: bool = True,

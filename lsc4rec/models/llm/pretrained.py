@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lsc4rec.data.item_text import ItemText
+from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS, ItemText
 from lsc4rec.models.llm.prompt import TitlePrompt
 from lsc4rec.models.llm.recommender import CloudLLM
 
@@ -177,7 +177,7 @@ def _fresh_llm(
     local_only = bool(llm_cfg.get("local_files_only", True))
     base = load_base_model(str(llm_cfg["base"]), local_only)
     token_text, prompt = None, None
-    fields = tuple(text_cfg.get("fields", ("title", "brand", "categories")))
+    fields = tuple(text_cfg.get("fields", DEFAULT_TEXT_FIELDS))
     if item_text is not None or prompt_text is not None:
         tokenizer = load_base_tokenizer(str(llm_cfg["base"]), local_only)
     if prompt_text is not None:
@@ -219,7 +219,7 @@ def _text_vectors(
         item_text,
         num_items,
         encoder=str(text_cfg.get("encoder", "minilm")),
-        fields=tuple(text_cfg.get("fields", ("title", "brand", "categories"))),
+        fields=tuple(text_cfg.get("fields", DEFAULT_TEXT_FIELDS)),
         cache_dir=text_cfg.get("cache_dir") or None,
         batch_size=int(text_cfg.get("batch_size", 64)),
         progress=bool(text_cfg.get("progress", True)),
