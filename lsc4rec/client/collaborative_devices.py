@@ -123,10 +123,15 @@ def serve_devices(
         disagreement = request_score_table(
             srm, history, items, srm_scores, (settings.score,), settings.k, catalogue
         )[settings.score]
-    device = device_top_items(catalogue, settings.device_candidates)
+    # The device's own top items, for a union pool (computed once, used before and after requests).
+    device = (
+        device_top_items(catalogue, settings.device_candidates)
+        if settings.candidate_pool == "union"
+        else None
+    )
 
     def ranked(items: torch.Tensor, llm_scores: torch.Tensor, srm_scores: torch.Tensor) -> torch.Tensor:
-        if settings.candidate_pool == "union":
+        if device is not None:
             items, llm_scores, srm_scores = union_candidates(items, llm_scores, srm_scores, *device)
         fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
         return list_ranks(rerank(items, fused), target)

@@ -24,7 +24,8 @@ class ItemTextPart(nn.Module):
         """``text_vectors [num_items + 1, D]`` (row 0 unused); ``item_token_ids [num_items]``: item i's token.
 
         ``P`` starts as the top ``hidden_size`` principal directions of the text vectors, scaled so projected
-        rows have per-coordinate std ``scale`` (the initializer range of the id rows).
+        rows have per-coordinate std ``scale`` (the initializer range of the id rows); ``scale=0`` skips that
+        start (the weights are about to be loaded).
         """
         super().__init__()
         if text_vectors.ndim != 2 or text_vectors.shape[0] != item_token_ids.numel() + 1:
@@ -35,8 +36,22 @@ class ItemTextPart(nn.Module):
         self.register_buffer("text_vectors", text_vectors[1:].float().clone())
         self.register_buffer("item_token_ids", item_token_ids.long().clone())
         self.projection = nn.Linear(text_vectors.shape[1], hidden_size, bias=False)
-        with torch.no_grad():
-            self.projection.weight.copy_(_principal_projection(self.text_vectors, hidden_size, scale))
+        if scale > 0:
+            with torch.no_grad():
+                self.projection.weight.copy_(_principal_projection(self.text_vectors, hidden_size, scale))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> ItemTextPart:
+        """The part a saved ``state_dict`` describes (no fresh principal-direction start computed)."""
+        vectors = state["text_vectors"]
+        part = cls(
+            torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors]),
+            state["item_token_ids"],
+            int(state["projection.weight"].shape[0]),
+            scale=0.0,
+        )
+        part.load_state_dict(state)
+        return part
 
     @property
     def text_dim(self) -> int:

@@ -446,13 +446,7 @@ class CloudLLM(nn.Module):
                 raise FileNotFoundError(
                     f"{directory}: the model is text-grounded but {_TEXT_FILE} is missing"
                 )
-            state = load_file(str(directory / _TEXT_FILE))
-            text_part = ItemTextPart(
-                torch.cat([state["text_vectors"][:1] * 0, state["text_vectors"]]),
-                state["item_token_ids"],
-                int(state["projection.weight"].shape[0]),
-            )
-            text_part.load_state_dict(state)
+            text_part = ItemTextPart.from_state(load_file(str(directory / _TEXT_FILE)))
         llm = cls(
             lm,
             tokenizer,
