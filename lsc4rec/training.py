@@ -260,6 +260,18 @@ class FitResult:
     train_seconds: float = 0.0
     seconds_to_best: float = 0.0
     stopped_because: str = ""
+    #: The best validation epoch within each budget :func:`fit` was given (``epochs`` / ``seconds``).
+    within: dict[str, BudgetBest] = field(default_factory=dict)
+
+
+@dataclass
+class BudgetBest:
+    """The best validation epoch among those finished within a training budget (equal-cost comparisons)."""
+
+    budget: float
+    epoch: int
+    valid: dict[str, dict]
+    state: dict[str, torch.Tensor]
 
 
 def fit(
@@ -273,8 +285,14 @@ def fit(
     full_ranking: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     hooks: Sequence[TrainingHook] = (),
+    epoch_budget: int | None = None,
+    seconds_budget: float | None = None,
 ) -> FitResult:
     """Train with early stopping on validation ``selection_metric``; keep the best epoch's weights.
+
+    ``epoch_budget`` / ``seconds_budget`` also keep the best epoch among those finished within that many
+    epochs / training seconds (``FitResult.within``), so models of different cost can be compared at equal
+    epochs and at equal wall-clock, each selected on validation, from one training run.
 
     Trains on ``settings.device``; the model ends on the device it came in on, holding the best weights
     (``best_state`` is a CPU copy).
@@ -301,6 +319,12 @@ def fit(
     start = time.perf_counter()
     seconds_to_best = 0.0
     stopped_because = f"reached train.epochs={settings.epochs}"
+    budgets = {
+        name: float(value)
+        for name, value in (("epochs", epoch_budget), ("seconds", seconds_budget))
+        if value is not None
+    }
+    within: dict[str, BudgetBest] = {}
     for epoch in range(1, settings.epochs + 1):
         epoch_start = time.perf_counter()
         epoch_lr = float(optimizer.param_groups[0]["lr"])
@@ -329,6 +353,16 @@ def fit(
                 seconds_to_best = time.perf_counter() - start
             else:
                 since_best += 1
+            spent = {"epochs": float(epoch), "seconds": time.perf_counter() - start}
+            for name, budget in budgets.items():
+                held = within.get(name)
+                if spent[name] <= budget and (held is None or value > held.valid[protocol][selection_metric]):
+                    within[name] = BudgetBest(
+                        budget,
+                        epoch,
+                        valid,
+                        best_state if best_epoch == epoch else _cpu_copy(model.state_dict()),
+                    )
             logger.info(
                 "epoch %d loss %.4f valid %s %.4f (best %.4f @ %d)",
                 epoch,
@@ -359,6 +393,7 @@ def fit(
         train_seconds=time.perf_counter() - start,
         seconds_to_best=seconds_to_best,
         stopped_because=stopped_because,
+        within=within,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -100,6 +101,25 @@ def write_pattern_dataset(
     for user in range(1, num_users + 1):
         start, length = rng.randrange(num_items), rng.randint(*lengths)
         lines.append(" ".join(str(x) for x in [user, *((start + i) % num_items + 1 for i in range(length))]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+PATTERN_WORDS = ("red", "blue", "green", "amber", "violet", "silver", "coral", "ivory", "olive", "teal")
+
+
+def write_pattern_text(data: Path, num_items: int, group: int = 4) -> Path:
+    """Item text beside a pattern dataset: items of one block of ``group`` consecutive ids share their words.
+
+    Neighbours on the walk (i -> i+1) mostly share a block, so text says something true about the data.
+    """
+    lines = []
+    for item in range(1, num_items + 1):
+        block = (item - 1) // group
+        word = PATTERN_WORDS[block % len(PATTERN_WORDS)]
+        record = {"item_id": item, "title": f"{word} {word} lipstick set {block}", "brand": f"{word} house"}
+        lines.append(json.dumps(record))
+    path = data.with_name(f"{data.stem}_item_text.jsonl")
     path.write_text("\n".join(lines) + "\n")
     return path
 

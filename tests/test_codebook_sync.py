@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pattern_overrides, write_pattern_dataset
+from conftest import pattern_overrides, write_pattern_dataset, write_pattern_text
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -139,20 +139,19 @@ def test_device_keeps_its_copy_and_refuses_an_unannounced_version() -> None:
     )
 
 
-def test_federated_solid_syncs_the_codebook_and_learns(tmp_path: Path) -> None:
+def test_federated_solid_syncs_a_text_built_codebook_and_learns(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=160, num_items=40)
-    (tmp_path / "pattern_item2attributes.json").write_text(
-        json.dumps({str(i): [(i - 1) // 4] for i in range(1, 41)})
-    )
+    write_pattern_text(data, 40)
     overrides = pattern_overrides(
         data,
         *[
             "model=solid",
             "model.hidden_size=16",
             "model.base_params.num_blocks=1",
-            "solid.features=[embedding,attributes]",
+            # The codebook joins item text and the global model's item table (SOLID / TIGER style).
+            "solid.features=[text,embedding]",
             "solid.codebook_sizes=[8,2]",
-            "solid.attribute_dim=8",
+            "text.progress=false",
             "federated.rounds=3",
             "federated.local_epochs=2",
         ],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pattern_dataset
+from conftest import write_pattern_dataset, write_pattern_text
 from torch import Tensor, nn
 
 from lsc4rec.config import compose_config
@@ -244,6 +244,7 @@ def test_hooks_run_inside_training_transfer_kd_and_source_steps() -> None:
 
 def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "p.txt", num_users=150, num_items=30)
+    write_pattern_text(data, 30)
     cfg = compose_config(
         [
             "data.name=p",
@@ -274,16 +275,24 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     )
     result = run_mergenet(cfg, tmp_path / "run")
     assert result["device_users"] == 90
-    assert set(result["cloud_to_device"]) == {"srm", "mergenet", "kd"}
+    # The item text makes the LLM text-grounded (llm.item_init=auto), the source MergeNet and KD read.
+    assert result["llm_item_init"] == "text"
+    assert set(result["cloud_to_device"]) == {"srm", "text_srm", "mergenet", "kd"}
     assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}
+    # 5% of 30 items = 2 newest items, held out of device training.
+    assert result["new_items"]["items"] == 2 and result["new_items"]["clock"] == "position"
     for variant in result["cloud_to_device"].values():
-        assert {"all", "cold_users", "warm_users"} <= set(variant)
+        assert {"all", "rare_targets", "cold_users", "warm_users", "new_items"} <= set(variant)
         assert variant["all"]["users"] == 90
+    # Equal-cost points exist for every variant but the reference itself.
+    assert set(result["equal_epochs"]) == set(result["equal_seconds"]) == {"text_srm", "mergenet", "kd"}
     # The walk is learnable: random ranking of 30 items would give HR@10 ~ 0.33.
     assert result["cloud_to_device"]["srm"]["all"]["HR@10"] > 0.8
     assert result["overhead"]["transfers"] > 0 and result["overhead"]["adapter_parameters"] > 0
+    assert all(cost["parameters"] > 0 and cost["seconds_per_epoch"] > 0 for cost in result["cost"].values())
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["runs"]["mergenet"]["transfer"]["transfers"] > 0
+    assert metrics["runs"]["text_srm"]["text_init"]["items_from_text"] == 30
     assert (tmp_path / "run" / "mergenet.png").stat().st_size > 1000
 
 
@@ -335,7 +344,7 @@ def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path:
 def test_device_users_is_a_seeded_subset_with_its_own_data() -> None:
     from lsc4rec.data import leave_one_out
     from lsc4rec.data.readers import RawDataset
-    from lsc4rec.simulations.mergenet import device_users
+    from lsc4rec.simulations.transfer_study import device_users
 
     sequences = [[u + 1, u + 2, u + 3, u + 4] for u in range(10)]
     split = leave_one_out(RawDataset("toy", Path("toy"), [100 + u for u in range(10)], sequences))
@@ -348,6 +357,6 @@ def test_device_users_is_a_seeded_subset_with_its_own_data() -> None:
         assert part.train[row] == split.train[source]
         assert part.test_targets[row] == split.test_targets[source]
     with pytest.raises(ValueError, match=r"mergenet\.device_users"):
-        device_users(split, 0.0, seed=0)
+        device_users(split, 0.0, seed=0, key="mergenet.device_users")
     with pytest.raises(ValueError, match=r"outside 0\.\.9"):
         split.subset([3, 10])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_pattern_dataset
+from conftest import write_pattern_dataset, write_pattern_text
 
 from lsc4rec.config import compose_config
 from lsc4rec.models.solid import (
@@ -321,7 +321,8 @@ def test_vq_loss_pulls_item_embeddings_to_their_semantic_tokens() -> None:
 # ---------------------------------------------------------------- the experiment
 def test_solid_experiment_learns_and_reports_every_variant(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=200, num_items=40)
-    # Attributes beside the sequence file: ten groups of four consecutive items.
+    write_pattern_text(data, 40)
+    # Attributes beside the sequence file (the old codebook's source): ten groups of four consecutive items.
     (tmp_path / "pattern_item2attributes.json").write_text(
         json.dumps({str(i): [(i - 1) // 4, 100 + i % 2] for i in range(1, 41)})
     )
@@ -333,7 +334,7 @@ def test_solid_experiment_learns_and_reports_every_variant(tmp_path: Path) -> No
             "model.hidden_size=16",
             "model.dropout=0.1",
             "model.base_params.num_blocks=1",
-            "solid.features=[embedding,attributes]",
+            "solid.features=[text,embedding]",
             "solid.codebook_sizes=[8,2]",
             "solid.attribute_dim=8",
             "train.epochs=12",
@@ -342,19 +343,33 @@ def test_solid_experiment_learns_and_reports_every_variant(tmp_path: Path) -> No
             "train.patience=3",
             "train.progress=false",
             "eval.sampled_negatives=20",
+            "text.progress=false",
+            "new_item_share=0.05",
         ],
         config_name="solid_run",
     )
     result = run_solid(cfg, tmp_path / "run")
-    assert set(result["variants"]) == {"base", "solid", "no_codebook", "no_semantic_trunk", "no_generation"}
+    variants = {"base", "text_srm", "solid", "solid_old_codebook", "no_codebook", "no_semantic_trunk"}
+    assert set(result["variants"]) == variants | {"no_generation"}
     # The pattern is fully learnable; random ranking over 40 items gives HR@10 ~ 0.25.
-    assert result["variants"]["solid"]["full_HR@10"] > 0.9, result
-    assert result["variants"]["base"]["full_HR@10"] > 0.9, result
-    assert result["codebook"]["sizes"] == [8, 2] and len(result["codebook"]["perplexity"]) == 2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    runs = metrics["runs"]
+    assert runs["solid"]["test"]["all"]["HR@10"] > 0.9, result
+    assert runs["base"]["test"]["all"]["HR@10"] > 0.9, result
+    assert result["features"] == {"main": ["text", "embedding"], "old": ["embedding", "attributes"]}
+    assert (
+        result["codebook"]["main"]["sizes"] == [8, 2] and len(result["codebook"]["main"]["perplexity"]) == 2
+    )
+    # 2 new items (5% of 40) are held out of training; the text fill gave them their codebook rows.
+    assert result["new_items"]["items"] == 2
+    assert metrics["codebook"]["main"]["embedding_rows_from_text"] == 2
+    assert "embedding_rows_from_text" not in metrics["codebook"]["old"]
+    assert metrics["codebook"]["main"]["text"]["items_with_text"] == 40
+    for name in variants - {"base"}:
+        assert runs[name]["equal_epochs"]["epoch"] <= runs["base"]["epochs_run"]
+    assert result["cost"]["solid"]["bytes_per_round"] > 4 * result["cost"]["solid"]["parameters"]
+    assert all("new_items" in run["test"] and "sampled" not in run["test"] for run in runs.values())
     assert metrics["status"] == "completed"
-    assert metrics["codebook"]["features"] == ["embedding", "attributes"]
-    assert all("sampled" in run["test"] for run in metrics["runs"].values())
     assert (tmp_path / "run" / "solid.png").stat().st_size > 1000
 
 

@@ -69,6 +69,8 @@ class RawDataset:
     item_genres: dict[int, list[str]] = field(default_factory=dict)
     item_attributes: dict[int, list[int]] = field(default_factory=dict)
     item_text: dict[int, ItemText] = field(default_factory=dict)
+    #: Time of each interaction, parallel to ``sequences`` (MovieLens); None where the file has no clock.
+    timestamps: list[list[float]] | None = None
 
     @property
     def num_interactions(self) -> int:
@@ -324,7 +326,8 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
 
     user_ids = sorted(per_user)
     # list.sort is stable, so equal timestamps keep their order of appearance in the file.
-    sequences = [[item for _, item in sorted(per_user[u], key=lambda pair: pair[0])] for u in user_ids]
+    ordered = [sorted(per_user[u], key=lambda pair: pair[0]) for u in user_ids]
+    sequences = [[item for _, item in pairs] for pairs in ordered]
 
     rated = {item for seq in sequences for item in seq}
     folder = ratings.parent
@@ -347,6 +350,7 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
         sequences=sequences,
         item_titles=titles,
         item_genres=genres,
+        timestamps=[[stamp for stamp, _ in pairs] for pairs in ordered],
         item_text=item_text_from_titles(
             {i: t for i, t in titles.items() if i in rated}, {i: g for i, g in genres.items() if i in rated}
         ),

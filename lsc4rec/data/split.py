@@ -133,6 +133,9 @@ class LeaveOneOutSplit:
     validation_users: list[int] | None = None
     #: Item text keyed by internal item id (items without text are absent); see :mod:`lsc4rec.data.item_text`.
     item_text: dict[int, ItemText] = field(default_factory=dict)
+    #: Interaction times parallel to ``train_sequences(include_test=True)`` (evaluated users, then
+    #: ``train_only``); None when the dataset has no clock.
+    timestamps: list[list[float]] | None = None
 
     def with_validation_users(self, count: int, seed: int) -> LeaveOneOutSplit:
         """The same split with only ``count`` seeded users holding their validation item out of training.
@@ -201,6 +204,7 @@ class LeaveOneOutSplit:
             report={**self.report, "users_evaluated": len(rows)},
             validation_users=validation_users,
             item_text=self.item_text,
+            timestamps=None if self.timestamps is None else [list(self.timestamps[u]) for u in rows],
         )
 
     def valid_histories(self) -> list[list[int]]:
@@ -233,14 +237,21 @@ def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
     train_only: list[list[int]] = []
     train_only_users: list[int] = []
     lengths: list[int] = []
-    for user, seq in zip(raw.user_ids, raw.sequences, strict=True):
+    evaluated_times: list[list[float]] = []
+    train_only_times: list[list[float]] = []
+    stamps = raw.timestamps if raw.timestamps is not None else [None] * len(raw.sequences)
+    if len(stamps) != len(raw.sequences):
+        raise ValueError(f"{raw.name}: {len(stamps)} timestamp rows but {len(raw.sequences)} sequences")
+    for user, seq, times in zip(raw.user_ids, raw.sequences, stamps, strict=True):
         internal = [lookup[item] for item in seq]
         lengths.append(len(internal))
         if len(internal) < MIN_EVAL_LENGTH:
             train_only.append(internal)
             train_only_users.append(user)
+            train_only_times.append(list(times or []))
             continue
         evaluated_users.append(user)
+        evaluated_times.append(list(times or []))
         train.append(internal[:-2])
         valid_targets.append(internal[-2])
         test_targets.append(internal[-1])
@@ -287,4 +298,5 @@ def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
         report=report,
         train_only_users=train_only_users,
         item_text=item_text,
+        timestamps=None if raw.timestamps is None else evaluated_times + train_only_times,
     )

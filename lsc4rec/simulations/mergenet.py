@@ -1,20 +1,25 @@
-"""MergeNet experiment: knowledge transfer between the cloud LLM and the device SRM, against KD and nothing.
+"""MergeNet experiment: knowledge from the cloud LLM into the device SRM, against KD, text init and nothing.
 
-    python -m lsc4rec.simulations.mergenet dataset=beauty
+    python -m lsc4rec.simulations.mergenet dataset=beauty mergenet.device_users=0.1
     python -m lsc4rec.simulations.mergenet dataset=beauty llm.path=outputs/<run>/llm mergenet.t_cycle=4
     python -m lsc4rec.simulations.mergenet mergenet.source=llm:lm.model.layers.1.mlp.down_proj.weight
 
-The cloud LLM is trained (or loaded with ``llm.path``) on the cloud's stale view (``collab.cloud_lag``), as in
-LSC4Rec. Cloud -> device: the SRM is trained from scratch three times with the same settings: alone
-(``srm``), with the MergeNet transfer from the LLM (``mergenet``: ``mergenet.source`` -> ``mergenet.target``
-every ``mergenet.t_cycle`` steps, the LLM taking its own steps alongside when ``mergenet.train_source``), and
-with knowledge distillation towards the LLM (``kd``). Device -> cloud (``mergenet.directions`` has
-``device_to_cloud``): the LLM is fine-tuned for ``mergenet.llm_finetune_epochs`` more epochs with and without
-a transfer from the trained SRM into its item-token embeddings. ``mergenet.device_users < 1`` models a sparse
-device: the SRM trains and is tested on a seeded share of the users while the LLM still learns from all of
-them (stale), the setting where knowledge from the cloud has the most to add. Test metrics are full-ranking,
-overall and for cold users (short histories) and rare target items, so one can see where transfer helps.
-Writes ``metrics.json`` and ``mergenet.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
+The cloud LLM (text-grounded when the data has item text: ``llm.item_init=auto``) is trained, or loaded with
+``llm.path``, on the cloud's stale view (``collab.cloud_lag``) of every user, as in LSC4Rec. Cloud -> device:
+the device SRM is trained from scratch with the same settings as each of ``mergenet_variants``: alone
+(``srm``), with its item table started from projected item text (``text_srm``: how much text a device can
+hold by itself), with the MergeNet transfer from the LLM (``mergenet``: ``mergenet.source`` ->
+``mergenet.target`` every ``mergenet.t_cycle`` steps, the LLM taking its own steps alongside when
+``mergenet.train_source``), and with knowledge distillation towards the LLM (``kd``). Device -> cloud
+(``mergenet.directions`` has ``device_to_cloud``): the LLM is fine-tuned for ``mergenet.llm_finetune_epochs``
+more epochs with and without a transfer from the trained SRM into its item tokens.
+
+The device's data and the measurement are :mod:`lsc4rec.simulations.transfer_study`'s:
+``mergenet.device_users`` < 1 models a sparse device (a seeded share of the users; the LLM still learns from
+all of them, stale); the newest ``new_item_share`` of the catalogue is held out of device training; test
+NDCG@10 (full ranking) is reported overall and on rare targets, cold users and new items, at each variant's
+best epoch and at the SRM's epochs and wall-clock. Writes ``metrics.json`` and ``mergenet.png`` under
+``outputs/<run>/`` and prints ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +35,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lsc4rec.config import config_dir
-from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset
+from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
@@ -47,11 +49,20 @@ from lsc4rec.models.mergenet import Distillation, MergeNetTransfer, SourceTraini
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.simulations.runs import begin_run
-from lsc4rec.training import EvalSet, TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
+from lsc4rec.simulations.transfer_study import (
+    HEADLINE_SLICES,
+    device_data,
+    text_initialised_srm,
+    train_variant,
+)
+from lsc4rec.training import TrainSettings, build_model_from_config
 
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("cloud_to_device", "device_to_cloud")
+
+
+VARIANTS = ("srm", "text_srm", "mergenet", "kd")
 
 
 def transfer_from_config(cfg: DictConfig, target: Any, source: Any) -> MergeNetTransfer:
@@ -59,102 +70,15 @@ def transfer_from_config(cfg: DictConfig, target: Any, source: Any) -> MergeNetT
     return MergeNetTransfer.from_config(cfg.mergenet, target, source, seed=int(cfg.seed))
 
 
-def device_users(split: LeaveOneOutSplit, fraction: float, seed: int) -> LeaveOneOutSplit:
-    """The users a device SRM trains on and is tested on: a seeded ``fraction`` of all (1.0 = everyone)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"mergenet.device_users must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
-        return split
-    count = max(1, round(fraction * len(split.train)))
-    users = np.sort(np.random.default_rng(seed).permutation(len(split.train))[:count])
-    return split.subset(users.tolist())
-
-
-def user_groups(split: LeaveOneOutSplit, short_history: int, rare_count: int) -> dict[str, list[int]]:
-    """Test users by situation: all, cold (train history <= short_history), rare target item, the rest."""
-    popularity = Counter(item for seq in split.train_sequences() for item in seq)
-    users = range(len(split.train))
-    return {
-        "all": list(users),
-        "cold_users": [u for u in users if len(split.train[u]) <= short_history],
-        "warm_users": [u for u in users if len(split.train[u]) > short_history],
-        "rare_targets": [u for u in users if popularity[split.test_targets[u]] <= rare_count],
-    }
-
-
-def evaluate_groups(
-    model: SequentialRecommender,
-    split: LeaveOneOutSplit,
-    groups: dict[str, list[int]],
-    cfg: DictConfig,
-    device: torch.device,
-) -> dict[str, dict[str, float]]:
-    """Full-ranking test NDCG@10 / HR@10 on every group of users."""
-    histories = split.test_histories()
-    out = {}
-    model.to(device)
-    for name, users in groups.items():
-        if not users:
-            continue
-        eval_set = EvalSet.build(
-            f"test-{name}",
-            [histories[u] for u in users],
-            [split.test_targets[u] for u in users],
-            split.num_items,
-            int(cfg.data.max_len),
-            int(cfg.eval.batch_size),
-            exclude_history=bool(cfg.eval.exclude_history),
-        )
-        full = evaluate(model, eval_set, (10,), full_ranking=True)["full"]
-        out[name] = {
-            "users": len(users),
-            "NDCG@10": round(full["NDCG@10"], 4),
-            "HR@10": round(full["HR@10"], 4),
-        }
-    model.to("cpu")
-    return out
-
-
-def _train_srm(
-    name: str,
-    cfg: DictConfig,
-    split: LeaveOneOutSplit,
-    data: dict[str, Any],
-    make_hooks: Callable[[SequentialRecommender], list] = lambda model: [],
-) -> tuple[SequentialRecommender, dict[str, Any]]:
-    """Train a fresh SRM with the hooks ``make_hooks(model)`` returns; its test metrics per user group."""
+def _fresh_srm(cfg: DictConfig, num_items: int) -> SequentialRecommender:
     torch.manual_seed(int(cfg.seed))
-    model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
-    hooks = make_hooks(model)
-    settings: TrainSettings = data["settings"]
-    start = time.perf_counter()
-    result = fit(
-        model, data["train"], data["valid"], settings, seed=int(cfg.seed), ks=data["ks"], hooks=hooks
-    )
-    seconds = time.perf_counter() - start
-    device = settings.resolve_device()
-    summary: dict[str, Any] = {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "seconds_to_best": round(result.seconds_to_best, 1),
-        "train_seconds": round(seconds, 1),
-        "valid_NDCG@10": round(result.best_valid["full"]["NDCG@10"], 4),
-        "test": evaluate_groups(model, split, data["groups"], cfg, device),
-        "epochs": result.history,
-    }
-    for hook in hooks:
-        if isinstance(hook, MergeNetTransfer):
-            overhead = hook.stats.summary()
-            overhead["adapter_parameters"] = sum(p.numel() for p in hook.adapter.parameters())
-            overhead["share_of_train_time"] = round(hook.stats.seconds / max(seconds, 1e-9), 3)
-            summary["transfer"] = overhead
-    logger.info("%s: test %s", name, summary["test"]["all"])
-    return model, summary
+    return build_model_from_config(cfg.model, num_items, int(cfg.data.max_len))
 
 
 def _plot(result: dict[str, Any], path: Path, title: str) -> None:
     variants = result["cloud_to_device"]
-    groups = [g for g in ("all", "cold_users", "warm_users", "rare_targets") if g in variants["srm"]]
+    first = next(iter(variants.values()))
+    groups = [g for g in HEADLINE_SLICES if first.get(g, {}).get("users")]
     fig, ax = plt.subplots(figsize=(max(6, 2 * len(groups)), 3.8))
     width = 0.8 / len(variants)
     for index, (name, metrics) in enumerate(variants.items()):
@@ -178,34 +102,39 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise ValueError(f"mergenet.directions: unknown {bad}; valid: {list(DIRECTIONS)}")
+    variants = [str(v) for v in cfg.mergenet_variants]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "srm" not in variants:
+        raise ValueError(
+            f"mergenet_variants must include 'srm' and name only {list(VARIANTS)}, got {variants}"
+        )
     everyone = leave_one_out(
         load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
     )
     # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
     view = cloud_view(everyone, int(cfg.collab.cloud_lag))
-    split = device_users(everyone, float(cfg.mergenet.device_users), int(cfg.seed))
-    max_len = int(cfg.data.max_len)
     settings = TrainSettings(**plain["train"])
-    valid_set, _ = build_eval_sets(split, cfg.eval, max_len)
-    data = {
-        "settings": settings,
-        "train": TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=int(cfg.seed)),
-        "valid": valid_set,
-        "ks": tuple(int(k) for k in cfg.eval.ks),
-        "groups": user_groups(split, int(cfg.mergenet.short_history), int(cfg.mergenet.rare_item_count)),
-    }
+    data = device_data(
+        everyone,
+        cfg,
+        settings,
+        float(cfg.mergenet.device_users),
+        float(cfg.new_item_share),
+        fraction_key="mergenet.device_users",
+    )
+    split = data.split
 
     llm = build_llm(
         cfg.llm, split.num_items, seed=int(cfg.seed), item_text=split.item_text, text_cfg=cfg.text
     )
     llm_settings = LLMTrainSettings(**plain["llm"]["train"])
-    llm_report: dict[str, Any] = {}
+    llm_report: dict[str, Any] = {"item_init": llm.item_init}
     if not cfg.llm.path:
         fitted = fit_llm(
             llm, view.train, view.valid_histories, view.valid_targets, llm_settings, seed=int(cfg.seed)
         )
         llm.save_pretrained(out / "llm")
-        llm_report = {"best_epoch": fitted.best_epoch, "valid": fitted.best_valid}
+        llm_report.update(best_epoch=fitted.best_epoch, valid=fitted.best_valid)
     llm.eval()
     llm_report["test_full_history"] = evaluate_llm(llm, split.test_histories(), split.test_targets)
 
@@ -228,18 +157,32 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
             )
         return hooks
 
-    srm = None
-    if "cloud_to_device" in directions or "device_to_cloud" in directions:
-        srm, runs["srm"] = _train_srm("srm", cfg, split, data)
-    if "cloud_to_device" in directions:
-        runs["mergenet"] = _train_srm("mergenet", cfg, split, data, mergenet_hooks)[1]
+    seed = int(cfg.seed)
+    srm = _fresh_srm(cfg, split.num_items)
+    runs["srm"] = train_variant("srm", srm, data, seed)
+    budget = {"epochs": runs["srm"]["epochs_run"], "seconds": runs["srm"]["train_seconds"]}
+    if "text_srm" in variants:
+        model = _fresh_srm(cfg, split.num_items)
+        init = text_initialised_srm(model, split, cfg.text)
+        runs["text_srm"] = {**train_variant("text_srm", model, data, seed, budget=budget), "text_init": init}
+    if "cloud_to_device" in directions and "mergenet" in variants:
+        model = _fresh_srm(cfg, split.num_items)
+        hooks = mergenet_hooks(model)
+        runs["mergenet"] = train_variant("mergenet", model, data, seed, hooks, budget)
+        overhead = hooks[0].stats.summary()
+        overhead["adapter_parameters"] = sum(p.numel() for p in hooks[0].adapter.parameters())
+        overhead["share_of_train_time"] = round(
+            hooks[0].stats.seconds / max(runs["mergenet"]["train_seconds"], 1e-9), 3
+        )
+        runs["mergenet"]["transfer"] = overhead
+    if "cloud_to_device" in directions and "kd" in variants:
         kd = Distillation(
             llm, weight=float(cfg.mergenet.kd_weight), temperature=float(cfg.mergenet.kd_temperature)
         )
-        runs["kd"] = _train_srm("kd", cfg, split, data, lambda model: [kd])[1]
+        runs["kd"] = train_variant("kd", _fresh_srm(cfg, split.num_items), data, seed, [kd], budget)
 
     cloud: dict[str, Any] = {}
-    if "device_to_cloud" in directions and srm is not None:
+    if "device_to_cloud" in directions:
         cloud = _device_to_cloud(cfg, llm, srm, view, everyone, llm_settings)
 
     result: dict[str, Any] = {
@@ -247,8 +190,22 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         "dataset": cfg.data.name,
         "pair": f"{source_spec} -> {target_spec}",
         "device_users": len(split.train),
+        "llm_item_init": llm.item_init,
         "llm_test_NDCG@10": round(llm_report["test_full_history"]["NDCG@10"], 4),
+        "new_items": data.report()["new_items"],
         "cloud_to_device": {name: run["test"] for name, run in runs.items()},
+        "equal_epochs": {n: r["equal_epochs"]["test"] for n, r in runs.items() if "equal_epochs" in r},
+        "equal_seconds": {n: r["equal_seconds"]["test"] for n, r in runs.items() if "equal_seconds" in r},
+        "cost": {
+            name: {
+                "parameters": run["parameters"],
+                "bytes_per_model": run["bytes_per_model"],
+                "seconds_per_epoch": run["seconds_per_epoch"],
+                # Cloud -> device transfers run where the LLM is; devices receive an SRM of the same size.
+                "extra_bytes_per_round": 0,
+            }
+            for name, run in runs.items()
+        },
     }
     if "mergenet" in runs:
         result["overhead"] = {
@@ -260,6 +217,7 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     payload = {
         "status": "completed",
         "config": plain,
+        "device_data": data.report(),
         "llm": llm_report,
         "runs": runs,
         "device_to_cloud": cloud,
@@ -268,8 +226,7 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         "peak_memory_mb": round(peak_memory_mb(), 1),
     }
     write_json(out / "metrics.json", payload)
-    if "cloud_to_device" in directions:
-        _plot(result, out / "mergenet.png", f"MergeNet LLM -> SRM, {cfg.data.name}")
+    _plot(result, out / "mergenet.png", f"LLM knowledge -> device SRM, {cfg.data.name}")
     result["output_dir"] = str(out)
     return result
 

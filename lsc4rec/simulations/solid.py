@@ -1,16 +1,24 @@
-"""SOLID experiment: the base SRM, SOLID on top of it, and SOLID's ablations, on one dataset.
+"""SOLID experiment: the base SRM, SOLID on a text-built and on the old codebook, ablations, text init.
 
     python -m lsc4rec.simulations.solid dataset=beauty
-    python -m lsc4rec.simulations.solid dataset=ml100k data.path=/abs/ml-100k solid.features=[embedding,text]
+    python -m lsc4rec.simulations.solid dataset=beauty device_users=0.1
+    python -m lsc4rec.simulations.solid dataset=ml100k data.path=/abs/ml-100k
     python -m lsc4rec.simulations.solid dataset=beauty model.base=gru4rec model.base_params={num_layers:1}
 
-Trains the base model (``model.base`` with the same width, dropout and ``model.base_params``) first; its item
-embeddings can feed the codebook (``solid.features`` containing ``embedding``). Then builds the codebook and
-trains each variant of ``solid_variants`` from scratch with the same training settings: ``solid`` (full),
-``no_codebook`` (no semantic ids: generation from the item trunk only), ``no_semantic_trunk`` (VQ loss kept),
-``no_generation`` (static classifier). Every model is selected on validation full-ranking NDCG@10 and
-evaluated on test under full ranking and the sampled protocol. Writes ``metrics.json`` and ``solid.png`` under
-``outputs/<run>/`` and prints ``RESULT {json}``.
+Trains the base model (``model.base`` with the same width, dropout and ``model.base_params``) first: its item
+embeddings can feed a codebook (``embedding`` in the features) and its epochs and seconds are every other
+variant's budget. Then each of ``solid_variants`` trains from scratch with the same settings: ``text_srm``
+(the base with its item table started from projected item text), ``solid`` (full model, codebook over
+``solid.features``, by default the item text), ``solid_old_codebook`` (full model, codebook over
+``solid_old_features``: the base's item embeddings and attributes, as before text), and the ablations
+``no_codebook``, ``no_semantic_trunk``, ``no_generation``.
+
+The device's data and the measurement are :mod:`lsc4rec.simulations.transfer_study`'s: ``device_users`` < 1
+models a sparse device; the newest ``new_item_share`` of the catalogue is held out of device training (their
+semantic ids come from text alone); test NDCG@10 (full ranking) is reported overall and on rare targets, cold
+users and new items, at each variant's best validation epoch and at the base's epochs and wall-clock, with
+parameters, bytes per round (model + codebook) and seconds per epoch. Writes ``metrics.json`` and
+``solid.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -25,29 +33,42 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from torch import Tensor
 
 from lsc4rec.config import config_dir
-from lsc4rec.data import TrainBatches, leave_one_out, load_dataset
+from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
-from lsc4rec.models.solid.setup import build_codebook, item_representations, semantic_ids
+from lsc4rec.models.solid.setup import build_codebook, item_representations, seen_items, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender, build_srm
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.simulations.centralized import protocol_description
 from lsc4rec.simulations.runs import begin_run
-from lsc4rec.training import TrainSettings, build_eval_sets, evaluate, fit
+from lsc4rec.simulations.transfer_study import (
+    HEADLINE_SLICES,
+    DeviceData,
+    device_data,
+    text_initialised_srm,
+    train_variant,
+)
+from lsc4rec.training import TrainSettings
 
 logger = logging.getLogger(__name__)
 
-# Model flags of each SOLID variant (the ablations of issue 6 / papers.md §3.3).
+# Model flags of each SOLID variant (the ablations of issue 6 / papers.md §3.3); solid_old_codebook is the
+# full model on the comparison codebook (``solid_old_features``).
 VARIANTS: dict[str, dict[str, bool]] = {
     "solid": {},
+    "solid_old_codebook": {},
     "no_codebook": {"use_codebook": False},
     "no_semantic_trunk": {"semantic_trunk": False},
     "no_generation": {"generation": False},
 }
+# Variants that are the plain base SRM.
+BASE_VARIANTS = ("base", "text_srm")
 
 
 def _base_model(model_cfg: dict[str, Any], num_items: int, max_len: int) -> SequentialRecommender:
@@ -71,59 +92,61 @@ def _solid_model(model_cfg: dict[str, Any], num_items: int, max_len: int, flags:
     return SolidRecommender(num_items, max_len=max_len, **params)
 
 
-def _train_and_test(
-    name: str, model: SequentialRecommender, data: dict[str, Any], settings: TrainSettings, cfg: DictConfig
-) -> dict[str, Any]:
-    """Fit with early stopping, evaluate the best epoch on test; the variant's summary."""
-    logger.info("training %s (%d parameters)", name, sum(p.numel() for p in model.parameters()))
-    result = fit(
-        model,
-        data["train"],
-        data["valid"],
-        settings,
-        seed=int(cfg.seed),
-        ks=data["ks"],
-        full_ranking=bool(cfg.eval.full_ranking),
+def _codebook(
+    cfg: DictConfig, raw: Any, data: DeviceData, item_table: Tensor | None, features: list[str]
+) -> tuple[Tensor, dict[str, Any]]:
+    """Semantic ids ``[N + 1, levels]`` from a codebook over ``features``, and its report."""
+    seen = seen_items(data.train_sequences, data.split.num_items)
+    representations, report = item_representations(
+        cfg.solid, raw, data.split, item_table, seen=seen, features=features
     )
-    model.to(settings.resolve_device())
-    test = evaluate(model, data["test"], data["ks"], full_ranking=bool(cfg.eval.full_ranking))
-    model.to("cpu")
-    logger.info("%s test NDCG@10 full %.4f", name, test.get("full", {}).get("NDCG@10", float("nan")))
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "seconds_to_best": round(result.seconds_to_best, 1),
-        "train_seconds": round(result.train_seconds, 1),
-        "stopped_because": result.stopped_because,
-        "valid": result.best_valid,
-        "test": test,
-        "epochs": result.history,
-    }
+    codebook = build_codebook(cfg.solid, representations, seed=int(cfg.seed))
+    codes = semantic_ids(codebook, representations)
+    report.update(
+        quantizer=str(cfg.solid.quantizer),
+        sizes=codebook.sizes,
+        quantisation_mse=round(codebook.quantisation_error(representations), 6),
+        distinct_semantic_ids=len({tuple(r) for r in codes[1:].tolist()}),
+        bytes=4 * sum(int(c.numel()) for c in codebook.centroids),
+        **codebook.usage(codes[1:]),
+    )
+    if data.new_items is not None:
+        # How new items spread over codes: they share their level-0 code with seen items (text neighbours).
+        new = torch.as_tensor(sorted(data.new_items.items), dtype=torch.long)
+        seen_codes = set(codes[seen.nonzero().flatten(), 0].tolist())
+        report["new_items_sharing_a_seen_code"] = round(
+            sum(int(c) in seen_codes for c in codes[new, 0].tolist()) / max(len(new), 1), 4
+        )
+    logger.info(
+        "codebook over %s: %s", features, {k: report[k] for k in ("sizes", "perplexity", "dead_codes")}
+    )
+    return codes, report
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, float]:
-    test = summary["test"]
-    out = {}
-    for protocol in ("full", "sampled"):
-        if protocol in test:
-            out[f"{protocol}_NDCG@10"] = round(test[protocol]["NDCG@10"], 4)
-            out[f"{protocol}_HR@10"] = round(test[protocol]["HR@10"], 4)
-    return out
+    return {
+        f"{name}_NDCG@10": summary["test"][name]["NDCG@10"]
+        for name in HEADLINE_SLICES
+        if summary["test"].get(name, {}).get("users")
+    }
 
 
-def plot_variants(headlines: dict[str, dict[str, float]], path: Path, title: str) -> None:
-    """Bars of test NDCG@10 (full ranking and sampled) per variant."""
-    names = list(headlines)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.8 * len(names)), 3.8))
-    for ax, protocol in zip(axes, ("full", "sampled"), strict=True):
-        values = [headlines[n].get(f"{protocol}_NDCG@10", 0.0) for n in names]
-        ax.bar(range(len(names)), values, color=["grey", *["tab:blue"] * (len(names) - 1)])
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(f"test NDCG@10, {protocol}")
+def plot_variants(runs: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Bars of test NDCG@10 (full ranking) per variant, one panel per slice."""
+    names = list(runs)
+    first = runs[names[0]]["test"]
+    slices = [s for s in HEADLINE_SLICES if first.get(s, {}).get("users")]
+    fig, axes = plt.subplots(1, len(slices), figsize=(max(6, 1.6 * len(names) * len(slices) / 2), 3.8))
+    for ax, name in zip(np.atleast_1d(axes), slices, strict=True):
+        values = [runs[n]["test"][name]["NDCG@10"] for n in names]
+        colours = ["grey" if n in BASE_VARIANTS else "tab:blue" for n in names]
+        ax.bar(range(len(names)), values, color=colours)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{name} ({first[name]['users']} users)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         for x, v in enumerate(values):
-            ax.text(x, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
+            ax.text(x, v, f"{v:.4f}", ha="center", va="bottom", fontsize=7)
+    np.atleast_1d(axes)[0].set_ylabel("test NDCG@10, full ranking")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -138,74 +161,82 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     if model_cfg.get("name") != "solid":
         raise ValueError(f"the SOLID experiment needs model=solid (got model.name={model_cfg.get('name')!r})")
     variants = [str(v) for v in cfg.solid_variants]
-    unknown = [v for v in variants if v != "base" and v not in VARIANTS]
+    unknown = [v for v in variants if v not in BASE_VARIANTS and v not in VARIANTS]
     if unknown:
-        raise ValueError(
-            f"solid_variants: unknown {unknown}; valid: ['base', {', '.join(map(repr, VARIANTS))}]"
-        )
+        raise ValueError(f"solid_variants: unknown {unknown}; valid: {[*BASE_VARIANTS, *VARIANTS]}")
 
     raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
-    split = leave_one_out(raw)
+    everyone = leave_one_out(raw)
     max_len = int(cfg.data.max_len)
     settings = TrainSettings(**plain["train"])
-    valid_set, test_set = build_eval_sets(split, cfg.eval, max_len)
-    data = {
-        "train": TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=int(cfg.seed)),
-        "valid": valid_set,
-        "test": test_set,
-        "ks": tuple(int(k) for k in cfg.eval.ks),
-    }
-    runs: dict[str, dict[str, Any]] = {}
-    item_table = None
-    features_needed = "embedding" in [str(f) for f in cfg.solid.features]
-    if "base" in variants or features_needed:
-        torch.manual_seed(int(cfg.seed))
-        base = _base_model(model_cfg, split.num_items, max_len)
-        runs["base"] = _train_and_test(f"base {model_cfg['base']}", base, data, settings, cfg)
-        item_table = base.item_embedding.weight.detach().clone()
+    data = device_data(everyone, cfg, settings, float(cfg.device_users), float(cfg.new_item_share))
+    split, seed = data.split, int(cfg.seed)
 
-    features, feature_report = item_representations(cfg.solid, raw, split, item_table)
-    codebook = build_codebook(cfg.solid, features, seed=int(cfg.seed))
-    codes = semantic_ids(codebook, features)
-    codebook_report = {
-        **feature_report,
-        "quantizer": str(cfg.solid.quantizer),
-        "sizes": codebook.sizes,
-        "quantisation_mse": round(codebook.quantisation_error(features), 6),
-        "distinct_semantic_ids": len({tuple(r) for r in codes[1:].tolist()}),
-        **codebook.usage(codes[1:]),
-    }
-    logger.info("codebook: %s", codebook_report)
+    # The base SRM trains first: its item table can feed a codebook and its cost is everyone's budget.
+    torch.manual_seed(seed)
+    base = _base_model(model_cfg, split.num_items, max_len)
+    runs: dict[str, dict[str, Any]] = {"base": train_variant(f"base {model_cfg['base']}", base, data, seed)}
+    item_table = base.item_embedding.weight.detach().clone()
+    budget = {"epochs": runs["base"]["epochs_run"], "seconds": runs["base"]["train_seconds"]}
+    if "text_srm" in variants:
+        torch.manual_seed(seed)
+        model = _base_model(model_cfg, split.num_items, max_len)
+        init = text_initialised_srm(model, split, cfg.text)
+        runs["text_srm"] = {**train_variant("text_srm", model, data, seed, budget=budget), "text_init": init}
+
+    codebooks: dict[str, dict[str, Any]] = {}
+    codes: dict[str, Tensor] = {}
+    for label, features in (("main", list(cfg.solid.features)), ("old", list(cfg.solid_old_features))):
+        needed = [v for v in variants if v in VARIANTS and (v == "solid_old_codebook") == (label == "old")]
+        if needed:
+            codes[label], codebooks[label] = _codebook(cfg, raw, data, item_table, [str(f) for f in features])
 
     for name in variants:
-        if name == "base":
+        if name in BASE_VARIANTS:
             continue
-        torch.manual_seed(int(cfg.seed))
+        torch.manual_seed(seed)
         model = _solid_model(model_cfg, split.num_items, max_len, VARIANTS[name])
-        model.set_semantic_ids(codes)
-        runs[name] = _train_and_test(name, model, data, settings, cfg)
+        model.set_semantic_ids(codes["old" if name == "solid_old_codebook" else "main"])
+        runs[name] = train_variant(name, model, data, seed, budget=budget)
+        if model.use_codebook:
+            book = codebooks["old" if name == "solid_old_codebook" else "main"]
+            runs[name]["bytes_per_round"] = runs[name]["bytes_per_model"] + book["bytes"]
 
-    headlines = {name: _headline(run) for name, run in runs.items()}
+    base_all = runs["base"]["test"]["all"]["NDCG@10"]
     result: dict[str, Any] = {
         "experiment": "solid",
         "dataset": cfg.data.name,
         "base": model_cfg["base"],
+        "device_users": len(split.train),
         "protocol": protocol_description(cfg),
+        "features": {"main": list(cfg.solid.features), "old": list(cfg.solid_old_features)},
         "codebook": {
-            k: codebook_report[k] for k in ("sizes", "perplexity", "dead_codes", "distinct_semantic_ids")
+            label: {k: book[k] for k in ("sizes", "perplexity", "dead_codes", "distinct_semantic_ids")}
+            for label, book in codebooks.items()
         },
-        "variants": headlines,
+        "new_items": data.report()["new_items"],
+        "variants": {name: _headline(run) for name, run in runs.items()},
+        "equal_epochs": {n: r["equal_epochs"]["test"] for n, r in runs.items() if "equal_epochs" in r},
+        "equal_seconds": {n: r["equal_seconds"]["test"] for n, r in runs.items() if "equal_seconds" in r},
+        "cost": {
+            name: {
+                "parameters": run["parameters"],
+                "bytes_per_round": run.get("bytes_per_round", run["bytes_per_model"]),
+                "seconds_per_epoch": run["seconds_per_epoch"],
+            }
+            for name, run in runs.items()
+        },
     }
-    if "base" in headlines and "solid" in headlines:
-        base_value = headlines["base"].get("full_NDCG@10", 0.0)
+    if "solid" in runs and base_all:
         result["solid_vs_base_full_NDCG@10"] = round(
-            headlines["solid"]["full_NDCG@10"] / base_value - 1.0 if base_value else 0.0, 4
+            runs["solid"]["test"]["all"]["NDCG@10"] / base_all - 1.0, 4
         )
     payload = {
         "status": "completed",
         "config": plain,
         "dataset_report": split.report,
-        "codebook": codebook_report,
+        "device_data": data.report(),
+        "codebook": codebooks,
         "runs": runs,
         "result": result,
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
@@ -213,7 +244,9 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
         "output_dir": str(out),
     }
     write_json(out / "metrics.json", payload)
-    plot_variants(headlines, out / "solid.png", f"SOLID on {model_cfg['base']}, {cfg.data.name}")
+    plot_variants(
+        runs, out / "solid.png", f"SOLID on {model_cfg['base']}, {cfg.data.name} ({len(split.train)} users)"
+    )
     result["output_dir"] = str(out)
     return result
 

@@ -8,7 +8,8 @@ from lsc4rec.text.encoders import (
     TextEncoder,
     build_text_encoder,
 )
-from lsc4rec.text.item_vectors import ItemTextVectors, item_text_vectors
+from lsc4rec.text.item_vectors import ItemTextVectors, item_text_vectors, item_text_vectors_from_config
+from lsc4rec.text.projection import principal_projection
 
 __all__ = [
     "ENCODERS",
@@ -20,4 +21,6 @@ __all__ = [
     "build_text_encoder",
     "default_cache_dir",
     "item_text_vectors",
+    "item_text_vectors_from_config",
+    "principal_projection",
 ]

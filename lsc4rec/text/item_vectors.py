@@ -17,7 +17,7 @@ from lsc4rec.text.encoders import TextEncoder, build_text_encoder, encoder_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ItemTextVectors", "item_text_vectors"]
+__all__ = ["ItemTextVectors", "item_text_vectors", "item_text_vectors_from_config"]
 
 
 @dataclass
@@ -87,3 +87,18 @@ def item_text_vectors(
     vectors[items] = torch.from_numpy(np.ascontiguousarray(found))
     has_text[items] = True
     return ItemTextVectors(vectors=vectors, has_text=has_text, encoder=key)
+
+
+def item_text_vectors_from_config(
+    item_text: Mapping[int, ItemText], num_items: int, text_cfg: Mapping[str, object]
+) -> ItemTextVectors:
+    """:func:`item_text_vectors` with the ``text.*`` settings (``conf/text``)."""
+    return item_text_vectors(
+        item_text,
+        num_items,
+        encoder=str(text_cfg.get("encoder", "minilm")),
+        fields=tuple(str(f) for f in text_cfg.get("fields", DEFAULT_TEXT_FIELDS)),  # type: ignore[union-attr]
+        cache_dir=text_cfg.get("cache_dir") or None,  # type: ignore[arg-type]
+        batch_size=int(text_cfg.get("batch_size", 64)),  # type: ignore[arg-type]
+        progress=bool(text_cfg.get("progress", True)),
+    )

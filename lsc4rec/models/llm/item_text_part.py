@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lsc4rec.text.projection import principal_projection
+
 __all__ = ["ItemTextPart"]
 
 
@@ -38,7 +40,7 @@ class ItemTextPart(nn.Module):
         self.projection = nn.Linear(text_vectors.shape[1], hidden_size, bias=False)
         if scale > 0:
             with torch.no_grad():
-                self.projection.weight.copy_(_principal_projection(self.text_vectors, hidden_size, scale))
+                self.projection.weight.copy_(principal_projection(self.text_vectors, hidden_size, scale))
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> ItemTextPart:
@@ -63,18 +65,3 @@ class ItemTextPart(nn.Module):
         projected = self.projection(self.text_vectors)
         table = projected.new_zeros(vocab_size, projected.shape[1])
         return table.index_copy(0, self.item_token_ids, projected)
-
-
-def _principal_projection(vectors: Tensor, hidden_size: int, scale: float) -> Tensor:
-    """``[hidden_size, D]``: the top principal directions of ``vectors`` (rows past D stay zero)."""
-    present = vectors[vectors.norm(dim=1) > 0]
-    weight = torch.zeros(hidden_size, vectors.shape[1])
-    if present.shape[0] < 2:
-        return weight
-    centred = present - present.mean(dim=0)
-    # Right singular vectors = principal directions; a fixed-seed-free, deterministic start.
-    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
-    rank = min(hidden_size, directions.shape[0])
-    weight[:rank] = directions[:rank]
-    spread = (present @ weight.T).std().clamp(min=1e-8)
-    return weight * (scale / spread)

@@ -213,15 +213,6 @@ def _text_vectors(
     item_text: Mapping[int, ItemText], num_items: int, text_cfg: Mapping[str, Any]
 ) -> torch.Tensor:
     # Imported here: the text encoders load transformers' encoder models, which ID-only runs never need.
-    from lsc4rec.text import item_text_vectors
+    from lsc4rec.text import item_text_vectors_from_config
 
-    vectors = item_text_vectors(
-        item_text,
-        num_items,
-        encoder=str(text_cfg.get("encoder", "minilm")),
-        fields=tuple(text_cfg.get("fields", DEFAULT_TEXT_FIELDS)),
-        cache_dir=text_cfg.get("cache_dir") or None,
-        batch_size=int(text_cfg.get("batch_size", 64)),
-        progress=bool(text_cfg.get("progress", True)),
-    )
-    return vectors.vectors
+    return item_text_vectors_from_config(item_text, num_items, text_cfg).vectors

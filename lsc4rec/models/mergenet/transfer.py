@@ -21,7 +21,7 @@ rows, tied with its output head), ``srm.item_embeddings`` (the SRM's item table,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +54,17 @@ class _Hook:
 
 @dataclass
 class ParameterSlice:
-    """A matrix inside a model's parameter (all of it, or some rows): what a transfer reads and writes."""
+    """A matrix inside a model's parameter (all of it, or some rows): what a transfer reads and writes.
+
+    ``offset`` (when set) is a part the model adds to these rows that the parameter does not hold, e.g. the
+    projected item text of a text-grounded LLM's item tokens: the slice's value is parameter + offset (what
+    the model actually uses), and assigning a value writes value − offset into the parameter.
+    """
 
     parameter: nn.Parameter
     rows: Tensor | None
     name: str
+    offset: Callable[[], Tensor] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -70,7 +76,15 @@ class ParameterSlice:
         """A detached CPU float copy of the slice."""
         data = self.parameter.detach()
         data = data if self.rows is None else data[self.rows.to(data.device)]
-        return data.float().cpu().clone()
+        data = data.float().cpu().clone()
+        return data if self.offset is None else data + self._offset()
+
+    def _offset(self) -> Tensor:
+        assert self.offset is not None
+        offset = self.offset().detach().float().cpu()
+        if tuple(offset.shape) != self.shape:
+            raise ValueError(f"{self.name}: offset has shape {tuple(offset.shape)}, the slice {self.shape}")
+        return offset
 
     def gradient(self) -> Tensor | None:
         """A detached CPU float copy of the slice's current gradient, or None when it has none."""
@@ -83,7 +97,10 @@ class ParameterSlice:
     def assign(self, value: Tensor) -> None:
         """Overwrite the slice in place (the model keeps its parameter object and optimizer state)."""
         with torch.no_grad():
-            value = value.detach().to(self.parameter.device, self.parameter.dtype)
+            value = value.detach()
+            if self.offset is not None:
+                value = value.float().cpu() - self._offset()
+            value = value.to(self.parameter.device, self.parameter.dtype)
             if self.rows is None:
                 self.parameter.copy_(value)
             else:
@@ -110,7 +127,15 @@ def resolve_slice(spec: str, srm: SequentialRecommender, llm: CloudLLM) -> Param
     if spec == "llm.item_embeddings":
         if llm.tokenizer.depth != 1:
             raise ValueError("llm.item_embeddings needs one token per item (llm.item_tokens=item)")
-        return ParameterSlice(llm.lm.get_input_embeddings().weight, llm.tokenizer.codes[1:, 0].clone(), spec)
+        tokens = llm.tokenizer.codes[1:, 0].clone()
+        offset = None
+        if llm.text_part is not None:
+            # A text-grounded LLM's item token is its id row plus its projected text: transfer the whole.
+            def offset() -> Tensor:
+                with torch.no_grad():
+                    return llm.text_rows()[tokens.to(llm.device)]
+
+        return ParameterSlice(llm.lm.get_input_embeddings().weight, tokens, spec, offset)
     owner, _, name = spec.partition(":")
     if owner == "srm" and name:
         return ParameterSlice(_named_matrix(srm, name, "the SRM"), None, spec)

