@@ -277,7 +277,7 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     assert result["device_users"] == 90
     # The item text makes the LLM text-grounded (llm.item_init=auto), the source MergeNet and KD read.
     assert result["llm_item_init"] == "text"
-    assert set(result["cloud_to_device"]) == {"srm", "text_srm", "mergenet", "kd"}
+    assert set(result["cloud_to_device"]) == {"srm", "text_srm", "llm_rows_srm", "mergenet", "kd"}
     assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}
     # 5% of 30 items = 2 newest items, held out of device training.
     assert result["new_items"]["items"] == 2 and result["new_items"]["clock"] == "position"
@@ -285,7 +285,8 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
         assert {"all", "rare_targets", "cold_users", "warm_users", "new_items"} <= set(variant)
         assert variant["all"]["users"] == 90
     # Equal-cost points exist for every variant but the reference itself.
-    assert set(result["equal_epochs"]) == set(result["equal_seconds"]) == {"text_srm", "mergenet", "kd"}
+    others = {"text_srm", "llm_rows_srm", "mergenet", "kd"}
+    assert set(result["equal_epochs"]) == set(result["equal_seconds"]) == others
     # The walk is learnable: random ranking of 30 items would give HR@10 ~ 0.33.
     assert result["cloud_to_device"]["srm"]["all"]["HR@10"] > 0.8
     assert result["overhead"]["transfers"] > 0 and result["overhead"]["adapter_parameters"] > 0

@@ -349,8 +349,8 @@ def test_solid_experiment_learns_and_reports_every_variant(tmp_path: Path) -> No
         config_name="solid_run",
     )
     result = run_solid(cfg, tmp_path / "run")
-    variants = {"base", "text_srm", "solid", "solid_old_codebook", "no_codebook", "no_semantic_trunk"}
-    assert set(result["variants"]) == variants | {"no_generation"}
+    variants = {"base", "text_srm", "solid", "solid_text_init", "solid_old_codebook", "no_codebook"}
+    assert set(result["variants"]) == variants | {"no_semantic_trunk", "no_generation"}
     # The pattern is fully learnable; random ranking over 40 items gives HR@10 ~ 0.25.
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     runs = metrics["runs"]
@@ -365,6 +365,7 @@ def test_solid_experiment_learns_and_reports_every_variant(tmp_path: Path) -> No
     assert metrics["codebook"]["main"]["embedding_rows_from_text"] == 2
     assert "embedding_rows_from_text" not in metrics["codebook"]["old"]
     assert metrics["codebook"]["main"]["text"]["items_with_text"] == 40
+    assert runs["solid_text_init"]["text_init"]["items_from_text"] == 40
     for name in variants - {"base"}:
         assert runs[name]["equal_epochs"]["epoch"] <= runs["base"]["epochs_run"]
     assert result["cost"]["solid"]["bytes_per_round"] > 4 * result["cost"]["solid"]["parameters"]

@@ -18,7 +18,7 @@ from lsc4rec.models.solid import SemanticCodebook
 from lsc4rec.models.solid.item_features import text_predicted_rows
 from lsc4rec.models.solid.setup import build_codebook, item_representations, seen_items, semantic_ids
 from lsc4rec.models.srm import build_srm
-from lsc4rec.models.srm.text_init import init_item_table_from_text
+from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.training import TrainSettings, build_eval_sets, fit
 
 SOLID_TEXT = {
@@ -98,7 +98,7 @@ def test_text_initialised_item_table_puts_similar_text_close() -> None:
     text[4:6] = torch.tensor([0.0, 0.0, 1.0, 0.2])  # items 4-5 another
     text[2, 1] = 0.3
     has_text = text.norm(dim=1) > 0
-    report = init_item_table_from_text(model, text, has_text)
+    report = init_item_table_from_vectors(model, text, has_text)
     table = model.item_embedding.weight.detach()
     assert report["items_from_text"] == 5
     assert torch.equal(table[6], before[6]) and torch.equal(table[0], before[0])
@@ -108,9 +108,9 @@ def test_text_initialised_item_table_puts_similar_text_close() -> None:
     # The rows keep the model's own initial spread (within the sampling noise of 5 rows).
     assert 0.3 < float(table[1:6].std()) / float(before[1:].std()) < 3.0
     with pytest.raises(ValueError, match="no item has text"):
-        init_item_table_from_text(model, torch.zeros(7, 4), torch.zeros(7, dtype=torch.bool))
+        init_item_table_from_vectors(model, torch.zeros(7, 4), torch.zeros(7, dtype=torch.bool))
     with pytest.raises(ValueError, match="do not match"):
-        init_item_table_from_text(model, torch.zeros(5, 4), torch.zeros(5, dtype=torch.bool))
+        init_item_table_from_vectors(model, torch.zeros(5, 4), torch.zeros(5, dtype=torch.bool))
 
 
 # ---------------------------------------------------------------- SOLID from text

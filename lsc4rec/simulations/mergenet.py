@@ -7,12 +7,13 @@
 The cloud LLM (text-grounded when the data has item text: ``llm.item_init=auto``) is trained, or loaded with
 ``llm.path``, on the cloud's stale view (``collab.cloud_lag``) of every user, as in LSC4Rec. Cloud -> device:
 the device SRM is trained from scratch with the same settings as each of ``mergenet_variants``: alone
-(``srm``), with its item table started from projected item text (``text_srm``: how much text a device can
-hold by itself), with the MergeNet transfer from the LLM (``mergenet``: ``mergenet.source`` ->
-``mergenet.target`` every ``mergenet.t_cycle`` steps, the LLM taking its own steps alongside when
-``mergenet.train_source``), and with knowledge distillation towards the LLM (``kd``). Device -> cloud
-(``mergenet.directions`` has ``device_to_cloud``): the LLM is fine-tuned for ``mergenet.llm_finetune_epochs``
-more epochs with and without a transfer from the trained SRM into its item tokens.
+(``srm``), with its item table started from projected item text (``text_srm``: how much text a device can hold
+by itself) or from the LLM's item rows (``llm_rows_srm``: all an item-table transfer could carry), with the
+MergeNet transfer from the LLM (``mergenet``: ``mergenet.source`` -> ``mergenet.target`` every
+``mergenet.t_cycle`` steps, the LLM taking its own steps alongside when ``mergenet.train_source``), and with
+knowledge distillation towards the LLM (``kd``). Device -> cloud (``mergenet.directions`` has
+``device_to_cloud``): the LLM is fine-tuned for ``mergenet.llm_finetune_epochs`` more epochs with and without
+a transfer from the trained SRM into its item tokens.
 
 The device's data and the measurement are :mod:`lsc4rec.simulations.transfer_study`'s:
 ``mergenet.device_users`` < 1 models a sparse device (a seeded share of the users; the LLM still learns from
@@ -47,6 +48,7 @@ from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.mergenet import Distillation, MergeNetTransfer, SourceTraining, resolve_slice
 from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.simulations.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
@@ -62,7 +64,7 @@ logger = logging.getLogger(__name__)
 DIRECTIONS = ("cloud_to_device", "device_to_cloud")
 
 
-VARIANTS = ("srm", "text_srm", "mergenet", "kd")
+VARIANTS = ("srm", "text_srm", "llm_rows_srm", "mergenet", "kd")
 
 
 def transfer_from_config(cfg: DictConfig, target: Any, source: Any) -> MergeNetTransfer:
@@ -165,6 +167,17 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         model = _fresh_srm(cfg, split.num_items)
         init = text_initialised_srm(model, split, cfg.text)
         runs["text_srm"] = {**train_variant("text_srm", model, data, seed, budget=budget), "text_init": init}
+    if "llm_rows_srm" in variants:
+        # The most an item-table transfer can carry at once: the SRM table started from the LLM's item rows.
+        model = _fresh_srm(cfg, split.num_items)
+        rows = resolve_slice("llm.item_embeddings", model, llm).value()
+        vectors = torch.cat([rows.new_zeros(1, rows.shape[1]), rows])
+        present = torch.ones(vectors.shape[0], dtype=torch.bool)
+        init = init_item_table_from_vectors(model, vectors, present)
+        runs["llm_rows_srm"] = {
+            **train_variant("llm_rows_srm", model, data, seed, budget=budget),
+            "llm_rows_init": init,
+        }
     if "cloud_to_device" in directions and "mergenet" in variants:
         model = _fresh_srm(cfg, split.num_items)
         hooks = mergenet_hooks(model)

@@ -10,7 +10,8 @@ embeddings can feed a codebook (``embedding`` in the features) and its epochs an
 variant's budget. Then each of ``solid_variants`` trains from scratch with the same settings: ``text_srm``
 (the base with its item table started from projected item text), ``solid`` (full model, codebook over
 ``solid.features``, by default the item text), ``solid_old_codebook`` (full model, codebook over
-``solid_old_features``: the base's item embeddings and attributes, as before text), and the ablations
+``solid_old_features``: the base's item embeddings and attributes, as before text), ``solid_text_init``
+(``solid`` with its item table started from projected text), and the ablations
 ``no_codebook``, ``no_semantic_trunk``, ``no_generation``.
 
 The device's data and the measurement are :mod:`lsc4rec.simulations.transfer_study`'s: ``device_users`` < 1
@@ -59,9 +60,11 @@ from lsc4rec.training import TrainSettings
 logger = logging.getLogger(__name__)
 
 # Model flags of each SOLID variant (the ablations of issue 6 / papers.md §3.3); solid_old_codebook is the
-# full model on the comparison codebook (``solid_old_features``).
+# full model on the comparison codebook (``solid_old_features``); solid_text_init also starts its item table
+# from projected item text.
 VARIANTS: dict[str, dict[str, bool]] = {
     "solid": {},
+    "solid_text_init": {},
     "solid_old_codebook": {},
     "no_codebook": {"use_codebook": False},
     "no_semantic_trunk": {"semantic_trunk": False},
@@ -197,7 +200,10 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
         torch.manual_seed(seed)
         model = _solid_model(model_cfg, split.num_items, max_len, VARIANTS[name])
         model.set_semantic_ids(codes["old" if name == "solid_old_codebook" else "main"])
+        init = text_initialised_srm(model, split, cfg.text) if name == "solid_text_init" else None
         runs[name] = train_variant(name, model, data, seed, budget=budget)
+        if init is not None:
+            runs[name]["text_init"] = init
         if model.use_codebook:
             book = codebooks["old" if name == "solid_old_codebook" else "main"]
             runs[name]["bytes_per_round"] = runs[name]["bytes_per_model"] + book["bytes"]

@@ -30,7 +30,7 @@ from lsc4rec.data import LeaveOneOutSplit, TrainBatches
 from lsc4rec.data.slices import NewItems, evaluation_slices, newest_items, without_items
 from lsc4rec.metrics import full_ranking_ranks, metrics_from_ranks
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.models.srm.text_init import init_item_table_from_text
+from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.training import EvalSet, TrainingHook, TrainSettings, build_eval_sets, fit
 
 logger = logging.getLogger(__name__)
@@ -231,4 +231,4 @@ def text_initialised_srm(
     if not split.item_text:
         raise ValueError(f"{split.name} has no item text: the text-initialised SRM needs some")
     vectors = item_text_vectors_from_config(split.item_text, split.num_items, text_cfg)
-    return init_item_table_from_text(model, vectors.vectors, vectors.has_text)
+    return init_item_table_from_vectors(model, vectors.vectors, vectors.has_text)

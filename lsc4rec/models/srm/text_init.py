@@ -14,15 +14,16 @@ from torch import Tensor
 from lsc4rec.models.srm.base import SequentialRecommender
 from lsc4rec.text.projection import principal_projection
 
-__all__ = ["init_item_table_from_text"]
+__all__ = ["init_item_table_from_vectors"]
 
 
-def init_item_table_from_text(
+def init_item_table_from_vectors(
     model: SequentialRecommender, text_vectors: Tensor, has_text: Tensor
 ) -> dict[str, float | int]:
-    """Overwrite the item rows of ``model`` that have text with projected ``text_vectors [N + 1, D]``.
+    """Overwrite the item rows of ``model`` that have a vector with projected ``text_vectors [N + 1, D]``.
 
-    ``has_text [N + 1]`` marks rows with text (row 0, padding, is never touched). Returns a report: items
+    ``has_text [N + 1]`` marks rows with a vector (row 0, padding, is never touched). The vectors are usually
+    item text; any item representation works (e.g. the cloud LLM's item rows). Returns a report: items
     initialised and the per-coordinate std the rows were scaled to.
     """
     table = model.item_embedding.weight
