@@ -129,6 +129,12 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     llm = build_llm(
         cfg.llm, split.num_items, seed=int(cfg.seed), item_text=split.item_text, text_cfg=cfg.text
     )
+    if "kd" in variants and llm.max_len < int(cfg.data.max_len):
+        # Checked before any training: KD needs the teacher's logits at every position the SRM trains.
+        raise ValueError(
+            f"mergenet_variants has kd but the cloud LLM reads {llm.max_len} items (llm.max_len) and the SRM "
+            f"{int(cfg.data.max_len)} (data.max_len): set data.max_len <= {llm.max_len} or drop kd"
+        )
     llm_settings = LLMTrainSettings(**plain["llm"]["train"])
     llm_report: dict[str, Any] = {"item_init": llm.item_init}
     if not cfg.llm.path:
