@@ -361,3 +361,14 @@ def test_device_users_is_a_seeded_subset_with_its_own_data() -> None:
         device_users(split, 0.0, seed=0, key="mergenet.device_users")
     with pytest.raises(ValueError, match=r"outside 0\.\.9"):
         split.subset([3, 10])
+
+
+def test_kd_with_a_shorter_teacher_window_is_refused_before_training(tmp_path: Path) -> None:
+    data = write_pattern_dataset(tmp_path / "p.txt", num_users=40, num_items=30)
+    cfg = compose_config(
+        ["data.name=p", f"data.path={data}", "data.max_len=10", "llm.max_len=5", "eval.sampled_negatives=3"],
+        config_name="mergenet_run",
+    )
+    with pytest.raises(ValueError, match=r"llm\.max_len\) and the SRM 10 \(data\.max_len\)"):
+        run_mergenet(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "llm").exists()
