@@ -10,6 +10,7 @@ import torch
 from conftest import write_pattern_dataset, write_pattern_text
 
 from lsc4rec.config import compose_config
+from lsc4rec.data.item_text import ItemText
 from lsc4rec.models.solid import (
     SemanticCodebook,
     SolidRecommender,
@@ -19,7 +20,7 @@ from lsc4rec.models.solid import (
     semantic_token_table,
 )
 from lsc4rec.models.solid.codebook import CodebookStatistics
-from lsc4rec.models.solid.item_features import attribute_features, combine_features, text_features
+from lsc4rec.models.solid.item_features import attribute_features, combine_features, text_vector_features
 from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.simulations.solid import run_solid
 
@@ -166,6 +167,10 @@ def test_attribute_features_group_items_by_attribute_and_count_missing() -> None
         attribute_features({9: [1]}, num_items=5)
 
 
+def titles(**by_item: str) -> dict[int, ItemText]:
+    return {int(k[1:]): ItemText(title=v) for k, v in by_item.items()}
+
+
 def test_text_features_mean_pool_a_local_model(tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -183,8 +188,10 @@ def test_text_features_mean_pool_a_local_model(tmp_path: Path) -> None:
         )
     ).eval()
     model.save_pretrained(tmp_path)
-    features, report = text_features({1: "toy story", 3: "red mascara"}, num_items=3, model=str(tmp_path))
-    assert report == {"items_with_titles": 2, "items_without_titles": 1}
+    features, report = text_vector_features(
+        titles(i1="toy story", i3="red mascara"), num_items=3, model=str(tmp_path), fields=("title",)
+    )
+    assert report == {"items_with_text": 2, "items_without_text": 1, "fields": ["title"]}
     assert torch.equal(features[1], torch.zeros(16))
     assert torch.allclose(features[[0, 2]].norm(dim=1), torch.ones(2), atol=1e-5)
     tokens = BertTokenizerFast.from_pretrained(tmp_path)(["toy story"], return_tensors="pt")
@@ -192,11 +199,12 @@ def test_text_features_mean_pool_a_local_model(tmp_path: Path) -> None:
         expected = model(**tokens).last_hidden_state.mean(dim=1)
     assert torch.allclose(features[0], torch.nn.functional.normalize(expected, dim=1)[0], atol=1e-5)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        text_features({1: "x"}, 1, tmp_path / "missing")
+        text_vector_features(titles(i1="x"), 1, tmp_path / "missing")
     # Other weights in the same folder are a different encoder: the cache never serves the old vectors.
     torch.manual_seed(1)
     BertModel(model.config).save_pretrained(tmp_path)
-    assert not torch.allclose(text_features({1: "toy story"}, 1, tmp_path)[0][0], features[0])
+    again, _ = text_vector_features(titles(i1="toy story"), 1, tmp_path, fields=("title",))
+    assert not torch.allclose(again[0], features[0])
 
 
 def test_combined_blocks_have_equal_scale() -> None:

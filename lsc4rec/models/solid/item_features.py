@@ -1,4 +1,4 @@
-"""Item representations a semantic codebook is learned from: SRM item embeddings, attributes, title text.
+"""Item representations a semantic codebook is learned from: SRM item embeddings, attributes, item text.
 
 Every builder returns ``[num_items, dim]`` rows in internal item order (row ``i - 1`` = item ``i``), so blocks
 from different sources can be combined with :func:`combine_features`. Items a source says nothing about get a
@@ -19,7 +19,6 @@ __all__ = [
     "attribute_features",
     "combine_features",
     "embedding_features",
-    "text_features",
     "text_predicted_rows",
     "text_vector_features",
 ]
@@ -68,24 +67,6 @@ def attribute_features(
         "attributes": len(vocabulary),
     }
     return features, report
-
-
-def text_features(
-    titles: Mapping[int, str], num_items: int, model: str | Path = "minilm"
-) -> tuple[Tensor, dict[str, int]]:
-    """Mean-pooled, L2-normalised sentence embeddings of item titles, ``[num_items, D]`` in internal order.
-
-    ``model`` is a :func:`lsc4rec.text.build_text_encoder` name (``minilm``: the offline MiniLM wheel) or a
-    local sentence-encoder folder; vectors come through the shared on-disk text cache.
-    """
-    from lsc4rec.text import item_text_vectors
-
-    texts = {i: ItemText(title=t) for i, t in titles.items() if 1 <= i <= num_items and t.strip()}
-    if not texts:
-        raise ValueError("no item has a title to embed")
-    vectors = item_text_vectors(texts, num_items, encoder=str(model), fields=("title",), progress=False)
-    report = {"items_with_titles": len(texts), "items_without_titles": num_items - len(texts)}
-    return vectors.vectors[1:], report
 
 
 def text_vector_features(
