@@ -353,16 +353,11 @@ def fit(
                 seconds_to_best = time.perf_counter() - start
             else:
                 since_best += 1
+            # Spending only grows, so the best epoch within a budget is the overall best while it lasts.
             spent = {"epochs": float(epoch), "seconds": time.perf_counter() - start}
             for name, budget in budgets.items():
-                held = within.get(name)
-                if spent[name] <= budget and (held is None or value > held.valid[protocol][selection_metric]):
-                    within[name] = BudgetBest(
-                        budget,
-                        epoch,
-                        valid,
-                        best_state if best_epoch == epoch else _cpu_copy(model.state_dict()),
-                    )
+                if spent[name] <= budget and best_epoch == epoch:
+                    within[name] = BudgetBest(budget, epoch, valid, best_state)
             logger.info(
                 "epoch %d loss %.4f valid %s %.4f (best %.4f @ %d)",
                 epoch,

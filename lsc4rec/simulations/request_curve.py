@@ -52,6 +52,7 @@ from lsc4rec.client.request_model import LearnedRequestModel, request_features
 from lsc4rec.client.request_policy import RequestPolicy, top_share
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
+from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.devices import resolve_device
 from lsc4rec.metrics import full_ranking_ranks, list_ranks, metrics_from_ranks
@@ -284,28 +285,15 @@ def load_baseline_llm(cfg: DictConfig, num_items: int) -> CloudLLM | None:
 
 
 #: Slice bounds: a rare target has at most this many training interactions, a cold user this many items.
-SLICE_MAX = 4
-
-
-def evaluation_slices(split: LeaveOneOutSplit) -> dict[str, Tensor]:
-    """Boolean masks ``[U]`` over the test moment's users: rare/popular targets, cold/warm users.
-
-    Counts come from the device SRM's training data (:meth:`LeaveOneOutSplit.train_sequences`).
-    """
-    counts = torch.zeros(split.num_items + 1, dtype=torch.long)
-    for sequence in split.train_sequences():
-        counts += torch.bincount(torch.as_tensor(sequence, dtype=torch.long), minlength=split.num_items + 1)
-    targets = torch.as_tensor(split.test_targets, dtype=torch.long)
-    lengths = torch.as_tensor([len(t) for t in split.train], dtype=torch.long)
-    rare = counts[targets] <= SLICE_MAX
-    cold = lengths <= SLICE_MAX
-    return {
-        "all": torch.ones_like(rare),
-        "rare_targets": rare,
-        "popular_targets": ~rare,
-        "cold_users": cold,
-        "warm_users": ~cold,
-    }
+def slice_masks(split: LeaveOneOutSplit) -> dict[str, Tensor]:
+    """Boolean masks ``[U]`` over the test moment's users for :func:`lsc4rec.data.slices.evaluation_slices`
+    (rare/popular targets, cold/warm users; counts from the device SRM's training data)."""
+    masks = {}
+    for name, users in evaluation_slices(split).items():
+        mask = torch.zeros(len(split.test_targets), dtype=torch.bool)
+        mask[torch.as_tensor(users, dtype=torch.long)] = True
+        masks[name] = mask
+    return masks
 
 
 def collaboration_comparison(
@@ -324,7 +312,7 @@ def collaboration_comparison(
         alphas[pool], _ = choose_alpha(valid, cfg, pool)
         ranks[f"fused_{pool}"] = fused_ranks(*test.lists(never, pool), test.targets, alphas[pool], cfg)
     ranks["fused_always_request"] = fused_ranks(*test.lists(~never), test.targets, alphas[test.pool], cfg)
-    slices = evaluation_slices(split)
+    slices = slice_masks(split)
     table = {
         name: {
             method: {k: round(v, 5) for k, v in metrics_from_ranks(r[mask], ks).items() if "@10" in k}

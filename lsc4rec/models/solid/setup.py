@@ -23,6 +23,7 @@ from torch import Tensor
 
 from lsc4rec.data import LeaveOneOutSplit, RawDataset
 from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS
+from lsc4rec.data.slices import item_counts
 from lsc4rec.models.solid.codebook import SemanticCodebook
 from lsc4rec.models.solid.item_features import (
     attribute_features,
@@ -65,10 +66,7 @@ def _text_fields(solid_cfg: Mapping[str, Any]) -> tuple[str, ...]:
 
 def seen_items(sequences: Any, num_items: int) -> Tensor:
     """``[num_items + 1]`` bool: items that occur in ``sequences`` (row 0, padding, False)."""
-    seen = torch.zeros(num_items + 1, dtype=torch.bool)
-    for sequence in sequences:
-        if sequence:
-            seen[torch.as_tensor(list(sequence), dtype=torch.long)] = True
+    seen = torch.from_numpy(item_counts(sequences, num_items) > 0)
     seen[0] = False
     return seen
 
