@@ -41,7 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lsc4rec.client.candidate_client import CandidateServiceClient, CandidateServiceError
+from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceError
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json

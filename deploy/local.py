@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
-from lsc4rec.simulations.flower_launch import (
+from lsc4rec.simulations.launch.flower import (
     flower_env,
     flower_executable,
     free_port,

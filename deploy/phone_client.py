@@ -15,7 +15,8 @@ line to ONNX Runtime Mobile (Kotlin/Swift) with a gRPC stub generated from
 2. The exported SRM candidate graph (``export_srm(..., kind="candidates")``) scores those candidates after
    the on-device history (its most recent ``max_len`` items; the graph left-pads shorter ones itself).
 3. The final order is the SRM's (``--alpha 0``, the default) or, with ``--alpha A``, the LSC4Rec fusion
-   ``A * norm(LLM) + (1 - A) * norm(SRM)`` of :mod:`lsc4rec.client.fusion` (same normalisations, same tie
+   ``A * norm(LLM) + (1 - A) * norm(SRM)`` of :mod:`lsc4rec.client.collab.fusion` (same normalisations,
+   same tie
    rule: a stable sort keeps the LLM's order among equal scores; empty slots, item 0, rank last).
 
 Prints ``RESULT {json}`` with the candidates, both score lists, the SRM order and the final order, the
@@ -39,7 +40,7 @@ import onnxruntime as ort
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
 
-#: Normalisations of lsc4rec.client.fusion, re-implemented in numpy (that module needs torch).
+#: Normalisations of lsc4rec.client.collab.fusion, re-implemented in numpy (that module needs torch).
 NORMALIZATIONS = ("minmax", "zscore", "softmax", "rank")
 # Key of the JSON metadata export_srm stores in the ONNX file (lsc4rec.client.onnx_runtime._METADATA_KEY).
 _METADATA_KEY = "lsc4rec"

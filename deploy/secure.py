@@ -61,7 +61,7 @@ from typing import Any
 from credentials import make_supernode_key, manifest_files, read_manifest, write_private, write_public
 from local import REPO, start
 
-from lsc4rec.simulations.flower_launch import (
+from lsc4rec.simulations.launch.flower import (
     flower_env,
     flower_executable,
     free_port,

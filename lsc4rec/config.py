@@ -83,4 +83,4 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
 
 def config_from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
     """Compose the experiment config for a Flower run (ServerApp and ClientApp use the same one)."""
-    return compose_config(["experiment=federated", *overrides_from_run_config(run_config)])
+    return compose_config(overrides_from_run_config(run_config), config_name="federated_run")

@@ -18,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 
 from lsc4rec.data import EvalBatch, EvalBatches, LeaveOneOutSplit, TrainBatches
-from lsc4rec.devices import model_device, resolve_device
 from lsc4rec.metrics import (
     DEFAULT_KS,
     RankingAccumulator,
@@ -29,6 +28,7 @@ from lsc4rec.metrics import (
 )
 from lsc4rec.models.solid.dual_model import SolidRecommender
 from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm, compute_loss
+from lsc4rec.torch_device import model_device, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ def build_model_from_config(
     name = str(model_cfg["name"])
     params = {str(k): v for k, v in dict(model_cfg).items() if k != "name"}
     if name == "solid":
-        # SOLID wraps a base SRM; its semantic ids come later (lsc4rec.models.solid.setup).
+        # SOLID wraps a base SRM; its semantic ids come later (lsc4rec.models.solid.pipeline).
         return SolidRecommender(num_items, **{"max_len": max_len, **params})
     model_class = SRM_CLASSES.get(name)
     # Position-aware models (SASRec) size their position table by the history length; others do not take it.

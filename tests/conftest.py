@@ -176,7 +176,7 @@ def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
     """A federated run on the in-process grid with ``nodes`` nodes; returns its summary."""
     from lsc4rec.config import config_from_run_config
     from lsc4rec.server.federated import run_federated
-    from lsc4rec.simulations.inprocess import InProcessGrid
+    from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
     run_config = {"overrides": pattern_overrides(data, *extra)}
     return run_federated(InProcessGrid(nodes, run_config), config_from_run_config(run_config), out)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import self_signed_certificate
 
-from lsc4rec.client.candidate_client import CandidateServiceClient, CandidateServiceError
+from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceError
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
@@ -347,7 +347,7 @@ def test_busy_port_is_an_os_error(service: RunningService) -> None:
 
 def test_client_module_does_not_import_the_server_package() -> None:
     code = (
-        "import sys, lsc4rec.client.candidate_client\n"
+        "import sys, lsc4rec.client.collab.candidate_client\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('lsc4rec.server'))\n"
         "assert not loaded, loaded\n"
     )

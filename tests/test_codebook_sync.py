@@ -13,19 +13,19 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from lsc4rec.client.codebook_sync import device_codebook
 from lsc4rec.config import config_from_run_config
-from lsc4rec.models.solid import SemanticCodebook
-from lsc4rec.server.federated import run_federated
-from lsc4rec.simulations.inprocess import InProcessGrid
-from lsc4rec.strategies.codebook import (
-    CODEBOOK_KEY,
-    STATS_KEY,
-    VERSION_KEY,
-    CodebookSync,
+from lsc4rec.messages import (
+    CODEBOOK,
+    CODEBOOK_STATS,
+    CODEBOOK_VERSION,
     codebook_from_record,
     codebook_record,
     statistics_from_record,
     statistics_record,
 )
+from lsc4rec.models.solid import SemanticCodebook
+from lsc4rec.server.federated import run_federated
+from lsc4rec.simulations.launch.inprocess import InProcessGrid
+from lsc4rec.strategies.codebook import CodebookSync
 
 
 def codebook(seed: int = 0) -> SemanticCodebook:
@@ -70,7 +70,7 @@ def test_codebook_goes_only_to_stale_nodes_and_updates_from_current_statistics()
     sent = sync.attach(first)
     assert sent["codebook-nodes-updated"] == 2 and sent["codebook-bytes-sent"] > 0
     assert all(
-        CODEBOOK_KEY in m.content.array_records and m.content["config"][VERSION_KEY] == 0 for m in first
+        CODEBOOK in m.content.array_records and m.content["config"][CODEBOOK_VERSION] == 0 for m in first
     )
     # Both nodes reply under version 0 with statistics of their own data.
     data = [torch.randn(40, 4, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
@@ -79,8 +79,8 @@ def test_codebook_goes_only_to_stale_nodes_and_updates_from_current_statistics()
             node,
             RecordDict(
                 {
-                    "metrics": MetricRecord({"num-examples": 1.0, VERSION_KEY: 0}),
-                    STATS_KEY: statistics_record(book.statistics(x)),
+                    "metrics": MetricRecord({"num-examples": 1.0, CODEBOOK_VERSION: 0}),
+                    CODEBOOK_STATS: statistics_record(book.statistics(x)),
                 }
             ),
         )
@@ -97,15 +97,15 @@ def test_codebook_goes_only_to_stale_nodes_and_updates_from_current_statistics()
     sync.node_versions[2] = 1
     second = [outgoing(1), outgoing(2)]
     assert sync.attach(second)["codebook-nodes-updated"] == 1
-    assert CODEBOOK_KEY in second[0].content.array_records
-    assert CODEBOOK_KEY not in second[1].content.array_records
+    assert CODEBOOK in second[0].content.array_records
+    assert CODEBOOK not in second[1].content.array_records
     # Statistics computed under an old version are not mixed into the new one.
     late = reply_from(
         1,
         RecordDict(
             {
-                "metrics": MetricRecord({"num-examples": 1.0, VERSION_KEY: 0}),
-                STATS_KEY: statistics_record(book.statistics(data[0])),
+                "metrics": MetricRecord({"num-examples": 1.0, CODEBOOK_VERSION: 0}),
+                CODEBOOK_STATS: statistics_record(book.statistics(data[0])),
             }
         ),
     )
@@ -123,9 +123,9 @@ def test_device_keeps_its_copy_and_refuses_an_unannounced_version() -> None:
     sync.node_versions[1] = 0
     later = outgoing(1)
     sync.attach([later])
-    assert CODEBOOK_KEY not in later.content.array_records
+    assert CODEBOOK not in later.content.array_records
     assert device_codebook(later, context).version == 0  # from context.state
-    later.content["config"][VERSION_KEY] = 5
+    later.content["config"][CODEBOOK_VERSION] = 5
     with pytest.raises(ValueError, match="holds codebook version 0 but the server announced 5"):
         device_codebook(later, context)
     fresh = Context(run_id=1, node_id=2, node_config={}, state=RecordDict(), run_config={})

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import write_pattern_dataset
 
-from lsc4rec.client.collaborative_inference import (
+from lsc4rec.client.collab.fusion import fuse_scores, normalize_scores, rerank
+from lsc4rec.client.collab.inference import (
     device_top_items,
     drop_seen,
     seen_items,
@@ -17,9 +18,8 @@ from lsc4rec.client.collaborative_inference import (
     srm_catalogue_scores,
     union_candidates,
 )
-from lsc4rec.client.fusion import fuse_scores, normalize_scores, rerank
-from lsc4rec.client.request_model import FEATURE_NAMES, LearnedRequestModel
-from lsc4rec.client.request_policy import RequestPolicy, inconsistency
+from lsc4rec.client.collab.request_model import FEATURE_NAMES, LearnedRequestModel
+from lsc4rec.client.collab.request_policy import RequestPolicy, inconsistency
 from lsc4rec.config import compose_config
 from lsc4rec.data import pad_left
 from lsc4rec.models.srm import build_srm, candidate_rerank_loss

@@ -47,8 +47,8 @@ def test_pyproject_defaults_compose_to_the_same_config_as_the_command_line() -> 
     run_config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
     from_flower = config_from_run_config(run_config)
     rounds = run_config["federated.rounds"]
-    from_cli = compose_config(["experiment=federated", f"federated.rounds={rounds}"])
-    for key in ("data", "model", "train", "eval", "strategy"):
+    from_cli = compose_config([f"federated.rounds={rounds}"], config_name="federated_run")
+    for key in ("data", "model", "train", "eval", "strategy", "collab"):
         assert from_flower[key] == from_cli[key], key
     assert from_flower.federated.rounds == rounds
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from conftest import pattern_overrides, run_inprocess, self_signed_certificate, write_pattern_dataset
 
-from lsc4rec.client.request_model import FEATURE_NAMES, LearnedRequestModel
+from lsc4rec.client.collab.request_model import FEATURE_NAMES, LearnedRequestModel
 from lsc4rec.config import config_from_run_config
 from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
 from lsc4rec.server.federated import run_federated
-from lsc4rec.simulations.inprocess import InProcessGrid
+from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 60
@@ -295,7 +295,7 @@ def test_candidate_service_addresses_and_tls_settings(tmp_path: Path) -> None:
     from flwr.app import Context, RecordDict
     from omegaconf import OmegaConf
 
-    from lsc4rec.client.app import candidate_root_certificates
+    from lsc4rec.client.collab.on_node import candidate_root_certificates
     from lsc4rec.server.cloud import public_address, service_tls
 
     assert public_address(None, "0.0.0.0:50051") == "0.0.0.0:50051"

@@ -300,7 +300,7 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
 def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path: Path) -> None:
     from lsc4rec.config import config_from_run_config
     from lsc4rec.server.federated import run_federated
-    from lsc4rec.simulations.inprocess import InProcessGrid
+    from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=120, num_items=30)
     overrides = " ".join(

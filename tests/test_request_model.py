@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lsc4rec.client.collaborative_devices import CollaborationSettings, serve_devices
-from lsc4rec.client.request_model import FEATURE_NAMES, LearnedRequestModel, request_features
-from lsc4rec.client.request_policy import inconsistency
+from lsc4rec.client.collab.request_model import FEATURE_NAMES, LearnedRequestModel, request_features
+from lsc4rec.client.collab.request_policy import inconsistency
+from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.srm import build_srm
 

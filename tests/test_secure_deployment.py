@@ -34,11 +34,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from lsc4rec.client.candidate_client import CandidateServiceClient, CandidateServiceError
-from lsc4rec.client.fusion import fuse_scores, rerank
+from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceError
+from lsc4rec.client.collab.fusion import fuse_scores, rerank
 from lsc4rec.client.onnx_runtime import export_srm
 from lsc4rec.models.srm import SASRec
-from lsc4rec.simulations.flower_launch import flower_env
+from lsc4rec.simulations.launch.flower import flower_env
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -70,10 +70,10 @@ def test_state_round_trip_continues_identically() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "fedyogi"}, "server_optimizer='fedyogi'"),
-        ({"name": "sgd", "lr": 0.0}, "server_lr"),
-        ({"name": "momentum", "momentum": 1.0}, "server_momentum"),
-        ({"name": "adam", "eps": 0.0}, "server_eps"),
+        ({"name": "fedyogi"}, r"strategy\.server_optimizer\.name='fedyogi'"),
+        ({"name": "sgd", "lr": 0.0}, r"strategy\.server_optimizer\.lr"),
+        ({"name": "momentum", "momentum": 1.0}, r"strategy\.server_optimizer\.momentum"),
+        ({"name": "adam", "eps": 0.0}, r"strategy\.server_optimizer\.eps"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:

@@ -413,7 +413,7 @@ def test_model_solid_runs_in_the_centralized_entry_point(tmp_path: Path) -> None
 
 
 def test_solid_config_errors_name_the_key(tmp_path: Path) -> None:
-    from lsc4rec.models.solid.setup import build_codebook, load_item_table
+    from lsc4rec.models.solid.pipeline import build_codebook, load_item_table
 
     with pytest.raises(ValueError, match="kmeans takes one level"):
         build_codebook(
@@ -435,7 +435,7 @@ def test_cloud_llm_speaks_semantic_ids_and_learns(tmp_path: Path) -> None:
     from lsc4rec.models.llm.pretrained import build_llm
     from lsc4rec.models.llm.recommender import CloudLLM
     from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
-    from lsc4rec.models.solid.setup import llm_semantic_ids
+    from lsc4rec.models.solid.pipeline import llm_semantic_ids
 
     data = write_pattern_dataset(tmp_path / "s.txt", num_users=200, num_items=30)
     (tmp_path / "s_item2attributes.json").write_text(json.dumps({str(i): [i % 6] for i in range(1, 31)}))

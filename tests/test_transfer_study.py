@@ -16,7 +16,7 @@ from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.mergenet import MergeNetTransfer, resolve_slice
 from lsc4rec.models.solid import SemanticCodebook
 from lsc4rec.models.solid.item_features import text_predicted_rows
-from lsc4rec.models.solid.setup import build_codebook, item_representations, seen_items, semantic_ids
+from lsc4rec.models.solid.pipeline import build_codebook, item_representations, seen_items, semantic_ids
 from lsc4rec.models.srm import build_srm
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.training import TrainSettings, build_eval_sets, fit

@@ -14,10 +14,10 @@ from flwr.app import Context, Message
 from omegaconf import DictConfig
 
 from lsc4rec.client.shard import DeviceShard, cached_raw, cached_split
+from lsc4rec.messages import CODEBOOK, CODEBOOK_VERSION, CONFIG, codebook_from_record
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.codebook import CodebookStatistics
-from lsc4rec.models.solid.setup import item_representations, semantic_ids
-from lsc4rec.strategies.codebook import CODEBOOK_KEY, VERSION_KEY, codebook_from_record
+from lsc4rec.models.solid.pipeline import item_representations, semantic_ids
 
 __all__ = [
     "device_codebook",
@@ -30,13 +30,13 @@ __all__ = [
 
 def device_codebook(msg: Message, context: Context) -> SemanticCodebook | None:
     """The codebook version the server announced (the stored copy updated first); None without SOLID."""
-    config = msg.content["config"]
-    if VERSION_KEY not in config:
+    config = msg.content[CONFIG]
+    if CODEBOOK_VERSION not in config:
         return None
-    announced = int(config[VERSION_KEY])
-    if CODEBOOK_KEY in msg.content.array_records:
-        context.state[CODEBOOK_KEY] = msg.content.array_records[CODEBOOK_KEY]
-    stored = context.state.array_records.get(CODEBOOK_KEY)
+    announced = int(config[CODEBOOK_VERSION])
+    if CODEBOOK in msg.content.array_records:
+        context.state[CODEBOOK] = msg.content.array_records[CODEBOOK]
+    stored = context.state.array_records.get(CODEBOOK)
     if stored is None:
         raise ValueError(
             f"the server announced codebook version {announced} without sending it and this node holds none "

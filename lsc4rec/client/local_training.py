@@ -10,6 +10,7 @@ import torch
 
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.data import TrainBatches
+from lsc4rec.messages import NUM_EXAMPLES
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.training import TrainSettings, model_device, train_one_epoch
 
@@ -117,7 +118,7 @@ def train_on_shard(
     # The reply carries the weights from wherever the model came from (the ArrayRecord codec reads CPU).
     model.to(home)
     return {
-        "num-examples": float(batches.num_targets),
+        NUM_EXAMPLES: float(batches.num_targets),
         "train_loss": float(losses[-1]),
         "devices": float(shard.num_devices),
     }

@@ -36,6 +36,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsc4rec.data import TrainBatches
+from lsc4rec.messages import DEVICES, EPSILON, NUM_EXAMPLES, PRIVACY_EXHAUSTED
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss
 from lsc4rec.models.srm.ttt4rec import TTT4Rec
@@ -243,7 +244,7 @@ def train_on_shard_private(
         "delta": plan.delta,
         "noise-multiplier": plan.noise_multiplier,
         "sample-rate": plan.sample_rate,
-        "devices": float(batches.num_examples),
+        DEVICES: float(batches.num_examples),
     }
     budget = privacy.budget
     if budget is not None and after > budget * (1 + 1e-9):
@@ -254,7 +255,7 @@ def train_on_shard_private(
             after,
             budget,
         )
-        metrics = {**base_metrics, "epsilon": spent, "privacy-exhausted": 1.0, "num-examples": 0.0}
+        metrics = {**base_metrics, EPSILON: spent, PRIVACY_EXHAUSTED: 1.0, NUM_EXAMPLES: 0.0}
         return PrivateRoundResult(metrics, history, trained=False)
 
     mode = resolve_grad_sample_mode(privacy, model, settings.loss)
@@ -337,9 +338,9 @@ def train_on_shard_private(
     epsilon = epsilon_of(new_history, plan.delta)
     metrics = {
         **base_metrics,
-        "epsilon": epsilon,
-        "privacy-exhausted": 0.0,
-        "num-examples": float(batches.num_targets),
+        EPSILON: epsilon,
+        PRIVACY_EXHAUSTED: 0.0,
+        NUM_EXAMPLES: float(batches.num_targets),
         "train_loss": sum(losses) / max(len(losses), 1),
         "clipped-fraction": clipped / max(seen, 1),
         "grad-sample-mode": 0.0 if mode == "hooks" else 1.0,

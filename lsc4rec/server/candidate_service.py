@@ -1,10 +1,11 @@
 """The cloud's candidate service: any :class:`CandidateSource` served over gRPC.
 
-Devices (through :class:`lsc4rec.client.candidate_client.CandidateServiceClient`) send interaction histories
-and get the cloud model's top-``n`` candidates back. The service checks every request against the source's
-catalogue and limits (``INVALID_ARGUMENT`` naming the offending field and value), can require a bearer token
-(``authorization: Bearer <token>`` metadata, checked by :class:`TokenAuthInterceptor` → ``UNAUTHENTICATED``)
-and can serve over TLS (:class:`TLSConfig`). Every refused request is logged with its reason.
+Devices (through :class:`lsc4rec.client.collab.candidate_client.CandidateServiceClient`) send interaction
+histories and get the cloud model's top-``n`` candidates back. The service checks every request against the
+source's catalogue and limits (``INVALID_ARGUMENT`` naming the offending field and value), can require a
+bearer token (``authorization: Bearer <token>`` metadata, checked by :class:`TokenAuthInterceptor` →
+``UNAUTHENTICATED``) and can serve over TLS (:class:`TLSConfig`). Every refused request is logged with its
+reason.
 
     with serve(source, token="s3cret") as service:
         print(service.target)   # "127.0.0.1:<bound port>"

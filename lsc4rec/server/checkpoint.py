@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: extensions keep their state under "extensions" and "best_snapshots"
 _MAGIC = b"LSC4REC-CKPT\n"
 
 

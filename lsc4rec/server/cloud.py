@@ -18,12 +18,12 @@ from omegaconf import DictConfig
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.staleness import cloud_view
-from lsc4rec.devices import resolve_device
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
-from lsc4rec.models.solid.setup import llm_semantic_ids
+from lsc4rec.models.solid.pipeline import llm_semantic_ids
 from lsc4rec.server.candidate_service import RunningService, TLSConfig, serve
+from lsc4rec.torch_device import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from omegaconf import DictConfig
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, TrainBatches, leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
-from lsc4rec.models.solid.setup import prepare_solid_model
+from lsc4rec.models.solid.pipeline import prepare_solid_model
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
-from lsc4rec.simulations.runs import begin_run
+from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.training import (
     EvalSet,
     FitResult,

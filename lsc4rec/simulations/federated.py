@@ -25,8 +25,8 @@ from omegaconf import DictConfig
 from lsc4rec.config import config_dir
 from lsc4rec.reporting import emit_result
 from lsc4rec.server.federated import run_federated
-from lsc4rec.simulations.flower_launch import flwr_run
-from lsc4rec.simulations.inprocess import InProcessGrid
+from lsc4rec.simulations.launch.flower import flwr_run
+from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
 logger = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from lsc4rec.models.mergenet import Distillation, MergeNetTransfer, SourceTraini
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
-from lsc4rec.simulations.runs import begin_run
+from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
     HEADLINE_SLICES,
     device_data,

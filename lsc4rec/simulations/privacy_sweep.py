@@ -37,8 +37,8 @@ from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.federated import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.simulations.federated import launch
-from lsc4rec.simulations.inprocess import InProcessGrid
-from lsc4rec.simulations.runs import begin_run
+from lsc4rec.simulations.launch.inprocess import InProcessGrid
+from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
 logger = logging.getLogger(__name__)

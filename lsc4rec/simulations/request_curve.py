@@ -36,7 +36,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lsc4rec.client.collaborative_inference import (
+from lsc4rec.client.collab.fusion import fuse_scores, rerank
+from lsc4rec.client.collab.inference import (
     CANDIDATE_POOLS,
     device_top_items,
     drop_seen,
@@ -46,26 +47,25 @@ from lsc4rec.client.collaborative_inference import (
     srm_catalogue_scores,
     union_candidates,
 )
-from lsc4rec.client.collaborative_training import train_on_llm_candidates
-from lsc4rec.client.fusion import fuse_scores, rerank
-from lsc4rec.client.request_model import LearnedRequestModel, request_features
-from lsc4rec.client.request_policy import RequestPolicy, top_share
+from lsc4rec.client.collab.request_model import LearnedRequestModel, request_features
+from lsc4rec.client.collab.request_policy import RequestPolicy, top_share
+from lsc4rec.client.collab.training import train_on_llm_candidates
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import cloud_view
-from lsc4rec.devices import resolve_device
 from lsc4rec.metrics import full_ranking_ranks, list_ranks, metrics_from_ranks
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.torch_device import resolve_device
 from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
 
 logger = logging.getLogger(__name__)
 
-#: The request score fitted on the validation moment (:mod:`lsc4rec.client.request_model`).
+#: The request score fitted on the validation moment (:mod:`lsc4rec.client.collab.request_model`).
 LEARNED = "learned"
 
 __all__ = ["MomentLists", "build_moment", "compact_summary", "run_request_curve"]

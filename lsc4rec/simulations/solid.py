@@ -43,11 +43,11 @@ from torch import Tensor
 from lsc4rec.config import config_dir
 from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
-from lsc4rec.models.solid.setup import build_codebook, item_representations, seen_items, semantic_ids
+from lsc4rec.models.solid.pipeline import build_codebook, item_representations, seen_items, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender, build_srm
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.simulations.centralized import protocol_description
-from lsc4rec.simulations.runs import begin_run
+from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
     HEADLINE_SLICES,
     DeviceData,

@@ -19,75 +19,22 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Message
 
+from lsc4rec.messages import (
+    CODEBOOK,
+    CODEBOOK_STATS,
+    CODEBOOK_VERSION,
+    CONFIG,
+    METRICS,
+    codebook_record,
+    statistics_from_record,
+)
 from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
 
-__all__ = [
-    "CODEBOOK_KEY",
-    "STATS_KEY",
-    "VERSION_KEY",
-    "CodebookSync",
-    "codebook_from_record",
-    "codebook_record",
-    "statistics_from_record",
-    "statistics_record",
-]
+__all__ = ["CodebookSync"]
 
 logger = logging.getLogger(__name__)
-
-CODEBOOK_KEY = "codebook"
-STATS_KEY = "codebook-stats"
-VERSION_KEY = "codebook-version"
-
-
-def codebook_record(codebook: SemanticCodebook) -> ArrayRecord:
-    """The codebook as an ``ArrayRecord`` (``level_<l>`` centroids and ``version``)."""
-    return ArrayRecord({k: Array(v.numpy()) for k, v in codebook.to_arrays().items()})
-
-
-def codebook_from_record(record: ArrayRecord) -> SemanticCodebook:
-    """Inverse of :func:`codebook_record`; a clear error for a malformed record."""
-    return SemanticCodebook.from_arrays({k: torch.from_numpy(record[k].numpy()) for k in record})
-
-
-def statistics_record(stats: CodebookStatistics) -> ArrayRecord:
-    """Statistics as an ``ArrayRecord``: ``counts_<l>``, ``sums_<l>``, ``squares_<l>`` (float64)."""
-    arrays = {}
-    for level, (counts, sums, squares) in enumerate(
-        zip(stats.counts, stats.sums, stats.squares, strict=True)
-    ):
-        arrays[f"counts_{level}"] = Array(counts.numpy())
-        arrays[f"sums_{level}"] = Array(sums.numpy())
-        arrays[f"squares_{level}"] = Array(squares.numpy())
-    return ArrayRecord(arrays)
-
-
-def statistics_from_record(record: ArrayRecord, codebook: SemanticCodebook) -> CodebookStatistics:
-    """Parse statistics and check them against ``codebook``'s shapes (ValueError naming the array)."""
-    stats = CodebookStatistics.zeros_like(codebook)
-    for level, centroids in enumerate(codebook.centroids):
-        k, dim = centroids.shape
-        expected = {f"counts_{level}": (k,), f"sums_{level}": (k, dim), f"squares_{level}": (k,)}
-        for name, shape in expected.items():
-            if name not in record:
-                raise ValueError(f"codebook statistics lack {name!r}")
-            value = record[name].numpy()
-            if tuple(value.shape) != shape:
-                raise ValueError(
-                    f"codebook statistics {name!r} has shape {tuple(value.shape)}, expected {shape}"
-                )
-            if not np.isfinite(value).all():
-                raise ValueError(f"codebook statistics {name!r} hold NaN or infinite values")
-        counts = torch.from_numpy(record[f"counts_{level}"].numpy()).to(torch.float64)
-        if bool((counts < 0).any()):
-            raise ValueError(f"codebook statistics 'counts_{level}' hold negative counts")
-        stats.counts[level] = counts
-        stats.sums[level] = torch.from_numpy(record[f"sums_{level}"].numpy()).to(torch.float64)
-        stats.squares[level] = torch.from_numpy(record[f"squares_{level}"].numpy()).to(torch.float64)
-    return stats
 
 
 class CodebookSync:
@@ -121,9 +68,9 @@ class CodebookSync:
         """Stamp the version on every message; add the codebook for nodes without it. Returns byte counts."""
         sent = stale = 0
         for message in messages:
-            message.content["config"][VERSION_KEY] = self.version
+            message.content[CONFIG][CODEBOOK_VERSION] = self.version
             if self.node_versions.get(message.metadata.dst_node_id) != self.version:
-                message.content[CODEBOOK_KEY] = self._record
+                message.content[CODEBOOK] = self._record
                 sent += self._record.count_bytes()
                 stale += 1
         return {"codebook-bytes-sent": sent, "codebook-nodes-updated": stale}
@@ -135,11 +82,11 @@ class CodebookSync:
                 # A failed node may have lost its state (restart): send it the codebook again next time.
                 self.node_versions.pop(reply.metadata.src_node_id, None)
                 continue
-            if "metrics" not in reply.content.metric_records:
+            if METRICS not in reply.content.metric_records:
                 continue
-            metrics = reply.content.metric_records["metrics"]
-            if VERSION_KEY in metrics:
-                self.node_versions[reply.metadata.src_node_id] = int(metrics[VERSION_KEY])
+            metrics = reply.content.metric_records[METRICS]
+            if CODEBOOK_VERSION in metrics:
+                self.node_versions[reply.metadata.src_node_id] = int(metrics[CODEBOOK_VERSION])
 
     def collect(self, replies: Iterable[Message]) -> tuple[CodebookStatistics | None, dict[str, int]]:
         """Sum the statistics of replies computed under the current version; count what was left out."""
@@ -148,9 +95,9 @@ class CodebookSync:
         total: CodebookStatistics | None = None
         used = skipped = received = 0
         for reply in replies:
-            if reply.has_error() or STATS_KEY not in reply.content.array_records:
+            if reply.has_error() or CODEBOOK_STATS not in reply.content.array_records:
                 continue
-            record = reply.content.array_records[STATS_KEY]
+            record = reply.content.array_records[CODEBOOK_STATS]
             received += record.count_bytes()
             version = self.node_versions.get(reply.metadata.src_node_id)
             if version != self.version:

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from lsc4rec.messages import EPSILON, PRIVACY_EXHAUSTED
 from lsc4rec.strategies.srm import NodeFailure, SRMStrategy
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class CentralDP(Strategy):
         """Clip (server-side), aggregate, add the noise, account the release; metrics gain ``epsilon``."""
         sent = self._pending.pop(server_round, 0)
         if sent == 0:
-            return None, MetricRecord({"privacy-exhausted": 1.0, "epsilon": self.epsilon()})
+            return None, MetricRecord({PRIVACY_EXHAUSTED: 1.0, EPSILON: self.epsilon()})
         replies = list(replies)
         for reply in replies:
             if reply.has_error():

@@ -6,16 +6,15 @@ from collections.abc import Iterable
 
 from flwr.app import Message
 
-#: Reply metric a node sets when its privacy budget is spent and it did not train this round.
-EXHAUSTED_KEY = "privacy-exhausted"
+from lsc4rec.messages import DEVICES, EPSILON, METRICS, PRIVACY_EXHAUSTED
 
 
 def is_privacy_stop(reply: Message) -> bool:
     """True for a reply from a node that refused to train because its privacy budget is spent."""
     if reply.has_error():
         return False
-    metrics = reply.content.metric_records.get("metrics")
-    return metrics is not None and float(metrics.get(EXHAUSTED_KEY, 0.0)) > 0
+    metrics = reply.content.metric_records.get(METRICS)
+    return metrics is not None and float(metrics.get(PRIVACY_EXHAUSTED, 0.0)) > 0
 
 
 def local_privacy_metrics(replies: Iterable[Message]) -> dict[str, float]:
@@ -29,9 +28,9 @@ def local_privacy_metrics(replies: Iterable[Message]) -> dict[str, float]:
     for reply in replies:
         if reply.has_error():
             continue
-        metrics = reply.content.metric_records.get("metrics")
-        if metrics is not None and "epsilon" in metrics:
-            pairs.append((float(metrics["epsilon"]), float(metrics.get("devices", 1.0))))
+        metrics = reply.content.metric_records.get(METRICS)
+        if metrics is not None and EPSILON in metrics:
+            pairs.append((float(metrics[EPSILON]), float(metrics.get(DEVICES, 1.0))))
     if not pairs:
         return {}
     devices = sum(d for _, d in pairs)

@@ -38,15 +38,15 @@ class ServerOptimizer:
     ) -> None:
         """Configure the optimizer ``name`` (one of ``SERVER_OPTIMIZERS``) and its hyperparameters."""
         if name not in SERVER_OPTIMIZERS:
-            raise ValueError(f"strategy.server_optimizer={name!r} is not one of {SERVER_OPTIMIZERS}")
+            raise ValueError(f"strategy.server_optimizer.name={name!r} is not one of {SERVER_OPTIMIZERS}")
         if not lr > 0:
-            raise ValueError(f"strategy.server_lr must be > 0, got {lr}")
+            raise ValueError(f"strategy.server_optimizer.lr must be > 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"strategy.server_momentum must be in [0, 1), got {momentum}")
+            raise ValueError(f"strategy.server_optimizer.momentum must be in [0, 1), got {momentum}")
         if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"strategy.server_beta2 must be in [0, 1), got {beta2}")
+            raise ValueError(f"strategy.server_optimizer.beta2 must be in [0, 1), got {beta2}")
         if not eps > 0:
-            raise ValueError(f"strategy.server_eps must be > 0, got {eps}")
+            raise ValueError(f"strategy.server_optimizer.eps must be > 0, got {eps}")
         self.name = name
         self.lr = float(lr)
         self.momentum = float(momentum)

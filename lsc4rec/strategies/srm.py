@@ -23,15 +23,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from lsc4rec.messages import ARRAYS, METRICS, NUM_EXAMPLES, PROXIMAL_MU, ROW_COUNTS, SERVER_ROUND
 from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays, count_weighted_rows
 from lsc4rec.strategies.privacy_metrics import is_privacy_stop, local_privacy_metrics
 from lsc4rec.strategies.server_optimizer import ServerOptimizer
 
 logger = logging.getLogger(__name__)
-
-WEIGHT_KEY = "num-examples"
-# Optional reply record: per-row counts for row tables (item embeddings), keyed like the model arrays.
-ROW_COUNTS_KEY = "row-counts"
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,7 @@ class SRMStrategy(Strategy):
         if len(node_ids) < self.min_available_nodes:
             raise RuntimeError(
                 f"only {len(node_ids)} nodes connected after {self.wait_for_nodes_seconds:.0f} s; "
-                f"strategy.min_available_nodes={self.min_available_nodes}"
+                f"federated.min_available_nodes={self.min_available_nodes}"
             )
         count = min(len(node_ids), max(1, math.ceil(fraction * len(node_ids))))
         return sorted(self.rng.sample(node_ids, count))
@@ -153,8 +150,8 @@ class SRMStrategy(Strategy):
         for node_id in nodes:
             # A fresh ConfigRecord per node: a shared object would be one record for all messages.
             node_config = ConfigRecord(dict(config))
-            node_config["server-round"] = server_round
-            node_config["proximal-mu"] = self.proximal_mu
+            node_config[SERVER_ROUND] = server_round
+            node_config[PROXIMAL_MU] = self.proximal_mu
             content = RecordDict({"arrays": arrays, "config": node_config})
             messages.append(Message(content, dst_node_id=node_id, message_type=message_type))
         return messages
@@ -169,9 +166,9 @@ class SRMStrategy(Strategy):
         if reply.has_error():
             return f"client error {reply.error.code}: {reply.error.reason}"
         content = reply.content
-        if "arrays" not in content.array_records:
+        if ARRAYS not in content.array_records:
             return "reply has no 'arrays' ArrayRecord"
-        arrays = content.array_records["arrays"]
+        arrays = content.array_records[ARRAYS]
         if set(arrays.keys()) != set(self._reference):
             missing = sorted(set(self._reference) - set(arrays.keys()))
             extra = sorted(set(arrays.keys()) - set(self._reference))
@@ -182,18 +179,18 @@ class SRMStrategy(Strategy):
                 return f"array {key!r} is {array.dtype}{tuple(array.shape)}, expected {dtype}{shape}"
         if not all(_is_finite(arrays[key].numpy()) for key in self._reference):
             return "update contains NaN or inf"
-        if ROW_COUNTS_KEY in content.array_records:
-            for key, counts in content.array_records[ROW_COUNTS_KEY].items():
+        if ROW_COUNTS in content.array_records:
+            for key, counts in content.array_records[ROW_COUNTS].items():
                 if key not in self._reference or tuple(counts.shape) != self._reference[key][0][:1]:
                     return f"row counts {key!r} {tuple(counts.shape)} match no table of the global model"
                 values = counts.numpy()
                 if not _is_finite(values) or (values < 0).any():
                     return f"row counts {key!r} hold negative or non-finite values"
-        metrics = content.metric_records.get("metrics")
-        if metrics is None or WEIGHT_KEY not in metrics:
-            return f"reply has no MetricRecord 'metrics' with {WEIGHT_KEY!r}"
-        if not float(metrics[WEIGHT_KEY]) > 0:
-            return f"{WEIGHT_KEY} = {metrics[WEIGHT_KEY]} (must be > 0)"
+        metrics = content.metric_records.get(METRICS)
+        if metrics is None or NUM_EXAMPLES not in metrics:
+            return f"reply has no MetricRecord 'metrics' with {NUM_EXAMPLES!r}"
+        if not float(metrics[NUM_EXAMPLES]) > 0:
+            return f"{NUM_EXAMPLES} = {metrics[NUM_EXAMPLES]} (must be > 0)"
         return None
 
     def _split_replies(self, server_round: int, stage: str, replies: Iterable[Message]) -> list[Message]:
@@ -214,9 +211,9 @@ class SRMStrategy(Strategy):
     def _check_metrics(reply: Message) -> str | None:
         if reply.has_error():
             return f"client error {reply.error.code}: {reply.error.reason}"
-        metrics = reply.content.metric_records.get("metrics")
-        if metrics is None or WEIGHT_KEY not in metrics or not float(metrics[WEIGHT_KEY]) > 0:
-            return f"reply has no MetricRecord 'metrics' with a positive {WEIGHT_KEY!r}"
+        metrics = reply.content.metric_records.get(METRICS)
+        if metrics is None or NUM_EXAMPLES not in metrics or not float(metrics[NUM_EXAMPLES]) > 0:
+            return f"reply has no MetricRecord 'metrics' with a positive {NUM_EXAMPLES!r}"
         return None
 
     @staticmethod
@@ -224,14 +221,14 @@ class SRMStrategy(Strategy):
         totals: dict[str, float] = {}
         weight_sum = 0.0
         for reply in replies:
-            metrics = reply.content.metric_records["metrics"]
-            weight = float(metrics[WEIGHT_KEY])
+            metrics = reply.content.metric_records[METRICS]
+            weight = float(metrics[NUM_EXAMPLES])
             weight_sum += weight
             for key, value in metrics.items():
-                if key != WEIGHT_KEY and isinstance(value, int | float):
+                if key != NUM_EXAMPLES and isinstance(value, int | float):
                     totals[key] = totals.get(key, 0.0) + weight * float(value)
         out = {key: value / weight_sum for key, value in totals.items()} if weight_sum else {}
-        out[WEIGHT_KEY] = weight_sum
+        out[NUM_EXAMPLES] = weight_sum
         return out
 
     # ------------------------------------------------------------------ Strategy API
@@ -279,9 +276,9 @@ class SRMStrategy(Strategy):
             )
             return None, MetricRecord(metrics)
         updates = [
-            {key: r.content.array_records["arrays"][key].numpy() for key in self._reference} for r in valid
+            {key: r.content.array_records[ARRAYS][key].numpy() for key in self._reference} for r in valid
         ]
-        weights = [float(r.content.metric_records["metrics"][WEIGHT_KEY]) for r in valid]
+        weights = [float(r.content.metric_records[METRICS][NUM_EXAMPLES]) for r in valid]
         if self.uniform_weights:
             weights = [1.0] * len(valid)
         aggregate = aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
@@ -296,7 +293,7 @@ class SRMStrategy(Strategy):
         aggregate: dict[str, np.ndarray], valid: list[Message], updates: list[dict[str, np.ndarray]]
     ) -> None:
         """Replace, in place, the aggregate of every table all replies sent row counts for."""
-        records = [r.content.array_records.get(ROW_COUNTS_KEY) for r in valid]
+        records = [r.content.array_records.get(ROW_COUNTS) for r in valid]
         if any(record is None for record in records):
             return
         shared = set.intersection(*(set(record.keys()) for record in records))

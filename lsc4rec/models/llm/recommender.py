@@ -34,12 +34,12 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from lsc4rec.data import pad_left
-from lsc4rec.devices import resolve_device
 from lsc4rec.models.llm.beam_search import NextTokenLogProbs, constrained_beam_search
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.llm.item_text_part import ItemTextPart
 from lsc4rec.models.llm.item_tokens import ItemTokenizer
 from lsc4rec.models.llm.prompt import TitlePrompt
+from lsc4rec.torch_device import resolve_device
 
 __all__ = ["CloudLLM", "load_candidate_source"]
 

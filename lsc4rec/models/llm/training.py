@@ -18,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lsc4rec.data import TrainBatches, pad_left
-from lsc4rec.devices import resolve_device
 from lsc4rec.metrics import DEFAULT_KS, RankingAccumulator, full_ranking_ranks, list_ranks
 from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.torch_device import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 - :mod:`~lsc4rec.models.solid.item_features`: item representations (SRM embeddings, attributes, title text).
 - :mod:`~lsc4rec.models.solid.semantic`: semantic tokens and semantic sequences.
 - :mod:`~lsc4rec.models.solid.dual_model`: the dual parameter model on top of a base SRM.
-- :mod:`~lsc4rec.models.solid.setup`: config -> representations -> codebook -> semantic ids.
+- :mod:`~lsc4rec.models.solid.pipeline`: config -> representations -> codebook -> semantic ids.
 """
 
 from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook, kmeans

@@ -35,7 +35,7 @@ def semantic_vocabulary_size(sizes: Sequence[int], prefix_levels: int) -> int:
     """Number of distinct semantic tokens (excluding padding) for the first ``prefix_levels`` levels."""
     if not 1 <= prefix_levels <= len(sizes):
         raise ValueError(
-            f"solid.trunk_levels must be in 1..{len(sizes)} (codebook levels), got {prefix_levels}"
+            f"model.trunk_levels must be in 1..{len(sizes)} (codebook levels), got {prefix_levels}"
         )
     size = 1
     for k in sizes[:prefix_levels]:

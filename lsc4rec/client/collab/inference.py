@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lsc4rec.client.request_policy import inconsistency
+from lsc4rec.client.collab.request_policy import inconsistency
 from lsc4rec.data import pad_left
 from lsc4rec.models.srm import SequentialRecommender
 

@@ -117,7 +117,7 @@ class RequestPolicy:
         if self.mode not in REQUEST_MODES:
             raise ValueError(f"request.mode={self.mode!r} is not one of {REQUEST_MODES}")
         if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"request.ratio must be in [0, 1], got {self.ratio}")
+            raise ValueError(f"request.target_ratio must be in [0, 1], got {self.ratio}")
 
     def calibrate(self, validation_scores: Tensor) -> RequestPolicy:
         """Set the threshold so that a fraction ``ratio`` of ``validation_scores`` would request.

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lsc4rec.client.request_policy import inconsistency, list_probabilities, uncovered_by_rank
+from lsc4rec.client.collab.request_policy import inconsistency, list_probabilities, uncovered_by_rank
 
 __all__ = ["FEATURE_NAMES", "LearnedRequestModel", "request_features"]
 

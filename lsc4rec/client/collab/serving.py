@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lsc4rec.client.collaborative_inference import (
+from lsc4rec.client.collab.fusion import fuse_scores, rerank
+from lsc4rec.client.collab.inference import (
     CANDIDATE_POOLS,
     device_top_items,
     drop_seen,
@@ -24,9 +25,8 @@ from lsc4rec.client.collaborative_inference import (
     srm_catalogue_scores,
     union_candidates,
 )
-from lsc4rec.client.fusion import fuse_scores, rerank
-from lsc4rec.client.request_model import LearnedRequestModel, request_features
-from lsc4rec.client.request_policy import top_share
+from lsc4rec.client.collab.request_model import LearnedRequestModel, request_features
+from lsc4rec.client.collab.request_policy import top_share
 from lsc4rec.data import pad_left
 from lsc4rec.metrics import RankingAccumulator, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
@@ -68,7 +68,7 @@ class CollaborationSettings:
         if self.mode not in ("never", "always", "random", "intelligent"):
             raise ValueError(f"request.mode={self.mode!r}; use never, always, random or intelligent")
         if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"request.ratio must be in [0, 1], got {self.ratio}")
+            raise ValueError(f"request.target_ratio must be in [0, 1], got {self.ratio}")
 
 
 def _budget_mask(

@@ -1,7 +1,7 @@
 """An in-process Flower ``Grid``: the ServerApp loop drives the real ClientApp handlers in this process.
 
-No SuperLink, no Ray, no subprocesses: every message runs the same ``@app.train()`` / ``@app.evaluate()``
-functions a SuperNode would run, with per-node ``Context`` (``node_config`` with ``partition-id`` /
+No SuperLink, no Ray, no subprocesses: every message goes through the same ClientApp a SuperNode would run
+(its mods included), with per-node ``Context`` (``node_config`` with ``partition-id`` /
 ``num-partitions``, persistent ``state``) and the run config. A handler exception becomes an error reply, as
 on a SuperNode; a reply that takes longer than the round timeout is dropped, as a timed-out node would be.
 It is the fast, deterministic path for tests and debugging; real runs use ``flwr run``.
@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from flwr.app import Context, Error, Message, MessageType, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from lsc4rec.client.app import evaluate_on_devices, train
+from lsc4rec.client.app import app
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Message, Context], Message]
-HANDLERS: dict[str, Handler] = {MessageType.TRAIN: train, MessageType.EVALUATE: evaluate_on_devices}
 CLIENT_EXCEPTION_CODE = 1  # what a SuperNode reports for an exception inside a ClientApp
 
 
@@ -77,11 +75,8 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def _deliver(self, message: Message) -> Message:
-        handler = HANDLERS.get(message.metadata.message_type.split(".")[0])
-        if handler is None:
-            return Message(Error(2, f"no handler for {message.metadata.message_type}"), reply_to=message)
         try:
-            return handler(message, self.contexts[message.metadata.dst_node_id])
+            return app(message, self.contexts[message.metadata.dst_node_id])
         except Exception as exc:  # a node's crash becomes an error reply, as on a SuperNode
             logger.debug("node %d raised", message.metadata.dst_node_id, exc_info=True)
             return Message(Error(CLIENT_EXCEPTION_CODE, f"{type(exc).__name__}: {exc}"), reply_to=message)

@@ -1,0 +1,121 @@
+"""The message format between the ServerApp and the ClientApp: every record key, metric key and codec.
+
+Both sides import this module and nothing of the other side, so a device node never loads server code.
+
+Train message (server -> node), ``RecordDict``:
+  ``arrays``   ArrayRecord   the global SRM (state dict)
+  ``config``   ConfigRecord  ``server-round``, ``proximal-mu``; with SOLID ``codebook-version``; with central
+                             DP and client-side clipping Flower's clipping-norm key
+  ``codebook`` ArrayRecord   (SOLID, only to nodes without the current version) :func:`codebook_record`
+Train reply (node -> server):
+  ``arrays``   ArrayRecord   the locally trained SRM
+  ``metrics``  MetricRecord  ``num-examples`` (aggregation weight), ``train_loss``, ...; local DP
+                             adds ``epsilon``, ``devices`` and ``privacy-exhausted``; SOLID adds
+                             ``codebook-version``
+  ``row-counts``      ArrayRecord  (``strategy.row_weighting``) per-item interaction counts of the node
+  ``codebook-stats``  ArrayRecord  (SOLID) :func:`statistics_record`
+Evaluate message: ``arrays`` and ``config`` (``server-round``; with the cloud :class:`CandidateService` keys;
+SOLID as above). Evaluate reply: ``metrics`` (``num-examples`` and ``client-*`` metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
+
+# Records of a message's content.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+ROW_COUNTS = "row-counts"
+CODEBOOK = "codebook"
+CODEBOOK_STATS = "codebook-stats"
+
+# Config keys (server -> node).
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"
+CODEBOOK_VERSION = "codebook-version"
+
+# Metric keys (node -> server).
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train_loss"
+PRIVACY_EXHAUSTED = "privacy-exhausted"
+EPSILON = "epsilon"
+DEVICES = "devices"
+
+
+@dataclass(frozen=True)
+class CandidateService:
+    """Where a node's devices reach the cloud's candidate service (evaluate config, server -> node)."""
+
+    target: str
+    token: str
+    tls: bool
+
+    ADDRESS_KEY = "candidate-service"
+    TOKEN_KEY = "candidate-token"
+    TLS_KEY = "candidate-tls"
+
+    def to_config(self) -> dict[str, str | bool]:
+        """The config entries announcing the service."""
+        return {self.ADDRESS_KEY: self.target, self.TOKEN_KEY: self.token, self.TLS_KEY: self.tls}
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> CandidateService | None:
+        """The service announced in ``config``; None when the server runs no cloud."""
+        if cls.ADDRESS_KEY not in config:
+            return None
+        tls = bool(config.get(cls.TLS_KEY, False))
+        return cls(str(config[cls.ADDRESS_KEY]), str(config[cls.TOKEN_KEY]), tls)
+
+
+def codebook_record(codebook: SemanticCodebook) -> ArrayRecord:
+    """The codebook as an ``ArrayRecord`` (``level_<l>`` centroids and ``version``)."""
+    return ArrayRecord({k: Array(v.numpy()) for k, v in codebook.to_arrays().items()})
+
+
+def codebook_from_record(record: ArrayRecord) -> SemanticCodebook:
+    """Inverse of :func:`codebook_record`; a clear error for a malformed record."""
+    return SemanticCodebook.from_arrays({k: torch.from_numpy(record[k].numpy()) for k in record})
+
+
+def statistics_record(stats: CodebookStatistics) -> ArrayRecord:
+    """Statistics as an ``ArrayRecord``: ``counts_<l>``, ``sums_<l>``, ``squares_<l>`` (float64)."""
+    arrays = {}
+    for level, (counts, sums, squares) in enumerate(
+        zip(stats.counts, stats.sums, stats.squares, strict=True)
+    ):
+        arrays[f"counts_{level}"] = Array(counts.numpy())
+        arrays[f"sums_{level}"] = Array(sums.numpy())
+        arrays[f"squares_{level}"] = Array(squares.numpy())
+    return ArrayRecord(arrays)
+
+
+def statistics_from_record(record: ArrayRecord, codebook: SemanticCodebook) -> CodebookStatistics:
+    """Parse statistics and check them against ``codebook``'s shapes (ValueError naming the array)."""
+    stats = CodebookStatistics.zeros_like(codebook)
+    for level, centroids in enumerate(codebook.centroids):
+        k, dim = centroids.shape
+        expected = {f"counts_{level}": (k,), f"sums_{level}": (k, dim), f"squares_{level}": (k,)}
+        for name, shape in expected.items():
+            if name not in record:
+                raise ValueError(f"codebook statistics lack {name!r}")
+            value = record[name].numpy()
+            if tuple(value.shape) != shape:
+                raise ValueError(
+                    f"codebook statistics {name!r} has shape {tuple(value.shape)}, expected {shape}"
+                )
+            if not np.isfinite(value).all():
+                raise ValueError(f"codebook statistics {name!r} hold NaN or infinite values")
+        counts = torch.from_numpy(record[f"counts_{level}"].numpy()).to(torch.float64)
+        if bool((counts < 0).any()):
+            raise ValueError(f"codebook statistics 'counts_{level}' hold negative counts")
+        stats.counts[level] = counts
+        stats.sums[level] = torch.from_numpy(record[f"sums_{level}"].numpy()).to(torch.float64)
+        stats.squares[level] = torch.from_numpy(record[f"squares_{level}"].numpy()).to(torch.float64)
+    return stats

@@ -1,0 +1,110 @@
+"""The one interface every optional part of the round loop implements, and the loop's state.
+
+Like Flower's strategy wrappers, an extension adds behaviour around the loop's fixed steps without the loop
+knowing what it does. Every hook has a do-nothing default, so an extension overrides only what it needs. Per
+round the loop calls, in order: :meth:`~LoopExtension.outgoing` (the global model to send), ``attach`` (train
+messages), ``after_train``, ``evaluate_config`` / ``attach`` / ``after_evaluate`` (when nodes evaluate),
+``before_server_eval`` (when the server evaluates), then :meth:`~LoopExtension.round_row` and ``round_end``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Message
+
+from lsc4rec.models.srm import SequentialRecommender
+
+__all__ = ["Best", "LoopExtension", "LoopState", "state_dict_of"]
+
+
+def state_dict_of(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """A private copy of ``arrays`` as a torch state dict."""
+    return {key: value.clone() for key, value in arrays.to_torch_state_dict().items()}
+
+
+@dataclass
+class Best:
+    """The best round so far by the server's validation metric, with what each extension kept of it."""
+
+    round: int
+    value: float
+    arrays: dict[str, torch.Tensor]
+    snapshots: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoopState:
+    """Everything the round loop carries from one round to the next (and a checkpoint restores)."""
+
+    arrays: ArrayRecord
+    best: Best
+    history: list[dict] = field(default_factory=list)
+    next_round: int = 1
+    #: The checkpoint a resumed run started from (extensions restore their own part of it).
+    restored: dict[str, Any] | None = None
+
+    @classmethod
+    def initial(cls, model: SequentialRecommender) -> LoopState:
+        """Round 1 of a fresh run: the model's weights, no best round yet."""
+        arrays = ArrayRecord(model.state_dict())
+        return cls(arrays=arrays, best=Best(0, -math.inf, state_dict_of(arrays)))
+
+
+class LoopExtension:
+    """One optional part of the round loop (cloud, SOLID, MergeNet, privacy, checkpoints).
+
+    ``name`` keys the extension's section of a round's row in ``metrics.json``, its entry in the checkpoint,
+    and its entry in the run's summary.
+    """
+
+    name: str = ""
+
+    def start(self, state: LoopState) -> None:
+        """Before the first round (of this process): restore from ``state.restored`` when resuming."""
+
+    def outgoing(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """The global model to send this round (default: unchanged)."""
+        return arrays
+
+    def attach(self, messages: Sequence[Message], phase: str) -> None:
+        """Add to this round's outgoing ``train`` or ``evaluate`` messages."""
+
+    def after_train(self, server_round: int, replies: Sequence[Message], arrays: ArrayRecord | None) -> None:
+        """The nodes' train replies and the new global model (None when aggregation failed)."""
+
+    def evaluate_config(self) -> dict[str, Any]:
+        """Config entries every evaluating node receives."""
+        return {}
+
+    def after_evaluate(self, replies: Sequence[Message]) -> None:
+        """The nodes' evaluate replies."""
+
+    def before_server_eval(self, model: SequentialRecommender, snapshot: Any = None) -> None:
+        """Prepare the global model for ranking: now (``snapshot`` None) or as it was in a kept snapshot."""
+
+    def snapshot(self) -> Any:
+        """What this extension keeps with the best round (restored by ``before_server_eval``)."""
+        return None
+
+    def round_row(self) -> dict[str, Any] | None:
+        """This round's section of the history row (None: no section)."""
+        return None
+
+    def round_end(self, server_round: int, state: LoopState, extensions: Sequence[LoopExtension]) -> None:
+        """After the round's row is in ``state.history``."""
+
+    def state_dict(self) -> Any:
+        """This extension's state for the checkpoint (None: stateless)."""
+        return None
+
+    def summary(self, history: list[dict]) -> dict[str, Any] | None:
+        """This extension's entry in the run's summary (None: no entry)."""
+        return None
+
+    def close(self) -> None:
+        """Release what the extension holds (servers, files); called once, also after a failure."""

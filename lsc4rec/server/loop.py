@@ -1,0 +1,121 @@
+"""The federated round loop: send, aggregate, evaluate, keep the best; optional parts plug in as extensions.
+
+Runs on any Flower ``Grid`` (simulation, real SuperNodes, the in-process grid of the tests). Each round
+samples nodes and sends the global SRM (:class:`~lsc4rec.strategies.SRMStrategy` decides who and how to
+aggregate), lets the nodes evaluate it on their devices, ranks every user's validation item with it on the
+server (full ranking) and keeps the best round. Everything else (cloud LLM, SOLID codebook sync, MergeNet,
+privacy accounting, checkpoints) is a :class:`~lsc4rec.server.extensions.LoopExtension`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+
+from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.server.extensions.base import Best, LoopExtension, LoopState, state_dict_of
+from lsc4rec.strategies import SRMStrategy
+from lsc4rec.strategies.privacy import CentralDP
+from lsc4rec.training import EvalSet, evaluate
+
+__all__ = ["SELECTION_METRIC", "RoundPlan", "run_rounds"]
+
+logger = logging.getLogger(__name__)
+
+#: The server's validation metric that picks the best round.
+SELECTION_METRIC = "NDCG@10"
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How many rounds, how long to wait for replies, and when who evaluates (``federated.*``, ``eval.*``)."""
+
+    rounds: int
+    round_timeout: float
+    client_evaluation: bool
+    server_eval_every: int
+    ks: tuple[int, ...]
+    full_ranking: bool
+
+    @property
+    def protocol(self) -> str:
+        """The ranking protocol the server's metrics come from."""
+        return "full" if self.full_ranking else "sampled"
+
+
+def run_rounds(
+    grid: Grid,
+    strategy: SRMStrategy | CentralDP,
+    model: SequentialRecommender,
+    valid_set: EvalSet,
+    plan: RoundPlan,
+    extensions: Sequence[LoopExtension] = (),
+) -> LoopState:
+    """Run rounds ``state.next_round..plan.rounds``; return the final state (``model``: scratch to rank)."""
+    state = LoopState.initial(model)
+    for extension in extensions:
+        extension.start(state)
+    for server_round in range(state.next_round, plan.rounds + 1):
+        round_start = time.perf_counter()
+        arrays = state.arrays
+        for extension in extensions:
+            arrays = extension.outgoing(server_round, arrays)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        for extension in extensions:
+            extension.attach(messages, "train")
+        replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout))
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        state.arrays = new_arrays if new_arrays is not None else arrays
+        for extension in extensions:
+            extension.after_train(server_round, replies, new_arrays)
+        row: dict = {"round": server_round, "train": dict(train_metrics or {})}
+        train_seconds = time.perf_counter() - round_start
+        if plan.client_evaluation:
+            config = ConfigRecord({k: v for e in extensions for k, v in e.evaluate_config().items()})
+            eval_messages = list(strategy.configure_evaluate(server_round, state.arrays, config, grid))
+            for extension in extensions:
+                extension.attach(eval_messages, "evaluate")
+            eval_replies = list(grid.send_and_receive(eval_messages, timeout=plan.round_timeout))
+            for extension in extensions:
+                extension.after_evaluate(eval_replies)
+            row["client_evaluate"] = dict(strategy.aggregate_evaluate(server_round, eval_replies) or {})
+        if server_round % plan.server_eval_every == 0 or server_round == plan.rounds:
+            model.load_state_dict(state.arrays.to_torch_state_dict())
+            for extension in extensions:
+                extension.before_server_eval(model)
+            row["server_valid"] = evaluate(model, valid_set, plan.ks, full_ranking=plan.full_ranking)[
+                plan.protocol
+            ]
+            if row["server_valid"][SELECTION_METRIC] > state.best.value:
+                snapshots = {e.name: e.snapshot() for e in extensions if e.snapshot() is not None}
+                value = row["server_valid"][SELECTION_METRIC]
+                state.best = Best(server_round, value, state_dict_of(state.arrays), snapshots)
+        row["round_seconds"] = time.perf_counter() - round_start
+        row["train_seconds"] = train_seconds
+        row["failed_nodes"] = [vars(f) for f in strategy.failures if f.round == server_round]
+        row.update({e.name: e.round_row() for e in extensions if e.round_row() is not None})
+        state.history.append(row)
+        log_round(row, plan.rounds)
+        for extension in extensions:
+            extension.round_end(server_round, state, extensions)
+    return state
+
+
+def log_round(row: dict, rounds: int) -> None:
+    """One line per round: valid updates, train loss, server validation metric, seconds."""
+    logger.info(
+        "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, %.1f s",
+        row["round"],
+        rounds,
+        int(row["train"].get("valid-replies", 0)),
+        int(row["train"].get("nodes-sampled", 0)),
+        row["train"].get("train_loss", float("nan")),
+        SELECTION_METRIC,
+        f"{row['server_valid'][SELECTION_METRIC]:.4f}" if "server_valid" in row else "-",
+        row["round_seconds"],
+    )
