@@ -28,6 +28,28 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
 
+__all__ = [
+    "ARRAYS",
+    "CODEBOOK",
+    "CODEBOOK_STATS",
+    "CODEBOOK_VERSION",
+    "CONFIG",
+    "DEVICES",
+    "EPSILON",
+    "METRICS",
+    "NUM_EXAMPLES",
+    "PRIVACY_EXHAUSTED",
+    "PROXIMAL_MU",
+    "ROW_COUNTS",
+    "SERVER_ROUND",
+    "TRAIN_LOSS",
+    "CandidateService",
+    "codebook_from_record",
+    "codebook_record",
+    "statistics_from_record",
+    "statistics_record",
+]
+
 # Records of a message's content.
 ARRAYS = "arrays"
 CONFIG = "config"

@@ -450,9 +450,7 @@ def build_model_from_config(
     return build_srm(name, num_items, **params)
 
 
-def build_eval_sets(
-    split: LeaveOneOutSplit, eval_cfg: Mapping[str, Any], max_len: int
-) -> tuple[EvalSet, EvalSet]:
+def build_eval_sets(split: LeaveOneOutSplit, eval_cfg: Any, max_len: int) -> tuple[EvalSet, EvalSet]:
     """Validation and test sets of a leave-one-out split, as ``conf/eval`` describes them.
 
     Model selection reads the full-ranking metric, so validation draws sampled negatives only when
@@ -460,7 +458,7 @@ def build_eval_sets(
     Validation covers the split's validation users (every user unless the split was restricted with
     :meth:`LeaveOneOutSplit.with_validation_users`, which ``eval.validation_users`` asks for).
     """
-    requested = eval_cfg.get("validation_users")
+    requested = getattr(eval_cfg, "validation_users", None)
     if requested is not None and split.validation_users is None:
         raise ValueError(
             f"eval.validation_users={requested} is honoured by the centralized baseline only"
@@ -469,13 +467,11 @@ def build_eval_sets(
     common = dict(
         num_items=split.num_items,
         max_len=max_len,
-        batch_size=int(eval_cfg["batch_size"]),
-        exclude_history=bool(eval_cfg["exclude_history"]),
+        batch_size=int(eval_cfg.batch_size),
+        exclude_history=bool(eval_cfg.exclude_history),
     )
-    sampled = dict(
-        sampled_negatives=int(eval_cfg["sampled_negatives"]), sampled_seed=int(eval_cfg["sampled_seed"])
-    )
-    valid_sampled = {} if bool(eval_cfg["full_ranking"]) else sampled
+    sampled = dict(sampled_negatives=int(eval_cfg.sampled_negatives), sampled_seed=int(eval_cfg.sampled_seed))
+    valid_sampled = {} if bool(eval_cfg.full_ranking) else sampled
     rows = split.validation_rows()
     histories = split.valid_histories()
     valid_set = EvalSet.build(

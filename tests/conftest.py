@@ -174,12 +174,14 @@ def pattern_overrides(data: Path, *extra: str) -> str:
 
 def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
     """A federated run on the in-process grid with ``nodes`` nodes; returns its summary."""
-    from lsc4rec.config import config_from_run_config
     from lsc4rec.server.federated import run_federated
+    from lsc4rec.settings import federated_settings_from_run_config
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
     run_config = {"overrides": pattern_overrides(data, *extra)}
-    return run_federated(InProcessGrid(nodes, run_config), config_from_run_config(run_config), out)
+    return run_federated(
+        InProcessGrid(nodes, run_config), federated_settings_from_run_config(run_config), out
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")

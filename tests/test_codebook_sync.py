@@ -12,7 +12,6 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from lsc4rec.client.codebook_sync import device_codebook
-from lsc4rec.config import config_from_run_config
 from lsc4rec.messages import (
     CODEBOOK,
     CODEBOOK_STATS,
@@ -24,6 +23,7 @@ from lsc4rec.messages import (
 )
 from lsc4rec.models.solid import SemanticCodebook
 from lsc4rec.server.federated import run_federated
+from lsc4rec.settings import federated_settings_from_run_config
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 from lsc4rec.strategies.codebook import CodebookSync
 
@@ -158,7 +158,7 @@ def test_federated_solid_syncs_a_text_built_codebook_and_learns(tmp_path: Path) 
     )
     run_config = {"overrides": overrides}
     summary = run_federated(
-        InProcessGrid(3, run_config), config_from_run_config(run_config), tmp_path / "run"
+        InProcessGrid(3, run_config), federated_settings_from_run_config(run_config), tmp_path / "run"
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     rows = [row["codebook"] for row in metrics["rounds"]]

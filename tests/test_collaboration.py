@@ -334,11 +334,9 @@ def test_items_consumed_before_the_model_window_are_still_excluded() -> None:
 
 
 def test_the_federated_cloud_refuses_a_baseline_llm_it_cannot_report(tmp_path: Path) -> None:
-    from lsc4rec.data import leave_one_out, load_dataset
-    from lsc4rec.server.cloud import start_cloud
+    from lsc4rec.settings import SettingsError, federated_settings_from_overrides
 
-    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=20, num_items=10)
-    split = leave_one_out(load_dataset("pattern", data))
-    cfg = compose_config([f"collab.baseline_llm_path={tmp_path}", "collab.enabled=true"])
-    with pytest.raises(ValueError, match=r"collab\.baseline_llm_path=.* is honoured by request_curve only"):
-        start_cloud(cfg, split, tmp_path / "run")
+    with pytest.raises(
+        SettingsError, match=r"collab\.baseline_llm_path=.*federated runs serve one cloud LLM"
+    ):
+        federated_settings_from_overrides([f"collab.baseline_llm_path={tmp_path}", "collab.enabled=true"])

@@ -19,6 +19,7 @@ from lsc4rec.config import config_from_run_config
 from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
 from lsc4rec.server.federated import run_federated
+from lsc4rec.settings import federated_settings_from_run_config
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ def test_din_trains_federated_under_the_sampled_protocol(data: Path, tmp_path: P
 def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) -> None:
     run_config = {"overrides": pattern_overrides(data, "federated.rounds=3", "federated.fraction_evaluate=0")}
     grid = InProcessGrid(2, run_config)
-    run_federated(grid, config_from_run_config(run_config), tmp_path / "run")
+    run_federated(grid, federated_settings_from_run_config(run_config), tmp_path / "run")
     for context in grid.contexts.values():
         state = context.state.metric_records["node"]
         assert state["rounds-trained"] == 3 and state["examples-trained"] > 0
@@ -198,7 +199,7 @@ def test_nodes_keep_their_adam_moments_and_decay_lr_across_rounds(data: Path, tm
         )
     }
     grid = InProcessGrid(2, run_config)
-    summary = run_federated(grid, config_from_run_config(run_config), tmp_path / "run")
+    summary = run_federated(grid, federated_settings_from_run_config(run_config), tmp_path / "run")
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert [row["train"]["lr"] for row in history] == pytest.approx([0.005, 0.0025, 0.00125])
     for context in grid.contexts.values():

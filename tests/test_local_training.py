@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lsc4rec.client.app import round_settings
 from lsc4rec.client.local_training import load_optimizer_arrays, optimizer_state_arrays, train_on_shard
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.models.srm import build_srm
+from lsc4rec.settings import SettingsError, federated_settings_from_overrides
 from lsc4rec.training import TrainSettings
 
 NUM_ITEMS = 30
@@ -82,9 +82,7 @@ def test_restoring_keeps_this_rounds_learning_rate() -> None:
 
 
 def test_round_lr_decay_is_geometric_and_checked() -> None:
-    cfg = OmegaConf.create({"federated": {"round_lr_decay": 0.5}})
-    assert round_settings(TrainSettings(lr=0.004), cfg, 3).lr == pytest.approx(0.001)
-    assert round_settings(TrainSettings(lr=0.004), cfg, 1).lr == pytest.approx(0.004)
-    cfg.federated.round_lr_decay = 1.5
-    with pytest.raises(ValueError, match=r"federated\.round_lr_decay must be in"):
-        round_settings(TrainSettings(), cfg, 2)
+    assert round_settings(TrainSettings(lr=0.004), 0.5, 3).lr == pytest.approx(0.001)
+    assert round_settings(TrainSettings(lr=0.004), 0.5, 1).lr == pytest.approx(0.004)
+    with pytest.raises(SettingsError, match=r"federated\.round_lr_decay must be in"):
+        federated_settings_from_overrides(["federated.round_lr_decay=1.5"])

@@ -298,8 +298,8 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
 
 
 def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path: Path) -> None:
-    from lsc4rec.config import config_from_run_config
     from lsc4rec.server.federated import run_federated
+    from lsc4rec.settings import federated_settings_from_run_config
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=120, num_items=30)
@@ -329,7 +329,7 @@ def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path:
     )
     run_config = {"overrides": overrides}
     summary = run_federated(
-        InProcessGrid(2, run_config), config_from_run_config(run_config), tmp_path / "run"
+        InProcessGrid(2, run_config), federated_settings_from_run_config(run_config), tmp_path / "run"
     )
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     # Rounds 1 and 3 transfer (every 2 rounds); round 1's aggregate teaches the adapter.
@@ -339,7 +339,9 @@ def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path:
     assert summary["failures"] == 0
     with pytest.raises(ValueError, match=r"needs collab\.enabled=true"):
         run_config = {"overrides": f"data.name=pattern data.path={data} mergenet.every_rounds=1"}
-        run_federated(InProcessGrid(1, run_config), config_from_run_config(run_config), tmp_path / "bad")
+        run_federated(
+            InProcessGrid(1, run_config), federated_settings_from_run_config(run_config), tmp_path / "bad"
+        )
 
 
 def test_device_users_is_a_seeded_subset_with_its_own_data() -> None:

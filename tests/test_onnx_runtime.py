@@ -98,8 +98,8 @@ def test_corrupt_and_mismatched_files_are_refused_with_the_reason(tmp_path: Path
 def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: Path) -> None:
     from conftest import write_pattern_dataset
 
-    from lsc4rec.config import config_from_run_config
     from lsc4rec.server.federated import run_federated
+    from lsc4rec.settings import federated_settings_from_run_config
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
     data = write_pattern_dataset(tmp_path / "p.txt", num_users=80, num_items=30)
@@ -108,7 +108,9 @@ def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: P
     client = {}
     for runtime in ("torch", "onnx"):
         run_config = {"overrides": f"{base} runtime={runtime}"}
-        run_federated(InProcessGrid(2, run_config), config_from_run_config(run_config), tmp_path / runtime)
+        run_federated(
+            InProcessGrid(2, run_config), federated_settings_from_run_config(run_config), tmp_path / runtime
+        )
         rows = json.loads((tmp_path / runtime / "metrics.json").read_text())["rounds"]
         client[runtime] = rows[0]["client_evaluate"]
     assert client["onnx"]["onnx-export-seconds"] > 0

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import write_pattern_dataset
 
-from lsc4rec.config import config_from_run_config
 from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.models.srm import build_srm
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
+from lsc4rec.settings import federated_settings_from_run_config
 from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
 
 
@@ -22,7 +22,7 @@ def data(tmp_path: Path) -> Path:
 
 def config(data: Path, *extra: str):
     base = f"data.name=pattern data.path={data} data.max_len=10 train.lr=0.005 train.progress=false"
-    return config_from_run_config({"overrides": " ".join([base, *extra])})
+    return federated_settings_from_run_config({"overrides": " ".join([base, *extra])})
 
 
 def test_warm_start_learns_from_the_cloud_view_only(data: Path) -> None:

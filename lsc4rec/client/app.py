@@ -18,18 +18,16 @@ from pathlib import Path
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from omegaconf import DictConfig
 
 from lsc4rec.client.codebook_sync import device_statistics, item_features_of, prepare_device_model
 from lsc4rec.client.collab.on_node import candidate_root_certificates, collaborate
 from lsc4rec.client.fault_drills import fault_drill_mod
 from lsc4rec.client.local_training import derive_seed, train_on_shard
-from lsc4rec.client.node import model_from_message, node_config, partition_of, shard_of
+from lsc4rec.client.node import model_from_message, node_settings, partition_of, shard_of
 from lsc4rec.client.onnx_runtime import OnnxRecommender
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
 from lsc4rec.client.private_training import history_from_lists, history_to_lists, train_on_shard_private
 from lsc4rec.client.shard import DeviceShard
-from lsc4rec.config import to_plain_dict
 from lsc4rec.messages import (
     ARRAYS,
     CODEBOOK_STATS,
@@ -45,7 +43,7 @@ from lsc4rec.messages import (
     statistics_record,
 )
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
-from lsc4rec.privacy import PrivacySettings
+from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import EvalSet, TrainSettings, evaluate
 
 logger = logging.getLogger(__name__)
@@ -59,11 +57,9 @@ OPTIMIZER_STATE_KEY = "optimizer"
 PRIVACY_STATE_KEY = "privacy-ledger"
 
 
-def round_settings(settings: TrainSettings, cfg: DictConfig, server_round: int) -> TrainSettings:
-    """This round's local settings: lr decayed by ``federated.round_lr_decay`` per round after the first."""
-    decay = float(cfg.federated.round_lr_decay)
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"federated.round_lr_decay must be in (0, 1], got {decay}")
+def round_settings(settings: TrainSettings, decay: float, server_round: int) -> TrainSettings:
+    """This round's local settings: lr decayed by ``decay`` (``federated.round_lr_decay``) per round after the
+    first."""
     return replace(settings, lr=settings.lr * decay ** (server_round - 1))
 
 
@@ -71,12 +67,12 @@ def train_privately(
     model: SequentialRecommender,
     shard: DeviceShard,
     settings: TrainSettings,
-    cfg: DictConfig,
+    run: FederatedRunSettings,
     context: Context,
     server_round: int,
 ) -> dict[str, float]:
     """Local DP-SGD on this node's devices; the privacy ledger lives on in ``context.state``."""
-    if bool(cfg.federated.keep_optimizer_state):
+    if run.federated.keep_optimizer_state:
         # Opacus wraps a fresh optimizer every round; carrying Adam moments across DP rounds is not wired in.
         raise ValueError("privacy.mode=local does not support federated.keep_optimizer_state=true")
     ledger = context.state.config_records.get(PRIVACY_STATE_KEY)
@@ -84,12 +80,12 @@ def train_privately(
         model,
         shard.train_sequences,
         settings,
-        PrivacySettings.from_config(cfg.privacy),
-        int(cfg.data.max_len),
-        int(cfg.federated.local_epochs),
-        planned_rounds=int(cfg.federated.rounds),
+        run.privacy,
+        run.data.max_len,
+        run.federated.local_epochs,
+        planned_rounds=run.federated.rounds,
         num_devices=shard.population or shard.num_devices,
-        seed=derive_seed(cfg.seed, server_round, shard.partition_id),
+        seed=derive_seed(run.seed, server_round, shard.partition_id),
         history=history_from_lists(dict(ledger) if ledger is not None else None),
         label=f"partition {shard.partition_id}",
     )
@@ -100,34 +96,34 @@ def train_privately(
 @app.train(mods=[central_dp_clipping_mod, fault_drill_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the global SRM on this node's devices and reply with the update and ``num-examples``."""
-    cfg = node_config(context)
+    run = node_settings(context)
     partition_id, _ = partition_of(context)
-    shard = shard_of(context, cfg)
-    model = model_from_message(msg, cfg, shard.num_items)
-    codebook = prepare_device_model(msg, context, cfg, model)
+    shard = shard_of(context, run)
+    model = model_from_message(msg, run, shard.num_items)
+    codebook = prepare_device_model(msg, context, run, model)
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
-    settings = round_settings(TrainSettings(**to_plain_dict(cfg.train)), cfg, server_round)
-    keep = bool(cfg.federated.keep_optimizer_state)
+    settings = round_settings(run.train, run.federated.round_lr_decay, server_round)
+    keep = run.federated.keep_optimizer_state
     saved = context.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
 
     def keep_state(flat: dict[str, torch.Tensor]) -> None:
         context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
 
     start = time.perf_counter()
-    if str(cfg.privacy.mode) == "local":
+    if run.privacy.mode == "local":
         if mu > 0:
             raise ValueError("privacy.mode=local does not support FedProx (strategy.proximal_mu > 0)")
-        metrics = train_privately(model, shard, settings, cfg, context, server_round)
+        metrics = train_privately(model, shard, settings, run, context, server_round)
     else:
         metrics = train_on_shard(
             model,
             shard,
             settings,
-            int(cfg.data.max_len),
-            int(cfg.federated.local_epochs),
+            run.data.max_len,
+            run.federated.local_epochs,
             mu,
-            seed=derive_seed(cfg.seed, server_round, partition_id),
+            seed=derive_seed(run.seed, server_round, partition_id),
             optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
             keep_state=keep_state if keep else None,
         )
@@ -142,11 +138,11 @@ def train(msg: Message, context: Context) -> Message:
     context.state["node"] = MetricRecord({"rounds-trained": rounds, "examples-trained": examples})
     metrics["rounds-trained"] = float(rounds)
     content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: MetricRecord(metrics)})
-    if bool(cfg.strategy.row_weighting):
+    if run.strategy.row_weighting:
         content[ROW_COUNTS] = ArrayRecord({ITEM_TABLE_KEY: Array(shard.item_counts())})
     if codebook is not None:
         # SOLID: statistics of this node's items under the codebook, on the locally updated representations.
-        stats = device_statistics(codebook, item_features_of(cfg, model), shard)
+        stats = device_statistics(codebook, item_features_of(run, model), shard)
         content[CODEBOOK_STATS] = statistics_record(stats)
         content[METRICS][CODEBOOK_VERSION] = codebook.version
     return Message(content, reply_to=msg)
@@ -162,45 +158,43 @@ def _onnx_dir(context: Context) -> Path:
 @app.evaluate()
 def evaluate_on_devices(msg: Message, context: Context) -> Message:
     """Rank each device's validation item with the global SRM (full ranking); reply with the metrics."""
-    cfg = node_config(context)
-    shard = shard_of(context, cfg)
-    model = model_from_message(msg, cfg, shard.num_items)
-    codebook = prepare_device_model(msg, context, cfg, model)
-    full_ranking = bool(cfg.eval.full_ranking)
+    run = node_settings(context)
+    shard = shard_of(context, run)
+    model = model_from_message(msg, run, shard.num_items)
+    codebook = prepare_device_model(msg, context, run, model)
+    full_ranking = run.eval.full_ranking
     eval_set = EvalSet.build(
         "client-valid",
         shard.valid_histories,
         shard.valid_targets,
         shard.num_items,
-        int(cfg.data.max_len),
-        int(cfg.eval.batch_size),
-        exclude_history=bool(cfg.eval.exclude_history),
+        run.data.max_len,
+        run.eval.batch_size,
+        exclude_history=run.eval.exclude_history,
         # Without full ranking (DIN), the node ranks against seeded negatives of its own devices.
-        sampled_negatives=0 if full_ranking else int(cfg.eval.sampled_negatives),
-        sampled_seed=int(cfg.eval.sampled_seed) + shard.partition_id,
+        sampled_negatives=0 if full_ranking else run.eval.sampled_negatives,
+        sampled_seed=run.eval.sampled_seed + shard.partition_id,
     )
     scorer: torch.nn.Module = model
     export_seconds = 0.0
-    if str(cfg.runtime) == "onnx":
+    if run.runtime == "onnx":
         # The device ranks with ONNX Runtime: re-export this round's global model, then score through it.
         start = time.perf_counter()
         kinds = ("all",) if full_ranking else ("candidates",)
         scorer = OnnxRecommender.export(
-            model, _onnx_dir(context), int(cfg.data.max_len), kinds=kinds, providers=tuple(cfg.onnx_providers)
+            model, _onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
         )
         export_seconds = time.perf_counter() - start
-    elif str(cfg.runtime) != "torch":
-        raise ValueError(f"runtime must be 'torch' or 'onnx', got {cfg.runtime!r}")
     with torch.no_grad():
-        result = evaluate(scorer, eval_set, tuple(int(k) for k in cfg.eval.ks), full_ranking=full_ranking)
+        result = evaluate(scorer, eval_set, run.eval.ks, full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"
     metrics = {f"client-{key}": value for key, value in result[protocol].items()}
-    if str(cfg.runtime) == "onnx":
+    if run.runtime == "onnx":
         metrics["onnx-export-seconds"] = export_seconds
     service = CandidateService.from_config(msg.content[CONFIG])
-    if bool(cfg.collab.enabled) and service is not None:
-        trust = candidate_root_certificates(context, cfg) if service.tls else None
-        metrics.update(collaborate(model, shard, cfg, service, trust))
+    if run.collab.enabled and service is not None:
+        trust = candidate_root_certificates(context, run) if service.tls else None
+        metrics.update(collaborate(model, shard, run, service, trust))
     metrics[NUM_EXAMPLES] = float(shard.num_devices)
     if codebook is not None:
         metrics[CODEBOOK_VERSION] = codebook.version

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 from flwr.app import Context, Message
-from omegaconf import DictConfig
 
 from lsc4rec.client.shard import DeviceShard, cached_raw, cached_split
 from lsc4rec.messages import CODEBOOK, CODEBOOK_VERSION, CONFIG, codebook_from_record
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.codebook import CodebookStatistics
 from lsc4rec.models.solid.pipeline import item_representations, semantic_ids
+from lsc4rec.settings import FederatedRunSettings
 
 __all__ = [
     "device_codebook",
@@ -51,11 +51,11 @@ def device_codebook(msg: Message, context: Context) -> SemanticCodebook | None:
     return codebook
 
 
-def item_features_of(cfg: DictConfig, model: SolidRecommender) -> torch.Tensor:
+def item_features_of(run: FederatedRunSettings, model: SolidRecommender) -> torch.Tensor:
     """The item representations the codebook quantises, from public sources and the model's item table."""
-    raw = cached_raw(str(cfg.data.name), cfg.data.path, str(cfg.data.format))
-    split = cached_split(str(cfg.data.name), cfg.data.path, str(cfg.data.format))
-    features, _ = item_representations(cfg.solid, raw, split, model.item_embedding.weight.detach().cpu())
+    raw = cached_raw(run.data.name, run.data.path, run.data.format)
+    split = cached_split(run.data.name, run.data.path, run.data.format)
+    features, _ = item_representations(run.solid, raw, split, model.item_embedding.weight.detach().cpu())
     return features
 
 
@@ -74,11 +74,11 @@ def device_statistics(
 
 
 def prepare_device_model(
-    msg: Message, context: Context, cfg: DictConfig, model: object
+    msg: Message, context: Context, run: FederatedRunSettings, model: object
 ) -> SemanticCodebook | None:
     """Bring the node's codebook up to date and label the items of a SOLID ``model``; None for other SRMs."""
     codebook = device_codebook(msg, context)
     if codebook is None or not isinstance(model, SolidRecommender):
         return None
-    install_semantic_ids(model, codebook, item_features_of(cfg, model))
+    install_semantic_ids(model, codebook, item_features_of(run, model))
     return codebook

@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from lsc4rec.client.node import node_config, partition_of
+from lsc4rec.client.node import node_settings, partition_of
 from lsc4rec.messages import ARRAYS
 
 __all__ = ["fault_drill_mod", "malformed"]
@@ -35,10 +35,10 @@ def malformed(arrays: ArrayRecord) -> ArrayRecord:
 
 def fault_drill_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Delay, crash or corrupt this node's reply when ``federated.faults`` lists its partition."""
-    faults = node_config(context).federated.faults
+    faults = node_settings(context).federated.faults
     partition_id, _ = partition_of(context)
     if _listed(faults.delay, partition_id):
-        time.sleep(float(faults.delay_seconds))
+        time.sleep(faults.delay_seconds)
     if _listed(faults.crash, partition_id):
         raise RuntimeError(f"partition {partition_id}: injected crash (federated.faults.crash)")
     reply = call_next(msg, context)

@@ -10,7 +10,7 @@ import torch
 
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.data import TrainBatches
-from lsc4rec.messages import NUM_EXAMPLES
+from lsc4rec.messages import NUM_EXAMPLES, TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.training import TrainSettings, model_device, train_one_epoch
 
@@ -119,6 +119,6 @@ def train_on_shard(
     model.to(home)
     return {
         NUM_EXAMPLES: float(batches.num_targets),
-        "train_loss": float(losses[-1]),
+        TRAIN_LOSS: float(losses[-1]),
         "devices": float(shard.num_devices),
     }

@@ -36,7 +36,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsc4rec.data import TrainBatches
-from lsc4rec.messages import DEVICES, EPSILON, NUM_EXAMPLES, PRIVACY_EXHAUSTED
+from lsc4rec.messages import DEVICES, EPSILON, NUM_EXAMPLES, PRIVACY_EXHAUSTED, TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss
 from lsc4rec.models.srm.ttt4rec import TTT4Rec
@@ -341,7 +341,7 @@ def train_on_shard_private(
         EPSILON: epsilon,
         PRIVACY_EXHAUSTED: 0.0,
         NUM_EXAMPLES: float(batches.num_targets),
-        "train_loss": sum(losses) / max(len(losses), 1),
+        TRAIN_LOSS: sum(losses) / max(len(losses), 1),
         "clipped-fraction": clipped / max(seen, 1),
         "grad-sample-mode": 0.0 if mode == "hooks" else 1.0,
     }

@@ -15,8 +15,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from lsc4rec.config import config_from_run_config
 from lsc4rec.server.federated import run_and_report
+from lsc4rec.settings import federated_settings_from_run_config
 
 app = ServerApp()
 
@@ -33,5 +33,5 @@ def main(grid: Grid, context: Context) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lsc4rec").setLevel(logging.INFO)
-    cfg = config_from_run_config(context.run_config)
-    run_and_report(grid, cfg, output_root(context, str(cfg.output_dir)) / str(cfg.run_name))
+    run = federated_settings_from_run_config(context.run_config)
+    run_and_report(grid, run, output_root(context, run.output_dir) / run.run_name)

@@ -499,7 +499,7 @@ def serve(
     if token is not None and tls is None and host not in ("127.0.0.1", "localhost", "[::1]"):
         logger.warning("candidate service on %s has a token but no TLS: the token travels in clear", address)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="candidate-service"),
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="candidate-rpc"),
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", servicer.max_request_bytes),

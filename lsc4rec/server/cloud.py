@@ -13,8 +13,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.staleness import cloud_view
@@ -23,6 +21,7 @@ from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
 from lsc4rec.models.solid.pipeline import llm_semantic_ids
 from lsc4rec.server.candidate_service import RunningService, TLSConfig, serve
+from lsc4rec.settings import CollabSettings, FederatedRunSettings
 from lsc4rec.torch_device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -46,62 +45,56 @@ class Cloud:
         self.service.stop(grace=1.0)
 
 
-def _semantic_tokens(cfg: DictConfig, split: LeaveOneOutSplit) -> dict:
+def _semantic_tokens(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict:
     """SOLID semantic ids for the LLM's item tokens when ``llm.item_tokens=semantic`` (else nothing)."""
-    if str(cfg.llm.get("item_tokens", "item")) != "semantic":
+    if str(run.llm.get("item_tokens", "item")) != "semantic":
         return {}
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
-    ids, sizes = llm_semantic_ids(cfg.solid, raw, split, seed=int(cfg.seed))
+    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+    ids, sizes = llm_semantic_ids(run.solid, raw, split, seed=run.seed)
     return {"semantic_ids": ids, "semantic_sizes": sizes}
 
 
-def start_cloud(cfg: DictConfig, split: LeaveOneOutSplit, out: Path) -> Cloud:
+def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -> Cloud:
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
-    if cfg.collab.get("baseline_llm_path"):
-        raise ValueError(
-            f"collab.baseline_llm_path={cfg.collab.baseline_llm_path} is honoured by request_curve only "
-            "(federated runs serve one cloud LLM: llm.path)"
-        )
-    view = cloud_view(split, int(cfg.collab.cloud_lag))
+    llm_cfg = run.llm
+    view = cloud_view(split, run.collab.cloud_lag)
     saved = out / "llm"
-    resuming = bool(cfg.federated.resume) and saved.is_dir() and not cfg.llm.path
+    resuming = run.federated.resume and saved.is_dir() and not llm_cfg.path
     # A resumed run serves the LLM it trained before the interruption instead of training another one.
     llm = (
         CloudLLM.from_pretrained(saved)
         if resuming
         else build_llm(
-            cfg.llm,
+            llm_cfg,
             split.num_items,
-            seed=int(cfg.seed),
+            seed=run.seed,
             item_text=split.item_text,
-            text_cfg=cfg.text,
-            **_semantic_tokens(cfg, split),
+            text_cfg=run.text,
+            **_semantic_tokens(run, split),
         )
     )
     report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming, "item_init": llm.item_init}
-    if not cfg.llm.path and not resuming:
-        settings = LLMTrainSettings(**to_plain_dict(cfg.llm.train))
-        result = fit_llm(
-            llm, view.train, view.valid_histories, view.valid_targets, settings, seed=int(cfg.seed)
-        )
+    if not llm_cfg.path and not resuming:
+        settings = LLMTrainSettings(**to_plain_dict(llm_cfg.train))
+        result = fit_llm(llm, view.train, view.valid_histories, view.valid_targets, settings, seed=run.seed)
         llm.save_pretrained(saved)
         report.update(best_epoch=result.best_epoch, train_seconds=round(result.train_seconds, 1))
         report["cloud_valid"] = result.best_valid
     # The cloud serves where it trains (a GPU when the server has one).
-    llm.to(resolve_device(str(cfg.llm.train.device), "llm.train.device"))
+    llm.to(resolve_device(str(llm_cfg.train.device), "llm.train.device"))
     llm.eval()
     report["device"] = str(llm.device)
     token = secrets.token_urlsafe(24)
     service = serve(
         llm,
-        str(cfg.collab.service_address),
+        run.collab.service_address,
         token=token,
-        tls=service_tls(cfg.collab),
-        max_n=max(int(cfg.collab.candidates), 100),
-        model_version=f"{cfg.llm.name}-{cfg.data.name}",
+        tls=service_tls(run.collab),
+        max_n=max(run.collab.candidates, 100),
+        model_version=f"{llm_cfg.name}-{run.data.name}",
         user_histories=view.stale_valid_prompts,
     )
-    public = public_address(cfg.collab.get("service_public_address"), service.target)
+    public = public_address(run.collab.service_public_address, service.target)
     report["service"] = {"bound": service.target, "public": public, "tls": service.tls}
     logger.info(
         "cloud LLM serving candidates on %s (devices call %s, TLS %s)", service.target, public, service.tls
@@ -119,9 +112,9 @@ def public_address(configured: str | None, bound: str) -> str:
     return f"{configured}:{bound.rsplit(':', 1)[-1]}"
 
 
-def service_tls(collab: DictConfig) -> TLSConfig | None:
+def service_tls(collab: CollabSettings) -> TLSConfig | None:
     """The candidate service's TLS files, ``collab.service_certificate`` + ``service_key`` (both or none)."""
-    certificate, key = collab.get("service_certificate"), collab.get("service_key")
+    certificate, key = collab.service_certificate, collab.service_key
     if not certificate and not key:
         return None
     if not certificate or not key:

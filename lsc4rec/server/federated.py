@@ -18,9 +18,7 @@ from typing import Any
 
 import torch
 from flwr.serverapp import Grid
-from omegaconf import DictConfig
 
-from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.partition import federation_size
 from lsc4rec.models.solid import SolidRecommender
@@ -39,8 +37,9 @@ from lsc4rec.server.extensions import (
 )
 from lsc4rec.server.extensions.base import state_dict_of
 from lsc4rec.server.loop import RoundPlan, run_rounds
-from lsc4rec.server.strategy_config import strategy_from_config
+from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
+from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP
 from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate
@@ -48,70 +47,63 @@ from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
 
 
-def round_plan(cfg: DictConfig) -> RoundPlan:
+def round_plan(run: FederatedRunSettings) -> RoundPlan:
     """The loop's schedule from ``federated.*`` and ``eval.*``."""
     return RoundPlan(
-        rounds=int(cfg.federated.rounds),
-        round_timeout=float(cfg.federated.round_timeout),
-        client_evaluation=float(cfg.federated.fraction_evaluate) > 0,
-        server_eval_every=int(cfg.federated.server_eval_every),
-        ks=tuple(int(k) for k in cfg.eval.ks),
-        full_ranking=bool(cfg.eval.full_ranking),
+        rounds=run.federated.rounds,
+        round_timeout=run.federated.round_timeout,
+        client_evaluation=run.federated.fraction_evaluate > 0,
+        server_eval_every=run.federated.server_eval_every,
+        ks=run.eval.ks,
+        full_ranking=run.eval.full_ranking,
     )
 
 
-def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
-    """Run (or resume) the federated training of ``cfg``, write outputs to ``out``, return a summary."""
+def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:
+    """Run (or resume) the federated training of ``run``; write outputs to ``out``; return a summary."""
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(int(cfg.seed))
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
+    torch.manual_seed(run.seed)
+    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     split = leave_one_out(raw)
-    model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
-    resume = bool(cfg.federated.resume)
-    if cfg.federated.initial_weights and not resume:
-        load_initial_weights(model, Path(str(cfg.federated.initial_weights)))
-    warm_start = (
-        warm_start_on_cloud(model, cfg, split)
-        if int(cfg.federated.warm_start_epochs) > 0 and not resume
-        else None
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
+    resume = run.federated.resume
+    if run.federated.initial_weights and not resume:
+        load_initial_weights(model, Path(run.federated.initial_weights))
+    warm = (
+        warm_start_on_cloud(model, run, split) if run.federated.warm_start_epochs > 0 and not resume else None
     )
-    strategy = strategy_from_config(cfg, population=_federation_size(cfg, split))
+    strategy = build_strategy(run, population=_federation_size(run, split))
     strategy.summary()
-    extensions: list[LoopExtension] = [
-        Checkpoints(
-            out / "checkpoint.pt",
-            strategy,
-            model.state_dict(),
-            save=bool(cfg.federated.checkpoint),
-            resume=resume,
-        )
-    ]
+    checkpoints = Checkpoints(
+        out / "checkpoint.pt", strategy, model.state_dict(), save=run.federated.checkpoint, resume=resume
+    )
+    extensions: list[LoopExtension] = [checkpoints]
     if isinstance(model, SolidRecommender):
-        extensions.append(SolidOnServer.from_initial_model(cfg.solid, raw, split, model, seed=int(cfg.seed)))
-    if int(cfg.mergenet.every_rounds) > 0 and not bool(cfg.collab.enabled):
+        extensions.append(SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed))
+    if run.mergenet.every_rounds > 0 and not run.collab.enabled:
         raise ValueError(
             "mergenet.every_rounds > 0 transfers from the cloud LLM: it needs collab.enabled=true"
         )
     try:
-        if bool(cfg.collab.enabled):
-            cloud = start_cloud(cfg, split, out)
+        if run.collab.enabled:
+            cloud = start_cloud(run, split, out)
             extensions.append(CloudCandidates(cloud))
-            if int(cfg.mergenet.every_rounds) > 0:
+            if run.mergenet.every_rounds > 0:
                 # The adapter works on its own copy of the global model; the evaluation model stays untouched.
                 extensions.insert(
-                    1, MergeNetOnServer(cfg.mergenet, copy.deepcopy(model), cloud.llm, int(cfg.seed))
+                    1, MergeNetOnServer(run.mergenet, copy.deepcopy(model), cloud.llm, run.seed)
                 )
-        extensions.append(ProgressFile(out / "metrics.json", to_plain_dict(cfg)))
-        if str(cfg.privacy.mode) != "none":
-            extensions.append(PrivacyAccounting(str(cfg.privacy.mode), float(cfg.privacy.clipping_norm)))
-        valid_set, test_set = build_eval_sets(split, cfg.eval, int(cfg.data.max_len))
-        state = run_rounds(grid, strategy, model, valid_set, round_plan(cfg), extensions)
-        summary = final_report(cfg, out, split, model, test_set, strategy, state, extensions, wall_start)
-        if warm_start is not None:
-            summary["warm_start"] = warm_start
+        extensions.append(ProgressFile(out / "metrics.json", run.record))
+        if run.privacy.mode != "none":
+            extensions.append(PrivacyAccounting(run.privacy.mode, run.privacy.clipping_norm))
+        valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
+        state = run_rounds(grid, strategy, model, valid_set, round_plan(run), extensions)
+        summary = final_report(run, out, split, model, test_set, strategy, state, extensions, wall_start)
+        if warm is not None:
+            summary["warm_start"] = warm
             payload = json.loads((out / "metrics.json").read_text())
-            payload["final"]["warm_start"] = warm_start
+            payload["final"]["warm_start"] = warm
             write_json(out / "metrics.json", payload)
         return summary
     finally:
@@ -119,13 +111,12 @@ def run_federated(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
             extension.close()
 
 
-def _federation_size(cfg: DictConfig, split: LeaveOneOutSplit) -> int:
-    nodes, cap = int(cfg.federated.num_supernodes), int(cfg.federated.users_per_node)
-    return federation_size(len(split.train), nodes, cap)
+def _federation_size(run: FederatedRunSettings, split: LeaveOneOutSplit) -> int:
+    return federation_size(len(split.train), run.federated.num_supernodes, run.federated.users_per_node)
 
 
 def final_report(
-    cfg: DictConfig,
+    run: FederatedRunSettings,
     out: Path,
     split: LeaveOneOutSplit,
     model: SequentialRecommender,
@@ -136,7 +127,7 @@ def final_report(
     wall_start: float,
 ) -> dict[str, Any]:
     """Test the last and the best round, save both models, write ``metrics.json`` and ``rounds.png``."""
-    ks, full_ranking = tuple(int(k) for k in cfg.eval.ks), bool(cfg.eval.full_ranking)
+    ks, full_ranking = run.eval.ks, run.eval.full_ranking
     final_state = state_dict_of(state.arrays)
     model.load_state_dict(final_state)
     for extension in extensions:
@@ -153,10 +144,10 @@ def final_report(
     history = state.history
     summary: dict[str, Any] = {
         "experiment": "federated",
-        "dataset": str(cfg.data.name),
-        "model": str(cfg.model.name),
-        "strategy": str(cfg.strategy.name),
-        "rounds": int(cfg.federated.rounds),
+        "dataset": run.data.name,
+        "model": str(run.model.name),
+        "strategy": run.strategy.name,
+        "rounds": run.federated.rounds,
         "best_round": state.best.round,
         "test": test_best,
         "test_last_round": test_last,
@@ -168,7 +159,7 @@ def final_report(
     summary.update({e.name: e.summary(history) for e in extensions if e.summary(history) is not None})
     payload = {
         "status": "completed",
-        "config": to_plain_dict(cfg),
+        "config": run.record,
         "dataset_report": split.report,
         "rounds": history,
         "failed_nodes": [vars(f) for f in strategy.failures],
@@ -178,14 +169,14 @@ def final_report(
         "output_dir": str(out),
     }
     write_json(out / "metrics.json", payload)
-    plot_rounds(history, out / "rounds.png", title=f"federated {cfg.model.name} on {cfg.data.name}")
+    plot_rounds(history, out / "rounds.png", title=f"federated {run.model.name} on {run.data.name}")
     summary["output_dir"] = str(out)
     summary["wall_seconds"] = payload["wall_seconds"]
     return summary
 
 
-def run_and_report(grid: Grid, cfg: DictConfig, out: Path) -> dict[str, Any]:
+def run_and_report(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:
     """:func:`run_federated`, then print the ``RESULT`` line."""
-    summary = run_federated(grid, cfg, out)
+    summary = run_federated(grid, run, out)
     emit_result(summary)
     return summary

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
+from lsc4rec.messages import TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.extensions.base import Best, LoopExtension, LoopState, state_dict_of
 from lsc4rec.strategies import SRMStrategy
@@ -114,7 +115,7 @@ def log_round(row: dict, rounds: int) -> None:
         rounds,
         int(row["train"].get("valid-replies", 0)),
         int(row["train"].get("nodes-sampled", 0)),
-        row["train"].get("train_loss", float("nan")),
+        row["train"].get(TRAIN_LOSS, float("nan")),
         SELECTION_METRIC,
         f"{row['server_valid'][SELECTION_METRIC]:.4f}" if "server_valid" in row else "-",
         row["round_seconds"],

@@ -15,50 +15,49 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.checkpoint import check_weights
-from lsc4rec.training import EvalSet, TrainSettings, fit
+from lsc4rec.settings import FederatedRunSettings
+from lsc4rec.training import EvalSet, fit
 
 logger = logging.getLogger(__name__)
 
 
 def warm_start_on_cloud(
-    model: SequentialRecommender, cfg: DictConfig, split: LeaveOneOutSplit
+    model: SequentialRecommender, run: FederatedRunSettings, split: LeaveOneOutSplit
 ) -> dict[str, Any]:
     """Train ``model`` in place for up to ``federated.warm_start_epochs`` on the cloud's stale sequences.
 
     Returns what happened: epochs run, best epoch, the cloud-validation NDCG@10 and seconds.
     """
-    epochs = int(cfg.federated.warm_start_epochs)
-    view = cloud_view(split, int(cfg.collab.cloud_lag))
+    epochs = run.federated.warm_start_epochs
+    view = cloud_view(split, run.collab.cloud_lag)
     if not view.valid_targets:
         raise ValueError(
             f"federated.warm_start_epochs={epochs}: the cloud's stale view (collab.cloud_lag="
-            f"{cfg.collab.cloud_lag}) leaves no user with a validation item"
+            f"{run.collab.cloud_lag}) leaves no user with a validation item"
         )
-    max_len = int(cfg.data.max_len)
-    settings = replace(TrainSettings(**to_plain_dict(cfg.train)), epochs=epochs, progress=False)
-    batches = TrainBatches(view.train, max_len, settings.batch_size, seed=int(cfg.seed))
+    max_len = run.data.max_len
+    settings = replace(run.train, epochs=epochs, progress=False)
+    batches = TrainBatches(view.train, max_len, settings.batch_size, seed=run.seed)
     valid = EvalSet.build(
         "cloud-valid",
         view.valid_histories,
         view.valid_targets,
         split.num_items,
         max_len,
-        int(cfg.eval.batch_size),
-        exclude_history=bool(cfg.eval.exclude_history),
+        run.eval.batch_size,
+        exclude_history=run.eval.exclude_history,
     )
-    result = fit(model, batches, valid, settings, seed=int(cfg.seed))
+    result = fit(model, batches, valid, settings, seed=run.seed)
     report = {
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "cloud_valid_NDCG@10": result.best_valid["full"]["NDCG@10"],
-        "cloud_lag": int(cfg.collab.cloud_lag),
+        "cloud_lag": run.collab.cloud_lag,
         "seconds": round(result.train_seconds, 1),
     }
     logger.info("warm start on the cloud's stale data: %s", report)

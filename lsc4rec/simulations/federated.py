@@ -22,9 +22,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lsc4rec.config import config_dir
+from lsc4rec.config import compose_config, config_dir
 from lsc4rec.reporting import emit_result
 from lsc4rec.server.federated import run_federated
+from lsc4rec.settings import FederatedRunSettings, federated_settings, group_selections
 from lsc4rec.simulations.launch.flower import flwr_run
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
@@ -33,22 +34,20 @@ logger = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parents[2]
 
 
-def launch(cfg: DictConfig, overrides: list[str], out: Path) -> dict:
+def launch(run: FederatedRunSettings, overrides: list[str], out: Path) -> dict:
     """Run the federated job in the configured runtime; return the final summary or raise on failure."""
     # The nodes compose the same config from these overrides (one source of truth: conf/).
-    pinned = [o for o in overrides if not o.startswith("run_name=")] + [f"run_name={cfg.run_name}"]
-    if str(cfg.federated.runtime) == "inprocess":
-        grid = InProcessGrid(int(cfg.federated.num_supernodes), {"overrides": " ".join(pinned)})
-        return run_federated(grid, cfg, out)
-    if str(cfg.federated.runtime) != "flower":
-        raise ValueError(f"federated.runtime={cfg.federated.runtime!r}; use 'flower' or 'inprocess'")
+    pinned = [o for o in overrides if not o.startswith("run_name=")] + [f"run_name={run.run_name}"]
+    if run.federated.runtime == "inprocess":
+        grid = InProcessGrid(run.federated.num_supernodes, {"overrides": " ".join(pinned)})
+        return run_federated(grid, run, out)
     if not (APP_DIR / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{APP_DIR}/pyproject.toml not found: run from a source checkout of lsc4rec")
     run = flwr_run(
         APP_DIR,
         {"overrides": " ".join(pinned), "output-dir": str(out.parent)},
-        int(cfg.federated.num_supernodes),
-        timeout=float(cfg.federated.launch_timeout),
+        run.federated.num_supernodes,
+        timeout=run.federated.launch_timeout,
     )
     metrics_path = out / "metrics.json"
     if not run.ok:
@@ -63,7 +62,10 @@ def launch(cfg: DictConfig, overrides: list[str], out: Path) -> dict:
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra)."""
     out = Path(HydraConfig.get().runtime.output_dir)
-    summary = launch(cfg, list(HydraConfig.get().overrides.task), out)
+    overrides = list(HydraConfig.get().overrides.task)
+    # Typed once, here; keys this run cannot honour are refused before anything starts.
+    run = federated_settings(cfg, compose_config(group_selections(overrides), config_name="federated_run"))
+    summary = launch(run, overrides, out)
     emit_result(summary)
 
 

@@ -29,13 +29,14 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.federated import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
+from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.federated import launch
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 from lsc4rec.simulations.launch.runs import begin_run
@@ -74,13 +75,11 @@ def settings_of(cfg: DictConfig) -> list[dict[str, Any]]:
 def run_setting(cfg: DictConfig, base_overrides: list[str], setting: dict[str, Any], out: Path) -> dict:
     """One federated run of the sweep; returns its summary (test metrics, privacy spent)."""
     overrides = [*base_overrides, *setting["overrides"], f"run_name={out.name}", f"output_dir={out.parent}"]
-    run_cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in setting["overrides"]]))
-    run_cfg.run_name = out.name
-    run_cfg.output_dir = str(out.parent)
+    run = federated_settings_from_overrides(overrides)
     if str(cfg.sweep.runtime) == "inprocess":
-        grid = InProcessGrid(int(cfg.federated.num_supernodes), {"overrides": " ".join(overrides)})
-        return run_federated(grid, run_cfg, out)
-    return launch(run_cfg, overrides, out)
+        grid = InProcessGrid(run.federated.num_supernodes, {"overrides": " ".join(overrides)})
+        return run_federated(grid, run, out)
+    return launch(run, overrides, out)
 
 
 def initial_test_metrics(cfg: DictConfig, split: LeaveOneOutSplit) -> dict[str, float]:
@@ -141,7 +140,7 @@ def main(cfg: DictConfig) -> None:
     if int(cfg.federated.warm_start_epochs) > 0:
         # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.
         model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
-        warm_start = warm_start_on_cloud(model, cfg, split)
+        warm_start = warm_start_on_cloud(model, federated_settings_from_overrides(base_overrides), split)
         torch.save(model.state_dict(), out / "warm_start.pt")
         base_overrides = [
             *[o for o in base_overrides if not o.startswith("federated.warm_start_epochs=")],

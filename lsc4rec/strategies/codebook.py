@@ -127,7 +127,7 @@ class CodebookSync:
 
     def update(self, server_round: int, stats: CodebookStatistics | None) -> dict[str, Any]:
         """Move to the next version when this round syncs and statistics arrived; report what happened."""
-        report: dict[str, Any] = {"codebook-version": self.version, "codebook-updated": 0}
+        report: dict[str, Any] = {CODEBOOK_VERSION: self.version, "codebook-updated": 0}
         if stats is None or self.sync_every == 0 or server_round % self.sync_every != 0:
             return report
         self.codebook, changes = self.codebook.updated(
@@ -136,7 +136,7 @@ class CodebookSync:
         self._record = codebook_record(self.codebook)
         report.update(
             {
-                "codebook-version": self.version,
+                CODEBOOK_VERSION: self.version,
                 "codebook-updated": 1,
                 "codebook-dead-codes": int(sum(changes["dead"])),
                 "codebook-reseeded": int(sum(changes["reseeded"])),

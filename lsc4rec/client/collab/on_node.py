@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from flwr.app import Context
-from omegaconf import DictConfig
 
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient
 from lsc4rec.client.collab.request_model import LearnedRequestModel
@@ -15,44 +14,41 @@ from lsc4rec.client.local_training import derive_seed
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.messages import CandidateService
 from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.settings import FederatedRunSettings
 
-__all__ = ["candidate_root_certificates", "collaborate", "settings_from_config"]
+__all__ = ["candidate_root_certificates", "collaborate", "collaboration_settings"]
 
 
-def settings_from_config(cfg: DictConfig) -> CollaborationSettings:
+def collaboration_settings(run: FederatedRunSettings) -> CollaborationSettings:
     """The devices' fusion and request settings (``collab.*`` and ``request.*``).
 
-    ``collab.alpha`` must be a number here: ``auto`` is chosen on validation by the request-curve experiment,
-    which a device cannot do; the federated entry point refuses it before any round starts.
+    ``collab.alpha`` is a number here: :func:`lsc4rec.settings.federated_settings` refuses ``auto`` (chosen on
+    validation by the request-curve experiment, which a device cannot do) before any round starts.
     """
-    try:
-        alpha = float(cfg.collab.alpha)
-    except ValueError:
-        raise ValueError(
-            f"collab.alpha={cfg.collab.alpha!r}: devices in a federated run need a number "
-            "(auto is chosen on validation by lsc4rec.simulations.request_curve)"
-        ) from None
+    collab, request = run.collab, run.request
+    if isinstance(collab.alpha, str):
+        raise ValueError(f"collab.alpha={collab.alpha!r}: devices in a federated run need a number")
     return CollaborationSettings(
-        candidates=int(cfg.collab.candidates),
-        alpha=alpha,
-        normalization=str(cfg.collab.normalization),
-        score=str(cfg.request.score),
-        k=int(cfg.request.k),
-        mode=str(cfg.request.mode),
-        ratio=float(cfg.request.target_ratio),
-        exclude_history=bool(cfg.eval.exclude_history),
-        candidate_pool=str(cfg.collab.candidate_pool),
-        device_candidates=int(cfg.collab.device_candidates),
-        request_model=LearnedRequestModel.load(Path(cfg.request.model_path))
-        if str(cfg.request.score) == "learned" and cfg.request.get("model_path")
+        candidates=collab.candidates,
+        alpha=collab.alpha,
+        normalization=collab.normalization,
+        score=request.score,
+        k=request.k,
+        mode=request.mode,
+        ratio=request.target_ratio,
+        exclude_history=run.eval.exclude_history,
+        candidate_pool=collab.candidate_pool,
+        device_candidates=collab.device_candidates,
+        request_model=LearnedRequestModel.load(Path(request.model_path))
+        if request.score == "learned" and request.model_path
         else None,
     )
 
 
-def candidate_root_certificates(context: Context, cfg: DictConfig) -> Path:
+def candidate_root_certificates(context: Context, run: FederatedRunSettings) -> Path:
     """The CA file a device trusts for the candidate service: node config ``candidate-ca``, else
     ``collab.service_root_certificates``; a clear error when neither names a readable file."""
-    path = context.node_config.get("candidate-ca") or cfg.collab.get("service_root_certificates")
+    path = context.node_config.get("candidate-ca") or run.collab.service_root_certificates
     if not path:
         raise ValueError(
             "the candidate service uses TLS: set collab.service_root_certificates or the SuperNode's node "
@@ -66,7 +62,7 @@ def candidate_root_certificates(context: Context, cfg: DictConfig) -> Path:
 def collaborate(
     model: SequentialRecommender,
     shard: DeviceShard,
-    cfg: DictConfig,
+    run: FederatedRunSettings,
     service: CandidateService,
     root_certificates: Path | None = None,
 ) -> dict[str, float]:
@@ -75,12 +71,12 @@ def collaborate(
     Returns the client-side collaborative metrics, plus per-device request rate and bytes (rates, so that the
     strategy's device-weighted mean is the global rate).
     """
-    settings = settings_from_config(cfg)
+    settings = collaboration_settings(run)
     client = CandidateServiceClient(
         service.target,
         token=service.token,
         root_certificates=root_certificates,
-        timeout=float(cfg.collab.service_timeout),
+        timeout=run.collab.service_timeout,
     )
     with client as cloud:
         stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
@@ -92,9 +88,9 @@ def collaborate(
             stale,
             cloud,
             settings,
-            int(cfg.data.max_len),
-            torch.Generator().manual_seed(derive_seed(cfg.seed, "requests", shard.partition_id)),
-            tuple(int(k) for k in cfg.eval.ks),
+            run.data.max_len,
+            torch.Generator().manual_seed(derive_seed(run.seed, "requests", shard.partition_id)),
+            run.eval.ks,
         )
     devices = max(shard.num_devices, 1)
     out = {f"client-{k}": v for k, v in result.items() if k.startswith("collab")}

@@ -206,6 +206,7 @@ def _fresh_llm(
         seed=seed,
         item_token_text=token_text,
         prompt=prompt,
+        bos_token_id=llm_cfg.get("bos_token_id"),
     )
 
 

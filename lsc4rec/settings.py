@@ -1,0 +1,412 @@
+"""Typed settings: the composed Hydra config turned into dataclasses once, at an entry point.
+
+``conf/`` describes every key (one YAML per group, a comment per key); this module gives the groups a type.
+:func:`typed_section` builds a settings dataclass from a config section and refuses, naming the dotted key, a
+key the dataclass does not know, a key it needs but the section lacks, and a value of the wrong type. Entry
+points build their settings once (:func:`federated_settings` for the ServerApp and the ClientApp); code below
+them takes the settings it needs instead of the whole config.
+
+Groups whose keys depend on the chosen variant (``model``, ``llm``, ``solid``, ``mergenet``, ``text``) stay
+config sections here; their builders (:func:`lsc4rec.training.build_model_from_config`,
+:func:`lsc4rec.models.llm.pretrained.build_llm`, ...) check them.
+
+An entry point also refuses a key it cannot honour: :func:`refuse_unhonoured` compares the composed config
+with the entry point's defaults and names any key in its list of ignored keys that the user changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lsc4rec.config import compose_config, overrides_from_run_config
+from lsc4rec.privacy import PrivacySettings
+from lsc4rec.training import TrainSettings
+
+__all__ = [
+    "CollabSettings",
+    "DataSettings",
+    "EvalSettings",
+    "FaultSettings",
+    "FederatedRunSettings",
+    "FederatedSettings",
+    "RequestSettings",
+    "ServerOptimizerSettings",
+    "SettingsError",
+    "StrategySettings",
+    "federated_settings",
+    "federated_settings_from_overrides",
+    "federated_settings_from_run_config",
+    "group_selections",
+    "refuse_unhonoured",
+    "typed_section",
+]
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A config value that the typed settings refuse; the message names the dotted key."""
+
+
+# --------------------------------------------------------------------------------------------- the groups
+@dataclass(frozen=True)
+class DataSettings:
+    """Which dataset and how long a history the models read (``conf/dataset/*.yaml``)."""
+
+    name: str
+    path: str | None
+    format: str
+    max_len: int
+    text_path: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How rankings are evaluated (``conf/eval/default.yaml``)."""
+
+    ks: tuple[int, ...]
+    batch_size: int
+    exclude_history: bool
+    sampled_negatives: int
+    sampled_seed: int
+    full_ranking: bool
+    validation_users: int | None = None
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Fault drills: comma-separated partition ids that crash, send a malformed update or answer late."""
+
+    crash: str = ""
+    malformed: str = ""
+    delay: str = ""
+    delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class FederatedSettings:
+    """Rounds, shards, evaluation, checkpoints and the launcher (``conf/federated/default.yaml``)."""
+
+    rounds: int
+    local_epochs: int
+    round_lr_decay: float
+    warm_start_epochs: int
+    initial_weights: str | None
+    keep_optimizer_state: bool
+    users_per_node: int
+    partition_seed: int
+    fraction_evaluate: float
+    server_eval_every: int
+    round_timeout: float
+    min_available_nodes: int
+    wait_for_nodes_seconds: float
+    checkpoint: bool
+    resume: bool
+    faults: FaultSettings
+    runtime: str
+    num_supernodes: int
+    launch_timeout: float
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "local_epochs", "server_eval_every", "num_supernodes", "min_available_nodes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"federated.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.fraction_evaluate <= 1.0:
+            raise SettingsError(
+                f"federated.fraction_evaluate must be in [0, 1], got {self.fraction_evaluate}"
+            )
+        if not 0.0 < self.round_lr_decay <= 1.0:
+            raise SettingsError(f"federated.round_lr_decay must be in (0, 1], got {self.round_lr_decay}")
+        for name in ("users_per_node", "warm_start_epochs"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")
+        if self.runtime not in ("flower", "inprocess"):
+            raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")
+
+
+@dataclass(frozen=True)
+class ServerOptimizerSettings:
+    """The server's step on the aggregated pseudo-gradient (``strategy.server_optimizer``)."""
+
+    name: str
+    lr: float
+    momentum: float
+    beta2: float
+    eps: float
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """Aggregation rule, node sampling and server optimizer (``conf/strategy/*.yaml``)."""
+
+    name: str
+    rule: str
+    proximal_mu: float
+    trim_fraction: float
+    fraction_train: float
+    min_train_replies: int
+    server_optimizer: ServerOptimizerSettings
+    row_weighting: bool
+
+
+@dataclass(frozen=True)
+class CollabSettings:
+    """Device–cloud collaboration: the candidate service, fusion, collaborative training (``conf/collab``)."""
+
+    enabled: bool
+    service_address: str
+    service_certificate: str | None
+    service_key: str | None
+    service_root_certificates: str | None
+    service_public_address: str | None
+    service_timeout: float
+    cloud_lag: int
+    candidates: int
+    candidate_pool: str
+    device_candidates: int
+    baseline_llm_path: str | None
+    #: A number, or ``auto`` (chosen on validation by the request-curve experiment).
+    alpha: float | str
+    alpha_grid: tuple[float, ...]
+    normalization: str
+    srm_training: str
+    srm_epochs: int
+    hard_negatives: int
+    random_negatives: int
+    srm_path: str | None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, str) and self.alpha != "auto":
+            raise SettingsError(f"collab.alpha must be a number in [0, 1] or auto, got {self.alpha!r}")
+        if not isinstance(self.alpha, str) and not 0.0 <= self.alpha <= 1.0:
+            raise SettingsError(f"collab.alpha must be in [0, 1], got {self.alpha}")
+        if self.srm_training not in ("standard", "collaborative"):
+            raise SettingsError(
+                f"collab.srm_training must be standard or collaborative, got {self.srm_training!r}"
+            )
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """When a device asks the cloud for a fresh list (``conf/request/default.yaml``)."""
+
+    score: str
+    compare: tuple[str, ...]
+    model_path: str | None
+    k: int
+    ratios: tuple[float, ...]
+    target_ratio: float
+    mode: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.target_ratio <= 1.0:
+            raise SettingsError(f"request.target_ratio must be in [0, 1], got {self.target_ratio}")
+        if self.mode not in ("intelligent", "random"):
+            raise SettingsError(f"request.mode must be intelligent or random, got {self.mode!r}")
+
+
+# ------------------------------------------------------------------------------------ a federated run
+@dataclass(frozen=True)
+class FederatedRunSettings:
+    """Everything a federated run reads: the ServerApp, the ClientApp and the launcher share it."""
+
+    seed: int
+    threads: int | None
+    runtime: str
+    onnx_providers: tuple[str, ...]
+    output_dir: str
+    experiment: str
+    run_name: str
+    data: DataSettings
+    train: TrainSettings
+    eval: EvalSettings
+    federated: FederatedSettings
+    strategy: StrategySettings
+    collab: CollabSettings
+    request: RequestSettings
+    privacy: PrivacySettings
+    # Variant-dependent groups, checked by their builders.
+    model: DictConfig = field(compare=False)
+    llm: DictConfig = field(compare=False)
+    text: DictConfig = field(compare=False)
+    solid: DictConfig = field(compare=False)
+    mergenet: DictConfig = field(compare=False)
+    #: The resolved config as plain data, for ``metrics.json``.
+    record: dict = field(compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in ("torch", "onnx"):
+            raise SettingsError(f"runtime must be torch or onnx, got {self.runtime!r}")
+
+
+#: Keys a federated run does not read, with where they are honoured instead. Changing one is an error.
+FEDERATED_IGNORES = {
+    "collab.alpha_grid": "the fusion weight of a federated run is collab.alpha (a number)",
+    "collab.srm_training": "federated runs train on the devices' own data; collaborative training runs in "
+    "lsc4rec.simulations.request_curve",
+    "collab.srm_epochs": "collaborative SRM training runs in lsc4rec.simulations.request_curve",
+    "collab.hard_negatives": "collaborative SRM training runs in lsc4rec.simulations.request_curve",
+    "collab.random_negatives": "collaborative SRM training runs in lsc4rec.simulations.request_curve",
+    "collab.srm_path": "a federated run trains its SRM; loading one is lsc4rec.simulations.request_curve's",
+    "collab.baseline_llm_path": "federated runs serve one cloud LLM (llm.path)",
+    "request.compare": "the request-score sweep is lsc4rec.simulations.request_curve's",
+    "request.ratios": "the request-ratio sweep is lsc4rec.simulations.request_curve's (devices use "
+    "request.target_ratio)",
+    "request.seed": "devices draw random requests from seed (request.mode=random)",
+    "train.epochs": "a round trains federated.local_epochs epochs",
+    "train.patience": "federated runs keep the best round by server validation, without early stopping",
+    "train.eval_every": "the server evaluates every federated.server_eval_every rounds",
+    "train.max_minutes": "a federated run lasts federated.rounds rounds",
+    "train.refit": "refitting on validation interactions is lsc4rec.simulations.centralized's",
+    "train.lr_decay": "federated runs decay the learning rate per round: federated.round_lr_decay",
+    "train.lr_decay_patience": "federated runs decay the learning rate per round: federated.round_lr_decay",
+}
+
+
+def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> FederatedRunSettings:
+    """The typed settings of a federated run; with ``defaults`` (the run's config before the user's
+    overrides) also refuse an ignored key the user changed (:data:`FEDERATED_IGNORES`)."""
+    if defaults is not None:
+        refuse_unhonoured(cfg, defaults, FEDERATED_IGNORES, "a federated run")
+    settings = typed_section(
+        {k: v for k, v in cfg.items() if k != "hydra"},
+        FederatedRunSettings,
+        "",
+        extra={"record": OmegaConf.to_container(cfg, resolve=True)},
+    )
+    if settings.collab.enabled and isinstance(settings.collab.alpha, str):
+        raise SettingsError(
+            "collab.alpha=auto: devices in a federated run fuse with a fixed weight; give a number "
+            "(lsc4rec.simulations.request_curve chooses it on validation)"
+        )
+    if settings.collab.srm_training != "standard":
+        reason = FEDERATED_IGNORES["collab.srm_training"]
+        raise SettingsError(f"collab.srm_training={settings.collab.srm_training!r}: {reason}")
+    return settings
+
+
+def group_selections(overrides: Sequence[str]) -> list[str]:
+    """The overrides that pick a group's YAML or set a top-level value (``model=solid``, ``seed=1``): what
+    the defaults of a run with these overrides are composed from."""
+    return [o for o in overrides if "." not in o.split("=", 1)[0]]
+
+
+def federated_settings_from_overrides(overrides: Sequence[str]) -> FederatedRunSettings:
+    """Compose ``federated_run`` with ``overrides`` and type it; refuse ignored keys the overrides change."""
+    cfg = compose_config(list(overrides), config_name="federated_run")
+    defaults = compose_config(group_selections(overrides), config_name="federated_run")
+    return federated_settings(cfg, defaults)
+
+
+def federated_settings_from_run_config(run_config: Mapping[str, Any]) -> FederatedRunSettings:
+    """The typed settings of a Flower run (the ServerApp and every ClientApp build the same ones)."""
+    return federated_settings_from_overrides(overrides_from_run_config(run_config))
+
+
+def refuse_unhonoured(
+    cfg: DictConfig, defaults: DictConfig, ignored: Mapping[str, str], entry_point: str
+) -> None:
+    """Raise naming every key of ``ignored`` whose value in ``cfg`` differs from ``defaults``."""
+    changed = []
+    for key, reason in ignored.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        default = OmegaConf.select(defaults, key, default=None)
+        if _plain(value) != _plain(default):
+            changed.append(f"{key}={_plain(value)!r} ({reason})")
+    if changed:
+        raise SettingsError(f"{entry_point} cannot honour: " + "; ".join(changed))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+# ------------------------------------------------------------------------------------------ conversion
+def typed_section(section: Mapping[str, Any], cls: type[T], prefix: str, extra: Mapping | None = None) -> T:
+    """Build the dataclass ``cls`` from ``section``, checking keys and types; ``prefix`` names the section
+    in errors (``"federated"`` -> ``federated.rounds``). ``extra``: values for fields the section lacks."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    keys = set(section.keys())
+    unknown = sorted(keys - set(fields))
+    if unknown:
+        raise SettingsError(f"unknown key {_dotted(prefix, unknown[0])} (known: {', '.join(sorted(fields))})")
+    values: dict[str, Any] = dict(extra or {})
+    for name, spec in fields.items():
+        if name in values:
+            continue
+        if name not in keys:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise SettingsError(f"missing key {_dotted(prefix, name)}")
+            continue
+        values[name] = _convert(section[name], hints[name], _dotted(prefix, name))
+    try:
+        return cls(**values)
+    except SettingsError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"{prefix or 'config'}: {error}") from error
+
+
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as type ``hint``, or a :class:`SettingsError` naming ``key``."""
+    if hint is Any:
+        return value
+    if hint is DictConfig:
+        if not isinstance(value, DictConfig):
+            raise SettingsError(f"{key} must be a config group, got {value!r}")
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise SettingsError(f"{key} must not be null")
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, key)
+            except SettingsError as error:
+                errors.append(str(error))
+        raise SettingsError(errors[-1])
+    if origin is tuple:
+        if not isinstance(value, list | tuple | ListConfig):
+            raise SettingsError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1]
+        return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping | DictConfig):
+            raise SettingsError(f"{key} must be a group of keys, got {value!r}")
+        return typed_section(value, hint, key)  # type: ignore[arg-type]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SettingsError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise SettingsError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"settings field {key}: unsupported type {hint!r}")

@@ -1,0 +1,131 @@
+"""Typed settings at the entry point: every variant types cleanly, bad values and unknown or ignored keys are
+refused naming the key, and the Flower run config and the command line give the same settings."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lsc4rec.settings import (
+    FEDERATED_IGNORES,
+    FederatedRunSettings,
+    SettingsError,
+    federated_settings_from_overrides,
+    federated_settings_from_run_config,
+    typed_section,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=gru4rec"],
+        ["model=din", "eval.full_ranking=false"],
+        ["model=ttt4rec"],
+        ["model=solid", "strategy=fedadam"],
+        ["strategy=trimmed_mean", "privacy.mode=central", "privacy.noise_multiplier=0.5"],
+        ["collab.enabled=true", "mergenet.every_rounds=2"],
+    ],
+)
+def test_every_variant_types_cleanly(overrides: list[str]) -> None:
+    run = federated_settings_from_overrides(overrides)
+    assert isinstance(run, FederatedRunSettings)
+    assert isinstance(run.federated.rounds, int) and isinstance(run.strategy.server_optimizer.lr, float)
+    assert run.eval.ks == (5, 10, 20) and run.record["experiment"] == "federated"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("federated.rounds=abc", r"federated\.rounds must be an integer, got 'abc'"),
+        ("federated.rounds=0", r"federated\.rounds must be >= 1, got 0"),
+        ("federated.fraction_evaluate=1.5", r"federated\.fraction_evaluate must be in \[0, 1\]"),
+        ("federated.runtime=ray", r"federated\.runtime must be flower or inprocess"),
+        ("strategy.server_optimizer.lr=fast", r"strategy\.server_optimizer\.lr must be a number"),
+        ("eval.ks=[5,ten]", r"eval\.ks\[1\] must be an integer"),
+        ("collab.alpha=1.5", r"collab\.alpha must be in \[0, 1\]"),
+        ("collab.alpha=maybe", r"collab\.alpha must be a number in \[0, 1\] or auto"),
+        ("request.target_ratio=2", r"request\.target_ratio must be in \[0, 1\]"),
+        ("runtime=tensorrt", r"runtime must be torch or onnx"),
+        ("federated.checkpoint=maybe", r"federated\.checkpoint must be true or false"),
+        ("+federated.nosuchkey=1", r"unknown key federated\.nosuchkey"),
+        ("+nosuchgroup=1", r"unknown key nosuchgroup"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        federated_settings_from_overrides([override])
+
+
+@pytest.mark.parametrize("key", sorted(FEDERATED_IGNORES))
+def test_a_key_the_federated_run_cannot_honour_is_refused(key: str) -> None:
+    default = federated_settings_from_overrides([])
+    group, name = key.split(".")
+    value = getattr(getattr(default, group), name)
+    if key == "collab.srm_training":
+        changed = "collaborative"
+    elif isinstance(value, bool):
+        changed = str(not value).lower()
+    elif isinstance(value, int):
+        changed = str(value + 1)
+    elif isinstance(value, float):
+        changed = str(value / 2 + 0.1)
+    elif isinstance(value, tuple):
+        changed = "[1]"
+    else:
+        changed = "/some/where"
+    with pytest.raises(SettingsError, match=rf"cannot honour: {key}="):
+        federated_settings_from_overrides([f"{key}={changed}"])
+
+
+def test_refusal_follows_group_defaults_not_the_root_defaults() -> None:
+    # model=gru4rec sets train.lr=0.003 in its own YAML: a group choice, not a user's change.
+    run = federated_settings_from_overrides(["model=gru4rec"])
+    assert run.train.lr == pytest.approx(0.003)
+
+
+def test_auto_alpha_is_refused_when_devices_fuse() -> None:
+    assert federated_settings_from_overrides(["collab.alpha=auto"]).collab.alpha == "auto"
+    with pytest.raises(SettingsError, match=r"collab\.alpha=auto"):
+        federated_settings_from_overrides(["collab.alpha=auto", "collab.enabled=true"])
+
+
+def test_flower_run_config_and_command_line_agree() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    table = pyproject["tool"]["flwr"]["app"]["config"]
+    run_config = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    run_config.update({f"federated.{k}": v for k, v in table["federated"].items()})
+    from_flower = federated_settings_from_run_config(run_config)
+    from_cli = federated_settings_from_overrides([f"federated.rounds={table['federated']['rounds']}"])
+    assert from_flower.federated == from_cli.federated and from_flower.train == from_cli.train
+    assert from_flower.collab == from_cli.collab and from_flower.strategy == from_cli.strategy
+
+
+@dataclass(frozen=True)
+class _Inner:
+    size: int
+
+
+@dataclass(frozen=True)
+class _Outer:
+    name: str
+    inner: _Inner
+    scale: float = 1.0
+    path: str | None = None
+
+
+def test_typed_section_names_missing_and_nested_keys() -> None:
+    built = typed_section({"name": "a", "inner": {"size": 3}, "scale": 2}, _Outer, "top")
+    assert built == _Outer("a", _Inner(3), 2.0) and isinstance(built.scale, float)
+    with pytest.raises(SettingsError, match=r"missing key top\.inner"):
+        typed_section({"name": "a"}, _Outer, "top")
+    with pytest.raises(SettingsError, match=r"top\.inner\.size must be an integer, got True"):
+        typed_section({"name": "a", "inner": {"size": True}}, _Outer, "top")
+    with pytest.raises(SettingsError, match=r"top\.path must be a string"):
+        typed_section({"name": "a", "inner": {"size": 1}, "path": [1]}, _Outer, "top")
