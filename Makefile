@@ -15,7 +15,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run centralized test lint docs clean
+.PHONY: install run centralized test test-fast lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,15 @@ run: $(STAMP)
 centralized: $(STAMP)
 	$(BIN)/python -m lsc4rec.simulations.centralized
 
+# The full suite (what CI runs), then the 25 slowest tests.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
+
+# Everyday work: everything but the tests marked slow (whole runs, subprocesses, real Flower).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsc4rec.config import compose_config, overrides_from_run_config
@@ -45,6 +46,7 @@ __all__ = [
     "federated_settings_from_run_config",
     "group_selections",
     "refuse_unhonoured",
+    "refuse_unread_keys",
     "typed_section",
 ]
 
@@ -271,6 +273,64 @@ FEDERATED_IGNORES = {
 }
 
 
+_DEVICE_RUNTIME = "device inference runs only in federated runs' client-side evaluation"
+_FEDERATION = "only federated runs (python -m lsc4rec.simulations.federated, flwr run) read it"
+
+#: Keys and groups the centralized baseline does not read.
+CENTRALIZED_IGNORES = {
+    "federated": _FEDERATION,
+    "strategy": _FEDERATION,
+    "privacy": _FEDERATION,
+    "collab": "the collaboration experiment is lsc4rec.simulations.request_curve",
+    "request": "the collaboration experiment is lsc4rec.simulations.request_curve",
+    "llm": "the cloud LLM is trained by request_curve, mergenet and federated runs",
+    "mergenet": "MergeNet runs in lsc4rec.simulations.mergenet and federated runs",
+    "text": "the centralized SRM reads item text only through SOLID's solid.* keys",
+    "runtime": _DEVICE_RUNTIME,
+    "onnx_providers": _DEVICE_RUNTIME,
+}
+
+#: Keys and groups the request-curve (collaboration) experiment does not read.
+REQUEST_CURVE_IGNORES = {
+    "federated": _FEDERATION,
+    "strategy": _FEDERATION,
+    "privacy": _FEDERATION,
+    "mergenet": "MergeNet runs in lsc4rec.simulations.mergenet and federated runs",
+    "runtime": _DEVICE_RUNTIME,
+    "onnx_providers": _DEVICE_RUNTIME,
+}
+
+#: Keys and groups the SOLID study does not read.
+SOLID_STUDY_IGNORES = {
+    "federated": _FEDERATION,
+    "strategy": _FEDERATION,
+    "privacy": _FEDERATION,
+    "collab": "the collaboration experiment is lsc4rec.simulations.request_curve",
+    "request": "the collaboration experiment is lsc4rec.simulations.request_curve",
+    "llm": "the SOLID study trains no cloud LLM",
+    "mergenet": "MergeNet runs in lsc4rec.simulations.mergenet and federated runs",
+    "runtime": _DEVICE_RUNTIME,
+    "onnx_providers": _DEVICE_RUNTIME,
+}
+
+#: Keys and groups the MergeNet study does not read.
+MERGENET_STUDY_IGNORES = {
+    "federated": _FEDERATION,
+    "strategy": _FEDERATION,
+    "privacy": _FEDERATION,
+    "request": "the collaboration experiment is lsc4rec.simulations.request_curve",
+    "solid": "SOLID runs in lsc4rec.simulations.solid, centralized and federated runs (model=solid)",
+    # The study reads collab.cloud_lag (the cloud's view of the users) and nothing else of collab.
+    **{
+        f"collab.{f.name}": "the collaboration experiment is lsc4rec.simulations.request_curve"
+        for f in dataclasses.fields(CollabSettings)
+        if f.name != "cloud_lag"
+    },
+    "runtime": _DEVICE_RUNTIME,
+    "onnx_providers": _DEVICE_RUNTIME,
+}
+
+
 def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> FederatedRunSettings:
     """The typed settings of a federated run; with ``defaults`` (the run's config before the user's
     overrides) also refuse an ignored key the user changed (:data:`FEDERATED_IGNORES`)."""
@@ -314,21 +374,39 @@ def federated_settings_from_run_config(run_config: Mapping[str, Any]) -> Federat
 def refuse_unhonoured(
     cfg: DictConfig, defaults: DictConfig, ignored: Mapping[str, str], entry_point: str
 ) -> None:
-    """Raise naming every key of ``ignored`` whose value in ``cfg`` differs from ``defaults``."""
+    """Raise naming every key under an ``ignored`` key or group (``train.epochs``, ``federated``) whose value
+    in ``cfg`` differs from ``defaults``; the message says where each is honoured instead."""
+    ours, theirs = _flat(cfg), _flat(defaults)
     changed = []
-    for key, reason in ignored.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        default = OmegaConf.select(defaults, key, default=None)
-        if _plain(value) != _plain(default):
-            changed.append(f"{key}={_plain(value)!r} ({reason})")
+    for prefix, reason in ignored.items():
+        keys = sorted(k for k in ours.keys() | theirs.keys() if k == prefix or k.startswith(prefix + "."))
+        changed.extend(f"{k}={ours.get(k)!r} ({reason})" for k in keys if ours.get(k) != theirs.get(k))
     if changed:
         raise SettingsError(f"{entry_point} cannot honour: " + "; ".join(changed))
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+def refuse_unread_keys(
+    cfg: DictConfig, config_name: str, ignored: Mapping[str, str], entry_point: str
+) -> None:
+    """:func:`refuse_unhonoured` inside a ``@hydra.main`` entry point: the defaults are ``config_name``
+    composed with the command line's group choices."""
+    overrides = list(HydraConfig.get().overrides.task)
+    refuse_unhonoured(cfg, compose_config(group_selections(overrides), config_name), ignored, entry_point)
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    """Every leaf of ``cfg`` by dotted key (lists as lists), ``hydra`` and unresolvable values left out."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return {k: v for k, v in out.items() if not k.startswith("hydra")}
 
 
 # ------------------------------------------------------------------------------------------ conversion

@@ -3,6 +3,10 @@ refused naming the key, and the Flower run config and the command line give the 
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +133,27 @@ def test_typed_section_names_missing_and_nested_keys() -> None:
         typed_section({"name": "a", "inner": {"size": True}}, _Outer, "top")
     with pytest.raises(SettingsError, match=r"top\.path must be a string"):
         typed_section({"name": "a", "inner": {"size": 1}, "path": [1]}, _Outer, "top")
+
+
+@pytest.mark.parametrize(
+    ("module", "override", "named"),
+    [
+        ("centralized", "federated.rounds=3", r"the centralized baseline cannot honour: federated\.rounds=3"),
+        ("request_curve", "strategy.proximal_mu=0.1", r"cannot honour: strategy\.proximal_mu=0\.1"),
+        ("solid", "llm.hidden_size=16", r"the SOLID study cannot honour: llm\.hidden_size=16"),
+        ("mergenet", "collab.alpha=0.3", r"the MergeNet study cannot honour: collab\.alpha=0\.3"),
+        ("federated", "train.epochs=7", r"a federated run cannot honour: train\.epochs=7"),
+    ],
+)
+def test_entry_points_refuse_keys_they_do_not_read(
+    module: str, override: str, named: str, tmp_path: Path
+) -> None:
+    # Refused before any data is read or any model built: the command fails at once, naming the key.
+    done = subprocess.run(
+        [sys.executable, "-m", f"lsc4rec.simulations.{module}", override, f"output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"},
+    )
+    assert done.returncode != 0 and re.search(named, done.stderr), done.stderr[-2000:]

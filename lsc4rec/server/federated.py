@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.serverapp import Grid
 
@@ -64,6 +65,10 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
+    if run.privacy.seeded_noise:
+        # Flower's central-DP noise draws from numpy's global generator: seed it so a run is repeatable
+        # (a deployment sets privacy.seeded_noise=false and the noise comes from OS entropy).
+        np.random.seed(run.seed)
     raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     split = leave_one_out(raw)
     model = build_model_from_config(run.model, split.num_items, run.data.max_len)
@@ -156,7 +161,7 @@ def final_report(
         "bytes_received": sum(int(r["train"].get("bytes-received", 0)) for r in history),
         "mean_round_seconds": sum(r["round_seconds"] for r in history) / max(len(history), 1),
     }
-    summary.update({e.name: e.summary(history) for e in extensions if e.summary(history) is not None})
+    summary.update({e.name: part for e in extensions if (part := e.summary(history)) is not None})
     payload = {
         "status": "completed",
         "config": run.record,

@@ -93,13 +93,13 @@ def run_rounds(
                 plan.protocol
             ]
             if row["server_valid"][SELECTION_METRIC] > state.best.value:
-                snapshots = {e.name: e.snapshot() for e in extensions if e.snapshot() is not None}
+                snapshots = {e.name: s for e in extensions if (s := e.snapshot()) is not None}
                 value = row["server_valid"][SELECTION_METRIC]
                 state.best = Best(server_round, value, state_dict_of(state.arrays), snapshots)
         row["round_seconds"] = time.perf_counter() - round_start
         row["train_seconds"] = train_seconds
         row["failed_nodes"] = [vars(f) for f in strategy.failures if f.round == server_round]
-        row.update({e.name: e.round_row() for e in extensions if e.round_row() is not None})
+        row.update({e.name: part for e in extensions if (part := e.round_row()) is not None})
         state.history.append(row)
         log_round(row, plan.rounds)
         for extension in extensions:

@@ -30,6 +30,7 @@ from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.pipeline import prepare_solid_model
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
+from lsc4rec.settings import CENTRALIZED_IGNORES, refuse_unread_keys
 from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.training import (
     EvalSet,
@@ -202,6 +203,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra): run and print the ``RESULT`` line."""
+    refuse_unread_keys(cfg, "config", CENTRALIZED_IGNORES, "the centralized baseline")
     summary = run_centralized(cfg, Path(HydraConfig.get().runtime.output_dir))
     emit_result(summary)
 

@@ -50,6 +50,7 @@ from lsc4rec.models.mergenet import Distillation, MergeNetTransfer, SourceTraini
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.settings import MERGENET_STUDY_IGNORES, refuse_unread_keys
 from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
     HEADLINE_SLICES,
@@ -296,6 +297,7 @@ def _device_to_cloud(
 @hydra.main(config_path=str(config_dir()), config_name="mergenet_run", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra): run and print the ``RESULT`` line."""
+    refuse_unread_keys(cfg, "mergenet_run", MERGENET_STUDY_IGNORES, "the MergeNet study")
     emit_result(run_mergenet(cfg, Path(HydraConfig.get().runtime.output_dir)))
 
 

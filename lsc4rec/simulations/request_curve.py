@@ -60,6 +60,7 @@ from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.settings import REQUEST_CURVE_IGNORES, refuse_unread_keys
 from lsc4rec.torch_device import resolve_device
 from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
 
@@ -627,6 +628,7 @@ def plot_collaboration(collaboration: dict, ax: plt.Axes) -> None:
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra)."""
+    refuse_unread_keys(cfg, "config", REQUEST_CURVE_IGNORES, "the request-curve experiment")
     logging.basicConfig(level=logging.INFO)
     summary = run_request_curve(cfg, Path(HydraConfig.get().runtime.output_dir))
     emit_result(compact_summary(summary))

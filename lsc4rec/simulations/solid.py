@@ -46,6 +46,7 @@ from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.pipeline import build_codebook, item_representations, seen_items, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender, build_srm
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.settings import SOLID_STUDY_IGNORES, refuse_unread_keys
 from lsc4rec.simulations.centralized import protocol_description
 from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
@@ -260,6 +261,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
 @hydra.main(config_path=str(config_dir()), config_name="solid_run", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra): run and print the ``RESULT`` line."""
+    refuse_unread_keys(cfg, "solid_run", SOLID_STUDY_IGNORES, "the SOLID study")
     emit_result(run_solid(cfg, Path(HydraConfig.get().runtime.output_dir)))
 
 

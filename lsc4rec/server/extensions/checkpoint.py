@@ -74,7 +74,7 @@ class Checkpoints(LoopExtension):
                 "best_value": state.best.value,
                 "best_arrays": state.best.arrays,
                 "best_snapshots": state.best.snapshots,
-                "extensions": {e.name: e.state_dict() for e in extensions if e.state_dict() is not None},
+                "extensions": {e.name: s for e in extensions if (s := e.state_dict()) is not None},
                 "strategy": self.strategy.state_dict(),
                 "rng": rng_states(),
                 "history": state.history,
