@@ -3,8 +3,10 @@
 ``conf/`` describes every key (one YAML per group, a comment per key); this module gives the groups a type.
 :func:`typed_section` builds a settings dataclass from a config section and refuses, naming the dotted key, a
 key the dataclass does not know, a key it needs but the section lacks, and a value of the wrong type. Entry
-points build their settings once (:func:`federated_settings` for the ServerApp and the ClientApp); code below
-them takes the settings it needs instead of the whole config.
+points build their settings once (:func:`federated_settings` for the ServerApp, the ClientApp and the
+launcher; :func:`typed_run` with :class:`CentralizedSettings`, :class:`RequestCurveSettings`,
+:class:`SolidStudySettings` or :class:`MergeNetStudySettings` for the experiments); code below them takes the
+settings it needs instead of the whole config.
 
 Groups whose keys depend on the chosen variant (``model``, ``llm``, ``solid``, ``mergenet``, ``text``) stay
 config sections here; their builders (:func:`lsc4rec.training.build_model_from_config`,
@@ -31,15 +33,25 @@ from lsc4rec.privacy import PrivacySettings
 from lsc4rec.training import TrainSettings
 
 __all__ = [
+    "CENTRALIZED_IGNORES",
+    "FEDERATED_IGNORES",
+    "MERGENET_STUDY_IGNORES",
+    "REQUEST_CURVE_IGNORES",
+    "SOLID_STUDY_IGNORES",
+    "CentralizedSettings",
     "CollabSettings",
     "DataSettings",
     "EvalSettings",
     "FaultSettings",
     "FederatedRunSettings",
     "FederatedSettings",
+    "MergeNetStudySettings",
+    "RequestCurveSettings",
     "RequestSettings",
+    "RunSettings",
     "ServerOptimizerSettings",
     "SettingsError",
+    "SolidStudySettings",
     "StrategySettings",
     "federated_settings",
     "federated_settings_from_overrides",
@@ -47,6 +59,7 @@ __all__ = [
     "group_selections",
     "refuse_unhonoured",
     "refuse_unread_keys",
+    "typed_run",
     "typed_section",
 ]
 
@@ -215,19 +228,27 @@ class RequestSettings:
             raise SettingsError(f"request.mode must be intelligent or random, got {self.mode!r}")
 
 
-# ------------------------------------------------------------------------------------ a federated run
+# ------------------------------------------------------------------------------ the entry points' runs
 @dataclass(frozen=True)
-class FederatedRunSettings:
-    """Everything a federated run reads: the ServerApp, the ClientApp and the launcher share it."""
+class RunSettings:
+    """What every entry point reads besides its groups: seed, threads and where the run writes."""
 
     seed: int
     threads: int | None
-    runtime: str
-    onnx_providers: tuple[str, ...]
     output_dir: str
     experiment: str
     run_name: str
     data: DataSettings
+    #: The resolved config as plain data, for ``metrics.json``.
+    record: dict = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class FederatedRunSettings(RunSettings):
+    """Everything a federated run reads: the ServerApp, the ClientApp and the launcher share it."""
+
+    runtime: str
+    onnx_providers: tuple[str, ...]
     train: TrainSettings
     eval: EvalSettings
     federated: FederatedSettings
@@ -241,12 +262,72 @@ class FederatedRunSettings:
     text: DictConfig = field(compare=False)
     solid: DictConfig = field(compare=False)
     mergenet: DictConfig = field(compare=False)
-    #: The resolved config as plain data, for ``metrics.json``.
-    record: dict = field(compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.runtime not in ("torch", "onnx"):
             raise SettingsError(f"runtime must be torch or onnx, got {self.runtime!r}")
+
+
+@dataclass(frozen=True)
+class CentralizedSettings(RunSettings):
+    """The centralized baseline: one SRM on every user's sequences (``python -m ...centralized``)."""
+
+    train: TrainSettings
+    eval: EvalSettings
+    model: DictConfig = field(compare=False)
+    solid: DictConfig = field(compare=False)
+
+
+@dataclass(frozen=True)
+class SolidStudySettings(CentralizedSettings):
+    """The SOLID study on a sparse device (``conf/solid_run.yaml``)."""
+
+    text: DictConfig = field(compare=False)
+    solid_variants: tuple[str, ...]
+    solid_old_features: tuple[str, ...]
+    device_users: float
+    new_item_share: float
+
+
+@dataclass(frozen=True)
+class MergeNetStudySettings(CentralizedSettings):
+    """The MergeNet / KD study on a sparse device (``conf/mergenet_run.yaml``)."""
+
+    text: DictConfig = field(compare=False)
+    llm: DictConfig = field(compare=False)
+    mergenet: DictConfig = field(compare=False)
+    collab: CollabSettings
+    mergenet_variants: tuple[str, ...]
+    new_item_share: float
+
+
+@dataclass(frozen=True)
+class RequestCurveSettings(CentralizedSettings):
+    """The collaboration experiment: LLM vs SRM vs fused, and the request-ratio curve."""
+
+    text: DictConfig = field(compare=False)
+    llm: DictConfig = field(compare=False)
+    collab: CollabSettings
+    request: RequestSettings
+
+
+def typed_run(cfg: DictConfig, cls: type[T], ignored: Mapping[str, str]) -> T:
+    """The entry point's settings ``cls`` from its composed config: every field typed and checked, the
+    groups of ``ignored`` left out (:func:`refuse_unread_keys` guards them), any other key refused."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    skipped = {key.split(".")[0] for key in ignored} | {"hydra"}
+    unknown = sorted(k for k in cfg if k not in names and k not in skipped)
+    if unknown:
+        raise SettingsError(f"unknown key {unknown[0]} for {cls.__name__}")
+    record, resolved = _resolved(cfg)
+    return typed_section({k: v for k, v in resolved.items() if k in names}, cls, "", extra={"record": record})
+
+
+def _resolved(cfg: DictConfig) -> tuple[dict, DictConfig]:
+    """The config resolved once (``${now:...}`` in run_name included), as plain data and as a config."""
+    record = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(record, dict)
+    return record, OmegaConf.create(record)
 
 
 #: Keys a federated run does not read, with where they are honoured instead. Changing one is an error.
@@ -336,11 +417,12 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
     overrides) also refuse an ignored key the user changed (:data:`FEDERATED_IGNORES`)."""
     if defaults is not None:
         refuse_unhonoured(cfg, defaults, FEDERATED_IGNORES, "a federated run")
+    record, resolved = _resolved(cfg)
     settings = typed_section(
-        {k: v for k, v in cfg.items() if k != "hydra"},
+        {k: v for k, v in resolved.items() if k != "hydra"},
         FederatedRunSettings,
         "",
-        extra={"record": OmegaConf.to_container(cfg, resolve=True)},
+        extra={"record": record},
     )
     if settings.collab.enabled and isinstance(settings.collab.alpha, str):
         raise SettingsError(

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -29,6 +29,9 @@ from lsc4rec.metrics import (
 from lsc4rec.models.solid.dual_model import SolidRecommender
 from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm, compute_loss
 from lsc4rec.torch_device import model_device, resolve_device
+
+if TYPE_CHECKING:  # settings.py imports this module
+    from lsc4rec.settings import EvalSettings
 
 logger = logging.getLogger(__name__)
 
@@ -450,7 +453,14 @@ def build_model_from_config(
     return build_srm(name, num_items, **params)
 
 
-def build_eval_sets(split: LeaveOneOutSplit, eval_cfg: Any, max_len: int) -> tuple[EvalSet, EvalSet]:
+def _setting(section: Any, name: str) -> Any:
+    """``name`` of a settings object or a mapping (a config section, a plain dict)."""
+    return section.get(name) if isinstance(section, Mapping) else getattr(section, name, None)
+
+
+def build_eval_sets(
+    split: LeaveOneOutSplit, eval_cfg: EvalSettings | Mapping[str, Any], max_len: int
+) -> tuple[EvalSet, EvalSet]:
     """Validation and test sets of a leave-one-out split, as ``conf/eval`` describes them.
 
     Model selection reads the full-ranking metric, so validation draws sampled negatives only when
@@ -458,7 +468,7 @@ def build_eval_sets(split: LeaveOneOutSplit, eval_cfg: Any, max_len: int) -> tup
     Validation covers the split's validation users (every user unless the split was restricted with
     :meth:`LeaveOneOutSplit.with_validation_users`, which ``eval.validation_users`` asks for).
     """
-    requested = getattr(eval_cfg, "validation_users", None)
+    requested = _setting(eval_cfg, "validation_users")
     if requested is not None and split.validation_users is None:
         raise ValueError(
             f"eval.validation_users={requested} is honoured by the centralized baseline only"
@@ -467,11 +477,14 @@ def build_eval_sets(split: LeaveOneOutSplit, eval_cfg: Any, max_len: int) -> tup
     common = dict(
         num_items=split.num_items,
         max_len=max_len,
-        batch_size=int(eval_cfg.batch_size),
-        exclude_history=bool(eval_cfg.exclude_history),
+        batch_size=int(_setting(eval_cfg, "batch_size")),
+        exclude_history=bool(_setting(eval_cfg, "exclude_history")),
     )
-    sampled = dict(sampled_negatives=int(eval_cfg.sampled_negatives), sampled_seed=int(eval_cfg.sampled_seed))
-    valid_sampled = {} if bool(eval_cfg.full_ranking) else sampled
+    sampled = dict(
+        sampled_negatives=int(_setting(eval_cfg, "sampled_negatives")),
+        sampled_seed=int(_setting(eval_cfg, "sampled_seed")),
+    )
+    valid_sampled = {} if bool(_setting(eval_cfg, "full_ranking")) else sampled
     rows = split.validation_rows()
     histories = split.valid_histories()
     valid_set = EvalSet.build(

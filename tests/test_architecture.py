@@ -21,6 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lsc4rec"
 SERVER_SIDE = ("lsc4rec.server", "lsc4rec.strategies", "lsc4rec.simulations")
 
 
+@pytest.mark.slow
 def test_the_client_app_imports_no_server_code() -> None:
     probe = (
         "import sys, lsc4rec.client.app\n"
@@ -32,6 +33,7 @@ def test_the_client_app_imports_no_server_code() -> None:
     assert loaded == "[]", f"the ClientApp loads server modules: {loaded}"
 
 
+@pytest.mark.slow
 def test_the_probe_would_see_server_code() -> None:
     # The import check above must be able to fail: importing the ServerApp does load server modules.
     probe = f"import sys, lsc4rec.server.app\nprint(any(m.startswith({SERVER_SIDE!r}) for m in sys.modules))"

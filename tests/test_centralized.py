@@ -24,6 +24,7 @@ def pattern_file(tmp_path: Path) -> Path:
     return write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=NUM_ITEMS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
 def test_centralized_learns_the_pattern_and_writes_outputs(
     model: str, pattern_file: Path, tmp_path: Path
@@ -61,6 +62,7 @@ def test_centralized_learns_the_pattern_and_writes_outputs(
     assert (tmp_path / "run" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_command_line_prints_result_line_last(pattern_file: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [

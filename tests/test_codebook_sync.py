@@ -139,6 +139,7 @@ def test_device_keeps_its_copy_and_refuses_an_unannounced_version() -> None:
     )
 
 
+@pytest.mark.slow
 def test_federated_solid_syncs_a_text_built_codebook_and_learns(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=160, num_items=40)
     write_pattern_text(data, 40)

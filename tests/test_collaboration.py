@@ -23,6 +23,7 @@ from lsc4rec.client.collab.request_policy import RequestPolicy, inconsistency
 from lsc4rec.config import compose_config
 from lsc4rec.data import pad_left
 from lsc4rec.models.srm import build_srm, candidate_rerank_loss
+from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, typed_run
 from lsc4rec.simulations.request_curve import MomentLists, choose_alpha, compact_summary, run_request_curve
 
 ITEMS = torch.tensor([[5, 3, 9, 0], [1, 2, 4, 7]])
@@ -140,6 +141,7 @@ def pattern_curve_config(tmp_path: Path, extra: list[str]):
     )
 
 
+@pytest.mark.slow
 def test_request_curve_end_to_end_on_a_stale_pattern(tmp_path: Path) -> None:
     cfg = pattern_curve_config(
         tmp_path,
@@ -275,7 +277,9 @@ def synthetic_moment(targets: list[int], stale: list[list[int]], device: list[li
 
 
 def test_fusion_weight_is_the_one_best_on_validation_for_each_pool() -> None:
-    cfg = compose_config(["collab.alpha_grid=[0.0,0.3,1.0]"])
+    cfg = typed_run(
+        compose_config(["collab.alpha_grid=[0.0,0.3,1.0]"]), RequestCurveSettings, REQUEST_CURVE_IGNORES
+    )
     # Validation: the LLM's first item is the target for every user, so the LLM alone (alpha = 1) wins.
     llm_wins = synthetic_moment([1, 4], [[1, 2, 3], [4, 5, 6]], [[9, 8, 7], [9, 8, 7]])
     alpha, curve = choose_alpha(llm_wins, cfg, "llm")
@@ -288,7 +292,8 @@ def test_fusion_weight_is_the_one_best_on_validation_for_each_pool() -> None:
     assert curve[1.0] < 0.9
     assert alpha == 0.3  # of equally good weights, the one nearest 0.5
     assert choose_alpha(device_wins, cfg, "llm")[1][0.0] == 0.0  # the cloud's list alone never holds it
-    assert choose_alpha(device_wins, compose_config(["collab.alpha=0.3"]), "union")[0] == 0.3
+    fixed = typed_run(compose_config(["collab.alpha=0.3"]), RequestCurveSettings, REQUEST_CURVE_IGNORES)
+    assert choose_alpha(device_wins, fixed, "union")[0] == 0.3
 
 
 def test_union_pool_in_the_request_curve_never_falls_below_the_device_alone(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ def data(tmp_path: Path) -> Path:
     return write_pattern_dataset(tmp_path / "pattern.txt", num_users=240, num_items=NUM_ITEMS)
 
 
+@pytest.mark.slow
 def test_federated_run_learns_despite_crashing_and_malformed_nodes(data: Path, tmp_path: Path) -> None:
     summary = run_inprocess(
         data,
@@ -58,6 +59,7 @@ def test_federated_run_learns_despite_crashing_and_malformed_nodes(data: Path, t
     assert (tmp_path / "run" / "rounds.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_too_few_updates_keep_the_previous_global_model(data: Path, tmp_path: Path) -> None:
     run_inprocess(
         data,
@@ -76,6 +78,7 @@ def test_too_few_updates_keep_the_previous_global_model(data: Path, tmp_path: Pa
     assert all(torch.equal(state["arrays"][k], initial[k]) for k in initial)
 
 
+@pytest.mark.slow
 def test_corrupt_or_truncated_checkpoints_are_refused(data: Path, tmp_path: Path) -> None:
     run_inprocess(data, tmp_path / "run", 2, "federated.rounds=1")
     path = tmp_path / "run" / "checkpoint.pt"
@@ -120,6 +123,7 @@ def _cli(data: Path, out: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(data: Path, tmp_path: Path) -> None:
     rounds = "federated.rounds=4"
     full = subprocess.run(
@@ -169,6 +173,7 @@ def test_killed_run_resumes_to_the_same_weights(data: Path, tmp_path: Path) -> N
     assert [row["round"] for row in history] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_din_trains_federated_under_the_sampled_protocol(data: Path, tmp_path: Path) -> None:
     # DIN ranks with target attention: evaluated on target + 20 sampled negatives (random: HR@10 = 10/21).
     summary = run_inprocess(data, tmp_path / "run", 2, "model=din", "federated.rounds=8", "train.lr=0.01")
@@ -178,6 +183,7 @@ def test_din_trains_federated_under_the_sampled_protocol(data: Path, tmp_path: P
     assert summary["test"]["sampled"]["HR@10"] > 0.8, summary["test"]
 
 
+@pytest.mark.slow
 def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) -> None:
     run_config = {"overrides": pattern_overrides(data, "federated.rounds=3", "federated.fraction_evaluate=0")}
     grid = InProcessGrid(2, run_config)
@@ -187,6 +193,7 @@ def test_node_state_counts_rounds_across_messages(data: Path, tmp_path: Path) ->
         assert state["rounds-trained"] == 3 and state["examples-trained"] > 0
 
 
+@pytest.mark.slow
 def test_nodes_keep_their_adam_moments_and_decay_lr_across_rounds(data: Path, tmp_path: Path) -> None:
     run_config = {
         "overrides": pattern_overrides(
@@ -209,6 +216,7 @@ def test_nodes_keep_their_adam_moments_and_decay_lr_across_rounds(data: Path, tm
     assert summary["test"]["full"]["NDCG@10"] > 0
 
 
+@pytest.mark.slow
 def test_row_weighting_changes_only_item_rows_and_follows_node_counts(data: Path, tmp_path: Path) -> None:
     finals = {}
     for flag in ("false", "true"):
@@ -231,6 +239,7 @@ def test_row_weighting_changes_only_item_rows_and_follows_node_counts(data: Path
     assert torch.allclose(plain[ITEM_TABLE_KEY], weighted[ITEM_TABLE_KEY], atol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("score", ["uncovered_mass", "learned"])
 def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path, score: str) -> None:
     # The candidate service speaks TLS, as it must for real devices; the nodes verify it with the CA file.

@@ -24,6 +24,7 @@ def data(tmp_path: Path) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_flwr_run_simulation_completes_and_reports(data: Path, tmp_path: Path) -> None:
     command = [
         sys.executable,
@@ -47,6 +48,7 @@ def test_flwr_run_simulation_completes_and_reports(data: Path, tmp_path: Path) -
     assert all(row["train"]["bytes-received"] > 0 for row in metrics["rounds"])
 
 
+@pytest.mark.slow
 def test_a_failing_run_exits_non_zero(data: Path, tmp_path: Path) -> None:
     # The ServerApp cannot load its data and raises: `flwr run --stream` itself exits 0 on such a run, the
     # launcher must read the run's status and fail loudly.
@@ -67,6 +69,7 @@ def test_a_failing_run_exits_non_zero(data: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "broken" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_local_deployment_with_two_supernodes(data: Path, tmp_path: Path) -> None:
     run_config = f'output-dir="{tmp_path}" overrides="{SMALL} data.path={data} run_name=deployed"'
     proc = subprocess.run(

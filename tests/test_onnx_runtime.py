@@ -37,6 +37,7 @@ def histories(batch: int, length: int, seed: int) -> torch.Tensor:
     return history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "din", "ttt4rec"])
 def test_candidate_scores_match_pytorch_over_shapes_and_padding(name: str, tmp_path: Path) -> None:
     model = build(name)
@@ -57,6 +58,7 @@ def test_candidate_scores_match_pytorch_over_shapes_and_padding(name: str, tmp_p
         np.testing.assert_allclose(got[finite], expected[finite], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sasrec", "ttt4rec"])
 def test_full_ranking_graph_matches_pytorch(name: str, tmp_path: Path) -> None:
     model = build(name)
@@ -95,6 +97,7 @@ def test_corrupt_and_mismatched_files_are_refused_with_the_reason(tmp_path: Path
         export_srm(build("sasrec"), tmp_path / "x.onnx", MAX_LEN, kind="everything")
 
 
+@pytest.mark.slow
 def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: Path) -> None:
     from conftest import write_pattern_dataset
 

@@ -113,6 +113,7 @@ def test_ledger_round_trips_and_rejects_a_corrupt_record() -> None:
         history_from_lists({"noise": [1.0, 1.0], "rate": [0.5], "steps": [1, 2]})
 
 
+@pytest.mark.slow
 def test_epsilon_grows_with_rounds_exactly_as_the_rdp_accountant_predicts() -> None:
     seqs = sequences(64, seed=4)
     model = build_srm("sasrec", NUM_ITEMS, hidden_size=8)
@@ -137,6 +138,7 @@ def test_epsilon_grows_with_rounds_exactly_as_the_rdp_accountant_predicts() -> N
     assert epsilons[0] < epsilons[1] < epsilons[2]
 
 
+@pytest.mark.slow
 def test_noise_from_target_epsilon_lands_on_it_and_a_spent_budget_stops_training(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -331,6 +333,7 @@ def federated(data: Path, out: Path, *extra: str) -> tuple[dict, list[dict]]:
     return summary, json.loads((out / "metrics.json").read_text())["rounds"]
 
 
+@pytest.mark.slow
 def test_local_dp_run_reports_cumulative_epsilon_and_still_beats_random(data: Path, tmp_path: Path) -> None:
     summary, rounds = federated(
         data,
@@ -402,6 +405,7 @@ def test_dp_refuses_settings_that_would_leak(data: Path, tmp_path: Path) -> None
         )
 
 
+@pytest.mark.slow
 def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_path: Path) -> None:
     import subprocess
     import sys

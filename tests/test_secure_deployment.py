@@ -393,6 +393,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evidence]:
     yield evidence
 
 
+@pytest.mark.slow
 def test_secure_run_completes_on_the_registered_supernodes(deployment: Evidence) -> None:
     deployment.require("result")
     result = deployment.result

@@ -145,6 +145,7 @@ def test_typed_section_names_missing_and_nested_keys() -> None:
         ("federated", "train.epochs=7", r"a federated run cannot honour: train\.epochs=7"),
     ],
 )
+@pytest.mark.slow
 def test_entry_points_refuse_keys_they_do_not_read(
     module: str, override: str, named: str, tmp_path: Path
 ) -> None:

@@ -327,6 +327,7 @@ def test_vq_loss_pulls_item_embeddings_to_their_semantic_tokens() -> None:
 
 
 # ---------------------------------------------------------------- the experiment
+@pytest.mark.slow
 def test_solid_experiment_learns_and_reports_every_variant(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=200, num_items=40)
     write_pattern_text(data, 40)
@@ -428,6 +429,7 @@ def test_solid_config_errors_name_the_key(tmp_path: Path) -> None:
         load_item_table(str(tmp_path / "m.pt"))
 
 
+@pytest.mark.slow
 def test_cloud_llm_speaks_semantic_ids_and_learns(tmp_path: Path) -> None:
     import random
 

@@ -385,6 +385,7 @@ LEARNING_SETUPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BASE_MODELS)
 def test_learns_the_successor_pattern(name: str) -> None:
     factory, loss = LEARNING_SETUPS[name]

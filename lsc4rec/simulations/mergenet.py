@@ -50,7 +50,7 @@ from lsc4rec.models.mergenet import Distillation, MergeNetTransfer, SourceTraini
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
-from lsc4rec.settings import MERGENET_STUDY_IGNORES, refuse_unread_keys
+from lsc4rec.settings import MERGENET_STUDY_IGNORES, MergeNetStudySettings, refuse_unread_keys, typed_run
 from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
     HEADLINE_SLICES,
@@ -58,7 +58,7 @@ from lsc4rec.simulations.transfer_study import (
     text_initialised_srm,
     train_variant,
 )
-from lsc4rec.training import TrainSettings, build_model_from_config
+from lsc4rec.training import build_model_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +68,14 @@ DIRECTIONS = ("cloud_to_device", "device_to_cloud")
 VARIANTS = ("srm", "text_srm", "llm_rows_srm", "mergenet", "kd")
 
 
-def transfer_from_config(cfg: DictConfig, target: Any, source: Any) -> MergeNetTransfer:
+def transfer_from_config(run: MergeNetStudySettings, target: Any, source: Any) -> MergeNetTransfer:
     """A :class:`MergeNetTransfer` for ``source`` -> ``target`` with the ``mergenet.*`` settings."""
-    return MergeNetTransfer.from_config(cfg.mergenet, target, source, seed=int(cfg.seed))
+    return MergeNetTransfer.from_config(run.mergenet, target, source, seed=run.seed)
 
 
-def _fresh_srm(cfg: DictConfig, num_items: int) -> SequentialRecommender:
-    torch.manual_seed(int(cfg.seed))
-    return build_model_from_config(cfg.model, num_items, int(cfg.data.max_len))
+def _fresh_srm(run: MergeNetStudySettings, num_items: int) -> SequentialRecommender:
+    torch.manual_seed(run.seed)
+    return build_model_from_config(run.model, num_items, run.data.max_len)
 
 
 def _plot(result: dict[str, Any], path: Path, title: str) -> None:
@@ -98,49 +98,47 @@ def _plot(result: dict[str, Any], path: Path, title: str) -> None:
 
 
 def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
-    """Run the MergeNet experiment of ``cfg``; write outputs; return the result."""
+    """Run the MergeNet experiment of the composed config ``cfg`` (typed here, once); write outputs; return
+    the result."""
     wall_start = time.perf_counter()
-    plain, out = begin_run(cfg, output_dir)
-    directions = [str(d) for d in cfg.mergenet.directions]
+    run = typed_run(cfg, MergeNetStudySettings, MERGENET_STUDY_IGNORES)
+    plain, out = run.record, begin_run(run, output_dir)
+    directions = [str(d) for d in run.mergenet.directions]
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise ValueError(f"mergenet.directions: unknown {bad}; valid: {list(DIRECTIONS)}")
-    variants = [str(v) for v in cfg.mergenet_variants]
+    variants = list(run.mergenet_variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "srm" not in variants:
         raise ValueError(
             f"mergenet_variants must include 'srm' and name only {list(VARIANTS)}, got {variants}"
         )
-    everyone = leave_one_out(
-        load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
-    )
+    everyone = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
     # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
-    view = cloud_view(everyone, int(cfg.collab.cloud_lag))
-    settings = TrainSettings(**plain["train"])
+    view = cloud_view(everyone, run.collab.cloud_lag)
+    settings = run.train
     data = device_data(
         everyone,
-        cfg,
+        run,
         settings,
-        float(cfg.mergenet.device_users),
-        float(cfg.new_item_share),
+        float(run.mergenet.device_users),
+        run.new_item_share,
         fraction_key="mergenet.device_users",
     )
     split = data.split
 
-    llm = build_llm(
-        cfg.llm, split.num_items, seed=int(cfg.seed), item_text=split.item_text, text_cfg=cfg.text
-    )
-    if "kd" in variants and llm.max_len < int(cfg.data.max_len):
+    llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
+    if "kd" in variants and llm.max_len < run.data.max_len:
         # Checked before any training: KD needs the teacher's logits at every position the SRM trains.
         raise ValueError(
             f"mergenet_variants has kd but the cloud LLM reads {llm.max_len} items (llm.max_len) and the SRM "
-            f"{int(cfg.data.max_len)} (data.max_len): set data.max_len <= {llm.max_len} or drop kd"
+            f"{run.data.max_len} (data.max_len): set data.max_len <= {llm.max_len} or drop kd"
         )
     llm_settings = LLMTrainSettings(**plain["llm"]["train"])
     llm_report: dict[str, Any] = {"item_init": llm.item_init}
-    if not cfg.llm.path:
+    if not run.llm.path:
         fitted = fit_llm(
-            llm, view.train, view.valid_histories, view.valid_targets, llm_settings, seed=int(cfg.seed)
+            llm, view.train, view.valid_histories, view.valid_targets, llm_settings, seed=run.seed
         )
         llm.save_pretrained(out / "llm")
         llm_report.update(best_epoch=fitted.best_epoch, valid=fitted.best_valid)
@@ -148,35 +146,35 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     llm_report["test_full_history"] = evaluate_llm(llm, split.test_histories(), split.test_targets)
 
     runs: dict[str, dict[str, Any]] = {}
-    source_spec, target_spec = str(cfg.mergenet.source), str(cfg.mergenet.target)
+    source_spec, target_spec = str(run.mergenet.source), str(run.mergenet.target)
 
     def mergenet_hooks(model: SequentialRecommender) -> list:
         # The LLM the transfer reads trains alongside (a copy: the other variants see the trained LLM).
         source_llm = copy.deepcopy(llm)
         hooks: list = [
             transfer_from_config(
-                cfg,
+                run,
                 resolve_slice(target_spec, model, source_llm),
                 resolve_slice(source_spec, model, source_llm),
             )
         ]
-        if bool(cfg.mergenet.train_source):
+        if bool(run.mergenet.train_source):
             hooks.append(
-                SourceTraining(source_llm, view.train, lr=float(cfg.mergenet.source_lr), seed=int(cfg.seed))
+                SourceTraining(source_llm, view.train, lr=float(run.mergenet.source_lr), seed=run.seed)
             )
         return hooks
 
-    seed = int(cfg.seed)
-    srm = _fresh_srm(cfg, split.num_items)
+    seed = run.seed
+    srm = _fresh_srm(run, split.num_items)
     runs["srm"] = train_variant("srm", srm, data, seed)
     budget = {"epochs": runs["srm"]["epochs_run"], "seconds": runs["srm"]["train_seconds"]}
     if "text_srm" in variants:
-        model = _fresh_srm(cfg, split.num_items)
-        init = text_initialised_srm(model, split, cfg.text)
+        model = _fresh_srm(run, split.num_items)
+        init = text_initialised_srm(model, split, run.text)
         runs["text_srm"] = {**train_variant("text_srm", model, data, seed, budget=budget), "text_init": init}
     if "llm_rows_srm" in variants:
         # The most an item-table transfer can carry at once: the SRM table started from the LLM's item rows.
-        model = _fresh_srm(cfg, split.num_items)
+        model = _fresh_srm(run, split.num_items)
         rows = resolve_slice("llm.item_embeddings", model, llm).value()
         vectors = torch.cat([rows.new_zeros(1, rows.shape[1]), rows])
         present = torch.ones(vectors.shape[0], dtype=torch.bool)
@@ -186,7 +184,7 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
             "llm_rows_init": init,
         }
     if "cloud_to_device" in directions and "mergenet" in variants:
-        model = _fresh_srm(cfg, split.num_items)
+        model = _fresh_srm(run, split.num_items)
         hooks = mergenet_hooks(model)
         runs["mergenet"] = train_variant("mergenet", model, data, seed, hooks, budget)
         overhead = hooks[0].stats.summary()
@@ -197,17 +195,17 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         runs["mergenet"]["transfer"] = overhead
     if "cloud_to_device" in directions and "kd" in variants:
         kd = Distillation(
-            llm, weight=float(cfg.mergenet.kd_weight), temperature=float(cfg.mergenet.kd_temperature)
+            llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
         )
-        runs["kd"] = train_variant("kd", _fresh_srm(cfg, split.num_items), data, seed, [kd], budget)
+        runs["kd"] = train_variant("kd", _fresh_srm(run, split.num_items), data, seed, [kd], budget)
 
     cloud: dict[str, Any] = {}
     if "device_to_cloud" in directions:
-        cloud = _device_to_cloud(cfg, llm, srm, view, everyone, llm_settings)
+        cloud = _device_to_cloud(run, llm, srm, view, everyone, llm_settings)
 
     result: dict[str, Any] = {
         "experiment": "mergenet",
-        "dataset": cfg.data.name,
+        "dataset": run.data.name,
         "pair": f"{source_spec} -> {target_spec}",
         "device_users": len(split.train),
         "llm_item_init": llm.item_init,
@@ -246,13 +244,13 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         "peak_memory_mb": round(peak_memory_mb(), 1),
     }
     write_json(out / "metrics.json", payload)
-    _plot(result, out / "mergenet.png", f"LLM knowledge -> device SRM, {cfg.data.name}")
+    _plot(result, out / "mergenet.png", f"LLM knowledge -> device SRM, {run.data.name}")
     result["output_dir"] = str(out)
     return result
 
 
 def _device_to_cloud(
-    cfg: DictConfig,
+    run: MergeNetStudySettings,
     llm: CloudLLM,
     srm: SequentialRecommender,
     view: Any,
@@ -262,7 +260,7 @@ def _device_to_cloud(
     """Fine-tune copies of the LLM with and without a transfer from the trained SRM's item table."""
     from dataclasses import replace
 
-    settings = replace(llm_settings, epochs=int(cfg.mergenet.llm_finetune_epochs), patience=10**6)
+    settings = replace(llm_settings, epochs=int(run.mergenet.llm_finetune_epochs), patience=10**6)
     out: dict[str, Any] = {}
     for name in ("llm_finetuned", "llm_mergenet"):
         student = copy.deepcopy(llm)
@@ -270,7 +268,7 @@ def _device_to_cloud(
         if name == "llm_mergenet":
             target = resolve_slice("llm.item_embeddings", srm, student)
             hooks.append(
-                transfer_from_config(cfg, target, resolve_slice("srm.item_embeddings", srm, student))
+                transfer_from_config(run, target, resolve_slice("srm.item_embeddings", srm, student))
             )
         start = time.perf_counter()
         fitted = fit_llm(
@@ -279,7 +277,7 @@ def _device_to_cloud(
             view.valid_histories,
             view.valid_targets,
             settings,
-            seed=int(cfg.seed),
+            seed=run.seed,
             hooks=hooks,
         )
         test = evaluate_llm(student, split.test_histories(), split.test_targets)

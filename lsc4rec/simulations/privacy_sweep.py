@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lsc4rec.config import config_dir
+from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.federated import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
-from lsc4rec.settings import federated_settings_from_overrides
+from lsc4rec.settings import FederatedRunSettings, federated_settings_from_overrides, typed_section
 from lsc4rec.simulations.federated import launch
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 from lsc4rec.simulations.launch.runs import begin_run
@@ -47,13 +48,28 @@ logger = logging.getLogger(__name__)
 METRIC = "NDCG@10"
 
 
-def settings_of(cfg: DictConfig) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class SweepSettings:
+    """Which privacy settings the sweep runs (``sweep.*`` in ``conf/privacy_sweep.yaml``)."""
+
+    epsilons: tuple[float, ...]
+    modes: tuple[str, ...]
+    runtime: str
+    local_overrides: tuple[str, ...]
+    central_overrides: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.runtime not in ("inprocess", "flower"):
+            raise ValueError(f"sweep.runtime must be inprocess or flower, got {self.runtime!r}")
+
+
+def settings_of(sweep: SweepSettings) -> list[dict[str, Any]]:
     """The sweep's runs: ``{"name", "mode", "target_epsilon", "overrides"}``, non-private first."""
     runs = [{"name": "non-private", "mode": "none", "target_epsilon": math.inf, "overrides": []}]
-    for mode in cfg.sweep.modes:
+    for mode in sweep.modes:
         if str(mode) not in ("local", "central"):
             raise ValueError(f"sweep.modes holds {mode!r}; use local and/or central")
-        for epsilon in cfg.sweep.epsilons:
+        for epsilon in sweep.epsilons:
             if not float(epsilon) > 0:
                 raise ValueError(f"sweep.epsilons holds {epsilon}; every epsilon must be > 0")
             runs.append(
@@ -65,31 +81,31 @@ def settings_of(cfg: DictConfig) -> list[dict[str, Any]]:
                         f"privacy.mode={mode}",
                         f"privacy.target_epsilon={float(epsilon)}",
                         "privacy.noise_multiplier=0",
-                        *[str(o) for o in cfg.sweep[f"{mode}_overrides"]],
+                        *(sweep.local_overrides if mode == "local" else sweep.central_overrides),
                     ],
                 }
             )
     return runs
 
 
-def run_setting(cfg: DictConfig, base_overrides: list[str], setting: dict[str, Any], out: Path) -> dict:
+def run_setting(sweep: SweepSettings, base_overrides: list[str], setting: dict[str, Any], out: Path) -> dict:
     """One federated run of the sweep; returns its summary (test metrics, privacy spent)."""
     overrides = [*base_overrides, *setting["overrides"], f"run_name={out.name}", f"output_dir={out.parent}"]
     run = federated_settings_from_overrides(overrides)
-    if str(cfg.sweep.runtime) == "inprocess":
+    if sweep.runtime == "inprocess":
         grid = InProcessGrid(run.federated.num_supernodes, {"overrides": " ".join(overrides)})
         return run_federated(grid, run, out)
     return launch(run, overrides, out)
 
 
-def initial_test_metrics(cfg: DictConfig, split: LeaveOneOutSplit) -> dict[str, float]:
+def initial_test_metrics(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict[str, float]:
     """Full-ranking test metrics of the model every setting starts from (initial weights or a fresh init)."""
-    torch.manual_seed(int(cfg.seed))
-    model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
-    if cfg.federated.initial_weights:
-        load_initial_weights(model, Path(str(cfg.federated.initial_weights)))
-    _, test = build_eval_sets(split, cfg.eval, int(cfg.data.max_len))
-    return evaluate(model, test, tuple(int(k) for k in cfg.eval.ks))["full"]
+    torch.manual_seed(run.seed)
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
+    if run.federated.initial_weights:
+        load_initial_weights(model, Path(run.federated.initial_weights))
+    _, test = build_eval_sets(split, run.eval, run.data.max_len)
+    return evaluate(model, test, run.eval.ks)["full"]
 
 
 def random_ndcg(num_items: int, k: int = 10) -> float:
@@ -129,31 +145,33 @@ def plot_sweep(
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra)."""
     started = time.perf_counter()
-    plain, out = begin_run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    # Typed once, here: the sweep's own keys, and the federated run every setting varies (whose keys a
+    # federated run cannot honour are refused as in any federated run).
+    sweep = typed_section(cfg.sweep, SweepSettings, "sweep")
     base_overrides = [
         o for o in HydraConfig.get().overrides.task if not o.startswith(("run_name=", "sweep."))
     ]
-    split = leave_one_out(
-        load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
-    )
+    base = federated_settings_from_overrides(base_overrides)
+    out = begin_run(base, Path(HydraConfig.get().runtime.output_dir))
+    plain = to_plain_dict(cfg)
+    split = leave_one_out(load_dataset(base.data.name, base.data.path, base.data.format, base.data.text_path))
     warm_start = None
-    if int(cfg.federated.warm_start_epochs) > 0:
+    if base.federated.warm_start_epochs > 0:
         # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.
-        model = build_model_from_config(cfg.model, split.num_items, int(cfg.data.max_len))
-        warm_start = warm_start_on_cloud(model, federated_settings_from_overrides(base_overrides), split)
+        model = build_model_from_config(base.model, split.num_items, base.data.max_len)
+        warm_start = warm_start_on_cloud(model, base, split)
         torch.save(model.state_dict(), out / "warm_start.pt")
         base_overrides = [
             *[o for o in base_overrides if not o.startswith("federated.warm_start_epochs=")],
             "federated.warm_start_epochs=0",
             f"federated.initial_weights={out / 'warm_start.pt'}",
         ]
-        cfg.federated.warm_start_epochs = 0
-        cfg.federated.initial_weights = str(out / "warm_start.pt")
-    initial = initial_test_metrics(cfg, split)
+        base = federated_settings_from_overrides(base_overrides)
+    initial = initial_test_metrics(base, split)
     rows: list[dict[str, Any]] = []
-    for setting in settings_of(cfg):
+    for setting in settings_of(sweep):
         logger.info("privacy sweep: %s", setting["name"])
-        summary = run_setting(cfg, base_overrides, setting, out / setting["name"])
+        summary = run_setting(sweep, base_overrides, setting, out / setting["name"])
         last = summary["test_last_round"]["full"]
         privacy = summary.get("privacy", {})
         rows.append(
@@ -176,14 +194,14 @@ def main(cfg: DictConfig) -> None:
         row["fraction_of_non_private"] = row[METRIC] / reference if reference > 0 else math.nan
     floor = random_ndcg(split.num_items)
     plot_sweep(
-        rows, floor, out / "privacy_sweep.png", f"{cfg.model.name} on {cfg.data.name}", initial[METRIC]
+        rows, floor, out / "privacy_sweep.png", f"{base.model.name} on {base.data.name}", initial[METRIC]
     )
     result = {
         "experiment": "privacy_sweep",
-        "dataset": str(cfg.data.name),
-        "model": str(cfg.model.name),
-        "rounds": int(cfg.federated.rounds),
-        "nodes": int(cfg.federated.num_supernodes),
+        "dataset": base.data.name,
+        "model": str(base.model.name),
+        "rounds": base.federated.rounds,
+        "nodes": base.federated.num_supernodes,
         "random_NDCG@10": floor,
         "warm_start": warm_start,
         # What the federated runs start from, on the same test items: the share any run adds lies above it.

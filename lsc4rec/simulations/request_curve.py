@@ -60,9 +60,9 @@ from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
-from lsc4rec.settings import REQUEST_CURVE_IGNORES, refuse_unread_keys
+from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, refuse_unread_keys, typed_run
 from lsc4rec.torch_device import resolve_device
-from lsc4rec.training import TrainSettings, build_eval_sets, build_model_from_config, evaluate, fit
+from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate, fit
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def build_moment(
     histories: list[list[int]],
     stale_prompts: list[list[int]],
     targets: list[int],
-    cfg: DictConfig,
+    run: RequestCurveSettings,
     description: str,
     baseline_llm: CloudLLM | None = None,
     rank_alone: bool = True,
@@ -130,9 +130,9 @@ def build_moment(
     Also the device SRM's own top items (for a union pool) and, with ``rank_alone``, the full-catalogue ranks
     of the SRM, the LLM and ``baseline_llm`` (when given) each ranking alone, the LLMs from the stale prompt.
     """
-    n = int(cfg.collab.candidates)
-    device_n = int(cfg.collab.device_candidates)
-    pool = str(cfg.collab.candidate_pool)
+    n = run.collab.candidates
+    device_n = run.collab.device_candidates
+    pool = run.collab.candidate_pool
     if pool not in CANDIDATE_POOLS:
         raise ValueError(f"collab.candidate_pool={pool!r}; use one of {', '.join(CANDIDATE_POOLS)}")
     # The models whose full-catalogue ranking alone is reported (none at a moment that only selects).
@@ -140,23 +140,23 @@ def build_moment(
     llms = llms if rank_alone else {}
     full: dict[str, list[Tensor]] = {"srm": []} | {name: [] for name in llms}
     device: dict[str, list[Tensor]] = {"items": [], "srm": []}
-    max_len = int(cfg.data.max_len)
-    exclude = bool(cfg.eval.exclude_history)
-    methods = [m for m in request_methods(cfg) if m != LEARNED]
-    learned = LEARNED in request_methods(cfg)
+    max_len = run.data.max_len
+    exclude = run.eval.exclude_history
+    methods = [m for m in request_methods(run) if m != LEARNED]
+    learned = LEARNED in request_methods(run)
     lists = ("stale_items", "stale_llm", "stale_srm", "fresh_items", "fresh_llm", "fresh_srm")
     parts: dict[str, list[Tensor]] = {k: [] for k in lists}
     scores: dict[str, list[Tensor]] = {m: [] for m in methods}
     features: list[Tensor] = []
     chunk = 512
-    for start in tqdm(range(0, len(histories), chunk), desc=description, disable=not cfg.llm.train.progress):
+    for start in tqdm(range(0, len(histories), chunk), desc=description, disable=not run.llm.train.progress):
         history = pad_left(histories[start : start + chunk], max_len)
         # Exclusions cover the whole history, also past max_len (as the SRM protocol's full ranking does).
         seen = seen_items(histories[start : start + chunk])
-        stale = pad_left([p or [] for p in stale_prompts[start : start + chunk]], int(cfg.llm.max_len))
+        stale = pad_left([p or [] for p in stale_prompts[start : start + chunk]], int(run.llm.max_len))
         for kind, prompt in (
             ("stale", stale),
-            ("fresh", pad_left(histories[start : start + chunk], int(cfg.llm.max_len))),
+            ("fresh", pad_left(histories[start : start + chunk], int(run.llm.max_len))),
         ):
             items, llm_scores = llm.recommend_tensor(prompt, n)
             if exclude:
@@ -177,7 +177,7 @@ def build_moment(
         top_items, top_scores = device_top_items(catalogue, device_n)
         device["items"].append(top_items)
         device["srm"].append(top_scores)
-        table = request_score_table(srm, history, *stale_lists, methods, int(cfg.request.k), catalogue)
+        table = request_score_table(srm, history, *stale_lists, methods, run.request.k, catalogue)
         for method, values in table.items():
             scores[method].append(values)
         if learned:
@@ -185,7 +185,7 @@ def build_moment(
             features.append(request_features(items, srm_scores, parts["stale_llm"][-1], catalogue, history))
     by_method = {m: torch.cat(v) for m, v in scores.items()}
     # A learned score is filled in by fit_request_model once the validation gains are known.
-    headline = by_method.get(str(cfg.request.score), torch.zeros(len(targets)))
+    headline = by_method.get(run.request.score, torch.zeros(len(targets)))
     return MomentLists(
         targets=torch.as_tensor(targets),
         **{k: torch.cat(v) for k, v in parts.items()},
@@ -200,16 +200,16 @@ def build_moment(
 
 
 def per_device_ndcg(
-    items: Tensor, llm: Tensor, srm: Tensor, targets: Tensor, alpha: float, cfg: DictConfig
+    items: Tensor, llm: Tensor, srm: Tensor, targets: Tensor, alpha: float, run: RequestCurveSettings
 ) -> Tensor:
     """NDCG@10 ``[U]`` of each device's fused ranking of its list (0 when the target is not in its top 10)."""
-    fused = fuse_scores(llm, srm, items, alpha, str(cfg.collab.normalization))
+    fused = fuse_scores(llm, srm, items, alpha, run.collab.normalization)
     ranks = list_ranks(rerank(items, fused), targets)
     return torch.where(ranks < 10, 1.0 / torch.log2(ranks.float() + 2.0), torch.zeros(len(targets)))
 
 
 def fit_request_model(
-    valid: MomentLists, test: MomentLists, alpha: float, cfg: DictConfig, out: Path
+    valid: MomentLists, test: MomentLists, alpha: float, run: RequestCurveSettings, out: Path
 ) -> LearnedRequestModel:
     """Fit the learned request score on the validation moment's realised gains; score both moments with it.
 
@@ -220,41 +220,51 @@ def fit_request_model(
     if valid.features is None or test.features is None:
         raise ValueError("fit_request_model needs moments built with request features (a 'learned' score)")
     never = torch.zeros_like(valid.targets, dtype=torch.bool)
-    gains = per_device_ndcg(*valid.lists(~never), valid.targets, alpha, cfg) - per_device_ndcg(
-        *valid.lists(never), valid.targets, alpha, cfg
+    gains = per_device_ndcg(*valid.lists(~never), valid.targets, alpha, run) - per_device_ndcg(
+        *valid.lists(never), valid.targets, alpha, run
     )
     model = LearnedRequestModel.fit(valid.features, gains)
     model.save(out / "request_model.json")
     for moment in (valid, test):
         moment.compared[LEARNED] = model.predict(moment.features)
-        if str(cfg.request.score) == LEARNED:
+        if run.request.score == LEARNED:
             moment.inconsistency = moment.compared[LEARNED]
     return model
 
 
-def request_methods(cfg: DictConfig) -> list[str]:
+def request_methods(run: RequestCurveSettings) -> list[str]:
     """The configured request score first, then the other scores of ``request.compare`` (no repeats)."""
-    return list(dict.fromkeys([str(cfg.request.score), *(str(m) for m in cfg.request.get("compare", []))]))
+    return list(dict.fromkeys([run.request.score, *run.request.compare]))
 
 
 def fused_ranks(
-    items: Tensor, llm_scores: Tensor, srm_scores: Tensor, targets: Tensor, alpha: float, cfg: DictConfig
+    items: Tensor,
+    llm_scores: Tensor,
+    srm_scores: Tensor,
+    targets: Tensor,
+    alpha: float,
+    run: RequestCurveSettings,
 ) -> Tensor:
     """0-based rank ``[U]`` of each target in its list reranked by the fused score (absent = a miss)."""
-    fused = fuse_scores(llm_scores, srm_scores, items, alpha, str(cfg.collab.normalization))
+    fused = fuse_scores(llm_scores, srm_scores, items, alpha, run.collab.normalization)
     return list_ranks(rerank(items, fused), targets)
 
 
 def ranked_metrics(
-    items: Tensor, llm_scores: Tensor, srm_scores: Tensor, targets: Tensor, alpha: float, cfg: DictConfig
+    items: Tensor,
+    llm_scores: Tensor,
+    srm_scores: Tensor,
+    targets: Tensor,
+    alpha: float,
+    run: RequestCurveSettings,
 ) -> dict[str, float]:
     """HR/NDCG/MRR@K of the lists reranked by the fused score with weight ``alpha`` on the LLM."""
-    ks = tuple(int(k) for k in cfg.eval.ks)
-    return metrics_from_ranks(fused_ranks(items, llm_scores, srm_scores, targets, alpha, cfg), ks)
+    ks = run.eval.ks
+    return metrics_from_ranks(fused_ranks(items, llm_scores, srm_scores, targets, alpha, run), ks)
 
 
 def choose_alpha(
-    moment: MomentLists, cfg: DictConfig, pool: str | None = None
+    moment: MomentLists, run: RequestCurveSettings, pool: str | None = None
 ) -> tuple[float, dict[str, float]]:
     """The fusion weight: ``collab.alpha`` if a number, else the grid value best on validation NDCG@10.
 
@@ -263,17 +273,17 @@ def choose_alpha(
     never = torch.zeros_like(moment.targets, dtype=torch.bool)
     items, llm_scores, srm_scores = moment.lists(never, pool)
     curve = {
-        float(a): ranked_metrics(items, llm_scores, srm_scores, moment.targets, float(a), cfg)["NDCG@10"]
-        for a in cfg.collab.alpha_grid
+        float(a): ranked_metrics(items, llm_scores, srm_scores, moment.targets, float(a), run)["NDCG@10"]
+        for a in run.collab.alpha_grid
     }
-    if str(cfg.collab.alpha) != "auto":
-        return float(cfg.collab.alpha), curve
+    if str(run.collab.alpha) != "auto":
+        return float(run.collab.alpha), curve
     return max(curve, key=lambda a: (curve[a], -abs(a - 0.5))), curve
 
 
-def load_baseline_llm(cfg: DictConfig, num_items: int) -> CloudLLM | None:
+def load_baseline_llm(run: RequestCurveSettings, num_items: int) -> CloudLLM | None:
     """The saved LLM of ``collab.baseline_llm_path`` (e.g. the ID-only one), reported beside this run's."""
-    path = cfg.collab.get("baseline_llm_path")
+    path = run.collab.baseline_llm_path
     if not path:
         return None
     baseline = CloudLLM.from_pretrained(str(path))
@@ -281,7 +291,7 @@ def load_baseline_llm(cfg: DictConfig, num_items: int) -> CloudLLM | None:
         raise ValueError(
             f"collab.baseline_llm_path={path} has {baseline.num_items} items; the dataset has {num_items}"
         )
-    baseline.to(resolve_device(str(cfg.llm.train.device), "llm.train.device"))
+    baseline.to(resolve_device(str(run.llm.train.device), "llm.train.device"))
     return baseline.eval()
 
 
@@ -298,21 +308,21 @@ def slice_masks(split: LeaveOneOutSplit) -> dict[str, Tensor]:
 
 
 def collaboration_comparison(
-    valid: MomentLists, test: MomentLists, split: LeaveOneOutSplit, cfg: DictConfig
+    valid: MomentLists, test: MomentLists, split: LeaveOneOutSplit, run: RequestCurveSettings
 ) -> dict:
     """Test NDCG/HR of each model alone (full catalogue) and of fusion over each pool, overall and by slice.
 
     Fusion weights are chosen per pool on validation; no request is made. The device SRM ranking the full
     catalogue by itself is the reference every ratio is taken against.
     """
-    ks = tuple(int(k) for k in cfg.eval.ks)
+    ks = run.eval.ks
     never = torch.zeros_like(test.targets, dtype=torch.bool)
     ranks: dict[str, Tensor] = {f"{name}_alone": r for name, r in test.full_ranks.items()}
     alphas: dict[str, float] = {}
     for pool in CANDIDATE_POOLS:
-        alphas[pool], _ = choose_alpha(valid, cfg, pool)
-        ranks[f"fused_{pool}"] = fused_ranks(*test.lists(never, pool), test.targets, alphas[pool], cfg)
-    ranks["fused_always_request"] = fused_ranks(*test.lists(~never), test.targets, alphas[test.pool], cfg)
+        alphas[pool], _ = choose_alpha(valid, run, pool)
+        ranks[f"fused_{pool}"] = fused_ranks(*test.lists(never, pool), test.targets, alphas[pool], run)
+    ranks["fused_always_request"] = fused_ranks(*test.lists(~never), test.targets, alphas[test.pool], run)
     slices = slice_masks(split)
     table = {
         name: {
@@ -336,19 +346,15 @@ def collaboration_comparison(
 
 
 def train_models(
-    cfg: DictConfig, split: LeaveOneOutSplit, out: Path
+    run: RequestCurveSettings, split: LeaveOneOutSplit, out: Path
 ) -> tuple[CloudLLM, SequentialRecommender, dict]:
     """The cloud LLM (stale data) and the device SRM (real-time data), trained or loaded as configured."""
     report: dict = {}
-    view = cloud_view(split, int(cfg.collab.cloud_lag))
-    llm = build_llm(
-        cfg.llm, split.num_items, seed=int(cfg.seed), item_text=split.item_text, text_cfg=cfg.text
-    )
-    if not cfg.llm.path:
-        settings = LLMTrainSettings(**to_plain_dict(cfg.llm.train))
-        result = fit_llm(
-            llm, view.train, view.valid_histories, view.valid_targets, settings, seed=int(cfg.seed)
-        )
+    view = cloud_view(split, run.collab.cloud_lag)
+    llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
+    if not run.llm.path:
+        settings = LLMTrainSettings(**to_plain_dict(run.llm.train))
+        result = fit_llm(llm, view.train, view.valid_histories, view.valid_targets, settings, seed=run.seed)
         llm.save_pretrained(out / "llm")
         report["llm_training"] = {
             "best_epoch": result.best_epoch,
@@ -361,38 +367,38 @@ def train_models(
             ],
         }
     # The LLM answers the devices' requests where the cloud would run it.
-    llm.to(resolve_device(str(cfg.llm.train.device), "llm.train.device"))
-    max_len = int(cfg.data.max_len)
-    srm = build_model_from_config(cfg.model, split.num_items, max_len)
-    settings = TrainSettings(**to_plain_dict(cfg.train))
-    if cfg.collab.srm_path:
-        srm.load_state_dict(torch.load(str(cfg.collab.srm_path), map_location="cpu"))
-        report["srm_training"] = {"loaded": str(cfg.collab.srm_path)}
+    llm.to(resolve_device(str(run.llm.train.device), "llm.train.device"))
+    max_len = run.data.max_len
+    srm = build_model_from_config(run.model, split.num_items, max_len)
+    settings = run.train
+    if run.collab.srm_path:
+        srm.load_state_dict(torch.load(str(run.collab.srm_path), map_location="cpu"))
+        report["srm_training"] = {"loaded": str(run.collab.srm_path)}
     else:
         start = time.perf_counter()
         collab_losses: list[float] = []
-        if cfg.collab.srm_training == "collaborative":
+        if run.collab.srm_training == "collaborative":
             collab_losses = train_on_llm_candidates(
                 srm,
                 llm,
                 split.train_sequences(),
                 settings,
                 max_len,
-                epochs=int(cfg.collab.srm_epochs),
-                hard_negatives=int(cfg.collab.hard_negatives),
-                random_negatives=int(cfg.collab.random_negatives),
-                seed=int(cfg.seed),
+                epochs=run.collab.srm_epochs,
+                hard_negatives=run.collab.hard_negatives,
+                random_negatives=run.collab.random_negatives,
+                seed=run.seed,
             )
-        elif cfg.collab.srm_training != "standard":
+        elif run.collab.srm_training != "standard":
             raise ValueError(
-                f"collab.srm_training={cfg.collab.srm_training!r}; use standard or collaborative"
+                f"collab.srm_training={run.collab.srm_training!r}; use standard or collaborative"
             )
-        valid_set, _ = build_eval_sets(split, cfg.eval, max_len)
-        batches = TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=int(cfg.seed))
-        fitted = fit(srm, batches, valid_set, settings, seed=int(cfg.seed))
+        valid_set, _ = build_eval_sets(split, run.eval, max_len)
+        batches = TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=run.seed)
+        fitted = fit(srm, batches, valid_set, settings, seed=run.seed)
         torch.save(fitted.best_state, out / "srm.pt")
         report["srm_training"] = {
-            "mode": str(cfg.collab.srm_training),
+            "mode": run.collab.srm_training,
             "collaborative_losses": collab_losses,
             "best_epoch": fitted.best_epoch,
             "seconds": round(time.perf_counter() - start, 1),
@@ -403,19 +409,19 @@ def train_models(
 
 
 def run_request_curve(cfg: DictConfig, out: Path) -> dict:
-    """Run the experiment described by ``cfg``; write outputs under ``out`` and return the final summary."""
+    """Run the experiment the composed config ``cfg`` describes (typed here, once); write outputs under
+    ``out`` and return the final summary."""
+    run = typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(int(cfg.seed))
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    split = leave_one_out(
-        load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
-    )
-    logger.info("dataset %s: %s", cfg.data.name, split.report)
-    llm, srm, report = train_models(cfg, split, out)
-    view = cloud_view(split, int(cfg.collab.cloud_lag))
-    ks = tuple(int(k) for k in cfg.eval.ks)
+    torch.manual_seed(run.seed)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    logger.info("dataset %s: %s", run.data.name, split.report)
+    llm, srm, report = train_models(run, split, out)
+    view = cloud_view(split, run.collab.cloud_lag)
+    ks = run.eval.ks
 
     valid = build_moment(
         llm,
@@ -423,72 +429,68 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         split.valid_histories(),
         view.stale_valid_prompts,
         split.valid_targets,
-        cfg,
+        run,
         "validation lists",
         rank_alone=False,  # models alone are reported on test only
     )
-    baseline = load_baseline_llm(cfg, split.num_items)
+    baseline = load_baseline_llm(run, split.num_items)
     test = build_moment(
         llm,
         srm,
         split.test_histories(),
         view.stale_test_prompts,
         split.test_targets,
-        cfg,
+        run,
         "test lists",
         baseline_llm=baseline,
     )
-    alpha, alpha_curve = choose_alpha(valid, cfg)
+    alpha, alpha_curve = choose_alpha(valid, run)
     logger.info("fusion alpha %.2f (validation NDCG@10 by alpha: %s)", alpha, alpha_curve)
-    comparison = collaboration_comparison(valid, test, split, cfg)
+    comparison = collaboration_comparison(valid, test, split, run)
     if valid.features is not None:
-        fit_request_model(valid, test, alpha, cfg, out)
+        fit_request_model(valid, test, alpha, run, out)
 
     never = torch.zeros_like(test.targets, dtype=torch.bool)
     stale = test.lists(never)
     table = {
-        "llm_only": ranked_metrics(*stale, test.targets, 1.0, cfg),
-        "srm_only": ranked_metrics(*stale, test.targets, 0.0, cfg),
-        "fused": ranked_metrics(*stale, test.targets, alpha, cfg),
+        "llm_only": ranked_metrics(*stale, test.targets, 1.0, run),
+        "srm_only": ranked_metrics(*stale, test.targets, 0.0, run),
+        "fused": ranked_metrics(*stale, test.targets, alpha, run),
     }
     always = test.lists(~never)
     table_always = {
-        "llm_only": ranked_metrics(*always, test.targets, 1.0, cfg),
-        "srm_only": ranked_metrics(*always, test.targets, 0.0, cfg),
-        "fused": ranked_metrics(*always, test.targets, alpha, cfg),
+        "llm_only": ranked_metrics(*always, test.targets, 1.0, run),
+        "srm_only": ranked_metrics(*always, test.targets, 0.0, run),
+        "fused": ranked_metrics(*always, test.targets, alpha, run),
     }
     # Context: each model ranking the whole catalogue on its own (the SRM protocol).
-    _, test_set = build_eval_sets(split, cfg.eval, int(cfg.data.max_len))
+    _, test_set = build_eval_sets(split, run.eval, run.data.max_len)
     srm_full = evaluate(srm, test_set, ks, full_ranking=True)["full"]
-    llm_stale_full = evaluate_llm(
-        llm, view.stale_test_prompts, split.test_targets, ks, int(cfg.collab.candidates)
-    )
-    llm_fresh_full = evaluate_llm(
-        llm, split.test_histories(), split.test_targets, ks, int(cfg.collab.candidates)
-    )
+    llm_stale_full = evaluate_llm(llm, view.stale_test_prompts, split.test_targets, ks, run.collab.candidates)
+    llm_fresh_full = evaluate_llm(llm, split.test_histories(), split.test_targets, ks, run.collab.candidates)
 
-    generator = torch.Generator().manual_seed(int(cfg.request.seed))
-    compare_generator = torch.Generator().manual_seed(int(cfg.request.seed) + 1)
+    generator = torch.Generator().manual_seed(run.request.seed)
+    compare_generator = torch.Generator().manual_seed(run.request.seed + 1)
     curve = []
-    for ratio in cfg.request.ratios:
+    for ratio in run.request.ratios:
         row: dict = {"ratio": float(ratio)}
         for mode in ("intelligent", "random"):
             policy = RequestPolicy(mode, float(ratio))
             if mode == "intelligent":
                 policy.calibrate(valid.inconsistency)
             requested = policy.decide(test.inconsistency, generator)
-            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, cfg)
+            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, run)
             row[mode] = {"actual_ratio": float(requested.float().mean()), **metrics}
         row["intelligent_by_score"], row["budget_by_score"] = {}, {}
         for method, values in valid.compared.items():
             # Its own coin stream, so adding a compared score leaves the headline curves unchanged.
             policy = RequestPolicy("intelligent", float(ratio)).calibrate(values)
             requested = policy.decide(test.compared[method], compare_generator)
-            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, cfg)
+            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, run)
             row["intelligent_by_score"][method] = {"actual_ratio": float(requested.float().mean()), **metrics}
             # A node budget instead of a threshold: exactly the top share of devices by the score requests.
             budget = top_share(test.compared[method], float(ratio), compare_generator)
-            metrics = ranked_metrics(*test.lists(budget), test.targets, alpha, cfg)
+            metrics = ranked_metrics(*test.lists(budget), test.targets, alpha, run)
             row["budget_by_score"][method] = {"actual_ratio": float(budget.float().mean()), **metrics}
         curve.append(row)
         logger.info(
@@ -499,22 +501,22 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
             row["random"]["NDCG@10"],
         )
 
-    target_ratio = float(cfg.request.target_ratio)
+    target_ratio = run.request.target_ratio
     at_target = next((r for r in curve if math.isclose(r["ratio"], target_ratio)), None)
     never_ndcg, always_ndcg = table["fused"]["NDCG@10"], table_always["fused"]["NDCG@10"]
     best_single = max(table["llm_only"]["NDCG@10"], table["srm_only"]["NDCG@10"])
     summary = {
         "experiment": "request_curve",
-        "dataset": str(cfg.data.name),
-        "model": str(cfg.model.name),
-        "llm": str(cfg.llm.name),
+        "dataset": run.data.name,
+        "model": str(run.model.name),
+        "llm": str(run.llm.name),
         "llm_item_init": llm.item_init,
         "baseline_llm_item_init": baseline.item_init if baseline is not None else None,
-        "cloud_lag": int(cfg.collab.cloud_lag),
-        "candidates": int(cfg.collab.candidates),
+        "cloud_lag": run.collab.cloud_lag,
+        "candidates": run.collab.candidates,
         "alpha": alpha,
-        "normalization": str(cfg.collab.normalization),
-        "request_score": str(cfg.request.score),
+        "normalization": run.collab.normalization,
+        "request_score": run.request.score,
         "protocol": "LLM candidate list reranked; target outside the list = miss; seen items dropped",
         "test_no_requests": table,
         "test_always_request": table_always,
@@ -537,7 +539,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
             }
     payload = {
         "status": "completed",
-        "config": to_plain_dict(cfg),
+        "config": run.record,
         "dataset_report": split.report,
         "training": report,
         "alpha_validation_curve": {str(k): v for k, v in alpha_curve.items()},

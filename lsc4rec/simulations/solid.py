@@ -46,7 +46,7 @@ from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.pipeline import build_codebook, item_representations, seen_items, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender, build_srm
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
-from lsc4rec.settings import SOLID_STUDY_IGNORES, refuse_unread_keys
+from lsc4rec.settings import SOLID_STUDY_IGNORES, SolidStudySettings, refuse_unread_keys, typed_run
 from lsc4rec.simulations.centralized import protocol_description
 from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
@@ -56,7 +56,6 @@ from lsc4rec.simulations.transfer_study import (
     text_initialised_srm,
     train_variant,
 )
-from lsc4rec.training import TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +96,17 @@ def _solid_model(model_cfg: dict[str, Any], num_items: int, max_len: int, flags:
 
 
 def _codebook(
-    cfg: DictConfig, raw: Any, data: DeviceData, item_table: Tensor | None, features: list[str]
+    run: SolidStudySettings, raw: Any, data: DeviceData, item_table: Tensor | None, features: list[str]
 ) -> tuple[Tensor, dict[str, Any]]:
     """Semantic ids ``[N + 1, levels]`` from a codebook over ``features``, and its report."""
     seen = seen_items(data.train_sequences, data.split.num_items)
     representations, report = item_representations(
-        cfg.solid, raw, data.split, item_table, seen=seen, features=features
+        run.solid, raw, data.split, item_table, seen=seen, features=features
     )
-    codebook = build_codebook(cfg.solid, representations, seed=int(cfg.seed))
+    codebook = build_codebook(run.solid, representations, seed=run.seed)
     codes = semantic_ids(codebook, representations)
     report.update(
-        quantizer=str(cfg.solid.quantizer),
+        quantizer=str(run.solid.quantizer),
         sizes=codebook.sizes,
         quantisation_mse=round(codebook.quantisation_error(representations), 6),
         distinct_semantic_ids=len({tuple(r) for r in codes[1:].tolist()}),
@@ -158,23 +157,24 @@ def plot_variants(runs: dict[str, dict[str, Any]], path: Path, title: str) -> No
 
 
 def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
-    """Run the base model, SOLID and its ablations as ``cfg`` describes; write outputs; return the result."""
+    """Run the base model, SOLID and its ablations as the composed config ``cfg`` describes (typed here,
+    once); write outputs; return the result."""
     wall_start = time.perf_counter()
-    plain, out = begin_run(cfg, output_dir)
+    run = typed_run(cfg, SolidStudySettings, SOLID_STUDY_IGNORES)
+    plain, out = run.record, begin_run(run, output_dir)
     model_cfg = plain["model"]
     if model_cfg.get("name") != "solid":
         raise ValueError(f"the SOLID experiment needs model=solid (got model.name={model_cfg.get('name')!r})")
-    variants = [str(v) for v in cfg.solid_variants]
+    variants = list(run.solid_variants)
     unknown = [v for v in variants if v not in BASE_VARIANTS and v not in VARIANTS]
     if unknown:
         raise ValueError(f"solid_variants: unknown {unknown}; valid: {[*BASE_VARIANTS, *VARIANTS]}")
 
-    raw = load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.get("text_path"))
+    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     everyone = leave_one_out(raw)
-    max_len = int(cfg.data.max_len)
-    settings = TrainSettings(**plain["train"])
-    data = device_data(everyone, cfg, settings, float(cfg.device_users), float(cfg.new_item_share))
-    split, seed = data.split, int(cfg.seed)
+    max_len = run.data.max_len
+    data = device_data(everyone, run, run.train, run.device_users, run.new_item_share)
+    split, seed = data.split, run.seed
 
     # The base SRM trains first: its item table can feed a codebook and its cost is everyone's budget.
     torch.manual_seed(seed)
@@ -185,15 +185,15 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     if "text_srm" in variants:
         torch.manual_seed(seed)
         model = _base_model(model_cfg, split.num_items, max_len)
-        init = text_initialised_srm(model, split, cfg.text)
+        init = text_initialised_srm(model, split, run.text)
         runs["text_srm"] = {**train_variant("text_srm", model, data, seed, budget=budget), "text_init": init}
 
     codebooks: dict[str, dict[str, Any]] = {}
     codes: dict[str, Tensor] = {}
-    for label, features in (("main", list(cfg.solid.features)), ("old", list(cfg.solid_old_features))):
+    for label, features in (("main", list(run.solid.features)), ("old", list(run.solid_old_features))):
         needed = [v for v in variants if v in VARIANTS and (v == "solid_old_codebook") == (label == "old")]
         if needed:
-            codes[label], codebooks[label] = _codebook(cfg, raw, data, item_table, [str(f) for f in features])
+            codes[label], codebooks[label] = _codebook(run, raw, data, item_table, [str(f) for f in features])
 
     for name in variants:
         if name in BASE_VARIANTS:
@@ -201,7 +201,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
         torch.manual_seed(seed)
         model = _solid_model(model_cfg, split.num_items, max_len, VARIANTS[name])
         model.set_semantic_ids(codes["old" if name == "solid_old_codebook" else "main"])
-        init = text_initialised_srm(model, split, cfg.text) if name == "solid_text_init" else None
+        init = text_initialised_srm(model, split, run.text) if name == "solid_text_init" else None
         runs[name] = train_variant(name, model, data, seed, budget=budget)
         if init is not None:
             runs[name]["text_init"] = init
@@ -212,11 +212,11 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     base_all = runs["base"]["test"]["all"]["NDCG@10"]
     result: dict[str, Any] = {
         "experiment": "solid",
-        "dataset": cfg.data.name,
+        "dataset": run.data.name,
         "base": model_cfg["base"],
         "device_users": len(split.train),
-        "protocol": protocol_description(cfg),
-        "features": {"main": list(cfg.solid.features), "old": list(cfg.solid_old_features)},
+        "protocol": protocol_description(run.eval),
+        "features": {"main": list(run.solid.features), "old": list(run.solid_old_features)},
         "codebook": {
             label: {k: book[k] for k in ("sizes", "perplexity", "dead_codes", "distinct_semantic_ids")}
             for label, book in codebooks.items()
@@ -252,7 +252,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     }
     write_json(out / "metrics.json", payload)
     plot_variants(
-        runs, out / "solid.png", f"SOLID on {model_cfg['base']}, {cfg.data.name} ({len(split.train)} users)"
+        runs, out / "solid.png", f"SOLID on {model_cfg['base']}, {run.data.name} ({len(split.train)} users)"
     )
     result["output_dir"] = str(out)
     return result

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches
 from lsc4rec.data.slices import NewItems, evaluation_slices, newest_items, without_items
 from lsc4rec.metrics import full_ranking_ranks, metrics_from_ranks
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
+from lsc4rec.settings import CentralizedSettings
 from lsc4rec.training import EvalSet, TrainingHook, TrainSettings, build_eval_sets, fit
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class DeviceData:
 
 def device_data(
     everyone: LeaveOneOutSplit,
-    cfg: DictConfig,
+    run: CentralizedSettings,
     settings: TrainSettings,
     fraction: float,
     new_item_share: float,
@@ -95,15 +95,15 @@ def device_data(
 ) -> DeviceData:
     """The device's users (``fraction`` of ``everyone``), its training sequences without the newest
     ``new_item_share`` of the catalogue (0 = none held out), evaluation sets and slices."""
-    seed = int(cfg.seed)
+    seed = run.seed
     # New items are chosen on the whole catalogue's history, before sampling users: a property of time.
     new = newest_items(everyone, new_item_share, seed) if new_item_share > 0 else None
     split = device_users(everyone, fraction, seed, fraction_key)
     sequences = split.train_sequences()
     if new is not None:
         sequences = [s for s in without_items(sequences, new.items) if len(s) >= 2]
-    max_len = int(cfg.data.max_len)
-    valid, test = build_eval_sets(split, cfg.eval, max_len)
+    max_len = run.data.max_len
+    valid, test = build_eval_sets(split, run.eval, max_len)
     data = DeviceData(
         split=split,
         train_sequences=sequences,
@@ -113,7 +113,7 @@ def device_data(
         valid=valid,
         test=test,
         slices=evaluation_slices(split, sequences, new),
-        ks=tuple(int(k) for k in cfg.eval.ks),
+        ks=run.eval.ks,
     )
     logger.info("device data: %s", data.report())
     return data

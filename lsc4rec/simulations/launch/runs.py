@@ -1,25 +1,21 @@
-"""What every experiment entry point does first: resolve the config, make the run folder, set threads."""
+"""What every experiment entry point does first: make the run folder and set torch's threads."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-from lsc4rec.config import to_plain_dict
+from lsc4rec.settings import RunSettings
 
 __all__ = ["begin_run"]
 
 
-def begin_run(cfg: DictConfig, output_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
-    """``(resolved config as a dict, run folder)``; the folder is ``output_dir`` or
-    ``cfg.output_dir/run_name``, created; torch uses ``cfg.threads`` intra-op threads when set.
-    """
-    plain = to_plain_dict(cfg)
-    out = Path(output_dir) if output_dir is not None else Path(cfg.output_dir) / str(plain["run_name"])
+def begin_run(run: RunSettings, output_dir: Path | None = None) -> Path:
+    """The run folder, created: ``output_dir`` or ``output_dir/run_name`` of the settings; torch uses
+    ``threads`` intra-op threads when set."""
+    out = Path(output_dir) if output_dir is not None else Path(run.output_dir) / run.run_name
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    return plain, out
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    return out
