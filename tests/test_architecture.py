@@ -4,6 +4,7 @@ screen, message keys live in one module, and every config key an error message n
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import re
 import subprocess
@@ -93,7 +94,8 @@ KEY_PATTERN = re.compile(rf"(?<![\w./-])(?:{GROUPS})\.[a-z_][a-z0-9_]*(?:\.[a-z_
 NOT_KEYS = {"model.pt", "model.safetensors", "llm.item_embeddings", "srm.item_embeddings"}
 
 
-def _all_config_keys() -> set[str]:
+@functools.cache
+def _all_config_keys() -> frozenset[str]:
     """Every dotted key of every primary config and every group variant."""
     composed = [compose_config([], name) for name in ("config", "federated_run", "solid_run", "mergenet_run")]
     composed.append(compose_config([], "privacy_sweep"))
@@ -114,7 +116,7 @@ def _all_config_keys() -> set[str]:
 
     for cfg in composed:
         walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return keys
+    return frozenset(keys)
 
 
 def _keys_named_in_errors(path: Path) -> list[tuple[int, str]]:

@@ -413,6 +413,7 @@ def test_secure_run_completes_on_the_registered_supernodes(deployment: Evidence)
     assert leftover.stdout.strip() == ""
 
 
+@pytest.mark.slow
 def test_unregistered_supernodes_are_refused(deployment: Evidence) -> None:
     deployment.require("result", "hold")
     registered = set(deployment.result["node_ids"])
