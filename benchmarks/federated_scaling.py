@@ -27,8 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lsc4rec.config import compose_config
 from lsc4rec.reporting import emit_result, write_json
+from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.federated import launch
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -96,10 +96,10 @@ def run_one(nodes: int, rounds: int, extra: list[str], out: Path) -> dict:
         "train.progress=false",
         *extra,
     ]
-    cfg = compose_config(["experiment=federated", *overrides, f"run_name={name}"])
+    run = federated_settings_from_overrides([*overrides, f"run_name={name}"])
     start = time.perf_counter()
     with PeakMemory() as memory:
-        launch(cfg, overrides, out / name)
+        launch(run, overrides, out / name)
     wall = time.perf_counter() - start
     metrics = json.loads((out / name / "metrics.json").read_text())
     rows = metrics["rounds"]

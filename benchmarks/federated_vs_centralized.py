@@ -16,8 +16,8 @@ import logging
 import time
 from pathlib import Path
 
-from lsc4rec.config import compose_config
 from lsc4rec.reporting import emit_result, write_json
+from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.federated import launch
 
 
@@ -54,8 +54,8 @@ def main() -> None:
         "train.progress=false",
         *args.extra,
     ]
-    cfg = compose_config(["experiment=federated", *overrides, f"run_name={name}"])
-    summary = launch(cfg, overrides, args.out / name)
+    run = federated_settings_from_overrides([*overrides, f"run_name={name}"])
+    summary = launch(run, overrides, args.out / name)
     federated = summary["test"]["full"]["NDCG@10"]
     result = {
         "benchmark": "federated_vs_centralized",

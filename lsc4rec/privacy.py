@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["GRAD_SAMPLE_MODES", "HOOK_SAFE_LOSSES", "PRIVACY_MODES", "PrivacySettings"]
@@ -56,28 +55,6 @@ class PrivacySettings:
             raise ValueError(
                 f"privacy.mode={self.mode} needs privacy.noise_multiplier > 0 or privacy.target_epsilon"
             )
-
-    @classmethod
-    def from_config(cls, section: Mapping) -> PrivacySettings:
-        """Settings from the ``privacy`` config section (null/absent keys take the defaults)."""
-
-        def number(key: str) -> float | None:
-            value = section.get(key)
-            return None if value is None else float(value)
-
-        return cls(
-            mode=str(section.get("mode", "none")),
-            noise_multiplier=float(section.get("noise_multiplier") or 0.0),
-            target_epsilon=number("target_epsilon"),
-            max_epsilon=number("max_epsilon"),
-            delta=number("delta"),
-            clipping_norm=float(section.get("clipping_norm", 1.0)),
-            batch_size=int(section.get("batch_size") or 0),
-            grad_sample_mode=str(section.get("grad_sample_mode", "auto")),
-            central_clipping=str(section.get("central_clipping", "server")),
-            seeded_noise=bool(section.get("seeded_noise", True)),
-            freeze_item_embeddings=bool(section.get("freeze_item_embeddings", False)),
-        )
 
     def resolved_delta(self, num_devices: int) -> float:
         """δ: the configured value, else 1 / the number of devices in the whole population."""

@@ -131,3 +131,55 @@ def test_progress_file_and_privacy_summary(tmp_path: Path) -> None:
         "delta": 1e-3,
         "noise_multiplier": 0.8,
     }
+
+
+class Counter(LoopExtension):
+    """An extension with state: how many rounds it has seen (restored on resume)."""
+
+    name = "counter"
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def start(self, state: LoopState) -> None:
+        if state.restored is not None:
+            self.rounds = state.restored["extensions"][self.name]["rounds"]
+
+    def round_end(self, server_round, state, extensions) -> None:
+        self.rounds += 1
+
+    def state_dict(self) -> dict:
+        return {"rounds": self.rounds}
+
+    def snapshot(self) -> str:
+        return f"after {self.rounds} rounds"
+
+
+def test_checkpoints_restore_the_loop_and_every_extension(tmp_path: Path) -> None:
+    from lsc4rec.models.srm import build_srm
+    from lsc4rec.server.extensions import Best, Checkpoints
+    from lsc4rec.strategies import SRMStrategy
+
+    model = build_srm("sasrec", 20, hidden_size=8, max_len=5)
+    strategy = SRMStrategy(seed=3)
+    counter, path = Counter(), tmp_path / "checkpoint.pt"
+    saver = Checkpoints(path, strategy, model.state_dict(), save=True)
+    state = LoopState.initial(model)
+    counter.round_end(1, state, [])
+    state.history.append({"round": 1, "train": {}})
+    state.best = Best(1, 0.25, state.best.arrays, {"counter": counter.snapshot()})
+    saver.round_end(1, state, [saver, counter])
+
+    resumed_counter = Counter()
+    resumed = LoopState.initial(build_srm("sasrec", 20, hidden_size=8, max_len=5))
+    Checkpoints(path, SRMStrategy(seed=3), model.state_dict(), resume=True).start(resumed)
+    resumed_counter.start(resumed)
+    assert resumed.next_round == 2 and resumed.history == [{"round": 1, "train": {}}]
+    assert resumed.best.round == 1 and resumed.best.snapshots == {"counter": "after 1 rounds"}
+    assert resumed_counter.rounds == 1
+    saved, restored = state.arrays.to_torch_state_dict(), resumed.arrays.to_torch_state_dict()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+    # Without resume the checkpoint is left alone and the loop starts at round 1.
+    fresh = LoopState.initial(model)
+    Checkpoints(path, strategy, model.state_dict(), save=False).start(fresh)
+    assert fresh.next_round == 1 and fresh.restored is None
