@@ -24,6 +24,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, TrainBatches, leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
@@ -208,6 +209,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra): run and print the ``RESULT`` line."""
     refuse_unread_keys(cfg, "config", CENTRALIZED_IGNORES, "the centralized baseline")

@@ -22,6 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import compose_config, config_dir
 from lsc4rec.reporting import emit_result
 from lsc4rec.server.federated import run_federated
@@ -59,6 +60,7 @@ def launch(run: FederatedRunSettings, overrides: list[str], out: Path) -> dict:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="federated_run", version_base="1.3")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra)."""
     out = Path(HydraConfig.get().runtime.output_dir)

@@ -40,6 +40,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.staleness import cloud_view
@@ -293,6 +294,7 @@ def _device_to_cloud(
 
 
 @hydra.main(config_path=str(config_dir()), config_name="mergenet_run", version_base="1.3")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra): run and print the ``RESULT`` line."""
     refuse_unread_keys(cfg, "mergenet_run", MERGENET_STUDY_IGNORES, "the MergeNet study")

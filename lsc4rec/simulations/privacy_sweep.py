@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
@@ -142,6 +143,7 @@ def plot_sweep(
 
 
 @hydra.main(config_path=str(config_dir()), config_name="privacy_sweep", version_base="1.3")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra)."""
     started = time.perf_counter()

@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.client.collab.fusion import fuse_scores, rerank
 from lsc4rec.client.collab.inference import (
     CANDIDATE_POOLS,
@@ -628,6 +629,7 @@ def plot_collaboration(collaboration: dict, ax: plt.Axes) -> None:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra)."""
     refuse_unread_keys(cfg, "config", REQUEST_CURVE_IGNORES, "the request-curve experiment")

@@ -40,6 +40,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import Tensor
 
+from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir
 from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
@@ -259,6 +260,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
 
 
 @hydra.main(config_path=str(config_dir()), config_name="solid_run", version_base="1.3")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (Hydra): run and print the ``RESULT`` line."""
     refuse_unread_keys(cfg, "solid_run", SOLID_STUDY_IGNORES, "the SOLID study")
