@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: devices and CI have no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def peak_memory_mb() -> float:
@@ -110,7 +111,12 @@ def plot_learning_curve(
 def plot_rounds(
     history: Sequence[Mapping[str, Any]], path: Path, metric: str = "NDCG@10", title: str = ""
 ) -> Path:
-    """Plot a federated run per round: server validation metric, client metric, training loss, bytes."""
+    """Plot a federated run per round: validation metric, training loss, bytes.
+
+    The server and the nodes rank the same global model on the same validation items, so only the server's
+    curve is drawn for the device model alone; with the cloud on, the devices' fused ranking (before and after
+    their requests) is drawn beside it, which is what differs. Bytes start at zero, without an offset.
+    """
     rounds = [row["round"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     evaluated = [row for row in history if "server_valid" in row]
@@ -118,32 +124,32 @@ def plot_rounds(
         [r["round"] for r in evaluated],
         [r["server_valid"][metric] for r in evaluated],
         marker=".",
-        label="server, all users (full ranking)",
+        label="device model alone (server, all users)",
     )
-    client = [row for row in history if row.get("client_evaluate", {}).get(f"client-{metric}") is not None]
-    if client:
-        axes[0].plot(
-            [r["round"] for r in client],
-            [r["client_evaluate"][f"client-{metric}"] for r in client],
-            marker=".",
-            label="clients, own devices",
-        )
-    axes[0].set_ylabel(f"validation {metric}")
-    axes[0].legend()
+    for key, label in (
+        (f"client-collab-before-request-{metric}", "fused with the cloud's stale lists"),
+        (f"client-collab-{metric}", "fused, after requests"),
+    ):
+        rows = [row for row in history if key in row.get("client_evaluate", {})]
+        if rows:
+            axes[0].plot(
+                [r["round"] for r in rows], [r["client_evaluate"][key] for r in rows], marker=".", label=label
+            )
+    axes[0].set_ylabel(f"validation {metric} (full ranking)")
+    axes[0].legend(fontsize=8)
     axes[1].plot(rounds, [row["train"].get("train_loss", float("nan")) for row in history], marker=".")
     axes[1].set_ylabel("mean local training loss")
-    axes[2].plot(
-        rounds, [row["train"].get("bytes-sent", 0) / 2**20 for row in history], marker=".", label="sent"
-    )
-    axes[2].plot(
-        rounds,
-        [row["train"].get("bytes-received", 0) / 2**20 for row in history],
-        marker=".",
-        label="received",
-    )
+    for key, label in (("bytes-sent", "model sent"), ("bytes-received", "updates received")):
+        axes[2].plot(rounds, [row["train"].get(key, 0) / 2**20 for row in history], marker=".", label=label)
+    if any("codebook" in row for row in history):
+        sent = [row.get("codebook", {}).get("codebook-bytes-sent", 0) / 2**20 for row in history]
+        axes[2].plot(rounds, sent, marker=".", label="codebook sent")
     axes[2].set_ylabel("MiB per round")
-    axes[2].legend()
+    axes[2].set_ylim(bottom=0)
+    axes[2].ticklabel_format(axis="y", style="plain", useOffset=False)
+    axes[2].legend(fontsize=8)
     for ax in axes:
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return _save_figure(fig, path, title)
