@@ -101,3 +101,32 @@ def test_local_deployment_with_two_supernodes(data: Path, tmp_path: Path) -> Non
     # Everything the script started is gone: no SuperNode or SuperLink of this deployment is left running.
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "deploy")], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
+
+
+def test_streamed_run_shows_progress_lines_live_and_keeps_the_whole_log(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from lsc4rec.simulations.launch.flower import stream_command
+
+    script = "print('INFO flwr: starting'); print('INFO lsc4rec.server.loop: round 1/2'); print('RESULT {}')"
+    finished, output = stream_command(
+        [sys.executable, "-c", script], {}, 60, lambda line: "lsc4rec." in line and "RESULT" not in line
+    )
+    assert finished and output.splitlines() == [
+        "INFO flwr: starting",
+        "INFO lsc4rec.server.loop: round 1/2",
+        "RESULT {}",
+    ]
+    assert capfd.readouterr().err == "INFO lsc4rec.server.loop: round 1/2\n"
+
+
+def test_a_streamed_command_past_its_time_is_killed() -> None:
+    from lsc4rec.simulations.launch.flower import stream_command
+
+    finished, output = stream_command(
+        [sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(60)"],
+        {},
+        2,
+        lambda line: False,
+    )
+    assert not finished and output == "waiting\n"

@@ -443,6 +443,7 @@ def test_unregistered_supernodes_are_refused(deployment: Evidence) -> None:
     assert any("/v1/fleet/register-node][ApiError:2001]" in line for line in superlink_log)
 
 
+@pytest.mark.slow
 def test_candidate_service_needs_tls_and_the_token(deployment: Evidence) -> None:
     deployment.require("candidate-service")
     assert deployment.candidate_service["tls"] is True
@@ -458,6 +459,7 @@ def test_candidate_service_needs_tls_and_the_token(deployment: Evidence) -> None
     assert token_file.read_text().strip() not in deployment.stdout + deployment.stderr  # never logged
 
 
+@pytest.mark.slow
 def test_phone_client_reranks_like_pytorch_without_importing_torch(deployment: Evidence) -> None:
     deployment.require("candidate-service")
     phone = deployment.phone

@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,17 +141,53 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
+#: Lines of the streamed run log shown live: this package's own progress (the ServerApp's round lines). Its
+#: RESULT line stays in the log: the launcher prints the run's one RESULT line itself.
+PROGRESS_PATTERN = re.compile(r"\blsc4rec\.")
+
+
+def stream_command(
+    command: list[str], env: dict[str, str], timeout: float, show: Callable[[str], bool]
+) -> tuple[bool, str]:
+    """Run ``command``, echoing to stderr, as they arrive, the output lines ``show`` accepts; return
+    ``(finished in time, the whole output)``. Past ``timeout`` seconds the command is killed."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if show(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        reader.join(timeout=5)
+        return False, "".join(lines)
+    reader.join(timeout=5)
+    return True, "".join(lines)
+
+
 def submit_and_wait(
     app_dir: Path, connection: str, env: dict[str, str], timeout: float, extra_args: list[str]
 ) -> FlowerRun:
-    """``flwr run --stream`` the app on ``connection``, then read its final status from the SuperLink."""
+    """``flwr run --stream`` the app on ``connection`` (its round lines shown live), then read its final
+    status from the SuperLink."""
     command = [flower_executable("flwr"), "run", str(app_dir), connection, "--stream", *extra_args]
     logger.info("launching: %s", " ".join(command))
-    try:
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-        output = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    finished, output = stream_command(
+        command, env, timeout, lambda line: bool(PROGRESS_PATTERN.search(line)) and "RESULT" not in line
+    )
+    if not finished:
         return FlowerRun(None, f"timed out after {timeout:.0f} s", output)
     match = re.search(r"run[ _-]?(?:id)?\D{0,3}(\d{3,})", output, flags=re.IGNORECASE)
     if match is None:
