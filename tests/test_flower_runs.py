@@ -106,18 +106,18 @@ def test_local_deployment_with_two_supernodes(data: Path, tmp_path: Path) -> Non
 def test_streamed_run_shows_progress_lines_live_and_keeps_the_whole_log(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    from lsc4rec.simulations.launch.flower import stream_command
+    from lsc4rec.simulations.launch.flower import is_progress_line, stream_command
 
-    script = "print('INFO flwr: starting'); print('INFO lsc4rec.server.loop: round 1/2'); print('RESULT {}')"
-    finished, output = stream_command(
-        [sys.executable, "-c", script], {}, 60, lambda line: "lsc4rec." in line and "RESULT" not in line
-    )
-    assert finished and output.splitlines() == [
+    lines = [
+        "Successfully installed lsc4rec to /tmp/x/apps/lsc4rec.lsc4rec.0.1.0.c84f515e.",
         "INFO flwr: starting",
-        "INFO lsc4rec.server.loop: round 1/2",
-        "RESULT {}",
+        "INFO lsc4rec.server.loop: round 1/2: 4/4 valid updates",
+        'RESULT {"experiment": "federated"}',
     ]
-    assert capfd.readouterr().err == "INFO lsc4rec.server.loop: round 1/2\n"
+    script = "".join(f"print({line!r}); " for line in lines)
+    finished, output = stream_command([sys.executable, "-c", script], {}, 60, is_progress_line)
+    assert finished and output.splitlines() == lines
+    assert capfd.readouterr().err == "INFO lsc4rec.server.loop: round 1/2: 4/4 valid updates\n"
 
 
 def test_a_streamed_command_past_its_time_is_killed() -> None:

@@ -141,9 +141,14 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-#: Lines of the streamed run log shown live: this package's own progress (the ServerApp's round lines). Its
-#: RESULT line stays in the log: the launcher prints the run's one RESULT line itself.
-PROGRESS_PATTERN = re.compile(r"\blsc4rec\.")
+#: Lines of the streamed run log shown live: records of this package's loggers (``INFO lsc4rec.server.loop:
+#: round 1/5 ...``). Its RESULT line stays in the log: the launcher prints the run's one RESULT line itself.
+PROGRESS_PATTERN = re.compile(r"\blsc4rec(?:\.[a-z_]+)+: ")
+
+
+def is_progress_line(line: str) -> bool:
+    """True for a line of the run's log worth showing live (see :data:`PROGRESS_PATTERN`)."""
+    return bool(PROGRESS_PATTERN.search(line)) and not line.startswith("RESULT")
 
 
 def stream_command(
@@ -184,9 +189,7 @@ def submit_and_wait(
     status from the SuperLink."""
     command = [flower_executable("flwr"), "run", str(app_dir), connection, "--stream", *extra_args]
     logger.info("launching: %s", " ".join(command))
-    finished, output = stream_command(
-        command, env, timeout, lambda line: bool(PROGRESS_PATTERN.search(line)) and "RESULT" not in line
-    )
+    finished, output = stream_command(command, env, timeout, is_progress_line)
     if not finished:
         return FlowerRun(None, f"timed out after {timeout:.0f} s", output)
     match = re.search(r"run[ _-]?(?:id)?\D{0,3}(\d{3,})", output, flags=re.IGNORECASE)
