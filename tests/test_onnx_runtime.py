@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from lsc4rec.client.onnx_runtime import OnnxModelError, OnnxScorer, export_srm
+from lsc4rec.client.onnx_runtime import (
+    OnnxModelError,
+    OnnxRecommender,
+    OnnxScorer,
+    export_srm,
+    update_weights,
+)
 from lsc4rec.models.srm import DIN, GRU4Rec, SASRec, SequentialRecommender, TTT4Rec
 
 NUM_ITEMS = 40
@@ -107,7 +113,7 @@ def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: P
 
     data = write_pattern_dataset(tmp_path / "p.txt", num_users=80, num_items=30)
     base = f"data.name=p data.path={data} data.max_len=8 eval.sampled_negatives=10 train.progress=false"
-    base += " model.hidden_size=16 federated.rounds=1"
+    base += " model.hidden_size=16 federated.rounds=2"
     client = {}
     for runtime in ("torch", "onnx"):
         run_config = {"overrides": f"{base} runtime={runtime}"}
@@ -115,7 +121,41 @@ def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: P
             InProcessGrid(2, run_config), federated_settings_from_run_config(run_config), tmp_path / runtime
         )
         rows = json.loads((tmp_path / runtime / "metrics.json").read_text())["rounds"]
-        client[runtime] = rows[0]["client_evaluate"]
-    assert client["onnx"]["onnx-export-seconds"] > 0
-    for key in ("client-NDCG@10", "client-HR@10", "client-MRR@10"):
-        assert client["onnx"][key] == pytest.approx(client["torch"][key], abs=1e-6), key
+        client[runtime] = [row["client_evaluate"] for row in rows]
+    assert client["onnx"][0]["onnx-export-seconds"] > 0
+    # Round 2 writes the new weights into the graph round 1 exported, instead of exporting again.
+    assert client["onnx"][1]["onnx-weights-updated"] == 1.0
+    for round_index in (0, 1):
+        for key in ("client-NDCG@10", "client-HR@10", "client-MRR@10"):
+            ours, reference = client["onnx"][round_index][key], client["torch"][round_index][key]
+            assert ours == pytest.approx(reference, abs=1e-6), (round_index, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sasrec", "ttt4rec"])
+def test_a_new_rounds_weights_go_into_the_graph_already_exported(name: str, tmp_path: Path) -> None:
+    model = build(name)
+    first, cost = OnnxRecommender.export_or_update(model, tmp_path, MAX_LEN, kinds=("all", "candidates"))
+    assert cost["onnx-weights-updated"] == 0.0 and first.agrees_with(model, MAX_LEN)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    # The check has power: the graph of the old weights disagrees with the new model.
+    assert not first.agrees_with(model, MAX_LEN)
+    second, cost = OnnxRecommender.export_or_update(model, tmp_path, MAX_LEN, kinds=("all", "candidates"))
+    assert cost["onnx-weights-updated"] == 1.0 and second.agrees_with(model, MAX_LEN)
+    history = torch.tensor([[0, 0, 3, 4, 5]])
+    expected = model.eval().score_all(torch.nn.functional.pad(history, (MAX_LEN - 5, 0)))
+    finite = torch.isfinite(expected)
+    assert torch.allclose(second.score_all(history)[finite], expected[finite], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_graph_of_another_architecture_is_exported_afresh(tmp_path: Path) -> None:
+    OnnxRecommender.export_or_update(build("sasrec"), tmp_path, MAX_LEN, kinds=("all",))
+    other = SASRec(NUM_ITEMS + 5, hidden_size=16, num_blocks=2, num_heads=2, dropout=0.0, max_len=MAX_LEN)
+    with pytest.raises(OnnxModelError, match="another architecture"):
+        update_weights(tmp_path / "srm-all.onnx", other)
+    recommender, cost = OnnxRecommender.export_or_update(other, tmp_path, MAX_LEN, kinds=("all",))
+    assert cost["onnx-weights-updated"] == 0.0 and recommender.num_items == NUM_ITEMS + 5
+    assert recommender.agrees_with(other, MAX_LEN)

@@ -176,21 +176,19 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         sampled_seed=run.eval.sampled_seed + shard.partition_id,
     )
     scorer: torch.nn.Module = model
-    export_seconds = 0.0
+    onnx_cost: dict[str, float] = {}
     if run.runtime == "onnx":
-        # The device ranks with ONNX Runtime: re-export this round's global model, then score through it.
-        start = time.perf_counter()
+        # The device ranks with ONNX Runtime: this round's weights go into the graph it already holds (the
+        # first round exports it), checked against the model before it scores anything.
         kinds = ("all",) if full_ranking else ("candidates",)
-        scorer = OnnxRecommender.export(
+        scorer, onnx_cost = OnnxRecommender.export_or_update(
             model, _onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
         )
-        export_seconds = time.perf_counter() - start
     with torch.no_grad():
         result = evaluate(scorer, eval_set, run.eval.ks, full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"
     metrics = {f"client-{key}": value for key, value in result[protocol].items()}
-    if run.runtime == "onnx":
-        metrics["onnx-export-seconds"] = export_seconds
+    metrics.update(onnx_cost)
     service = CandidateService.from_config(msg.content[CONFIG])
     if run.collab.enabled and service is not None:
         trust = candidate_root_certificates(context, run) if service.tls else None

@@ -11,11 +11,20 @@ history is left-padded to ``max_len`` first: padding never changes an SRM's outp
 and it gives TTT4Rec's mini-batch loop a static trip count, which is what lets it export. The file's metadata
 records the model, item count, graph kind and ``max_len``; :class:`OnnxScorer` checks them when it loads, so a
 corrupt or mismatched file is refused with a message naming the file and what did not match.
+
+Exporting re-traces the model (seconds for SASRec, more for TTT4Rec), yet from one federated round to the next
+only the weights change. :meth:`OnnxRecommender.export_or_update` exports without the exporter's graph
+optimisations, so every parameter stays an initializer named after it, then writes each new round's weights
+into the graph already on the device instead of exporting again, and checks the updated graph against the
+PyTorch model on a probe batch (exporting afresh if they ever disagree).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +36,22 @@ from torch import Tensor, nn
 
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["GRAPH_KINDS", "OnnxModelError", "OnnxRecommender", "OnnxScorer", "export_srm"]
+__all__ = [
+    "GRAPH_KINDS",
+    "OnnxModelError",
+    "OnnxRecommender",
+    "OnnxScorer",
+    "export_srm",
+    "parameter_signature",
+    "update_weights",
+]
+
+logger = logging.getLogger(__name__)
 
 GRAPH_KINDS = ("candidates", "all")
 _METADATA_KEY = "lsc4rec"
+#: The graph wrapper's attribute holding the SRM: initializer names are ``model.<state-dict key>``.
+_PREFIX = "model."
 
 
 class OnnxModelError(ValueError):
@@ -58,9 +79,17 @@ class _FullRankingGraph(nn.Module):
 
 
 def export_srm(
-    model: SequentialRecommender, path: str | Path, max_len: int, kind: str = "candidates"
+    model: SequentialRecommender,
+    path: str | Path,
+    max_len: int,
+    kind: str = "candidates",
+    optimize: bool = True,
 ) -> Path:
-    """Export ``model`` (eval mode, on the CPU) as the ``kind`` graph to ``path``; returns the path."""
+    """Export ``model`` (eval mode, on the CPU) as the ``kind`` graph to ``path``; returns the path.
+
+    ``optimize``: the exporter's graph optimisations (the fastest graph, for a device that receives a file);
+    without them every parameter stays an initializer under its own name, so :func:`update_weights` can
+    write later weights into the graph (a federated node re-scoring every round)."""
     if kind not in GRAPH_KINDS:
         raise ValueError(f"ONNX graph kind must be one of {list(GRAPH_KINDS)}, got {kind!r}")
     if max_len < 2:
@@ -92,6 +121,7 @@ def export_srm(
             output_names=["scores"],
             dynamic_shapes=shapes,
             dynamo=True,
+            optimize=optimize,
             verbose=False,
         )
     metadata = {
@@ -100,11 +130,50 @@ def export_srm(
         "kind": kind,
         "max_len": int(max_len),
         "inputs": names,
+        "parameters": parameter_signature(model),
     }
     program.model.metadata_props[_METADATA_KEY] = json.dumps(metadata)
     program.save(str(path))
     model.train(was_training)
     return path
+
+
+def parameter_signature(model: SequentialRecommender) -> str:
+    """A digest of the model's architecture as the graph sees it: class, state-dict keys, shapes, dtypes."""
+    parts = [type(model).__name__]
+    parts += [f"{key}:{tuple(value.shape)}:{value.dtype}" for key, value in model.state_dict().items()]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def update_weights(path: str | Path, model: SequentialRecommender) -> int:
+    """Write ``model``'s weights into the exported graph at ``path`` (same architecture, see
+    :func:`parameter_signature`); return how many initializers changed. Raises :class:`OnnxModelError` when
+    the file was exported for another architecture or lacks one of the model's parameters."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # onnx raises its own types for a broken file
+        raise OnnxModelError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+    stored = {p.key: p.value for p in proto.metadata_props}.get(_METADATA_KEY)
+    metadata = json.loads(stored) if stored else {}
+    if metadata.get("parameters") != parameter_signature(model):
+        raise OnnxModelError(f"{path}: exported for another architecture than this {type(model).__name__}")
+    state = {_PREFIX + key: value.detach().cpu() for key, value in model.state_dict().items()}
+    found = 0
+    for initializer in proto.graph.initializer:
+        value = state.get(initializer.name)
+        if value is not None:
+            initializer.CopyFrom(numpy_helper.from_array(value.numpy(), initializer.name))
+            found += 1
+    if found != len(state):
+        raise OnnxModelError(f"{path}: {len(state) - found} of the model's parameters are not in the graph")
+    temporary = path.with_suffix(".updating")
+    onnx.save(proto, str(temporary))
+    temporary.replace(path)
+    return found
 
 
 class OnnxScorer:
@@ -138,6 +207,9 @@ class OnnxScorer:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        # ONNX Runtime's own C++ log: errors only (its graph optimiser's notes, e.g. CastLike nodes it cannot
+        # fold, are nothing a user can act on).
+        options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=list(providers)
@@ -213,16 +285,96 @@ class OnnxRecommender(nn.Module):
         kinds: tuple[str, ...] = GRAPH_KINDS,
         threads: int = 1,
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        optimize: bool = True,
     ) -> OnnxRecommender:
         """Export ``model``'s graphs into ``directory`` (overwriting) and open them with ONNX Runtime."""
         directory = Path(directory)
         scorers = {}
         for kind in kinds:
-            path = export_srm(model, directory / f"srm-{kind}.onnx", max_len, kind)
+            path = export_srm(model, directory / f"srm-{kind}.onnx", max_len, kind, optimize=optimize)
             scorers[kind] = OnnxScorer(
                 path, num_items=model.num_items, kind=kind, threads=threads, providers=providers
             )
         return cls(scorers, model.num_items)
+
+    @classmethod
+    def export_or_update(
+        cls,
+        model: SequentialRecommender,
+        directory: str | Path,
+        max_len: int,
+        kinds: tuple[str, ...] = GRAPH_KINDS,
+        threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> tuple[OnnxRecommender, dict[str, float]]:
+        """Like :meth:`export`, but a graph already in ``directory`` for the same architecture only gets the
+        new weights; the result is checked against ``model`` on a probe batch, and a disagreement falls back
+        to a fresh export. Returns the recommender and what it cost (``onnx-export-seconds``,
+        ``onnx-weights-updated``: 1 when every graph was updated in place, 0 when one was exported)."""
+        start = time.perf_counter()
+        directory = Path(directory)
+        updated = True
+        for kind in kinds:
+            path = directory / f"srm-{kind}.onnx"
+            try:
+                if not path.is_file():
+                    raise OnnxModelError(f"{path}: not exported yet")
+                update_weights(path, model)
+            except OnnxModelError:
+                updated = False
+                export_srm(model, path, max_len, kind, optimize=False)
+        recommender = cls(
+            {
+                kind: OnnxScorer(
+                    directory / f"srm-{kind}.onnx",
+                    num_items=model.num_items,
+                    kind=kind,
+                    threads=threads,
+                    providers=providers,
+                )
+                for kind in kinds
+            },
+            model.num_items,
+        )
+        if updated and not recommender.agrees_with(model, max_len):
+            logger.warning("ONNX graphs with updated weights disagree with the model: exporting afresh")
+            return cls.export(model, directory, max_len, kinds, threads, providers, optimize=False), {
+                "onnx-export-seconds": time.perf_counter() - start,
+                "onnx-weights-updated": 0.0,
+            }
+        return recommender, {
+            "onnx-export-seconds": time.perf_counter() - start,
+            "onnx-weights-updated": float(updated),
+        }
+
+    def agrees_with(self, model: SequentialRecommender, max_len: int, tolerance: float = 1e-4) -> bool:
+        """True when every graph scores a fixed probe batch as ``model`` does (finite scores within
+        ``tolerance``, the same entries infinite)."""
+        generator = torch.Generator().manual_seed(0)
+        length = min(max_len, 6)
+        history = torch.randint(1, model.num_items + 1, (3, length), generator=generator)
+        history[0, : length // 2] = 0  # a left-padded row
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            pairs = []
+            if "all" in self.scorers:
+                padded = F.pad(history, (max_len - length, 0))
+                pairs.append((self.score_all(history), model.score_all(padded)))
+            if "candidates" in self.scorers:
+                candidates = torch.randint(1, model.num_items + 1, (3, 4), generator=generator)
+                padded = F.pad(history, (max_len - length, 0))
+                pairs.append(
+                    (self.score_candidates(history, candidates), model.score_candidates(padded, candidates))
+                )
+        model.train(was_training)
+        for ours, reference in pairs:
+            finite = torch.isfinite(reference)
+            if not torch.equal(finite, torch.isfinite(ours)):
+                return False
+            if finite.any() and float((ours[finite] - reference[finite]).abs().max()) > tolerance:
+                return False
+        return True
 
     def _scorer(self, kind: str) -> OnnxScorer:
         if kind not in self.scorers:
