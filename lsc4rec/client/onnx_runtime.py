@@ -162,12 +162,14 @@ def update_weights(path: str | Path, model: SequentialRecommender) -> int:
     if metadata.get("parameters") != parameter_signature(model):
         raise OnnxModelError(f"{path}: exported for another architecture than this {type(model).__name__}")
     state = {_PREFIX + key: value.detach().cpu() for key, value in model.state_dict().items()}
+    # Buffers outside the state dict change too (SOLID's item -> semantic token table follows the codebook).
+    buffers = {_PREFIX + key: value.detach().cpu() for key, value in model.named_buffers()}
     found = 0
     for initializer in proto.graph.initializer:
-        value = state.get(initializer.name)
+        value = state.get(initializer.name, buffers.get(initializer.name))
         if value is not None:
             initializer.CopyFrom(numpy_helper.from_array(value.numpy(), initializer.name))
-            found += 1
+            found += initializer.name in state
     if found != len(state):
         raise OnnxModelError(f"{path}: {len(state) - found} of the model's parameters are not in the graph")
     temporary = path.with_suffix(".updating")
