@@ -47,7 +47,7 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert summary["failures"] == 0 and len(rows) == 2
     client = [row["client_evaluate"] for row in rows]
-    # Cloud: devices fused the cloud's lists and a quarter of them requested fresh ones, answered by the service.
+    # Cloud: devices fused the cloud's lists; a quarter of them requested fresh ones, answered by the service.
     assert all(c["request-rate"] == pytest.approx(0.25, abs=0.02) for c in client)
     assert all(c["request-bytes-per-device"] > 0 and "client-collab-NDCG@10" in c for c in client)
     # SOLID: the nodes' statistics moved the global codebook to a new version.
