@@ -290,14 +290,31 @@ class OnnxRecommender(nn.Module):
         optimize: bool = True,
     ) -> OnnxRecommender:
         """Export ``model``'s graphs into ``directory`` (overwriting) and open them with ONNX Runtime."""
-        directory = Path(directory)
-        scorers = {}
         for kind in kinds:
-            path = export_srm(model, directory / f"srm-{kind}.onnx", max_len, kind, optimize=optimize)
-            scorers[kind] = OnnxScorer(
-                path, num_items=model.num_items, kind=kind, threads=threads, providers=providers
+            export_srm(model, Path(directory) / f"srm-{kind}.onnx", max_len, kind, optimize=optimize)
+        return cls.open(directory, model.num_items, kinds, threads, providers)
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        num_items: int,
+        kinds: tuple[str, ...] = GRAPH_KINDS,
+        threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> OnnxRecommender:
+        """Open the ``srm-<kind>.onnx`` graphs in ``directory`` (each checked against ``num_items``)."""
+        scorers = {
+            kind: OnnxScorer(
+                Path(directory) / f"srm-{kind}.onnx",
+                num_items=num_items,
+                kind=kind,
+                threads=threads,
+                providers=providers,
             )
-        return cls(scorers, model.num_items)
+            for kind in kinds
+        }
+        return cls(scorers, num_items)
 
     @classmethod
     def export_or_update(
@@ -325,19 +342,7 @@ class OnnxRecommender(nn.Module):
             except OnnxModelError:
                 updated = False
                 export_srm(model, path, max_len, kind, optimize=False)
-        recommender = cls(
-            {
-                kind: OnnxScorer(
-                    directory / f"srm-{kind}.onnx",
-                    num_items=model.num_items,
-                    kind=kind,
-                    threads=threads,
-                    providers=providers,
-                )
-                for kind in kinds
-            },
-            model.num_items,
-        )
+        recommender = cls.open(directory, model.num_items, kinds, threads, providers)
         if updated and not recommender.agrees_with(model, max_len):
             logger.warning("ONNX graphs with updated weights disagree with the model: exporting afresh")
             return cls.export(model, directory, max_len, kinds, threads, providers, optimize=False), {
@@ -358,14 +363,13 @@ class OnnxRecommender(nn.Module):
         history[0, : length // 2] = 0  # a left-padded row
         was_training = model.training
         model.eval()
+        padded = F.pad(history, (max_len - length, 0))
         with torch.no_grad():
             pairs = []
             if "all" in self.scorers:
-                padded = F.pad(history, (max_len - length, 0))
                 pairs.append((self.score_all(history), model.score_all(padded)))
             if "candidates" in self.scorers:
                 candidates = torch.randint(1, model.num_items + 1, (3, 4), generator=generator)
-                padded = F.pad(history, (max_len - length, 0))
                 pairs.append(
                     (self.score_candidates(history, candidates), model.score_candidates(padded, candidates))
                 )
