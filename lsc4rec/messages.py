@@ -15,7 +15,9 @@ Train reply (node -> server):
   ``row-counts``      ArrayRecord  (``strategy.row_weighting``) per-item interaction counts of the node
   ``codebook-stats``  ArrayRecord  (SOLID) :func:`statistics_record`
 Evaluate message: ``arrays`` and ``config`` (``server-round``; with the cloud :class:`CandidateService` keys;
-SOLID as above). Evaluate reply: ``metrics`` (``num-examples`` and ``client-*`` metrics).
+SOLID as above; ``phase``: ``round`` after a round's training, ``test`` once after the last round with the
+last round's SRM). Evaluate reply: ``metrics`` (``num-examples`` and ``client-*`` metrics; with time moving
+the round's ``replay-*`` serving metrics; in the test phase the ``test-*`` rows of the final table).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ __all__ = [
     "EPSILON",
     "METRICS",
     "NUM_EXAMPLES",
+    "PHASE",
+    "PHASE_ROUND",
+    "PHASE_TEST",
     "PRIVACY_EXHAUSTED",
     "PROXIMAL_MU",
     "ROW_COUNTS",
@@ -62,6 +67,10 @@ CODEBOOK_STATS = "codebook-stats"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 CODEBOOK_VERSION = "codebook-version"
+PHASE = "phase"
+# Values of PHASE: the per-round client evaluation and the final test on the devices.
+PHASE_ROUND = "round"
+PHASE_TEST = "test"
 
 # Metric keys (node -> server).
 NUM_EXAMPLES = "num-examples"

@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsc4rec.config import compose_config, overrides_from_run_config
+from lsc4rec.data.replay import Replay
 from lsc4rec.privacy import PrivacySettings
 from lsc4rec.training import TrainSettings
 
@@ -128,6 +129,13 @@ class FederatedSettings:
     runtime: str
     num_supernodes: int
     launch_timeout: float
+    #: Each user's most recent training interactions that arrive during the run (0 = all known at round 1).
+    replay_interactions: int = 0
+
+    @property
+    def replay(self) -> Replay:
+        """The arrival schedule of the run (:mod:`lsc4rec.data.replay`)."""
+        return Replay(self.replay_interactions, self.rounds)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "server_eval_every", "num_supernodes", "min_available_nodes"):
@@ -139,7 +147,7 @@ class FederatedSettings:
             )
         if not 0.0 < self.round_lr_decay <= 1.0:
             raise SettingsError(f"federated.round_lr_decay must be in (0, 1], got {self.round_lr_decay}")
-        for name in ("users_per_node", "warm_start_epochs"):
+        for name in ("users_per_node", "warm_start_epochs", "replay_interactions"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")
         if self.runtime not in ("flower", "inprocess"):

@@ -8,13 +8,14 @@ client-side evaluation, the same split as the centralized baseline so the two ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
 from lsc4rec.data.partition import federation_size, partition_users
+from lsc4rec.data.replay import Replay
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,22 @@ class DeviceShard:
     num_items: int
     #: Devices in the whole federation (all partitions): the population behind privacy's default δ.
     population: int = 0
+    #: Each device's item after its validation item (leave-one-out test), for the run's final test phase.
+    test_targets: tuple[int, ...] = ()
+
+    @property
+    def test_histories(self) -> tuple[tuple[int, ...], ...]:
+        """Each device's history at the test moment: its training part and its validation item."""
+        return tuple((*h, v) for h, v in zip(self.valid_histories, self.valid_targets, strict=True))
+
+    def at_round(self, replay: Replay, server_round: int) -> DeviceShard:
+        """This shard as its devices hold it when ``server_round`` starts (time moving, ``replay``)."""
+        if not replay.enabled:
+            return self
+        return replace(
+            self,
+            train_sequences=tuple(map(tuple, replay.known_sequences(self.train_sequences, server_round))),
+        )
 
     @property
     def num_devices(self) -> int:
@@ -75,6 +92,7 @@ def load_shard(
         train_sequences=tuple(tuple(split.train[u]) for u in users),
         valid_histories=tuple(tuple(split.train[u]) for u in users),
         valid_targets=tuple(split.valid_targets[u] for u in users),
+        test_targets=tuple(split.test_targets[u] for u in users),
         num_items=split.num_items,
         population=federation_size(len(split.train), num_partitions, users_per_node),
     )

@@ -12,12 +12,17 @@ test item) this gives, per evaluated user whose full sequence is ``s`` of length
 
 A request (the device uploading its real-time history) lets the cloud answer from ``s[:n-1]`` instead.
 Users whose stale view is empty keep an empty prompt (the cloud then recommends from the bos token alone).
+
+When time moves through a federated run (:mod:`lsc4rec.data.replay`), the cloud trains when the run starts,
+so its training data is what it held then: each training part cut to what the device held at round 1, ``lag``
+interactions fewer. The stale prompts stay those of the validation and test moments (the end of the run).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lsc4rec.data.replay import Replay
 from lsc4rec.data.split import LeaveOneOutSplit
 
 __all__ = ["CloudView", "cloud_view"]
@@ -40,16 +45,21 @@ class CloudView:
         return len(self.stale_test_prompts)
 
 
-def cloud_view(split: LeaveOneOutSplit, lag: int = 2) -> CloudView:
-    """The cloud's stale data for ``split`` (see the module docstring for exactly what it holds)."""
+def cloud_view(split: LeaveOneOutSplit, lag: int = 2, replay: Replay | None = None) -> CloudView:
+    """The cloud's stale data for ``split`` (see the module docstring for exactly what it holds).
+
+    ``replay`` (time moving through a federated run): the cloud's training data is what it held at round 1.
+    """
     if lag < 0:
         raise ValueError(f"collab.cloud_lag must be >= 0, got {lag}")
     test_histories = split.test_histories()
     valid_histories = split.valid_histories()
     stale_test = [h[: max(len(h) - lag, 0)] for h in test_histories]
     stale_valid = [h[: max(len(h) - lag, 0)] for h in valid_histories]
+    moving = replay is not None and replay.enabled
+    seen_at_start = replay.cloud_sequences(split.train, 1, lag) if moving else stale_test
     train, cloud_valid_histories, cloud_valid_targets = [], [], []
-    for seen in stale_test:
+    for seen in seen_at_start:
         if len(seen) >= 2:
             cloud_valid_histories.append(seen[:-1])
             cloud_valid_targets.append(seen[-1])
@@ -57,7 +67,10 @@ def cloud_view(split: LeaveOneOutSplit, lag: int = 2) -> CloudView:
         elif seen:
             train.append(seen)
     # Users too short to be evaluated still upload their (stale) sequences.
-    train += [seq[: max(len(seq) - lag, 0)] for seq in split.train_only if len(seq) > lag]
+    if moving:
+        train += [seq for seq in replay.cloud_sequences(split.train_only, 1, lag) if seq]
+    else:
+        train += [seq[: max(len(seq) - lag, 0)] for seq in split.train_only if len(seq) > lag]
     return CloudView(
         lag=lag,
         train=train,

@@ -71,7 +71,7 @@ class CollaborationSettings:
             raise ValueError(f"request.target_ratio must be in [0, 1], got {self.ratio}")
 
 
-def _budget_mask(
+def budget_mask(
     scores: torch.Tensor, settings: CollaborationSettings, generator: torch.Generator
 ) -> torch.Tensor:
     """Which devices request: the ``ratio`` share with the highest scores (or random ones), per node."""
@@ -103,8 +103,9 @@ def serve_devices(
     ``stale`` holds the cloud's lists for these devices (from its stale copy of their histories); ``cloud``
     answers requests from the real-time ``histories``. With ``candidate_pool=union`` each device fuses over
     its list plus its SRM's own top items over the catalogue. Returns HR/NDCG/MRR@K of the final ranked
-    lists, those of the lists before any request, the number of requests and the bytes they moved (request:
-    history ids as int64; reply: ids int64 + scores float32).
+    lists, those of the lists before any request, those of the cloud's stale lists alone (``cloud-``), the
+    number of requests and the bytes they moved (request: history ids as int64; reply: ids int64 + scores
+    float32).
     """
     history = pad_left(histories, max_len)
     seen = seen_items(histories)  # the whole history, also past max_len
@@ -138,8 +139,11 @@ def serve_devices(
 
     before = RankingAccumulator(ks)
     before.add(ranked(items, llm_scores, srm_scores))
+    # The cloud alone: its (stale) list in its own order, what the device would show without an SRM.
+    cloud_alone = RankingAccumulator(ks)
+    cloud_alone.add(list_ranks(rerank(items, llm_scores), target))
 
-    requested = _budget_mask(disagreement, settings, generator)
+    requested = budget_mask(disagreement, settings, generator)
     bytes_moved = 0
     if requested.any():
         rows = requested.nonzero().squeeze(1).tolist()
@@ -160,6 +164,7 @@ def serve_devices(
     after.add(ranked(items, llm_scores, srm_scores))
     metrics = {f"collab-{k}": v for k, v in after.compute().items()}
     metrics.update({f"collab-before-request-{k}": v for k, v in before.compute().items()})
+    metrics.update({f"cloud-{k}": v for k, v in cloud_alone.compute().items()})
     metrics["requests"] = float(requested.sum())
     metrics["request-bytes"] = float(bytes_moved)
     metrics["mean-inconsistency"] = float(disagreement.mean())

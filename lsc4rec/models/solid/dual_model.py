@@ -24,6 +24,10 @@ Ablations: ``use_codebook=False`` (no semantic ids at all: no semantic trunk, no
 model), ``semantic_trunk=False`` (generation from the item trunk only, VQ loss kept), ``generation=False``
 (static classifier; the semantic state joins by a learned projection).
 
+Streaming: on a base that streams (TTT4Rec), :meth:`SolidRecommender.prefill` and
+:meth:`SolidRecommender.step` carry both trunks' states in a :class:`SolidStreamState` and apply the
+classifier to the newest position only, so appending an item costs the same at any history length.
+
 Semantic ids are data, not parameters: :meth:`SolidRecommender.set_semantic_ids` installs them (a
 non-persistent buffer), so a codebook update reaches a model without touching its weights.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,7 +46,7 @@ from torch import Tensor, nn
 from lsc4rec.models.solid.semantic import semantic_token_table, semantic_vocabulary_size
 from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm
 
-__all__ = ["SolidRecommender"]
+__all__ = ["SolidRecommender", "SolidStreamState"]
 
 _ENCODER_BASES = ("sasrec", "gru4rec", "ttt4rec")
 
@@ -55,6 +60,14 @@ def _adopt_item_table(trunk: SequentialRecommender) -> nn.Embedding:
     table = trunk._modules.pop("item_embedding")
     object.__setattr__(trunk, "item_embedding", table)
     return table
+
+
+@dataclass(frozen=True)
+class SolidStreamState:
+    """Streaming state of SOLID: the item trunk's state and the semantic trunk's (None without that trunk)."""
+
+    item: Any
+    semantic: Any | None
 
 
 class _Generator(nn.Module):
@@ -222,6 +235,80 @@ class SolidRecommender(SequentialRecommender):
         """Next-item scores ``[B, C]`` of ``candidates [B, C]``; id 0 is -inf."""
         last = self._last_state(history)
         scores = torch.matmul(self.item_embedding(candidates), last.unsqueeze(-1)).squeeze(-1)
+        return scores.masked_fill(candidates == 0, float("-inf"))
+
+    # ------------------------------------------------------------------ streaming
+    @property
+    def supports_streaming(self) -> bool:
+        """Whether the item trunk streams (the semantic trunk, when used, is the same architecture)."""
+        return self.item_trunk.supports_streaming
+
+    def _require_streaming(self) -> None:
+        if not self.supports_streaming:
+            raise ValueError(
+                f"SOLID streaming needs a base model that streams (model.base = 'ttt4rec'); "
+                f"model.base = {self.base!r} does not"
+            )
+
+    def init_state(self, batch_size: int = 1) -> SolidStreamState:
+        """The streaming state of ``batch_size`` users with no history yet (both trunks' initial states)."""
+        self._require_streaming()
+        semantic = self.semantic_trunk.init_state(batch_size) if self.use_semantic_trunk else None
+        return SolidStreamState(item=self.item_trunk.init_state(batch_size), semantic=semantic)
+
+    def prefill(self, history: Tensor) -> tuple[SolidStreamState, Tensor]:
+        """Encode ``history [B, L]`` (left-padded) once: ``(streaming state, user vector [B, d])``.
+
+        For a row with items the user vector is the one :meth:`score_all` scores. Rows without items get the
+        initial state and a zero vector, as the base's ``prefill`` does and as :meth:`encode` gives at
+        padding (``score_all`` on an all-padding row instead applies the classifier to zero states).
+        """
+        self._require_streaming()
+        self._require_semantic_ids()
+        item_state, s = self.item_trunk.prefill(history)
+        semantic_state, semantic = None, None
+        if self.use_semantic_trunk:
+            semantic_state, semantic = self.semantic_trunk.prefill(self.semantic_tokens[history])
+        # Generate only for rows with items, as _encode generates only at real positions.
+        has_items = (history != 0).any(dim=1)
+        hidden = torch.zeros_like(s)
+        kept = s[has_items]
+        hidden[has_items] = kept + self._classifier(kept, None if semantic is None else semantic[has_items])
+        return SolidStreamState(item=item_state, semantic=semantic_state), hidden
+
+    def step(self, state: SolidStreamState, item_ids: Tensor) -> tuple[SolidStreamState, Tensor]:
+        """Append one interaction per user, ``item_ids [B]`` (ids 1..num_items): ``(state, user vector)``.
+
+        The user vector ``[B, d]`` equals :meth:`score_all`'s after ``history + [item]`` without re-encoding
+        the history; ``state`` is left unchanged. Use eval mode and ``torch.no_grad()`` for serving.
+        """
+        self._require_streaming()
+        self._require_semantic_ids()
+        if item_ids.dim() != 1:
+            raise ValueError(f"item_ids must be [B], got {tuple(item_ids.shape)}")
+        # Checked here, before the semantic-token lookup would fail on an out-of-range id with an IndexError.
+        if bool(((item_ids < 1) | (item_ids > self.num_items)).any()):
+            raise ValueError(f"streamed item ids must be in 1..{self.num_items}, got {item_ids.tolist()}")
+        item_state, s = self.item_trunk.step(state.item, item_ids)
+        semantic_state, semantic = None, None
+        if self.use_semantic_trunk:
+            semantic_state, semantic = self.semantic_trunk.step(
+                state.semantic, self.semantic_tokens[item_ids]
+            )
+        hidden = s + self._classifier(s, semantic)
+        return SolidStreamState(item=item_state, semantic=semantic_state), hidden
+
+    def score_hidden(self, hidden: Tensor, candidates: Tensor | None = None) -> Tensor:
+        """Scores of user vectors ``[B, d]`` (from :meth:`prefill` or :meth:`step`).
+
+        ``candidates=None``: all items, ``[B, num_items + 1]`` with column 0 = -inf (as :meth:`score_all`);
+        ``candidates [B, C]``: ``[B, C]`` with id 0 = -inf (as :meth:`score_candidates`).
+        """
+        if candidates is None:
+            scores = hidden @ self.item_embedding.weight.t()
+            scores[:, 0] = float("-inf")
+            return scores
+        scores = torch.matmul(self.item_embedding(candidates), hidden.unsqueeze(-1)).squeeze(-1)
         return scores.masked_fill(candidates == 0, float("-inf"))
 
     # ------------------------------------------------------------------ training

@@ -67,6 +67,12 @@ class SequentialRecommender(nn.Module, abc.ABC):
     Shape conventions for ``candidates`` in :meth:`position_scores`: ``[B, L, C]`` gives each position its
     own candidates; a 1-D ``[C]`` tensor is a list shared by every position of every row (the cheap form
     that sampled softmax uses); ``None`` means the whole catalogue, ids 0..num_items.
+
+    Streaming (optional, where :attr:`supports_streaming` is True, as in TTT4Rec): ``prefill(history [B, L])``
+    encodes a left-padded history once and returns ``(state, hidden [B, d])`` (zero hidden for empty rows);
+    ``step(state, item_ids [B])`` appends one item per row at a cost independent of the history length and
+    returns ``(new_state, hidden)``, leaving ``state`` unchanged; ``score_hidden(hidden, candidates=None)``
+    scores a hidden state exactly as :meth:`score_all` / :meth:`score_candidates` score the history.
     """
 
     num_items: int
@@ -79,6 +85,11 @@ class SequentialRecommender(nn.Module, abc.ABC):
         self.hidden_size = int(hidden_size)
         # Row 0 is the padding item: it stays zero and receives no gradient.
         self.item_embedding = nn.Embedding(self.num_items + 1, self.hidden_size, padding_idx=0)
+
+    @property
+    def supports_streaming(self) -> bool:
+        """Whether the model has ``prefill``, ``step`` and ``score_hidden`` (class note); False here."""
+        return False
 
     # ------------------------------------------------------------------ to implement
     @abc.abstractmethod

@@ -215,6 +215,11 @@ class TTT4Rec(SequentialRecommender):
         return x * is_item.unsqueeze(-1).to(x.dtype)
 
     # ------------------------------------------------------------------ streaming
+    @property
+    def supports_streaming(self) -> bool:
+        """True: TTT4Rec implements :meth:`prefill`, :meth:`step` and :meth:`score_hidden`."""
+        return True
+
     def init_state(self, batch_size: int = 1) -> TTT4RecState:
         """The streaming state of ``batch_size`` users with no history yet."""
         layers = [block.ttt.init_state(batch_size) for block in self.blocks]

@@ -81,6 +81,10 @@ class LoopExtension:
         """Config entries every evaluating node receives."""
         return {}
 
+    def test_config(self) -> dict[str, Any]:
+        """Config entries of the final test phase on the devices (after the last round)."""
+        return {}
+
     def after_evaluate(self, replies: Sequence[Message]) -> None:
         """The nodes' evaluate replies."""
 

@@ -1,0 +1,253 @@
+"""A node's devices serving the interactions that arrive during a round, as time moves (prequential).
+
+Each device starts the round holding its history up to the round's start (:mod:`lsc4rec.data.replay`). For
+every interaction that arrives it first ranks (the arriving item is the target, never seen before), then
+absorbs it: a streaming SRM (TTT4Rec, SOLID on TTT4Rec) advances its state by one O(1) step instead of
+re-encoding the history. With the cloud on, each device holds the list the cloud computed from its stale copy
+when the round started; the list goes stale as interactions arrive, the device fuses it with its own ranking,
+and at every arrival the ``request.target_ratio`` share of the node's devices whose inconsistency score is
+highest upload their history and receive a fresh list, which they keep until they request again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lsc4rec.client.collab.fusion import fuse_scores, rerank
+from lsc4rec.client.collab.inference import (
+    device_top_items,
+    drop_seen,
+    request_score_table,
+    seen_items,
+    union_candidates,
+)
+from lsc4rec.client.collab.request_model import request_features
+from lsc4rec.client.collab.serving import CollaborationSettings, budget_mask
+from lsc4rec.data import pad_left
+from lsc4rec.metrics import RankingAccumulator, full_ranking_ranks, list_ranks
+from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
+from lsc4rec.models.srm import SequentialRecommender
+
+__all__ = ["serve_arrivals"]
+
+
+def _head(value: Any, rows: int) -> Any:
+    """The first ``rows`` rows of a (nested) streaming state: tensors, lists, dicts and dataclasses."""
+    if isinstance(value, Tensor):
+        return value[:rows]
+    if isinstance(value, dict):
+        return {key: _head(item, rows) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_head(item, rows) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: _head(getattr(value, f.name), rows) for f in dataclasses.fields(value)}
+        )
+    return value
+
+
+class _DeviceScorer:
+    """The devices' next-item scores over the catalogue, kept current as interactions arrive.
+
+    A streaming model keeps each device's state and takes one step per arrival; any other model re-encodes
+    the last ``max_len`` items of the history at every arrival.
+    """
+
+    def __init__(self, model: SequentialRecommender, histories: list[list[int]], max_len: int) -> None:
+        self.model = model
+        self.max_len = max_len
+        self.streaming = bool(getattr(model, "supports_streaming", False))
+        self.updates = 0
+        self.state: Any = None
+        if self.streaming:
+            self.state, self.hidden = model.prefill(pad_left(histories, max_len))
+
+    def scores(self, histories: list[list[int]]) -> Tensor:
+        """Scores ``[B, num_items + 1]`` after each (current) history of the first ``B`` devices."""
+        if self.streaming:
+            return self.model.score_hidden(self.hidden[: len(histories)])
+        return self.model.score_all(pad_left(histories, self.max_len))
+
+    def absorb(self, items: Tensor) -> None:
+        """The first ``len(items)`` devices consume ``items``; the others are done for this round."""
+        if self.streaming:
+            self.state = _head(self.state, len(items))
+            self.state, self.hidden = self.model.step(self.state, items)
+            self.updates += len(items)
+
+
+@dataclasses.dataclass
+class _Lists:
+    """The cloud list each device holds (best first), with the cloud's scores."""
+
+    items: Tensor
+    scores: Tensor
+
+
+def _catalogue(raw: Tensor, seen: Tensor, exclude_history: bool) -> Tensor:
+    """Raw scores with padding (and, if asked, the consumed items) at -inf."""
+    scores = raw.clone()
+    scores[:, 0] = float("-inf")
+    return scores.scatter_(1, seen, float("-inf")) if exclude_history else scores
+
+
+@torch.no_grad()
+def serve_arrivals(
+    model: SequentialRecommender,
+    histories: Sequence[Sequence[int]],
+    arrivals: Sequence[Sequence[int]],
+    max_len: int,
+    ks: Sequence[int],
+    exclude_history: bool = True,
+    cloud: CandidateSource | None = None,
+    stale: CandidateList | None = None,
+    settings: CollaborationSettings | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Rank and absorb every arriving interaction of the node's devices; return the round's serving metrics.
+
+    ``histories[u]`` is device ``u``'s history when the round starts and ``arrivals[u]`` what arrives during
+    it, in order. With ``cloud``, ``stale`` holds each device's list from the cloud's stale copy and
+    ``settings`` how devices fuse and when they request. Returns HR/NDCG/MRR@K over all arrivals of the device
+    alone (full ranking) and, with the cloud, of the cloud's list alone, of the fused list before and after
+    the step's requests, plus counts (arrivals, requests, streaming updates), bytes and seconds.
+    """
+    if len(histories) != len(arrivals):
+        raise ValueError(f"{len(histories)} histories but {len(arrivals)} arrival lists")
+    if cloud is not None and (stale is None or settings is None):
+        raise ValueError(
+            "serving with the cloud needs the devices' stale lists and the collaboration settings"
+        )
+    start = time.perf_counter()
+    model.eval()
+    # Devices with the most arrivals first: the devices still active at step j are always a prefix.
+    order = sorted(range(len(arrivals)), key=lambda u: -len(arrivals[u]))
+    current = [list(histories[u]) for u in order]
+    coming = [list(arrivals[u]) for u in order]
+    scorer = _DeviceScorer(model, current, max_len)
+    lists = None
+    if cloud is not None:
+        lists = _Lists(
+            torch.from_numpy(stale.items[order]).long(), torch.from_numpy(stale.scores[order]).float()
+        )
+    device, alone, before, after = (RankingAccumulator(ks) for _ in range(4))
+    requests, bytes_moved = 0, 0
+    steps = max((len(a) for a in coming), default=0)
+    for step in range(steps):
+        active = sum(1 for a in coming if len(a) > step)
+        target = torch.tensor([coming[u][step] for u in range(active)], dtype=torch.long)
+        seen = seen_items(current[:active])
+        raw = scorer.scores(current[:active])
+        device.add(full_ranking_ranks(raw, target, exclude=seen if exclude_history else None))
+        if lists is not None:
+            assert settings is not None and cloud is not None and generator is not None
+            lists.items, lists.scores = lists.items[:active], lists.scores[:active]
+            catalogue = _catalogue(raw, seen, exclude_history)
+            sent, moved = _serve_step(
+                catalogue,
+                current[:active],
+                seen,
+                target,
+                lists,
+                cloud,
+                settings,
+                max_len,
+                generator,
+                (alone, before, after),
+            )
+            requests, bytes_moved = requests + sent, bytes_moved + moved
+        for u in range(active):
+            current[u].append(coming[u][step])
+        scorer.absorb(target)
+    arrived = sum(len(a) for a in coming)
+    metrics = {f"replay-device-{k}": v for k, v in device.compute().items()}
+    if lists is not None:
+        metrics.update({f"replay-cloud-{k}": v for k, v in alone.compute().items()})
+        metrics.update({f"replay-collab-before-request-{k}": v for k, v in before.compute().items()})
+        metrics.update({f"replay-collab-{k}": v for k, v in after.compute().items()})
+        metrics["replay-requests"] = float(requests)
+        metrics["replay-request-bytes"] = float(bytes_moved)
+    metrics["replay-arrivals"] = float(arrived)
+    metrics["streaming-updates"] = float(scorer.updates)
+    metrics["replay-seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def _serve_step(
+    catalogue: Tensor,
+    current: list[list[int]],
+    seen: Tensor,
+    target: Tensor,
+    lists: _Lists,
+    cloud: CandidateSource,
+    settings: CollaborationSettings,
+    max_len: int,
+    generator: torch.Generator,
+    accumulators: tuple[RankingAccumulator, RankingAccumulator, RankingAccumulator],
+) -> tuple[int, int]:
+    """One arrival step with the cloud: rank the held lists, request within the budget, rank again.
+
+    Updates ``lists`` in place with the fresh lists; returns ``(requests, bytes moved)``.
+    """
+    alone, before, after = accumulators
+    items = drop_seen(lists.items, seen) if settings.exclude_history else lists.items.clone()
+    llm_scores = lists.scores.masked_fill(items == 0, float("-inf"))
+    srm_scores = catalogue.gather(1, items.clamp(min=1)).masked_fill(items == 0, float("-inf"))
+    history = pad_left(current, max_len)
+    if settings.request_model is not None and settings.score == "learned":
+        features = request_features(items, srm_scores, llm_scores, catalogue, history)
+        disagreement = settings.request_model.predict(features)
+    else:
+        disagreement = request_score_table(
+            None,
+            history,
+            items,
+            srm_scores,
+            (settings.score,),
+            settings.k,
+            catalogue,  # type: ignore[arg-type]
+        )[settings.score]
+    pool = (
+        device_top_items(catalogue, settings.device_candidates)
+        if settings.candidate_pool == "union"
+        else None
+    )
+
+    def ranked(items: Tensor, llm: Tensor, srm: Tensor) -> Tensor:
+        if pool is not None:
+            items, llm, srm = union_candidates(items, llm, srm, *pool)
+        return list_ranks(
+            rerank(items, fuse_scores(llm, srm, items, settings.alpha, settings.normalization)), target
+        )
+
+    alone.add(list_ranks(rerank(items, llm_scores), target))
+    before.add(ranked(items, llm_scores, srm_scores))
+    requested = budget_mask(disagreement, settings, generator)
+    moved = 0
+    if requested.any():
+        rows = requested.nonzero().squeeze(1).tolist()
+        uploads = [current[r][-cloud.max_history :] for r in rows]
+        fresh = cloud.recommend(uploads, settings.candidates)
+        moved = sum(8 * len(h) for h in uploads) + fresh.items.size * 12
+        index = torch.tensor(rows)
+        fresh_items = torch.from_numpy(fresh.items).long()
+        fresh_scores = torch.from_numpy(fresh.scores).float()
+        # The device keeps the fresh list as it came (its own history is dropped at ranking time).
+        width = lists.items.shape[1]
+        if fresh_items.shape[1] != width:
+            raise ValueError(
+                f"the cloud answered {fresh_items.shape[1]} candidates, the device holds {width}"
+            )
+        lists.items[index], lists.scores[index] = fresh_items, fresh_scores
+        kept = drop_seen(fresh_items, seen[rows]) if settings.exclude_history else fresh_items
+        items[index] = kept
+        llm_scores[index] = fresh_scores.masked_fill(kept == 0, float("-inf"))
+        srm_scores[index] = catalogue[rows].gather(1, kept.clamp(min=1)).masked_fill(kept == 0, float("-inf"))
+    after.add(ranked(items, llm_scores, srm_scores))
+    return int(requested.sum()), moved
