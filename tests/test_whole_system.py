@@ -23,6 +23,7 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         tmp_path / "run",
         2,
         "federated.rounds=2",
+        "federated.replay_interactions=2",
         "model=solid",
         "model.base=ttt4rec",
         "model.hidden_size=16",
@@ -47,9 +48,14 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert summary["failures"] == 0 and len(rows) == 2
     client = [row["client_evaluate"] for row in rows]
-    # Cloud: devices fused the cloud's lists; a quarter of them requested fresh ones, answered by the service.
+    # Time moved: every device served the interactions arriving in each round (one per round), its TTT
+    # states advanced by one streaming update per arrival.
+    assert all(c["replay-arrivals-per-device"] == 1.0 for c in client)
+    assert all(c["streaming-updates-per-device"] == 1.0 for c in client)
+    # Cloud: devices fused the cloud's lists; at each arrival a quarter of them requested fresh ones,
+    # answered by the service.
     assert all(c["request-rate"] == pytest.approx(0.25, abs=0.02) for c in client)
-    assert all(c["request-bytes-per-device"] > 0 and "client-collab-NDCG@10" in c for c in client)
+    assert all(c["request-bytes-per-device"] > 0 and "replay-collab-NDCG@10" in c for c in client)
     # SOLID: the nodes' statistics moved the global codebook to a new version.
     assert summary["codebook"]["version"] >= 1 and rows[0]["codebook"]["codebook-updated"] == 1
     # MergeNet: the adapter rewrote the global model before each round and learned from the aggregate.
@@ -57,3 +63,11 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     # ONNX Runtime scored the devices' rankings; round 2 updated the graph exported in round 1.
     assert client[1]["onnx-weights-updated"] == 1.0
     assert summary["test"]["full"]["NDCG@10"] > 0
+    # The final table: device alone (through ONNX Runtime, the server's own test of the last round),
+    # collaborative at no / budgeted / all requests, and the cloud's list alone.
+    table = {row["setting"]: row for row in summary["final_table"]}
+    assert len(table) == 5
+    device = table["device alone"]["NDCG@10"]
+    assert device == pytest.approx(summary["test_last_round"]["full"]["NDCG@10"], abs=1e-5)
+    assert table["collaborative, every device requests"]["request_rate"] == 1.0
+    assert table["collaborative, request budget"]["request_rate"] == pytest.approx(0.25, abs=0.02)

@@ -20,7 +20,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from lsc4rec.client.codebook_sync import device_statistics, item_features_of, prepare_device_model
-from lsc4rec.client.collab.on_node import candidate_root_certificates, collaborate
+from lsc4rec.client.collab.on_node import (
+    candidate_root_certificates,
+    collaborate,
+    collaborate_at_test,
+    serve_round,
+)
 from lsc4rec.client.fault_drills import fault_drill_mod
 from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.node import model_from_message, node_settings, partition_of, shard_of
@@ -35,6 +40,9 @@ from lsc4rec.messages import (
     CONFIG,
     METRICS,
     NUM_EXAMPLES,
+    PHASE,
+    PHASE_ROUND,
+    PHASE_TEST,
     PRIVACY_EXHAUSTED,
     PROXIMAL_MU,
     ROW_COUNTS,
@@ -98,10 +106,11 @@ def train(msg: Message, context: Context) -> Message:
     """Train the global SRM on this node's devices and reply with the update and ``num-examples``."""
     run = node_settings(context)
     partition_id, _ = partition_of(context)
-    shard = shard_of(context, run)
+    server_round = int(msg.content[CONFIG][SERVER_ROUND])
+    # With time moving, the devices train on what they hold when the round starts.
+    shard = shard_of(context, run).at_round(run.federated.replay, server_round)
     model = model_from_message(msg, run, shard.num_items)
     codebook = prepare_device_model(msg, context, run, model)
-    server_round = int(msg.content[CONFIG][SERVER_ROUND])
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
     settings = round_settings(run.train, run.federated.round_lr_decay, server_round)
     keep = run.federated.keep_optimizer_state
@@ -157,16 +166,20 @@ def _onnx_dir(context: Context) -> Path:
 
 @app.evaluate()
 def evaluate_on_devices(msg: Message, context: Context) -> Message:
-    """Rank each device's validation item with the global SRM (full ranking); reply with the metrics."""
+    """Rank each device's validation item with the global SRM (full ranking); with time moving, serve the
+    round's arriving interactions; in the test phase, the devices' rows of the final table. Reply with the
+    metrics."""
     run = node_settings(context)
     shard = shard_of(context, run)
     model = model_from_message(msg, run, shard.num_items)
     codebook = prepare_device_model(msg, context, run, model)
+    config = msg.content[CONFIG]
+    testing = str(config.get(PHASE, PHASE_ROUND)) == PHASE_TEST
     full_ranking = run.eval.full_ranking
     eval_set = EvalSet.build(
-        "client-valid",
-        shard.valid_histories,
-        shard.valid_targets,
+        "client-test" if testing else "client-valid",
+        shard.test_histories if testing else shard.valid_histories,
+        shard.test_targets if testing else shard.valid_targets,
         shard.num_items,
         run.data.max_len,
         run.eval.batch_size,
@@ -187,11 +200,19 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     with torch.no_grad():
         result = evaluate(scorer, eval_set, run.eval.ks, full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"
-    metrics = {f"client-{key}": value for key, value in result[protocol].items()}
+    prefix = "test-device-" if testing else "client-"
+    metrics = {f"{prefix}{key}": value for key, value in result[protocol].items()}
     metrics.update(onnx_cost)
-    service = CandidateService.from_config(msg.content[CONFIG])
-    if run.collab.enabled and service is not None:
-        trust = candidate_root_certificates(context, run) if service.tls else None
+    service = CandidateService.from_config(config)
+    with_cloud = run.collab.enabled and service is not None
+    trust = candidate_root_certificates(context, run) if with_cloud and service.tls else None
+    if testing:
+        if with_cloud:
+            metrics.update(collaborate_at_test(model, shard, run, service, trust))
+    elif run.federated.replay.enabled:
+        server_round = int(config[SERVER_ROUND])
+        metrics.update(serve_round(model, shard, run, server_round, service if with_cloud else None, trust))
+    elif with_cloud:
         metrics.update(collaborate(model, shard, run, service, trust))
     metrics[NUM_EXAMPLES] = float(shard.num_devices)
     if codebook is not None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%lsc4rec/proto/candidate_service.proto\x12\x14lsc4rec.candidate.v1\"\r\n\x0bInfoRequest\"n\n\x0bServiceInfo\x12\x11\n\tnum_items\x18\x01 \x01(\x05\x12\x13\n\x0bmax_history\x18\x02 \x01(\x05\x12\r\n\x05max_n\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x11\n\tmax_batch\x18\x05 \x01(\x05\"B\n\x10RecommendRequest\x12\x0f\n\x07history\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"m\n\x0eRecommendReply\x12\r\n\x05items\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x11\n\tnum_items\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x18\n\x07History\x12\r\n\x05items\x18\x01 \x03(\x03\"h\n\x15RecommendBatchRequest\x12\x30\n\thistories\x18\x01 \x03(\x0b\x32\x1d.lsc4rec.candidate.v1.History\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"`\n\x13RecommendBatchReply\x12\x35\n\x07replies\x18\x01 \x03(\x0b\x32$.lsc4rec.candidate.v1.RecommendReply\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x18RecommendForUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t2\x95\x03\n\x10\x43\x61ndidateService\x12L\n\x04Info\x12!.lsc4rec.candidate.v1.InfoRequest\x1a!.lsc4rec.candidate.v1.ServiceInfo\x12Y\n\tRecommend\x12&.lsc4rec.candidate.v1.RecommendRequest\x1a$.lsc4rec.candidate.v1.RecommendReply\x12h\n\x0eRecommendBatch\x12+.lsc4rec.candidate.v1.RecommendBatchRequest\x1a).lsc4rec.candidate.v1.RecommendBatchReply\x12n\n\x11RecommendForUsers\x12..lsc4rec.candidate.v1.RecommendForUsersRequest\x1a).lsc4rec.candidate.v1.RecommendBatchReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%lsc4rec/proto/candidate_service.proto\x12\x14lsc4rec.candidate.v1\"\r\n\x0bInfoRequest\"\x88\x01\n\x0bServiceInfo\x12\x11\n\tnum_items\x18\x01 \x01(\x05\x12\x13\n\x0bmax_history\x18\x02 \x01(\x05\x12\r\n\x05max_n\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x11\n\tmax_batch\x18\x05 \x01(\x05\x12\x18\n\x10max_position_ids\x18\x06 \x01(\x03\"B\n\x10RecommendRequest\x12\x0f\n\x07history\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"m\n\x0eRecommendReply\x12\r\n\x05items\x18\x01 \x03(\x03\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x11\n\tnum_items\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x18\n\x07History\x12\r\n\x05items\x18\x01 \x03(\x03\"h\n\x15RecommendBatchRequest\x12\x30\n\thistories\x18\x01 \x03(\x0b\x32\x1d.lsc4rec.candidate.v1.History\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"`\n\x13RecommendBatchReply\x12\x35\n\x07replies\x18\x01 \x03(\x0b\x32$.lsc4rec.candidate.v1.RecommendReply\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"K\n\x18RecommendForUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\t\n\x01n\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"T\n!PositionCandidatesForUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"K\n\x16UserPositionCandidates\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tpositions\x18\x02 \x01(\x05\x12\r\n\x05items\x18\x03 \x03(\x03\"\x94\x01\n\x1fPositionCandidatesForUsersReply\x12;\n\x05users\x18\x01 \x03(\x0b\x32,.lsc4rec.candidate.v1.UserPositionCandidates\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t2\xa4\x04\n\x10\x43\x61ndidateService\x12L\n\x04Info\x12!.lsc4rec.candidate.v1.InfoRequest\x1a!.lsc4rec.candidate.v1.ServiceInfo\x12Y\n\tRecommend\x12&.lsc4rec.candidate.v1.RecommendRequest\x1a$.lsc4rec.candidate.v1.RecommendReply\x12h\n\x0eRecommendBatch\x12+.lsc4rec.candidate.v1.RecommendBatchRequest\x1a).lsc4rec.candidate.v1.RecommendBatchReply\x12n\n\x11RecommendForUsers\x12..lsc4rec.candidate.v1.RecommendForUsersRequest\x1a).lsc4rec.candidate.v1.RecommendBatchReply\x12\x8c\x01\n\x1aPositionCandidatesForUsers\x12\x37.lsc4rec.candidate.v1.PositionCandidatesForUsersRequest\x1a\x35.lsc4rec.candidate.v1.PositionCandidatesForUsersReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFOREQUEST']._serialized_start=63
   _globals['_INFOREQUEST']._serialized_end=76
-  _globals['_SERVICEINFO']._serialized_start=78
-  _globals['_SERVICEINFO']._serialized_end=188
-  _globals['_RECOMMENDREQUEST']._serialized_start=190
-  _globals['_RECOMMENDREQUEST']._serialized_end=256
-  _globals['_RECOMMENDREPLY']._serialized_start=258
-  _globals['_RECOMMENDREPLY']._serialized_end=367
-  _globals['_HISTORY']._serialized_start=369
-  _globals['_HISTORY']._serialized_end=393
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=395
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=499
-  _globals['_RECOMMENDBATCHREPLY']._serialized_start=501
-  _globals['_RECOMMENDBATCHREPLY']._serialized_end=597
-  _globals['_RECOMMENDFORUSERSREQUEST']._serialized_start=599
-  _globals['_RECOMMENDFORUSERSREQUEST']._serialized_end=674
-  _globals['_CANDIDATESERVICE']._serialized_start=677
-  _globals['_CANDIDATESERVICE']._serialized_end=1082
+  _globals['_SERVICEINFO']._serialized_start=79
+  _globals['_SERVICEINFO']._serialized_end=215
+  _globals['_RECOMMENDREQUEST']._serialized_start=217
+  _globals['_RECOMMENDREQUEST']._serialized_end=283
+  _globals['_RECOMMENDREPLY']._serialized_start=285
+  _globals['_RECOMMENDREPLY']._serialized_end=394
+  _globals['_HISTORY']._serialized_start=396
+  _globals['_HISTORY']._serialized_end=420
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=422
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=526
+  _globals['_RECOMMENDBATCHREPLY']._serialized_start=528
+  _globals['_RECOMMENDBATCHREPLY']._serialized_end=624
+  _globals['_RECOMMENDFORUSERSREQUEST']._serialized_start=626
+  _globals['_RECOMMENDFORUSERSREQUEST']._serialized_end=701
+  _globals['_POSITIONCANDIDATESFORUSERSREQUEST']._serialized_start=703
+  _globals['_POSITIONCANDIDATESFORUSERSREQUEST']._serialized_end=787
+  _globals['_USERPOSITIONCANDIDATES']._serialized_start=789
+  _globals['_USERPOSITIONCANDIDATES']._serialized_end=864
+  _globals['_POSITIONCANDIDATESFORUSERSREPLY']._serialized_start=867
+  _globals['_POSITIONCANDIDATESFORUSERSREPLY']._serialized_end=1015
+  _globals['_CANDIDATESERVICE']._serialized_start=1018
+  _globals['_CANDIDATESERVICE']._serialized_end=1566
 # @@protoc_insertion_point(module_scope)

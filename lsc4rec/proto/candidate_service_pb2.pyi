@@ -12,18 +12,20 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("num_items", "max_history", "max_n", "model_version", "max_batch")
+    __slots__ = ("num_items", "max_history", "max_n", "model_version", "max_batch", "max_position_ids")
     NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_HISTORY_FIELD_NUMBER: _ClassVar[int]
     MAX_N_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_POSITION_IDS_FIELD_NUMBER: _ClassVar[int]
     num_items: int
     max_history: int
     max_n: int
     model_version: str
     max_batch: int
-    def __init__(self, num_items: _Optional[int] = ..., max_history: _Optional[int] = ..., max_n: _Optional[int] = ..., model_version: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    max_position_ids: int
+    def __init__(self, num_items: _Optional[int] = ..., max_history: _Optional[int] = ..., max_n: _Optional[int] = ..., model_version: _Optional[str] = ..., max_batch: _Optional[int] = ..., max_position_ids: _Optional[int] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("history", "n", "request_id")
@@ -82,3 +84,35 @@ class RecommendForUsersRequest(_message.Message):
     n: int
     request_id: str
     def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PositionCandidatesForUsersRequest(_message.Message):
+    __slots__ = ("user_ids", "k", "request_id")
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[int]
+    k: int
+    request_id: str
+    def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UserPositionCandidates(_message.Message):
+    __slots__ = ("user_id", "positions", "items")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    positions: int
+    items: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, user_id: _Optional[int] = ..., positions: _Optional[int] = ..., items: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PositionCandidatesForUsersReply(_message.Message):
+    __slots__ = ("users", "k", "model_version", "request_id")
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[UserPositionCandidates]
+    k: int
+    model_version: str
+    request_id: str
+    def __init__(self, users: _Optional[_Iterable[_Union[UserPositionCandidates, _Mapping]]] = ..., k: _Optional[int] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,11 @@ class CandidateServiceStub:
                 request_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendForUsersRequest.SerializeToString,
                 response_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.FromString,
                 _registered_method=True)
+        self.PositionCandidatesForUsers = channel.unary_unary(
+                '/lsc4rec.candidate.v1.CandidateService/PositionCandidatesForUsers',
+                request_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersRequest.SerializeToString,
+                response_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersReply.FromString,
+                _registered_method=True)
 
 
 class CandidateServiceServicer:
@@ -89,6 +94,15 @@ class CandidateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PositionCandidatesForUsers(self, request, context):
+        """The model's top-k next items after every prefix of each user's stored history (the hard negatives of
+        collaborative SRM training), one model batch per group of users. FAILED_PRECONDITION without a
+        user-history store; UNIMPLEMENTED when the model cannot score positions (not one token per item).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CandidateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_CandidateServiceServicer_to_server(servicer, server):
                     servicer.RecommendForUsers,
                     request_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendForUsersRequest.FromString,
                     response_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.SerializeToString,
+            ),
+            'PositionCandidatesForUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.PositionCandidatesForUsers,
+                    request_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersRequest.FromString,
+                    response_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +240,33 @@ class CandidateService:
             '/lsc4rec.candidate.v1.CandidateService/RecommendForUsers',
             lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendForUsersRequest.SerializeToString,
             lsc4rec_dot_proto_dot_candidate__service__pb2.RecommendBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PositionCandidatesForUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lsc4rec.candidate.v1.CandidateService/PositionCandidatesForUsers',
+            lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersRequest.SerializeToString,
+            lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersReply.FromString,
             options,
             channel_credentials,
             insecure,

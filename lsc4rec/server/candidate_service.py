@@ -17,8 +17,9 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
+import torch
 
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.proto import candidate_service_pb2 as pb
@@ -60,13 +62,45 @@ _FLOAT_BYTES = 4
 _PER_ENTRY_OVERHEAD = 64 + 4 * MAX_REQUEST_ID
 _PER_MESSAGE_OVERHEAD = 4096
 _MIN_MESSAGE_LIMIT = 1 << 20
+#: Users per ``position_candidates`` call when the source does not say (``CloudLLM.batch_size`` does).
+_DEFAULT_POSITION_BATCH = 256
 
 
-def _message_limit(entries: int, bytes_per_entry: int) -> int:
+def _message_limit(entries: int, bytes_per_entry: int, payload: int = 0) -> int:
     """A message limit twice the largest valid message, so a slightly bad request still gets a precise
-    ``INVALID_ARGUMENT`` instead of gRPC's generic ``RESOURCE_EXHAUSTED``, but never below 1 MiB."""
-    largest = entries * (bytes_per_entry + _PER_ENTRY_OVERHEAD) + _PER_MESSAGE_OVERHEAD
+    ``INVALID_ARGUMENT`` instead of gRPC's generic ``RESOURCE_EXHAUSTED``, but never below 1 MiB.
+
+    The largest message has ``entries`` entries of ``bytes_per_entry`` each plus ``payload`` bytes shared
+    among them (e.g. a bound on all the ids of a reply together).
+    """
+    largest = entries * (bytes_per_entry + _PER_ENTRY_OVERHEAD) + payload + _PER_MESSAGE_OVERHEAD
     return max(_MIN_MESSAGE_LIMIT, 2 * largest)
+
+
+def _stored_histories(
+    histories: Sequence[Sequence[int]], num_items: int, max_history: int
+) -> tuple[np.ndarray, ...]:
+    """An immutable copy of per-user ``histories``: the last ``max_history`` items of each as int64.
+
+    Only those items are ever read (longer stored histories are cut, not refused, as the cloud's own data),
+    so nothing more is kept. Raises ValueError naming the first user and position whose id is not an item id
+    (``1..num_items``); an empty history is allowed (the user has no stored interactions yet).
+    """
+    stored = []
+    for user, history in enumerate(histories):
+        ids = np.asarray(history, dtype=np.int64).reshape(-1)
+        bad = np.flatnonzero((ids < 1) | (ids > num_items))
+        if bad.size:
+            first = int(bad[0])
+            raise ValueError(
+                f"user_histories[{user}][{first}] = {int(ids[first])} is not an item id "
+                f"(valid ids are 1..{num_items})"
+            )
+        # A copy even when nothing is cut: the caller may go on mutating its own arrays.
+        kept = ids[-max_history:].copy()
+        kept.setflags(write=False)
+        stored.append(kept)
+    return tuple(stored)
 
 
 def _history_problem(history: Sequence[int], field: str, num_items: int, max_history: int) -> str | None:
@@ -99,6 +133,9 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
     ``source_is_thread_safe`` (models keep per-call state and torch modules are not re-entrant in general),
     so concurrent requests never see each other's histories; a request whose deadline passes while it waits
     for the lock is dropped with ``DEADLINE_EXCEEDED`` instead of occupying the model for nothing.
+
+    The per-user history store is an immutable snapshot that :meth:`update_user_histories` swaps whole:
+    every request reads one snapshot once, so it never mixes two versions of the store.
     """
 
     def __init__(
@@ -113,8 +150,9 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
     ) -> None:
         """Serve ``source``; ``model_version`` defaults to ``source.model_version`` or the source's class.
 
-        ``user_histories[u]`` is the cloud's copy of user ``u``'s history (internal ids), which
-        ``RecommendForUsers`` answers from; without it that rpc is refused.
+        ``user_histories[u]`` is the cloud's copy of user ``u``'s history (internal ids 1..num_items, possibly
+        empty), which ``RecommendForUsers`` and ``PositionCandidatesForUsers`` answer from; without it those
+        rpcs are refused. ValueError names the first stored id that is not an item id.
         """
         if max_n < 1:
             raise ValueError(f"max_n = {max_n} must be >= 1")
@@ -134,7 +172,43 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             model_version = str(getattr(source, "model_version", type(source).__name__))
         self.model_version = model_version
         self._lock: threading.Lock | None = None if source_is_thread_safe else threading.Lock()
-        self.user_histories = user_histories
+        # Writers swap the snapshot under this lock; readers take the reference once per request (an
+        # attribute read is atomic), so a request never waits for an update nor sees half of one.
+        self._histories_lock = threading.Lock()
+        self._user_histories: tuple[np.ndarray, ...] | None = (
+            None
+            if user_histories is None
+            else _stored_histories(user_histories, self.num_items, self.max_history)
+        )
+
+    # ------------------------------------------------------------------ user-history store
+    @property
+    def user_histories(self) -> tuple[np.ndarray, ...] | None:
+        """The stored per-user histories now served (each its last ``max_history`` items), or None."""
+        return self._user_histories
+
+    def update_user_histories(self, histories: Sequence[Sequence[int]]) -> None:
+        """Replace the stored per-user histories (e.g. the cloud's view after a federated round).
+
+        ``histories`` must have one entry per user, as many as the service was started with, each with item
+        ids ``1..num_items`` (empty allowed). Requests already running finish on the old histories; every
+        request that starts after this returns sees the new ones. Raises ValueError (and keeps the old store)
+        when the service has no store or ``histories`` is invalid.
+        """
+        stored = _stored_histories(histories, self.num_items, self.max_history)
+        with self._histories_lock:
+            current = self._user_histories
+            if current is None:
+                raise ValueError(
+                    "this candidate service was started without user_histories: there is no store to update"
+                )
+            if len(stored) != len(current):
+                raise ValueError(
+                    f"user_histories has {len(stored)} users, but the service stores {len(current)}: "
+                    "an update must keep every user id (0..n-1)"
+                )
+            self._user_histories = stored
+        logger.info("candidate service: user histories replaced (%d users)", len(stored))
 
     # ------------------------------------------------------------------ limits
     @property
@@ -143,10 +217,23 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         return _message_limit(self.max_batch, self.max_history * _MAX_VARINT_BYTES)
 
     @property
+    def max_position_ids(self) -> int:
+        """Most item ids one ``PositionCandidatesForUsers`` reply may carry, counting ``max_history``
+        positions per user: as many as a full ``RecommendBatch`` reply, and always one user at ``max_n``."""
+        return max(self.max_batch, self.max_history) * self.max_n
+
+    def max_position_users(self, k: int) -> int:
+        """Most users one ``PositionCandidatesForUsers`` call may ask for at ``k`` (1..max_n) per position."""
+        return min(self.max_batch, self.max_position_ids // (self.max_history * max(k, 1)))
+
+    @property
     def max_reply_bytes(self) -> int:
-        """Largest reply the server sends (a full batch of ``max_n`` candidates each, with slack)."""
-        per_reply = self.max_n * (_MAX_VARINT_BYTES + _FLOAT_BYTES) + len(self.model_version.encode())
-        return _message_limit(self.max_batch, per_reply)
+        """Largest reply the server sends (a full batch of ``max_n`` candidates each, or a full position
+        reply of ``max_position_ids`` ids, with slack)."""
+        version = len(self.model_version.encode())
+        per_reply = self.max_n * (_MAX_VARINT_BYTES + _FLOAT_BYTES) + version
+        positions = _message_limit(self.max_batch, 0, self.max_position_ids * _MAX_VARINT_BYTES + version)
+        return max(_message_limit(self.max_batch, per_reply), positions)
 
     def info(self) -> pb.ServiceInfo:
         """The catalogue size and request limits this servicer enforces."""
@@ -156,6 +243,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             max_n=self.max_n,
             model_version=self.model_version,
             max_batch=self.max_batch,
+            max_position_ids=self.max_position_ids,
         )
 
     # ------------------------------------------------------------------ rpcs
@@ -203,32 +291,157 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
     ) -> pb.RecommendBatchReply:
         """Top-``n`` candidates for users, from the cloud's stored, possibly stale histories."""
         method = "RecommendForUsers"
-        if self.user_histories is None:
+        stored = self._store_or_refuse(context, method, request.request_id)
+        problem = (
+            _request_id_problem(request.request_id)
+            or self._n_problem(request.n)
+            or self._batch_problem(len(request.user_ids), "user_ids", "user")
+            or _user_problem(request.user_ids, len(stored))
+        )
+        if problem:
+            _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, method, request.request_id)
+        # The store keeps each user's most recent max_history items (a long history is cut, not refused).
+        histories = [stored[u].tolist() for u in request.user_ids]
+        result = self._run_source(histories, request.n, context, method, request.request_id)
+        return self._batch_reply(result, request.request_id)
+
+    def PositionCandidatesForUsers(
+        self, request: pb.PositionCandidatesForUsersRequest, context: grpc.ServicerContext
+    ) -> pb.PositionCandidatesForUsersReply:
+        """The model's top-``k`` next items after every prefix of each user's stored history.
+
+        Users are grouped by history length into model batches of the source's ``batch_size``, each
+        left-padded to its longest history: one ``position_candidates`` call (one forward pass) per batch.
+        """
+        method = "PositionCandidatesForUsers"
+        stored = self._store_or_refuse(context, method, request.request_id)
+        unsupported = _position_source_problem(self.source)
+        if unsupported:
+            _refuse(context, grpc.StatusCode.UNIMPLEMENTED, unsupported, method, request.request_id)
+        k = request.k
+        problem = (
+            _request_id_problem(request.request_id)
+            or _range_problem("k", k, self.max_n)
+            or self._batch_problem(len(request.user_ids), "user_ids", "user")
+            or self._position_users_problem(len(request.user_ids), k)
+            or _user_problem(request.user_ids, len(stored))
+        )
+        if problem:
+            _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, method, request.request_id)
+        histories = [stored[u] for u in request.user_ids]
+        candidates = self._position_candidates(histories, k, context, method, request.request_id)
+        return pb.PositionCandidatesForUsersReply(
+            users=[
+                pb.UserPositionCandidates(
+                    user_id=user, positions=int(rows.shape[0]), items=rows.reshape(-1).tolist()
+                )
+                for user, rows in zip(request.user_ids, candidates, strict=True)
+            ],
+            k=k,
+            model_version=self.model_version,
+            request_id=request.request_id,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _store_or_refuse(
+        self, context: grpc.ServicerContext, method: str, request_id: str
+    ) -> tuple[np.ndarray, ...]:
+        """The current history snapshot (read once per request), or ``FAILED_PRECONDITION`` without one."""
+        stored = self._user_histories
+        if stored is None:
             _refuse(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "this service has no user-history store; upload histories with RecommendBatch",
                 method,
-                request.request_id,
+                request_id,
             )
-        problem = (
-            _request_id_problem(request.request_id)
-            or self._n_problem(request.n)
-            or self._batch_problem(len(request.user_ids), "user_ids", "user")
-        )
-        if not problem:
-            known = len(self.user_histories)
-            bad = next((i for i, u in enumerate(request.user_ids) if not 0 <= u < known), None)
-            if bad is not None:
-                problem = f"user_ids[{bad}] = {request.user_ids[bad]} is not a known user (0..{known - 1})"
-        if problem:
-            _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, method, request.request_id)
-        # The cloud's own data: keep the most recent max_history items rather than refuse a long history.
-        histories = [list(self.user_histories[u])[-self.max_history :] for u in request.user_ids]
-        result = self._run_source(histories, request.n, context, method, request.request_id)
-        return self._batch_reply(result, request.request_id)
+        return stored
 
-    # ------------------------------------------------------------------ helpers
+    def _position_users_problem(self, count: int, k: int) -> str | None:
+        """Why ``count`` users are too many for one position reply at ``k`` (its size bound), or None."""
+        limit = self.max_position_users(k)
+        if count <= limit:
+            return None
+        return (
+            f"user_ids has {count} entries, more than {limit} for k = {k} (max_position_ids = "
+            f"{self.max_position_ids} over max_history = {self.max_history} positions of k ids per user)"
+        )
+
+    def _position_candidates(
+        self,
+        histories: list[np.ndarray],
+        k: int,
+        context: grpc.ServicerContext,
+        method: str,
+        request_id: str,
+    ) -> list[np.ndarray]:
+        """``[P_u, k]`` int64 candidates per history (``P_u`` = its length; 0 = empty slot), in order.
+
+        Empty histories never reach the model. The others are sorted by length so each batch pads little,
+        and the model lock is taken per batch, so other requests are not shut out for a whole large call.
+        """
+        out = [np.zeros((len(history), k), dtype=np.int64) for history in histories]
+        order = sorted((i for i, h in enumerate(histories) if len(h)), key=lambda i: len(histories[i]))
+        batch_size = max(1, int(getattr(self.source, "batch_size", _DEFAULT_POSITION_BATCH)))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = max(len(histories[i]) for i in rows)
+            padded = np.zeros((len(rows), width), dtype=np.int64)
+            for row, index in enumerate(rows):
+                padded[row, width - len(histories[index]) :] = histories[index]
+            with self._holding_model(context, method, request_id):
+                top = self._call_position_candidates(torch.from_numpy(padded), k, context, method, request_id)
+            if top.ndim != 3 or top.shape[:2] != padded.shape or top.shape[2] > k:
+                message = (
+                    f"position_candidates returned {tuple(top.shape)} for inputs {padded.shape} and k = {k} "
+                    f"(expected [{len(rows)}, {width}, {k}])"
+                )
+                logger.error("%s (request_id=%r)", message, request_id)
+                _abort(context, grpc.StatusCode.INTERNAL, message)
+            # Left padding: a history of length n sits in the last n columns. A k above the catalogue size
+            # leaves the extra columns 0 (empty slots).
+            for row, index in enumerate(rows):
+                length = len(histories[index])
+                out[index][:, : top.shape[2]] = top[row, width - length :]
+        return out
+
+    def _call_position_candidates(
+        self, inputs: torch.Tensor, k: int, context: grpc.ServicerContext, method: str, request_id: str
+    ) -> np.ndarray:
+        """``source.position_candidates`` as int64 numpy; a failure becomes ``INTERNAL`` (logged)."""
+        # Not part of the CandidateSource protocol: _position_source_problem checked that the source has it.
+        source: Any = self.source
+        try:
+            return np.asarray(source.position_candidates(inputs, k), dtype=np.int64)
+        except Exception as error:
+            logger.exception("%s (request_id=%r): position_candidates failed", method, request_id)
+            message = f"position_candidates failed: {type(error).__name__}: {error}"
+            _abort(context, grpc.StatusCode.INTERNAL, message)
+
+    @contextmanager
+    def _holding_model(self, context: grpc.ServicerContext, method: str, request_id: str) -> Iterator[None]:
+        """Hold the model lock (unless the source is thread-safe) for the body; ``DEADLINE_EXCEEDED`` when
+        the request's deadline passes while it waits."""
+        if self._lock is None:
+            yield
+            return
+        remaining = context.time_remaining()
+        # time_remaining() is None when the client set no deadline: then wait as long as it takes.
+        acquired = self._lock.acquire(timeout=-1 if remaining is None else max(remaining, 0.0))
+        if not acquired:
+            _refuse(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "deadline expired while waiting for the model (service busy)",
+                method,
+                request_id,
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def _batch_problem(self, count: int, field: str, what: str) -> str | None:
         """Why a batch of ``count`` entries in ``field`` is refused (empty or over max_batch), or None."""
         if count == 0:
@@ -245,11 +458,8 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         )
 
     def _n_problem(self, n: int) -> str | None:
-        """Why ``n`` is not acceptable, or None. Proto3 sends an unset ``n`` as 0, hence the hint."""
-        if 1 <= n <= self.max_n:
-            return None
-        hint = " (n was not set?)" if n == 0 else ""
-        return f"n = {n} is outside 1..{self.max_n}{hint}"
+        """Why ``n`` is not acceptable, or None."""
+        return _range_problem("n", n, self.max_n)
 
     def _run_source(
         self,
@@ -264,24 +474,8 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         Returns a CandidateList of exactly ``[len(histories), n]``: a source that fills fewer than ``n``
         columns is padded with empty slots, anything else malformed is an ``INTERNAL`` error.
         """
-        if self._lock is None:
+        with self._holding_model(context, method, request_id):
             result = self._call_source(histories, n, context, method, request_id)
-        else:
-            remaining = context.time_remaining()
-            # time_remaining() is None when the client set no deadline: then wait as long as it takes.
-            acquired = self._lock.acquire(timeout=-1 if remaining is None else max(remaining, 0.0))
-            if not acquired:
-                _refuse(
-                    context,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "deadline expired while waiting for the model (service busy)",
-                    method,
-                    request_id,
-                )
-            try:
-                result = self._call_source(histories, n, context, method, request_id)
-            finally:
-                self._lock.release()
 
         items = np.asarray(result.items, dtype=np.int64)
         scores = np.asarray(result.scores, dtype=np.float32)
@@ -324,6 +518,46 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             model_version=self.model_version,
             request_id=request_id,
         )
+
+
+def _range_problem(field: str, value: int, maximum: int) -> str | None:
+    """Why ``field`` = ``value`` is outside ``1..maximum`` (a message naming both), or None. Proto3 sends an
+    unset field as 0, hence the hint."""
+    if 1 <= value <= maximum:
+        return None
+    hint = f" ({field} was not set?)" if value == 0 else ""
+    return f"{field} = {value} is outside 1..{maximum}{hint}"
+
+
+def _user_problem(user_ids: Sequence[int], known: int) -> str | None:
+    """Why ``user_ids`` names a user outside the store's ``0..known-1``, or None."""
+    bad = next((i for i, u in enumerate(user_ids) if not 0 <= u < known), None)
+    if bad is None:
+        return None
+    return f"user_ids[{bad}] = {user_ids[bad]} is not a known user (0..{known - 1})"
+
+
+def _position_source_problem(source: CandidateSource) -> str | None:
+    """Why ``source`` cannot answer ``PositionCandidatesForUsers``, or None.
+
+    Duck-typed like the rest of the service (any source with ``position_candidates``); a
+    :class:`~lsc4rec.models.llm.recommender.CloudLLM` also needs one token per item read as item tokens,
+    which is checked here so the caller gets ``UNIMPLEMENTED`` rather than an ``INTERNAL`` from its
+    ValueError.
+    """
+    name = type(source).__name__
+    if not callable(getattr(source, "position_candidates", None)):
+        return (
+            f"the model behind this service ({name}) has no position_candidates: per-position candidates "
+            "need the cloud LLM (CloudLLM)"
+        )
+    tokenizer = getattr(source, "tokenizer", None)
+    if getattr(tokenizer, "depth", 1) != 1 or getattr(source, "prompt", None) is not None:
+        return (
+            f"the model behind this service ({name}) cannot score positions: position_candidates needs one "
+            "token per item read as item tokens (llm.item_tokens=item, llm.history_format=items)"
+        )
+    return None
 
 
 def _refuse(
@@ -442,6 +676,15 @@ class RunningService:
     def target(self) -> str:
         """``host:port`` to give a client (the bound port, also when the service was asked for port 0)."""
         return f"{self.host}:{self.port}"
+
+    def update_user_histories(self, histories: Sequence[Sequence[int]]) -> None:
+        """Replace the cloud's stored per-user histories (same users, ids 1..num_items) while serving.
+
+        Thread-safe: ``RecommendForUsers`` and ``PositionCandidatesForUsers`` calls that start after this
+        returns answer from ``histories``. ValueError (the old store kept) for a different number of users,
+        an invalid item id, or a service started without ``user_histories``.
+        """
+        self.servicer.update_user_histories(histories)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let running ones finish for up to ``grace`` seconds, and wait until down."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
+from lsc4rec.data.replay import Replay
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
@@ -39,6 +40,21 @@ class Cloud:
     report: dict
     #: Where devices call the service (``collab.service_public_address`` or the bound address).
     public_address: str = ""
+    split: LeaveOneOutSplit | None = None
+    replay: Replay | None = None
+    lag: int = 0
+    #: The cloud's stale copy of each history at the test moment (the final table's lists).
+    test_prompts: list[list[int]] | None = None
+
+    def move_to_round(self, server_round: int) -> None:
+        """With time moving: the service answers from the cloud's copy at the start of ``server_round``."""
+        if self.replay is not None and self.replay.enabled and self.split is not None:
+            self.service.update_user_histories(_round_view(self.split, self.replay, self.lag, server_round))
+
+    def move_to_test(self) -> None:
+        """The service answers from the cloud's stale copy of each history at the test moment."""
+        if self.test_prompts is not None:
+            self.service.update_user_histories(self.test_prompts)
 
     def stop(self) -> None:
         """Stop the candidate service."""
@@ -57,7 +73,8 @@ def _semantic_tokens(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict
 def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -> Cloud:
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
     llm_cfg = run.llm
-    view = cloud_view(split, run.collab.cloud_lag)
+    replay = run.federated.replay
+    view = cloud_view(split, run.collab.cloud_lag, replay)
     saved = out / "llm"
     resuming = run.federated.resume and saved.is_dir() and not llm_cfg.path
     # A resumed run serves the LLM it trained before the interruption instead of training another one.
@@ -92,14 +109,31 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
         tls=service_tls(run.collab),
         max_n=max(run.collab.candidates, 100),
         model_version=f"{llm_cfg.name}-{run.data.name}",
-        user_histories=view.stale_valid_prompts,
+        user_histories=_round_view(split, replay, run.collab.cloud_lag, 1)
+        if replay.enabled
+        else view.stale_valid_prompts,
     )
     public = public_address(run.collab.service_public_address, service.target)
     report["service"] = {"bound": service.target, "public": public, "tls": service.tls}
     logger.info(
         "cloud LLM serving candidates on %s (devices call %s, TLS %s)", service.target, public, service.tls
     )
-    return Cloud(llm=llm, service=service, token=token, report=report, public_address=public)
+    return Cloud(
+        llm=llm,
+        service=service,
+        token=token,
+        report=report,
+        public_address=public,
+        split=split,
+        replay=replay,
+        lag=view.lag,
+        test_prompts=view.stale_test_prompts,
+    )
+
+
+def _round_view(split: LeaveOneOutSplit, replay: Replay, lag: int, server_round: int) -> list[list[int]]:
+    """The cloud's copy of every device's history when ``server_round`` starts (time moving)."""
+    return replay.cloud_sequences(split.train, server_round, lag)
 
 
 def public_address(configured: str | None, bound: str) -> str:

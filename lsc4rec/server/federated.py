@@ -26,6 +26,7 @@ from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.cloud import start_cloud
+from lsc4rec.server.device_test import final_table, log_final_table, test_on_devices
 from lsc4rec.server.extensions import (
     Checkpoints,
     CloudCandidates,
@@ -103,8 +104,16 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         if run.privacy.mode != "none":
             extensions.append(PrivacyAccounting(run.privacy.mode, run.privacy.clipping_norm))
         valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
-        state = run_rounds(grid, strategy, model, valid_set, round_plan(run), extensions)
-        summary = final_report(run, out, split, model, test_set, strategy, state, extensions, wall_start)
+        plan = round_plan(run)
+        state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
+        devices = (
+            test_on_devices(grid, strategy, state.arrays, extensions, plan.rounds, plan.round_timeout)
+            if run.collab.enabled and plan.client_evaluation
+            else None
+        )
+        summary = final_report(
+            run, out, split, model, test_set, strategy, state, extensions, wall_start, devices
+        )
         if warm is not None:
             summary["warm_start"] = warm
             payload = json.loads((out / "metrics.json").read_text())
@@ -130,8 +139,13 @@ def final_report(
     state: LoopState,
     extensions: Sequence[LoopExtension],
     wall_start: float,
+    device_test: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Test the last and the best round, save both models, write ``metrics.json`` and ``rounds.png``."""
+    """Test the last and the best round, save both models, write ``metrics.json`` and ``rounds.png``.
+
+    ``device_test``: the nodes' test-phase metrics (:mod:`lsc4rec.server.device_test`), which become the
+    summary's ``final_table``.
+    """
     ks, full_ranking = run.eval.ks, run.eval.full_ranking
     final_state = state_dict_of(state.arrays)
     model.load_state_dict(final_state)
@@ -162,6 +176,10 @@ def final_report(
         "mean_round_seconds": sum(r["round_seconds"] for r in history) / max(len(history), 1),
     }
     summary.update({e.name: part for e in extensions if (part := e.summary(history)) is not None})
+    if device_test:
+        summary["final_table"] = final_table(device_test)
+        summary["device_test"] = device_test
+        log_final_table(summary["final_table"])
     payload = {
         "status": "completed",
         "config": run.record,

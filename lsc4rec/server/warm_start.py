@@ -34,7 +34,7 @@ def warm_start_on_cloud(
     Returns what happened: epochs run, best epoch, the cloud-validation NDCG@10 and seconds.
     """
     epochs = run.federated.warm_start_epochs
-    view = cloud_view(split, run.collab.cloud_lag)
+    view = cloud_view(split, run.collab.cloud_lag, run.federated.replay)
     if not view.valid_targets:
         raise ValueError(
             f"federated.warm_start_epochs={epochs}: the cloud's stale view (collab.cloud_lag="

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -58,6 +58,16 @@ class CandidateServiceInfo:
     max_n: int
     max_batch: int
     model_version: str
+    #: Most item ids one ``PositionCandidatesForUsers`` reply may carry (each user counted at max_history
+    #: positions); 0 from a service that predates that rpc.
+    max_position_ids: int = 0
+
+    def max_position_users(self, k: int) -> int:
+        """Most users one ``PositionCandidatesForUsers`` call may ask for at ``k`` candidates per position
+        (the server refuses more): ``max_batch``, less when ``max_history * k`` ids per user would take the
+        reply past ``max_position_ids``; at least 1 (a bad ``k`` is the server's to refuse)."""
+        per_user = self.max_history * max(k, 1)
+        return max(1, min(self.max_batch, self.max_position_ids // max(per_user, 1)))
 
 
 class CandidateServiceClient:
@@ -113,6 +123,7 @@ class CandidateServiceClient:
                     max_n=reply.max_n,
                     max_batch=reply.max_batch,
                     model_version=reply.model_version,
+                    max_position_ids=reply.max_position_ids,
                 )
             return self._info
 
@@ -161,6 +172,43 @@ class CandidateServiceClient:
                 user_ids=[int(u) for u in part], n=n, request_id=request_id
             ),
         )
+
+    def position_candidates_for_users(
+        self, user_ids: Sequence[int], k: int, request_id: str = ""
+    ) -> list[np.ndarray]:
+        """The cloud LLM's top-``k`` next items after every prefix of each user's stored (stale) history.
+
+        One int64 array ``[P_u, k]`` per user, in request order: row ``j`` holds the candidates for the item
+        that follows the first ``j + 1`` items of the user's stored history (its last ``max_history`` items),
+        best first, 0 = empty slot; ``P_u = 0`` for a user with no stored history. Asked in calls of at most
+        ``info().max_position_users(k)`` users, so every reply stays under the service's message limits.
+        """
+        method = "PositionCandidatesForUsers"
+        if len(user_ids) == 0:
+            return []
+        chunk = self.info().max_position_users(k)
+        out: list[np.ndarray] = []
+        for start in range(0, len(user_ids), chunk):
+            part = [int(u) for u in user_ids[start : start + chunk]]
+            request = pb.PositionCandidatesForUsersRequest(user_ids=part, k=k, request_id=request_id)
+            reply: pb.PositionCandidatesForUsersReply = self._call(
+                method, self._stub.PositionCandidatesForUsers, request
+            )
+            if len(reply.users) != len(part):
+                self._bad_reply(method, f"{len(reply.users)} users in the reply for {len(part)} requested")
+            for user, entry in zip(part, reply.users, strict=True):
+                if entry.user_id != user or entry.positions < 0 or len(entry.items) != entry.positions * k:
+                    self._bad_reply(
+                        method,
+                        f"entry for user {entry.user_id} (asked {user}) has {entry.positions} positions and "
+                        f"{len(entry.items)} items, expected positions * k (k = {k})",
+                    )
+                out.append(np.asarray(entry.items, dtype=np.int64).reshape(entry.positions, k))
+        return out
+
+    def _bad_reply(self, method: str, problem: str) -> NoReturn:
+        """A reply that does not match its request is a server bug: raise it as ``INTERNAL``."""
+        raise CandidateServiceError(grpc.StatusCode.INTERNAL, problem, method, self.address)
 
     def _batched(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,11 +13,18 @@ from lsc4rec.client.collab.request_model import LearnedRequestModel
 from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
 from lsc4rec.client.local_training import derive_seed
 from lsc4rec.client.shard import DeviceShard
+from lsc4rec.client.streaming import serve_arrivals
 from lsc4rec.messages import CandidateService
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings
 
-__all__ = ["candidate_root_certificates", "collaborate", "collaboration_settings"]
+__all__ = [
+    "candidate_root_certificates",
+    "collaborate",
+    "collaborate_at_test",
+    "collaboration_settings",
+    "serve_round",
+]
 
 
 def collaboration_settings(run: FederatedRunSettings) -> CollaborationSettings:
@@ -98,4 +106,129 @@ def collaborate(
     out["request-bytes-per-device"] = result["request-bytes"] / devices
     out["list-bytes-per-device"] = stale_bytes / devices
     out["mean-inconsistency"] = result["mean-inconsistency"]
+    return out
+
+
+def _client(
+    run: FederatedRunSettings, service: CandidateService, trust: Path | None
+) -> CandidateServiceClient:
+    """A candidate-service client for this node's devices."""
+    return CandidateServiceClient(
+        service.target, token=service.token, root_certificates=trust, timeout=run.collab.service_timeout
+    )
+
+
+def _rates(result: dict[str, float], devices: int, prefix: str) -> dict[str, float]:
+    """Request counts and bytes as per-device rates (so the device-weighted mean is the global rate)."""
+    devices = max(devices, 1)
+    return {
+        f"{prefix}request-rate": result["requests"] / devices,
+        f"{prefix}request-bytes-per-device": result["request-bytes"] / devices,
+    }
+
+
+def serve_round(
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    run: FederatedRunSettings,
+    server_round: int,
+    service: CandidateService | None = None,
+    root_certificates: Path | None = None,
+) -> dict[str, float]:
+    """The node's devices serve the interactions arriving during ``server_round`` (time moving).
+
+    Each device starts from what it holds when the round starts; with the cloud, from the list the cloud made
+    from its stale copy then (the service's view of the round), requesting within the budget as items arrive.
+    Returns the serving metrics with per-arrival rates (``request-rate`` = requests per arrival).
+    """
+    replay = run.federated.replay
+    histories = replay.known_sequences(shard.train_sequences, server_round)
+    arrivals = [
+        list(seq[len(held) : replay.known(len(seq), server_round + 1)])
+        for seq, held in zip(shard.train_sequences, histories, strict=True)
+    ]
+    ks, max_len, exclude = run.eval.ks, run.data.max_len, run.eval.exclude_history
+    if service is None or not run.collab.enabled:
+        return _per_device(
+            serve_arrivals(model, histories, arrivals, max_len, ks, exclude), shard.num_devices
+        )
+    settings = collaboration_settings(run)
+    with _client(run, service, root_certificates) as cloud:
+        stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
+        result = serve_arrivals(
+            model,
+            histories,
+            arrivals,
+            max_len,
+            ks,
+            exclude,
+            cloud=cloud,
+            stale=stale,
+            settings=settings,
+            generator=torch.Generator().manual_seed(
+                derive_seed(run.seed, "replay", server_round, shard.partition_id)
+            ),
+        )
+    arrived = max(result["replay-arrivals"], 1.0)
+    result["request-rate"] = result["replay-requests"] / arrived
+    result["request-bytes-per-device"] = result["replay-request-bytes"] / max(shard.num_devices, 1)
+    result["list-bytes-per-device"] = (8 + stale.items.shape[1] * 12) * float(len(stale) > 0)
+    return _per_device(result, shard.num_devices)
+
+
+def _per_device(result: dict[str, float], devices: int) -> dict[str, float]:
+    """Counts of the round's serving as per-device means (the strategy averages nodes by devices)."""
+    for key in ("replay-arrivals", "streaming-updates"):
+        result[f"{key}-per-device"] = result.pop(key) / max(devices, 1)
+    return result
+
+
+def collaborate_at_test(
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    run: FederatedRunSettings,
+    service: CandidateService,
+    root_certificates: Path | None = None,
+) -> dict[str, float]:
+    """The final table's device-side rows on the test item: the cloud's stale list alone, and the fused
+    ranking with no requests, within the request budget and with every device requesting.
+
+    The service holds the cloud's stale copy of each history at the test moment; the device holds its
+    training part and validation item.
+    """
+    settings = collaboration_settings(run)
+    histories, targets = shard.test_histories, shard.test_targets
+    out: dict[str, float] = {}
+    with _client(run, service, root_certificates) as cloud:
+        stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
+        for mode in ("intelligent", "always"):
+            result = serve_devices(
+                model,
+                histories,
+                targets,
+                stale,
+                cloud,
+                replace(settings, mode=mode),
+                run.data.max_len,
+                torch.Generator().manual_seed(derive_seed(run.seed, "test-requests", shard.partition_id)),
+                run.eval.ks,
+            )
+            label = "budget" if mode == "intelligent" else "all"
+            out.update(
+                {
+                    f"test-collab-{label}-{k[len('collab-') :]}": v
+                    for k, v in result.items()
+                    if k.startswith("collab-") and not k.startswith("collab-before")
+                }
+            )
+            out.update(_rates(result, shard.num_devices, f"test-{label}-"))
+            if mode == "always":
+                out.update(
+                    {
+                        f"test-collab-none-{k[len('collab-before-request-') :]}": v
+                        for k, v in result.items()
+                        if k.startswith("collab-before-request-")
+                    }
+                )
+                out.update({f"test-{k}": v for k, v in result.items() if k.startswith("cloud-")})
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flwr.app import ArrayRecord
+
 from lsc4rec.messages import CandidateService
 from lsc4rec.server.cloud import Cloud
 from lsc4rec.server.extensions.base import LoopExtension
@@ -20,6 +22,16 @@ class CloudCandidates(LoopExtension):
         """Own the running ``cloud`` (its service stops in :meth:`close`)."""
         self.cloud = cloud
 
+    def outgoing(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """Time moves: the cloud's copy of the histories is that of the round's start."""
+        self.cloud.move_to_round(server_round)
+        return arrays
+
+    def test_config(self) -> dict[str, Any]:
+        """The final test phase: the service answers from the stale copies of the test moment."""
+        self.cloud.move_to_test()
+        return self.evaluate_config()
+
     def evaluate_config(self) -> dict[str, Any]:
         """The service's address, token and whether it speaks TLS."""
         service = CandidateService(
@@ -34,7 +46,9 @@ class CloudCandidates(LoopExtension):
         last = history[-1].get("client_evaluate", {}) if history else {}
         return {
             "cloud": self.cloud.report,
-            "last_round": {k: v for k, v in last.items() if k.startswith(("client-collab", "request"))},
+            "last_round": {
+                k: v for k, v in last.items() if k.startswith(("client-collab", "request", "replay-"))
+            },
         }
 
     def close(self) -> None:
