@@ -341,11 +341,6 @@ def _resolved(cfg: DictConfig) -> tuple[dict, DictConfig]:
 #: Keys a federated run does not read, with where they are honoured instead. Changing one is an error.
 FEDERATED_IGNORES = {
     "collab.alpha_grid": "the fusion weight of a federated run is collab.alpha (a number)",
-    "collab.srm_training": "federated runs train on the devices' own data; collaborative training runs in "
-    "lsc4rec.simulations.request_curve",
-    "collab.srm_epochs": "collaborative SRM training runs in lsc4rec.simulations.request_curve",
-    "collab.hard_negatives": "collaborative SRM training runs in lsc4rec.simulations.request_curve",
-    "collab.random_negatives": "collaborative SRM training runs in lsc4rec.simulations.request_curve",
     "collab.srm_path": "a federated run trains its SRM; loading one is lsc4rec.simulations.request_curve's",
     "collab.baseline_llm_path": "federated runs serve one cloud LLM (llm.path)",
     "request.compare": "the request-score sweep is lsc4rec.simulations.request_curve's",
@@ -437,9 +432,17 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
             "collab.alpha=auto: devices in a federated run fuse with a fixed weight; give a number "
             "(lsc4rec.simulations.request_curve chooses it on validation)"
         )
-    if settings.collab.srm_training != "standard":
-        reason = FEDERATED_IGNORES["collab.srm_training"]
-        raise SettingsError(f"collab.srm_training={settings.collab.srm_training!r}: {reason}")
+    if settings.collab.srm_training == "collaborative":
+        if not settings.collab.enabled:
+            raise SettingsError(
+                "collab.srm_training=collaborative trains the devices on the cloud's lists: it needs "
+                "collab.enabled=true"
+            )
+        if settings.privacy.mode == "local":
+            raise SettingsError(
+                "collab.srm_training=collaborative with privacy.mode=local: DP-SGD does not cover the pass "
+                "over the cloud's lists; use collab.srm_training=standard"
+            )
     return settings
 
 

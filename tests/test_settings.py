@@ -72,9 +72,7 @@ def test_a_key_the_federated_run_cannot_honour_is_refused(key: str) -> None:
     default = federated_settings_from_overrides([])
     group, name = key.split(".")
     value = getattr(getattr(default, group), name)
-    if key == "collab.srm_training":
-        changed = "collaborative"
-    elif isinstance(value, bool):
+    if isinstance(value, bool):
         changed = str(not value).lower()
     elif isinstance(value, int):
         changed = str(value + 1)

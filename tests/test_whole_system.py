@@ -31,6 +31,8 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         "solid.features=[text,embedding]",
         "runtime=onnx",
         "collab.enabled=true",
+        "collab.srm_training=collaborative",
+        "collab.srm_epochs=1",
         "collab.candidates=15",
         "collab.device_candidates=15",
         "request.target_ratio=0.25",
@@ -48,6 +50,8 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert summary["failures"] == 0 and len(rows) == 2
     client = [row["client_evaluate"] for row in rows]
+    # Collaborative training: every round's local update first trained on the cloud's per-position lists.
+    assert all(row["train"]["rerank-positions"] > 0 and row["train"]["rerank-loss"] > 0 for row in rows)
     # Time moved: every device served the interactions arriving in each round (one per round), its TTT
     # states advanced by one streaming update per arrival.
     assert all(c["replay-arrivals-per-device"] == 1.0 for c in client)

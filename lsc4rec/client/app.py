@@ -25,6 +25,7 @@ from lsc4rec.client.collab.on_node import (
     collaborate,
     collaborate_at_test,
     serve_round,
+    train_on_lists_of,
 )
 from lsc4rec.client.fault_drills import fault_drill_mod
 from lsc4rec.client.local_training import derive_seed, train_on_shard
@@ -120,6 +121,12 @@ def train(msg: Message, context: Context) -> Message:
         context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
 
     start = time.perf_counter()
+    service = CandidateService.from_config(msg.content[CONFIG])
+    rerank: dict[str, float] = {}
+    if run.collab.enabled and run.collab.srm_training == "collaborative" and service is not None:
+        # LSC4Rec collaborative training: first learn to rerank the cloud's lists, then adapt as usual.
+        trust = candidate_root_certificates(context, run) if service.tls else None
+        rerank = train_on_lists_of(model, shard, run, service, trust, server_round, settings)
     if run.privacy.mode == "local":
         if mu > 0:
             raise ValueError("privacy.mode=local does not support FedProx (strategy.proximal_mu > 0)")
@@ -136,6 +143,7 @@ def train(msg: Message, context: Context) -> Message:
             optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
             keep_state=keep_state if keep else None,
         )
+    metrics.update(rerank)
     metrics["lr"] = settings.lr
     metrics["train-seconds"] = time.perf_counter() - start
     # Node state across rounds (sim and deployment): how often this node trained and on how many examples.

@@ -94,7 +94,7 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     try:
         if run.collab.enabled:
             cloud = start_cloud(run, split, out)
-            extensions.append(CloudCandidates(cloud))
+            extensions.append(CloudCandidates(cloud, run.collab.srm_training == "collaborative"))
             if run.mergenet.every_rounds > 0:
                 # The adapter works on its own copy of the global model; the evaluation model stays untouched.
                 extensions.insert(

@@ -9,6 +9,7 @@ import torch
 from flwr.app import Context
 
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient
+from lsc4rec.client.collab.list_training import train_on_cloud_lists
 from lsc4rec.client.collab.request_model import LearnedRequestModel
 from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
 from lsc4rec.client.local_training import derive_seed
@@ -17,6 +18,7 @@ from lsc4rec.client.streaming import serve_arrivals
 from lsc4rec.messages import CandidateService
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings
+from lsc4rec.training import TrainSettings
 
 __all__ = [
     "candidate_root_certificates",
@@ -24,6 +26,7 @@ __all__ = [
     "collaborate_at_test",
     "collaboration_settings",
     "serve_round",
+    "train_on_lists_of",
 ]
 
 
@@ -232,3 +235,38 @@ def collaborate_at_test(
                 )
                 out.update({f"test-{k}": v for k, v in result.items() if k.startswith("cloud-")})
     return out
+
+
+def train_on_lists_of(
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    run: FederatedRunSettings,
+    service: CandidateService,
+    root_certificates: Path | None,
+    server_round: int,
+    settings: TrainSettings,
+) -> dict[str, float]:
+    """Collaborative training on this node: fetch the cloud's lists for every prefix of each device's
+    history as the cloud holds it, and train ``collab.srm_epochs`` passes of the candidate-rerank loss.
+
+    Returns the rerank loss, positions, seconds and the bytes the lists took (ids as int64, per device).
+    """
+    collab = run.collab
+    with _client(run, service, root_certificates) as cloud:
+        tables = cloud.position_candidates_for_users(list(shard.users), collab.hard_negatives)
+    metrics: dict[str, float] = {}
+    seconds = 0.0
+    for epoch in range(collab.srm_epochs):
+        metrics = train_on_cloud_lists(
+            model,
+            shard.train_sequences,
+            tables,
+            settings,
+            run.data.max_len,
+            collab.random_negatives,
+            seed=derive_seed(run.seed, "rerank", server_round, shard.partition_id, epoch),
+        )
+        seconds += metrics["rerank-seconds"]
+    metrics["rerank-seconds"] = seconds
+    metrics["rerank-list-bytes-per-device"] = sum(8 * t.size for t in tables) / max(shard.num_devices, 1)
+    return metrics

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 
-from lsc4rec.messages import CandidateService
+from lsc4rec.messages import CONFIG, CandidateService
 from lsc4rec.server.cloud import Cloud
 from lsc4rec.server.extensions.base import LoopExtension
 
@@ -18,14 +19,22 @@ class CloudCandidates(LoopExtension):
 
     name = "collaboration"
 
-    def __init__(self, cloud: Cloud) -> None:
-        """Own the running ``cloud`` (its service stops in :meth:`close`)."""
+    def __init__(self, cloud: Cloud, train_on_lists: bool = False) -> None:
+        """Own the running ``cloud`` (its service stops in :meth:`close`); ``train_on_lists``: the nodes train
+        on the cloud's lists (``collab.srm_training=collaborative``)."""
         self.cloud = cloud
+        self.train_on_lists = train_on_lists
 
     def outgoing(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Time moves: the cloud's copy of the histories is that of the round's start."""
         self.cloud.move_to_round(server_round)
         return arrays
+
+    def attach(self, messages: Sequence[Message], phase: str) -> None:
+        """Collaborative training: training nodes learn where the service is too (they fetch its lists)."""
+        if phase == "train" and self.train_on_lists:
+            for message in messages:
+                message.content[CONFIG].update(self.evaluate_config())
 
     def test_config(self) -> dict[str, Any]:
         """The final test phase: the service answers from the stale copies of the test moment."""
