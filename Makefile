@@ -27,10 +27,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The default job: federated SASRec on Beauty via `flwr run .` (private simulation SuperLink, 4 SuperNodes);
-# exits non-zero unless the Flower run completed. The centralized baseline: `make centralized`.
+# The default job: the whole system on Beauty via `flwr run .` (private simulation SuperLink, 4 SuperNodes;
+# docs/whole_system.md); exits non-zero unless the Flower run completed. ARGS adds overrides, e.g.
+# `make run ARGS=system=sasrec` (the plain federated SASRec). The centralized baseline: `make centralized`.
+ARGS ?=
 run: $(STAMP)
-	$(BIN)/python -m lsc4rec.simulations.federated
+	$(BIN)/python -m lsc4rec.simulations.federated $(ARGS)
 
 centralized: $(STAMP)
 	$(BIN)/python -m lsc4rec.simulations.centralized

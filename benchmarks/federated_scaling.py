@@ -89,6 +89,7 @@ def run_one(nodes: int, rounds: int, extra: list[str], out: Path) -> dict:
     """One ``flwr run`` with ``nodes`` SuperNodes; its per-round timings, traffic and peak memory."""
     name = f"scaling-{nodes}-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = [
+        "system=base",
         "federated.runtime=flower",
         f"federated.num_supernodes={nodes}",
         f"federated.rounds={rounds}",

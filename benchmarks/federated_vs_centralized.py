@@ -48,6 +48,7 @@ def main() -> None:
     reference = centralized_reference(args)
     name = f"federated-beauty-sasrec-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = [
+        "system=base",
         "federated.runtime=inprocess",
         f"federated.rounds={args.rounds}",
         f"federated.num_supernodes={args.nodes}",

@@ -47,7 +47,7 @@ def to_plain_dict(cfg: DictConfig) -> dict:
 
 
 # Run-config keys that select a Hydra group instead of setting a value.
-GROUP_KEYS = ("dataset", "model", "strategy", "train", "eval", "federated")
+GROUP_KEYS = ("system", "dataset", "model", "strategy", "train", "eval", "federated")
 
 
 def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:

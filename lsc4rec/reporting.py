@@ -115,7 +115,9 @@ def plot_rounds(
 
     The server and the nodes rank the same global model on the same validation items, so only the server's
     curve is drawn for the device model alone; with the cloud on, the devices' fused ranking (before and after
-    their requests) is drawn beside it, which is what differs. Bytes start at zero, without an offset.
+    their requests) is drawn beside it, which is what differs. With time moving, the devices' serving of each
+    round's arrivals (device alone, the cloud's list, fused) is drawn dashed. Bytes start at zero, without an
+    offset.
     """
     rounds = [row["round"] for row in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -135,7 +137,22 @@ def plot_rounds(
             axes[0].plot(
                 [r["round"] for r in rows], [r["client_evaluate"][key] for r in rows], marker=".", label=label
             )
-    axes[0].set_ylabel(f"validation {metric} (full ranking)")
+    # Time moving: the devices' serving of each round's arrivals (ranked before they arrive).
+    for key, label in (
+        (f"replay-device-{metric}", "arrivals: device alone"),
+        (f"replay-cloud-{metric}", "arrivals: the cloud's list alone"),
+        (f"replay-collab-{metric}", "arrivals: fused, after requests"),
+    ):
+        rows = [row for row in history if key in row.get("client_evaluate", {})]
+        if rows:
+            axes[0].plot(
+                [r["round"] for r in rows],
+                [r["client_evaluate"][key] for r in rows],
+                marker="x",
+                linestyle="--",
+                label=label,
+            )
+    axes[0].set_ylabel(f"{metric} (full ranking)")
     axes[0].legend(fontsize=8)
     axes[1].plot(rounds, [row["train"].get("train_loss", float("nan")) for row in history], marker=".")
     axes[1].set_ylabel("mean local training loss")

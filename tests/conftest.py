@@ -167,18 +167,21 @@ PATTERN_RUN = (
 )
 
 
-def pattern_overrides(data: Path, *extra: str) -> str:
-    """The run config's ``overrides`` string for a quick federated run on the pattern dataset ``data``."""
-    return " ".join([*PATTERN_RUN, f"data.path={data}", *extra])
+def pattern_overrides(data: Path, *extra: str, system: str = "base") -> str:
+    """The run config's ``overrides`` string for a quick federated run on the pattern dataset ``data``.
+
+    ``system``: the groups' own defaults (``base``) unless a test asks for more (``whole``: make run's job).
+    """
+    return " ".join([f"system={system}", *PATTERN_RUN, f"data.path={data}", *extra])
 
 
-def run_inprocess(data: Path, out: Path, nodes: int, *extra: str) -> dict:
+def run_inprocess(data: Path, out: Path, nodes: int, *extra: str, system: str = "base") -> dict:
     """A federated run on the in-process grid with ``nodes`` nodes; returns its summary."""
     from lsc4rec.server.federated import run_federated
     from lsc4rec.settings import federated_settings_from_run_config
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
-    run_config = {"overrides": pattern_overrides(data, *extra)}
+    run_config = {"overrides": pattern_overrides(data, *extra, system=system)}
     return run_federated(
         InProcessGrid(nodes, run_config), federated_settings_from_run_config(run_config), out
     )

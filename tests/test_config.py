@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_run_config_keys_become_hydra_overrides() -> None:
     run_config = {
+        "system": "base",
         "dataset": "beauty",
         "model": "gru4rec",
         "strategy": "",
@@ -26,6 +27,7 @@ def test_run_config_keys_become_hydra_overrides() -> None:
         "overrides": "train.lr=0.002 'model.dropout=0.25'",
     }
     assert overrides_from_run_config(run_config) == [
+        "system=base",
         "dataset=beauty",
         "model=gru4rec",
         "federated.rounds=7",
@@ -43,14 +45,28 @@ def test_run_config_keys_become_hydra_overrides() -> None:
 
 
 def test_pyproject_defaults_compose_to_the_same_config_as_the_command_line() -> None:
+    # `flwr run .` (the pyproject's run config) runs exactly what `make run` runs (conf/federated_run.yaml).
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     run_config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
     from_flower = config_from_run_config(run_config)
-    rounds = run_config["federated.rounds"]
-    from_cli = compose_config([f"federated.rounds={rounds}"], config_name="federated_run")
-    for key in ("data", "model", "train", "eval", "strategy", "collab"):
+    from_cli = compose_config([], config_name="federated_run")
+    for key in (
+        "data",
+        "model",
+        "train",
+        "eval",
+        "strategy",
+        "collab",
+        "federated",
+        "solid",
+        "mergenet",
+        "llm",
+    ):
         assert from_flower[key] == from_cli[key], key
-    assert from_flower.federated.rounds == rounds
+    assert from_flower.runtime == from_cli.runtime == "onnx"
+    # The plain federated SASRec is one group key away.
+    plain = config_from_run_config({**run_config, "system": "sasrec"})
+    assert plain.model.name == "sasrec" and not plain.collab.enabled
 
 
 def test_unknown_keys_fail_with_the_key_named() -> None:

@@ -13,7 +13,10 @@ from conftest import write_pattern_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
-SMALL = "data.name=pattern data.max_len=10 eval.sampled_negatives=20 train.lr=0.005 federated.rounds=2"
+SMALL = (
+    "system=base data.name=pattern data.max_len=10 eval.sampled_negatives=20 train.lr=0.005 "
+    "federated.rounds=2"
+)
 
 
 @pytest.fixture()

@@ -308,6 +308,7 @@ def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path:
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=120, num_items=30)
     overrides = " ".join(
         [
+            "system=base",
             "data.name=pattern",
             f"data.path={data}",
             "data.max_len=10",
@@ -341,7 +342,7 @@ def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path:
     assert rows[0]["mergenet"]["mergenet-adapter-loss"] > 0
     assert summary["failures"] == 0
     with pytest.raises(ValueError, match=r"needs collab\.enabled=true"):
-        run_config = {"overrides": f"data.name=pattern data.path={data} mergenet.every_rounds=1"}
+        run_config = {"overrides": f"system=base data.name=pattern data.path={data} mergenet.every_rounds=1"}
         run_federated(
             InProcessGrid(1, run_config), federated_settings_from_run_config(run_config), tmp_path / "bad"
         )

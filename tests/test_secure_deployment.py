@@ -45,8 +45,8 @@ PYTHON = sys.executable
 # The app's small configuration (as in test_flower_runs.py), 2 rounds; client-side evaluation off, since this
 # file tests the secure transport (test_flower_runs.py covers the app's rounds), and it halves the run time.
 SMALL = (
-    "data.name=pattern data.max_len=10 eval.sampled_negatives=20 train.lr=0.005 federated.rounds=2 "
-    "federated.fraction_evaluate=0"
+    "system=base data.name=pattern data.max_len=10 eval.sampled_negatives=20 train.lr=0.005 "
+    "federated.rounds=2 federated.fraction_evaluate=0"
 )
 NUM_ITEMS = 40  # the pattern dataset's catalogue: the cloud LLM and the phone's SRM share its ids
 MAX_LEN = 10

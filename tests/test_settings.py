@@ -29,19 +29,20 @@ REPO = Path(__file__).resolve().parents[1]
     "overrides",
     [
         [],
-        ["model=gru4rec"],
-        ["model=din", "eval.full_ranking=false"],
+        ["system=sasrec"],
+        ["system=base", "model=gru4rec"],
+        ["system=base", "model=din", "eval.full_ranking=false"],
         ["model=ttt4rec"],
-        ["model=solid", "strategy=fedadam"],
-        ["strategy=trimmed_mean", "privacy.mode=central", "privacy.noise_multiplier=0.5"],
-        ["collab.enabled=true", "mergenet.every_rounds=2"],
+        ["system=base", "model=solid", "strategy=fedadam"],
+        ["system=base", "strategy=trimmed_mean", "privacy.mode=central", "privacy.noise_multiplier=0.5"],
+        ["system=base", "collab.enabled=true", "mergenet.every_rounds=2"],
     ],
 )
 def test_every_variant_types_cleanly(overrides: list[str]) -> None:
     run = federated_settings_from_overrides(overrides)
     assert isinstance(run, FederatedRunSettings)
     assert isinstance(run.federated.rounds, int) and isinstance(run.strategy.server_optimizer.lr, float)
-    assert run.eval.ks == (5, 10, 20) and run.record["experiment"] == "federated"
+    assert run.eval.ks == (5, 10, 20) and run.record["experiment"] in ("federated", "whole-system")
 
 
 @pytest.mark.parametrize(
@@ -93,20 +94,31 @@ def test_refusal_follows_group_defaults_not_the_root_defaults() -> None:
 
 
 def test_auto_alpha_is_refused_when_devices_fuse() -> None:
-    assert federated_settings_from_overrides(["collab.alpha=auto"]).collab.alpha == "auto"
+    assert federated_settings_from_overrides(["system=base", "collab.alpha=auto"]).collab.alpha == "auto"
     with pytest.raises(SettingsError, match=r"collab\.alpha=auto"):
-        federated_settings_from_overrides(["collab.alpha=auto", "collab.enabled=true"])
+        federated_settings_from_overrides(["system=base", "collab.alpha=auto", "collab.enabled=true"])
+    # The whole system (the default job) has the cloud on.
+    with pytest.raises(SettingsError, match=r"collab\.alpha=auto"):
+        federated_settings_from_overrides(["collab.alpha=auto"])
+
+
+def test_collaborative_training_needs_the_cloud_and_no_local_dp() -> None:
+    assert federated_settings_from_overrides([]).collab.srm_training == "collaborative"
+    with pytest.raises(SettingsError, match=r"needs collab\.enabled=true"):
+        federated_settings_from_overrides(["collab.enabled=false"])
+    assert federated_settings_from_overrides(["collab.enabled=false", "collab.srm_training=standard"])
+    with pytest.raises(SettingsError, match="DP-SGD does not cover"):
+        federated_settings_from_overrides(["privacy.mode=local", "privacy.noise_multiplier=1.0"])
 
 
 def test_flower_run_config_and_command_line_agree() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    table = pyproject["tool"]["flwr"]["app"]["config"]
-    run_config = {k: v for k, v in table.items() if not isinstance(v, dict)}
-    run_config.update({f"federated.{k}": v for k, v in table["federated"].items()})
+    run_config = dict(pyproject["tool"]["flwr"]["app"]["config"])
     from_flower = federated_settings_from_run_config(run_config)
-    from_cli = federated_settings_from_overrides([f"federated.rounds={table['federated']['rounds']}"])
+    from_cli = federated_settings_from_overrides([])
     assert from_flower.federated == from_cli.federated and from_flower.train == from_cli.train
     assert from_flower.collab == from_cli.collab and from_flower.strategy == from_cli.strategy
+    assert from_flower.collab.enabled and from_flower.federated.replay_interactions > 0
 
 
 @dataclass(frozen=True)

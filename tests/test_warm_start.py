@@ -21,7 +21,8 @@ def data(tmp_path: Path) -> Path:
 
 
 def config(data: Path, *extra: str):
-    base = f"data.name=pattern data.path={data} data.max_len=10 train.lr=0.005 train.progress=false"
+    base = f"system=base data.name=pattern data.path={data} data.max_len=10 train.lr=0.005"
+    base += " train.progress=false"
     return federated_settings_from_run_config({"overrides": " ".join([base, *extra])})
 
 

@@ -174,15 +174,51 @@ def _onnx_dir(context: Context) -> Path:
 
 @app.evaluate()
 def evaluate_on_devices(msg: Message, context: Context) -> Message:
-    """Rank each device's validation item with the global SRM (full ranking); with time moving, serve the
-    round's arriving interactions; in the test phase, the devices' rows of the final table. Reply with the
-    metrics."""
+    """The devices' side of a round, or of the run's final test (``phase``); reply with the metrics.
+
+    A round: with time moving, the devices serve the interactions arriving during it (streaming updates,
+    requests); else they rank their validation items (and, with the cloud, fuse and request). The test phase:
+    the devices rank their test items and, with the cloud, fuse at no, budgeted and all requests — scored
+    through ONNX Runtime when ``runtime=onnx``.
+    """
     run = node_settings(context)
     shard = shard_of(context, run)
     model = model_from_message(msg, run, shard.num_items)
     codebook = prepare_device_model(msg, context, run, model)
     config = msg.content[CONFIG]
     testing = str(config.get(PHASE, PHASE_ROUND)) == PHASE_TEST
+    service = CandidateService.from_config(config)
+    with_cloud = run.collab.enabled and service is not None
+    trust = candidate_root_certificates(context, run) if with_cloud and service.tls else None
+    if not testing and run.federated.replay.enabled:
+        # The server validates every round on all users' validation items; the devices serve the present.
+        server_round = int(config[SERVER_ROUND])
+        metrics = serve_round(model, shard, run, server_round, service if with_cloud else None, trust)
+    else:
+        scorer, metrics = _rank_held_out_items(model, shard, run, context, testing, with_cloud)
+        if testing and with_cloud:
+            metrics.update(collaborate_at_test(scorer, shard, run, service, trust))
+        elif with_cloud:
+            metrics.update(collaborate(scorer, shard, run, service, trust))
+    metrics[NUM_EXAMPLES] = float(shard.num_devices)
+    if codebook is not None:
+        metrics[CODEBOOK_VERSION] = codebook.version
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def _rank_held_out_items(
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    run: FederatedRunSettings,
+    context: Context,
+    testing: bool,
+    with_cloud: bool,
+) -> tuple[SequentialRecommender, dict[str, float]]:
+    """Rank each device's validation (or test) item; return the scorer the device uses and the metrics.
+
+    With ``runtime=onnx`` the scorer is the node's ONNX graph: this round's weights go into the graph it
+    already holds (the first round exports it), checked against the model before it scores anything.
+    """
     full_ranking = run.eval.full_ranking
     eval_set = EvalSet.build(
         "client-test" if testing else "client-valid",
@@ -196,33 +232,20 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         sampled_negatives=0 if full_ranking else run.eval.sampled_negatives,
         sampled_seed=run.eval.sampled_seed + shard.partition_id,
     )
-    scorer: torch.nn.Module = model
+    scorer: SequentialRecommender = model
     onnx_cost: dict[str, float] = {}
     if run.runtime == "onnx":
-        # The device ranks with ONNX Runtime: this round's weights go into the graph it already holds (the
-        # first round exports it), checked against the model before it scores anything.
         kinds = ("all",) if full_ranking else ("candidates",)
-        scorer, onnx_cost = OnnxRecommender.export_or_update(
+        if with_cloud:
+            kinds = ("all", "candidates")
+        onnx, onnx_cost = OnnxRecommender.export_or_update(
             model, _onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
         )
+        scorer = onnx  # type: ignore[assignment]  # scores like the model (score_all, score_candidates)
     with torch.no_grad():
         result = evaluate(scorer, eval_set, run.eval.ks, full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"
     prefix = "test-device-" if testing else "client-"
     metrics = {f"{prefix}{key}": value for key, value in result[protocol].items()}
     metrics.update(onnx_cost)
-    service = CandidateService.from_config(config)
-    with_cloud = run.collab.enabled and service is not None
-    trust = candidate_root_certificates(context, run) if with_cloud and service.tls else None
-    if testing:
-        if with_cloud:
-            metrics.update(collaborate_at_test(model, shard, run, service, trust))
-    elif run.federated.replay.enabled:
-        server_round = int(config[SERVER_ROUND])
-        metrics.update(serve_round(model, shard, run, server_round, service if with_cloud else None, trust))
-    elif with_cloud:
-        metrics.update(collaborate(model, shard, run, service, trust))
-    metrics[NUM_EXAMPLES] = float(shard.num_devices)
-    if codebook is not None:
-        metrics[CODEBOOK_VERSION] = codebook.version
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return scorer, metrics

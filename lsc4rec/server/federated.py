@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,8 @@ from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, 
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
 
+logger = logging.getLogger(__name__)
+
 
 def round_plan(run: FederatedRunSettings) -> RoundPlan:
     """The loop's schedule from ``federated.*`` and ``eval.*``."""
@@ -76,17 +79,25 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     resume = run.federated.resume
     if run.federated.initial_weights and not resume:
         load_initial_weights(model, Path(run.federated.initial_weights))
-    warm = (
-        warm_start_on_cloud(model, run, split) if run.federated.warm_start_epochs > 0 and not resume else None
+    solid = (
+        SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed)
+        if isinstance(model, SolidRecommender)
+        else None
     )
+    warm = None
+    if run.federated.warm_start_epochs > 0 and not resume:
+        if solid is not None:
+            # SOLID trains with its items' semantic ids: version 0 of the codebook labels them first.
+            solid.label(model)
+        warm = warm_start_on_cloud(model, run, split)
     strategy = build_strategy(run, population=_federation_size(run, split))
     strategy.summary()
     checkpoints = Checkpoints(
         out / "checkpoint.pt", strategy, model.state_dict(), save=run.federated.checkpoint, resume=resume
     )
     extensions: list[LoopExtension] = [checkpoints]
-    if isinstance(model, SolidRecommender):
-        extensions.append(SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed))
+    if solid is not None:
+        extensions.append(solid)
     if run.mergenet.every_rounds > 0 and not run.collab.enabled:
         raise ValueError(
             "mergenet.every_rounds > 0 transfers from the cloud LLM: it needs collab.enabled=true"
@@ -105,6 +116,7 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
             extensions.append(PrivacyAccounting(run.privacy.mode, run.privacy.clipping_norm))
         valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
         plan = round_plan(run)
+        initial = _initial_valid(model, valid_set, run, extensions) if not resume else None
         state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
         devices = (
             test_on_devices(grid, strategy, state.arrays, extensions, plan.rounds, plan.round_timeout)
@@ -114,6 +126,8 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         summary = final_report(
             run, out, split, model, test_set, strategy, state, extensions, wall_start, devices
         )
+        if initial is not None:
+            warm = {**(warm or {}), "server_valid": initial}
         if warm is not None:
             summary["warm_start"] = warm
             payload = json.loads((out / "metrics.json").read_text())
@@ -123,6 +137,21 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     finally:
         for extension in extensions:
             extension.close()
+
+
+def _initial_valid(
+    model: SequentialRecommender,
+    valid_set: EvalSet,
+    run: FederatedRunSettings,
+    extensions: Sequence[LoopExtension],
+) -> dict[str, float]:
+    """Server validation of the model the first round starts from (random, loaded or warm-started)."""
+    for extension in extensions:
+        extension.before_server_eval(model)
+    protocol = "full" if run.eval.full_ranking else "sampled"
+    metrics = evaluate(model, valid_set, run.eval.ks, full_ranking=run.eval.full_ranking)[protocol]
+    logger.info("round 0 (the model round 1 starts from): server valid NDCG@10 %.4f", metrics["NDCG@10"])
+    return metrics
 
 
 def _federation_size(run: FederatedRunSettings, split: LeaveOneOutSplit) -> int:

@@ -101,22 +101,28 @@ def run_rounds(
         row["failed_nodes"] = [vars(f) for f in strategy.failures if f.round == server_round]
         row.update({e.name: part for e in extensions if (part := e.round_row()) is not None})
         state.history.append(row)
-        log_round(row, plan.rounds)
+        log_round(row, plan.rounds, [note for e in extensions if (note := e.progress(row))])
         for extension in extensions:
             extension.round_end(server_round, state, extensions)
     return state
 
 
-def log_round(row: dict, rounds: int) -> None:
-    """One line per round: valid updates, train loss, server validation metric, seconds."""
+def log_round(row: dict, rounds: int, notes: Sequence[str] = ()) -> None:
+    """One line per round: valid updates, train loss, server validation metric, model traffic per node,
+    seconds, and what the extensions add (``notes``)."""
+    train = row["train"]
+    nodes = max(int(train.get("nodes-sampled", 0)), 1)
+    traffic = (train.get("bytes-sent", 0) + train.get("bytes-received", 0)) / nodes / 2**20
     logger.info(
-        "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, %.1f s",
+        "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, model %.1f MB/node, %.0f s%s",
         row["round"],
         rounds,
-        int(row["train"].get("valid-replies", 0)),
-        int(row["train"].get("nodes-sampled", 0)),
-        row["train"].get(TRAIN_LOSS, float("nan")),
+        int(train.get("valid-replies", 0)),
+        int(train.get("nodes-sampled", 0)),
+        train.get(TRAIN_LOSS, float("nan")),
         SELECTION_METRIC,
         f"{row['server_valid'][SELECTION_METRIC]:.4f}" if "server_valid" in row else "-",
+        traffic,
         row["round_seconds"],
+        "".join(f"; {note}" for note in notes),
     )

@@ -150,8 +150,10 @@ def main(cfg: DictConfig) -> None:
     # Typed once, here: the sweep's own keys, and the federated run every setting varies (whose keys a
     # federated run cannot honour are refused as in any federated run).
     sweep = typed_section(cfg.sweep, SweepSettings, "sweep")
+    # Every setting is a plain federated run (system=base: no cloud, no SOLID) plus the user's overrides.
     base_overrides = [
-        o for o in HydraConfig.get().overrides.task if not o.startswith(("run_name=", "sweep."))
+        "system=base",
+        *[o for o in HydraConfig.get().overrides.task if not o.startswith(("run_name=", "sweep."))],
     ]
     base = federated_settings_from_overrides(base_overrides)
     out = begin_run(base, Path(HydraConfig.get().runtime.output_dir))

@@ -99,6 +99,10 @@ class LoopExtension:
         """This round's section of the history row (None: no section)."""
         return None
 
+    def progress(self, row: dict[str, Any]) -> str:
+        """A few words on this round for its log line (``row`` is the round's row); empty: nothing to say."""
+        return ""
+
     def round_end(self, server_round: int, state: LoopState, extensions: Sequence[LoopExtension]) -> None:
         """After the round's row is in ``state.history``."""
 

@@ -50,6 +50,21 @@ class CloudCandidates(LoopExtension):
         )
         return service.to_config()
 
+    def progress(self, row: dict[str, Any]) -> str:
+        """Device alone vs fused on the round's arrivals (or validation), the request rate and its bytes."""
+        client = row.get("client_evaluate", {})
+        if "request-rate" not in client:
+            return ""
+        moving = "replay-collab-NDCG@10" in client
+        device = client.get("replay-device-NDCG@10" if moving else "client-NDCG@10", float("nan"))
+        fused = client.get("replay-collab-NDCG@10" if moving else "client-collab-NDCG@10", float("nan"))
+        where = "arrivals" if moving else "valid"
+        return (
+            f"{where} NDCG@10 device {device:.4f} / fused {fused:.4f}, "
+            f"requests {client['request-rate']:.0%}, "
+            f"{client.get('request-bytes-per-device', 0.0):.0f} B/device"
+        )
+
     def summary(self, history: list[dict]) -> dict[str, Any]:
         """The cloud's report and the devices' collaboration metrics of the last round."""
         last = history[-1].get("client_evaluate", {}) if history else {}

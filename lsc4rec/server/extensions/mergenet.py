@@ -81,6 +81,11 @@ class MergeNetOnServer(LoopExtension):
             }
         )
 
+    def progress(self, row: dict[str, Any]) -> str:
+        """How much the round's transfer changed the target parameter."""
+        change = row.get(self.name, {}).get("mergenet-relative-change")
+        return "" if change is None else f"MergeNet Δ {float(change):.2%}"
+
     def round_row(self) -> dict[str, float] | None:
         """The transfer's cost and the adapter's loss this round (None in a round without transfer)."""
         return dict(self.row) or None

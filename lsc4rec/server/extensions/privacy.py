@@ -21,6 +21,11 @@ class PrivacyAccounting(LoopExtension):
         """``mode`` and ``clipping_norm`` as configured (``privacy.*``)."""
         self.mode, self.clipping_norm = mode, clipping_norm
 
+    def progress(self, row: dict[str, Any]) -> str:
+        """ε spent so far (local DP: the largest device ledger; central DP: the run's)."""
+        epsilon = row.get("train", {}).get("epsilon")
+        return "" if epsilon is None else f"ε {float(epsilon):.2f}"
+
     def summary(self, history: list[dict]) -> dict[str, Any]:
         """ε, δ and the noise of the last round that reported them."""
         last = next((row["train"] for row in reversed(history) if "epsilon" in row.get("train", {})), {})

@@ -16,6 +16,7 @@ from flwr.app import Message
 from omegaconf import DictConfig
 
 from lsc4rec.data import LeaveOneOutSplit, RawDataset
+from lsc4rec.messages import CODEBOOK_VERSION
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.pipeline import build_codebook, item_representations, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
@@ -110,6 +111,11 @@ class SolidOnServer(LoopExtension):
     def state_dict(self) -> dict[str, Any]:
         """The sync's state (codebook and node versions)."""
         return self.sync.state_dict()
+
+    def progress(self, row: dict[str, Any]) -> str:
+        """The codebook version the round ended with."""
+        version = row.get(self.name, {}).get(CODEBOOK_VERSION)
+        return "" if version is None else f"codebook v{int(version)}"
 
     def summary(self, history: list[dict]) -> dict[str, Any]:
         """The final version and sizes, the bytes over the run, and the last round's row."""
