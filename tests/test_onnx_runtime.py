@@ -159,3 +159,17 @@ def test_a_graph_of_another_architecture_is_exported_afresh(tmp_path: Path) -> N
     recommender, cost = OnnxRecommender.export_or_update(other, tmp_path, MAX_LEN, kinds=("all",))
     assert cost["onnx-weights-updated"] == 0.0 and recommender.num_items == NUM_ITEMS + 5
     assert recommender.agrees_with(other, MAX_LEN)
+
+
+@pytest.mark.slow
+def test_the_full_ranking_graph_alone_also_scores_candidate_lists(tmp_path: Path) -> None:
+    model = build("sasrec").eval()
+    recommender, _ = OnnxRecommender.export_or_update(model, tmp_path, MAX_LEN, kinds=("all",))
+    history = torch.nn.functional.pad(torch.tensor([[3, 4, 5], [7, 8, 9]]), (MAX_LEN - 3, 0))
+    candidates = torch.tensor([[1, 6, 0, 12], [2, 0, 11, 3]])
+    with torch.no_grad():
+        expected = model.score_candidates(history, candidates.clamp(min=1))
+    got = recommender.score_candidates(history, candidates)
+    real = candidates > 0
+    assert torch.allclose(got[real], expected[real], atol=1e-4)
+    assert torch.isinf(got[~real]).all() and (got[~real] < 0).all()

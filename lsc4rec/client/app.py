@@ -235,9 +235,8 @@ def _rank_held_out_items(
     scorer: SequentialRecommender = model
     onnx_cost: dict[str, float] = {}
     if run.runtime == "onnx":
+        # One graph per device: with full ranking the "all" graph also scores the cloud's lists.
         kinds = ("all",) if full_ranking else ("candidates",)
-        if with_cloud:
-            kinds = ("all", "candidates")
         onnx, onnx_cost = OnnxRecommender.export_or_update(
             model, _onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
         )

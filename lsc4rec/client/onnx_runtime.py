@@ -394,6 +394,14 @@ class OnnxRecommender(nn.Module):
         return torch.from_numpy(self._scorer("all").score_all(history.cpu().numpy()))
 
     def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
-        """Scores ``[B, C]`` of ``candidates`` from ONNX Runtime."""
+        """Scores ``[B, C]`` of ``candidates`` from ONNX Runtime (id 0 = -inf).
+
+        Without a ``candidates`` graph, the ``all`` graph's scores are gathered at the candidates: one export
+        serves both, at the cost of scoring the whole catalogue.
+        """
+        if "candidates" not in self.scorers and "all" in self.scorers:
+            every = self.score_all(history)
+            scores = every.gather(1, candidates.long().clamp(min=0))
+            return scores.masked_fill(candidates == 0, float("-inf"))
         scores = self._scorer("candidates").score_candidates(history.cpu().numpy(), candidates.cpu().numpy())
         return torch.from_numpy(scores)
