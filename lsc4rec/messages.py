@@ -14,10 +14,11 @@ Train reply (node -> server):
                              ``codebook-version``
   ``row-counts``      ArrayRecord  (``strategy.row_weighting``) per-item interaction counts of the node
   ``codebook-stats``  ArrayRecord  (SOLID) :func:`statistics_record`
-Evaluate message: ``arrays`` and ``config`` (``server-round``; with the cloud :class:`CandidateService` keys;
-SOLID as above; ``phase``: ``round`` after a round's training, ``test`` once after the last round with the
-last round's SRM). Evaluate reply: ``metrics`` (``num-examples`` and ``client-*`` metrics; with time moving
-the round's ``replay-*`` serving metrics; in the test phase the ``test-*`` rows of the final table).
+Evaluate message: ``arrays`` and ``config`` (``server-round``; with the cloud :class:`CandidateService` keys
+and ``fusion-alpha``, the weight devices fuse with; SOLID as above; ``phase``: ``round`` after a round's
+training, ``test`` once after the last round with the last round's SRM). Evaluate reply: ``metrics``
+(``num-examples`` and ``client-*`` metrics; with time moving the round's ``replay-*`` serving metrics; in the
+test phase the ``test-*`` rows of the final table).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "CONFIG",
     "DEVICES",
     "EPSILON",
+    "FUSION_ALPHA",
     "METRICS",
     "NUM_EXAMPLES",
     "PHASE",
@@ -68,6 +70,8 @@ SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 CODEBOOK_VERSION = "codebook-version"
 PHASE = "phase"
+# The fusion weight devices use (collab.alpha=auto: chosen by the server on the devices' arrivals).
+FUSION_ALPHA = "fusion-alpha"
 # Values of PHASE: the per-round client evaluation and the final test on the devices.
 PHASE_ROUND = "round"
 PHASE_TEST = "test"

@@ -340,7 +340,6 @@ def _resolved(cfg: DictConfig) -> tuple[dict, DictConfig]:
 
 #: Keys a federated run does not read, with where they are honoured instead. Changing one is an error.
 FEDERATED_IGNORES = {
-    "collab.alpha_grid": "the fusion weight of a federated run is collab.alpha (a number)",
     "collab.srm_path": "a federated run trains its SRM; loading one is lsc4rec.simulations.request_curve's",
     "collab.baseline_llm_path": "federated runs serve one cloud LLM (llm.path)",
     "request.compare": "the request-score sweep is lsc4rec.simulations.request_curve's",
@@ -427,9 +426,10 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
         "",
         extra={"record": record},
     )
-    if settings.collab.enabled and isinstance(settings.collab.alpha, str):
+    if settings.collab.enabled and settings.collab.alpha == "auto" and not settings.federated.replay.enabled:
         raise SettingsError(
-            "collab.alpha=auto: devices in a federated run fuse with a fixed weight; give a number "
+            "collab.alpha=auto: the server chooses the fusion weight on the interactions that arrive during "
+            "the run, so it needs federated.replay_interactions > 0; else give a number "
             "(lsc4rec.simulations.request_curve chooses it on validation)"
         )
     if settings.collab.srm_training == "collaborative":

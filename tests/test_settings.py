@@ -97,9 +97,10 @@ def test_auto_alpha_is_refused_when_devices_fuse() -> None:
     assert federated_settings_from_overrides(["system=base", "collab.alpha=auto"]).collab.alpha == "auto"
     with pytest.raises(SettingsError, match=r"collab\.alpha=auto"):
         federated_settings_from_overrides(["system=base", "collab.alpha=auto", "collab.enabled=true"])
-    # The whole system (the default job) has the cloud on.
-    with pytest.raises(SettingsError, match=r"collab\.alpha=auto"):
-        federated_settings_from_overrides(["collab.alpha=auto"])
+    # The whole system (the default job) chooses it on the interactions that arrive during the run.
+    assert federated_settings_from_overrides([]).collab.alpha == "auto"
+    with pytest.raises(SettingsError, match=r"needs federated\.replay_interactions > 0"):
+        federated_settings_from_overrides(["federated.replay_interactions=0"])
 
 
 def test_collaborative_training_needs_the_cloud_and_no_local_dp() -> None:

@@ -60,6 +60,11 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     # answered by the service.
     assert all(c["request-rate"] == pytest.approx(0.25, abs=0.02) for c in client)
     assert all(c["request-bytes-per-device"] > 0 and "replay-collab-NDCG@10" in c for c in client)
+    # collab.alpha=auto: round 1 fused at 0.5, later rounds and the test at the best weight on the arrivals.
+    fusion = summary["collaboration"]
+    assert rows[0]["collaboration"]["fusion-alpha"] == 0.5 and len(fusion["alpha_on_arrivals"]) == 11
+    best = max(fusion["alpha_on_arrivals"].values())
+    assert fusion["alpha_on_arrivals"][f"{fusion['alpha']:g}"] == best
     # SOLID: the nodes' statistics moved the global codebook to a new version.
     assert summary["codebook"]["version"] >= 1 and rows[0]["codebook"]["codebook-updated"] == 1
     # MergeNet: the adapter rewrote the global model before each round and learned from the aggregate.

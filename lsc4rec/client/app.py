@@ -39,6 +39,7 @@ from lsc4rec.messages import (
     CODEBOOK_STATS,
     CODEBOOK_VERSION,
     CONFIG,
+    FUSION_ALPHA,
     METRICS,
     NUM_EXAMPLES,
     PHASE,
@@ -190,16 +191,17 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     service = CandidateService.from_config(config)
     with_cloud = run.collab.enabled and service is not None
     trust = candidate_root_certificates(context, run) if with_cloud and service.tls else None
+    alpha = float(config[FUSION_ALPHA]) if FUSION_ALPHA in config else None
     if not testing and run.federated.replay.enabled:
         # The server validates every round on all users' validation items; the devices serve the present.
         server_round = int(config[SERVER_ROUND])
-        metrics = serve_round(model, shard, run, server_round, service if with_cloud else None, trust)
+        metrics = serve_round(model, shard, run, server_round, service if with_cloud else None, trust, alpha)
     else:
         scorer, metrics = _rank_held_out_items(model, shard, run, context, testing, with_cloud)
         if testing and with_cloud:
-            metrics.update(collaborate_at_test(scorer, shard, run, service, trust))
+            metrics.update(collaborate_at_test(scorer, shard, run, service, trust, alpha))
         elif with_cloud:
-            metrics.update(collaborate(scorer, shard, run, service, trust))
+            metrics.update(collaborate(scorer, shard, run, service, trust, alpha))
     metrics[NUM_EXAMPLES] = float(shard.num_devices)
     if codebook is not None:
         metrics[CODEBOOK_VERSION] = codebook.version

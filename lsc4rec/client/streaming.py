@@ -34,7 +34,12 @@ from lsc4rec.metrics import RankingAccumulator, full_ranking_ranks, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["serve_arrivals"]
+__all__ = ["alpha_metric", "serve_arrivals"]
+
+
+def alpha_metric(alpha: float) -> str:
+    """The serving metric of the fused lists at fusion weight ``alpha`` (NDCG@10 over the arrivals)."""
+    return f"replay-alpha-{alpha:g}-NDCG@10"
 
 
 def _head(value: Any, rows: int) -> Any:
@@ -109,6 +114,7 @@ def serve_arrivals(
     stale: CandidateList | None = None,
     settings: CollaborationSettings | None = None,
     generator: torch.Generator | None = None,
+    alpha_grid: Sequence[float] = (),
 ) -> dict[str, float]:
     """Rank and absorb every arriving interaction of the node's devices; return the round's serving metrics.
 
@@ -137,6 +143,7 @@ def serve_arrivals(
             torch.from_numpy(stale.items[order]).long(), torch.from_numpy(stale.scores[order]).float()
         )
     device, alone, before, after = (RankingAccumulator(ks) for _ in range(4))
+    grid = {float(alpha): RankingAccumulator((10,)) for alpha in alpha_grid}
     requests, bytes_moved = 0, 0
     steps = max((len(a) for a in coming), default=0)
     for step in range(steps):
@@ -160,6 +167,7 @@ def serve_arrivals(
                 max_len,
                 generator,
                 (alone, before, after),
+                grid,
             )
             requests, bytes_moved = requests + sent, bytes_moved + moved
         for u in range(active):
@@ -171,6 +179,8 @@ def serve_arrivals(
         metrics.update({f"replay-cloud-{k}": v for k, v in alone.compute().items()})
         metrics.update({f"replay-collab-before-request-{k}": v for k, v in before.compute().items()})
         metrics.update({f"replay-collab-{k}": v for k, v in after.compute().items()})
+        for alpha, accumulator in grid.items():
+            metrics[alpha_metric(alpha)] = accumulator.compute()["NDCG@10"]
         metrics["replay-requests"] = float(requests)
         metrics["replay-request-bytes"] = float(bytes_moved)
     metrics["replay-arrivals"] = float(arrived)
@@ -190,6 +200,7 @@ def _serve_step(
     max_len: int,
     generator: torch.Generator,
     accumulators: tuple[RankingAccumulator, RankingAccumulator, RankingAccumulator],
+    grid: dict[float, RankingAccumulator],
 ) -> tuple[int, int]:
     """One arrival step with the cloud: rank the held lists, request within the budget, rank again.
 
@@ -219,12 +230,10 @@ def _serve_step(
         else None
     )
 
-    def ranked(items: Tensor, llm: Tensor, srm: Tensor) -> Tensor:
+    def ranked(items: Tensor, llm: Tensor, srm: Tensor, alpha: float = settings.alpha) -> Tensor:
         if pool is not None:
             items, llm, srm = union_candidates(items, llm, srm, *pool)
-        return list_ranks(
-            rerank(items, fuse_scores(llm, srm, items, settings.alpha, settings.normalization)), target
-        )
+        return list_ranks(rerank(items, fuse_scores(llm, srm, items, alpha, settings.normalization)), target)
 
     alone.add(list_ranks(rerank(items, llm_scores), target))
     before.add(ranked(items, llm_scores, srm_scores))
@@ -250,4 +259,7 @@ def _serve_step(
         llm_scores[index] = fresh_scores.masked_fill(kept == 0, float("-inf"))
         srm_scores[index] = catalogue[rows].gather(1, kept.clamp(min=1)).masked_fill(kept == 0, float("-inf"))
     after.add(ranked(items, llm_scores, srm_scores))
+    # The same lists fused at every weight of the grid: the data the server chooses the weight on.
+    for alpha, accumulator in grid.items():
+        accumulator.add(ranked(items, llm_scores, srm_scores, alpha))
     return int(requested.sum()), moved

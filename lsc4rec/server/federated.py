@@ -39,6 +39,7 @@ from lsc4rec.server.extensions import (
     SolidOnServer,
 )
 from lsc4rec.server.extensions.base import state_dict_of
+from lsc4rec.server.fusion_weight import FusionWeight
 from lsc4rec.server.loop import RoundPlan, run_rounds
 from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
@@ -105,7 +106,8 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     try:
         if run.collab.enabled:
             cloud = start_cloud(run, split, out)
-            extensions.append(CloudCandidates(cloud, run.collab.srm_training == "collaborative"))
+            fusion = FusionWeight(run.collab.alpha, run.collab.alpha_grid)
+            extensions.append(CloudCandidates(cloud, run.collab.srm_training == "collaborative", fusion))
             if run.mergenet.every_rounds > 0:
                 # The adapter works on its own copy of the global model; the evaluation model stays untouched.
                 extensions.insert(

@@ -30,18 +30,19 @@ __all__ = [
 ]
 
 
-def collaboration_settings(run: FederatedRunSettings) -> CollaborationSettings:
+def collaboration_settings(run: FederatedRunSettings, alpha: float | None = None) -> CollaborationSettings:
     """The devices' fusion and request settings (``collab.*`` and ``request.*``).
 
-    ``collab.alpha`` is a number here: :func:`lsc4rec.settings.federated_settings` refuses ``auto`` (chosen on
-    validation by the request-curve experiment, which a device cannot do) before any round starts.
+    ``alpha``: the fusion weight the server sent (``fusion-alpha``); else ``collab.alpha``, which must then be
+    a number (``auto`` is the server's choice on the devices' arrivals, so it comes with every message).
     """
     collab, request = run.collab, run.request
-    if isinstance(collab.alpha, str):
-        raise ValueError(f"collab.alpha={collab.alpha!r}: devices in a federated run need a number")
+    weight = alpha if alpha is not None else collab.alpha
+    if isinstance(weight, str):
+        raise ValueError(f"collab.alpha={weight!r}: the server sends no fusion-alpha; devices need a number")
     return CollaborationSettings(
         candidates=collab.candidates,
-        alpha=collab.alpha,
+        alpha=float(weight),
         normalization=collab.normalization,
         score=request.score,
         k=request.k,
@@ -76,13 +77,14 @@ def collaborate(
     run: FederatedRunSettings,
     service: CandidateService,
     root_certificates: Path | None = None,
+    alpha: float | None = None,
 ) -> dict[str, float]:
     """LSC4Rec on this node's devices: fetch the cloud's lists, rerank, request within the budget, rank.
 
     Returns the client-side collaborative metrics, plus per-device request rate and bytes (rates, so that the
     strategy's device-weighted mean is the global rate).
     """
-    settings = collaboration_settings(run)
+    settings = collaboration_settings(run, alpha)
     client = CandidateServiceClient(
         service.target,
         token=service.token,
@@ -137,12 +139,14 @@ def serve_round(
     server_round: int,
     service: CandidateService | None = None,
     root_certificates: Path | None = None,
+    alpha: float | None = None,
 ) -> dict[str, float]:
     """The node's devices serve the interactions arriving during ``server_round`` (time moving).
 
     Each device starts from what it holds when the round starts; with the cloud, from the list the cloud made
     from its stale copy then (the service's view of the round), requesting within the budget as items arrive.
-    Returns the serving metrics with per-arrival rates (``request-rate`` = requests per arrival).
+    Returns the serving metrics with per-arrival rates (``request-rate`` = requests per arrival); with
+    ``collab.alpha=auto`` also the fused lists' NDCG@10 at every weight of ``collab.alpha_grid``.
     """
     replay = run.federated.replay
     histories = replay.known_sequences(shard.train_sequences, server_round)
@@ -155,7 +159,8 @@ def serve_round(
         return _per_device(
             serve_arrivals(model, histories, arrivals, max_len, ks, exclude), shard.num_devices
         )
-    settings = collaboration_settings(run)
+    settings = collaboration_settings(run, alpha)
+    grid = run.collab.alpha_grid if run.collab.alpha == "auto" else ()
     with _client(run, service, root_certificates) as cloud:
         stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
         result = serve_arrivals(
@@ -171,6 +176,7 @@ def serve_round(
             generator=torch.Generator().manual_seed(
                 derive_seed(run.seed, "replay", server_round, shard.partition_id)
             ),
+            alpha_grid=grid,
         )
     arrived = max(result["replay-arrivals"], 1.0)
     result["request-rate"] = result["replay-requests"] / arrived
@@ -192,6 +198,7 @@ def collaborate_at_test(
     run: FederatedRunSettings,
     service: CandidateService,
     root_certificates: Path | None = None,
+    alpha: float | None = None,
 ) -> dict[str, float]:
     """The final table's device-side rows on the test item: the cloud's stale list alone, and the fused
     ranking with no requests, within the request budget and with every device requesting.
@@ -199,7 +206,7 @@ def collaborate_at_test(
     The service holds the cloud's stale copy of each history at the test moment; the device holds its
     training part and validation item.
     """
-    settings = collaboration_settings(run)
+    settings = collaboration_settings(run, alpha)
     histories, targets = shard.test_histories, shard.test_targets
     out: dict[str, float] = {}
     with _client(run, service, root_certificates) as cloud:

@@ -7,9 +7,10 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Message
 
-from lsc4rec.messages import CONFIG, CandidateService
+from lsc4rec.messages import CONFIG, FUSION_ALPHA, CandidateService
 from lsc4rec.server.cloud import Cloud
-from lsc4rec.server.extensions.base import LoopExtension
+from lsc4rec.server.extensions.base import LoopExtension, LoopState
+from lsc4rec.server.fusion_weight import FusionWeight
 
 __all__ = ["CloudCandidates"]
 
@@ -19,11 +20,23 @@ class CloudCandidates(LoopExtension):
 
     name = "collaboration"
 
-    def __init__(self, cloud: Cloud, train_on_lists: bool = False) -> None:
+    def __init__(
+        self, cloud: Cloud, train_on_lists: bool = False, fusion: FusionWeight | None = None
+    ) -> None:
         """Own the running ``cloud`` (its service stops in :meth:`close`); ``train_on_lists``: the nodes train
-        on the cloud's lists (``collab.srm_training=collaborative``)."""
+        on the cloud's lists (``collab.srm_training=collaborative``); ``fusion``: the weight devices fuse with
+        (default: the devices' own ``collab.alpha``)."""
         self.cloud = cloud
         self.train_on_lists = train_on_lists
+        self.fusion = fusion
+        self.row: dict[str, Any] = {}
+
+    def start(self, state: LoopState) -> None:
+        """Resume: the fusion weight's evidence so far."""
+        if state.restored is not None and self.fusion is not None:
+            saved = state.restored["extensions"].get(self.name)
+            if saved is not None:
+                self.fusion.load_state_dict(saved)
 
     def outgoing(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """Time moves: the cloud's copy of the histories is that of the round's start."""
@@ -42,13 +55,30 @@ class CloudCandidates(LoopExtension):
         return self.evaluate_config()
 
     def evaluate_config(self) -> dict[str, Any]:
-        """The service's address, token and whether it speaks TLS."""
+        """The service's address, token and whether it speaks TLS; the fusion weight."""
         service = CandidateService(
             self.cloud.public_address or self.cloud.service.target,
             self.cloud.token,
             bool(self.cloud.service.tls),
         )
-        return service.to_config()
+        config = service.to_config()
+        if self.fusion is not None:
+            config[FUSION_ALPHA] = self.fusion.current
+            self.row = {"fusion-alpha": self.fusion.current}
+        return config
+
+    def round_row(self) -> dict[str, Any] | None:
+        """The fusion weight the round's devices used."""
+        return dict(self.row) or None
+
+    def round_end(self, server_round: int, state: LoopState, extensions: Sequence[LoopExtension]) -> None:
+        """``collab.alpha=auto``: the round's serving at every weight joins the evidence."""
+        if self.fusion is not None and state.history:
+            self.fusion.observe(state.history[-1].get("client_evaluate", {}))
+
+    def state_dict(self) -> Any:
+        """The fusion weight's evidence (None for a fixed weight)."""
+        return self.fusion.state_dict() if self.fusion is not None and self.fusion.auto else None
 
     def progress(self, row: dict[str, Any]) -> str:
         """Device alone vs fused on the round's arrivals (or validation), the request rate and its bytes."""
@@ -68,7 +98,11 @@ class CloudCandidates(LoopExtension):
     def summary(self, history: list[dict]) -> dict[str, Any]:
         """The cloud's report and the devices' collaboration metrics of the last round."""
         last = history[-1].get("client_evaluate", {}) if history else {}
+        fusion = {}
+        if self.fusion is not None:
+            fusion = {"alpha": self.fusion.current, "alpha_on_arrivals": self.fusion.table()}
         return {
+            **fusion,
             "cloud": self.cloud.report,
             "last_round": {
                 k: v for k, v in last.items() if k.startswith(("client-collab", "request", "replay-"))
