@@ -157,3 +157,14 @@ def test_core_modules_document_every_public_name(module: str) -> None:
         value = getattr(imported, name)
         if inspect.isclass(value) or inspect.isfunction(value):
             assert inspect.getdoc(value), f"{module}.{name} has no docstring"
+
+
+def test_no_package_module_is_named_like_a_test() -> None:
+    # `flwr build` leaves files named like tests (*_test.py, test_*.py) out of the app bundle, so such a
+    # module would be missing on every SuperLink and SuperNode (exit code 607 at import).
+    named_like_tests = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if path.name.endswith("_test.py") or path.name.startswith("test_")
+    ]
+    assert not named_like_tests

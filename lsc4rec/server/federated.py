@@ -27,7 +27,7 @@ from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.cloud import start_cloud
-from lsc4rec.server.device_test import final_table, log_final_table, test_on_devices
+from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
 from lsc4rec.server.extensions import (
     Checkpoints,
     CloudCandidates,
@@ -174,7 +174,7 @@ def final_report(
 ) -> dict[str, Any]:
     """Test the last and the best round, save both models, write ``metrics.json`` and ``rounds.png``.
 
-    ``device_test``: the nodes' test-phase metrics (:mod:`lsc4rec.server.device_test`), which become the
+    ``device_test``: the nodes' test-phase metrics (:mod:`lsc4rec.server.final_table`), which become the
     summary's ``final_table``.
     """
     ks, full_ranking = run.eval.ks, run.eval.full_ranking
