@@ -27,7 +27,6 @@ from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.cloud import start_cloud
-from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
 from lsc4rec.server.extensions import (
     Checkpoints,
     CloudCandidates,
@@ -39,6 +38,7 @@ from lsc4rec.server.extensions import (
     SolidOnServer,
 )
 from lsc4rec.server.extensions.base import state_dict_of
+from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
 from lsc4rec.server.fusion_weight import FusionWeight
 from lsc4rec.server.loop import RoundPlan, run_rounds
 from lsc4rec.server.strategy_config import build_strategy
