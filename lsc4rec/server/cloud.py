@@ -93,6 +93,7 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
     report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming, "item_init": llm.item_init}
     if not llm_cfg.path and not resuming:
         settings = LLMTrainSettings(**to_plain_dict(llm_cfg.train))
+        logger.info("cloud LLM: training for up to %d epochs on its stale copy of the users", settings.epochs)
         result = fit_llm(llm, view.train, view.valid_histories, view.valid_targets, settings, seed=run.seed)
         llm.save_pretrained(saved)
         report.update(best_epoch=result.best_epoch, train_seconds=round(result.train_seconds, 1))

@@ -193,7 +193,7 @@ def final_report(
     torch.save(state.best.arrays, out / "model_best.pt")
     history = state.history
     summary: dict[str, Any] = {
-        "experiment": "federated",
+        "experiment": str(run.record.get("experiment", "federated")),
         "dataset": run.data.name,
         "model": str(run.model.name),
         "strategy": run.strategy.name,

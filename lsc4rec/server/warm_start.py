@@ -52,6 +52,11 @@ def warm_start_on_cloud(
         run.eval.batch_size,
         exclude_history=run.eval.exclude_history,
     )
+    logger.info(
+        "warm start: training the global SRM for up to %d epochs on the cloud's stale copy of %d users",
+        epochs,
+        len(view.train),
+    )
     result = fit(model, batches, valid, settings, seed=run.seed)
     report = {
         "epochs": len(result.history),

@@ -68,6 +68,10 @@ def item_text_vectors(
     cache = TextVectorCache(cache_dir or default_cache_dir(), key)
 
     def encode(texts: list[str]) -> np.ndarray:
+        # Say so before the wait: a first run encodes every item once (about a minute on 2 CPU cores).
+        logger.info(
+            "encoding %d item texts with %s (cached in %s for later runs)", len(texts), key, cache.path
+        )
         model = build_text_encoder(encoder) if isinstance(encoder, str) else encoder
         return model.encode(texts, batch_size=batch_size, progress=progress)
 
