@@ -112,7 +112,8 @@ def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: P
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
     data = write_pattern_dataset(tmp_path / "p.txt", num_users=80, num_items=30)
-    base = f"data.name=p data.path={data} data.max_len=8 eval.sampled_negatives=10 train.progress=false"
+    base = f"system=base data.name=p data.path={data} data.max_len=8 eval.sampled_negatives=10"
+    base += " train.progress=false"
     base += " model.hidden_size=16 federated.rounds=2"
     client = {}
     for runtime in ("torch", "onnx"):

@@ -20,7 +20,7 @@ from torch import Tensor
 from lsc4rec.models.srm import SequentialRecommender, candidate_rerank_loss
 from lsc4rec.training import TrainSettings, model_device
 
-__all__ = ["rerank_rows", "train_on_cloud_lists"]
+__all__ = ["rerank_rows", "rerank_step", "train_on_cloud_lists"]
 
 
 def rerank_rows(
@@ -61,6 +61,26 @@ def rerank_rows(
     )
 
 
+def rerank_step(
+    model: SequentialRecommender,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    hard: Tensor,
+    generator: torch.Generator,
+    random_negatives: int,
+    grad_clip: float,
+) -> float:
+    """One optimiser step of the candidate-rerank loss on a batch; returns the loss."""
+    loss = candidate_rerank_loss(model, inputs, targets, hard, generator, random_negatives)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
 def _batches(rows: int, batch_size: int, seed: int) -> Iterator[Tensor]:
     """Shuffled row indices in batches of ``batch_size``."""
     order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
@@ -91,13 +111,7 @@ def train_on_cloud_lists(
     total, count = 0.0, 0
     for index in _batches(len(inputs), settings.batch_size, seed):
         batch = inputs[index].to(device), targets[index].to(device), hard[index].to(device)
-        loss = candidate_rerank_loss(model, *batch, generator, random_negatives)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        total += float(loss.detach())
+        total += rerank_step(model, optimizer, *batch, generator, random_negatives, settings.grad_clip)
         count += 1
     return {
         "rerank-loss": total / max(count, 1),

@@ -85,13 +85,7 @@ def collaborate(
     strategy's device-weighted mean is the global rate).
     """
     settings = collaboration_settings(run, alpha)
-    client = CandidateServiceClient(
-        service.target,
-        token=service.token,
-        root_certificates=root_certificates,
-        timeout=run.collab.service_timeout,
-    )
-    with client as cloud:
+    with _client(run, service, root_certificates) as cloud:
         stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
         stale_bytes = 8 * shard.num_devices + stale.items.size * 12
         result = serve_devices(

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lsc4rec.client.collab.list_training import rerank_step
 from lsc4rec.data import TrainBatches
 from lsc4rec.models.llm.recommender import CloudLLM
-from lsc4rec.models.srm import SequentialRecommender, candidate_rerank_loss
+from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.training import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -58,13 +59,9 @@ def train_on_llm_candidates(
             mininterval=1.0,
         ):
             hard = llm.position_candidates(inputs, hard_negatives)
-            loss = candidate_rerank_loss(srm, inputs, targets, hard, generator, random_negatives)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(srm.parameters(), settings.grad_clip)
-            optimizer.step()
-            total += float(loss.detach())
+            total += rerank_step(
+                srm, optimizer, inputs, targets, hard, generator, random_negatives, settings.grad_clip
+            )
             count += 1
         losses.append(total / max(count, 1))
         logger.info("collaborative epoch %d: rerank loss %.4f", epoch, losses[-1])

@@ -227,15 +227,11 @@ class SolidRecommender(SequentialRecommender):
 
     def score_all(self, history: Tensor) -> Tensor:
         """Next-item scores ``[B, num_items + 1]`` after ``history``; column 0 = -inf."""
-        scores = self._last_state(history) @ self.item_embedding.weight.t()
-        scores[:, 0] = float("-inf")
-        return scores
+        return self.score_hidden(self._last_state(history))
 
     def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
         """Next-item scores ``[B, C]`` of ``candidates [B, C]``; id 0 is -inf."""
-        last = self._last_state(history)
-        scores = torch.matmul(self.item_embedding(candidates), last.unsqueeze(-1)).squeeze(-1)
-        return scores.masked_fill(candidates == 0, float("-inf"))
+        return self.score_hidden(self._last_state(history), candidates)
 
     # ------------------------------------------------------------------ streaming
     @property
@@ -297,19 +293,6 @@ class SolidRecommender(SequentialRecommender):
             )
         hidden = s + self._classifier(s, semantic)
         return SolidStreamState(item=item_state, semantic=semantic_state), hidden
-
-    def score_hidden(self, hidden: Tensor, candidates: Tensor | None = None) -> Tensor:
-        """Scores of user vectors ``[B, d]`` (from :meth:`prefill` or :meth:`step`).
-
-        ``candidates=None``: all items, ``[B, num_items + 1]`` with column 0 = -inf (as :meth:`score_all`);
-        ``candidates [B, C]``: ``[B, C]`` with id 0 = -inf (as :meth:`score_candidates`).
-        """
-        if candidates is None:
-            scores = hidden @ self.item_embedding.weight.t()
-            scores[:, 0] = float("-inf")
-            return scores
-        scores = torch.matmul(self.item_embedding(candidates), hidden.unsqueeze(-1)).squeeze(-1)
-        return scores.masked_fill(candidates == 0, float("-inf"))
 
     # ------------------------------------------------------------------ training
     def auxiliary_loss(self, inputs: Tensor) -> Tensor | None:

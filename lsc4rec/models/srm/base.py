@@ -146,16 +146,26 @@ class SequentialRecommender(nn.Module, abc.ABC):
 
     def score_all(self, history: Tensor) -> Tensor:
         """Next-item scores ``[B, num_items + 1]`` after the full ``history [B, L]``; column 0 = -inf."""
-        scores = self.encode(history)[:, -1] @ self.item_embedding.weight.t()
-        # In place: a masked_fill would copy the whole [B, num_items + 1] matrix to change one column, and
-        # full-ranking evaluation is dominated by such passes. The matmul's backward does not need its output.
-        scores[:, 0] = float("-inf")
-        return scores
+        return self.score_hidden(self.encode(history)[:, -1])
 
     def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
         """Next-item scores ``[B, C]`` after ``history [B, L]`` for ``candidates [B, C]``; id 0 is -inf."""
-        last = self.encode(history)[:, -1]
-        scores = torch.matmul(self.item_embedding(candidates), last.unsqueeze(-1)).squeeze(-1)
+        return self.score_hidden(self.encode(history)[:, -1], candidates)
+
+    def score_hidden(self, hidden: Tensor, candidates: Tensor | None = None) -> Tensor:
+        """Scores of user vectors ``hidden [B, d]`` against the tied item table.
+
+        ``candidates=None``: every item, ``[B, num_items + 1]`` with column 0 = -inf; ``candidates [B, C]``:
+        ``[B, C]`` with id 0 = -inf. :meth:`score_all`, :meth:`score_candidates` and streaming models'
+        ``step`` outputs all score through it.
+        """
+        if candidates is None:
+            scores = hidden @ self.item_embedding.weight.t()
+            # In place: a masked_fill would copy the whole [B, num_items + 1] matrix to change one column, and
+            # full-ranking evaluation is dominated by such passes. The matmul's backward does not need it.
+            scores[:, 0] = float("-inf")
+            return scores
+        scores = torch.matmul(self.item_embedding(candidates), hidden.unsqueeze(-1)).squeeze(-1)
         return scores.masked_fill(candidates == 0, float("-inf"))
 
     # ------------------------------------------------------------------ helpers for subclasses

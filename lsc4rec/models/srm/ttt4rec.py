@@ -264,16 +264,3 @@ class TTT4Rec(SequentialRecommender):
             layer_state, x = block.step(layer_state, x)
             layers.append(layer_state)
         return TTT4RecState(layers=layers, length=state.length + 1), self.final_norm(x)
-
-    def score_hidden(self, hidden: Tensor, candidates: Tensor | None = None) -> Tensor:
-        """Scores of hidden states ``[B, d]`` (from :meth:`step` or :meth:`prefill`).
-
-        ``candidates=None``: all items, ``[B, num_items + 1]`` with column 0 = -inf (as :meth:`score_all`);
-        ``candidates [B, C]``: ``[B, C]`` with id 0 = -inf (as :meth:`score_candidates`).
-        """
-        if candidates is None:
-            scores = hidden @ self.item_embedding.weight.t()
-            scores[:, 0] = float("-inf")
-            return scores
-        scores = torch.matmul(self.item_embedding(candidates), hidden.unsqueeze(-1)).squeeze(-1)
-        return scores.masked_fill(candidates == 0, float("-inf"))
