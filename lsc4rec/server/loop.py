@@ -114,7 +114,8 @@ def log_round(row: dict, rounds: int, notes: Sequence[str] = ()) -> None:
     nodes = max(int(train.get("nodes-sampled", 0)), 1)
     traffic = (train.get("bytes-sent", 0) + train.get("bytes-received", 0)) / nodes / 2**20
     logger.info(
-        "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, model %.1f MB/node, %.0f s%s",
+        "round %d/%d: %d/%d valid updates, train loss %.4f, server valid %s %s, model %.1f MiB/node, "
+        "%.0f s%s",
         row["round"],
         rounds,
         int(train.get("valid-replies", 0)),
