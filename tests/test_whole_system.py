@@ -70,6 +70,8 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     # MergeNet: the adapter rewrote the global model before each round and learned from the aggregate.
     assert all(row["mergenet"]["mergenet-adapter-loss"] > 0 for row in rows)
     assert summary["test"]["full"]["NDCG@10"] > 0
+    # What round 1 started from: the warm start on the cloud's stale copy, validated by the server.
+    assert summary["warm_start"]["epochs"] == 1 and summary["round_0_valid"]["NDCG@10"] > 0
     # ONNX Runtime scored the devices' final rankings and lists (the graph exported on each node).
     assert summary["device_test"]["onnx-export-seconds"] > 0
     # The final table: device alone (through ONNX Runtime: the server's own test of the last round),

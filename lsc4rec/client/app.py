@@ -1,10 +1,12 @@
 """The Flower ClientApp of a device node: local SRM training and client-side evaluation.
 
 A SuperNode hosts the devices of one shard (``partition-id`` of ``num-partitions`` in its node config, see
-:mod:`lsc4rec.client.shard`). ``@app.train()`` loads the global weights, trains on the shard's sequences and
-replies with the new weights and ``num-examples``; ``@app.evaluate()`` ranks every device's validation item
-with the global model (full ranking, or the sampled protocol where ``eval.full_ranking`` is off). Node state
-that must survive rounds lives in ``context.state``.
+:mod:`lsc4rec.client.shard`). ``@app.train()`` loads the global weights, trains on what the devices hold when
+the round starts (after a pass over the cloud's lists with collaborative training) and replies with the new
+weights and ``num-examples``. ``@app.evaluate()`` serves the interactions arriving during the round when time
+moves, else ranks every device's validation item (full ranking, or the sampled protocol where
+``eval.full_ranking`` is off), fusing with the cloud's lists when the cloud is on; in the run's test phase it
+gives the devices' rows of the final table. Node state that must survive rounds lives in ``context.state``.
 """
 
 from __future__ import annotations

@@ -128,12 +128,13 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         summary = final_report(
             run, out, split, model, test_set, strategy, state, extensions, wall_start, devices
         )
-        if initial is not None:
-            warm = {**(warm or {}), "server_valid": initial}
-        if warm is not None:
-            summary["warm_start"] = warm
+        # What round 1 started from: the warm start's report and the server's validation of that model.
+        start = {"warm_start": warm, "round_0_valid": initial}
+        start = {key: value for key, value in start.items() if value is not None}
+        if start:
+            summary.update(start)
             payload = json.loads((out / "metrics.json").read_text())
-            payload["final"]["warm_start"] = warm
+            payload["final"].update(start)
             write_json(out / "metrics.json", payload)
         return summary
     finally:
