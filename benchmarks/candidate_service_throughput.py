@@ -109,6 +109,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=20, help="candidates per history")
     parser.add_argument("--batch-size", type=int, default=1, help="histories per request (RecommendBatch)")
     parser.add_argument("--server-workers", type=int, default=16, help="server thread pool size")
+    parser.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=None,
+        help="micro-batch concurrent calls, each waiting at most this long for others (0: only what queued "
+        "while the model was busy; default: no micro-batching)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="client deadline per call, seconds")
     parser.add_argument("--in-process", action="store_true", help="run the server in this process")
     parser.add_argument("--seed", type=int, default=0, help="shuffles which users each client asks for")
@@ -141,6 +148,11 @@ def build_source(args: argparse.Namespace, split: LeaveOneOutSplit) -> Candidate
     return load_candidate_source(args.llm_path)
 
 
+def batch_delay(args: argparse.Namespace) -> float | None:
+    """The service's micro-batching delay in seconds (None = off) from ``--batch-delay-ms``."""
+    return None if args.batch_delay_ms is None else args.batch_delay_ms / 1000
+
+
 def _serve_in_child(args: argparse.Namespace, token: str, conn: Connection) -> None:
     """Server process: load the data and source, serve, report the port, and stop when told to."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s server: %(message)s")
@@ -148,7 +160,7 @@ def _serve_in_child(args: argparse.Namespace, token: str, conn: Connection) -> N
 
     try:
         source = build_source(args, load_split(args.dataset, args.data_path))
-        running = serve(source, token=token, max_workers=args.server_workers)
+        running = serve(source, token=token, max_workers=args.server_workers, batch_delay=batch_delay(args))
     except BaseException as error:
         conn.send(("error", f"{type(error).__name__}: {error}"))
         raise
@@ -168,7 +180,12 @@ class ServerHandle:
         if args.in_process:
             from lsc4rec.server.candidate_service import serve
 
-            self._running = serve(build_source(args, split), token=token, max_workers=args.server_workers)
+            self._running = serve(
+                build_source(args, split),
+                token=token,
+                max_workers=args.server_workers,
+                batch_delay=batch_delay(args),
+            )
             port = self._running.port
         else:
             # spawn, not fork: a forked child would inherit this process's gRPC state, which gRPC forbids.
@@ -384,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "max_n": info.max_n,
             "model_version": info.model_version,
             "server_workers": args.server_workers,
+            "batch_delay_ms": args.batch_delay_ms,
             "server_process": "in-process" if args.in_process else "separate process",
             "auth": "bearer token",
             "tls": False,

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
+from lsc4rec.server.micro_batching import MicroBatcher, QueueFull
 
 __all__ = [
     "DEFAULT_MAX_BATCH",
@@ -118,6 +120,23 @@ def _history_problem(history: Sequence[int], field: str, num_items: int, max_his
     return None
 
 
+def _checked(result: CandidateList, rows: int, n: int) -> CandidateList:
+    """``result`` as exactly ``[rows, n]``: fewer columns are padded with empty slots; anything else malformed
+    is a ValueError naming the shapes."""
+    items = np.asarray(result.items, dtype=np.int64)
+    scores = np.asarray(result.scores, dtype=np.float32)
+    if items.ndim != 2 or items.shape != scores.shape or items.shape[0] != rows or items.shape[1] > n:
+        raise ValueError(
+            f"candidate source returned items {items.shape} / scores {scores.shape} for {rows} histories "
+            f"and n = {n} (expected [{rows}, {n}])"
+        )
+    if items.shape[1] < n:
+        missing = n - items.shape[1]
+        items = np.pad(items, ((0, 0), (0, missing)), constant_values=0)
+        scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
+    return CandidateList(items, scores)
+
+
 def _request_id_problem(request_id: str) -> str | None:
     """Why ``request_id`` is not acceptable (too long to echo and log), or None."""
     if len(request_id) > MAX_REQUEST_ID:
@@ -147,8 +166,16 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         model_version: str | None = None,
         source_is_thread_safe: bool = False,
         user_histories: Sequence[Sequence[int]] | None = None,
+        batch_delay: float | None = None,
+        max_queue: int = 1024,
     ) -> None:
         """Serve ``source``; ``model_version`` defaults to ``source.model_version`` or the source's class.
+
+        ``batch_delay`` (seconds; None = off) answers concurrent ``Recommend``, ``RecommendBatch`` and
+        ``RecommendForUsers`` calls in micro-batches (:class:`~lsc4rec.server.micro_batching.MicroBatcher`):
+        a call waits at most ``batch_delay`` for others (0: only what queued while the model was busy), up
+        to ``max_batch`` histories share one call of the source, and beyond ``max_queue`` waiting calls new
+        ones are refused with ``RESOURCE_EXHAUSTED``.
 
         ``user_histories[u]`` is the cloud's copy of user ``u``'s history (internal ids 1..num_items, possibly
         empty), which ``RecommendForUsers`` and ``PositionCandidatesForUsers`` answer from; without it those
@@ -179,6 +206,11 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             None
             if user_histories is None
             else _stored_histories(user_histories, self.num_items, self.max_history)
+        )
+        self.batcher = (
+            MicroBatcher(self._recommend_batch, self.max_batch, batch_delay, max_queue)
+            if batch_delay is not None
+            else None
         )
 
     # ------------------------------------------------------------------ user-history store
@@ -261,8 +293,51 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         if problem:
             _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, "Recommend", request.request_id)
         histories = [list(request.history)]
-        result = self._run_source(histories, request.n, context, "Recommend", request.request_id)
+        result = self._answer(histories, request.n, context, "Recommend", request.request_id)
         return self._reply(result, 0, request.request_id)
+
+    def _answer(
+        self, histories: list[list[int]], n: int, context: grpc.ServicerContext, method: str, request_id: str
+    ) -> CandidateList:
+        """Candidates for validated ``histories``: through the micro-batcher when it is on, else direct."""
+        if self.batcher is None:
+            return self._run_source(histories, n, context, method, request_id)
+        return self._batched(histories, n, context, method, request_id)
+
+    def _batched(
+        self, histories: list[list[int]], n: int, context: grpc.ServicerContext, method: str, request_id: str
+    ) -> CandidateList:
+        """One call's histories through the micro-batcher; its own deadline, queue bound and errors."""
+        assert self.batcher is not None
+        remaining = context.time_remaining()
+        try:
+            future = self.batcher.submit(histories, n, remaining)
+        except QueueFull as full:
+            _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"service busy: {full}", method, request_id)
+        try:
+            return future.result(timeout=remaining)
+        except (TimeoutError, FutureTimeout):
+            _refuse(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "deadline expired while waiting for the model (service busy)",
+                method,
+                request_id,
+            )
+        except Exception as error:
+            logger.error("%s (request_id=%r): candidate source failed: %s", method, request_id, error)
+            _abort(
+                context, grpc.StatusCode.INTERNAL, f"candidate source failed: {type(error).__name__}: {error}"
+            )
+
+    def _recommend_batch(self, histories: list[list[int]], n: int) -> CandidateList:
+        """The micro-batcher's call into the source: under the model lock, shape-checked, padded to ``n``."""
+        if self._lock is None:
+            result = self.source.recommend(histories, n)
+        else:
+            with self._lock:
+                result = self.source.recommend(histories, n)
+        return _checked(result, len(histories), n)
 
     def RecommendBatch(
         self, request: pb.RecommendBatchRequest, context: grpc.ServicerContext
@@ -283,7 +358,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         if problem:
             _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, "RecommendBatch", request.request_id)
         histories = [list(history.items) for history in request.histories]
-        result = self._run_source(histories, request.n, context, "RecommendBatch", request.request_id)
+        result = self._answer(histories, request.n, context, "RecommendBatch", request.request_id)
         return self._batch_reply(result, request.request_id)
 
     def RecommendForUsers(
@@ -302,7 +377,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, problem, method, request.request_id)
         # The store keeps each user's most recent max_history items (a long history is cut, not refused).
         histories = [stored[u].tolist() for u in request.user_ids]
-        result = self._run_source(histories, request.n, context, method, request.request_id)
+        result = self._answer(histories, request.n, context, method, request.request_id)
         return self._batch_reply(result, request.request_id)
 
     def PositionCandidatesForUsers(
@@ -476,22 +551,11 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         """
         with self._holding_model(context, method, request_id):
             result = self._call_source(histories, n, context, method, request_id)
-
-        items = np.asarray(result.items, dtype=np.int64)
-        scores = np.asarray(result.scores, dtype=np.float32)
-        rows = len(histories)
-        if items.ndim != 2 or items.shape != scores.shape or items.shape[0] != rows or items.shape[1] > n:
-            message = (
-                f"candidate source returned items {items.shape} / scores {scores.shape} for {rows} histories "
-                f"and n = {n} (expected [{rows}, {n}])"
-            )
-            logger.error("%s (request_id=%r)", message, request_id)
-            _abort(context, grpc.StatusCode.INTERNAL, message)
-        if items.shape[1] < n:
-            missing = n - items.shape[1]
-            items = np.pad(items, ((0, 0), (0, missing)), constant_values=0)
-            scores = np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf)
-        return CandidateList(items, scores)
+        try:
+            return _checked(result, len(histories), n)
+        except ValueError as malformed:
+            logger.error("%s (request_id=%r)", malformed, request_id)
+            _abort(context, grpc.StatusCode.INTERNAL, str(malformed))
 
     def _call_source(
         self,
@@ -689,6 +753,8 @@ class RunningService:
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let running ones finish for up to ``grace`` seconds, and wait until down."""
         self.server.stop(grace).wait()
+        if self.servicer.batcher is not None:
+            self.servicer.batcher.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server stops (or ``timeout`` seconds pass); True when it has stopped."""
@@ -718,12 +784,15 @@ def serve(
     model_version: str | None = None,
     source_is_thread_safe: bool = False,
     user_histories: Sequence[Sequence[int]] | None = None,
+    batch_delay: float | None = None,
+    max_queue: int = 1024,
 ) -> RunningService:
     """Start a candidate service for ``source`` on ``address`` (port 0 = any free port) and return it.
 
     ``token`` makes every call require ``authorization: Bearer <token>`` metadata; ``tls`` serves over TLS.
     ``max_workers`` threads handle calls (they queue for the model lock unless ``source_is_thread_safe``).
-    Message limits follow from ``max_batch``, the source's ``max_history`` and ``max_n``. Raises OSError when
+    Message limits follow from ``max_batch``, the source's ``max_history`` and ``max_n``; ``batch_delay`` and
+    ``max_queue`` switch on micro-batching of ``Recommend`` (:class:`CandidateServicer`). Raises OSError when
     the address cannot be bound (in use, bad host), FileNotFoundError/ValueError for bad TLS files.
     """
     servicer = CandidateServicer(
@@ -733,6 +802,8 @@ def serve(
         model_version=model_version,
         source_is_thread_safe=source_is_thread_safe,
         user_histories=user_histories,
+        batch_delay=batch_delay,
+        max_queue=max_queue,
     )
     credentials = tls.server_credentials() if tls is not None else None
     interceptors = [TokenAuthInterceptor(token)] if token is not None else []
