@@ -120,6 +120,10 @@ def _history_problem(history: Sequence[int], field: str, num_items: int, max_his
     return None
 
 
+#: Why a call that waited for the model past its deadline is refused (lock or micro-batch queue).
+_BUSY = "deadline expired while waiting for the model (service busy)"
+
+
 def _checked(result: CandidateList, rows: int, n: int) -> CandidateList:
     """``result`` as exactly ``[rows, n]``: fewer columns are padded with empty slots; anything else malformed
     is a ValueError naming the shapes."""
@@ -320,7 +324,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             _refuse(
                 context,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                "deadline expired while waiting for the model (service busy)",
+                _BUSY,
                 method,
                 request_id,
             )
@@ -508,7 +512,7 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             _refuse(
                 context,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                "deadline expired while waiting for the model (service busy)",
+                _BUSY,
                 method,
                 request_id,
             )
