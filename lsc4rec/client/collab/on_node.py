@@ -16,6 +16,7 @@ from lsc4rec.client.local_training import derive_seed
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.client.streaming import serve_arrivals
 from lsc4rec.messages import CandidateService
+from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import TrainSettings
@@ -87,7 +88,6 @@ def collaborate(
     settings = collaboration_settings(run, alpha)
     with _client(run, service, root_certificates) as cloud:
         stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
-        stale_bytes = 8 * shard.num_devices + stale.items.size * 12
         result = serve_devices(
             model,
             shard.valid_histories,
@@ -99,11 +99,9 @@ def collaborate(
             torch.Generator().manual_seed(derive_seed(run.seed, "requests", shard.partition_id)),
             run.eval.ks,
         )
-    devices = max(shard.num_devices, 1)
     out = {f"client-{k}": v for k, v in result.items() if k.startswith("collab")}
-    out["request-rate"] = result["requests"] / devices
-    out["request-bytes-per-device"] = result["request-bytes"] / devices
-    out["list-bytes-per-device"] = stale_bytes / devices
+    out.update(_rates(result, shard.num_devices, ""))
+    out["list-bytes-per-device"] = _list_bytes_per_device(stale, shard.num_devices)
     out["mean-inconsistency"] = result["mean-inconsistency"]
     return out
 
@@ -115,6 +113,12 @@ def _client(
     return CandidateServiceClient(
         service.target, token=service.token, root_certificates=trust, timeout=run.collab.service_timeout
     )
+
+
+def _list_bytes_per_device(stale: CandidateList, devices: int) -> float:
+    """Bytes of the cloud's lists per device: a user id (int64) and, per item, its id (int64) and score
+    (float32)."""
+    return (8 * len(stale) + stale.items.size * 12) / max(devices, 1)
 
 
 def _rates(result: dict[str, float], devices: int, prefix: str) -> dict[str, float]:
@@ -175,7 +179,7 @@ def serve_round(
     arrived = max(result["replay-arrivals"], 1.0)
     result["request-rate"] = result["replay-requests"] / arrived
     result["request-bytes-per-device"] = result["replay-request-bytes"] / max(shard.num_devices, 1)
-    result["list-bytes-per-device"] = (8 + stale.items.shape[1] * 12) * float(len(stale) > 0)
+    result["list-bytes-per-device"] = _list_bytes_per_device(stale, shard.num_devices)
     return _per_device(result, shard.num_devices)
 
 
