@@ -88,6 +88,39 @@ def walk_sequences(items: int, users: int = 240, seed: int = 0) -> list[list[int
     return sequences
 
 
+def test_serving_reuses_the_text_table_but_never_a_stale_one() -> None:
+    # Serving computes the projected text table once (it costs more than a short forward pass); every change
+    # of the weights (an optimiser step, a loaded state, a move) must still show in the next scores.
+    llm = text_llm(random_text())
+    histories = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 6]])
+
+    def fresh_scores() -> torch.Tensor:
+        with torch.enable_grad():  # the uncached path
+            tokens, mask = llm.encode(histories)
+            llm.eval()
+            hidden = llm.hidden_states(tokens, mask)[:, -1]
+            return torch.log_softmax(llm.token_logits(hidden), dim=-1).detach()
+
+    first = llm.item_scores(histories)
+    with torch.no_grad():
+        vocab = llm.tokenizer.vocab_size
+        assert llm.text_part.rows(vocab) is llm.text_part.rows(vocab)
+    columns = llm.tokenizer.codes[:, 0]
+    torch.testing.assert_close(first[:, 1:], fresh_scores()[:, columns][:, 1:])
+
+    optimizer = torch.optim.SGD(llm.parameters(), lr=0.5)
+    llm.train()
+    llm.loss(pad_left(walk_sequences(NUM_ITEMS, users=8), 10)).backward()
+    optimizer.step()
+    stepped = llm.item_scores(histories)
+    assert not torch.allclose(stepped[:, 1:], first[:, 1:])
+    torch.testing.assert_close(stepped[:, 1:], fresh_scores()[:, columns][:, 1:])
+
+    other = text_llm(random_text(seed=3), seed=5)
+    llm.load_state_dict(other.state_dict())
+    torch.testing.assert_close(llm.item_scores(histories)[:, 1:], other.item_scores(histories)[:, 1:])
+
+
 def test_text_carries_what_was_learned_to_items_never_seen_in_training() -> None:
     # Items 1..20 form a walk i -> i + 1; items 21..30 never occur but share the text of items 1..10 (twins).
     base = torch.randn(21, 16, generator=torch.Generator().manual_seed(1))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lsc4rec.text.projection import principal_projection
 
-__all__ = ["ItemTextPart"]
+__all__ = ["ItemTextPart", "version_key"]
 
 
 class ItemTextPart(nn.Module):
@@ -38,6 +38,8 @@ class ItemTextPart(nn.Module):
         self.register_buffer("text_vectors", text_vectors[1:].float().clone())
         self.register_buffer("item_token_ids", item_token_ids.long().clone())
         self.projection = nn.Linear(text_vectors.shape[1], hidden_size, bias=False)
+        # (what the table was computed from, the table): see rows().
+        self._cached: tuple[tuple, Tensor] | None = None
         if scale > 0:
             with torch.no_grad():
                 self.projection.weight.copy_(principal_projection(self.text_vectors, hidden_size, scale))
@@ -61,7 +63,29 @@ class ItemTextPart(nn.Module):
         return int(self.text_vectors.shape[1])
 
     def rows(self, vocab_size: int) -> Tensor:
-        """The additive embedding table ``[vocab_size, d]`` (zero outside the item tokens)."""
+        """The additive embedding table ``[vocab_size, d]`` (zero outside the item tokens).
+
+        Without gradients (serving, evaluation) the table is computed once and reused until the projection
+        or the text vectors change (an optimiser step, a loaded state, a move to another device): projecting
+        every item's text costs more than the whole forward pass of a short history.
+        """
+        if torch.is_grad_enabled():
+            return self._table(vocab_size)
+        key = (vocab_size, *(version_key(t) for t in (self.projection.weight, self.text_vectors)))
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._table(vocab_size))
+        return self._cached[1]
+
+    def _table(self, vocab_size: int) -> Tensor:
         projected = self.projection(self.text_vectors)
         table = projected.new_zeros(vocab_size, projected.shape[1])
         return table.index_copy(0, self.item_token_ids, projected)
+
+
+def version_key(tensor: Tensor) -> tuple[int, int, str]:
+    """Identifies a tensor's current contents: its storage, in-place version counter and device.
+
+    In-place updates (optimiser steps, ``load_state_dict``'s copies) bump ``_version``; ``.to()`` and
+    re-assignment change the storage.
+    """
+    return (tensor.data_ptr(), tensor._version, str(tensor.device))

@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 from lsc4rec.data import pad_left
 from lsc4rec.models.llm.beam_search import NextTokenLogProbs, constrained_beam_search
 from lsc4rec.models.llm.candidates import CandidateList
-from lsc4rec.models.llm.item_text_part import ItemTextPart
+from lsc4rec.models.llm.item_text_part import ItemTextPart, version_key
 from lsc4rec.models.llm.item_tokens import ItemTokenizer
 from lsc4rec.models.llm.prompt import TitlePrompt
 from lsc4rec.torch_device import resolve_device
@@ -85,6 +85,8 @@ class CloudLLM(nn.Module):
         if prompt is not None and (tokenizer.depth != 1 or prompt.num_items != tokenizer.num_items):
             raise ValueError("a title prompt needs one token per item and a title row for every item")
         self.prompt = prompt
+        # (what the text-grounded output rows were computed from, the rows): see _item_output_table.
+        self._output_cache: tuple[tuple, Tensor] | None = None
         #: Where the item tokens started (``llm.item_init``: random or text); saved with the model.
         self.item_init = "text" if text_part is not None else "random"
 
@@ -266,12 +268,23 @@ class CloudLLM(nn.Module):
         rows = self.text_rows() if text_rows is None else text_rows
         size = rows.shape[0]
         bias = head.bias[:size] if head.bias is not None else None
-        logits = nn.functional.linear(hidden, head.weight[:size] + rows, bias)
+        logits = nn.functional.linear(hidden, self._item_output_table(head.weight, rows), bias)
         if head.weight.shape[0] > size:
             # A padded output table (vocab rounded up): the extra rows score as the plain head scores them.
             extra = head.bias[size:] if head.bias is not None else None
             logits = torch.cat([logits, nn.functional.linear(hidden, head.weight[size:], extra)], dim=-1)
         return logits
+
+    def _item_output_table(self, weight: Tensor, rows: Tensor) -> Tensor:
+        """The output rows ``weight[:vocab] + rows``; without gradients kept until either input changes
+        (like :meth:`ItemTextPart.rows`, it would otherwise be rebuilt for every served request)."""
+        size = rows.shape[0]
+        if torch.is_grad_enabled():
+            return weight[:size] + rows
+        key = (size, version_key(weight), version_key(rows))
+        if self._output_cache is None or self._output_cache[0] != key:
+            self._output_cache = (key, weight[:size] + rows)
+        return self._output_cache[1]
 
     def encode(self, histories: Tensor) -> tuple[Tensor, Tensor]:
         """Model input ``(tokens, attention_mask)`` for left-padded item histories (prompt or item tokens)."""
