@@ -9,8 +9,9 @@ server's interpreter lock; ``--in-process`` keeps it in this one) with token aut
 concurrency level runs that many client threads, each with its own channel, each sending ``--requests``
 requests for real Beauty user histories (leave-one-out test histories: train part + validation item, cut to
 the service's ``max_history``). Every reply is checked (``n`` distinct items outside the history, scores
-non-increasing). Writes ``outputs/benchmarks/candidate_service_throughput.json`` and a PNG next to it, and
-prints ``RESULT {json}``.
+non-increasing). After each level it reads the server's own counters (``Metrics`` rpc: its latency quantiles,
+micro-batch sizes) and the server process's peak resident memory so far (Linux ``VmHWM``). Writes
+``outputs/benchmarks/candidate_service_throughput.json`` and a PNG next to it, and prints ``RESULT {json}``.
 
 Sources: ``popularity`` ranks items by their count in the training parts (add-one smoothed log-probability
 scores, history items excluded); ``llm`` loads a saved cloud LLM with
@@ -44,6 +45,7 @@ import numpy as np
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceError
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
+from lsc4rec.proto.service_metrics import MetricsSnapshot
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 
 logger = logging.getLogger("candidate_service_throughput")
@@ -108,7 +110,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="requests per client at every level")
     parser.add_argument("--n", type=int, default=20, help="candidates per history")
     parser.add_argument("--batch-size", type=int, default=1, help="histories per request (RecommendBatch)")
-    parser.add_argument("--server-workers", type=int, default=16, help="server thread pool size")
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        default=8,
+        help="server threads that run the model (waiting calls hold none)",
+    )
     parser.add_argument(
         "--batch-delay-ms",
         type=float,
@@ -164,7 +171,7 @@ def _serve_in_child(args: argparse.Namespace, token: str, conn: Connection) -> N
     except BaseException as error:
         conn.send(("error", f"{type(error).__name__}: {error}"))
         raise
-    conn.send(("ready", running.port))
+    conn.send(("ready", running.port, os.getpid()))
     conn.recv()  # any message (or the parent closing the pipe) means stop
     running.stop(grace=1.0)
 
@@ -187,6 +194,7 @@ class ServerHandle:
                 batch_delay=batch_delay(args),
             )
             port = self._running.port
+            self.pid = os.getpid()
         else:
             # spawn, not fork: a forked child would inherit this process's gRPC state, which gRPC forbids.
             context = mp.get_context("spawn")
@@ -198,12 +206,23 @@ class ServerHandle:
             if not self._conn.poll(SERVER_START_TIMEOUT):
                 self.stop()
                 raise SystemExit(f"the candidate service did not start within {SERVER_START_TIMEOUT:.0f} s")
-            status, value = self._conn.recv()
+            status, value, *pid = self._conn.recv()
             if status != "ready":
                 self.stop()
                 raise SystemExit(f"the candidate service failed to start: {value}")
-            port = int(value)
+            port, self.pid = int(value), int(pid[0])
         self.target = f"127.0.0.1:{port}"
+
+    def peak_memory_mb(self) -> float | None:
+        """Peak resident memory of the server's process so far in MiB (Linux ``VmHWM``; None elsewhere)."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+        return None
 
     def stop(self) -> None:
         """Stop the service and, for a child process, wait for it to exit."""
@@ -323,6 +342,28 @@ def run_level(
     }
 
 
+def server_view(during: MetricsSnapshot, peak_mb: float | None) -> dict[str, Any]:
+    """What the server saw of one level: its own latency quantiles of the benchmark's rpc, the mean
+    micro-batch, and its peak memory so far."""
+    stats = during.stats("RecommendBatch")
+    p50, p99 = stats.quantile(0.5), stats.quantile(0.99)
+    batching = during.batching
+    return {
+        "calls": stats.calls,
+        "codes": stats.codes,
+        "p50_ms": None if p50 is None else round(1000 * p50, 2),
+        "p99_ms": None if p99 is None else round(1000 * p99, 2),
+        "mean_batch_histories": round(batching["rows"] / batching["batches"], 1)
+        if batching.get("batches")
+        else None,
+        "peak_memory_mb": _round(peak_mb),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def plot(levels: list[dict[str, Any]], path: Path, title: str) -> None:
     """Requests/s and p50/p99 latency against the number of concurrent clients."""
     clients = [level["clients"] for level in levels]
@@ -356,8 +397,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     server = ServerHandle(args, split, token)
     try:
-        with CandidateServiceClient(server.target, token=token, timeout=args.timeout) as probe:
-            info = probe.info()
+        probe = CandidateServiceClient(server.target, token=token, timeout=args.timeout)
+        health = probe.health()
+        if health != "SERVING":
+            raise SystemExit(f"the candidate service's health check says {health}, not SERVING")
+        info = probe.info()
+        memory_at_start = server.peak_memory_mb()
         if max(max(h) for h in split.test_histories()) > info.num_items:
             raise SystemExit(
                 f"the service knows {info.num_items} items but {args.dataset} uses ids up to "
@@ -377,17 +422,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         levels = []
         for clients in args.concurrency:
             logger.info("measuring %d concurrent clients x %d requests", clients, args.requests)
+            before = probe.metrics()
             level = run_level(server.target, token, clients, args.requests, batches, args.n, args.timeout)
+            level["server"] = server_view(probe.metrics().since(before), server.peak_memory_mb())
             logger.info(
-                "%d clients: %.1f requests/s, p50 %.2f ms, p99 %.2f ms, errors %s",
+                "%d clients: %.1f requests/s, p50 %.2f ms, p99 %.2f ms, errors %s; server: mean batch %s, "
+                "peak %s MiB",
                 clients,
                 level["requests_per_s"],
                 level["latency_ms"]["p50"],
                 level["latency_ms"]["p99"],
                 level["errors"] or "none",
+                level["server"]["mean_batch_histories"],
+                level["server"]["peak_memory_mb"],
             )
             levels.append(level)
     finally:
+        with contextlib.suppress(NameError):
+            probe.close()
         server.stop()
 
     payload = {
@@ -413,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(), "load_average_1min_before": round(load_before, 2)},
         "grpcio": grpc.__version__,
         "levels": levels,
+        "peak_memory_mb_server_process_at_start": _round(memory_at_start),
         "peak_memory_mb_client_process": round(peak_memory_mb(), 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -434,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "p99_ms": level["latency_ms"]["p99"],
                     "errors": sum(level["errors"].values()),
                     "contract_violations": level["contract_violations"],
+                    "server_peak_mb": level["server"]["peak_memory_mb"],
                 }
                 for level in levels
             ],

@@ -116,3 +116,44 @@ class PositionCandidatesForUsersReply(_message.Message):
     model_version: str
     request_id: str
     def __init__(self, users: _Optional[_Iterable[_Union[UserPositionCandidates, _Mapping]]] = ..., k: _Optional[int] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MethodMetrics(_message.Message):
+    __slots__ = ("method", "codes", "latency_counts", "latency_sum_seconds")
+    class CodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    codes: _containers.ScalarMap[str, int]
+    latency_counts: _containers.RepeatedScalarFieldContainer[int]
+    latency_sum_seconds: float
+    def __init__(self, method: _Optional[str] = ..., codes: _Optional[_Mapping[str, int]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., latency_sum_seconds: _Optional[float] = ...) -> None: ...
+
+class MetricsReply(_message.Message):
+    __slots__ = ("latency_bounds_seconds", "methods", "batches", "batched_requests", "batched_rows", "expired", "uptime_seconds")
+    LATENCY_BOUNDS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    latency_bounds_seconds: _containers.RepeatedScalarFieldContainer[float]
+    methods: _containers.RepeatedCompositeFieldContainer[MethodMetrics]
+    batches: int
+    batched_requests: int
+    batched_rows: int
+    expired: int
+    uptime_seconds: float
+    def __init__(self, latency_bounds_seconds: _Optional[_Iterable[float]] = ..., methods: _Optional[_Iterable[_Union[MethodMetrics, _Mapping]]] = ..., batches: _Optional[int] = ..., batched_requests: _Optional[int] = ..., batched_rows: _Optional[int] = ..., expired: _Optional[int] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...

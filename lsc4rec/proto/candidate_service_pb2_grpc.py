@@ -60,6 +60,11 @@ class CandidateServiceStub:
                 request_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersRequest.SerializeToString,
                 response_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersReply.FromString,
                 _registered_method=True)
+        self.Metrics = channel.unary_unary(
+                '/lsc4rec.candidate.v1.CandidateService/Metrics',
+                request_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.MetricsReply.FromString,
+                _registered_method=True)
 
 
 class CandidateServiceServicer:
@@ -103,6 +108,14 @@ class CandidateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Metrics(self, request, context):
+        """Per-method call counts by status code and latency histograms since the service started (never touches
+        the model). The standard grpc.health.v1.Health service runs beside this one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CandidateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +143,11 @@ def add_CandidateServiceServicer_to_server(servicer, server):
                     servicer.PositionCandidatesForUsers,
                     request_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersRequest.FromString,
                     response_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersReply.SerializeToString,
+            ),
+            'Metrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metrics,
+                    request_deserializer=lsc4rec_dot_proto_dot_candidate__service__pb2.MetricsRequest.FromString,
+                    response_serializer=lsc4rec_dot_proto_dot_candidate__service__pb2.MetricsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class CandidateService:
             '/lsc4rec.candidate.v1.CandidateService/PositionCandidatesForUsers',
             lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersRequest.SerializeToString,
             lsc4rec_dot_proto_dot_candidate__service__pb2.PositionCandidatesForUsersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lsc4rec.candidate.v1.CandidateService/Metrics',
+            lsc4rec_dot_proto_dot_candidate__service__pb2.MetricsRequest.SerializeToString,
+            lsc4rec_dot_proto_dot_candidate__service__pb2.MetricsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,8 +57,10 @@ class MicroBatcher:
         self.run_batch = run_batch
         self.max_batch, self.max_delay = int(max_batch), float(max_delay)
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=int(max_queue))
+        #: Calls of ``run_batch``, requests and histories they answered, requests dropped as expired.
         self.batches = 0
         self.requests = 0
+        self.rows = 0
         self.expired = 0
         self._thread = threading.Thread(target=self._loop, name="candidate-micro-batcher", daemon=True)
         self._thread.start()
@@ -133,6 +135,7 @@ class MicroBatcher:
             return
         self.batches += 1
         self.requests += len(group)
+        self.rows += len(result)
         start = 0
         for pending in group:
             stop = start + len(pending.histories)

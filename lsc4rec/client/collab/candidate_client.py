@@ -18,10 +18,12 @@ from typing import NoReturn, TypeVar
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
+from lsc4rec.proto.service_metrics import MetricsSnapshot, from_reply
 
 __all__ = ["CandidateServiceClient", "CandidateServiceError", "CandidateServiceInfo"]
 
@@ -30,6 +32,8 @@ __all__ = ["CandidateServiceClient", "CandidateServiceError", "CandidateServiceI
 _MAX_REPLY_BYTES = 64 << 20
 
 _Reply = TypeVar("_Reply")
+#: The candidate service's full gRPC name, as health checks name it.
+_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CandidateService"].full_name
 
 
 class CandidateServiceError(RuntimeError):
@@ -107,6 +111,7 @@ class CandidateServiceClient:
             credentials = grpc.ssl_channel_credentials(root_certificates=_pem_bytes(root_certificates))
             self._channel = grpc.secure_channel(address, credentials, options=options)
         self._stub = pb_grpc.CandidateServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
         self._info: CandidateServiceInfo | None = None
         self._info_lock = threading.Lock()
@@ -146,6 +151,18 @@ class CandidateServiceClient:
     def model_version(self) -> str:
         """The model behind the service, as of the last ``Info`` call."""
         return self.info().model_version
+
+    def metrics(self) -> MetricsSnapshot:
+        """The service's calls by method and status, latency histograms and micro-batching counters since
+        it started (one ``Metrics`` call)."""
+        return from_reply(self._call("Metrics", self._stub.Metrics, pb.MetricsRequest()))
+
+    def health(self, service: str = _SERVICE_NAME) -> str:
+        """The standard ``grpc.health.v1`` check's status for ``service`` (the candidate service by default,
+        ``""`` for the whole server): ``"SERVING"`` or ``"NOT_SERVING"``. Needs no token."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = self._call("Health/Check", self._health.Check, request)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # ------------------------------------------------------------------ recommending
     def recommend(self, histories: Sequence[Sequence[int]], n: int, request_id: str = "") -> CandidateList:
