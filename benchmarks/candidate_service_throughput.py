@@ -15,7 +15,8 @@ micro-batch sizes) and the server process's peak resident memory so far (Linux `
 
 Sources: ``popularity`` ranks items by their count in the training parts (add-one smoothed log-probability
 scores, history items excluded); ``llm`` loads a saved cloud LLM with
-``lsc4rec.models.llm.recommender.load_candidate_source(--llm-path)``.
+``lsc4rec.models.llm.recommender.load_candidate_source(--llm-path)``, served through ONNX Runtime
+(``--llm-runtime onnx``, as federated runs do by default) or PyTorch.
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--source", choices=["popularity", "llm"], default="popularity")
     parser.add_argument("--llm-path", type=Path, default=None, help="saved cloud LLM folder (--source llm)")
+    parser.add_argument(
+        "--llm-runtime",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="how the service runs the LLM (--source llm): its scoring pass in ONNX Runtime, or PyTorch",
+    )
     parser.add_argument("--dataset", default="beauty", help="dataset name (embedded: beauty)")
     parser.add_argument("--data-path", default=None, help="data file/folder for a non-embedded dataset")
     parser.add_argument("--max-history", type=int, default=50, help="popularity source's max_history")
@@ -152,7 +159,12 @@ def build_source(args: argparse.Namespace, split: LeaveOneOutSplit) -> Candidate
             "--source llm needs lsc4rec.models.llm.recommender.load_candidate_source(path), which could not "
             f"be imported: {error}"
         ) from error
-    return load_candidate_source(args.llm_path)
+    llm = load_candidate_source(args.llm_path)
+    if args.llm_runtime == "torch":
+        return llm
+    from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource
+
+    return OnnxCandidateSource(llm)
 
 
 def batch_delay(args: argparse.Namespace) -> float | None:
@@ -454,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "model_version": info.model_version,
             "server_workers": args.server_workers,
             "batch_delay_ms": args.batch_delay_ms,
+            "llm_runtime": args.llm_runtime if args.source == "llm" else None,
             "server_process": "in-process" if args.in_process else "separate process",
             "auth": "bearer token",
             "tls": False,

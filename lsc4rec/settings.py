@@ -190,6 +190,9 @@ class CollabSettings:
     service_root_certificates: str | None
     service_public_address: str | None
     service_timeout: float
+    service_runtime: str
+    service_batch_delay_ms: float | None
+    service_max_queue: int
     cloud_lag: int
     candidates: int
     candidate_pool: str
@@ -214,6 +217,17 @@ class CollabSettings:
             raise SettingsError(
                 f"collab.srm_training must be standard or collaborative, got {self.srm_training!r}"
             )
+        if self.service_runtime not in ("auto", "onnx", "torch"):
+            raise SettingsError(
+                f"collab.service_runtime must be auto, onnx or torch, got {self.service_runtime!r}"
+            )
+        if self.service_batch_delay_ms is not None and not self.service_batch_delay_ms >= 0:
+            raise SettingsError(
+                f"collab.service_batch_delay_ms must be >= 0 or null (no micro-batching), got "
+                f"{self.service_batch_delay_ms}"
+            )
+        if self.service_max_queue < 1:
+            raise SettingsError(f"collab.service_max_queue must be >= 1, got {self.service_max_queue}")
 
 
 @dataclass(frozen=True)
@@ -375,6 +389,10 @@ CENTRALIZED_IGNORES = {
 
 #: Keys and groups the request-curve (collaboration) experiment does not read.
 REQUEST_CURVE_IGNORES = {
+    **{
+        f"collab.service_{name}": "only federated runs serve the cloud LLM over gRPC"
+        for name in ("runtime", "batch_delay_ms", "max_queue")
+    },
     "federated": _FEDERATION,
     "strategy": _FEDERATION,
     "privacy": _FEDERATION,

@@ -65,6 +65,13 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     assert rows[0]["collaboration"]["fusion-alpha"] == 0.5 and len(fusion["alpha_on_arrivals"]) == 11
     best = max(fusion["alpha_on_arrivals"].values())
     assert fusion["alpha_on_arrivals"][f"{fusion['alpha']:g}"] == best
+    # The candidate service (ONNX Runtime, micro-batching) logged each round's calls: stale lists by user id,
+    # fresh lists at requests, per-position lists for training; none failed.
+    assert summary["collaboration"]["cloud"]["service_runtime"] == "onnx"
+    for row in rows:
+        service = row["collaboration"]["service"]
+        for method in ("RecommendForUsers", "RecommendBatch", "PositionCandidatesForUsers"):
+            assert service[method]["calls"] > 0 and service[method]["errors"] == 0, (method, service)
     # SOLID: the nodes' statistics moved the global codebook to a new version.
     assert summary["codebook"]["version"] >= 1 and rows[0]["codebook"]["codebook-updated"] == 1
     # MergeNet: the adapter rewrote the global model before each round and learned from the aggregate.

@@ -17,17 +17,19 @@ from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.replay import Replay
 from lsc4rec.data.staleness import cloud_view
+from lsc4rec.models.llm.candidates import CandidateSource
+from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
 from lsc4rec.models.solid.pipeline import llm_semantic_ids
 from lsc4rec.server.candidate_service import RunningService, TLSConfig, serve
-from lsc4rec.settings import CollabSettings, FederatedRunSettings
+from lsc4rec.settings import CollabSettings, FederatedRunSettings, SettingsError
 from lsc4rec.torch_device import resolve_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Cloud", "start_cloud"]
+__all__ = ["Cloud", "serving_source", "start_cloud"]
 
 
 @dataclass
@@ -103,13 +105,18 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
     llm.eval()
     report["device"] = str(llm.device)
     token = secrets.token_urlsafe(24)
+    model_version = f"{llm_cfg.name}-{run.data.name}"
+    source, report["service_runtime"] = serving_source(llm, run.collab.service_runtime, model_version)
+    delay = run.collab.service_batch_delay_ms
     service = serve(
-        llm,
+        source,
         run.collab.service_address,
         token=token,
         tls=service_tls(run.collab),
         max_n=max(run.collab.candidates, 100),
-        model_version=f"{llm_cfg.name}-{run.data.name}",
+        model_version=model_version,
+        batch_delay=None if delay is None else delay / 1000,
+        max_queue=run.collab.service_max_queue,
         user_histories=_round_view(split, replay, run.collab.cloud_lag, 1)
         if replay.enabled
         else view.stale_valid_prompts,
@@ -117,7 +124,11 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
     public = public_address(run.collab.service_public_address, service.target)
     report["service"] = {"bound": service.target, "public": public, "tls": service.tls}
     logger.info(
-        "cloud LLM serving candidates on %s (devices call %s, TLS %s)", service.target, public, service.tls
+        "cloud LLM serving candidates on %s (devices call %s, TLS %s, %s)",
+        service.target,
+        public,
+        service.tls,
+        report["service_runtime"],
     )
     return Cloud(
         llm=llm,
@@ -130,6 +141,22 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
         lag=view.lag,
         test_prompts=view.stale_test_prompts,
     )
+
+
+def serving_source(llm: CloudLLM, runtime: str, model_version: str) -> tuple[CandidateSource, str]:
+    """What the candidate service runs for ``collab.service_runtime`` (auto | onnx | torch), and its name.
+
+    ``auto`` picks ONNX Runtime when the LLM can be served that way, else the PyTorch model; ``onnx`` on an
+    LLM that cannot is a SettingsError naming the key and the reason.
+    """
+    problem = onnx_serving_problem(llm)
+    if runtime == "torch" or (runtime == "auto" and problem):
+        return llm, "torch"
+    if problem:
+        raise SettingsError(
+            f"collab.service_runtime=onnx: the cloud LLM cannot be served through ONNX: {problem}"
+        )
+    return OnnxCandidateSource(llm, model_version=model_version), "onnx"
 
 
 def _round_view(split: LeaveOneOutSplit, replay: Replay, lag: int, server_round: int) -> list[list[int]]:
