@@ -72,6 +72,8 @@ from lsc4rec.simulations.launch.flower import (
 CONNECTION = "secure-deployment"
 #: Seconds an unregistered SuperNode gets to be refused (it exits within seconds when auth works).
 REFUSAL_TIMEOUT = 60.0
+#: Seconds between the standalone candidate service's lines of call counts and latencies.
+METRICS_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -187,31 +189,40 @@ def candidate_token(path: Path) -> str:
     return token
 
 
-def start_candidate_service(args: argparse.Namespace, creds: Credentials, stack: ExitStack) -> dict[str, Any]:
-    """Serve the saved LLM over TLS with token auth until ``stack`` closes; return where it listens."""
+def start_candidate_service(
+    args: argparse.Namespace, creds: Credentials, stack: ExitStack
+) -> tuple[dict[str, Any], Any]:
+    """Serve the saved LLM over TLS with token auth until ``stack`` closes, as a federated run's ServerApp
+    does (ONNX Runtime where the LLM allows it, micro-batching); return where it listens, and the service."""
     # Imported here: torch and transformers are needed only when a candidate service is asked for.
     from lsc4rec.models.llm.recommender import load_candidate_source
     from lsc4rec.server.candidate_service import TLSConfig, serve
+    from lsc4rec.server.cloud import serving_source
 
     token_file = args.candidate_token_file.expanduser().resolve()
     token = candidate_token(token_file)
-    source = load_candidate_source(args.candidate_llm, device=args.candidate_device)
+    llm = load_candidate_source(args.candidate_llm, device=args.candidate_device)
+    version = f"llm:{Path(args.candidate_llm).name}"
+    source, runtime = serving_source(llm, "auto", version)
     service = serve(
         source,
         args.candidate_address,
         token=token,
         tls=TLSConfig(creds.candidate_certificate, creds.candidate_key),
-        model_version=f"llm:{Path(args.candidate_llm).name}",
+        model_version=version,
+        batch_delay=0.0,
     )
     stack.callback(service.stop, 1.0)
-    return {
+    info = {
         "target": service.target,
         "tls": True,
         "root_certificates": str(creds.ca_certificate),
         "token_file": str(token_file),
         "num_items": service.servicer.num_items,
         "max_history": service.servicer.max_history,
+        "runtime": runtime,
     }
+    return info, service
 
 
 class UnregisteredSuperNode:
@@ -312,7 +323,7 @@ def deploy(args: argparse.Namespace) -> dict[str, Any]:
         )
         if args.candidate_llm is not None:
             # Loaded while the SuperLink starts up (both take seconds).
-            result["candidate_service"] = start_candidate_service(args, creds, stack)
+            result["candidate_service"], _ = start_candidate_service(args, creds, stack)
             print("CANDIDATE-SERVICE " + json.dumps(result["candidate_service"]), flush=True)
         wait_for_port(port, superlink, workdir / "superlink.log")
         # Registration and start-up in parallel: each flwr / flower-supernode start costs seconds of imports.
@@ -385,14 +396,22 @@ def serve_candidates_only(args: argparse.Namespace) -> dict[str, Any]:
     """Only the candidate service (TLS + token), no Flower deployment, until Ctrl-C or SIGTERM."""
     creds = Credentials.load(args.credentials, 0)
     with ExitStack() as stack:
-        service = start_candidate_service(args, creds, stack)
+        service, running = start_candidate_service(args, creds, stack)
         print("CANDIDATE-SERVICE " + json.dumps(service), flush=True)
+        seen = running.metrics()
         try:
-            while True:
-                time.sleep(3600)
+            # One line a minute with the calls since the last one (health: grpc.health.v1 on the same port).
+            while not running.wait(METRICS_EVERY_S):
+                now = running.metrics()
+                calls = json.dumps(now.since(seen).summary())
+                print(
+                    f"candidate service, last {METRICS_EVERY_S:.0f} s: {calls}", file=sys.stderr, flush=True
+                )
+                seen = now
         except KeyboardInterrupt:
             pass
-    return {"candidate_service": service, "status": "stopped"}
+        totals = running.metrics().summary()
+    return {"candidate_service": service, "calls": totals, "status": "stopped"}
 
 
 def succeeded(result: dict[str, Any]) -> bool:
