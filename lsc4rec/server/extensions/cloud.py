@@ -104,7 +104,8 @@ class CloudCandidates(LoopExtension):
         )
 
     def summary(self, history: list[dict]) -> dict[str, Any]:
-        """The cloud's report and the devices' collaboration metrics of the last round."""
+        """The cloud's report, the candidate service's calls over the whole run and the devices'
+        collaboration metrics of the last round."""
         last = history[-1].get("client_evaluate", {}) if history else {}
         fusion = {}
         if self.fusion is not None:
@@ -112,6 +113,7 @@ class CloudCandidates(LoopExtension):
         return {
             **fusion,
             "cloud": self.cloud.report,
+            "service_calls": self.cloud.service.metrics().summary(),
             "last_round": {
                 k: v for k, v in last.items() if k.startswith(("client-collab", "request", "replay-"))
             },
