@@ -220,3 +220,31 @@ def test_evaluate_aggregation_is_example_weighted() -> None:
         ],
     )
     assert metrics is not None and metrics["client-NDCG@10"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("row_weighting", [False, True])
+def test_aggregating_many_replies_holds_no_decoded_copy_of_each(row_weighting: bool) -> None:
+    # 40 replies of a 4 MB table: the server holds what Flower delivered; aggregating adds a running sum
+    # and one decoded reply at a time (a decoded copy per reply would add 160 MB).
+    import tracemalloc
+
+    rows, dim, nodes = 8192, 128, 40
+    strategy = SRMStrategy(row_weighting=row_weighting)
+    global_arrays = ArrayRecord({"table": Array(np.zeros((rows, dim), dtype=np.float32))})
+    messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid(list(range(nodes)))))
+    replies = []
+    for index, message in enumerate(messages):
+        out = reply(message, ArrayRecord({"table": Array(np.full((rows, dim), index, dtype=np.float32))}))
+        if row_weighting:
+            out.content["row-counts"] = ArrayRecord({"table": Array(np.ones(rows, dtype=np.int64))})
+        replies.append(out)
+    tracemalloc.start()
+    try:
+        arrays, _ = strategy.aggregate_train(1, replies)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["table"].numpy(), (nodes - 1) / 2, rtol=1e-6)
+    table_mb = rows * dim * 4 / 2**20
+    assert peak / 2**20 < 10 * table_mb, f"aggregation peaked at {peak / 2**20:.0f} MiB"

@@ -6,19 +6,19 @@ Pure numpy, no Flower: the strategy feeds them the validated replies of one roun
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean")
 
 
-def _stack(updates: Sequence[dict[str, np.ndarray]], key: str) -> np.ndarray:
+def _stack(updates: Sequence[Mapping[str, np.ndarray]], key: str) -> np.ndarray:
     return np.stack([np.asarray(update[key], dtype=np.float64) for update in updates])
 
 
 def aggregate_arrays(
-    updates: Sequence[dict[str, np.ndarray]],
+    updates: Sequence[Mapping[str, np.ndarray]],
     weights: Sequence[float],
     rule: str = "fedavg",
     trim_fraction: float = 0.1,

@@ -15,8 +15,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -48,6 +49,41 @@ def _content_bytes(content: RecordDict) -> int:
 
 def _is_finite(array: np.ndarray) -> bool:
     return bool(np.isfinite(array).all()) if np.issubdtype(array.dtype, np.floating) else True
+
+
+class _ReplyArrays(Mapping[str, np.ndarray]):
+    """One reply's arrays as a read-only mapping that decodes an array each time it is read (no cache)."""
+
+    def __init__(self, record: ArrayRecord) -> None:
+        self._record = record
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._record[key].numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._record.keys())
+
+    def __len__(self) -> int:
+        return len(self._record)
+
+
+class _DecodedTables(Sequence[np.ndarray]):
+    """The same table of several replies, decoded one at a time as it is read."""
+
+    def __init__(self, updates: list[_ReplyArrays], key: str) -> None:
+        self._updates, self._key = updates, key
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [update[self._key] for update in self._updates[index]]
+        return self._updates[index][self._key]
+
+    def __len__(self) -> int:
+        return len(self._updates)
 
 
 class SRMStrategy(Strategy):
@@ -275,9 +311,9 @@ class SRMStrategy(Strategy):
                 self.min_train_replies,
             )
             return None, MetricRecord(metrics)
-        updates = [
-            {key: r.content.array_records[ARRAYS][key].numpy() for key in self._reference} for r in valid
-        ]
+        # Each reply's arrays are decoded when a rule reads them and dropped after: the server holds the
+        # replies Flower delivered and one running aggregate, not a second decoded copy of every update.
+        updates = [_ReplyArrays(r.content.array_records[ARRAYS]) for r in valid]
         weights = [float(r.content.metric_records[METRICS][NUM_EXAMPLES]) for r in valid]
         if self.uniform_weights:
             weights = [1.0] * len(valid)
@@ -290,7 +326,7 @@ class SRMStrategy(Strategy):
 
     @staticmethod
     def _weight_rows(
-        aggregate: dict[str, np.ndarray], valid: list[Message], updates: list[dict[str, np.ndarray]]
+        aggregate: dict[str, np.ndarray], valid: list[Message], updates: list[_ReplyArrays]
     ) -> None:
         """Replace, in place, the aggregate of every table all replies sent row counts for."""
         records = [r.content.array_records.get(ROW_COUNTS) for r in valid]
@@ -299,7 +335,7 @@ class SRMStrategy(Strategy):
         shared = set.intersection(*(set(record.keys()) for record in records))
         for key in sorted(shared):
             counts = [record[key].numpy() for record in records]
-            aggregate[key] = count_weighted_rows([u[key] for u in updates], counts, aggregate[key])
+            aggregate[key] = count_weighted_rows(_DecodedTables(updates, key), counts, aggregate[key])
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
