@@ -1,14 +1,19 @@
-"""Benchmark: federated round time, peak memory and bytes per node for 10, 50 and 100 simulated SuperNodes.
+"""Benchmark: federated round time, peak memory, traffic and validation for 10, 100 and 1,000 SuperNodes.
 
-    python benchmarks/federated_scaling.py                          # Beauty SASRec, 10/50/100 nodes, 2 rounds
-    python benchmarks/federated_scaling.py --nodes 10 50 --rounds 3 --extra model.hidden_size=64
+    python benchmarks/federated_scaling.py                           # 10 / 100 / 1,000 nodes, 100 sampled
+    python benchmarks/federated_scaling.py --nodes 10 100 --sampled 0 --rounds 3   # every node every round
+    python benchmarks/federated_scaling.py --extra model.hidden_size=64
 
 Each setting is a real ``flwr run`` on a local simulation SuperLink (Ray), so the numbers include Flower's
-transport and the actors, not only the algorithm. All users are spread over the nodes, so one round always
-trains one epoch of the whole dataset in total; what grows with the node count is per-node overhead and the
-traffic (every node downloads and uploads the full model). Peak memory is the largest summed resident set of
-this process and every process it started (SuperLink, simulation runtime, Ray workers), sampled from
-``/proc`` every 0.2 s (Linux). Writes ``outputs/benchmarks/federated_scaling.json`` + PNG, prints ``RESULT``.
+transport and the actors, not only the algorithm. All 22,363 Beauty users are spread over the nodes; each
+round samples ``--sampled`` nodes for training and for client evaluation (``strategy.fraction_train``,
+``federated.fraction_evaluate``; 0 = every node), so a round sends the model to as many nodes whatever their
+total, and each of them holds fewer users the more nodes there are. Reported per
+run: seconds per round, validation NDCG@10 after the last round (the server's full ranking of every user),
+training bytes per round (all sampled nodes), the ServerApp's peak memory and the peak of all processes (the
+largest summed resident set of this process and every process it started: SuperLink, ServerApp, simulation,
+Ray workers, sampled from ``/proc`` every 0.2 s, Linux). Writes ``outputs/benchmarks/federated_scaling.json``
++ PNG, prints ``RESULT``.
 """
 
 from __future__ import annotations
@@ -85,15 +90,19 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_one(nodes: int, rounds: int, extra: list[str], out: Path) -> dict:
-    """One ``flwr run`` with ``nodes`` SuperNodes; its per-round timings, traffic and peak memory."""
+def run_one(nodes: int, sampled: int, rounds: int, extra: list[str], out: Path) -> dict:
+    """One ``flwr run`` with ``nodes`` SuperNodes, ``sampled`` of them per round (0 = all); its per-round
+    timings, traffic, validation and peak memory."""
     name = f"scaling-{nodes}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fraction = 1.0 if sampled <= 0 else min(1.0, sampled / nodes)
     overrides = [
         "system=base",
         "federated.runtime=flower",
         f"federated.num_supernodes={nodes}",
         f"federated.rounds={rounds}",
         f"federated.min_available_nodes={nodes}",
+        f"strategy.fraction_train={fraction:g}",
+        f"federated.fraction_evaluate={fraction:g}",
         "train.progress=false",
         *extra,
     ]
@@ -105,14 +114,22 @@ def run_one(nodes: int, rounds: int, extra: list[str], out: Path) -> dict:
     metrics = json.loads((out / name / "metrics.json").read_text())
     rows = metrics["rounds"]
     round_seconds = [r["round_seconds"] for r in rows]
-    traffic = [(r["train"]["bytes-sent"] + r["train"]["bytes-received"]) / nodes for r in rows]
+    traffic = [
+        (r["train"]["bytes-sent"] + r["train"]["bytes-received"]) / max(r["train"]["nodes-sampled"], 1)
+        for r in rows
+    ]
     return {
         "nodes": nodes,
+        "sampled_per_round": rows[-1]["train"]["nodes-sampled"],
         "rounds": rounds,
         "users_per_node": round(metrics["dataset_report"]["users_evaluated"] / nodes, 1),
         "round_seconds": [round(s, 1) for s in round_seconds],
         "mean_round_seconds": round(sum(round_seconds) / len(round_seconds), 1),
         "train_bytes_per_round_per_node": round(sum(traffic) / len(traffic)),
+        "train_bytes_per_round": round(
+            sum(r["train"]["bytes-sent"] + r["train"]["bytes-received"] for r in rows) / len(rows)
+        ),
+        "valid_NDCG@10": [round(r["server_valid"]["NDCG@10"], 4) for r in rows if "server_valid" in r],
         "peak_memory_mb": round(memory.peak_mb, 1),
         "server_peak_memory_mb": metrics["peak_memory_mb"],
         "wall_seconds": round(wall, 1),
@@ -134,7 +151,10 @@ def plot(rows: list[dict], path: Path) -> None:
     right.set_xlabel("simulated SuperNodes")
     right.set_ylabel("peak memory, all processes (MiB)")
     right.grid(alpha=0.3)
-    fig.suptitle("Federated SASRec on Beauty: one epoch of all users per round")
+    sampled = rows[0]["sampled_per_round"] if rows else 0
+    fig.suptitle(
+        f"Federated SASRec on Beauty: {sampled} nodes sampled per round (fewer when there are fewer)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -146,14 +166,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 50, 100])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--sampled", type=int, default=100, help="nodes sampled per round (0 = every node)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--extra", nargs="*", default=[], help="further Hydra overrides")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
-    rows = [run_one(n, args.rounds, args.extra, args.out) for n in args.nodes]
+    rows = []
+    for nodes in args.nodes:
+        rows.append(run_one(nodes, args.sampled, args.rounds, args.extra, args.out))
+        logging.info("%s", {k: v for k, v in rows[-1].items() if k != "run_dir"})
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "federated_scaling.json", {"runs": rows, "extra_overrides": args.extra})
+    write_json(
+        args.out / "federated_scaling.json",
+        {"runs": rows, "sampled": args.sampled, "extra_overrides": args.extra},
+    )
     plot(rows, args.out / "federated_scaling.png")
     emit_result(
         {

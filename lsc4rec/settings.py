@@ -129,6 +129,8 @@ class FederatedSettings:
     runtime: str
     num_supernodes: int
     launch_timeout: float
+    #: ``host:port`` of a running Ray cluster the simulation joins (None: Flower starts Ray on this machine).
+    ray_address: str | None = None
     #: Each user's most recent training interactions that arrive during the run (0 = all known at round 1).
     replay_interactions: int = 0
 
@@ -152,6 +154,18 @@ class FederatedSettings:
                 raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")
         if self.runtime not in ("flower", "inprocess"):
             raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")
+        if self.ray_address is not None:
+            host, _, port = str(self.ray_address).rpartition(":")
+            if not host or not port.isdigit():
+                raise SettingsError(
+                    "federated.ray_address must be host:port of a Ray cluster's head (ray start --head), "
+                    f"got {self.ray_address!r}"
+                )
+            if self.runtime != "flower":
+                raise SettingsError(
+                    "federated.ray_address: only federated.runtime=flower runs on Ray (inprocess runs the "
+                    "handlers in this process)"
+                )
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ def launch(run: FederatedRunSettings, overrides: list[str], out: Path) -> dict:
         {"overrides": " ".join(pinned), "output-dir": str(out.parent)},
         run.federated.num_supernodes,
         timeout=run.federated.launch_timeout,
+        ray_address=run.federated.ray_address,
     )
     metrics_path = out / "metrics.json"
     if not run.ok:

@@ -216,10 +216,20 @@ def flwr_run(
     num_supernodes: int,
     timeout: float,
     flwr_home: Path | None = None,
+    ray_address: str | None = None,
 ) -> FlowerRun:
-    """``flwr run`` the app in ``app_dir`` on a private simulation SuperLink; return its final status."""
+    """``flwr run`` the app in ``app_dir`` on a private simulation SuperLink; return its final status.
+
+    ``ray_address`` (``host:port``) makes the simulation join that running Ray cluster (Flower's Ray backend
+    calls ``ray.init()``, which connects to ``RAY_ADDRESS``) instead of starting Ray on this machine.
+    """
     home = flwr_home or Path(tempfile.mkdtemp(prefix="lsc4rec-flwr-"))
     env = flower_env(home)
+    if ray_address is not None:
+        env["RAY_ADDRESS"] = ray_address
+    else:
+        # A RAY_ADDRESS left in the shell would silently send the run to some cluster: only the key decides.
+        env.pop("RAY_ADDRESS", None)
     with simulation_superlink(home, env) as connection:
         return submit_and_wait(
             app_dir,
