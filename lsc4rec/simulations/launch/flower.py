@@ -225,11 +225,9 @@ def flwr_run(
     """
     home = flwr_home or Path(tempfile.mkdtemp(prefix="lsc4rec-flwr-"))
     env = flower_env(home)
-    if ray_address is not None:
-        env["RAY_ADDRESS"] = ray_address
-    else:
-        # A RAY_ADDRESS left in the shell would silently send the run to some cluster: only the key decides.
-        env.pop("RAY_ADDRESS", None)
+    # Only the key decides where Ray runs: without it, ray.init() would join a RAY_ADDRESS left in the shell
+    # or any cluster `ray start` recorded on this machine; "local" makes it start its own.
+    env["RAY_ADDRESS"] = ray_address or "local"
     with simulation_superlink(home, env) as connection:
         return submit_and_wait(
             app_dir,
