@@ -133,3 +133,30 @@ def test_a_streamed_command_past_its_time_is_killed() -> None:
         lambda line: False,
     )
     assert not finished and output == "waiting\n"
+
+
+@pytest.mark.parametrize(("ray_address", "expected"), [(None, "local"), ("10.1.2.3:6379", "10.1.2.3:6379")])
+def test_the_simulation_joins_a_ray_cluster_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ray_address: str | None, expected: str
+) -> None:
+    # Flower's Ray backend calls ray.init(), which joins RAY_ADDRESS, or else any cluster `ray start` left on
+    # the machine: the launcher always says which ("local" = start its own).
+    from contextlib import contextmanager
+
+    from lsc4rec.simulations.launch import flower
+
+    seen: dict[str, dict[str, str]] = {}
+
+    @contextmanager
+    def fake_superlink(home: Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
+        seen["superlink"] = env
+        yield "lsc4rec"
+
+    def fake_submit(app_dir, connection, env, timeout, extra):  # type: ignore[no-untyped-def]
+        return flower.FlowerRun(1, "finished:completed", "")
+
+    monkeypatch.setenv("RAY_ADDRESS", "left.over.cluster:6379")
+    monkeypatch.setattr(flower, "simulation_superlink", fake_superlink)
+    monkeypatch.setattr(flower, "submit_and_wait", fake_submit)
+    assert flower.flwr_run(REPO, {}, 2, timeout=1.0, flwr_home=tmp_path, ray_address=ray_address).ok
+    assert seen["superlink"]["RAY_ADDRESS"] == expected

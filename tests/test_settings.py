@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
         ["system=base", "model=solid", "strategy=fedadam"],
         ["system=base", "strategy=trimmed_mean", "privacy.mode=central", "privacy.noise_multiplier=0.5"],
         ["system=base", "collab.enabled=true", "mergenet.every_rounds=2"],
+        ["system=cross_device"],
+        ["system=base", "federated.ray_address=10.0.0.5:6379"],
     ],
 )
 def test_every_variant_types_cleanly(overrides: list[str]) -> None:
@@ -61,6 +63,10 @@ def test_every_variant_types_cleanly(overrides: list[str]) -> None:
         ("federated.checkpoint=maybe", r"federated\.checkpoint must be true or false"),
         ("+federated.nosuchkey=1", r"unknown key federated\.nosuchkey"),
         ("+nosuchgroup=1", r"unknown key nosuchgroup"),
+        ("collab.service_runtime=tensorrt", r"collab\.service_runtime must be auto, onnx or torch"),
+        ("collab.service_batch_delay_ms=-1", r"collab\.service_batch_delay_ms must be >= 0 or null"),
+        ("collab.service_max_queue=0", r"collab\.service_max_queue must be >= 1"),
+        ("federated.ray_address=head-without-port", r"federated\.ray_address must be host:port"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override: str, message: str) -> None:
@@ -169,3 +175,10 @@ def test_entry_points_refuse_keys_they_do_not_read(
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1"},
     )
     assert done.returncode != 0 and re.search(named, done.stderr), done.stderr[-2000:]
+
+
+def test_ray_address_needs_the_flower_runtime() -> None:
+    with pytest.raises(SettingsError, match=r"federated\.ray_address: only federated\.runtime=flower"):
+        federated_settings_from_overrides(
+            ["federated.runtime=inprocess", "federated.ray_address=127.0.0.1:6379"]
+        )
