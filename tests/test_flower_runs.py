@@ -160,3 +160,74 @@ def test_the_simulation_joins_a_ray_cluster_only_when_asked(
     monkeypatch.setattr(flower, "submit_and_wait", fake_submit)
     assert flower.flwr_run(REPO, {}, 2, timeout=1.0, flwr_home=tmp_path, ray_address=ray_address).ok
     assert seen["superlink"]["RAY_ADDRESS"] == expected
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped has stopped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stopping_reaches_descendants_that_left_the_process_group(tmp_path: Path) -> None:
+    # As flwr-simulation and Ray do: a grandchild in a session of its own. Stopping the group would miss it.
+    import time
+
+    from lsc4rec.simulations.launch.flower import descendants, stop_processes
+
+    pid_file = tmp_path / "grandchild.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+            "start_new_session=True)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(600)\n",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the grandchild did not start"
+            time.sleep(0.05)
+        grandchild = int(pid_file.read_text())
+        family = descendants(parent.pid)
+        assert grandchild in family
+        stop_processes([parent.pid, *family], grace=5.0)
+        parent.wait(timeout=10)
+        assert not running(grandchild)
+    finally:
+        parent.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_its_superlink(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script = (
+        "import sys, time, pathlib\n"
+        "from lsc4rec.simulations.launch.flower import flower_env, simulation_superlink\n"
+        "home = pathlib.Path(sys.argv[1])\n"
+        "with simulation_superlink(home, flower_env(home)):\n"
+        "    print('READY', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "flwr")], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert launcher.stdout is not None and launcher.stdout.readline().strip() == "READY"
+    from lsc4rec.simulations.launch.flower import descendants
+
+    family = descendants(launcher.pid)
+    assert family, "the SuperLink did not start"
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in family if running(pid)]
+    assert not left, f"processes left running after SIGTERM: {left}"

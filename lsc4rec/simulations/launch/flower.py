@@ -121,16 +121,85 @@ def simulation_superlink(flwr_home: Path, env: dict[str, str]) -> Iterator[str]:
             start_new_session=True,
         )
     try:
-        wait_for_port(port, process, log_path)
-        yield "lsc4rec"
+        with _terminate_as_exit():
+            wait_for_port(port, process, log_path)
+            yield "lsc4rec"
     finally:
-        # The SuperLink's children (SuperExec, simulation, Ray) share its session: stop the whole group.
+        # Listed before anything dies (an orphan is re-parented and lost): the simulation process and Ray
+        # leave the SuperLink's process group, so stopping the group alone would leave them running.
+        family = descendants(process.pid)
         try:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+        stop_processes(family)
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit inside the block (main thread only), so cleanup in ``finally`` runs: by
+    default Python dies on SIGTERM without unwinding, leaving a SuperLink and its simulation behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def descendants(root: int) -> list[int]:
+    """Pids of every living descendant of ``root`` (children first), read from ``/proc`` (Linux; [] else)."""
+    children: dict[int, list[int]] = {}
+    with suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # exited while listing
+            # The command name may hold spaces and parentheses; the parent pid follows the last ")".
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, stack = [], list(children.get(root, []))
+    while stack:
+        pid = stack.pop(0)
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def stop_processes(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM every pid still alive, then SIGKILL those still alive after ``grace`` seconds."""
+    for pid in pids:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        if alive:
+            time.sleep(0.2)
+    for pid in alive:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
