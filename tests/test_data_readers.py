@@ -19,6 +19,7 @@ from lsc4rec.data import (
     detect_format,
     embedded_attributes_path,
     embedded_path,
+    leave_one_out,
     load_dataset,
     load_raw,
     read_item_attributes,
@@ -72,6 +73,58 @@ def test_sequence_file_errors_name_file_line_and_value(
     path = write_text("Beauty.txt", text)
     with pytest.raises(DataFormatError, match=where(path, line) + " " + re.escape(message)):
         read_sequence_file(path)
+
+
+@pytest.mark.parametrize("suffix", ["seq.txt", "pairs.txt", "ml/u.data"])
+def test_a_byte_order_mark_is_not_content(tmp_path: Path, suffix: str) -> None:
+    # Spreadsheet exports start with a UTF-8 BOM: the file reads exactly as without it.
+    text = {
+        "seq.txt": "1 5 6 7\n2 6 5 6\n3 5 7 6\n",
+        "pairs.txt": "1 5\n1 6\n2 6\n2 5\n3 5\n3 7\n",
+        "ml/u.data": "1\t5\t4\t100\n1\t6\t3\t101\n2\t6\t5\t102\n2\t5\t5\t103\n",
+    }[suffix]
+    plain, marked = tmp_path / "plain" / suffix, tmp_path / "marked" / suffix
+    for path, data in ((plain, text.encode()), (marked, b"\xef\xbb\xbf" + text.encode())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    source = (lambda p: p.parent) if suffix.startswith("ml/") else (lambda p: p)
+    with_bom, without = load_raw(source(marked)), load_raw(source(plain))
+    assert with_bom.user_ids == without.user_ids and with_bom.sequences == without.sequences
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "seq.txt",
+            "1 5 6\n2 12345678901234567890 5\n",
+            "item id 12345678901234567890 does not fit in 64 bits",
+        ),
+        (
+            "seq.txt",
+            "1 5 6\n-99999999999999999999 5 6\n",
+            "user id -99999999999999999999 does not fit in 64 bits",
+        ),
+        (
+            "pairs.txt",
+            "1 5\n2 18446744073709551616\n",
+            "item id 18446744073709551616 does not fit in 64 bits",
+        ),
+        ("ml/u.data", "1\t5\t4\t100\n99999999999999999999\t6\t3\t101\n", "user id 99999999999999999999"),
+    ],
+)
+def test_ids_beyond_64_bits_are_refused_at_their_line(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    with pytest.raises(DataFormatError, match=where(path, 2) + " " + re.escape(message)):
+        load_raw(path.parent if name.startswith("ml/") else path)
+    # The largest 64-bit id is an id like any other, through the split.
+    fine = tmp_path / "fine.txt"
+    fine.write_text(f"1 5 {2**63 - 1} 6\n2 6 5 {2**63 - 1}\n")
+    assert leave_one_out(load_dataset("fine", str(fine))).num_items == 3
 
 
 def test_sequence_file_empty_is_an_error(write_text: Writer) -> None:

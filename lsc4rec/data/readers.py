@@ -93,11 +93,21 @@ def _require_file(path: str | PathLike[str], expected: str) -> Path:
     return p
 
 
+#: A UTF-8 byte-order mark (spreadsheet exports start with one) as a UTF-8 and as a Latin-1 reader sees it.
+_BOMS = ("\ufeff", "\xef\xbb\xbf")
+#: Raw ids are stored as signed 64-bit integers; a larger one is refused at the line that holds it.
+_ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
+
+
 def _nonblank_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """Yield ``(1-based line number, line)`` for every non-blank line of ``path``."""
+    """Yield ``(1-based line number, line)`` for every non-blank line of ``path`` (a leading byte-order mark
+    is dropped: it is an encoding marker, not content)."""
     # errors="replace": a stray byte then surfaces as a 'not an integer' error on its line, not UnicodeError.
     with path.open("r", encoding=encoding, errors="replace") as handle:
         for lineno, line in enumerate(handle, start=1):
+            if lineno == 1:
+                for bom in _BOMS:
+                    line = line.removeprefix(bom)
             if line.strip():
                 yield lineno, line
 
@@ -106,7 +116,15 @@ def _to_int(token: str, path: Path, lineno: int, what: str) -> int:
     """Parse one integer field or raise a DataFormatError naming the field and its value."""
     if _INT_TOKEN.fullmatch(token) is None:
         raise DataFormatError(path, f"{what} {token!r} is not an integer", lineno)
-    return int(token)
+    value = int(token)
+    if not _ID_MIN <= value <= _ID_MAX:
+        raise DataFormatError(
+            path,
+            f"{what} {token} does not fit in 64 bits (ids must lie in -2^63 .. 2^63-1); remap the ids, e.g. "
+            "to 1..N",
+            lineno,
+        )
+    return value
 
 
 def _to_number(token: str, path: Path, lineno: int, what: str) -> float:
@@ -120,8 +138,11 @@ def _to_number(token: str, path: Path, lineno: int, what: str) -> float:
 def _int_fields(line: str, path: Path, lineno: int) -> list[int]:
     """Split a whitespace-separated line of ids: field 1 is the user id, the rest are item ids."""
     if _INT_LINE.fullmatch(line) is not None:
-        # Fast path: the regex has vetted every token, so int() cannot fail or accept odd spellings.
-        return [int(tok) for tok in line.split()]
+        # Fast path: the regex has vetted every token, so int() cannot fail or accept odd spellings; only the
+        # range is left to check (the slow path below names the offending field).
+        values = [int(tok) for tok in line.split()]
+        if min(values) >= _ID_MIN and max(values) <= _ID_MAX:
+            return values
     tokens = line.split()
     return [_to_int(tok, path, lineno, "user id" if i == 0 else "item id") for i, tok in enumerate(tokens)]
 
@@ -299,8 +320,12 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
     for lineno, line in _nonblank_lines(ratings, encoding="latin-1"):
         match = fast.fullmatch(line)
         if match is not None:
-            # Fast path: one C-level regex vets all four fields, so the conversions below cannot fail.
+            # Fast path: one C-level regex vets all four fields, so the conversions below cannot fail; an id
+            # outside 64 bits goes to _to_int, which refuses it naming the field.
             user, item = int(match[1]), int(match[2])
+            if not (_ID_MIN <= user <= _ID_MAX and _ID_MIN <= item <= _ID_MAX):
+                _to_int(match[1], ratings, lineno, "user id")
+                _to_int(match[2], ratings, lineno, "item id")
             rating, timestamp = float(match[3]), float(match[4])
         else:
             user, item, rating, timestamp = _diagnose_rating_line(line, separator, ratings, lineno, layout)
