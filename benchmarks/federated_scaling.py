@@ -35,35 +35,18 @@ import matplotlib.pyplot as plt
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.federated import launch
+from lsc4rec.simulations.launch.flower import descendants
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids for every process visible in /proc."""
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces; the parent pid is the 2nd field after the closing parenthesis.
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(parent, []).append(int(entry))
-    return tree
-
-
 def tree_rss_mb(root: int) -> float:
     """Summed resident memory (MiB) of ``root`` and all its descendants."""
-    tree, total, stack = _children(), 0, [root]
-    while stack:
-        pid = stack.pop()
+    total = 0
+    for pid in [root, *descendants(root)]:
         # A process may exit between listing and reading: it then no longer holds memory.
         with contextlib.suppress(OSError, IndexError, ValueError):
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
-        stack.extend(tree.get(pid, []))
     return total / 1024
 
 

@@ -76,8 +76,9 @@ class _ItemScoring(nn.Module):
 class OnnxCandidateSource:
     """A :class:`~lsc4rec.models.llm.candidates.CandidateSource`: a CloudLLM's lists from ONNX Runtime.
 
-    Holds the LLM too (``position_candidates`` and the service's checks read it); ``model_version`` and
-    ``batch_size`` are the LLM's. ``threads`` is ONNX Runtime's intra-op thread count (default: PyTorch's).
+    Holds the LLM too (``position_candidates`` and the service's checks read it); ``batch_size`` is the LLM's.
+    ``threads`` is ONNX Runtime's intra-op thread count (default: PyTorch's). The export is a snapshot of the
+    weights: build a new source after the LLM changes.
     """
 
     def __init__(self, llm: CloudLLM, threads: int | None = None, model_version: str | None = None) -> None:
