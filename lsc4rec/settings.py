@@ -192,6 +192,11 @@ class StrategySettings:
     server_optimizer: ServerOptimizerSettings
     row_weighting: bool
 
+    def __post_init__(self) -> None:
+        # Checked here too, not only by the strategy in the ServerApp: a bad value stops the run at once.
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise SettingsError(f"strategy.fraction_train must be in (0, 1], got {self.fraction_train}")
+
 
 @dataclass(frozen=True)
 class CollabSettings:

@@ -112,6 +112,12 @@ def _item_id(record: Mapping, path: Path, lineno: int) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise DataFormatError(path, f"field 'item_id': expected an integer, got {value!r}", lineno)
+    if not -(2**63) <= value <= 2**63 - 1:
+        raise DataFormatError(
+            path,
+            f"field 'item_id': item_id {value} does not fit in 64 bits (ids must lie in -2^63 .. 2^63-1)",
+            lineno,
+        )
     return value
 
 

@@ -115,7 +115,7 @@ def _nonblank_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, 
 def _to_int(token: str, path: Path, lineno: int, what: str) -> int:
     """Parse one integer field or raise a DataFormatError naming the field and its value."""
     if _INT_TOKEN.fullmatch(token) is None:
-        raise DataFormatError(path, f"{what} {token!r} is not an integer", lineno)
+        raise DataFormatError(path, f"{what} {_quoted(token)} is not an integer", lineno)
     value = int(token)
     if not _ID_MIN <= value <= _ID_MAX:
         raise DataFormatError(
@@ -127,12 +127,19 @@ def _to_int(token: str, path: Path, lineno: int, what: str) -> int:
     return value
 
 
+def _quoted(token: str, limit: int = 40) -> str:
+    """``token`` quoted for a message, cut to ``limit`` characters (a hostile line may hold megabytes)."""
+    if len(token) <= limit:
+        return repr(token)
+    return f"{token[:limit]!r}... ({len(token)} characters)"
+
+
 def _to_number(token: str, path: Path, lineno: int, what: str) -> float:
     """Parse a rating/timestamp field (int or float) or raise a DataFormatError naming it."""
     try:
         return float(token)
     except ValueError:
-        raise DataFormatError(path, f"{what} {token!r} is not a number", lineno) from None
+        raise DataFormatError(path, f"{what} {_quoted(token)} is not a number", lineno) from None
 
 
 def _int_fields(line: str, path: Path, lineno: int) -> list[int]:
