@@ -46,16 +46,28 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
     body = buffer.getvalue()
-    digest = hashlib.sha256(body).hexdigest().encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    data = _MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            handle.write(_MAGIC + digest + b"\n" + body)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        # Disk full, quota, file-size limit, read-only folder: the rename never happened, so the previous
+        # checkpoint (if any) is untouched; say which file and why instead of a bare errno.
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        reason = error.strerror or str(error)
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({reason}, {len(data)} bytes); "
+            "the previous checkpoint is unchanged"
+        ) from error
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
