@@ -357,17 +357,13 @@ def run_level(
 def server_view(during: MetricsSnapshot, peak_mb: float | None) -> dict[str, Any]:
     """What the server saw of one level: its own latency quantiles of the benchmark's rpc, the mean
     micro-batch, and its peak memory so far."""
-    stats = during.stats("RecommendBatch")
-    p50, p99 = stats.quantile(0.5), stats.quantile(0.99)
-    batching = during.batching
+    stats = during.stats("RecommendBatch").summary()
     return {
-        "calls": stats.calls,
-        "codes": stats.codes,
-        "p50_ms": None if p50 is None else round(1000 * p50, 2),
-        "p99_ms": None if p99 is None else round(1000 * p99, 2),
-        "mean_batch_histories": round(batching["rows"] / batching["batches"], 1)
-        if batching.get("batches")
-        else None,
+        "calls": stats["calls"],
+        "codes": stats["codes"],
+        "p50_ms": stats["p50_ms"],
+        "p99_ms": stats["p99_ms"],
+        "mean_batch_histories": during.summary().get("batching", {}).get("mean_rows"),
         "peak_memory_mb": _round(peak_mb),
     }
 

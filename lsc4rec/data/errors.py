@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from os import PathLike
 
+#: Raw ids are stored as signed 64-bit integers (the id maps are int64 arrays); readers refuse any other.
+RAW_ID_MIN, RAW_ID_MAX = -(2**63), 2**63 - 1
+
+
+def id_range_problem(value: int, what: str) -> str | None:
+    """Why raw id ``value`` (``what``: e.g. ``item id``) cannot be stored, or None when it fits in 64 bits."""
+    if RAW_ID_MIN <= value <= RAW_ID_MAX:
+        return None
+    return f"{what} {value} does not fit in 64 bits (ids must lie in -2^63 .. 2^63-1)"
+
 
 class DataFormatError(ValueError):
     """A data file exists but its content is malformed.

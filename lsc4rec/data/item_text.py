@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from lsc4rec.data.errors import DataFileNotFoundError, DataFormatError
+from lsc4rec.data.errors import DataFileNotFoundError, DataFormatError, id_range_problem
 
 __all__ = [
     "DEFAULT_TEXT_FIELDS",
@@ -112,12 +112,9 @@ def _item_id(record: Mapping, path: Path, lineno: int) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise DataFormatError(path, f"field 'item_id': expected an integer, got {value!r}", lineno)
-    if not -(2**63) <= value <= 2**63 - 1:
-        raise DataFormatError(
-            path,
-            f"field 'item_id': item_id {value} does not fit in 64 bits (ids must lie in -2^63 .. 2^63-1)",
-            lineno,
-        )
+    problem = id_range_problem(value, "item_id")
+    if problem:
+        raise DataFormatError(path, f"field 'item_id': {problem}", lineno)
     return value
 
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-from lsc4rec.data.errors import DataFileNotFoundError, DataFormatError
+from lsc4rec.data.errors import (
+    RAW_ID_MAX,
+    RAW_ID_MIN,
+    DataFileNotFoundError,
+    DataFormatError,
+    id_range_problem,
+)
 from lsc4rec.data.item_text import ItemText, check_text_items, item_text_from_titles, read_item_text
 
 logger = logging.getLogger(__name__)
@@ -95,8 +101,6 @@ def _require_file(path: str | PathLike[str], expected: str) -> Path:
 
 #: A UTF-8 byte-order mark (spreadsheet exports start with one) as a UTF-8 and as a Latin-1 reader sees it.
 _BOMS = ("\ufeff", "\xef\xbb\xbf")
-#: Raw ids are stored as signed 64-bit integers; a larger one is refused at the line that holds it.
-_ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
 
 
 def _nonblank_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -117,13 +121,9 @@ def _to_int(token: str, path: Path, lineno: int, what: str) -> int:
     if _INT_TOKEN.fullmatch(token) is None:
         raise DataFormatError(path, f"{what} {_quoted(token)} is not an integer", lineno)
     value = int(token)
-    if not _ID_MIN <= value <= _ID_MAX:
-        raise DataFormatError(
-            path,
-            f"{what} {token} does not fit in 64 bits (ids must lie in -2^63 .. 2^63-1); remap the ids, e.g. "
-            "to 1..N",
-            lineno,
-        )
+    problem = id_range_problem(value, what)
+    if problem:
+        raise DataFormatError(path, f"{problem}; remap the ids, e.g. to 1..N", lineno)
     return value
 
 
@@ -148,7 +148,7 @@ def _int_fields(line: str, path: Path, lineno: int) -> list[int]:
         # Fast path: the regex has vetted every token, so int() cannot fail or accept odd spellings; only the
         # range is left to check (the slow path below names the offending field).
         values = [int(tok) for tok in line.split()]
-        if min(values) >= _ID_MIN and max(values) <= _ID_MAX:
+        if min(values) >= RAW_ID_MIN and max(values) <= RAW_ID_MAX:
             return values
     tokens = line.split()
     return [_to_int(tok, path, lineno, "user id" if i == 0 else "item id") for i, tok in enumerate(tokens)]
@@ -330,7 +330,7 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
             # Fast path: one C-level regex vets all four fields, so the conversions below cannot fail; an id
             # outside 64 bits goes to _to_int, which refuses it naming the field.
             user, item = int(match[1]), int(match[2])
-            if not (_ID_MIN <= user <= _ID_MAX and _ID_MIN <= item <= _ID_MAX):
+            if not (RAW_ID_MIN <= user <= RAW_ID_MAX and RAW_ID_MIN <= item <= RAW_ID_MAX):
                 _to_int(match[1], ratings, lineno, "user id")
                 _to_int(match[2], ratings, lineno, "item id")
             rating, timestamp = float(match[3]), float(match[4])
