@@ -23,11 +23,12 @@ test phase the ``test-*`` rows of the final table).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
 
@@ -53,6 +54,7 @@ __all__ = [
     "CandidateService",
     "codebook_from_record",
     "codebook_record",
+    "replying_node",
     "statistics_from_record",
     "statistics_record",
 ]
@@ -154,3 +156,15 @@ def statistics_from_record(record: ArrayRecord, codebook: SemanticCodebook) -> C
         stats.sums[level] = torch.from_numpy(record[f"sums_{level}"].numpy()).to(torch.float64)
         stats.squares[level] = torch.from_numpy(record[f"squares_{level}"].numpy()).to(torch.float64)
     return stats
+
+
+def replying_node(reply: Message, sent: Sequence[Message]) -> int:
+    """The node ``reply`` answers for: the destination of the instruction in ``sent`` it replies to (the grid
+    sets message ids when it sends), else its sender. An error reply the SuperLink makes for a node that
+    stopped sending heartbeats names the SuperLink as its sender, not the node."""
+    replied_to = reply.metadata.reply_to_message_id
+    if replied_to:
+        for message in sent:
+            if message.metadata.message_id == replied_to:
+                return int(message.metadata.dst_node_id)
+    return int(reply.metadata.src_node_id)

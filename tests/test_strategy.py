@@ -248,3 +248,46 @@ def test_aggregating_many_replies_holds_no_decoded_copy_of_each(row_weighting: b
     np.testing.assert_allclose(arrays["table"].numpy(), (nodes - 1) / 2, rtol=1e-6)
     table_mb = rows * dim * 4 / 2**20
     assert peak / 2**20 < 10 * table_mb, f"aggregation peaked at {peak / 2**20:.0f} MiB"
+
+
+def _sent_through_a_grid(messages: list[Message]) -> None:
+    """Give each message the id a grid gives it when it sends it (its content digest)."""
+    for message in messages:
+        message.metadata.__dict__["_message_id"] = message.object_id
+
+
+def test_a_node_the_superlink_reports_offline_is_the_one_recorded_once() -> None:
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    global_arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    strategy = SRMStrategy(seed=0)
+    messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid([21, 22, 23])))
+    _sent_through_a_grid(messages)
+    update = ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))})
+    # Node 22 stopped sending heartbeats: the SuperLink answers for it, with its own id as the sender.
+    offline = create_message_error_unavailable_res_message(messages[1].metadata, "node_unavail")
+    assert offline.metadata.src_node_id != 22
+    _, metrics = strategy.aggregate_train(
+        1, [reply(messages[0], update), offline, reply(messages[2], update)]
+    )
+    assert metrics["valid-replies"] == 2 and metrics["failures"] == 1
+    assert [(f.node_id, f.stage) for f in strategy.failures] == [(22, "train")]
+    assert "heartbeat" in strategy.failures[0].reason or "unavailable" in strategy.failures[0].reason.lower()
+
+
+def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in() -> None:
+    global_arrays = ArrayRecord({"w": Array(np.zeros(1000, dtype=np.float32))})
+    results = []
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1], [3, 4, 1, 0, 2]):
+        strategy = SRMStrategy(seed=0)
+        messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid([1, 2, 3, 4, 5])))
+        values = np.random.default_rng(3).standard_normal((5, 1000)).astype(np.float32) * 1e3
+        replies = [
+            reply(m, ArrayRecord({"w": Array(v)}), 10.0 + i)
+            for i, (m, v) in enumerate(zip(messages, values, strict=True))
+        ]
+        arrays, _ = strategy.aggregate_train(1, [replies[i] for i in order])
+        assert arrays is not None
+        results.append(arrays["w"].numpy())
+    # Bit for bit: float sums in a different order would differ in the last bits.
+    assert all(np.array_equal(results[0], other) for other in results[1:])

@@ -28,6 +28,7 @@ from lsc4rec.messages import (
     CONFIG,
     METRICS,
     codebook_record,
+    replying_node,
     statistics_from_record,
 )
 from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
@@ -58,6 +59,8 @@ class CodebookSync:
         self.seed = int(seed)
         self.node_versions: dict[int, int] = {}
         self._record = codebook_record(codebook)
+        # The last messages stamped: an error reply is matched to the node its message went to.
+        self._sent: list[Message] = []
 
     @property
     def version(self) -> int:
@@ -67,6 +70,7 @@ class CodebookSync:
     def attach(self, messages: Iterable[Message]) -> dict[str, int]:
         """Stamp the version on every message; add the codebook for nodes without it. Returns byte counts."""
         sent = stale = 0
+        self._sent = list(messages)
         for message in messages:
             message.content[CONFIG][CODEBOOK_VERSION] = self.version
             if self.node_versions.get(message.metadata.dst_node_id) != self.version:
@@ -80,7 +84,7 @@ class CodebookSync:
         for reply in replies:
             if reply.has_error():
                 # A failed node may have lost its state (restart): send it the codebook again next time.
-                self.node_versions.pop(reply.metadata.src_node_id, None)
+                self.node_versions.pop(replying_node(reply, self._sent), None)
                 continue
             if METRICS not in reply.content.metric_records:
                 continue

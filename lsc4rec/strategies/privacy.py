@@ -176,7 +176,7 @@ class CentralDP(Strategy):
             if reply.has_error():
                 # Flower's DP wrappers skip the whole aggregation when any node errs (the noise is calibrated
                 # to the sampled node count); record who failed, as the SRM strategy would.
-                node = reply.metadata.src_node_id
+                node = self.inner.sender("train", reply)
                 reason = f"client error {reply.error.code}: {reply.error.reason} (round skipped: central DP)"
                 self.inner.failures.append(NodeFailure(server_round, "train", node, reason))
                 logger.warning("round %d train: node %d failed: %s", server_round, node, reason)

@@ -24,7 +24,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from lsc4rec.messages import ARRAYS, METRICS, NUM_EXAMPLES, PROXIMAL_MU, ROW_COUNTS, SERVER_ROUND
+from lsc4rec.messages import (
+    ARRAYS,
+    METRICS,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    ROW_COUNTS,
+    SERVER_ROUND,
+    replying_node,
+)
 from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays, count_weighted_rows
 from lsc4rec.strategies.privacy_metrics import is_privacy_stop, local_privacy_metrics
 from lsc4rec.strategies.server_optimizer import ServerOptimizer
@@ -136,6 +144,9 @@ class SRMStrategy(Strategy):
         self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
         self._global: dict[str, np.ndarray] = {}
         self._expected: dict[str, set[int]] = {"train": set(), "evaluate": set()}
+        # The round's instructions per stage: a reply is matched to the node its instruction went to (the
+        # SuperLink answers for a node that went offline, with its own id as the sender).
+        self._sent: dict[str, list[Message]] = {"train": [], "evaluate": []}
         self._bytes_sent: dict[str, int] = {"train": 0, "evaluate": 0}
 
     # ------------------------------------------------------------------ state for checkpoints
@@ -190,7 +201,13 @@ class SRMStrategy(Strategy):
             node_config[PROXIMAL_MU] = self.proximal_mu
             content = RecordDict({"arrays": arrays, "config": node_config})
             messages.append(Message(content, dst_node_id=node_id, message_type=message_type))
+        self._sent[stage] = messages
         return messages
+
+    def sender(self, stage: str, reply: Message) -> int:
+        """The node ``reply`` answers for among this round's ``stage`` instructions (see
+        :func:`~lsc4rec.messages.replying_node`)."""
+        return replying_node(reply, self._sent[stage])
 
     def _fail(self, server_round: int, stage: str, node_id: int, reason: str) -> None:
         failure = NodeFailure(server_round, stage, int(node_id), reason)
@@ -232,7 +249,7 @@ class SRMStrategy(Strategy):
     def _split_replies(self, server_round: int, stage: str, replies: Iterable[Message]) -> list[Message]:
         valid, seen = [], set()
         for reply in replies:
-            node_id = reply.metadata.src_node_id
+            node_id = self.sender(stage, reply)
             seen.add(node_id)
             reason = self._check_update(reply) if stage == "train" else self._check_metrics(reply)
             if reason is None:
@@ -241,7 +258,9 @@ class SRMStrategy(Strategy):
                 self._fail(server_round, stage, node_id, reason)
         for node_id in sorted(self._expected[stage] - seen):
             self._fail(server_round, stage, node_id, "no reply before the round timeout")
-        return valid
+        # Replies arrive in the order nodes finish; summing floats in that order would make the aggregate
+        # depend on timing. Sorted by content digest, equal updates aggregate to equal bits in any run.
+        return sorted(valid, key=lambda reply: reply.content.object_id)
 
     @staticmethod
     def _check_metrics(reply: Message) -> str | None:
@@ -285,9 +304,10 @@ class SRMStrategy(Strategy):
         # Nodes whose privacy budget is spent answer without training: neither an update nor a failure.
         stopped = [r for r in replies if is_privacy_stop(r)]
         for reply in stopped:
-            node = reply.metadata.src_node_id
-            logger.info("round %d: node %d has spent its privacy budget", server_round, node)
-        self._expected["train"] -= {r.metadata.src_node_id for r in stopped}
+            logger.info(
+                "round %d: node %d has spent its privacy budget", server_round, self.sender("train", reply)
+            )
+        self._expected["train"] -= {self.sender("train", r) for r in stopped}
         valid = self._split_replies(server_round, "train", [r for r in replies if not is_privacy_stop(r)])
         received = sum(_content_bytes(r.content) for r in replies if not r.has_error())
         metrics = self._weighted_metrics(valid)
