@@ -291,3 +291,18 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in() -> None:
         results.append(arrays["w"].numpy())
     # Bit for bit: float sums in a different order would differ in the last bits.
     assert all(np.array_equal(results[0], other) for other in results[1:])
+
+
+def test_a_metric_some_nodes_do_not_report_is_averaged_over_those_that_do() -> None:
+    global_arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    strategy = SRMStrategy(seed=0)
+    messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid([1, 2, 3])))
+    update = ArrayRecord({"w": Array(np.ones(2, dtype=np.float32))})
+    replies = [
+        reply(messages[0], update, 10.0, **{"rerank-loss": 2.0}),
+        reply(messages[1], update, 30.0, **{"rerank-loss": 4.0}),
+        reply(messages[2], update, 60.0, **{"rerank-skipped": 1.0}),  # the cloud was unreachable
+    ]
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["rerank-loss"] == pytest.approx((2.0 * 10 + 4.0 * 30) / 40)
+    assert metrics["rerank-skipped"] == pytest.approx(1.0) and metrics["num-examples"] == 100.0

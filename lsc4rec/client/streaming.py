@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsc4rec.client.collab.fallback import FallbackCloud, as_fallback
 from lsc4rec.client.collab.fusion import fuse_scores, rerank
 from lsc4rec.client.collab.inference import (
+    device_pool,
     device_top_items,
     drop_seen,
     request_score_table,
@@ -110,7 +112,7 @@ def serve_arrivals(
     max_len: int,
     ks: Sequence[int],
     exclude_history: bool = True,
-    cloud: CandidateSource | None = None,
+    cloud: CandidateSource | FallbackCloud | None = None,
     stale: CandidateList | None = None,
     settings: CollaborationSettings | None = None,
     generator: torch.Generator | None = None,
@@ -122,7 +124,9 @@ def serve_arrivals(
     it, in order. With ``cloud``, ``stale`` holds each device's list from the cloud's stale copy and
     ``settings`` how devices fuse and when they request. Returns HR/NDCG/MRR@K over all arrivals of the device
     alone (full ranking) and, with the cloud, of the cloud's list alone, of the fused list before and after
-    the step's requests, plus counts (arrivals, requests, streaming updates), bytes and seconds.
+    the step's requests, plus counts (arrivals, requests, requests the cloud left unanswered, streaming
+    updates), bytes and seconds. While the cloud is unreachable devices keep the lists they hold; a device
+    whose ``stale`` list is empty ranks with its own model until the cloud answers one of its requests.
     """
     if len(histories) != len(arrivals):
         raise ValueError(f"{len(histories)} histories but {len(arrivals)} arrival lists")
@@ -131,6 +135,7 @@ def serve_arrivals(
             "serving with the cloud needs the devices' stale lists and the collaboration settings"
         )
     start = time.perf_counter()
+    cloud = as_fallback(cloud) if cloud is not None else None
     model.eval()
     # Devices with the most arrivals first: the devices still active at step j are always a prefix.
     order = sorted(range(len(arrivals)), key=lambda u: -len(arrivals[u]))
@@ -144,7 +149,7 @@ def serve_arrivals(
         )
     device, alone, before, after = (RankingAccumulator(ks) for _ in range(4))
     grid = {float(alpha): RankingAccumulator((10,)) for alpha in alpha_grid}
-    requests, bytes_moved = 0, 0
+    requests, bytes_moved, failures = 0, 0, 0
     steps = max((len(a) for a in coming), default=0)
     for step in range(steps):
         active = sum(1 for a in coming if len(a) > step)
@@ -156,7 +161,7 @@ def serve_arrivals(
             assert settings is not None and cloud is not None and generator is not None
             lists.items, lists.scores = lists.items[:active], lists.scores[:active]
             catalogue = _catalogue(raw, seen, exclude_history)
-            sent, moved = _serve_step(
+            sent, moved, unanswered = _serve_step(
                 catalogue,
                 current[:active],
                 seen,
@@ -170,6 +175,7 @@ def serve_arrivals(
                 grid,
             )
             requests, bytes_moved = requests + sent, bytes_moved + moved
+            failures += unanswered
         for u in range(active):
             current[u].append(coming[u][step])
         scorer.absorb(target)
@@ -182,6 +188,7 @@ def serve_arrivals(
         for alpha, accumulator in grid.items():
             metrics[alpha_metric(alpha)] = accumulator.compute()["NDCG@10"]
         metrics["replay-requests"] = float(requests)
+        metrics["replay-request-failures"] = float(failures)
         metrics["replay-request-bytes"] = float(bytes_moved)
     metrics["replay-arrivals"] = float(arrived)
     metrics["streaming-updates"] = float(scorer.updates)
@@ -195,16 +202,16 @@ def _serve_step(
     seen: Tensor,
     target: Tensor,
     lists: _Lists,
-    cloud: CandidateSource,
+    cloud: FallbackCloud,
     settings: CollaborationSettings,
     max_len: int,
     generator: torch.Generator,
     accumulators: tuple[RankingAccumulator, RankingAccumulator, RankingAccumulator],
     grid: dict[float, RankingAccumulator],
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """One arrival step with the cloud: rank the held lists, request within the budget, rank again.
 
-    Updates ``lists`` in place with the fresh lists; returns ``(requests, bytes moved)``.
+    Updates ``lists`` in place with the fresh lists; returns ``(requests, bytes moved, requests unanswered)``.
     """
     alone, before, after = accumulators
     items = drop_seen(lists.items, seen) if settings.exclude_history else lists.items.clone()
@@ -224,26 +231,23 @@ def _serve_step(
             settings.k,
             catalogue,  # type: ignore[arg-type]
         )[settings.score]
-    pool = (
-        device_top_items(catalogue, settings.device_candidates)
-        if settings.candidate_pool == "union"
-        else None
-    )
+    # The device's own top items: for a union pool, and for devices holding no cloud list.
+    top = device_top_items(catalogue, settings.device_candidates)
 
     def ranked(items: Tensor, llm: Tensor, srm: Tensor, alpha: float = settings.alpha) -> Tensor:
-        if pool is not None:
-            items, llm, srm = union_candidates(items, llm, srm, *pool)
+        own = device_pool(items, top, settings.candidate_pool)
+        if own is not None:
+            items, llm, srm = union_candidates(items, llm, srm, *own)
         return list_ranks(rerank(items, fuse_scores(llm, srm, items, alpha, settings.normalization)), target)
 
     alone.add(list_ranks(rerank(items, llm_scores), target))
     before.add(ranked(items, llm_scores, srm_scores))
     requested = budget_mask(disagreement, settings, generator)
     moved = 0
-    if requested.any():
-        rows = requested.nonzero().squeeze(1).tolist()
-        uploads = [current[r][-cloud.max_history :] for r in rows]
-        fresh = cloud.recommend(uploads, settings.candidates)
-        moved = sum(8 * len(h) for h in uploads) + fresh.items.size * 12
+    rows = requested.nonzero().squeeze(1).tolist()
+    fresh = cloud.recommend([current[r] for r in rows], settings.candidates) if rows else None
+    if fresh is not None:
+        moved = sum(8 * min(len(current[r]), cloud.max_history) for r in rows) + fresh.items.size * 12
         index = torch.tensor(rows)
         fresh_items = torch.from_numpy(fresh.items).long()
         fresh_scores = torch.from_numpy(fresh.scores).float()
@@ -262,4 +266,5 @@ def _serve_step(
     # The same lists fused at every weight of the grid: the data the server chooses the weight on.
     for alpha, accumulator in grid.items():
         accumulator.add(ranked(items, llm_scores, srm_scores, alpha))
-    return int(requested.sum()), moved
+    # Unanswered requests (the cloud unreachable): those devices keep the lists they hold.
+    return len(rows), moved, len(rows) if rows and fresh is None else 0

@@ -273,7 +273,10 @@ class SRMStrategy(Strategy):
 
     @staticmethod
     def _weighted_metrics(replies: list[Message]) -> dict[str, float]:
+        """Example-weighted mean of each metric over the replies that report it (a node that skipped a
+        step, e.g. rerank training while the cloud was unreachable, does not count as a zero)."""
         totals: dict[str, float] = {}
+        weights: dict[str, float] = {}
         weight_sum = 0.0
         for reply in replies:
             metrics = reply.content.metric_records[METRICS]
@@ -282,7 +285,8 @@ class SRMStrategy(Strategy):
             for key, value in metrics.items():
                 if key != NUM_EXAMPLES and isinstance(value, int | float):
                     totals[key] = totals.get(key, 0.0) + weight * float(value)
-        out = {key: value / weight_sum for key, value in totals.items()} if weight_sum else {}
+                    weights[key] = weights.get(key, 0.0) + weight
+        out = {key: value / weights[key] for key, value in totals.items() if weights[key]}
         out[NUM_EXAMPLES] = weight_sum
         return out
 

@@ -104,7 +104,14 @@ class CandidateServiceClient:
         self.address = address
         self.timeout = float(timeout)
         self.tls = root_certificates is not None
-        options = [("grpc.max_receive_message_length", _MAX_REPLY_BYTES)]
+        options = [
+            ("grpc.max_receive_message_length", _MAX_REPLY_BYTES),
+            # A restarted service is found within seconds: gRPC's default reconnect backoff grows to 120 s,
+            # so a device would keep failing long after a long outage ended.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
         if root_certificates is None:
             self._channel = grpc.insecure_channel(address, options=options)
         else:

@@ -19,6 +19,7 @@ CANDIDATE_POOLS: tuple[str, ...] = ("llm", "union")
 
 __all__ = [
     "CANDIDATE_POOLS",
+    "device_pool",
     "device_top_items",
     "drop_seen",
     "request_score_table",
@@ -92,6 +93,19 @@ def device_top_items(catalogue: Tensor, n: int) -> tuple[Tensor, Tensor]:
     scores, items = catalogue.topk(min(n, catalogue.shape[1] - 1), dim=1)
     empty = scores == float("-inf")
     return items.masked_fill(empty, 0), scores
+
+
+def device_pool(items: Tensor, top: tuple[Tensor, Tensor], pool: str) -> tuple[Tensor, Tensor] | None:
+    """The device's own items ``top`` (:func:`device_top_items`) to add to its candidate ``items``: for every
+    row with ``pool="union"``; with ``pool="llm"`` only for rows holding no cloud item (the cloud was
+    unreachable), so such a device ranks with its own model; None when nothing is added."""
+    if pool == "union":
+        return top
+    empty = ~(items > 0).any(dim=1, keepdim=True)
+    if not bool(empty.any()):
+        return None
+    own, scores = top
+    return own.masked_fill(~empty, 0), scores.masked_fill(~empty, float("-inf"))
 
 
 def union_candidates(

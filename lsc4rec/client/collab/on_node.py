@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import torch
 from flwr.app import Context
 
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient
+from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
 from lsc4rec.client.collab.list_training import train_on_cloud_lists
 from lsc4rec.client.collab.request_model import LearnedRequestModel
 from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
@@ -86,8 +89,8 @@ def collaborate(
     strategy's device-weighted mean is the global rate).
     """
     settings = collaboration_settings(run, alpha)
-    with _client(run, service, root_certificates) as cloud:
-        stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
+    with _cloud(run, service, root_certificates) as cloud:
+        stale, without_list = _stale_lists(cloud, shard, settings.candidates)
         result = serve_devices(
             model,
             shard.valid_histories,
@@ -103,16 +106,38 @@ def collaborate(
     out.update(_rates(result, shard.num_devices, ""))
     out["list-bytes-per-device"] = _list_bytes_per_device(stale, shard.num_devices)
     out["mean-inconsistency"] = result["mean-inconsistency"]
+    out.update(_outage_rates(cloud, without_list, shard.num_devices))
     return out
 
 
-def _client(
+@contextmanager
+def _cloud(
     run: FederatedRunSettings, service: CandidateService, trust: Path | None
-) -> CandidateServiceClient:
-    """A candidate-service client for this node's devices."""
-    return CandidateServiceClient(
+) -> Iterator[FallbackCloud]:
+    """The candidate service as this node's devices use it: calls that fail while it is unreachable are
+    counted and answered by the devices themselves (:class:`FallbackCloud`)."""
+    with CandidateServiceClient(
         service.target, token=service.token, root_certificates=trust, timeout=run.collab.service_timeout
-    )
+    ) as client:
+        yield FallbackCloud(client)
+
+
+def _stale_lists(cloud: FallbackCloud, shard: DeviceShard, n: int) -> tuple[CandidateList, float]:
+    """The cloud's lists from its stale copy of each device's history, or empty lists (each device ranks
+    with its own model) when the cloud does not answer; also how many devices got none."""
+    stale = cloud.recommend_for_users(list(shard.users), n)
+    if stale is None:
+        return empty_lists(len(shard.users), n), float(len(shard.users))
+    return stale, 0.0
+
+
+def _outage_rates(cloud: FallbackCloud, without_list: float, devices: int) -> dict[str, float]:
+    """The round's unanswered cloud calls and devices that got no list from the cloud, per device."""
+    devices = max(devices, 1)
+    return {
+        "cloud-unanswered-calls-per-device": cloud.calls.unanswered / devices,
+        "devices-without-cloud-list-rate": without_list / devices,
+    }
 
 
 def _list_bytes_per_device(stale: CandidateList, devices: int) -> float:
@@ -159,8 +184,8 @@ def serve_round(
         )
     settings = collaboration_settings(run, alpha)
     grid = run.collab.alpha_grid if run.collab.alpha == "auto" else ()
-    with _client(run, service, root_certificates) as cloud:
-        stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
+    with _cloud(run, service, root_certificates) as cloud:
+        stale, without_list = _stale_lists(cloud, shard, settings.candidates)
         result = serve_arrivals(
             model,
             histories,
@@ -180,6 +205,7 @@ def serve_round(
     result["request-rate"] = result["replay-requests"] / arrived
     result["request-bytes-per-device"] = result["replay-request-bytes"] / max(shard.num_devices, 1)
     result["list-bytes-per-device"] = _list_bytes_per_device(stale, shard.num_devices)
+    result.update(_outage_rates(cloud, without_list, shard.num_devices))
     return _per_device(result, shard.num_devices)
 
 
@@ -207,8 +233,8 @@ def collaborate_at_test(
     settings = collaboration_settings(run, alpha)
     histories, targets = shard.test_histories, shard.test_targets
     out: dict[str, float] = {}
-    with _client(run, service, root_certificates) as cloud:
-        stale = cloud.recommend_for_users(list(shard.users), settings.candidates)
+    with _cloud(run, service, root_certificates) as cloud:
+        stale, without_list = _stale_lists(cloud, shard, settings.candidates)
         for mode in ("intelligent", "always"):
             result = serve_devices(
                 model,
@@ -239,6 +265,7 @@ def collaborate_at_test(
                     }
                 )
                 out.update({f"test-{k}": v for k, v in result.items() if k.startswith("cloud-")})
+    out.update({f"test-{k}": v for k, v in _outage_rates(cloud, without_list, shard.num_devices).items()})
     return out
 
 
@@ -257,8 +284,11 @@ def train_on_lists_of(
     Returns the rerank loss, positions, seconds and the bytes the lists took (ids as int64, per device).
     """
     collab = run.collab
-    with _client(run, service, root_certificates) as cloud:
+    with _cloud(run, service, root_certificates) as cloud:
         tables = cloud.position_candidates_for_users(list(shard.users), collab.hard_negatives)
+    if tables is None:
+        # The cloud is unreachable: the node trains on its own data only this round, and says so.
+        return {"rerank-skipped": 1.0, "rerank-seconds": 0.0, "rerank-list-bytes-per-device": 0.0}
     metrics: dict[str, float] = {}
     seconds = 0.0
     for epoch in range(collab.srm_epochs):
@@ -272,6 +302,7 @@ def train_on_lists_of(
             seed=derive_seed(run.seed, "rerank", server_round, shard.partition_id, epoch),
         )
         seconds += metrics["rerank-seconds"]
+    metrics["rerank-skipped"] = 0.0
     metrics["rerank-seconds"] = seconds
     metrics["rerank-list-bytes-per-device"] = sum(8 * t.size for t in tables) / max(shard.num_devices, 1)
     return metrics

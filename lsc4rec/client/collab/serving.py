@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from lsc4rec.client.collab.fallback import FallbackCloud, as_fallback
 from lsc4rec.client.collab.fusion import fuse_scores, rerank
 from lsc4rec.client.collab.inference import (
     CANDIDATE_POOLS,
+    device_pool,
     device_top_items,
     drop_seen,
     request_score_table,
@@ -92,7 +94,7 @@ def serve_devices(
     histories: Sequence[Sequence[int]],
     targets: Sequence[int],
     stale: CandidateList,
-    cloud: CandidateSource,
+    cloud: CandidateSource | FallbackCloud,
     settings: CollaborationSettings,
     max_len: int,
     generator: torch.Generator,
@@ -104,9 +106,11 @@ def serve_devices(
     answers requests from the real-time ``histories``. With ``candidate_pool=union`` each device fuses over
     its list plus its SRM's own top items over the catalogue. Returns HR/NDCG/MRR@K of the final ranked
     lists, those of the lists before any request, those of the cloud's stale lists alone (``cloud-``), the
-    number of requests and the bytes they moved (request: history ids as int64; reply: ids int64 + scores
-    float32).
+    number of requests, those the cloud did not answer (``request-failures``: the device kept its list) and
+    the bytes they moved (request: history ids as int64; reply: ids int64 + scores float32). A device whose
+    ``stale`` list is empty (:func:`~lsc4rec.client.collab.fallback.empty_lists`) ranks with its own model.
     """
+    cloud = as_fallback(cloud)
     history = pad_left(histories, max_len)
     seen = seen_items(histories)  # the whole history, also past max_len
     target = torch.as_tensor(list(targets), dtype=torch.long)
@@ -124,16 +128,14 @@ def serve_devices(
         disagreement = request_score_table(
             srm, history, items, srm_scores, (settings.score,), settings.k, catalogue
         )[settings.score]
-    # The device's own top items, for a union pool (computed once, used before and after requests).
-    device = (
-        device_top_items(catalogue, settings.device_candidates)
-        if settings.candidate_pool == "union"
-        else None
-    )
+    # The device's own top items (computed once, used before and after requests): for a union pool, and
+    # for devices holding no cloud list.
+    top = device_top_items(catalogue, settings.device_candidates)
 
     def ranked(items: torch.Tensor, llm_scores: torch.Tensor, srm_scores: torch.Tensor) -> torch.Tensor:
-        if device is not None:
-            items, llm_scores, srm_scores = union_candidates(items, llm_scores, srm_scores, *device)
+        own = device_pool(items, top, settings.candidate_pool)
+        if own is not None:
+            items, llm_scores, srm_scores = union_candidates(items, llm_scores, srm_scores, *own)
         fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
         return list_ranks(rerank(items, fused), target)
 
@@ -144,13 +146,14 @@ def serve_devices(
     cloud_alone.add(list_ranks(rerank(items, llm_scores), target))
 
     requested = budget_mask(disagreement, settings, generator)
-    bytes_moved = 0
-    if requested.any():
-        rows = requested.nonzero().squeeze(1).tolist()
-        # A device uploads its most recent items, as many as the service accepts.
-        fresh_histories = [list(histories[r])[-cloud.max_history :] for r in rows]
-        fresh = cloud.recommend(fresh_histories, settings.candidates)
-        bytes_moved = sum(8 * len(h) for h in fresh_histories) + fresh.items.size * 12
+    bytes_moved, failed = 0, 0
+    rows = requested.nonzero().squeeze(1).tolist()
+    # A device uploads its most recent items, as many as the service accepts.
+    fresh = cloud.recommend([histories[r] for r in rows], settings.candidates) if rows else None
+    if rows and fresh is None:
+        failed = len(rows)  # the cloud did not answer: these devices keep the lists they hold
+    if fresh is not None:
+        bytes_moved = sum(8 * min(len(histories[r]), cloud.max_history) for r in rows) + fresh.items.size * 12
         fresh_items = torch.from_numpy(fresh.items).long()
         if settings.exclude_history:
             fresh_items = drop_seen(fresh_items, seen[rows])
@@ -166,6 +169,7 @@ def serve_devices(
     metrics.update({f"collab-before-request-{k}": v for k, v in before.compute().items()})
     metrics.update({f"cloud-{k}": v for k, v in cloud_alone.compute().items()})
     metrics["requests"] = float(requested.sum())
+    metrics["request-failures"] = float(failed)
     metrics["request-bytes"] = float(bytes_moved)
     metrics["mean-inconsistency"] = float(disagreement.mean())
     return metrics
