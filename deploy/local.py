@@ -23,6 +23,8 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from lsc4rec.simulations.launch.flower import (
+    FlowerRun,
+    descendants,
     flower_env,
     flower_executable,
     free_port,
@@ -34,13 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def start(command: list[str], log: Path, env: dict[str, str], stack: ExitStack) -> subprocess.Popen:
-    """Start ``command`` in its own process group with output to ``log``; stop the group on exit."""
-    handle = stack.enter_context(open(log, "w"))  # noqa: SIM115 - closed by the ExitStack
+    """Start ``command`` in its own process group with output appended to ``log``; stop the group on exit."""
+    handle = stack.enter_context(open(log, "a"))  # noqa: SIM115 - closed by the ExitStack
     process = subprocess.Popen(
         command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
     )
 
     def stop() -> None:
+        if process.poll() is not None:
+            return
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -54,19 +58,41 @@ def start(command: list[str], log: Path, env: dict[str, str], stack: ExitStack) 
     return process
 
 
-def deploy(supernodes: int, run_config: str, workdir: Path, timeout: float) -> dict:
-    """Run the app on a fresh local deployment; return ``{"run_id", "status", ...}``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    home = workdir / "flwr-home"
-    home.mkdir(exist_ok=True)
-    port = free_port()
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "local-deployment"\n\n'
-        f'[superlink.local-deployment]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = flower_env(home)
-    with ExitStack() as stack:
-        superlink = start(
+class LocalDeployment:
+    """A SuperLink and N SuperNodes on loopback whose processes can be killed and started again.
+
+    Use as a context manager: leaving it stops every process it started. SuperNode ``i`` always hosts shard
+    ``i`` of ``N``; a restarted SuperLink keeps its port and its state database, as after a host reboot.
+    """
+
+    def __init__(self, workdir: Path, supernodes: int) -> None:
+        """Prepare ``workdir`` (logs, state database, a private ``FLWR_HOME``) for ``supernodes`` nodes."""
+        self.workdir = workdir
+        self.supernodes = supernodes
+        workdir.mkdir(parents=True, exist_ok=True)
+        home = workdir / "flwr-home"
+        home.mkdir(exist_ok=True)
+        self.port = free_port()
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "local-deployment"\n\n'
+            f'[superlink.local-deployment]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        self.env = flower_env(home)
+        self.superlink: subprocess.Popen | None = None
+        self.nodes: dict[int, subprocess.Popen] = {}
+        self._stack = ExitStack()
+
+    def __enter__(self) -> LocalDeployment:
+        self._stack.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(None, None, None)
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink (insecure, loopback, runtime installs off) and wait until it listens."""
+        log = self.workdir / "superlink.log"
+        self.superlink = start(
             [
                 flower_executable("flower-superlink"),
                 "--insecure",
@@ -74,37 +100,78 @@ def deploy(supernodes: int, run_config: str, workdir: Path, timeout: float) -> d
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(port),
+                str(self.port),
                 "--database",
-                str(workdir / "state.db"),
+                str(self.workdir / "state.db"),
             ],
-            workdir / "superlink.log",
-            env,
-            stack,
+            log,
+            self.env,
+            self._stack,
         )
-        wait_for_port(port, superlink, workdir / "superlink.log")
-        for index in range(supernodes):
-            node_port = free_port()
-            node = start(
-                [
-                    flower_executable("flower-supernode"),
-                    "--insecure",
-                    "--superlink",
-                    f"127.0.0.1:{port}",
-                    "--port",
-                    str(node_port),
-                    "--node-config",
-                    f"partition-id={index} num-partitions={supernodes}",
-                ],
-                workdir / f"supernode-{index}.log",
-                env,
-                stack,
-            )
-            wait_for_port(node_port, node, workdir / f"supernode-{index}.log")
+        wait_for_port(self.port, self.superlink, log)
+
+    def start_supernode(self, index: int) -> None:
+        """Start the SuperNode hosting shard ``index`` and wait until it listens."""
+        node_port = free_port()
+        log = self.workdir / f"supernode-{index}.log"
+        node = start(
+            [
+                flower_executable("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--port",
+                str(node_port),
+                "--node-config",
+                f"partition-id={index} num-partitions={self.supernodes}",
+            ],
+            log,
+            self.env,
+            self._stack,
+        )
+        wait_for_port(node_port, node, log)
+        self.nodes[index] = node
+
+    def start_all(self) -> None:
+        """Start the SuperLink, then every SuperNode."""
+        self.start_superlink()
+        for index in range(self.supernodes):
+            self.start_supernode(index)
+
+    def kill_supernode(self, index: int) -> None:
+        """SIGKILL SuperNode ``index`` and the ClientApp it runs (its process group), as a power cut would."""
+        kill_group(self.nodes.pop(index))
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink and everything it started (ServerApp included), as a host crash would."""
+        assert self.superlink is not None, "the SuperLink is not running"
+        kill_group(self.superlink)
+        self.superlink = None
+
+    def run(self, run_config: str, timeout: float) -> FlowerRun:
+        """Submit this repository's app with ``flwr run --stream``; wait for it; return its final status."""
+        return submit_and_wait(
+            REPO, "local-deployment", self.env, timeout, ["--run-config", run_config] if run_config else []
+        )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL ``process`` with its process group and every descendant that left the group; reap it."""
+    family = descendants(process.pid)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for pid in family:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def deploy(supernodes: int, run_config: str, workdir: Path, timeout: float) -> dict:
+    """Run the app on a fresh local deployment; return ``{"run_id", "status", ...}``."""
+    with LocalDeployment(workdir, supernodes) as deployment:
+        deployment.start_all()
         started = time.perf_counter()
-        run = submit_and_wait(
-            REPO, "local-deployment", env, timeout, ["--run-config", run_config] if run_config else []
-        )
+        run = deployment.run(run_config, timeout)
         (workdir / "flwr-run.log").write_text(run.log)
         return {
             "run_id": run.run_id,

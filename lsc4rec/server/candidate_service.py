@@ -309,6 +309,10 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         except _Refused as refused:
             code = refused.code.name
             _log_refusal(method, context, request_id, refused)
+            if context.done():
+                # The call already ended (its deadline passed as it was refused): there is nobody to answer,
+                # and aborting a finished call makes gRPC log a false error.
+                raise asyncio.CancelledError from None
             await context.abort(refused.code, refused.reason)
             raise AssertionError("unreachable: ServicerContext.abort raises") from None
         except asyncio.CancelledError:

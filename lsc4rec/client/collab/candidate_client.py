@@ -110,7 +110,7 @@ class CandidateServiceClient:
             # so a device would keep failing long after a long outage ended.
             ("grpc.initial_reconnect_backoff_ms", 250),
             ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 5000),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if root_certificates is None:
             self._channel = grpc.insecure_channel(address, options=options)

@@ -128,9 +128,11 @@ class FallbackCloud:
                 raise
             self.calls.failed[error.code.name] += 1
             wait = min(self.pause * 2**self._failures_in_a_row, self.max_pause)
+            # One warning per outage, not one per retry.
+            log = logger.warning if self._failures_in_a_row == 0 else logger.debug
+            log("%s: %s; serving without the cloud, retrying in %.2f s", method, error, wait)
             self._failures_in_a_row += 1
             self._retry_at = self._clock() + wait
-            logger.warning("%s: %s; serving without the cloud for %.2f s", method, error, wait)
             return None
         if self._failures_in_a_row:
             logger.info("%s: the candidate service answers again", method)

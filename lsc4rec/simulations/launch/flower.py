@@ -261,6 +261,11 @@ def submit_and_wait(
     finished, output = stream_command(command, env, timeout, is_progress_line)
     if not finished:
         return FlowerRun(None, f"timed out after {timeout:.0f} s", output)
+    return read_run_status(output, connection, env)
+
+
+def read_run_status(output: str, connection: str, env: dict[str, str]) -> FlowerRun:
+    """The final status of the run whose ``flwr run`` printed ``output``, as the SuperLink reports it."""
     match = re.search(r"run[ _-]?(?:id)?\D{0,3}(\d{3,})", output, flags=re.IGNORECASE)
     if match is None:
         return FlowerRun(None, "unknown (no run id in the flwr run output)", output)

@@ -1,0 +1,544 @@
+"""Fault drills in real processes on loopback: kill what a real deployment loses, check what the system does.
+
+    python deploy/drills.py supernode-crash        # kill -9 one of 4 SuperNodes mid-round, then restart it
+    python deploy/drills.py supernode-mass-crash   # kill -9 3 of 10 SuperNodes (30%) in one round
+    python deploy/drills.py superlink-restart      # kill -9 the SuperLink mid-run, restart it, resume
+    python deploy/drills.py candidate-service      # kill -9 the candidate service while devices request
+    python deploy/drills.py all
+
+Each drill runs the real ``flower-superlink`` / ``flower-supernode`` processes (``LocalDeployment``) or
+the real candidate service in its own process, kills with SIGKILL (no cleanup, as a power cut or OOM kill
+would), checks what it promises and prints one verdict per check. The federated drills train the plain
+federated SASRec (``system=base``, d=64) over all Amazon Beauty users. Logs, outputs and each drill's JSON
+land in ``--workdir``; the last line is ``RESULT {json}``; the exit status is 0 only when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from local import REPO, LocalDeployment  # deploy/ is the script's folder, so on sys.path
+
+from lsc4rec.simulations.launch.flower import (
+    FlowerRun,
+    flower_executable,
+    free_port,
+    is_progress_line,
+    read_run_status,
+)
+
+#: The run every federated drill trains: the plain federated SASRec over all Beauty users, small enough for
+#: rounds of about half a minute on 2 cores with 4 SuperNodes.
+BASE_OVERRIDES = "system=base model.hidden_size=64 train.progress=false federated.round_timeout=600"
+#: Seconds any one run may take before the drill counts it as hung.
+RUN_TIMEOUT = 1800.0
+
+
+class StreamedRun:
+    """``flwr run --stream`` in the background: its output is collected line by line as it arrives."""
+
+    def __init__(self, deployment: LocalDeployment, run_config: str) -> None:
+        """Submit the repository's app to ``deployment`` with ``run_config``."""
+        self.deployment = deployment
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [
+                flower_executable("flwr"),
+                "run",
+                str(REPO),
+                "local-deployment",
+                "--stream",
+                "--run-config",
+                run_config,
+            ],
+            env=deployment.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if is_progress_line(line):
+                sys.stderr.write(line)  # the run's round lines, live
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        """Block until a line matching ``pattern`` arrives; return it (TimeoutError naming it otherwise)."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if compiled.search(line):
+                        return line
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise TimeoutError(f"no line matching {pattern!r} within {timeout:.0f} s")
+                self._changed.wait(min(left, 1.0))
+
+    def abandon(self) -> str:
+        """Stop following a run whose SuperLink is gone; return what ``flwr run`` printed last."""
+        self.process.kill()
+        self.process.wait()
+        self._reader.join(timeout=10)
+        return "".join(self.lines[-3:]).strip()
+
+    def finish(self, timeout: float) -> FlowerRun:
+        """Wait for ``flwr run`` to end; return the run's final status as the SuperLink reports it."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return FlowerRun(None, f"timed out after {timeout:.0f} s", "".join(self.lines))
+        self._reader.join(timeout=10)
+        return read_run_status("".join(self.lines), "local-deployment", self.deployment.env)
+
+
+class Verdicts:
+    """Named checks of one drill, each passed or failed, with what was observed."""
+
+    def __init__(self, drill: str) -> None:
+        """Start an empty list of checks for ``drill``."""
+        self.drill = drill
+        self.checks: list[dict[str, Any]] = []
+
+    def check(self, name: str, passed: bool, observed: Any) -> None:
+        """Record one check and print its verdict."""
+        self.checks.append({"check": name, "passed": bool(passed), "observed": observed})
+        print(f"[{self.drill}] {'PASS' if passed else 'FAIL'}: {name} ({observed})", flush=True)
+
+    @property
+    def passed(self) -> bool:
+        """True when every check passed (and there was at least one)."""
+        return bool(self.checks) and all(c["passed"] for c in self.checks)
+
+
+def run_config(workdir: Path, name: str, rounds: int, extra: str = "") -> str:
+    """The ``--run-config`` of a drill's run: outputs under ``workdir``, ``rounds`` rounds, ``extra``."""
+    overrides = f"{BASE_OVERRIDES} federated.rounds={rounds} run_name={name} {extra}".strip()
+    return f'output-dir="{workdir / "outputs"}" overrides="{overrides}"'
+
+
+def run_metrics(workdir: Path, name: str) -> dict[str, Any]:
+    """The ``metrics.json`` a drill's run wrote ({} when it wrote none)."""
+    path = workdir / "outputs" / name / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def wait_until_training(deployment: LocalDeployment, indices: list[int], before: dict[int, int]) -> None:
+    """Block (up to 60 s) until each SuperNode in ``indices`` has logged a new message since ``before``
+    (its log's count of received messages): the nodes then hold the round's instruction and are training."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if all(received_messages(deployment, i) > before[i] for i in indices):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"SuperNodes {indices} received no instruction within 60 s")
+
+
+def received_messages(deployment: LocalDeployment, index: int) -> int:
+    """How many instructions SuperNode ``index`` has logged receiving so far."""
+    log = deployment.workdir / f"supernode-{index}.log"
+    return len(re.findall(r"Receiving: \w+ message", log.read_text(errors="replace"))) if log.exists() else 0
+
+
+def supernode_crash(
+    workdir: Path, nodes: int, killed: int, rounds: int, restart: bool, name: str
+) -> Verdicts:
+    """Kill -9 ``killed`` of ``nodes`` SuperNodes while they train in round 2; restart them when asked."""
+    verdicts = Verdicts(name)
+    with LocalDeployment(workdir, nodes) as deployment:
+        deployment.start_all()
+        run = StreamedRun(deployment, run_config(workdir, name, rounds))
+        victims = list(range(killed))
+        counts = {i: received_messages(deployment, i) for i in victims}
+        run.wait_for(r"round 1/\d+:", RUN_TIMEOUT)
+        wait_until_training(deployment, victims, counts)
+        for index in victims:
+            deployment.kill_supernode(index)
+        print(f"[{name}] killed SuperNodes {victims} (shards {victims}) during round 2", flush=True)
+        if restart:
+            time.sleep(5.0)
+            for index in victims:
+                deployment.start_supernode(index)
+            print(f"[{name}] restarted SuperNodes {victims}", flush=True)
+        result = run.finish(RUN_TIMEOUT)
+        (workdir / f"{name}-flwr-run.log").write_text(result.log)
+    metrics = run_metrics(workdir, name)
+    rows = metrics.get("rounds", [])
+    verdicts.check("the run completes", result.ok, result.status)
+    if len(rows) < 2:
+        verdicts.check("round 2 is recorded", False, f"{len(rows)} rounds in metrics.json")
+        return verdicts
+    second = rows[1]
+    train_failures = [f for f in second["failed_nodes"] if f["stage"] == "train"]
+    verdicts.check(
+        "round 2 aggregates the updates of the nodes still alive",
+        second["train"]["valid-replies"] == nodes - killed and second["train"]["aggregated"] == 1,
+        f"{int(second['train']['valid-replies'])} valid of {int(second['train']['nodes-sampled'])} sampled",
+    )
+    verdicts.check(
+        "each killed node is reported once, as unavailable",
+        len(train_failures) == killed
+        and len({f["node_id"] for f in train_failures}) == killed
+        and all("unavailable" in f["reason"].lower() or "heartbeat" in f["reason"] for f in train_failures),
+        [f"node {f['node_id']}: {f['reason'][:90]}" for f in train_failures],
+    )
+    verdicts.check(
+        "round 2 waits for the heartbeat timeout, not the round timeout",
+        second["round_seconds"] < 300,
+        f"round 2 took {second['round_seconds']:.0f} s (others {[round(r['round_seconds']) for r in rows]})",
+    )
+    later = [int(r["train"]["valid-replies"]) for r in rows[2:]]
+    if restart:
+        verdicts.check(
+            "the restarted nodes rejoin in a later round",
+            any(count == nodes for count in later),
+            f"valid updates in rounds 3..{len(rows)}: {later}",
+        )
+    else:
+        verdicts.check(
+            "later rounds train on the nodes still alive",
+            bool(later) and all(count == nodes - killed for count in later),
+            f"valid updates in rounds 3..{len(rows)}: {later}",
+        )
+    verdicts.check(
+        "every round updated the global model",
+        all(r["train"]["aggregated"] == 1 for r in rows) and len(rows) == rounds,
+        f"{len(rows)} rounds",
+    )
+    return verdicts
+
+
+def checkpoint_round(path: Path) -> int:
+    """The last complete round a run's checkpoint holds (0 when there is none yet)."""
+    from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return int(load_checkpoint(path)["round"]) if path.is_file() else 0
+    except CheckpointError:
+        return 0  # being replaced right now: the rename is atomic, so the next read sees a whole file
+
+
+def superlink_restart(workdir: Path, nodes: int, rounds: int, kill_in_round: int) -> Verdicts:
+    """An uninterrupted run, then the same run with the SuperLink killed in round ``kill_in_round``,
+    restarted, and the run resumed from its checkpoint: the final weights must be the same."""
+    import numpy as np
+
+    from lsc4rec.server.checkpoint import load_checkpoint
+
+    name = "superlink-restart"
+    verdicts = Verdicts(name)
+    # Every node takes part in every round: wait for all of them after the restart.
+    wait = f"federated.min_available_nodes={nodes}"
+    with LocalDeployment(workdir, nodes) as deployment:
+        deployment.start_all()
+        started = time.monotonic()
+        reference = deployment.run(run_config(workdir, "uninterrupted", rounds, wait), RUN_TIMEOUT)
+        reference_seconds = time.monotonic() - started
+        verdicts.check("the uninterrupted run completes", reference.ok, reference.status)
+        run = StreamedRun(deployment, run_config(workdir, "interrupted", rounds, wait))
+        checkpoint = workdir / "outputs" / "interrupted" / "checkpoint.pt"
+        run.wait_for(rf"round {kill_in_round - 1}/\d+:", RUN_TIMEOUT)
+        deadline = time.monotonic() + 120
+        while checkpoint_round(checkpoint) < kill_in_round - 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        counts = {i: received_messages(deployment, i) for i in range(nodes)}
+        wait_until_training(deployment, list(range(nodes)), counts)
+        deployment.kill_superlink()
+        print(f"[{name}] killed the SuperLink (and its ServerApp) during round {kill_in_round}", flush=True)
+        time.sleep(2.0)
+        last_words = run.abandon()
+        saved_round = checkpoint_round(checkpoint)
+        status_when_killed = run_metrics(workdir, "interrupted").get("status")
+        time.sleep(3.0)
+        deployment.start_superlink()
+        print(f"[{name}] restarted the SuperLink; resuming from round {saved_round + 1}", flush=True)
+        resumed = deployment.run(
+            run_config(workdir, "interrupted", rounds, f"{wait} federated.resume=true"), RUN_TIMEOUT
+        )
+        (workdir / f"{name}-resumed-flwr-run.log").write_text(resumed.log)
+    verdicts.check(
+        "the SuperLink died mid-run",
+        saved_round == kill_in_round - 1 and status_when_killed != "completed",
+        f"checkpoint at round {saved_round}, run status {status_when_killed!r}; flwr run printed last: "
+        f"{last_words[-160:]!r}",
+    )
+    verdicts.check("the resumed run completes", resumed.ok, resumed.status)
+    final = workdir / "outputs" / "uninterrupted" / "checkpoint.pt"
+    if not (resumed.ok and reference.ok):
+        return verdicts
+    a, b = load_checkpoint(final), load_checkpoint(checkpoint)
+    differences = {
+        key: float(np.abs(a["arrays"][key].numpy() - b["arrays"][key].numpy()).max()) for key in a["arrays"]
+    }
+    largest = max(differences.values())
+    verdicts.check(
+        "the resumed run ends with the same weights as the uninterrupted one",
+        largest == 0.0 and a["round"] == b["round"] == rounds,
+        f"largest difference {largest:.3g} over {len(differences)} tensors; "
+        f"rounds {a['round']} / {b['round']}",
+    )
+    ref_metrics, res_metrics = run_metrics(workdir, "uninterrupted"), run_metrics(workdir, "interrupted")
+    ref_test = ref_metrics.get("final", {}).get("test", {})
+    res_test = res_metrics.get("final", {}).get("test", {})
+    verdicts.check(
+        "and the same test metrics",
+        bool(ref_test) and ref_test == res_test,
+        {"uninterrupted": ref_test.get("full", ref_test), "resumed": res_test.get("full", res_test)},
+    )
+    print(f"[{name}] uninterrupted run: {reference_seconds:.0f} s", flush=True)
+    return verdicts
+
+
+def _serve_popularity(port: int, token_file: Path) -> None:
+    """The candidate-service process of the candidate-service drill: Beauty popularity, until killed."""
+    from lsc4rec.data import leave_one_out, load_dataset
+    from lsc4rec.models.popularity import PopularitySource
+    from lsc4rec.server.candidate_service import serve
+
+    split = leave_one_out(load_dataset("beauty"))
+    source = PopularitySource(split.train_sequences(), split.num_items, 50)
+    stale = [s[:-2] if len(s) > 3 else s[:1] for s in split.train_sequences()]
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # delivered to sigwait below
+    running = serve(
+        source,
+        address=f"127.0.0.1:{port}",
+        token=token_file.read_text().strip(),
+        user_histories=stale,
+        source_is_thread_safe=True,
+    )
+    print("serving", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    running.stop(grace=1.0)
+
+
+def candidate_service(workdir: Path, seconds: float, kill_at: float, down_for: float) -> Verdicts:
+    """Devices serve their arrivals through the fallback cloud while the service is killed and restarted."""
+    import torch
+
+    from lsc4rec.client.collab.candidate_client import CandidateServiceClient
+    from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
+    from lsc4rec.client.collab.serving import CollaborationSettings
+    from lsc4rec.client.streaming import serve_arrivals
+    from lsc4rec.data import leave_one_out, load_dataset
+    from lsc4rec.models.srm import build_srm
+
+    name = "candidate-service"
+    verdicts = Verdicts(name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    token_file = workdir / "candidate-token"
+    token_file.write_text(os.urandom(16).hex())
+    port = free_port()
+    log = open(workdir / "candidate-service.log", "a")  # noqa: SIM115 - closed below
+
+    def start_service() -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "_serve", "--port", str(port), "--token-file", str(token_file)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "serving":
+            raise RuntimeError(f"the candidate service did not start (log: {log.name})")
+        return process
+
+    split = leave_one_out(load_dataset("beauty"))
+    sequences = [s for s in split.train_sequences() if len(s) >= 6][:2048]
+    users = [u for u, s in enumerate(split.train_sequences()) if len(s) >= 6][:2048]
+    torch.manual_seed(0)
+    model = build_srm("sasrec", split.num_items, hidden_size=32, num_heads=2, intermediate_size=64)
+    settings = CollaborationSettings(candidates=20, mode="intelligent", ratio=0.3, device_candidates=20)
+    events: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def devices() -> None:
+        client = CandidateServiceClient(
+            f"127.0.0.1:{port}", token=token_file.read_text().strip(), timeout=2.0
+        )
+        chunk, step = 64, 0
+        # One fallback for the fleet's lifetime, as on a device: its pause spans batches.
+        cloud = FallbackCloud(client, pause=0.25, max_pause=2.0)
+        try:
+            while not stop.is_set():
+                rows = range((step * chunk) % len(sequences), (step * chunk) % len(sequences) + chunk)
+                rows = [r % len(sequences) for r in rows]
+                answered, unanswered = cloud.calls.answered, cloud.calls.unanswered
+                failed = dict(cloud.calls.failed)
+                began = time.monotonic()
+                stale = cloud.recommend_for_users([users[r] for r in rows], settings.candidates)
+                without_list = stale is None
+                result = serve_arrivals(
+                    model,
+                    [sequences[r][:-3] for r in rows],
+                    [sequences[r][-3:] for r in rows],
+                    50,
+                    (10,),
+                    cloud=cloud,
+                    stale=stale if stale is not None else empty_lists(len(rows), settings.candidates),
+                    settings=settings,
+                    generator=torch.Generator().manual_seed(step),
+                )
+                events.append(
+                    {
+                        "start": began,
+                        "end": time.monotonic(),
+                        "arrivals": result["replay-arrivals"],
+                        "expected_arrivals": 3 * len(rows),
+                        "answered": cloud.calls.answered - answered,
+                        "unanswered": cloud.calls.unanswered - unanswered,
+                        "failed": {k: v - failed.get(k, 0) for k, v in cloud.calls.failed.items()},
+                        "without_list": without_list,
+                        "collab_ndcg": result["replay-collab-NDCG@10"],
+                    }
+                )
+                step += 1
+        except BaseException as error:  # the drill's point: nothing may escape the devices' loop
+            errors.append(error)
+        finally:
+            client.close()
+
+    service = start_service()
+    origin = time.monotonic()
+    worker = threading.Thread(target=devices, name="devices")
+    worker.start()
+    time.sleep(kill_at)
+    service.send_signal(signal.SIGKILL)
+    service.wait()
+    killed_at = time.monotonic()
+    print(f"[{name}] killed the candidate service at {killed_at - origin:.1f} s", flush=True)
+    time.sleep(down_for)
+    service = start_service()
+    back_at = time.monotonic()
+    print(f"[{name}] the candidate service is back at {back_at - origin:.1f} s", flush=True)
+    time.sleep(max(0.0, seconds - (back_at - origin)))
+    stop.set()
+    worker.join(timeout=120)
+    service.send_signal(signal.SIGTERM)
+    service.wait(timeout=30)
+    log.close()
+
+    verdicts.check("the devices never crashed", not errors and not worker.is_alive(), repr(errors[:1]))
+    before = [e for e in events if e["end"] < killed_at]
+    during = [e for e in events if e["start"] > killed_at and e["end"] < back_at]
+    after = [e for e in events if e["start"] > back_at]
+    verdicts.check(
+        "before the kill every call is answered",
+        bool(before) and all(e["unanswered"] == 0 for e in before),
+        f"{len(before)} batches, {sum(e['answered'] for e in before)} calls answered",
+    )
+    failed = sum(sum(e["failed"].values()) for e in during)
+    verdicts.check(
+        "while it is down the devices serve on and count the failures",
+        bool(during)
+        and all(e["answered"] == 0 and e["unanswered"] > 0 and e["without_list"] for e in during),
+        f"{len(during)} batches served without the cloud; {failed} failed calls "
+        f"({sorted({k for e in during for k in e['failed']})}), "
+        f"{sum(e['unanswered'] for e in during)} unanswered",
+    )
+    first = next((i for i, e in enumerate(after) if e["answered"] > 0), None)
+    resumed_after = after[first]["start"] - back_at if first is not None else None
+    verdicts.check(
+        "after the restart the devices use the service again, within 10 s",
+        first is not None
+        and resumed_after is not None
+        and resumed_after <= 10.0
+        and all(e["unanswered"] == 0 for e in after[first + 1 :]),
+        f"first answered batch {resumed_after:.2f} s after the restart, every batch answered after it "
+        f"({len(after) - first - 1} batches)"
+        if first is not None
+        else "no answered batch after the restart",
+    )
+    verdicts.check(
+        "no arrival was dropped",
+        all(e["arrivals"] == e["expected_arrivals"] for e in events),
+        f"{int(sum(e['arrivals'] for e in events))} arrivals ranked in {len(events)} batches",
+    )
+    return verdicts
+
+
+DRILLS: dict[str, Callable[[argparse.Namespace, Path], Verdicts]] = {
+    "supernode-crash": lambda args, work: supernode_crash(
+        work / "supernode-crash", 4, 1, args.rounds, True, "supernode-crash"
+    ),
+    "supernode-mass-crash": lambda args, work: supernode_crash(
+        work / "supernode-mass-crash", 10, 3, 3, False, "supernode-mass-crash"
+    ),
+    "superlink-restart": lambda args, work: superlink_restart(work / "superlink-restart", 4, args.rounds, 2),
+    "candidate-service": lambda args, work: candidate_service(
+        work / "candidate-service", args.service_seconds, args.service_seconds / 4, args.service_seconds / 4
+    ),
+}
+
+
+def main() -> None:
+    """Command-line entry point."""
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve":
+        serve_parser = argparse.ArgumentParser()
+        serve_parser.add_argument("_serve")
+        serve_parser.add_argument("--port", type=int, required=True)
+        serve_parser.add_argument("--token-file", type=Path, required=True)
+        serve_args = serve_parser.parse_args()
+        _serve_popularity(serve_args.port, serve_args.token_file)
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("drill", choices=[*DRILLS, "all"])
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="logs and outputs (default: a new temp dir)"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the crash and restart drills")
+    parser.add_argument("--service-seconds", type=float, default=40.0, help="length of the service drill")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lsc4rec-drills-"))
+    names = list(DRILLS) if args.drill == "all" else [args.drill]
+    results = {}
+    for name in names:
+        started = time.monotonic()
+        verdicts = DRILLS[name](args, workdir)
+        results[name] = {
+            "passed": verdicts.passed,
+            "seconds": round(time.monotonic() - started, 1),
+            "checks": verdicts.checks,
+        }
+        (workdir / f"{name}.json").write_text(json.dumps(results[name], indent=2))
+    summary = {
+        "passed": all(r["passed"] for r in results.values()),
+        "workdir": str(workdir),
+        "drills": results,
+    }
+    (workdir / "drills.json").write_text(json.dumps(summary, indent=2))
+    print("RESULT " + json.dumps(summary), flush=True)
+    sys.exit(0 if summary["passed"] else 1)
+
+
+if __name__ == "__main__":
+    main()
