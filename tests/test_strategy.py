@@ -282,8 +282,9 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in() -> None:
         strategy = SRMStrategy(seed=0)
         messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid([1, 2, 3, 4, 5])))
         values = np.random.default_rng(3).standard_normal((5, 1000)).astype(np.float32) * 1e3
+        # Metrics such as seconds differ from run to run; the order must not follow them.
         replies = [
-            reply(m, ArrayRecord({"w": Array(v)}), 10.0 + i)
+            reply(m, ArrayRecord({"w": Array(v)}), 10.0 + i, **{"train-seconds": float(order[i])})
             for i, (m, v) in enumerate(zip(messages, values, strict=True))
         ]
         arrays, _ = strategy.aggregate_train(1, [replies[i] for i in order])

@@ -55,6 +55,12 @@ def _content_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.values())
 
 
+def _update_digest(reply: Message) -> str:
+    """Digest of a reply's update (its arrays), the same in every run that computes the same update."""
+    content = reply.content
+    return content.array_records[ARRAYS].object_id if ARRAYS in content.array_records else content.object_id
+
+
 def _is_finite(array: np.ndarray) -> bool:
     return bool(np.isfinite(array).all()) if np.issubdtype(array.dtype, np.floating) else True
 
@@ -259,8 +265,9 @@ class SRMStrategy(Strategy):
         for node_id in sorted(self._expected[stage] - seen):
             self._fail(server_round, stage, node_id, "no reply before the round timeout")
         # Replies arrive in the order nodes finish; summing floats in that order would make the aggregate
-        # depend on timing. Sorted by content digest, equal updates aggregate to equal bits in any run.
-        return sorted(valid, key=lambda reply: reply.content.object_id)
+        # depend on timing. Sorted by the digest of the update's arrays (not of the whole content: metrics
+        # such as seconds differ run to run), equal updates aggregate to equal bits in any run.
+        return sorted(valid, key=_update_digest)
 
     @staticmethod
     def _check_metrics(reply: Message) -> str | None:
