@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import multiprocessing as mp
 import os
 import random
 import re
@@ -48,7 +47,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +59,7 @@ import numpy as np
 
 # A sibling module: importable because Python puts this script's folder first on sys.path (tests add it).
 from candidate_service_throughput import (
-    SERVER_START_TIMEOUT,
     ServerHandle,
-    batch_delay,
-    build_source,
     check_reply,
     load_split,
 )
@@ -73,7 +68,7 @@ from lsc4rec.client.collab.candidate_client import CandidateServiceClient, Candi
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto.service_metrics import MetricsSnapshot
-from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.reporting import emit_result, peak_memory_mb, process_memory_mib, write_json
 
 logger = logging.getLogger("candidate_service_load")
 
@@ -610,18 +605,6 @@ def client_loop(
         channel.close()
 
 
-def resident_mib(pid: int) -> float | None:
-    """Resident memory of process ``pid`` now in MiB (Linux ``VmRSS``; None where unreadable)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return None
-
-
 @dataclass
 class LoadRun:
     """One drill's raw results: the tally, the per-second samples and the wall time of the load."""
@@ -674,7 +657,7 @@ def run_load(
     next_log = progress_every
     while not stop.is_set():
         elapsed = time.perf_counter() - began
-        rss = resident_mib(server_pid)
+        rss = process_memory_mib(server_pid)
         with tally.lock:
             calls, unexpected = tally.calls, tally.unexpected
         samples.append({"t": round(elapsed, 2), "rss_mib": rss, "calls": calls, "unexpected": unexpected})
@@ -868,58 +851,6 @@ def verdict(summary: dict[str, Any], memory: dict[str, Any], server: dict[str, A
 
 
 # ---------------------------------------------------------------------- the service under test
-def _serve_with_store_in_child(args: argparse.Namespace, token: str, log_path: str, conn: Connection) -> None:
-    """Server process: like the throughput benchmark's, plus the user-history store (the users' test
-    histories, which RecommendForUsers answers from) and its log written to ``log_path``."""
-    logging.basicConfig(
-        level=logging.INFO, filename=log_path, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from lsc4rec.server.candidate_service import serve
-
-    try:
-        split = load_split(args.dataset, args.data_path)
-        running = serve(
-            build_source(args, split),
-            token=token,
-            max_workers=args.server_workers,
-            batch_delay=batch_delay(args),
-            user_histories=split.test_histories(),
-        )
-    except BaseException as error:
-        conn.send(("error", f"{type(error).__name__}: {error}"))
-        raise
-    conn.send(("ready", running.port, os.getpid()))
-    conn.recv()  # any message (or the parent closing the pipe) means stop
-    running.stop(grace=1.0)
-
-
-class StoreServerHandle(ServerHandle):
-    """:class:`ServerHandle`'s separate server process, started with a user-history store (ServerHandle's
-    child serves without one, so RecommendForUsers would only ever be refused); stopping is inherited."""
-
-    def __init__(self, args: argparse.Namespace, token: str, log_path: Path) -> None:
-        """Start the service in a spawned process (blocks until it listens)."""
-        self._running = None
-        # spawn, not fork: a forked child would inherit this process's gRPC state, which gRPC forbids.
-        context = mp.get_context("spawn")
-        self._conn, child_conn = context.Pipe()
-        self._process = context.Process(
-            target=_serve_with_store_in_child,
-            args=(args, token, str(log_path), child_conn),
-            name="candidate-service",
-        )
-        self._process.start()
-        if not self._conn.poll(SERVER_START_TIMEOUT):
-            self.stop()
-            raise SystemExit(f"the candidate service did not start within {SERVER_START_TIMEOUT:.0f} s")
-        status, value, *pid = self._conn.recv()
-        if status != "ready":
-            self.stop()
-            raise SystemExit(f"the candidate service failed to start: {value}")
-        self.pid = int(pid[0])
-        self.target = f"127.0.0.1:{int(value)}"
-
-
 def check_store(client: CandidateServiceClient, stored: Sequence[Sequence[int]], n: int = 10) -> None:
     """Make sure the server's store is the one the drill checks against: RecommendForUsers for a few users
     must answer what RecommendBatch answers for their stored histories (the popularity and LLM sources are
@@ -1027,7 +958,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_path = args.out / "candidate_service_load.server.log"
     log_path.unlink(missing_ok=True)
     load_before = os.getloadavg()[0]
-    server = StoreServerHandle(args, token, log_path)
+    # Its own process always: the drill samples the server's memory, which must not include the clients'.
+    server = ServerHandle(args, split, token, in_process=False, user_store=True, log_path=log_path)
     try:
         probe = CandidateServiceClient(server.target, token=token, timeout=args.timeout)
         if probe.health() != "SERVING":
@@ -1047,7 +979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 int(args.big_payload_mib * (1 << 20)), info.num_items, info.max_history
             ),
         )
-        memory_at_start = resident_mib(server.pid)
+        memory_at_start = process_memory_mib(server.pid)
         before = probe.metrics()
         logger.info(
             "%d clients for %g s, %.0f %% invalid requests, against %s (pid %d, RSS %.1f MiB)",

@@ -48,7 +48,7 @@ from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.models.popularity import PopularitySource
 from lsc4rec.proto.service_metrics import MetricsSnapshot
-from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.reporting import emit_result, peak_memory_mb, process_memory_mib, write_json
 
 logger = logging.getLogger("candidate_service_throughput")
 
@@ -131,14 +131,17 @@ def batch_delay(args: argparse.Namespace) -> float | None:
     return None if args.batch_delay_ms is None else args.batch_delay_ms / 1000
 
 
-def _serve_in_child(args: argparse.Namespace, token: str, conn: Connection) -> None:
-    """Server process: load the data and source, serve, report the port, and stop when told to."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s server: %(message)s")
-    from lsc4rec.server.candidate_service import serve
-
+def _serve_in_child(
+    args: argparse.Namespace, token: str, conn: Connection, user_store: bool, log_path: str | None
+) -> None:
+    """Server process: load the data and source, serve, report the port, and stop when told to. With
+    ``user_store`` it also holds the users' test histories (what RecommendForUsers answers from); with
+    ``log_path`` its log goes to that file instead of stderr."""
+    logging.basicConfig(
+        level=logging.INFO, filename=log_path, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
-        source = build_source(args, load_split(args.dataset, args.data_path))
-        running = serve(source, token=token, max_workers=args.server_workers, batch_delay=batch_delay(args))
+        running = _serve(args, load_split(args.dataset, args.data_path), token, user_store)
     except BaseException as error:
         conn.send(("error", f"{type(error).__name__}: {error}"))
         raise
@@ -147,23 +150,40 @@ def _serve_in_child(args: argparse.Namespace, token: str, conn: Connection) -> N
     running.stop(grace=1.0)
 
 
+def _serve(args: argparse.Namespace, split: LeaveOneOutSplit, token: str, user_store: bool) -> Any:
+    """Start the candidate service for the benchmark's source (and, with ``user_store``, the users' test
+    histories); return the running service."""
+    from lsc4rec.server.candidate_service import serve
+
+    return serve(
+        build_source(args, split),
+        token=token,
+        max_workers=args.server_workers,
+        batch_delay=batch_delay(args),
+        user_histories=split.test_histories() if user_store else None,
+    )
+
+
 class ServerHandle:
     """The service under test, in this process or a child process; ``target`` is where clients connect."""
 
-    def __init__(self, args: argparse.Namespace, split: LeaveOneOutSplit, token: str) -> None:
-        """Start the service (blocks until it listens)."""
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        split: LeaveOneOutSplit,
+        token: str,
+        *,
+        in_process: bool,
+        user_store: bool = False,
+        log_path: Path | None = None,
+    ) -> None:
+        """Start the service in this process or a child process (blocks until it listens); ``user_store`` and
+        ``log_path`` as for the child process (:func:`_serve_in_child`; ``log_path`` applies to it only)."""
         self._process: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._running: Any = None
-        if args.in_process:
-            from lsc4rec.server.candidate_service import serve
-
-            self._running = serve(
-                build_source(args, split),
-                token=token,
-                max_workers=args.server_workers,
-                batch_delay=batch_delay(args),
-            )
+        if in_process:
+            self._running = _serve(args, split, token, user_store)
             port = self._running.port
             self.pid = os.getpid()
         else:
@@ -171,7 +191,9 @@ class ServerHandle:
             context = mp.get_context("spawn")
             self._conn, child_conn = context.Pipe()
             self._process = context.Process(
-                target=_serve_in_child, args=(args, token, child_conn), name="candidate-service"
+                target=_serve_in_child,
+                args=(args, token, child_conn, user_store, str(log_path) if log_path else None),
+                name="candidate-service",
             )
             self._process.start()
             if not self._conn.poll(SERVER_START_TIMEOUT):
@@ -186,14 +208,7 @@ class ServerHandle:
 
     def peak_memory_mb(self) -> float | None:
         """Peak resident memory of the server's process so far in MiB (Linux ``VmHWM``; None elsewhere)."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-        return None
+        return process_memory_mib(self.pid, "VmHWM")
 
     def stop(self) -> None:
         """Stop the service and, for a child process, wait for it to exit."""
@@ -362,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     split = load_split(args.dataset, args.data_path)
     token = secrets.token_urlsafe(24)  # exercise the auth path as a deployment would
     load_before = os.getloadavg()[0]
-    server = ServerHandle(args, split, token)
+    server = ServerHandle(args, split, token, in_process=args.in_process)
     try:
         probe = CandidateServiceClient(server.target, token=token, timeout=args.timeout)
         health = probe.health()

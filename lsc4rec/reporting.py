@@ -24,6 +24,19 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def process_memory_mib(pid: int, field: str = "VmRSS") -> float | None:
+    """A memory figure of process ``pid`` in MiB from ``/proc/<pid>/status`` (``VmRSS``: resident now,
+    ``VmHWM``: peak resident so far); None where unreadable (not Linux, the process gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy / torch scalars
         return value.item()
