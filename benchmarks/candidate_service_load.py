@@ -152,6 +152,29 @@ def _n(workload: Workload, rng: random.Random) -> int:
     return rng.randint(1, workload.info.max_n)
 
 
+def _request(
+    workload: Workload,
+    method: str,
+    message: Any,
+    n: int,
+    request_id: str,
+    expected: list[list[int]] | None,
+    metadata: tuple[tuple[str, str], ...] | None,
+    timeout: float | None,
+) -> Request:
+    """A call of ``method`` with the serialized ``message``; ``expected``: the histories a valid reply is
+    checked against (None for an invalid request); the workload's token and deadline unless overridden."""
+    return Request(
+        method,
+        message.SerializeToString(),
+        _auth(workload) if metadata is None else metadata,
+        workload.timeout if timeout is None else timeout,
+        n,
+        request_id,
+        expected,
+    )
+
+
 def _recommend(
     workload: Workload,
     history: Sequence[int],
@@ -162,15 +185,8 @@ def _recommend(
     timeout: float | None = None,
 ) -> Request:
     message = pb.RecommendRequest(history=list(history), n=n, request_id=request_id)
-    return Request(
-        "Recommend",
-        message.SerializeToString(),
-        _auth(workload) if metadata is None else metadata,
-        workload.timeout if timeout is None else timeout,
-        n,
-        request_id,
-        [list(history)] if valid else None,
-    )
+    expected = [list(history)] if valid else None
+    return _request(workload, "Recommend", message, n, request_id, expected, metadata, timeout)
 
 
 def _batch(
@@ -185,15 +201,8 @@ def _batch(
     message = pb.RecommendBatchRequest(
         histories=[pb.History(items=list(h)) for h in histories], n=n, request_id=request_id
     )
-    return Request(
-        "RecommendBatch",
-        message.SerializeToString(),
-        _auth(workload) if metadata is None else metadata,
-        workload.timeout if timeout is None else timeout,
-        n,
-        request_id,
-        [list(h) for h in histories] if valid else None,
-    )
+    expected = [list(h) for h in histories] if valid else None
+    return _request(workload, "RecommendBatch", message, n, request_id, expected, metadata, timeout)
 
 
 def _for_users(
@@ -206,15 +215,8 @@ def _for_users(
     timeout: float | None = None,
 ) -> Request:
     message = pb.RecommendForUsersRequest(user_ids=list(users), n=n, request_id=request_id)
-    return Request(
-        "RecommendForUsers",
-        message.SerializeToString(),
-        _auth(workload) if metadata is None else metadata,
-        workload.timeout if timeout is None else timeout,
-        n,
-        request_id,
-        [list(workload.stored[u]) for u in users] if valid else None,
-    )
+    expected = [list(workload.stored[u]) for u in users] if valid else None
+    return _request(workload, "RecommendForUsers", message, n, request_id, expected, metadata, timeout)
 
 
 def _valid_request(
