@@ -23,7 +23,7 @@ test phase the ``test-*`` rows of the final table).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,7 @@ __all__ = [
     "CandidateService",
     "codebook_from_record",
     "codebook_record",
+    "instruction_destinations",
     "replying_node",
     "statistics_from_record",
     "statistics_record",
@@ -158,13 +159,14 @@ def statistics_from_record(record: ArrayRecord, codebook: SemanticCodebook) -> C
     return stats
 
 
-def replying_node(reply: Message, sent: Sequence[Message]) -> int:
-    """The node ``reply`` answers for: the destination of the instruction in ``sent`` it replies to (the grid
-    sets message ids when it sends), else its sender. An error reply the SuperLink makes for a node that
+def instruction_destinations(sent: Sequence[Message]) -> dict[str, int]:
+    """Message id -> destination node of instructions ``sent`` (the grid sets the ids when it sends)."""
+    return {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent if m.metadata.message_id}
+
+
+def replying_node(reply: Message, destinations: Mapping[str, int]) -> int:
+    """The node ``reply`` answers for: the destination of the instruction it replies to
+    (:func:`instruction_destinations`), else its sender. An error reply the SuperLink makes for a node that
     stopped sending heartbeats names the SuperLink as its sender, not the node."""
-    replied_to = reply.metadata.reply_to_message_id
-    if replied_to:
-        for message in sent:
-            if message.metadata.message_id == replied_to:
-                return int(message.metadata.dst_node_id)
-    return int(reply.metadata.src_node_id)
+    node = destinations.get(reply.metadata.reply_to_message_id)
+    return node if node is not None else int(reply.metadata.src_node_id)

@@ -28,6 +28,7 @@ from lsc4rec.messages import (
     CONFIG,
     METRICS,
     codebook_record,
+    instruction_destinations,
     replying_node,
     statistics_from_record,
 )
@@ -81,10 +82,11 @@ class CodebookSync:
 
     def acknowledge(self, replies: Iterable[Message]) -> None:
         """Record the version each replying node now holds (metric ``codebook-version``)."""
+        destinations = instruction_destinations(self._sent)
         for reply in replies:
             if reply.has_error():
                 # A failed node may have lost its state (restart): send it the codebook again next time.
-                self.node_versions.pop(replying_node(reply, self._sent), None)
+                self.node_versions.pop(replying_node(reply, destinations), None)
                 continue
             if METRICS not in reply.content.metric_records:
                 continue

@@ -31,6 +31,7 @@ from lsc4rec.messages import (
     PROXIMAL_MU,
     ROW_COUNTS,
     SERVER_ROUND,
+    instruction_destinations,
     replying_node,
 )
 from lsc4rec.strategies.aggregation import AGGREGATION_RULES, aggregate_arrays, count_weighted_rows
@@ -153,6 +154,8 @@ class SRMStrategy(Strategy):
         # The round's instructions per stage: a reply is matched to the node its instruction went to (the
         # SuperLink answers for a node that went offline, with its own id as the sender).
         self._sent: dict[str, list[Message]] = {"train": [], "evaluate": []}
+        # Their ids -> destinations, built once the grid has sent them (it sets the ids), per stage.
+        self._destinations: dict[str, dict[str, int]] = {}
         self._bytes_sent: dict[str, int] = {"train": 0, "evaluate": 0}
 
     # ------------------------------------------------------------------ state for checkpoints
@@ -208,12 +211,15 @@ class SRMStrategy(Strategy):
             content = RecordDict({"arrays": arrays, "config": node_config})
             messages.append(Message(content, dst_node_id=node_id, message_type=message_type))
         self._sent[stage] = messages
+        self._destinations.pop(stage, None)
         return messages
 
     def sender(self, stage: str, reply: Message) -> int:
         """The node ``reply`` answers for among this round's ``stage`` instructions (see
         :func:`~lsc4rec.messages.replying_node`)."""
-        return replying_node(reply, self._sent[stage])
+        if stage not in self._destinations:
+            self._destinations[stage] = instruction_destinations(self._sent[stage])
+        return replying_node(reply, self._destinations[stage])
 
     def _fail(self, server_round: int, stage: str, node_id: int, reason: str) -> None:
         failure = NodeFailure(server_round, stage, int(node_id), reason)
