@@ -12,6 +12,7 @@ highest upload their history and receive a fresh list, which they keep until the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -231,8 +232,9 @@ def _serve_step(
             settings.k,
             catalogue,  # type: ignore[arg-type]
         )[settings.score]
-    # The device's own top items: for a union pool, and for devices holding no cloud list.
-    top = device_top_items(catalogue, settings.device_candidates)
+    # The device's own top items (computed once if needed): for a union pool, and for devices holding no
+    # cloud list.
+    top = functools.cache(lambda: device_top_items(catalogue, settings.device_candidates))
 
     def ranked(items: Tensor, llm: Tensor, srm: Tensor, alpha: float = settings.alpha) -> Tensor:
         own = device_pool(items, top, settings.candidate_pool)

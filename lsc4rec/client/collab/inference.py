@@ -5,7 +5,7 @@ Shared by the experiments and the device client, so a simulated device and a dep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -95,16 +95,19 @@ def device_top_items(catalogue: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return items.masked_fill(empty, 0), scores
 
 
-def device_pool(items: Tensor, top: tuple[Tensor, Tensor], pool: str) -> tuple[Tensor, Tensor] | None:
-    """The device's own items ``top`` (:func:`device_top_items`) to add to its candidate ``items``: for every
-    row with ``pool="union"``; with ``pool="llm"`` only for rows holding no cloud item (the cloud was
-    unreachable), so such a device ranks with its own model; None when nothing is added."""
+def device_pool(
+    items: Tensor, top: Callable[[], tuple[Tensor, Tensor]], pool: str
+) -> tuple[Tensor, Tensor] | None:
+    """The device's own items ``top()`` (:func:`device_top_items`, computed only when needed) to add to its
+    candidate ``items``: for every row with ``pool="union"``; with ``pool="llm"`` only for rows holding no
+    cloud item (the cloud was unreachable), so such a device ranks with its own model; None when nothing is
+    added."""
     if pool == "union":
-        return top
+        return top()
     empty = ~(items > 0).any(dim=1, keepdim=True)
     if not bool(empty.any()):
         return None
-    own, scores = top
+    own, scores = top()
     return own.masked_fill(~empty, 0), scores.masked_fill(~empty, float("-inf"))
 
 

@@ -9,6 +9,7 @@ targets.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,9 +129,9 @@ def serve_devices(
         disagreement = request_score_table(
             srm, history, items, srm_scores, (settings.score,), settings.k, catalogue
         )[settings.score]
-    # The device's own top items (computed once, used before and after requests): for a union pool, and
-    # for devices holding no cloud list.
-    top = device_top_items(catalogue, settings.device_candidates)
+    # The device's own top items (computed once if needed, used before and after requests): for a union
+    # pool, and for devices holding no cloud list.
+    top = functools.cache(lambda: device_top_items(catalogue, settings.device_candidates))
 
     def ranked(items: torch.Tensor, llm_scores: torch.Tensor, srm_scores: torch.Tensor) -> torch.Tensor:
         own = device_pool(items, top, settings.candidate_pool)
