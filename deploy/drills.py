@@ -370,8 +370,9 @@ def candidate_service(workdir: Path, seconds: float, kill_at: float, down_for: f
         return process
 
     split = leave_one_out(load_dataset("beauty"))
-    sequences = [s for s in split.train_sequences() if len(s) >= 6][:2048]
-    users = [u for u, s in enumerate(split.train_sequences()) if len(s) >= 6][:2048]
+    # Devices with at least 3 items held and 3 arriving; user ids are positions in the service's store.
+    chosen = [(u, s) for u, s in enumerate(split.train_sequences()) if len(s) >= 6][:2048]
+    users, sequences = [u for u, _ in chosen], [s for _, s in chosen]
     torch.manual_seed(0)
     model = build_srm("sasrec", split.num_items, hidden_size=32, num_heads=2, intermediate_size=64)
     settings = CollaborationSettings(candidates=20, mode="intelligent", ratio=0.3, device_candidates=20)
