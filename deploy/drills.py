@@ -176,8 +176,10 @@ def supernode_crash(
         deployment.start_all()
         run = StreamedRun(deployment, run_config(workdir, name, rounds))
         victims = list(range(killed))
-        counts = {i: received_messages(deployment, i) for i in victims}
+        # Round 1's line comes after its evaluation: every round-1 message has been received by then, so the
+        # next one a node logs is round 2's training instruction.
         run.wait_for(r"round 1/\d+:", RUN_TIMEOUT)
+        counts = {i: received_messages(deployment, i) for i in victims}
         wait_until_training(deployment, victims, counts)
         for index in victims:
             deployment.kill_supernode(index)
