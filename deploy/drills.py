@@ -150,21 +150,26 @@ def run_metrics(workdir: Path, name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def wait_until_training(deployment: LocalDeployment, indices: list[int], before: dict[int, int]) -> None:
-    """Block (up to 60 s) until each SuperNode in ``indices`` has logged a new message since ``before``
-    (its log's count of received messages): the nodes then hold the round's instruction and are training."""
-    deadline = time.monotonic() + 60
+def wait_until_training(
+    deployment: LocalDeployment, indices: list[int], before_run: dict[int, int], server_round: int
+) -> None:
+    """Block (up to 120 s) until each SuperNode in ``indices`` has received the current run's training
+    instruction of ``server_round`` (``before_run``: its training instructions before the run), i.e. it is
+    training in that round."""
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if all(received_messages(deployment, i) > before[i] for i in indices):
+        if all(train_instructions(deployment, i) >= before_run[i] + server_round for i in indices):
             return
         time.sleep(0.2)
-    raise TimeoutError(f"SuperNodes {indices} received no instruction within 60 s")
+    raise TimeoutError(f"SuperNodes {indices} received no round-{server_round} instruction within 120 s")
 
 
-def received_messages(deployment: LocalDeployment, index: int) -> int:
-    """How many instructions SuperNode ``index`` has logged receiving so far."""
+def train_instructions(deployment: LocalDeployment, index: int) -> int:
+    """How many training instructions SuperNode ``index`` has logged receiving so far."""
     log = deployment.workdir / f"supernode-{index}.log"
-    return len(re.findall(r"Receiving: \w+ message", log.read_text(errors="replace"))) if log.exists() else 0
+    return (
+        len(re.findall(r"Receiving: train message", log.read_text(errors="replace"))) if log.exists() else 0
+    )
 
 
 def supernode_crash(
@@ -174,13 +179,11 @@ def supernode_crash(
     verdicts = Verdicts(name)
     with LocalDeployment(workdir, nodes) as deployment:
         deployment.start_all()
-        run = StreamedRun(deployment, run_config(workdir, name, rounds))
         victims = list(range(killed))
-        # Round 1's line comes after its evaluation: every round-1 message has been received by then, so the
-        # next one a node logs is round 2's training instruction.
+        before_run = {i: train_instructions(deployment, i) for i in victims}
+        run = StreamedRun(deployment, run_config(workdir, name, rounds))
         run.wait_for(r"round 1/\d+:", RUN_TIMEOUT)
-        counts = {i: received_messages(deployment, i) for i in victims}
-        wait_until_training(deployment, victims, counts)
+        wait_until_training(deployment, victims, before_run, 2)
         for index in victims:
             deployment.kill_supernode(index)
         print(f"[{name}] killed SuperNodes {victims} (shards {victims}) during round 2", flush=True)
@@ -264,14 +267,14 @@ def superlink_restart(workdir: Path, nodes: int, rounds: int, kill_in_round: int
         reference = deployment.run(run_config(workdir, "uninterrupted", rounds, wait), RUN_TIMEOUT)
         reference_seconds = time.monotonic() - started
         verdicts.check("the uninterrupted run completes", reference.ok, reference.status)
+        before_run = {i: train_instructions(deployment, i) for i in range(nodes)}
         run = StreamedRun(deployment, run_config(workdir, "interrupted", rounds, wait))
         checkpoint = workdir / "outputs" / "interrupted" / "checkpoint.pt"
         run.wait_for(rf"round {kill_in_round - 1}/\d+:", RUN_TIMEOUT)
         deadline = time.monotonic() + 120
         while checkpoint_round(checkpoint) < kill_in_round - 1 and time.monotonic() < deadline:
             time.sleep(0.2)
-        counts = {i: received_messages(deployment, i) for i in range(nodes)}
-        wait_until_training(deployment, list(range(nodes)), counts)
+        wait_until_training(deployment, list(range(nodes)), before_run, kill_in_round)
         deployment.kill_superlink()
         print(f"[{name}] killed the SuperLink (and its ServerApp) during round {kill_in_round}", flush=True)
         time.sleep(2.0)
@@ -526,7 +529,11 @@ def main() -> None:
     results = {}
     for name in names:
         started = time.monotonic()
-        verdicts = DRILLS[name](args, workdir)
+        try:
+            verdicts = DRILLS[name](args, workdir)
+        except Exception as error:  # a drill that cannot run to its end is a failed drill, not a crash
+            verdicts = Verdicts(name)
+            verdicts.check("the drill runs to its end", False, f"{type(error).__name__}: {error}")
         results[name] = {
             "passed": verdicts.passed,
             "seconds": round(time.monotonic() - started, 1),
