@@ -7,7 +7,7 @@ from dataclasses import dataclass
 __all__ = ["GRAD_SAMPLE_MODES", "HOOK_SAFE_LOSSES", "PRIVACY_MODES", "PrivacySettings"]
 
 PRIVACY_MODES = ("none", "local", "central")
-GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch")
+GRAD_SAMPLE_MODES = ("auto", "rows", "hooks", "functorch")
 #: Losses whose every parameter use Opacus' per-layer hooks see (see ``models/srm/base.py``).
 HOOK_SAFE_LOSSES = ("sampled_softmax", "bce")
 

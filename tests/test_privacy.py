@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from lsc4rec.client.dp_rows import RowGatherStep, local_item_tables
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
 from lsc4rec.client.private_training import (
     _per_sample_grads,
@@ -201,10 +203,18 @@ def _first_step_sums(monkeypatch: pytest.MonkeyPatch) -> list[list[torch.Tensor]
         original(self)
 
     monkeypatch.setattr(DPOptimizer, "add_noise", spy)
+    original_rows = RowGatherStep.clipped_sum
+
+    def spy_rows(self: RowGatherStep, *args, **kwargs):
+        result = original_rows(self, *args, **kwargs)
+        recorded.append([g.detach().clone() for g in result.sums.values()])
+        return result
+
+    monkeypatch.setattr(RowGatherStep, "clipped_sum", spy_rows)
     return recorded
 
 
-@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+@pytest.mark.parametrize("mode", ["rows", "hooks", "functorch"])
 def test_per_sample_clipping_bounds_each_devices_influence(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,9 +244,10 @@ def test_per_sample_clipping_bounds_each_devices_influence(
 
 
 @pytest.mark.parametrize(("name", "loss", "expected_mode"), [
-    ("sasrec", "sampled_softmax", 0.0),
-    ("gru4rec", "bce", 0.0),
-    ("din", "sampled_softmax", 0.0),
+    ("sasrec", "sampled_softmax", 2.0),
+    ("gru4rec", "bce", 2.0),
+    ("din", "sampled_softmax", 2.0),
+    ("ttt4rec", "bce", 2.0),
     ("ttt4rec", "ce", 1.0),
     ("sasrec", "ce", 1.0),
 ])  # fmt: skip
@@ -255,6 +266,81 @@ def test_every_srm_is_dp_trainable(name: str, loss: str, expected_mode: float) -
     assert set(trainable) <= set(changed)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert math.isfinite(result.metrics["train_loss"]) and 0 <= result.metrics["clipped-fraction"] <= 1
+
+
+# ---------------------------------------------------------------------- the row-gather engine
+
+
+def test_local_item_tables_renumber_each_row_into_its_distinct_ids() -> None:
+    ids = torch.tensor([[0, 7, 3, 7, 0, 9], [0, 2, 2, 2, 2, 2]])
+    distinct, local = local_item_tables(ids)
+    assert distinct.tolist() == [[0, 3, 7, 9, 0, 0], [0, 2, 0, 0, 0, 0]]
+    assert local.tolist() == [[0, 2, 1, 2, 0, 3], [0, 1, 1, 1, 1, 1]]
+    assert torch.equal(torch.gather(distinct, 1, local), ids)
+
+
+def _model_for(name: str) -> torch.nn.Module:
+    from opacus.validators import ModuleValidator
+
+    torch.manual_seed(3)
+    model = build_srm(name, NUM_ITEMS, hidden_size=8, dropout=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ModuleValidator.fix(model)  # DPGRU: torch.func cannot batch nn.GRU
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "din", "ttt4rec"])
+@pytest.mark.parametrize("frozen_table", [False, True])
+def test_row_gather_clipping_equals_whole_table_per_sample_gradients(
+    name: str, loss: str, frozen_table: bool
+) -> None:
+    """Each example's norm and clipped sum equal those of the dense [B, items, d] per-example gradients."""
+    model = _model_for(name)
+    if frozen_table:
+        model.item_embedding.weight.requires_grad_(False)
+    inputs, targets = padded(sequences(9, seed=11, low=2, high=14))
+    negatives = draw_negatives(
+        loss, NUM_ITEMS, targets, 12 if loss == "sampled_softmax" else 3, torch.Generator()
+    )
+    wrapper = _RowLoss(model, loss)
+    names = [n for n, p in wrapper.named_parameters() if p.requires_grad]
+    assert ("model.item_embedding.weight" in names) != frozen_table
+    dense = _per_sample_grads(wrapper, {n: dict(wrapper.named_parameters())[n].detach() for n in names},
+                              inputs, targets, negatives)  # fmt: skip
+    norms = torch.stack([dense[n].reshape(9, -1).norm(dim=1) for n in names], dim=1).norm(dim=1)
+    clip = float(norms.median())  # about half the examples are clipped
+    result = RowGatherStep(wrapper, names).clipped_sum(inputs, targets, negatives, clip)
+    torch.testing.assert_close(result.norms, norms, atol=1e-6, rtol=1e-5)
+    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+    assert set(result.sums) == set(names)
+    for n in names:
+        expected = torch.einsum("b,b...->...", factor, dense[n])
+        torch.testing.assert_close(result.sums[n], expected, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "loss"), [("sasrec", "sampled_softmax"), ("gru4rec", "bce")])
+def test_row_gather_engine_takes_the_same_steps_as_opacus(name: str, loss: str) -> None:
+    """Same seeds: the same Poisson batches, the same noise, the same weights and ledger as Opacus' hooks."""
+    # Adam is blind to the gradient's scale; L2 weight decay added to the gradient is not.
+    scale_sensitive = replace(settings(loss, batch_size=8), weight_decay=0.5)
+    results = {}
+    for mode in ("rows", "hooks"):
+        torch.manual_seed(0)
+        model = build_srm(name, NUM_ITEMS, hidden_size=8, dropout=0.0)
+        privacy = PrivacySettings(
+            mode="local", noise_multiplier=0.7, clipping_norm=0.2, grad_sample_mode=mode
+        )
+        result = train_on_shard_private(
+            model, sequences(30, seed=12), scale_sensitive, privacy, 10, 2, 2, 30, seed=4
+        )
+        results[mode] = (model.state_dict(), result)
+    (rows_state, rows), (hooks_state, hooks) = results["rows"], results["hooks"]
+    assert rows.history == hooks.history and rows.metrics["epsilon"] == hooks.metrics["epsilon"]
+    assert rows.metrics["clipped-fraction"] == pytest.approx(hooks.metrics["clipped-fraction"])
+    assert rows.metrics["clipped-fraction"] > 0
+    for key, value in hooks_state.items():
+        torch.testing.assert_close(rows_state[key], value, atol=2e-5, rtol=1e-4, msg=key)
 
 
 # ---------------------------------------------------------------------- central DP pieces

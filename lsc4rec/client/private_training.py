@@ -137,19 +137,38 @@ def plan_for(
 
 
 def resolve_grad_sample_mode(privacy: PrivacySettings, model: SequentialRecommender, loss: str) -> str:
-    """``hooks`` or ``functorch`` for this model and loss (``auto``: hooks wherever they are exact)."""
-    hooks_ok = loss in HOOK_SAFE_LOSSES and _hooks_cover(model)
+    """``rows``, ``hooks`` or ``functorch`` for this model and loss.
+
+    ``auto`` picks ``rows`` wherever the loss reads the item table by id (``sampled_softmax``, ``bce``): exact
+    and the fastest, as it never builds a per-example copy of the whole table; else ``functorch``.
+    """
+    reads_rows = loss in HOOK_SAFE_LOSSES and not _generates_classifier(model)
     if privacy.grad_sample_mode == "hooks":
-        if not hooks_ok:
+        if not (reads_rows and _hooks_cover(model)):
             raise ValueError(
                 f"privacy.grad_sample_mode=hooks cannot train {type(model).__name__} with train.loss={loss}: "
                 f"Opacus' per-layer hooks need a loss in {HOOK_SAFE_LOSSES} and no parameter used outside a "
                 "module (TTT fast weights, SOLID's generated classifier); use grad_sample_mode=functorch"
             )
         return "hooks"
+    if privacy.grad_sample_mode == "rows":
+        if not reads_rows:
+            raise ValueError(
+                f"privacy.grad_sample_mode=rows cannot train {type(model).__name__} with train.loss={loss}: "
+                f"it needs a loss that reads item rows by id ({HOOK_SAFE_LOSSES}), not the whole table; "
+                "use grad_sample_mode=functorch"
+            )
+        return "rows"
     if privacy.grad_sample_mode == "functorch":
         return "functorch"
-    return "hooks" if hooks_ok else "functorch"
+    return "rows" if reads_rows else "functorch"
+
+
+def _generates_classifier(model: SequentialRecommender) -> bool:
+    """Whether ``model`` scores items through weights generated outside the item table (SOLID)."""
+    from lsc4rec.models.solid.dual_model import SolidRecommender
+
+    return isinstance(model, SolidRecommender)
 
 
 def _hooks_cover(model: SequentialRecommender) -> bool:
@@ -188,7 +207,8 @@ def _per_sample_grads(
     buffers = dict(wrapper.named_buffers())
 
     def row_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, neg: torch.Tensor | None):
-        batched_neg = None if neg is None else neg.unsqueeze(0) if neg.dim() == 3 else neg
+        # Under vmap a row's bce negatives are [L, n] (batched back to [1, L, n]); sampled-softmax ones [C].
+        batched_neg = None if neg is None else neg.unsqueeze(0) if neg.dim() == 2 else neg
         out = functional_call(wrapper, ({**p, **buffers}), (x.unsqueeze(0), y.unsqueeze(0), batched_neg))
         return out.squeeze(0)
 
@@ -196,6 +216,151 @@ def _per_sample_grads(
     negative_dim = 0 if negatives is not None and negatives.dim() == 3 else None
     compute = vmap(grad(row_loss), in_dims=(None, 0, 0, negative_dim), randomness="different")
     return compute(params, inputs, targets, negatives)
+
+
+#: How a round reports its per-sample gradient engine (metric ``grad-sample-mode``).
+GRAD_SAMPLE_MODE_CODES = {"hooks": 0.0, "functorch": 1.0, "rows": 2.0}
+
+
+@dataclass
+class _DPRun:
+    """What one node's DP-SGD round trains with (both engines)."""
+
+    trainable: SequentialRecommender
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    plan: PrivatePlan
+    privacy: PrivacySettings
+    settings: TrainSettings
+    history: Sequence[HistoryEntry]
+    noise_seed: int
+    negatives: torch.Generator
+
+
+@dataclass
+class _Trace:
+    """What a round's DP-SGD steps leave: per-batch losses, clipping counts and the extended ledger."""
+
+    losses: list[float]
+    clipped: int
+    seen: int
+    history: list[HistoryEntry]
+
+
+def _count_clipped(trace: _Trace, norms: torch.Tensor, clipping_norm: float) -> None:
+    trace.clipped += int((norms > clipping_norm).sum())
+    trace.seen += int(norms.numel())
+
+
+def _train_opacus(run: _DPRun, local_epochs: int, mode: str) -> _Trace:
+    """DP-SGD with Opacus' engine: per-sample gradients from its hooks, or from ``torch.func`` handed over."""
+    from opacus import PrivacyEngine
+
+    settings, trainable = run.settings, run.trainable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = PrivacyEngine(accountant="rdp")
+        engine.accountant.history = list(run.history)
+        wrapped, dp_optimizer, dp_loader = engine.make_private(
+            module=trainable,
+            optimizer=run.optimizer,
+            data_loader=run.loader,
+            noise_multiplier=run.plan.noise_multiplier,
+            max_grad_norm=run.privacy.clipping_norm,
+            grad_sample_mode="hooks" if mode == "hooks" else "no_op",
+            noise_generator=torch.Generator().manual_seed(run.noise_seed),
+        )
+    trainable.train()
+    row_loss = _RowLoss(trainable, settings.loss)
+    # Names as the wrapper sees them ("model.<name>"), which is what functional_call swaps.
+    named = [(n, p) for n, p in row_loss.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in named], [p for _, p in named]
+    trace = _Trace([], 0, 0, [])
+    for _ in range(local_epochs):
+        for inputs, targets in dp_loader:
+            dp_optimizer.zero_grad(set_to_none=True)
+            rows = inputs.size(0)
+            if rows == 0:
+                # An empty Poisson batch still takes a step: the noise is part of the mechanism.
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            else:
+                negatives = draw_negatives(
+                    settings.loss, trainable.num_items, targets, settings.num_negatives, run.negatives
+                )
+                if mode == "hooks":
+                    per_row = per_sequence_loss(settings.loss, trainable, inputs, targets, negatives)
+                    with warnings.catch_warnings():
+                        # Opacus' hooks on the item embedding fire for an integer input (no input grad).
+                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                        per_row.mean().backward()
+                    trace.losses.append(float(per_row.detach().mean()))
+                else:
+                    values = {n: p.detach() for n, p in zip(names, params, strict=True)}
+                    grads = _per_sample_grads(row_loss, values, inputs, targets, negatives)
+                    for name, p in zip(names, params, strict=True):
+                        p.grad_sample = grads[name]
+                    with torch.no_grad():
+                        trace.losses.append(float(row_loss(inputs, targets, negatives).mean()))
+                norms = torch.stack(
+                    [p.grad_sample.reshape(rows, -1).norm(dim=1) for p in params], dim=1
+                ).norm(dim=1)
+                _count_clipped(trace, norms, run.privacy.clipping_norm)
+            dp_optimizer.step()
+    if mode == "hooks":
+        wrapped._close()  # remove Opacus' hooks from the module
+    trace.history = [(float(n), float(q), int(s)) for n, q, s in engine.accountant.history]
+    return trace
+
+
+def _train_rows(run: _DPRun, local_epochs: int) -> _Trace:
+    """DP-SGD whose per-sample gradients touch only the item rows each example reads (:mod:`dp_rows`).
+
+    The mechanism is Opacus' own: its Poisson loader, its noise function (std = noise multiplier x clipping
+    norm on every coordinate of every trained parameter, the sum divided by its expected batch size) and its
+    RDP accountant, stepped once per optimizer step.
+    """
+    from opacus.accountants import RDPAccountant
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers.optimizer import _generate_noise
+
+    from lsc4rec.client.dp_rows import RowGatherStep
+
+    settings, trainable, plan = run.settings, run.trainable, run.plan
+    dp_loader = DPDataLoader.from_data_loader(run.loader, generator=run.loader.generator)
+    # Opacus' DPOptimizer divides by int(len(dataset) x sample rate); so does this engine.
+    expected_batch = int(len(run.loader.dataset) * (1 / len(run.loader)))
+    noise = torch.Generator().manual_seed(run.noise_seed)
+    accountant = RDPAccountant()
+    accountant.history = list(run.history)
+    trainable.train()
+    row_loss = _RowLoss(trainable, settings.loss)
+    named = {n: p for n, p in row_loss.named_parameters() if p.requires_grad}
+    step = RowGatherStep(row_loss, list(named))
+    std = plan.noise_multiplier * run.privacy.clipping_norm
+    trace = _Trace([], 0, 0, [])
+    for _ in range(local_epochs):
+        for inputs, targets in dp_loader:
+            run.optimizer.zero_grad(set_to_none=True)
+            if inputs.size(0) == 0:
+                # An empty Poisson batch still takes a step: the noise is part of the mechanism.
+                sums = {n: torch.zeros_like(p) for n, p in named.items()}
+            else:
+                negatives = draw_negatives(
+                    settings.loss, trainable.num_items, targets, settings.num_negatives, run.negatives
+                )
+                clipped = step.clipped_sum(inputs, targets, negatives, run.privacy.clipping_norm)
+                sums = clipped.sums
+                _count_clipped(trace, clipped.norms, run.privacy.clipping_norm)
+                with torch.no_grad():
+                    trace.losses.append(float(row_loss(inputs, targets, negatives).mean()))
+            for name, p in named.items():
+                noisy = sums[name] + _generate_noise(std=std, reference=p, generator=noise)
+                p.grad = noisy / expected_batch
+            run.optimizer.step()
+            accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+    trace.history = [(float(n), float(q), int(s)) for n, q, s in accountant.history]
+    return trace
 
 
 @dataclass
@@ -228,7 +393,6 @@ def train_on_shard_private(
     ``clipped-fraction`` (share of per-sample gradients the clipping norm cut), ``num-examples``,
     ``train_loss``, ``grad-sample-mode`` (0 hooks, 1 functorch).
     """
-    from opacus import PrivacyEngine
     from opacus.validators import ModuleValidator
 
     batches = TrainBatches(train_sequences, max_len, settings.batch_size, seed=seed)
@@ -263,86 +427,48 @@ def train_on_shard_private(
     # so a deployment sets privacy.seeded_noise=false (sampling and noise seeds from the OS).
     rng_seed = seed if privacy.seeded_noise else int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     with warnings.catch_warnings():
         # Opacus warns about secure_mode and its own RNG; seeds here are for reproducible experiments.
         warnings.simplefilter("ignore")
-        trainable = ModuleValidator.fix(model) if mode == "hooks" else model
-        if privacy.freeze_item_embeddings:
-            # The item table is most of an SRM's parameters, and DP noise lands on every one of its rows each
-            # step while a user's gradient touches a few; keeping it fixed (e.g. as warm-started on the cloud)
-            # spends the noise on the sequence encoder only.
-            trainable.item_embedding.weight.requires_grad_(False)
-        optimizer = settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
-        loader = DataLoader(
-            TensorDataset(batches.inputs, batches.targets),
-            batch_size=batch_size,
-            generator=torch.Generator().manual_seed(rng_seed),
-        )
-        engine = PrivacyEngine(accountant="rdp")
-        engine.accountant.history = list(history)
-        wrapped, dp_optimizer, dp_loader = engine.make_private(
-            module=trainable,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=privacy.clipping_norm,
-            grad_sample_mode="hooks" if mode == "hooks" else "no_op",
-            noise_generator=torch.Generator().manual_seed(rng_seed + 1),
-        )
-    trainable.train()
-    row_loss = _RowLoss(trainable, settings.loss)
-    # Names as the wrapper sees them ("model.<name>"), which is what functional_call swaps.
-    named = [(n, p) for n, p in row_loss.named_parameters() if p.requires_grad]
-    names, params = [n for n, _ in named], [p for _, p in named]
-    losses, clipped, seen = [], 0, 0
-    for _ in range(local_epochs):
-        for inputs, targets in dp_loader:
-            dp_optimizer.zero_grad(set_to_none=True)
-            rows = inputs.size(0)
-            if rows == 0:
-                # An empty Poisson batch still takes a step: the noise is part of the mechanism.
-                for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
-            else:
-                negatives = draw_negatives(
-                    settings.loss, model.num_items, targets, settings.num_negatives, generator
-                )
-                if mode == "hooks":
-                    per_row = per_sequence_loss(settings.loss, trainable, inputs, targets, negatives)
-                    with warnings.catch_warnings():
-                        # Opacus' hooks on the item embedding fire for an integer input (no input grad).
-                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                        per_row.mean().backward()
-                    losses.append(float(per_row.detach().mean()))
-                else:
-                    values = {n: p.detach() for n, p in zip(names, params, strict=True)}
-                    grads = _per_sample_grads(row_loss, values, inputs, targets, negatives)
-                    for name, p in zip(names, params, strict=True):
-                        p.grad_sample = grads[name]
-                    with torch.no_grad():
-                        losses.append(float(row_loss(inputs, targets, negatives).mean()))
-                norms = torch.stack(
-                    [p.grad_sample.reshape(rows, -1).norm(dim=1) for p in params], dim=1
-                ).norm(dim=1)
-                clipped += int((norms > privacy.clipping_norm).sum())
-                seen += rows
-            dp_optimizer.step()
+        # DPGRU for nn.GRU: Opacus' hooks need it, and torch.func cannot batch nn.GRU's fused kernel.
+        trainable = ModuleValidator.fix(model) if mode in ("hooks", "rows") else model
+    if privacy.freeze_item_embeddings:
+        # The item table is most of an SRM's parameters, and DP noise lands on every one of its rows each
+        # step while a user's gradient touches a few; keeping it fixed (e.g. as warm-started on the cloud)
+        # spends the noise on the sequence encoder only.
+        trainable.item_embedding.weight.requires_grad_(False)
+    optimizer = settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
+    loader = DataLoader(
+        TensorDataset(batches.inputs, batches.targets),
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(rng_seed),
+    )
+    run = _DPRun(
+        trainable=trainable,
+        optimizer=optimizer,
+        loader=loader,
+        plan=plan,
+        privacy=privacy,
+        settings=settings,
+        history=history,
+        noise_seed=rng_seed + 1,
+        negatives=torch.Generator().manual_seed(seed),
+    )
+    trace = _train_rows(run, local_epochs) if mode == "rows" else _train_opacus(run, local_epochs, mode)
     trainable.item_embedding.weight.requires_grad_(True)
-    if mode == "hooks":
-        wrapped._close()  # remove Opacus' hooks from the module
+    if trainable is not model:
         # DPGRU keeps the nn.GRU parameter names as aliases; copy every original key back.
         fixed_state = trainable.state_dict()
         model.load_state_dict({key: fixed_state[key] for key in model.state_dict()})
-    new_history = [(float(n), float(q), int(s)) for n, q, s in engine.accountant.history]
+    new_history = trace.history
     epsilon = epsilon_of(new_history, plan.delta)
     metrics = {
         **base_metrics,
         EPSILON: epsilon,
         PRIVACY_EXHAUSTED: 0.0,
         NUM_EXAMPLES: float(batches.num_targets),
-        TRAIN_LOSS: sum(losses) / max(len(losses), 1),
-        "clipped-fraction": clipped / max(seen, 1),
-        "grad-sample-mode": 0.0 if mode == "hooks" else 1.0,
+        TRAIN_LOSS: sum(trace.losses) / max(len(trace.losses), 1),
+        "clipped-fraction": trace.clipped / max(trace.seen, 1),
+        "grad-sample-mode": GRAD_SAMPLE_MODE_CODES[mode],
     }
     return PrivateRoundResult(metrics, new_history, trained=True)
