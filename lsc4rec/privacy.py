@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
-__all__ = ["GRAD_SAMPLE_MODES", "HOOK_SAFE_LOSSES", "PRIVACY_MODES", "PrivacySettings"]
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "HOOK_SAFE_LOSSES",
+    "PRIVACY_MODES",
+    "SECURE_MODE_UNAVAILABLE",
+    "PrivacySettings",
+]
 
 PRIVACY_MODES = ("none", "local", "central")
 GRAD_SAMPLE_MODES = ("auto", "rows", "hooks", "functorch")
 #: Losses whose every parameter use Opacus' per-layer hooks see (see ``models/srm/base.py``).
 HOOK_SAFE_LOSSES = ("sampled_softmax", "bce")
+#: Why ``privacy.secure_mode`` is refused without torchcsprng (at start-up, and on a node before it trains).
+SECURE_MODE_UNAVAILABLE = (
+    "privacy.secure_mode=true needs the torchcsprng package (Opacus' cryptographic RNG), which is not "
+    "installed: torchcsprng has no build for torch 2.x or Python >= 3.10 (its last release, 0.2.1 of March "
+    "2021, targets torch 1.8 and Python 3.6-3.9, and PyPI holds no source archive). Set "
+    "privacy.secure_mode=false (with privacy.seeded_noise=false in a deployment), or install a torchcsprng "
+    "built for this torch"
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,8 @@ class PrivacySettings:
     central_clipping: str = "server"
     seeded_noise: bool = True
     freeze_item_embeddings: bool = False
+    ledger_dir: str | None = None
+    secure_mode: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in PRIVACY_MODES:
@@ -51,6 +68,18 @@ class PrivacySettings:
             raise ValueError(f"privacy.delta must be in (0, 1) (or null = 1/devices), got {self.delta}")
         if self.batch_size < 0:
             raise ValueError(f"privacy.batch_size must be >= 0 (0 = train.batch_size), got {self.batch_size}")
+        if self.secure_mode and self.mode != "local":
+            raise ValueError(
+                f"privacy.secure_mode=true applies to local DP-SGD only, not privacy.mode={self.mode} "
+                "(central DP's noise is drawn by Flower's strategy)"
+            )
+        if self.secure_mode and importlib.util.find_spec("torchcsprng") is None:
+            raise ValueError(SECURE_MODE_UNAVAILABLE)
+        if self.secure_mode and self.seeded_noise:
+            raise ValueError(
+                "privacy.secure_mode=true draws from the OS's cryptographic RNG, which cannot be seeded: "
+                "set privacy.seeded_noise=false"
+            )
         if self.mode != "none" and self.target_epsilon is None and self.noise_multiplier == 0:
             raise ValueError(
                 f"privacy.mode={self.mode} needs privacy.noise_multiplier > 0 or privacy.target_epsilon"

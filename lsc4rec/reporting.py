@@ -183,3 +183,12 @@ def plot_rounds(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return _save_figure(fig, path, title)
+
+
+def run_folder(run_config: Mapping[str, Any], output_dir: str, run_name: str) -> Path:
+    """A Flower run's folder, the same on the ServerApp and its nodes: ``<root>/<run_name>``, the root being
+    the run config's ``output-dir``, else ``$LSC4REC_OUTPUT_DIR``, else ``output_dir`` (relative to the
+    working directory)."""
+    configured = str(run_config.get("output-dir", "") or "")
+    root = configured or os.environ.get("LSC4REC_OUTPUT_DIR", "") or output_dir
+    return Path(root).expanduser().resolve() / run_name

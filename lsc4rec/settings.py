@@ -213,6 +213,7 @@ class CollabSettings:
     service_batch_delay_ms: float | None
     service_max_queue: int
     cloud_lag: int
+    cloud_users: float
     candidates: int
     candidate_pool: str
     device_candidates: int
@@ -440,11 +441,11 @@ MERGENET_STUDY_IGNORES = {
     "privacy": _FEDERATION,
     "request": "the collaboration experiment is lsc4rec.simulations.request_curve",
     "solid": "SOLID runs in lsc4rec.simulations.solid, centralized and federated runs (model=solid)",
-    # The study reads collab.cloud_lag (the cloud's view of the users) and nothing else of collab.
+    # The study reads collab.cloud_lag and cloud_users (the cloud's view of users), nothing else of collab.
     **{
         f"collab.{f.name}": "the collaboration experiment is lsc4rec.simulations.request_curve"
         for f in dataclasses.fields(CollabSettings)
-        if f.name != "cloud_lag"
+        if f.name not in ("cloud_lag", "cloud_users")
     },
     "runtime": _DEVICE_RUNTIME,
     "onnx_providers": _DEVICE_RUNTIME,

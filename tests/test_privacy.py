@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import math
+import os
+import sys
+import types
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -18,19 +22,18 @@ from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from lsc4rec.client.dp_rows import RowGatherStep, local_item_tables
+from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
 from lsc4rec.client.private_training import (
     _per_sample_grads,
     _RowLoss,
-    history_from_lists,
-    history_to_lists,
     plan_for,
     train_on_shard_private,
 )
 from lsc4rec.data.partition import federation_size, partition_users
 from lsc4rec.models.srm import build_srm
 from lsc4rec.models.srm.losses import draw_negatives, full_softmax_loss, per_sequence_loss
-from lsc4rec.privacy import PrivacySettings
+from lsc4rec.privacy import SECURE_MODE_UNAVAILABLE, PrivacySettings
 from lsc4rec.simulations.privacy_sweep import random_ndcg
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP, central_epsilon, central_noise_for_target
@@ -107,12 +110,24 @@ def test_functorch_per_sample_gradients_match_opacus_hooks_and_add_up() -> None:
 # ---------------------------------------------------------------------- accounting
 
 
-def test_ledger_round_trips_and_rejects_a_corrupt_record() -> None:
-    history = [(1.1, 0.25, 8), (0.9, 0.5, 4)]
-    assert history_from_lists(history_to_lists(history)) == history
-    assert history_from_lists(None) == []
-    with pytest.raises(ValueError, match="ledger is corrupt: 2 noise, 1 rate and 2 steps"):
-        history_from_lists({"noise": [1.0, 1.0], "rate": [0.5], "steps": [1, 2]})
+def test_ledger_file_survives_a_restart_and_refuses_to_forget(tmp_path: Path) -> None:
+    path = ledger_path(tmp_path / "ledgers", 3)
+    ledger = PrivacyLedger.open(path, fresh=True)
+    ledger.record(1, (1.1, 0.25, 8))
+    ledger.record(2, (0.9, 0.5, 4))
+    assert path.name == "partition-3.json" and not path.with_suffix(".json.tmp").exists()
+    # A new process (a restarted SuperNode, a resumed run) reads back every release.
+    reopened = PrivacyLedger.open(path, fresh=False)
+    assert reopened.history == [(1.1, 0.25, 8), (0.9, 0.5, 4)]
+    assert [e.round for e in reopened.entries] == [1, 2]
+    # Only round 1 of a new run starts over.
+    assert PrivacyLedger.open(path, fresh=True).history == []
+    path.write_text('{"entries": [{"round": 1, "noise": 1.0}]}')
+    with pytest.raises(ValueError, match=r"partition-3.json cannot be read \(KeyError: 'rate'\).*epsilon 0"):
+        PrivacyLedger.open(path, fresh=False)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"partition-3.json cannot be read \(JSONDecodeError"):
+        PrivacyLedger.open(path, fresh=False)
 
 
 @pytest.mark.slow
@@ -168,6 +183,42 @@ def test_noise_from_target_epsilon_lands_on_it_and_a_spent_budget_stops_training
     assert third.history == history and third.metrics["epsilon"] == pytest.approx(result.metrics["epsilon"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "partition 7: privacy budget spent" in caplog.text
+
+
+def test_secure_mode_is_refused_with_the_reason_when_torchcsprng_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "torchcsprng", None)  # an import of it fails, as where it is not built
+    with pytest.raises(ValueError, match=r"needs the torchcsprng package.*no build for torch 2.x"):
+        PrivacySettings(mode="local", noise_multiplier=1.0, secure_mode=True, seeded_noise=False)
+    assert "torch 1.8" in SECURE_MODE_UNAVAILABLE
+
+
+@pytest.mark.parametrize("mode", ["rows", "hooks"])
+def test_secure_mode_draws_sampling_and_noise_from_the_secure_generator(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a torchcsprng present, both engines take their randomness from its /dev/urandom generator."""
+    made: list[str] = []
+
+    def create_random_device_generator(device: str) -> torch.Generator:
+        made.append(device)
+        return torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+
+    fake = types.ModuleType("torchcsprng")
+    fake.__spec__ = importlib.machinery.ModuleSpec("torchcsprng", None)
+    fake.create_random_device_generator = create_random_device_generator
+    monkeypatch.setitem(sys.modules, "torchcsprng", fake)
+    with pytest.raises(ValueError, match=r"cannot be seeded: set privacy\.seeded_noise=false"):
+        PrivacySettings(mode="local", noise_multiplier=1.0, secure_mode=True)
+    with pytest.raises(ValueError, match=r"local DP-SGD only, not privacy\.mode=central"):
+        PrivacySettings(mode="central", noise_multiplier=1.0, secure_mode=True, seeded_noise=False)
+    privacy = PrivacySettings(
+        mode="local", noise_multiplier=1.0, secure_mode=True, seeded_noise=False, grad_sample_mode=mode
+    )
+    model = build_srm("sasrec", NUM_ITEMS, hidden_size=8)
+    result = train_on_shard_private(model, sequences(20, seed=3), settings(), privacy, 10, 1, 1, 20, seed=0)
+    assert result.trained and made and set(made) == {"/dev/urandom"}
 
 
 def test_plan_and_settings_errors_name_the_key() -> None:
@@ -437,6 +488,62 @@ def test_local_dp_run_reports_cumulative_epsilon_and_still_beats_random(data: Pa
     assert summary["privacy"]["delta"] == pytest.approx(1 / 240)
     floor = random_ndcg(60)
     assert summary["test_last_round"]["full"]["NDCG@10"] > 2 * floor
+
+
+LOCAL_DP = (
+    "privacy.mode=local",
+    "privacy.noise_multiplier=1.3",
+    "train.loss=sampled_softmax",
+    "train.num_negatives=30",
+    "federated.checkpoint=true",
+)
+
+
+def _epsilons(out: Path) -> list[float]:
+    """The ε every node reported in each round of the run in ``out``."""
+    return [row["train"]["epsilon-max"] for row in json.loads((out / "metrics.json").read_text())["rounds"]]
+
+
+def test_local_dp_ledgers_survive_a_resume_from_checkpoint(data: Path, tmp_path: Path) -> None:
+    """Stopped after round 2 and resumed (fresh node contexts), ε continues as in the uninterrupted run."""
+    whole = tmp_path / "whole"
+    run_inprocess(data, whole, 2, "federated.rounds=4", *LOCAL_DP)
+    cut = tmp_path / "cut"
+    run_inprocess(data, cut, 2, "federated.rounds=2", *LOCAL_DP)
+    first = _epsilons(cut)
+    resumed = run_inprocess(data, cut, 2, "federated.rounds=4", "federated.resume=true", *LOCAL_DP)
+    uninterrupted = _epsilons(whole)
+    assert first == pytest.approx(uninterrupted[:2], rel=1e-9)
+    assert _epsilons(cut)[-1] == pytest.approx(uninterrupted[-1], rel=1e-9)
+    assert resumed["privacy"]["epsilon"] == pytest.approx(uninterrupted[-1], rel=1e-9)
+    # Each node's ledger holds its four rounds once; their composition is the reported epsilon.
+    for partition in (0, 1):
+        ledger = PrivacyLedger.open(ledger_path(cut / "privacy-ledgers", partition), fresh=False)
+        assert [e.round for e in ledger.entries] == [1, 2, 3, 4]
+    rate, steps = ledger.entries[0].rate, ledger.entries[0].steps
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    rdp = compute_rdp(q=rate, noise_multiplier=1.3, steps=4 * steps, orders=orders)
+    expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1 / 240)
+    assert uninterrupted[-1] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_round_released_before_a_crash_is_counted_again_after_the_resume(
+    data: Path, tmp_path: Path
+) -> None:
+    """The nodes trained round 3 but the server never checkpointed it: both releases of round 3 count."""
+    out = tmp_path / "crash"
+    run_inprocess(data, out, 2, "federated.rounds=2", *LOCAL_DP)
+    for partition in (0, 1):  # what the nodes' round 3 wrote before the server died
+        ledger = PrivacyLedger.open(ledger_path(out / "privacy-ledgers", partition), fresh=False)
+        last = ledger.entries[-1]
+        ledger.record(3, (last.noise, last.rate, last.steps))
+    run_inprocess(data, out, 2, "federated.rounds=3", "federated.resume=true", *LOCAL_DP)
+    ledger = PrivacyLedger.open(ledger_path(out / "privacy-ledgers", 0), fresh=False)
+    assert [e.round for e in ledger.entries] == [1, 2, 3, 3]
+    whole = tmp_path / "whole"
+    run_inprocess(data, whole, 2, "federated.rounds=4", *LOCAL_DP)
+    assert _epsilons(out)[-1] == pytest.approx(_epsilons(whole)[3], rel=1e-9)  # four releases each
 
 
 def test_nodes_out_of_budget_stop_without_counting_as_failures(data: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from lsc4rec.client.codebook_sync import device_statistics, item_features_of, prepare_device_model
@@ -33,8 +33,9 @@ from lsc4rec.client.fault_drills import fault_drill_mod
 from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.node import model_from_message, node_settings, partition_of, shard_of
 from lsc4rec.client.onnx_runtime import OnnxRecommender
+from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
-from lsc4rec.client.private_training import history_from_lists, history_to_lists, train_on_shard_private
+from lsc4rec.client.private_training import train_on_shard_private
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.messages import (
     ARRAYS,
@@ -55,6 +56,7 @@ from lsc4rec.messages import (
     statistics_record,
 )
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
+from lsc4rec.reporting import run_folder
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import EvalSet, TrainSettings, evaluate
 
@@ -65,8 +67,6 @@ app = ClientApp()
 
 #: context.state key of the node's Adam moments (``federated.keep_optimizer_state``).
 OPTIMIZER_STATE_KEY = "optimizer"
-#: context.state key of the node's privacy ledger (Opacus RDP history over all rounds, local DP).
-PRIVACY_STATE_KEY = "privacy-ledger"
 
 
 def round_settings(settings: TrainSettings, decay: float, server_round: int) -> TrainSettings:
@@ -83,11 +83,18 @@ def train_privately(
     context: Context,
     server_round: int,
 ) -> dict[str, float]:
-    """Local DP-SGD on this node's devices; the privacy ledger lives on in ``context.state``."""
+    """Local DP-SGD on this node's devices; the privacy ledger lives on the node's disk across restarts."""
     if run.federated.keep_optimizer_state:
         # Opacus wraps a fresh optimizer every round; carrying Adam moments across DP rounds is not wired in.
         raise ValueError("privacy.mode=local does not support federated.keep_optimizer_state=true")
-    ledger = context.state.config_records.get(PRIVACY_STATE_KEY)
+    # The node's own disk; by default inside the run's folder, found as the ServerApp finds it.
+    directory = run.privacy.ledger_dir or run_folder(context.run_config, run.output_dir, run.run_name) / (
+        "privacy-ledgers"
+    )
+    ledger = PrivacyLedger.open(
+        ledger_path(directory, shard.partition_id),
+        fresh=server_round == 1 and not run.federated.resume,
+    )
     result = train_on_shard_private(
         model,
         shard.train_sequences,
@@ -98,10 +105,11 @@ def train_privately(
         planned_rounds=run.federated.rounds,
         num_devices=shard.population or shard.num_devices,
         seed=derive_seed(run.seed, server_round, shard.partition_id),
-        history=history_from_lists(dict(ledger) if ledger is not None else None),
+        history=ledger.history,
         label=f"partition {shard.partition_id}",
     )
-    context.state[PRIVACY_STATE_KEY] = ConfigRecord(history_to_lists(result.history))
+    if result.released is not None:
+        ledger.record(server_round, result.released)
     return result.metrics
 
 

@@ -40,7 +40,7 @@ from lsc4rec.messages import DEVICES, EPSILON, NUM_EXAMPLES, PRIVACY_EXHAUSTED, 
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss
 from lsc4rec.models.srm.ttt4rec import TTT4Rec
-from lsc4rec.privacy import HOOK_SAFE_LOSSES, PrivacySettings
+from lsc4rec.privacy import HOOK_SAFE_LOSSES, SECURE_MODE_UNAVAILABLE, PrivacySettings
 from lsc4rec.training import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -218,6 +218,15 @@ def _per_sample_grads(
     return compute(params, inputs, targets, negatives)
 
 
+def secure_generator() -> torch.Generator:
+    """Opacus' secure-mode generator (``/dev/urandom`` through torchcsprng); a clear error without it."""
+    try:
+        import torchcsprng
+    except ImportError:
+        raise ValueError(SECURE_MODE_UNAVAILABLE) from None
+    return torchcsprng.create_random_device_generator("/dev/urandom")
+
+
 #: How a round reports its per-sample gradient engine (metric ``grad-sample-mode``).
 GRAD_SAMPLE_MODE_CODES = {"hooks": 0.0, "functorch": 1.0, "rows": 2.0}
 
@@ -233,7 +242,7 @@ class _DPRun:
     privacy: PrivacySettings
     settings: TrainSettings
     history: Sequence[HistoryEntry]
-    noise_seed: int
+    noise: torch.Generator
     negatives: torch.Generator
 
 
@@ -259,7 +268,8 @@ def _train_opacus(run: _DPRun, local_epochs: int, mode: str) -> _Trace:
     settings, trainable = run.settings, run.trainable
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        engine = PrivacyEngine(accountant="rdp")
+        secure = run.privacy.secure_mode
+        engine = PrivacyEngine(accountant="rdp", secure_mode=secure)
         engine.accountant.history = list(run.history)
         wrapped, dp_optimizer, dp_loader = engine.make_private(
             module=trainable,
@@ -268,7 +278,8 @@ def _train_opacus(run: _DPRun, local_epochs: int, mode: str) -> _Trace:
             noise_multiplier=run.plan.noise_multiplier,
             max_grad_norm=run.privacy.clipping_norm,
             grad_sample_mode="hooks" if mode == "hooks" else "no_op",
-            noise_generator=torch.Generator().manual_seed(run.noise_seed),
+            # In secure mode Opacus draws from its own cryptographic generator and refuses a given one.
+            noise_generator=None if secure else run.noise,
         )
     trainable.train()
     row_loss = _RowLoss(trainable, settings.loss)
@@ -330,7 +341,6 @@ def _train_rows(run: _DPRun, local_epochs: int) -> _Trace:
     dp_loader = DPDataLoader.from_data_loader(run.loader, generator=run.loader.generator)
     # Opacus' DPOptimizer divides by int(len(dataset) x sample rate); so does this engine.
     expected_batch = int(len(run.loader.dataset) * (1 / len(run.loader)))
-    noise = torch.Generator().manual_seed(run.noise_seed)
     accountant = RDPAccountant()
     accountant.history = list(run.history)
     trainable.train()
@@ -355,7 +365,9 @@ def _train_rows(run: _DPRun, local_epochs: int) -> _Trace:
                 with torch.no_grad():
                     trace.losses.append(float(row_loss(inputs, targets, negatives).mean()))
             for name, p in named.items():
-                noisy = sums[name] + _generate_noise(std=std, reference=p, generator=noise)
+                noisy = sums[name] + _generate_noise(
+                    std=std, reference=p, generator=run.noise, secure_mode=run.privacy.secure_mode
+                )
                 p.grad = noisy / expected_batch
             run.optimizer.step()
             accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
@@ -370,6 +382,8 @@ class PrivateRoundResult:
     metrics: dict[str, float]
     history: list[HistoryEntry]
     trained: bool
+    #: What this round released, ``(noise multiplier, sample rate, steps)``; None when it did not train.
+    released: HistoryEntry | None = None
 
 
 def train_on_shard_private(
@@ -438,10 +452,14 @@ def train_on_shard_private(
         # spends the noise on the sequence encoder only.
         trainable.item_embedding.weight.requires_grad_(False)
     optimizer = settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
+    if privacy.secure_mode:
+        # Poisson sampling and noise from the OS's cryptographic RNG (Opacus' secure_mode).
+        sampling = noise = secure_generator()
+    else:
+        sampling = torch.Generator().manual_seed(rng_seed)
+        noise = torch.Generator().manual_seed(rng_seed + 1)
     loader = DataLoader(
-        TensorDataset(batches.inputs, batches.targets),
-        batch_size=batch_size,
-        generator=torch.Generator().manual_seed(rng_seed),
+        TensorDataset(batches.inputs, batches.targets), batch_size=batch_size, generator=sampling
     )
     run = _DPRun(
         trainable=trainable,
@@ -451,7 +469,7 @@ def train_on_shard_private(
         privacy=privacy,
         settings=settings,
         history=history,
-        noise_seed=rng_seed + 1,
+        noise=noise,
         negatives=torch.Generator().manual_seed(seed),
     )
     trace = _train_rows(run, local_epochs) if mode == "rows" else _train_opacus(run, local_epochs, mode)
@@ -471,4 +489,4 @@ def train_on_shard_private(
         "clipped-fraction": trace.clipped / max(trace.seen, 1),
         "grad-sample-mode": GRAD_SAMPLE_MODE_CODES[mode],
     }
-    return PrivateRoundResult(metrics, new_history, trained=True)
+    return PrivateRoundResult(metrics, new_history, trained=True, released=this_round)

@@ -13,6 +13,10 @@ test item) this gives, per evaluated user whose full sequence is ``s`` of length
 A request (the device uploading its real-time history) lets the cloud answer from ``s[:n-1]`` instead.
 Users whose stale view is empty keep an empty prompt (the cloud then recommends from the bos token alone).
 
+Not every user need have uploaded at all: with ``users < 1`` the cloud holds only a seeded share of the users
+(:func:`held_by_cloud`); the others' histories live on their devices alone (no training data, empty prompts),
+which is what makes the devices' data worth learning from in the privacy experiments.
+
 When time moves through a federated run (:mod:`lsc4rec.data.replay`), the cloud trains when the run starts,
 so its training data is what it held then: each training part cut to what the device held at round 1, ``lag``
 interactions fewer. The stale prompts stay those of the validation and test moments (the end of the run).
@@ -22,10 +26,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from lsc4rec.data.replay import Replay
 from lsc4rec.data.split import LeaveOneOutSplit
 
-__all__ = ["CloudView", "cloud_view"]
+__all__ = ["CloudView", "cloud_view", "held_by_cloud"]
 
 
 @dataclass(frozen=True)
@@ -45,19 +51,43 @@ class CloudView:
         return len(self.stale_test_prompts)
 
 
-def cloud_view(split: LeaveOneOutSplit, lag: int = 2, replay: Replay | None = None) -> CloudView:
+def held_by_cloud(count: int, share: float, seed: int) -> np.ndarray:
+    """Which of ``count`` users the cloud holds at all: ``round(share x count)`` of them by a seeded draw."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"collab.cloud_users must be in (0, 1], got {share}")
+    held = np.zeros(count, dtype=bool)
+    chosen = np.random.default_rng(seed).permutation(count)[: round(share * count)]
+    held[chosen] = True
+    return held
+
+
+def _keep_held(sequences: list[list[int]], held: np.ndarray) -> list[list[int]]:
+    """``sequences`` with those of users the cloud does not hold emptied."""
+    return [list(seq) if keep else [] for seq, keep in zip(sequences, held, strict=True)]
+
+
+def cloud_view(
+    split: LeaveOneOutSplit,
+    lag: int = 2,
+    replay: Replay | None = None,
+    users: float = 1.0,
+    seed: int = 0,
+) -> CloudView:
     """The cloud's stale data for ``split`` (see the module docstring for exactly what it holds).
 
     ``replay`` (time moving through a federated run): the cloud's training data is what it held at round 1.
+    ``users``: the share of users the cloud holds at all (drawn with ``seed``; 1 = every user).
     """
     if lag < 0:
         raise ValueError(f"collab.cloud_lag must be >= 0, got {lag}")
-    test_histories = split.test_histories()
-    valid_histories = split.valid_histories()
+    held = held_by_cloud(len(split.train), users, seed)
+    held_short = held_by_cloud(len(split.train_only), users, seed + 1)
+    test_histories = _keep_held(split.test_histories(), held)
+    valid_histories = _keep_held(split.valid_histories(), held)
     stale_test = [h[: max(len(h) - lag, 0)] for h in test_histories]
     stale_valid = [h[: max(len(h) - lag, 0)] for h in valid_histories]
     moving = replay is not None and replay.enabled
-    seen_at_start = replay.cloud_sequences(split.train, 1, lag) if moving else stale_test
+    seen_at_start = _keep_held(replay.cloud_sequences(split.train, 1, lag), held) if moving else stale_test
     train, cloud_valid_histories, cloud_valid_targets = [], [], []
     for seen in seen_at_start:
         if len(seen) >= 2:
@@ -68,9 +98,15 @@ def cloud_view(split: LeaveOneOutSplit, lag: int = 2, replay: Replay | None = No
             train.append(seen)
     # Users too short to be evaluated still upload their (stale) sequences.
     if moving:
-        train += [seq for seq in replay.cloud_sequences(split.train_only, 1, lag) if seq]
+        train += [
+            seq for seq in _keep_held(replay.cloud_sequences(split.train_only, 1, lag), held_short) if seq
+        ]
     else:
-        train += [seq[: max(len(seq) - lag, 0)] for seq in split.train_only if len(seq) > lag]
+        train += [
+            seq[: max(len(seq) - lag, 0)]
+            for seq, keep in zip(split.train_only, held_short, strict=True)
+            if keep and len(seq) > lag
+        ]
     return CloudView(
         lag=lag,
         train=train,

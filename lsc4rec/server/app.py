@@ -9,22 +9,15 @@ config's ``output_dir`` relative to the ServerApp's working directory.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from lsc4rec.reporting import run_folder
 from lsc4rec.server.federated import run_and_report
 from lsc4rec.settings import federated_settings_from_run_config
 
 app = ServerApp()
-
-
-def output_root(context: Context, default: str) -> Path:
-    """Where this run writes its folder (see the module docstring)."""
-    configured = str(context.run_config.get("output-dir", "") or "")
-    return Path(configured or os.environ.get("LSC4REC_OUTPUT_DIR", "") or default).expanduser().resolve()
 
 
 @app.main()
@@ -34,4 +27,4 @@ def main(grid: Grid, context: Context) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lsc4rec").setLevel(logging.INFO)
     run = federated_settings_from_run_config(context.run_config)
-    run_and_report(grid, run, output_root(context, run.output_dir) / run.run_name)
+    run_and_report(grid, run, run_folder(context.run_config, run.output_dir, run.run_name))

@@ -13,10 +13,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.replay import Replay
-from lsc4rec.data.staleness import cloud_view
+from lsc4rec.data.staleness import cloud_view, held_by_cloud
 from lsc4rec.models.llm.candidates import CandidateSource
 from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.pretrained import build_llm
@@ -45,13 +47,17 @@ class Cloud:
     split: LeaveOneOutSplit | None = None
     replay: Replay | None = None
     lag: int = 0
+    #: Which evaluated users the cloud holds at all (``collab.cloud_users``); None = every user.
+    held: np.ndarray | None = None
     #: The cloud's stale copy of each history at the test moment (the final table's lists).
     test_prompts: list[list[int]] | None = None
 
     def move_to_round(self, server_round: int) -> None:
         """With time moving: the service answers from the cloud's copy at the start of ``server_round``."""
         if self.replay is not None and self.replay.enabled and self.split is not None:
-            self.service.update_user_histories(_round_view(self.split, self.replay, self.lag, server_round))
+            self.service.update_user_histories(
+                _round_view(self.split, self.replay, self.lag, self.held, server_round)
+            )
 
     def move_to_test(self) -> None:
         """The service answers from the cloud's stale copy of each history at the test moment."""
@@ -76,7 +82,8 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
     llm_cfg = run.llm
     replay = run.federated.replay
-    view = cloud_view(split, run.collab.cloud_lag, replay)
+    view = cloud_view(split, run.collab.cloud_lag, replay, run.collab.cloud_users, run.seed)
+    held = held_by_cloud(len(split.train), run.collab.cloud_users, run.seed)
     saved = out / "llm"
     resuming = run.federated.resume and saved.is_dir() and not llm_cfg.path
     # A resumed run serves the LLM it trained before the interruption instead of training another one.
@@ -117,7 +124,7 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
         model_version=model_version,
         batch_delay=None if delay is None else delay / 1000,
         max_queue=run.collab.service_max_queue,
-        user_histories=_round_view(split, replay, run.collab.cloud_lag, 1)
+        user_histories=_round_view(split, replay, run.collab.cloud_lag, held, 1)
         if replay.enabled
         else view.stale_valid_prompts,
     )
@@ -139,6 +146,7 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
         split=split,
         replay=replay,
         lag=view.lag,
+        held=held,
         test_prompts=view.stale_test_prompts,
     )
 
@@ -159,9 +167,13 @@ def serving_source(llm: CloudLLM, runtime: str, model_version: str) -> tuple[Can
     return OnnxCandidateSource(llm, model_version=model_version), "onnx"
 
 
-def _round_view(split: LeaveOneOutSplit, replay: Replay, lag: int, server_round: int) -> list[list[int]]:
-    """The cloud's copy of every device's history when ``server_round`` starts (time moving)."""
-    return replay.cloud_sequences(split.train, server_round, lag)
+def _round_view(
+    split: LeaveOneOutSplit, replay: Replay, lag: int, held: np.ndarray | None, server_round: int
+) -> list[list[int]]:
+    """The cloud's copy of every device's history when ``server_round`` starts (time moving); empty for the
+    users it does not hold."""
+    seen = replay.cloud_sequences(split.train, server_round, lag)
+    return seen if held is None else [s if keep else [] for s, keep in zip(seen, held, strict=True)]
 
 
 def public_address(configured: str | None, bound: str) -> str:

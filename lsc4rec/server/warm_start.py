@@ -34,7 +34,7 @@ def warm_start_on_cloud(
     Returns what happened: epochs run, best epoch, the cloud-validation NDCG@10 and seconds.
     """
     epochs = run.federated.warm_start_epochs
-    view = cloud_view(split, run.collab.cloud_lag, run.federated.replay)
+    view = cloud_view(split, run.collab.cloud_lag, run.federated.replay, run.collab.cloud_users, run.seed)
     if not view.valid_targets:
         raise ValueError(
             f"federated.warm_start_epochs={epochs}: the cloud's stale view (collab.cloud_lag="
@@ -63,6 +63,8 @@ def warm_start_on_cloud(
         "best_epoch": result.best_epoch,
         "cloud_valid_NDCG@10": result.best_valid["full"]["NDCG@10"],
         "cloud_lag": run.collab.cloud_lag,
+        "cloud_users": run.collab.cloud_users,
+        "cloud_training_sequences": len(view.train),
         "seconds": round(result.train_seconds, 1),
     }
     logger.info("warm start on the cloud's stale data: %s", report)

@@ -116,7 +116,7 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         )
     everyone = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
     # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
-    view = cloud_view(everyone, run.collab.cloud_lag)
+    view = cloud_view(everyone, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     settings = run.train
     data = device_data(
         everyone,

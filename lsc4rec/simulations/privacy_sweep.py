@@ -162,6 +162,7 @@ def main(cfg: DictConfig) -> None:
     warm_start = None
     if base.federated.warm_start_epochs > 0:
         # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.
+        torch.manual_seed(base.seed)  # the same warm start every time the sweep is run
         model = build_model_from_config(base.model, split.num_items, base.data.max_len)
         warm_start = warm_start_on_cloud(model, base, split)
         torch.save(model.state_dict(), out / "warm_start.pt")

@@ -351,7 +351,7 @@ def train_models(
 ) -> tuple[CloudLLM, SequentialRecommender, dict]:
     """The cloud LLM (stale data) and the device SRM (real-time data), trained or loaded as configured."""
     report: dict = {}
-    view = cloud_view(split, run.collab.cloud_lag)
+    view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
     if not run.llm.path:
         settings = LLMTrainSettings(**to_plain_dict(run.llm.train))
@@ -421,7 +421,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
     split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
     logger.info("dataset %s: %s", run.data.name, split.report)
     llm, srm, report = train_models(run, split, out)
-    view = cloud_view(split, run.collab.cloud_lag)
+    view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     ks = run.eval.ks
 
     valid = build_moment(
