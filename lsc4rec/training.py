@@ -47,6 +47,10 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 0.0
     adam_beta2: float = 0.999
+    # adam, or sgd (with momentum): under DP-SGD, Adam's per-coordinate scaling moves every noise-only
+    # coordinate (item rows no example read) as far as the signal's, SGD moves them by the noise itself.
+    optimizer: str = "adam"
+    momentum: float = 0.0
     grad_clip: float | None = 5.0
     # Multiply the learning rate by lr_decay after lr_decay_patience evaluations without a validation gain
     # (ReduceLROnPlateau); 1.0 keeps it constant.
@@ -68,6 +72,12 @@ class TrainSettings:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"train.optimizer must be adam or sgd, got {self.optimizer!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.momentum > 0 and self.optimizer != "sgd":
+            raise ValueError(f"train.momentum={self.momentum} applies to train.optimizer=sgd only")
         if not 0.0 < self.adam_beta2 < 1.0:
             raise ValueError(f"train.adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         if not 0.0 < self.lr_decay <= 1.0:
@@ -81,7 +91,11 @@ class TrainSettings:
         return resolve_device(self.device, "train.device")
 
     def make_optimizer(self, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The Adam optimizer these settings describe."""
+        """The optimizer these settings describe (Adam, or SGD with momentum)."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(
+                parameters, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
         return torch.optim.Adam(
             parameters, lr=self.lr, betas=(0.9, self.adam_beta2), weight_decay=self.weight_decay
         )

@@ -34,7 +34,7 @@ from lsc4rec.data.partition import federation_size, partition_users
 from lsc4rec.models.srm import build_srm
 from lsc4rec.models.srm.losses import draw_negatives, full_softmax_loss, per_sequence_loss
 from lsc4rec.privacy import SECURE_MODE_UNAVAILABLE, PrivacySettings
-from lsc4rec.simulations.privacy_sweep import random_ndcg
+from lsc4rec.simulations.privacy_sweep import SweepSettings, random_ndcg, settings_of
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP, central_epsilon, central_noise_for_target
 from lsc4rec.training import TrainSettings
@@ -598,7 +598,31 @@ def test_dp_refuses_settings_that_would_leak(data: Path, tmp_path: Path) -> None
         )
 
 
-@pytest.mark.slow
+def test_sweep_runs_the_curve_then_one_knob_per_ablation() -> None:
+    sweep = SweepSettings(
+        epsilons=(2, 8),
+        modes=("local",),
+        runtime="inprocess",
+        local_overrides=("train.loss=bce",),
+        central_overrides=(),
+        ablations=("clip-0.1 privacy.clipping_norm=0.1", "wide privacy.batch_size=512 train.lr=0.01"),
+        ablation_epsilon=4,
+    )
+    runs = settings_of(sweep)
+    assert [r["name"] for r in runs] == [
+        "non-private", "local-eps2", "local-eps8", "local-eps4-clip-0.1", "local-eps4-wide",
+    ]  # fmt: skip
+    wide = runs[-1]
+    assert wide["target_epsilon"] == 4 and wide["ablation"] == "wide"
+    # The mode's own overrides first, the knob last (so it wins).
+    assert wide["overrides"][-3:] == ["train.loss=bce", "privacy.batch_size=512", "train.lr=0.01"]
+    for bad in ("clip-0.1", "privacy.clipping_norm=0.1", "clip 0.1"):
+        with pytest.raises(ValueError, match="must be a name then key=value overrides"):
+            settings_of(replace(sweep, ablations=(bad,)))
+    with pytest.raises(ValueError, match="repeats a name"):
+        replace(sweep, ablations=("a x.y=1", "a x.y=2"))
+
+
 def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -607,19 +631,30 @@ def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_p
         sys.executable, "-m", "lsc4rec.simulations.privacy_sweep",
         "data.name=pattern", f"data.path={data}", "data.max_len=10", "eval.sampled_negatives=20",
         "train.lr=0.005", "train.progress=false", "federated.rounds=2", "sweep.epsilons=[8]",
+        "sweep.setting=[]", "sweep.ablations=['frozen-table privacy.freeze_item_embeddings=true']",
         f"output_dir={tmp_path}", "run_name=sweep", "threads=1",
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     names = [row["name"] for row in result["settings"]]
-    assert names == ["non-private", "local-eps8", "central-eps8"]
+    assert names == ["non-private", "local-eps8", "central-eps8", "local-eps8-frozen-table"]
     local = result["settings"][1]
     assert 7.9 < local["epsilon"] <= 8.0 and local["NDCG@10"] > result["random_NDCG@10"]
     assert 0 < result["initial_NDCG@10"] < result["settings"][0]["NDCG@10"]
+    assert result["settings"][0]["fraction_of_gain"] == pytest.approx(1.0)
+    assert all(row["seconds_per_round"] > 0 for row in result["settings"])
     assert (tmp_path / "sweep" / "privacy_sweep.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
-    assert saved["status"] == "completed" and len(saved["settings"]) == 3
+    assert saved["status"] == "completed" and len(saved["settings"]) == 4
+    by_name = {row["name"]: row for row in saved["settings"]}
+    spent = by_name["local-eps8"]["epsilon_by_round"]
+    assert len(spent) == 2 and 0 < spent[0] < spent[1] == pytest.approx(local["epsilon"])
+    assert by_name["local-eps8-frozen-table"]["ablation"] == "frozen-table"
+    expected_gain = (local["NDCG@10"] - result["initial_NDCG@10"]) / (
+        result["settings"][0]["NDCG@10"] - result["initial_NDCG@10"]
+    )
+    assert local["fraction_of_gain"] == pytest.approx(expected_gain)
 
 
 def test_seeded_noise_replays_and_os_seeded_noise_does_not() -> None:

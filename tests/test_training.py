@@ -42,9 +42,21 @@ def test_constant_learning_rate_by_default_and_beta2_reaches_adam() -> None:
     assert settings.lr_decay == 1.0
 
 
+def test_sgd_with_momentum_and_its_refusals() -> None:
+    settings = TrainSettings(optimizer="sgd", momentum=0.9, lr=0.5, weight_decay=0.01)
+    optimizer = settings.make_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["momentum"] == 0.9 and optimizer.param_groups[0]["lr"] == 0.5
+    assert isinstance(TrainSettings().make_optimizer([torch.nn.Parameter(torch.zeros(2))]), torch.optim.Adam)
+    with pytest.raises(ValueError, match=r"train\.momentum=0\.9 applies to train\.optimizer=sgd only"):
+        TrainSettings(momentum=0.9)
+
+
 @pytest.mark.parametrize(
-    ("field", "value"), [("adam_beta2", 1.0), ("lr_decay", 0.0), ("lr_decay", 1.5), ("lr_decay_patience", -1)]
-)
+    ("field", "value"),
+    [("adam_beta2", 1.0), ("lr_decay", 0.0), ("lr_decay", 1.5), ("lr_decay_patience", -1),
+     ("optimizer", "rmsprop"), ("momentum", 1.0)],
+)  # fmt: skip
 def test_bad_settings_name_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"train.{field}"):
         TrainSettings(**{field: value})

@@ -33,15 +33,15 @@ def proximal_term(model: SequentialRecommender, mu: float) -> Callable[[], torch
     return term
 
 
-#: The per-parameter Adam buffers a node may carry from one round to the next.
-_ADAM_BUFFERS = ("step", "exp_avg", "exp_avg_sq")
+#: The per-parameter optimizer buffers (Adam moments, SGD momentum) a node may carry between rounds.
+_OPTIMIZER_BUFFERS = ("step", "exp_avg", "exp_avg_sq", "momentum_buffer")
 
 
 def optimizer_state_arrays(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """The optimizer's per-parameter buffers as flat ``"<param index>.<buffer>"`` CPU tensors."""
     flat: dict[str, torch.Tensor] = {}
     for index, buffers in optimizer.state_dict()["state"].items():
-        for name in _ADAM_BUFFERS:
+        for name in _OPTIMIZER_BUFFERS:
             if name in buffers:
                 value = torch.as_tensor(buffers[name])
                 flat[f"{index}.{name}"] = value.detach().to("cpu", copy=True).reshape(value.shape)
@@ -57,7 +57,7 @@ def load_optimizer_arrays(optimizer: torch.optim.Optimizer, flat: Mapping[str, t
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():
         index_text, _, name = key.partition(".")
-        if not index_text.isdigit() or name not in _ADAM_BUFFERS or int(index_text) >= len(params):
+        if not index_text.isdigit() or name not in _OPTIMIZER_BUFFERS or int(index_text) >= len(params):
             raise ValueError(
                 f"saved optimizer state has an unknown entry {key!r} for {len(params)} parameters"
             )

@@ -16,6 +16,7 @@ already holds, see :mod:`lsc4rec.server.warm_start`) and every setting starts fr
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -58,14 +59,34 @@ class SweepSettings:
     runtime: str
     local_overrides: tuple[str, ...]
     central_overrides: tuple[str, ...]
+    setting: tuple[str, ...] = ()
+    ablations: tuple[str, ...] = ()
+    ablation_epsilon: float = 8.0
 
     def __post_init__(self) -> None:
         if self.runtime not in ("inprocess", "flower"):
             raise ValueError(f"sweep.runtime must be inprocess or flower, got {self.runtime!r}")
+        if not self.ablation_epsilon > 0:
+            raise ValueError(f"sweep.ablation_epsilon must be > 0, got {self.ablation_epsilon}")
+        names = [ablation_name(a) for a in self.ablations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sweep.ablations repeats a name: {names}")
+
+
+def ablation_name(ablation: str) -> str:
+    """The name of a ``sweep.ablations`` entry (``"name override override ..."``), checked."""
+    parts = ablation.split()
+    if len(parts) < 2 or "=" in parts[0] or not all("=" in p for p in parts[1:]):
+        raise ValueError(
+            f"sweep.ablations entry {ablation!r} must be a name then key=value overrides, e.g. "
+            "'clip-0.1 privacy.clipping_norm=0.1'"
+        )
+    return parts[0]
 
 
 def settings_of(sweep: SweepSettings) -> list[dict[str, Any]]:
-    """The sweep's runs: ``{"name", "mode", "target_epsilon", "overrides"}``, non-private first."""
+    """The sweep's runs: ``{"name", "mode", "target_epsilon", "overrides"}``, non-private first, then each
+    mode's ε curve, then the ablations (local DP at ``sweep.ablation_epsilon``, one knob changed each)."""
     runs = [{"name": "non-private", "mode": "none", "target_epsilon": math.inf, "overrides": []}]
     for mode in sweep.modes:
         if str(mode) not in ("local", "central"):
@@ -86,6 +107,24 @@ def settings_of(sweep: SweepSettings) -> list[dict[str, Any]]:
                     ],
                 }
             )
+    for ablation in sweep.ablations:
+        name, *overrides = ablation.split()
+        epsilon = float(sweep.ablation_epsilon)
+        runs.append(
+            {
+                "name": f"local-eps{epsilon:g}-{ablation_name(ablation)}",
+                "mode": "local",
+                "ablation": name,
+                "target_epsilon": epsilon,
+                "overrides": [
+                    "privacy.mode=local",
+                    f"privacy.target_epsilon={epsilon}",
+                    "privacy.noise_multiplier=0",
+                    *sweep.local_overrides,
+                    *overrides,
+                ],
+            }
+        )
     return runs
 
 
@@ -118,16 +157,20 @@ def random_ndcg(num_items: int, k: int = 10) -> float:
 def plot_sweep(
     rows: list[dict[str, Any]], floor: float, path: Path, title: str, initial: float | None = None
 ) -> Path:
-    """NDCG@10 against ε per mode, the non-private run and the random floor as horizontal lines."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    """Left: NDCG@10 against ε per mode, with the non-private run, the initial model and random as lines.
+    Right: each local DP setting's per-device ε over the rounds."""
+    fig, (ax, spent) = plt.subplots(1, 2, figsize=(12, 4.4))
     reference = next((r for r in rows if r["mode"] == "none"), None)
+    curve = [r for r in rows if not r.get("ablation")]
     for mode, marker in (("local", "o"), ("central", "s")):
-        points = sorted((r["epsilon"], r[METRIC]) for r in rows if r["mode"] == mode)
+        points = sorted((r["epsilon"], r[METRIC]) for r in curve if r["mode"] == mode)
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"{mode} DP")
     if reference is not None:
         ax.axhline(reference[METRIC], color="black", linestyle="--", label="non-private (ε = ∞)")
-        ax.axhline(reference[METRIC] / 2, color="grey", linestyle=":", label="50% of non-private")
+        if initial is not None:
+            half = initial + (reference[METRIC] - initial) / 2
+            ax.axhline(half, color="grey", linestyle=":", label="initial + 50% of the non-private gain")
     ax.axhline(floor, color="red", linestyle="-.", linewidth=0.8, label="random")
     if initial is not None:
         ax.axhline(initial, color="green", linestyle="-.", linewidth=0.8, label="initial model (round 0)")
@@ -136,6 +179,14 @@ def plot_sweep(
     ax.set_ylabel(f"test {METRIC} (last round, full ranking)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    for row in rows:
+        if row["mode"] == "local" and not row.get("ablation"):
+            values = row.get("epsilon_by_round") or []
+            spent.plot(range(1, len(values) + 1), values, marker=".", label=row["name"])
+    spent.set_xlabel("round")
+    spent.set_ylabel("ε spent by every device (cumulative)")
+    spent.set_title("local DP: per-device ε over the rounds")
+    spent.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -153,6 +204,8 @@ def main(cfg: DictConfig) -> None:
     # Every setting is a plain federated run (system=base: no cloud, no SOLID) plus the user's overrides.
     base_overrides = [
         "system=base",
+        # The experiment's setting first, so that the command line's own overrides win.
+        *sweep.setting,
         *[o for o in HydraConfig.get().overrides.task if not o.startswith(("run_name=", "sweep."))],
     ]
     base = federated_settings_from_overrides(base_overrides)
@@ -179,10 +232,12 @@ def main(cfg: DictConfig) -> None:
         summary = run_setting(sweep, base_overrides, setting, out / setting["name"])
         last = summary["test_last_round"]["full"]
         privacy = summary.get("privacy", {})
+        rounds = json.loads((out / setting["name"] / "metrics.json").read_text(encoding="utf-8"))["rounds"]
         rows.append(
             {
                 "name": setting["name"],
                 "mode": setting["mode"],
+                "ablation": setting.get("ablation"),
                 "target_epsilon": setting["target_epsilon"],
                 "epsilon": privacy.get("epsilon", math.inf) if setting["mode"] != "none" else math.inf,
                 "delta": privacy.get("delta"),
@@ -190,13 +245,20 @@ def main(cfg: DictConfig) -> None:
                 METRIC: last[METRIC],
                 "HR@10": last["HR@10"],
                 "best_round_NDCG@10": summary["test"]["full"][METRIC],
+                # The server's validation NDCG@10 of the last round: what settings are chosen on.
+                "valid_NDCG@10": (rounds[-1].get("server_valid") or {}).get(METRIC),
+                # Every device of a node shares its mechanism: the largest node ε is each device's, by round.
+                "epsilon_by_round": [row["train"].get("epsilon-max") for row in rounds],
                 "mean_round_seconds": summary["mean_round_seconds"],
             }
         )
         write_json(out / "metrics.json", {"status": "running", "config": plain, "settings": rows})
     reference = rows[0][METRIC]
+    gain = reference - initial[METRIC]
     for row in rows:
         row["fraction_of_non_private"] = row[METRIC] / reference if reference > 0 else math.nan
+        # The share of what non-private fine-tuning adds to the initial model that this setting keeps.
+        row["fraction_of_gain"] = (row[METRIC] - initial[METRIC]) / gain if gain > 0 else math.nan
     floor = random_ndcg(split.num_items)
     plot_sweep(
         rows, floor, out / "privacy_sweep.png", f"{base.model.name} on {base.data.name}", initial[METRIC]
@@ -211,8 +273,11 @@ def main(cfg: DictConfig) -> None:
         "warm_start": warm_start,
         # What the federated runs start from, on the same test items: the share any run adds lies above it.
         "initial_NDCG@10": initial[METRIC],
+        "non_private_gain": gain / initial[METRIC] if initial[METRIC] > 0 else math.nan,
         "settings": [
-            {k: row[k] for k in ("name", "epsilon", METRIC, "fraction_of_non_private")} for row in rows
+            {k: row[k] for k in ("name", "epsilon", METRIC, "fraction_of_gain", "fraction_of_non_private")}
+            | {"seconds_per_round": row["mean_round_seconds"]}
+            for row in rows
         ],
         "output_dir": str(out),
     }
