@@ -5,8 +5,11 @@ The privacy unit is one **device**, i.e. one user's whole training sequence (the
 clipped to ``privacy.clipping_norm`` and Gaussian noise added (Opacus' ``PrivacyEngine``). So the ε a node
 reports bounds what its released updates reveal about any one of its users, over all rounds so far.
 
-Per-sample gradients come from one of two engines (``privacy.grad_sample_mode``):
+Per-sample gradients come from one of three engines (``privacy.grad_sample_mode``):
 
+* ``rows`` — each example's gradient over only the item rows it reads, by ``torch.func``
+  (:mod:`lsc4rec.client.dp_rows`), clipped exactly and noised and accounted as Opacus does: the fast path
+  for ``sampled_softmax`` and ``bce`` (``auto``'s choice there), any SRM.
 * ``hooks`` — Opacus' per-layer hooks (its standard path). Needs every parameter use to go through a module,
   so the tied full-catalogue product of the full softmax is invisible to it: only ``sampled_softmax`` and
   ``bce`` qualify, and TTT4Rec's fast weights are not covered. ``nn.GRU`` is swapped for Opacus' ``DPGRU``
@@ -14,12 +17,12 @@ Per-sample gradients come from one of two engines (``privacy.grad_sample_mode``)
   ``nn.MultiheadAttention``, so nothing needs replacing there.
 * ``functorch`` — the whole model's per-sample gradients by ``torch.func`` (``vmap`` of ``grad`` over rows),
   handed to Opacus' optimizer through its ``no_op`` mode: any SRM (TTT4Rec, SOLID) and any loss (full
-  softmax included). ``auto`` picks ``hooks`` where it is exact and ``functorch`` otherwise.
+  softmax included), the choice of ``auto`` for the full softmax.
 
-Accounting: Opacus' RDP accountant history ``[(noise multiplier, sample rate, steps), ...]`` is restored from
-and written back to the node's ``context.state`` every round, so ε is cumulative. A noise multiplier can be
-given, or derived from ``privacy.target_epsilon`` for the whole planned run. A node whose next round would
-push ε past ``privacy.max_epsilon`` does not train and says so.
+Accounting: Opacus' RDP accountant history ``[(noise multiplier, sample rate, steps), ...]`` of every earlier
+round (the node's ledger, :mod:`lsc4rec.client.privacy_ledger`) is composed with this round's, so ε is
+cumulative. A noise multiplier can be given, or derived from ``privacy.target_epsilon`` for the whole planned
+run. A node whose next round would push ε past ``privacy.max_epsilon`` does not train and says so.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,27 +63,6 @@ def epsilon_of(history: Sequence[HistoryEntry], delta: float) -> float:
     accountant = RDPAccountant()
     accountant.history = [(float(n), float(q), int(s)) for n, q, s in history]
     return float(accountant.get_epsilon(delta=delta))
-
-
-def history_to_lists(history: Sequence[HistoryEntry]) -> dict[str, list]:
-    """The ledger as plain lists (what a Flower ``ConfigRecord`` in ``context.state`` holds)."""
-    return {
-        "noise": [float(n) for n, _, _ in history],
-        "rate": [float(q) for _, q, _ in history],
-        "steps": [int(s) for _, _, s in history],
-    }
-
-
-def history_from_lists(record: Mapping | None) -> list[HistoryEntry]:
-    """Inverse of :func:`history_to_lists`; a clear error for a ledger that does not hold together."""
-    if record is None:
-        return []
-    noise, rate, steps = (list(record.get(key, [])) for key in ("noise", "rate", "steps"))
-    if not len(noise) == len(rate) == len(steps):
-        raise ValueError(
-            f"privacy ledger is corrupt: {len(noise)} noise, {len(rate)} rate and {len(steps)} steps entries"
-        )
-    return [(float(n), float(q), int(s)) for n, q, s in zip(noise, rate, steps, strict=True)]
 
 
 def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, total_steps: int) -> float:
