@@ -381,7 +381,8 @@ FEDERATED_IGNORES = {
     "request.target_ratio)",
     "request.seed": "devices draw random requests from seed (request.mode=random)",
     "train.epochs": "a round trains federated.local_epochs epochs",
-    "train.patience": "federated runs keep the best round by server validation, without early stopping",
+    "train.patience": "federated runs keep the best round by server validation, without early stopping (only "
+    "the warm start, federated.warm_start_epochs > 0, stops early)",
     "train.eval_every": "the server evaluates every federated.server_eval_every rounds",
     "train.max_minutes": "a federated run lasts federated.rounds rounds",
     "train.refit": "refitting on validation interactions is lsc4rec.simulations.centralized's",
@@ -456,7 +457,10 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
     """The typed settings of a federated run; with ``defaults`` (the run's config before the user's
     overrides) also refuse an ignored key the user changed (:data:`FEDERATED_IGNORES`)."""
     if defaults is not None:
-        refuse_unhonoured(cfg, defaults, FEDERATED_IGNORES, "a federated run")
+        ignored = dict(FEDERATED_IGNORES)
+        if int(OmegaConf.select(cfg, "federated.warm_start_epochs", default=0) or 0) > 0:
+            del ignored["train.patience"]  # the warm start's early stopping reads it
+        refuse_unhonoured(cfg, defaults, ignored, "a federated run")
     record, resolved = _resolved(cfg)
     settings = typed_section(
         {k: v for k, v in resolved.items() if k != "hydra"},

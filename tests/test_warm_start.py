@@ -69,3 +69,14 @@ def test_initial_weights_load_or_fail_naming_the_file(tmp_path: Path) -> None:
         ValueError, match=r"init\.pt: federated.initial_weights do not fit the model \(missing \['dense.bias'"
     ):
         load_initial_weights(build_srm("gru4rec", 30, hidden_size=8), path)
+
+
+def test_train_patience_is_honoured_only_with_a_warm_start() -> None:
+    from lsc4rec.settings import SettingsError, federated_settings_from_overrides
+
+    run = federated_settings_from_overrides(
+        ["system=base", "federated.warm_start_epochs=5", "train.patience=30"]
+    )
+    assert run.train.patience == 30
+    with pytest.raises(SettingsError, match=r"cannot honour: train\.patience=30 .*only the warm start"):
+        federated_settings_from_overrides(["system=base", "train.patience=30"])

@@ -220,7 +220,12 @@ def main(cfg: DictConfig) -> None:
         warm_start = warm_start_on_cloud(model, base, split)
         torch.save(model.state_dict(), out / "warm_start.pt")
         base_overrides = [
-            *[o for o in base_overrides if not o.startswith("federated.warm_start_epochs=")],
+            # The warm start is done (and train.patience, its early stopping, was read by it alone).
+            *[
+                o
+                for o in base_overrides
+                if not o.startswith(("federated.warm_start_epochs=", "train.patience="))
+            ],
             "federated.warm_start_epochs=0",
             f"federated.initial_weights={out / 'warm_start.pt'}",
         ]
