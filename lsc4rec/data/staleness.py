@@ -44,6 +44,8 @@ class CloudView:
     valid_targets: list[int]
     stale_valid_prompts: list[list[int]]
     stale_test_prompts: list[list[int]]
+    #: Which evaluated users the cloud holds at all (``collab.cloud_users``; all True = every user).
+    held: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -114,4 +116,5 @@ def cloud_view(
         valid_targets=cloud_valid_targets,
         stale_valid_prompts=stale_valid,
         stale_test_prompts=stale_test,
+        held=held,
     )

@@ -18,7 +18,7 @@ import numpy as np
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.replay import Replay
-from lsc4rec.data.staleness import cloud_view, held_by_cloud
+from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm.candidates import CandidateSource
 from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.pretrained import build_llm
@@ -83,7 +83,6 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
     llm_cfg = run.llm
     replay = run.federated.replay
     view = cloud_view(split, run.collab.cloud_lag, replay, run.collab.cloud_users, run.seed)
-    held = held_by_cloud(len(split.train), run.collab.cloud_users, run.seed)
     saved = out / "llm"
     resuming = run.federated.resume and saved.is_dir() and not llm_cfg.path
     # A resumed run serves the LLM it trained before the interruption instead of training another one.
@@ -124,7 +123,7 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
         model_version=model_version,
         batch_delay=None if delay is None else delay / 1000,
         max_queue=run.collab.service_max_queue,
-        user_histories=_round_view(split, replay, run.collab.cloud_lag, held, 1)
+        user_histories=_round_view(split, replay, run.collab.cloud_lag, view.held, 1)
         if replay.enabled
         else view.stale_valid_prompts,
     )
@@ -146,7 +145,7 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
         split=split,
         replay=replay,
         lag=view.lag,
-        held=held,
+        held=view.held,
         test_prompts=view.stale_test_prompts,
     )
 
