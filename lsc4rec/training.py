@@ -22,6 +22,7 @@ from lsc4rec.metrics import (
     DEFAULT_KS,
     RankingAccumulator,
     full_ranking_ranks,
+    metrics_from_ranks,
     sample_negatives,
     sampled_ranking_ranks,
     target_ranks,
@@ -139,6 +140,40 @@ class EvalSet:
 
 
 @torch.no_grad()
+def test_ranks(model: SequentialRecommender, eval_set: EvalSet) -> torch.Tensor:
+    """Full-ranking rank of every row's target in ``eval_set``, in row order (CPU)."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    ranks = torch.zeros(eval_set.batches.num_rows, dtype=torch.long)
+    with torch.no_grad():
+        for batch in eval_set.batches:
+            if device.type != "cpu":
+                batch = _batch_to(batch, device)
+            scores = model.score_all(batch.history)
+            ranks[batch.rows.cpu()] = full_ranking_ranks(scores, batch.targets, exclude=batch.seen).cpu()
+    model.train(was_training)
+    return ranks
+
+
+def metrics_by_slice(
+    model: SequentialRecommender,
+    eval_set: EvalSet,
+    slices: Mapping[str, Sequence[int]],
+    ks: Sequence[int] = (10,),
+) -> dict[str, dict[str, float]]:
+    """Full-ranking NDCG/HR/MRR@k of ``model`` on each slice (rows of ``eval_set``), with its user count."""
+    ranks = test_ranks(model, eval_set)
+    out: dict[str, dict[str, float]] = {}
+    for name, rows in slices.items():
+        if not rows:
+            out[name] = {"users": 0}
+            continue
+        metrics = metrics_from_ranks(ranks[torch.as_tensor(list(rows), dtype=torch.long)], ks)
+        out[name] = {"users": len(rows), **{k: round(v, 4) for k, v in metrics.items() if "@" in k}}
+    return out
+
+
 def evaluate(
     model: SequentialRecommender, eval_set: EvalSet, ks: Sequence[int] = DEFAULT_KS, full_ranking: bool = True
 ) -> dict[str, dict]:

@@ -632,6 +632,7 @@ def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_p
         "data.name=pattern", f"data.path={data}", "data.max_len=10", "eval.sampled_negatives=20",
         "train.lr=0.005", "train.progress=false", "federated.rounds=2", "sweep.epsilons=[8]",
         "sweep.setting=[]", "sweep.ablations=['frozen-table privacy.freeze_item_embeddings=true']",
+        "collab.cloud_users=0.5", "sweep.local_overrides=['train.loss=sampled_softmax']",
         f"output_dir={tmp_path}", "run_name=sweep", "threads=1",
     ]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
@@ -655,6 +656,17 @@ def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_p
         result["settings"][0]["NDCG@10"] - result["initial_NDCG@10"]
     )
     assert local["fraction_of_gain"] == pytest.approx(expected_gain)
+    # Slices of each last-round model: "all" is the setting's own test NDCG@10; the two cloud halves split it.
+    slices = result["slices_NDCG@10"]
+    assert set(slices) == {"initial", *names}
+    assert slices["local-eps8"]["all"] == pytest.approx(local["NDCG@10"], abs=1e-4)
+    assert slices["initial"]["all"] == pytest.approx(result["initial_NDCG@10"], abs=1e-4)
+    counts = by_name["local-eps8"]["slices"]
+    assert (
+        counts["users_the_cloud_held"]["users"] + counts["users_the_cloud_never_saw"]["users"]
+        == (counts["all"]["users"])
+    )
+    assert counts["rare_targets"]["users"] + counts["popular_targets"]["users"] == counts["all"]["users"]
 
 
 def test_seeded_noise_replays_and_os_seeded_noise_does_not() -> None:

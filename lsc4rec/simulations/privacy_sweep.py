@@ -36,6 +36,8 @@ from omegaconf import DictConfig
 from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+from lsc4rec.data.slices import evaluation_slices
+from lsc4rec.data.staleness import held_by_cloud
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.federated import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
@@ -43,7 +45,7 @@ from lsc4rec.settings import FederatedRunSettings, federated_settings_from_overr
 from lsc4rec.simulations.federated import launch
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 from lsc4rec.simulations.launch.runs import begin_run
-from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate
+from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate, metrics_by_slice
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +148,34 @@ def initial_test_metrics(run: FederatedRunSettings, split: LeaveOneOutSplit) -> 
         load_initial_weights(model, Path(run.federated.initial_weights))
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     return evaluate(model, test, run.eval.ks)["full"]
+
+
+def slice_report(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Path | None) -> dict[str, dict]:
+    """Test NDCG@10 / HR@10 (full ranking) by slice of the model in ``weights`` (a setting's last round;
+    None: the initial model): all users, rare and popular targets (by the devices' training data), cold and
+    warm users, and the users the cloud held against those it never saw (``collab.cloud_users``)."""
+    torch.manual_seed(run.seed)
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
+    if weights is not None:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    elif run.federated.initial_weights:
+        load_initial_weights(model, Path(run.federated.initial_weights))
+    _, test = build_eval_sets(split, run.eval, run.data.max_len)
+    held = held_by_cloud(len(split.train), run.collab.cloud_users, run.seed)
+    slices = {
+        **evaluation_slices(split),
+        "users_the_cloud_held": [u for u, kept in enumerate(held) if kept],
+        "users_the_cloud_never_saw": [u for u, kept in enumerate(held) if not kept],
+    }
+    return metrics_by_slice(model, test, slices, (10,))
+
+
+def report_slices(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path, rows: list[dict]) -> dict:
+    """Slices of the initial model and of every setting's last-round model (``<out>/<name>/model_last.pt``),
+    added to ``rows`` in place; returns the initial model's."""
+    for row in rows:
+        row["slices"] = slice_report(run, split, out / row["name"] / "model_last.pt")
+    return slice_report(run, split, None)
 
 
 def random_ndcg(num_items: int, k: int = 10) -> float:
@@ -264,6 +294,7 @@ def main(cfg: DictConfig) -> None:
         row["fraction_of_non_private"] = row[METRIC] / reference if reference > 0 else math.nan
         # The share of what non-private fine-tuning adds to the initial model that this setting keeps.
         row["fraction_of_gain"] = (row[METRIC] - initial[METRIC]) / gain if gain > 0 else math.nan
+    initial_slices = report_slices(base, split, out, rows)
     floor = random_ndcg(split.num_items)
     plot_sweep(
         rows, floor, out / "privacy_sweep.png", f"{base.model.name} on {base.data.name}", initial[METRIC]
@@ -278,6 +309,11 @@ def main(cfg: DictConfig) -> None:
         "warm_start": warm_start,
         # What the federated runs start from, on the same test items: the share any run adds lies above it.
         "initial_NDCG@10": initial[METRIC],
+        # NDCG@10 by slice: where the devices' data adds to the initial model, and what each setting keeps.
+        "slices_NDCG@10": {
+            "initial": {name: part.get(METRIC) for name, part in initial_slices.items()},
+            **{row["name"]: {name: part.get(METRIC) for name, part in row["slices"].items()} for row in rows},
+        },
         "non_private_gain": gain / initial[METRIC] if initial[METRIC] > 0 else math.nan,
         "settings": [
             {k: row[k] for k in ("name", "epsilon", METRIC, "fraction_of_gain", "fraction_of_non_private")}

@@ -27,11 +27,10 @@ import torch
 
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches
 from lsc4rec.data.slices import NewItems, evaluation_slices, newest_items, without_items
-from lsc4rec.metrics import full_ranking_ranks, metrics_from_ranks
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.settings import CentralizedSettings
-from lsc4rec.training import EvalSet, TrainingHook, TrainSettings, build_eval_sets, fit
+from lsc4rec.training import EvalSet, TrainingHook, TrainSettings, build_eval_sets, fit, metrics_by_slice
 
 logger = logging.getLogger(__name__)
 
@@ -119,32 +118,11 @@ def device_data(
     return data
 
 
-def _test_ranks(model: SequentialRecommender, eval_set: EvalSet) -> torch.Tensor:
-    """Full-ranking rank of every test row's target, in row order."""
-    was_training = model.training
-    model.eval()
-    ranks = torch.zeros(eval_set.batches.num_rows, dtype=torch.long)
-    with torch.no_grad():
-        for batch in eval_set.batches:
-            scores = model.score_all(batch.history)
-            ranks[batch.rows] = full_ranking_ranks(scores, batch.targets, exclude=batch.seen).cpu()
-    model.train(was_training)
-    return ranks
-
-
 def slice_metrics(
     model: SequentialRecommender, data: DeviceData, ks: Sequence[int] = (10,)
 ) -> dict[str, dict[str, float]]:
     """Test NDCG/HR@k (full ranking) on every slice of ``data``."""
-    ranks = _test_ranks(model, data.test)
-    out: dict[str, dict[str, float]] = {}
-    for name, users in data.slices.items():
-        if not users:
-            out[name] = {"users": 0}
-            continue
-        metrics = metrics_from_ranks(ranks[torch.as_tensor(users, dtype=torch.long)], ks)
-        out[name] = {"users": len(users), **{k: round(v, 4) for k, v in metrics.items() if "@" in k}}
-    return out
+    return metrics_by_slice(model, data.test, data.slices, ks)
 
 
 def parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
