@@ -282,8 +282,11 @@ def main(cfg: DictConfig) -> None:
                 "best_round_NDCG@10": summary["test"]["full"][METRIC],
                 # The server's validation NDCG@10 of the last round: what settings are chosen on.
                 "valid_NDCG@10": (rounds[-1].get("server_valid") or {}).get(METRIC),
-                # Every device of a node shares its mechanism: the largest node ε is each device's, by round.
-                "epsilon_by_round": [row["train"].get("epsilon-max") for row in rounds],
+                # Every device of a node shares its mechanism: the largest node ε is each device's, by round
+                # (central DP: the run's ε, whose unit is a node).
+                "epsilon_by_round": [
+                    row["train"].get("epsilon-max", row["train"].get("epsilon")) for row in rounds
+                ],
                 "mean_round_seconds": summary["mean_round_seconds"],
             }
         )
