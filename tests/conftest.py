@@ -182,7 +182,9 @@ def run_inprocess(data: Path, out: Path, nodes: int, *extra: str, system: str = 
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
     # The nodes find the run's folder (privacy ledgers) from output_dir/run_name, as in a Flower run.
-    named = (f"output_dir={out.parent}", f"run_name={out.name}", *extra)
+    # Quoted for Hydra inside shell quoting (the overrides string is shlex-split): a folder called "false" or
+    # "1" must stay a string.
+    named = (f"\"output_dir='{out.parent}'\"", f"\"run_name='{out.name}'\"", *extra)
     run_config = {"overrides": pattern_overrides(data, *named, system=system)}
     return run_federated(
         InProcessGrid(nodes, run_config), federated_settings_from_run_config(run_config), out

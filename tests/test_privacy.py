@@ -623,6 +623,7 @@ def test_sweep_runs_the_curve_then_one_knob_per_ablation() -> None:
         replace(sweep, ablations=("a x.y=1", "a x.y=2"))
 
 
+@pytest.mark.slow
 def test_privacy_sweep_entry_point_writes_json_plot_and_result(data: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
