@@ -68,6 +68,11 @@ class PrivacySettings:
             raise ValueError(f"privacy.delta must be in (0, 1) (or null = 1/devices), got {self.delta}")
         if self.batch_size < 0:
             raise ValueError(f"privacy.batch_size must be >= 0 (0 = train.batch_size), got {self.batch_size}")
+        if self.ledger_dir is not None and self.mode != "local":
+            raise ValueError(
+                "privacy.ledger_dir is where local DP-SGD nodes keep their ledgers; "
+                f"privacy.mode={self.mode} keeps none"
+            )
         if self.secure_mode and self.mode != "local":
             raise ValueError(
                 f"privacy.secure_mode=true applies to local DP-SGD only, not privacy.mode={self.mode} "

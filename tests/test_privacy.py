@@ -211,6 +211,8 @@ def test_secure_mode_draws_sampling_and_noise_from_the_secure_generator(
     monkeypatch.setitem(sys.modules, "torchcsprng", fake)
     with pytest.raises(ValueError, match=r"cannot be seeded: set privacy\.seeded_noise=false"):
         PrivacySettings(mode="local", noise_multiplier=1.0, secure_mode=True)
+    with pytest.raises(ValueError, match=r"privacy\.ledger_dir is where local DP-SGD nodes keep"):
+        PrivacySettings(mode="central", noise_multiplier=1.0, ledger_dir="/var/lib/ledgers")
     with pytest.raises(ValueError, match=r"local DP-SGD only, not privacy\.mode=central"):
         PrivacySettings(mode="central", noise_multiplier=1.0, secure_mode=True, seeded_noise=False)
     privacy = PrivacySettings(
