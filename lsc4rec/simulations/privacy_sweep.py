@@ -38,6 +38,7 @@ from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import held_by_cloud
+from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.federated import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
@@ -140,12 +141,21 @@ def run_setting(sweep: SweepSettings, base_overrides: list[str], setting: dict[s
     return launch(run, overrides, out)
 
 
-def initial_test_metrics(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict[str, float]:
-    """Full-ranking test metrics of the model every setting starts from (initial weights or a fresh init)."""
+def _model(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Path | None) -> SequentialRecommender:
+    """The run's SRM with ``weights`` (a saved state dict), or else what every setting starts from (the
+    initial weights, or the seeded fresh init)."""
     torch.manual_seed(run.seed)
     model = build_model_from_config(run.model, split.num_items, run.data.max_len)
-    if run.federated.initial_weights:
+    if weights is not None:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    elif run.federated.initial_weights:
         load_initial_weights(model, Path(run.federated.initial_weights))
+    return model
+
+
+def initial_test_metrics(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict[str, float]:
+    """Full-ranking test metrics of the model every setting starts from (initial weights or a fresh init)."""
+    model = _model(run, split, None)
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     return evaluate(model, test, run.eval.ks)["full"]
 
@@ -154,12 +164,7 @@ def slice_report(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Pa
     """Test NDCG@10 / HR@10 (full ranking) by slice of the model in ``weights`` (a setting's last round;
     None: the initial model): all users, rare and popular targets (by the devices' training data), cold and
     warm users, and the users the cloud held against those it never saw (``collab.cloud_users``)."""
-    torch.manual_seed(run.seed)
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
-    if weights is not None:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    elif run.federated.initial_weights:
-        load_initial_weights(model, Path(run.federated.initial_weights))
+    model = _model(run, split, weights)
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     held = held_by_cloud(len(split.train), run.collab.cloud_users, run.seed)
     slices = {
