@@ -126,7 +126,8 @@ def resolve_grad_sample_mode(privacy: PrivacySettings, model: SequentialRecommen
     """
     reads_rows = loss in HOOK_SAFE_LOSSES and not _generates_classifier(model)
     if privacy.grad_sample_mode == "hooks":
-        if not (reads_rows and _hooks_cover(model)):
+        # TTT4Rec's fast weights are used functionally, outside any module the hooks watch.
+        if not (reads_rows and not isinstance(model, TTT4Rec)):
             raise ValueError(
                 f"privacy.grad_sample_mode=hooks cannot train {type(model).__name__} with train.loss={loss}: "
                 f"Opacus' per-layer hooks need a loss in {HOOK_SAFE_LOSSES} and no parameter used outside a "
@@ -151,13 +152,6 @@ def _generates_classifier(model: SequentialRecommender) -> bool:
     from lsc4rec.models.solid.dual_model import SolidRecommender
 
     return isinstance(model, SolidRecommender)
-
-
-def _hooks_cover(model: SequentialRecommender) -> bool:
-    """Whether Opacus' per-layer hooks see every parameter use of ``model``."""
-    from lsc4rec.models.solid.dual_model import SolidRecommender
-
-    return not isinstance(model, TTT4Rec | SolidRecommender)
 
 
 # ---------------------------------------------------------------------- training

@@ -31,7 +31,7 @@ import numpy as np
 from lsc4rec.data.replay import Replay
 from lsc4rec.data.split import LeaveOneOutSplit
 
-__all__ = ["CloudView", "cloud_view", "held_by_cloud"]
+__all__ = ["CloudView", "cloud_view", "held_by_cloud", "keep_held"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def held_by_cloud(count: int, share: float, seed: int) -> np.ndarray:
     return held
 
 
-def _keep_held(sequences: list[list[int]], held: np.ndarray) -> list[list[int]]:
+def keep_held(sequences: list[list[int]], held: np.ndarray) -> list[list[int]]:
     """``sequences`` with those of users the cloud does not hold emptied."""
     return [list(seq) if keep else [] for seq, keep in zip(sequences, held, strict=True)]
 
@@ -84,12 +84,12 @@ def cloud_view(
         raise ValueError(f"collab.cloud_lag must be >= 0, got {lag}")
     held = held_by_cloud(len(split.train), users, seed)
     held_short = held_by_cloud(len(split.train_only), users, seed + 1)
-    test_histories = _keep_held(split.test_histories(), held)
-    valid_histories = _keep_held(split.valid_histories(), held)
+    test_histories = keep_held(split.test_histories(), held)
+    valid_histories = keep_held(split.valid_histories(), held)
     stale_test = [h[: max(len(h) - lag, 0)] for h in test_histories]
     stale_valid = [h[: max(len(h) - lag, 0)] for h in valid_histories]
     moving = replay is not None and replay.enabled
-    seen_at_start = _keep_held(replay.cloud_sequences(split.train, 1, lag), held) if moving else stale_test
+    seen_at_start = keep_held(replay.cloud_sequences(split.train, 1, lag), held) if moving else stale_test
     train, cloud_valid_histories, cloud_valid_targets = [], [], []
     for seen in seen_at_start:
         if len(seen) >= 2:
@@ -101,7 +101,7 @@ def cloud_view(
     # Users too short to be evaluated still upload their (stale) sequences.
     if moving:
         train += [
-            seq for seq in _keep_held(replay.cloud_sequences(split.train_only, 1, lag), held_short) if seq
+            seq for seq in keep_held(replay.cloud_sequences(split.train_only, 1, lag), held_short) if seq
         ]
     else:
         train += [

@@ -18,7 +18,7 @@ import numpy as np
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.replay import Replay
-from lsc4rec.data.staleness import cloud_view
+from lsc4rec.data.staleness import cloud_view, keep_held
 from lsc4rec.models.llm.candidates import CandidateSource
 from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.pretrained import build_llm
@@ -172,7 +172,7 @@ def _round_view(
     """The cloud's copy of every device's history when ``server_round`` starts (time moving); empty for the
     users it does not hold."""
     seen = replay.cloud_sequences(split.train, server_round, lag)
-    return seen if held is None else [s if keep else [] for s, keep in zip(seen, held, strict=True)]
+    return seen if held is None else keep_held(seen, held)
 
 
 def public_address(configured: str | None, bound: str) -> str:
