@@ -222,6 +222,11 @@ class CollabSettings:
     alpha: float | str
     alpha_grid: tuple[float, ...]
     normalization: str
+    #: Weight of the content term (a number >= 0, or ``auto``: chosen on validation with alpha).
+    content_weight: float | str
+    content_grid: tuple[float, ...]
+    content_items: int
+    content_decay: float
     srm_training: str
     srm_epochs: int
     hard_negatives: int
@@ -233,6 +238,18 @@ class CollabSettings:
             raise SettingsError(f"collab.alpha must be a number in [0, 1] or auto, got {self.alpha!r}")
         if not isinstance(self.alpha, str) and not 0.0 <= self.alpha <= 1.0:
             raise SettingsError(f"collab.alpha must be in [0, 1], got {self.alpha}")
+        if isinstance(self.content_weight, str) and self.content_weight != "auto":
+            raise SettingsError(
+                f"collab.content_weight must be a number >= 0 or auto, got {self.content_weight!r}"
+            )
+        if not isinstance(self.content_weight, str) and self.content_weight < 0:
+            raise SettingsError(f"collab.content_weight must be >= 0, got {self.content_weight}")
+        if any(w < 0 for w in self.content_grid) or not self.content_grid:
+            raise SettingsError(f"collab.content_grid must be weights >= 0, got {list(self.content_grid)}")
+        if self.content_items < 1:
+            raise SettingsError(f"collab.content_items must be >= 1, got {self.content_items}")
+        if not 0.0 < self.content_decay <= 1.0:
+            raise SettingsError(f"collab.content_decay must be in (0, 1], got {self.content_decay}")
         if self.srm_training not in ("standard", "collaborative"):
             raise SettingsError(
                 f"collab.srm_training must be standard or collaborative, got {self.srm_training!r}"
@@ -318,13 +335,14 @@ class CentralizedSettings(RunSettings):
     eval: EvalSettings
     model: DictConfig = field(compare=False)
     solid: DictConfig = field(compare=False)
+    # Read when the model has a text part (model.item_text) or SOLID's codebook reads text.
+    text: DictConfig = field(compare=False)
 
 
 @dataclass(frozen=True)
 class SolidStudySettings(CentralizedSettings):
     """The SOLID study on a sparse device (``conf/solid_run.yaml``)."""
 
-    text: DictConfig = field(compare=False)
     solid_variants: tuple[str, ...]
     solid_old_features: tuple[str, ...]
     device_users: float
@@ -335,7 +353,6 @@ class SolidStudySettings(CentralizedSettings):
 class MergeNetStudySettings(CentralizedSettings):
     """The MergeNet / KD study on a sparse device (``conf/mergenet_run.yaml``)."""
 
-    text: DictConfig = field(compare=False)
     llm: DictConfig = field(compare=False)
     mergenet: DictConfig = field(compare=False)
     collab: CollabSettings
@@ -380,6 +397,13 @@ FEDERATED_IGNORES = {
     "request.ratios": "the request-ratio sweep is lsc4rec.simulations.request_curve's (devices use "
     "request.target_ratio)",
     "request.seed": "devices draw random requests from seed (request.mode=random)",
+    "model.item_text": "the Flower app does not deliver item text vectors to the devices yet; the text part "
+    "is measured by lsc4rec.simulations.centralized and request_curve",
+    **{
+        f"collab.content_{name}": "the content term is measured by lsc4rec.simulations.request_curve; the "
+        "Flower app's devices do not fuse it yet"
+        for name in ("weight", "grid", "items", "decay")
+    },
     "train.epochs": "a round trains federated.local_epochs epochs",
     "train.patience": "federated runs keep the best round by server validation, without early stopping (only "
     "the warm start, federated.warm_start_epochs > 0, stops early)",
@@ -403,7 +427,6 @@ CENTRALIZED_IGNORES = {
     "request": "the collaboration experiment is lsc4rec.simulations.request_curve",
     "llm": "the cloud LLM is trained by request_curve, mergenet and federated runs",
     "mergenet": "MergeNet runs in lsc4rec.simulations.mergenet and federated runs",
-    "text": "the centralized SRM reads item text only through SOLID's solid.* keys",
     "runtime": _DEVICE_RUNTIME,
     "onnx_providers": _DEVICE_RUNTIME,
 }

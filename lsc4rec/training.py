@@ -29,6 +29,8 @@ from lsc4rec.metrics import (
 )
 from lsc4rec.models.solid.dual_model import SolidRecommender
 from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm, compute_loss
+from lsc4rec.models.srm.item_text import ITEM_TEXT_MODES
+from lsc4rec.text.item_vectors import item_text_vectors_from_config
 from lsc4rec.torch_device import model_device, resolve_device
 
 if TYPE_CHECKING:  # settings.py imports this module
@@ -486,20 +488,60 @@ def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+def item_text_mode(model_cfg: Mapping[str, Any]) -> str:
+    """``model.item_text`` (absent = ``none``), checked against :data:`ITEM_TEXT_MODES`."""
+    mode = str(model_cfg.get("item_text", "none"))
+    if mode not in ITEM_TEXT_MODES:
+        raise ValueError(f"model.item_text={mode!r} is not one of {list(ITEM_TEXT_MODES)}")
+    return mode
+
+
 def build_model_from_config(
-    model_cfg: Mapping[str, Any], num_items: int, max_len: int
+    model_cfg: Mapping[str, Any], num_items: int, max_len: int, item_vectors: torch.Tensor | None = None
 ) -> SequentialRecommender:
-    """Build the SRM named by ``model_cfg["name"]`` with the remaining keys as its hyperparameters."""
+    """Build the SRM named by ``model_cfg["name"]`` with the remaining keys as its hyperparameters.
+
+    ``model.item_text=projected`` gives every item vector a text part from ``item_vectors
+    [num_items + 1, D]`` (:meth:`SequentialRecommender.attach_item_text`); without vectors that is an error.
+    """
     name = str(model_cfg["name"])
-    params = {str(k): v for k, v in dict(model_cfg).items() if k != "name"}
+    mode = item_text_mode(model_cfg)
+    params = {str(k): v for k, v in dict(model_cfg).items() if k not in ("name", "item_text")}
     if name == "solid":
         # SOLID wraps a base SRM; its semantic ids come later (lsc4rec.models.solid.pipeline).
-        return SolidRecommender(num_items, **{"max_len": max_len, **params})
-    model_class = SRM_CLASSES.get(name)
-    # Position-aware models (SASRec) size their position table by the history length; others do not take it.
-    if model_class is not None and "max_len" in inspect.signature(model_class).parameters:
-        params.setdefault("max_len", max_len)
-    return build_srm(name, num_items, **params)
+        model: SequentialRecommender = SolidRecommender(num_items, **{"max_len": max_len, **params})
+    else:
+        model_class = SRM_CLASSES.get(name)
+        # Position-aware models (SASRec) size their position table by the history length; others do not.
+        if model_class is not None and "max_len" in inspect.signature(model_class).parameters:
+            params.setdefault("max_len", max_len)
+        model = build_srm(name, num_items, **params)
+    if mode != "none":
+        if item_vectors is None:
+            raise ValueError(
+                f"model.item_text={mode} needs the items' text vectors, which this run does not have "
+                "(the dataset has no item text, or this entry point does not load it); "
+                "set model.item_text=none"
+            )
+        model.attach_item_text(item_vectors)
+    return model
+
+
+def model_item_vectors(
+    model_cfg: Mapping[str, Any], split: LeaveOneOutSplit, text_cfg: Mapping[str, Any], dataset: str
+) -> torch.Tensor | None:
+    """The item text vectors ``[num_items + 1, D]`` the configured SRM needs (None for ``item_text=none``).
+
+    Raises ``ValueError`` naming the dataset when it has no item text.
+    """
+    if item_text_mode(model_cfg) == "none":
+        return None
+    if not split.item_text:
+        raise ValueError(
+            f"model.item_text={model_cfg.get('item_text')} needs item text, but dataset {dataset!r} has none "
+            "(put X_item_text.jsonl beside the data file or set data.text_path); or set model.item_text=none"
+        )
+    return item_text_vectors_from_config(split.item_text, split.num_items, text_cfg).vectors
 
 
 def _setting(section: Any, name: str) -> Any:

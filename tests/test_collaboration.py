@@ -24,7 +24,13 @@ from lsc4rec.config import compose_config
 from lsc4rec.data import pad_left
 from lsc4rec.models.srm import build_srm, candidate_rerank_loss
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, typed_run
-from lsc4rec.simulations.request_curve import MomentLists, choose_alpha, compact_summary, run_request_curve
+from lsc4rec.simulations.request_curve import (
+    FusionWeights,
+    MomentLists,
+    choose_fusion,
+    compact_summary,
+    run_request_curve,
+)
 
 ITEMS = torch.tensor([[5, 3, 9, 0], [1, 2, 4, 7]])
 LLM = torch.tensor([[-1.0, -2.0, -3.0, float("-inf")], [-0.5, -0.6, -0.7, -0.8]])
@@ -282,18 +288,18 @@ def test_fusion_weight_is_the_one_best_on_validation_for_each_pool() -> None:
     )
     # Validation: the LLM's first item is the target for every user, so the LLM alone (alpha = 1) wins.
     llm_wins = synthetic_moment([1, 4], [[1, 2, 3], [4, 5, 6]], [[9, 8, 7], [9, 8, 7]])
-    alpha, curve = choose_alpha(llm_wins, cfg, "llm")
-    assert alpha == 1.0 and curve[1.0] > curve[0.0]
+    weights, curve, _ = choose_fusion(llm_wins, cfg, "llm")
+    assert weights == FusionWeights(1.0, 0.0) and curve[1.0] > curve[0.0]
     # The target is one only the device proposes (its highest SRM score): only a union pool holds it, and
     # the SRM alone (alpha = 0) ranks it first.
     device_wins = synthetic_moment([9, 9], [[1, 2, 3], [4, 5, 6]], [[9, 8, 7], [9, 8, 7]])
-    alpha, curve = choose_alpha(device_wins, cfg, "union")
+    weights, curve, _ = choose_fusion(device_wins, cfg, "union")
     assert curve[0.0] == curve[0.3] == pytest.approx(1.0)
     assert curve[1.0] < 0.9
-    assert alpha == 0.3  # of equally good weights, the one nearest 0.5
-    assert choose_alpha(device_wins, cfg, "llm")[1][0.0] == 0.0  # the cloud's list alone never holds it
+    assert weights.alpha == 0.3  # of equally good weights, the one nearest 0.5
+    assert choose_fusion(device_wins, cfg, "llm")[1][0.0] == 0.0  # the cloud's list alone never holds it
     fixed = typed_run(compose_config(["collab.alpha=0.3"]), RequestCurveSettings, REQUEST_CURVE_IGNORES)
-    assert choose_alpha(device_wins, fixed, "union")[0] == 0.3
+    assert choose_fusion(device_wins, fixed, "union")[0].alpha == 0.3
 
 
 def test_union_pool_in_the_request_curve_never_falls_below_the_device_alone(tmp_path: Path) -> None:

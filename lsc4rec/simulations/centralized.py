@@ -47,6 +47,7 @@ from lsc4rec.training import (
     build_model_from_config,
     evaluate,
     fit,
+    model_item_vectors,
     train_epochs,
 )
 
@@ -75,7 +76,8 @@ def build_model(
     run: CentralizedSettings, raw: RawDataset, split: LeaveOneOutSplit
 ) -> tuple[SequentialRecommender, dict | None]:
     """The configured SRM, with SOLID's semantic ids prepared when it is SOLID (and SOLID's report)."""
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
+    vectors = model_item_vectors(run.model, split, run.text, run.data.name)
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len, vectors)
     if not isinstance(model, SolidRecommender):
         return model, None
     _, _, report = prepare_solid_model(model, run.solid, raw, split, seed=run.seed)

@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lsc4rec.cli import exit_on_bad_input
+from lsc4rec.client.collab.content import content_scores, recent_items, unit_vectors
 from lsc4rec.client.collab.fusion import fuse_scores, rerank
 from lsc4rec.client.collab.inference import (
     CANDIDATE_POOLS,
@@ -62,15 +63,31 @@ from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, refuse_unread_keys, typed_run
+from lsc4rec.text import item_text_vectors_from_config
 from lsc4rec.torch_device import resolve_device
-from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate, fit
+from lsc4rec.training import (
+    build_eval_sets,
+    build_model_from_config,
+    evaluate,
+    fit,
+    item_text_mode,
+    model_item_vectors,
+)
 
 logger = logging.getLogger(__name__)
 
 #: The request score fitted on the validation moment (:mod:`lsc4rec.client.collab.request_model`).
 LEARNED = "learned"
 
-__all__ = ["MomentLists", "build_moment", "compact_summary", "run_request_curve"]
+__all__ = ["FusionWeights", "MomentLists", "build_moment", "compact_summary", "run_request_curve"]
+
+
+@dataclass(frozen=True)
+class FusionWeights:
+    """The fused score's weights: ``alpha`` on the cloud's score, ``content`` on the content term."""
+
+    alpha: float
+    content: float = 0.0
 
 
 @dataclass
@@ -96,6 +113,10 @@ class MomentLists:
     pool: str = "llm"
     # [U] 0-based full-catalogue ranks (seen items excluded) of each model ranking alone.
     full_ranks: dict[str, Tensor] = field(default_factory=dict)
+    # [U, k] each device's own freshest items (newest first) and the catalogue's unit text vectors
+    # [N + 1, D]: the content term's inputs (None without item text).
+    recent: Tensor | None = None
+    unit_text: Tensor | None = None
 
     def lists(self, requested: Tensor, pool: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(items, LLM scores, SRM scores) each device ranks: the fresh list where it requested one.
@@ -114,6 +135,21 @@ class MomentLists:
             raise ValueError("a union pool needs the device's own top items (build_moment computes them)")
         return union_candidates(*lists, self.device_items, self.device_srm)
 
+    def ranks(
+        self, requested: Tensor, weights: FusionWeights, run: RequestCurveSettings, pool: str | None = None
+    ) -> Tensor:
+        """0-based rank ``[U]`` of each target in its device's fused list (absent from the list = a miss)."""
+        items, llm_scores, srm_scores = self.lists(requested, pool)
+        content = None
+        if weights.content > 0:
+            if self.recent is None or self.unit_text is None:
+                raise ValueError("a content weight > 0 needs item text vectors (the dataset has none)")
+            content = content_scores(items, self.recent, self.unit_text, run.collab.content_decay)
+        fused = fuse_scores(
+            llm_scores, srm_scores, items, weights.alpha, run.collab.normalization, content, weights.content
+        )
+        return list_ranks(rerank(items, fused), self.targets)
+
 
 def build_moment(
     llm: CloudLLM,
@@ -125,11 +161,13 @@ def build_moment(
     description: str,
     baseline_llm: CloudLLM | None = None,
     rank_alone: bool = True,
+    unit_text: Tensor | None = None,
 ) -> MomentLists:
     """Generate both lists, score them with the SRM and compute the devices' inconsistency scores.
 
     Also the device SRM's own top items (for a union pool) and, with ``rank_alone``, the full-catalogue ranks
     of the SRM, the LLM and ``baseline_llm`` (when given) each ranking alone, the LLMs from the stale prompt.
+    ``unit_text`` (the catalogue's unit text vectors) enables the content term.
     """
     n = run.collab.candidates
     device_n = run.collab.device_candidates
@@ -197,20 +235,21 @@ def build_moment(
         device_srm=torch.cat(device["srm"]),
         pool=pool,
         full_ranks={name: torch.cat(ranks) for name, ranks in full.items() if ranks},
+        recent=recent_items(histories, run.collab.content_items) if unit_text is not None else None,
+        unit_text=unit_text,
     )
 
 
 def per_device_ndcg(
-    items: Tensor, llm: Tensor, srm: Tensor, targets: Tensor, alpha: float, run: RequestCurveSettings
+    moment: MomentLists, requested: Tensor, weights: FusionWeights, run: RequestCurveSettings
 ) -> Tensor:
     """NDCG@10 ``[U]`` of each device's fused ranking of its list (0 when the target is not in its top 10)."""
-    fused = fuse_scores(llm, srm, items, alpha, run.collab.normalization)
-    ranks = list_ranks(rerank(items, fused), targets)
-    return torch.where(ranks < 10, 1.0 / torch.log2(ranks.float() + 2.0), torch.zeros(len(targets)))
+    ranks = moment.ranks(requested, weights, run)
+    return torch.where(ranks < 10, 1.0 / torch.log2(ranks.float() + 2.0), torch.zeros(len(moment.targets)))
 
 
 def fit_request_model(
-    valid: MomentLists, test: MomentLists, alpha: float, run: RequestCurveSettings, out: Path
+    valid: MomentLists, test: MomentLists, weights: FusionWeights, run: RequestCurveSettings, out: Path
 ) -> LearnedRequestModel:
     """Fit the learned request score on the validation moment's realised gains; score both moments with it.
 
@@ -221,9 +260,7 @@ def fit_request_model(
     if valid.features is None or test.features is None:
         raise ValueError("fit_request_model needs moments built with request features (a 'learned' score)")
     never = torch.zeros_like(valid.targets, dtype=torch.bool)
-    gains = per_device_ndcg(*valid.lists(~never), valid.targets, alpha, run) - per_device_ndcg(
-        *valid.lists(never), valid.targets, alpha, run
-    )
+    gains = per_device_ndcg(valid, ~never, weights, run) - per_device_ndcg(valid, never, weights, run)
     model = LearnedRequestModel.fit(valid.features, gains)
     model.save(out / "request_model.json")
     for moment in (valid, test):
@@ -238,48 +275,46 @@ def request_methods(run: RequestCurveSettings) -> list[str]:
     return list(dict.fromkeys([run.request.score, *run.request.compare]))
 
 
-def fused_ranks(
-    items: Tensor,
-    llm_scores: Tensor,
-    srm_scores: Tensor,
-    targets: Tensor,
-    alpha: float,
-    run: RequestCurveSettings,
-) -> Tensor:
-    """0-based rank ``[U]`` of each target in its list reranked by the fused score (absent = a miss)."""
-    fused = fuse_scores(llm_scores, srm_scores, items, alpha, run.collab.normalization)
-    return list_ranks(rerank(items, fused), targets)
-
-
 def ranked_metrics(
-    items: Tensor,
-    llm_scores: Tensor,
-    srm_scores: Tensor,
-    targets: Tensor,
-    alpha: float,
+    moment: MomentLists,
+    requested: Tensor,
+    weights: FusionWeights,
     run: RequestCurveSettings,
+    pool: str | None = None,
 ) -> dict[str, float]:
-    """HR/NDCG/MRR@K of the lists reranked by the fused score with weight ``alpha`` on the LLM."""
-    ks = run.eval.ks
-    return metrics_from_ranks(fused_ranks(items, llm_scores, srm_scores, targets, alpha, run), ks)
+    """HR/NDCG/MRR@K of the devices' lists (fresh where ``requested``) reranked by the fused score."""
+    return metrics_from_ranks(moment.ranks(requested, weights, run, pool), run.eval.ks)
 
 
-def choose_alpha(
-    moment: MomentLists, run: RequestCurveSettings, pool: str | None = None
-) -> tuple[float, dict[str, float]]:
-    """The fusion weight: ``collab.alpha`` if a number, else the grid value best on validation NDCG@10.
+def choose_fusion(
+    moment: MomentLists, run: RequestCurveSettings, pool: str | None = None, content: bool = True
+) -> tuple[FusionWeights, dict[str, float], dict[str, float]]:
+    """The fusion weights, each ``collab.*`` number as given, each ``auto`` the grid value best on NDCG@10.
 
-    ``pool`` (default: the moment's) picks the candidates it is chosen over.
+    ``pool`` (default: the moment's) picks the candidates they are chosen over; ``content=False`` (or no item
+    text) leaves the content term out. Returns the weights, validation NDCG@10 by alpha (at the chosen content
+    weight) and by content weight (at the chosen alpha).
     """
     never = torch.zeros_like(moment.targets, dtype=torch.bool)
-    items, llm_scores, srm_scores = moment.lists(never, pool)
-    curve = {
-        float(a): ranked_metrics(items, llm_scores, srm_scores, moment.targets, float(a), run)["NDCG@10"]
-        for a in run.collab.alpha_grid
+    collab = run.collab
+    alphas = collab.alpha_grid if str(collab.alpha) == "auto" else (float(collab.alpha),)
+    has_text = content and moment.unit_text is not None
+    if not has_text:
+        betas: tuple[float, ...] = (0.0,)
+    elif str(collab.content_weight) == "auto":
+        betas = collab.content_grid
+    else:
+        betas = (float(collab.content_weight),)
+    grid = {
+        (a, b): ranked_metrics(moment, never, FusionWeights(a, b), run, pool)["NDCG@10"]
+        for a in map(float, alphas)
+        for b in map(float, betas)
     }
-    if str(run.collab.alpha) != "auto":
-        return float(run.collab.alpha), curve
-    return max(curve, key=lambda a: (curve[a], -abs(a - 0.5))), curve
+    # Ties: the alpha nearest 0.5, then the smaller content weight.
+    best = max(grid, key=lambda ab: (grid[ab], -abs(ab[0] - 0.5), -ab[1]))
+    by_alpha = {a: v for (a, b), v in grid.items() if b == best[1]}
+    by_content = {b: v for (a, b), v in grid.items() if a == best[0]}
+    return FusionWeights(*best), by_alpha, by_content
 
 
 def load_baseline_llm(run: RequestCurveSettings, num_items: int) -> CloudLLM | None:
@@ -319,11 +354,15 @@ def collaboration_comparison(
     ks = run.eval.ks
     never = torch.zeros_like(test.targets, dtype=torch.bool)
     ranks: dict[str, Tensor] = {f"{name}_alone": r for name, r in test.full_ranks.items()}
-    alphas: dict[str, float] = {}
+    weights: dict[str, FusionWeights] = {}
     for pool in CANDIDATE_POOLS:
-        alphas[pool], _ = choose_alpha(valid, run, pool)
-        ranks[f"fused_{pool}"] = fused_ranks(*test.lists(never, pool), test.targets, alphas[pool], run)
-    ranks["fused_always_request"] = fused_ranks(*test.lists(~never), test.targets, alphas[test.pool], run)
+        weights[pool], _, _ = choose_fusion(valid, run, pool)
+        if weights[pool].content > 0:
+            # The ablation: the same pool without the content term (alpha chosen again without it).
+            weights[f"{pool}_no_content"], _, _ = choose_fusion(valid, run, pool, content=False)
+            ranks[f"fused_{pool}_no_content"] = test.ranks(never, weights[f"{pool}_no_content"], run, pool)
+        ranks[f"fused_{pool}"] = test.ranks(never, weights[pool], run, pool)
+    ranks["fused_always_request"] = test.ranks(~never, weights[test.pool], run)
     slices = slice_masks(split)
     table = {
         name: {
@@ -337,7 +376,8 @@ def collaboration_comparison(
     return {
         "protocol": "full catalogue for models alone (seen items excluded, LLMs from the stale prompt); "
         "fusion over the pool with alpha chosen on validation, a target outside the pool is a miss",
-        "alpha_by_pool": alphas,
+        "alpha_by_pool": {name: w.alpha for name, w in weights.items()},
+        "content_weight_by_pool": {name: w.content for name, w in weights.items()},
         "slice_sizes": {name: int(mask.sum()) for name, mask in slices.items()},
         "test": table,
         "ndcg10_over_device_srm": {
@@ -347,13 +387,23 @@ def collaboration_comparison(
 
 
 def train_models(
-    run: RequestCurveSettings, split: LeaveOneOutSplit, out: Path
+    run: RequestCurveSettings,
+    split: LeaveOneOutSplit,
+    out: Path,
+    cloud: CloudLLM | None = None,
+    item_vectors: Tensor | None = None,
 ) -> tuple[CloudLLM, SequentialRecommender, dict]:
-    """The cloud LLM (stale data) and the device SRM (real-time data), trained or loaded as configured."""
+    """The cloud LLM (stale data) and the device SRM (real-time data), trained or loaded as configured.
+
+    ``cloud`` replaces the configured LLM, neither built nor trained here (lists computed elsewhere:
+    :mod:`lsc4rec.simulations.pretrained_cloud`). ``item_vectors``: the items' text vectors, for an SRM with
+    a text part (``model.item_text``)."""
     report: dict = {}
     view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
-    llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
-    if not run.llm.path:
+    llm = cloud
+    if llm is None:
+        llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
+    if not run.llm.path and cloud is None:
         settings = LLMTrainSettings(**to_plain_dict(run.llm.train))
         result = fit_llm(llm, view.train, view.valid_histories, view.valid_targets, settings, seed=run.seed)
         llm.save_pretrained(out / "llm")
@@ -370,7 +420,7 @@ def train_models(
     # The LLM answers the devices' requests where the cloud would run it.
     llm.to(resolve_device(str(run.llm.train.device), "llm.train.device"))
     max_len = run.data.max_len
-    srm = build_model_from_config(run.model, split.num_items, max_len)
+    srm = build_model_from_config(run.model, split.num_items, max_len, item_vectors)
     settings = run.train
     if run.collab.srm_path:
         srm.load_state_dict(torch.load(str(run.collab.srm_path), map_location="cpu"))
@@ -409,9 +459,27 @@ def train_models(
     return llm, srm, report
 
 
-def run_request_curve(cfg: DictConfig, out: Path) -> dict:
+def text_vectors(run: RequestCurveSettings, split: LeaveOneOutSplit) -> Tensor | None:
+    """The items' text vectors when the SRM's text part or the content term needs them (else None).
+
+    A content weight asked for on a dataset without item text is an error naming the dataset.
+    """
+    wants_content = str(run.collab.content_weight) == "auto" or float(run.collab.content_weight) > 0
+    if item_text_mode(run.model) != "none":
+        return model_item_vectors(run.model, split, run.text, run.data.name)
+    if not wants_content:
+        return None
+    if not split.item_text:
+        raise ValueError(
+            f"collab.content_weight={run.collab.content_weight} needs item text, but dataset "
+            f"{run.data.name!r} has none; set collab.content_weight=0"
+        )
+    return item_text_vectors_from_config(split.item_text, split.num_items, run.text).vectors
+
+
+def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None) -> dict:
     """Run the experiment the composed config ``cfg`` describes (typed here, once); write outputs under
-    ``out`` and return the final summary."""
+    ``out`` and return the final summary. ``cloud``: the cloud LLM to use instead of the configured one."""
     run = typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -420,7 +488,9 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         torch.set_num_threads(run.threads)
     split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
     logger.info("dataset %s: %s", run.data.name, split.report)
-    llm, srm, report = train_models(run, split, out)
+    vectors = text_vectors(run, split)
+    llm, srm, report = train_models(run, split, out, cloud, vectors)
+    unit_text = unit_vectors(vectors) if vectors is not None else None
     view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     ks = run.eval.ks
 
@@ -433,6 +503,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         run,
         "validation lists",
         rank_alone=False,  # models alone are reported on test only
+        unit_text=unit_text,
     )
     baseline = load_baseline_llm(run, split.num_items)
     test = build_moment(
@@ -444,25 +515,32 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         run,
         "test lists",
         baseline_llm=baseline,
+        unit_text=unit_text,
     )
-    alpha, alpha_curve = choose_alpha(valid, run)
-    logger.info("fusion alpha %.2f (validation NDCG@10 by alpha: %s)", alpha, alpha_curve)
+    weights, alpha_curve, content_curve = choose_fusion(valid, run)
+    alpha = weights.alpha
+    logger.info(
+        "fusion alpha %.2f, content weight %.2f (validation NDCG@10 by alpha: %s; by content weight: %s)",
+        alpha,
+        weights.content,
+        alpha_curve,
+        content_curve,
+    )
     comparison = collaboration_comparison(valid, test, split, run)
     if valid.features is not None:
-        fit_request_model(valid, test, alpha, run, out)
+        fit_request_model(valid, test, weights, run, out)
 
     never = torch.zeros_like(test.targets, dtype=torch.bool)
-    stale = test.lists(never)
+    llm_only, srm_only = FusionWeights(1.0), FusionWeights(0.0)
     table = {
-        "llm_only": ranked_metrics(*stale, test.targets, 1.0, run),
-        "srm_only": ranked_metrics(*stale, test.targets, 0.0, run),
-        "fused": ranked_metrics(*stale, test.targets, alpha, run),
+        "llm_only": ranked_metrics(test, never, llm_only, run),
+        "srm_only": ranked_metrics(test, never, srm_only, run),
+        "fused": ranked_metrics(test, never, weights, run),
     }
-    always = test.lists(~never)
     table_always = {
-        "llm_only": ranked_metrics(*always, test.targets, 1.0, run),
-        "srm_only": ranked_metrics(*always, test.targets, 0.0, run),
-        "fused": ranked_metrics(*always, test.targets, alpha, run),
+        "llm_only": ranked_metrics(test, ~never, llm_only, run),
+        "srm_only": ranked_metrics(test, ~never, srm_only, run),
+        "fused": ranked_metrics(test, ~never, weights, run),
     }
     # Context: each model ranking the whole catalogue on its own (the SRM protocol).
     _, test_set = build_eval_sets(split, run.eval, run.data.max_len)
@@ -480,18 +558,18 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
             if mode == "intelligent":
                 policy.calibrate(valid.inconsistency)
             requested = policy.decide(test.inconsistency, generator)
-            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, run)
+            metrics = ranked_metrics(test, requested, weights, run)
             row[mode] = {"actual_ratio": float(requested.float().mean()), **metrics}
         row["intelligent_by_score"], row["budget_by_score"] = {}, {}
         for method, values in valid.compared.items():
             # Its own coin stream, so adding a compared score leaves the headline curves unchanged.
             policy = RequestPolicy("intelligent", float(ratio)).calibrate(values)
             requested = policy.decide(test.compared[method], compare_generator)
-            metrics = ranked_metrics(*test.lists(requested), test.targets, alpha, run)
+            metrics = ranked_metrics(test, requested, weights, run)
             row["intelligent_by_score"][method] = {"actual_ratio": float(requested.float().mean()), **metrics}
             # A node budget instead of a threshold: exactly the top share of devices by the score requests.
             budget = top_share(test.compared[method], float(ratio), compare_generator)
-            metrics = ranked_metrics(*test.lists(budget), test.targets, alpha, run)
+            metrics = ranked_metrics(test, budget, weights, run)
             row["budget_by_score"][method] = {"actual_ratio": float(budget.float().mean()), **metrics}
         curve.append(row)
         logger.info(
@@ -516,6 +594,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         "cloud_lag": run.collab.cloud_lag,
         "candidates": run.collab.candidates,
         "alpha": alpha,
+        "content_weight": weights.content,
         "normalization": run.collab.normalization,
         "request_score": run.request.score,
         "protocol": "LLM candidate list reranked; target outside the list = miss; seen items dropped",
@@ -544,6 +623,7 @@ def run_request_curve(cfg: DictConfig, out: Path) -> dict:
         "dataset_report": split.report,
         "training": report,
         "alpha_validation_curve": {str(k): v for k, v in alpha_curve.items()},
+        "content_weight_validation_curve": {str(k): v for k, v in content_curve.items()},
         "final": summary,
         "wall_seconds": round(time.perf_counter() - wall_start, 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
@@ -568,6 +648,7 @@ def compact_summary(summary: dict) -> dict:
     collaboration = summary["collaboration"]
     out["collaboration"] = {
         "alpha_by_pool": collaboration["alpha_by_pool"],
+        "content_weight_by_pool": collaboration["content_weight_by_pool"],
         "ndcg10_over_device_srm": collaboration["ndcg10_over_device_srm"],
         **{
             f"NDCG@10_{name}": {method: m["NDCG@10"] for method, m in table.items()}

@@ -1,7 +1,9 @@
 """Collaborative inference: fuse the cloud LLM's initial ranking with the device SRM's reranking scores.
 
-``final = α·norm(LLM score) + (1−α)·norm(SRM score)`` per candidate, where ``norm`` puts both on one scale
-within each user's list. α = 1 is the LLM's own order, α = 0 the SRM's rerank. Normalisations:
+``final = α·norm(LLM score) + (1−α)·norm(SRM score) [+ β·norm(content)]`` per candidate, where ``norm`` puts
+the scores on one scale within each user's list and the optional content term is each candidate's text
+similarity to the device's own fresh items (:mod:`lsc4rec.client.collab.content`). α = 1 is the LLM's own
+order, α = 0 the SRM's rerank. Normalisations:
 
 * ``minmax``: (s − min) / (max − min) within the list (0..1); a constant list maps to 0.
 * ``zscore``: (s − mean) / std within the list.
@@ -47,15 +49,29 @@ def normalize_scores(scores: Tensor, valid: Tensor, method: str = "minmax") -> T
 
 
 def fuse_scores(
-    llm_scores: Tensor, srm_scores: Tensor, items: Tensor, alpha: float, method: str = "minmax"
+    llm_scores: Tensor,
+    srm_scores: Tensor,
+    items: Tensor,
+    alpha: float,
+    method: str = "minmax",
+    content: Tensor | None = None,
+    content_weight: float = 0.0,
 ) -> Tensor:
-    """Fused scores ``[B, n]`` of the candidate ``items [B, n]``; empty slots (item 0) score ``-inf``."""
+    """Fused scores ``[B, n]`` of the candidate ``items [B, n]``; empty slots (item 0) score ``-inf``.
+
+    ``content [B, n]`` (the candidates' text similarity to the device's fresh items,
+    :mod:`lsc4rec.client.collab.content`) adds ``content_weight · norm(content)`` to the fused score.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"collab.alpha must be in [0, 1], got {alpha}")
+    if content_weight < 0.0:
+        raise ValueError(f"collab.content_weight must be >= 0, got {content_weight}")
     valid = items > 0
     fused = alpha * normalize_scores(llm_scores, valid, method) + (1.0 - alpha) * normalize_scores(
         srm_scores, valid, method
     )
+    if content is not None and content_weight > 0.0:
+        fused = fused + content_weight * normalize_scores(content, valid, method)
     return fused.masked_fill(~valid, float("-inf"))
 
 

@@ -160,6 +160,13 @@ class SolidRecommender(SequentialRecommender):
             if self.use_semantic_trunk:
                 self.semantic_projection = nn.Linear(hidden_size, hidden_size)
 
+    def attach_item_text(self, vectors: Tensor, has_text: Tensor | None = None) -> dict[str, float | int]:
+        """The base class's text part, shared with the item trunk (it encodes histories with it)."""
+        report = super().attach_item_text(vectors, has_text)
+        # A plain attribute of the trunk, like the item table: one owner in the state dict.
+        object.__setattr__(self.item_trunk, "item_text", self.item_text)
+        return report
+
     # ------------------------------------------------------------------ semantic ids
     def set_semantic_ids(self, codes: Tensor) -> None:
         """Install the items' semantic ids ``[num_items + 1, levels]`` (0-based codes, row 0 = padding)."""
@@ -303,6 +310,6 @@ class SolidRecommender(SequentialRecommender):
         items = inputs[inputs != 0]
         if items.numel() == 0:
             return None
-        item_vectors = self.item_embedding(items)
+        item_vectors = self.embed_items(items)
         code_vectors = self.semantic_trunk.item_embedding(self.semantic_tokens[items])
         return self.vq_weight * ((item_vectors - code_vectors) ** 2).mean()

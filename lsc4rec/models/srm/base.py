@@ -20,6 +20,8 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from lsc4rec.models.srm.item_text import ItemTextRows
+
 __all__ = ["ITEM_TABLE_KEY", "SequentialRecommender", "padding_rotations", "validate_common_args"]
 
 
@@ -85,6 +87,51 @@ class SequentialRecommender(nn.Module, abc.ABC):
         self.hidden_size = int(hidden_size)
         # Row 0 is the padding item: it stays zero and receives no gradient.
         self.item_embedding = nn.Embedding(self.num_items + 1, self.hidden_size, padding_idx=0)
+        # The optional text part of every item vector (attach_item_text; lsc4rec/models/srm/item_text.py).
+        self.item_text: ItemTextRows | None = None
+
+    # ------------------------------------------------------------------ item vectors
+    def attach_item_text(self, vectors: Tensor, has_text: Tensor | None = None) -> dict[str, float | int]:
+        """Give every item vector a text part: ``id_row(i) + P · vectors[i]`` (:class:`ItemTextRows`).
+
+        ``vectors [num_items + 1, D]`` are the items' frozen text vectors (zero rows for padding and items
+        without text); ``has_text [num_items + 1]`` marks the items that have text (default: non-zero rows).
+        ``P`` starts as the vectors' principal directions at the id table's own spread, and the id rows of
+        items with text start at zero, so each such item begins as its text. Returns a short report.
+        """
+        if vectors.ndim != 2 or vectors.shape[0] != self.num_items + 1:
+            raise ValueError(
+                f"item text vectors {tuple(vectors.shape)} do not match the catalogue: expected "
+                f"[{self.num_items + 1}, D] (num_items + 1 rows)"
+            )
+        present = vectors.norm(dim=1) > 0 if has_text is None else has_text.bool().clone()
+        present[0] = False
+        if not bool(present.any()):
+            raise ValueError("no item has a text vector: the text part needs some")
+        table = self.item_embedding.weight
+        scale = float(table.detach()[1:].std())
+        vectors = vectors.detach().float() * present.unsqueeze(1).to(torch.float32)
+        self.item_text = ItemTextRows(vectors, self.hidden_size, scale=scale).to(table.device)
+        with torch.no_grad():
+            table[present] = 0.0
+        return {
+            "items_with_text": int(present.sum()),
+            "text_dim": int(vectors.shape[1]),
+            "row_std": round(scale, 6),
+        }
+
+    def embed_items(self, ids: Tensor) -> Tensor:
+        """Item vectors ``[..., d]`` of ``ids [...]``: the id rows, plus the text part when attached."""
+        vectors = self.item_embedding(ids)
+        if self.item_text is not None:
+            vectors = vectors + self.item_text(ids)
+        return vectors
+
+    def item_table(self) -> Tensor:
+        """Every item's vector, ``[num_items + 1, d]`` (row 0 = padding): what full-catalogue scores use."""
+        if self.item_text is None:
+            return self.item_embedding.weight
+        return self.item_embedding.weight + self.item_text.table()
 
     @property
     def supports_streaming(self) -> bool:
@@ -142,7 +189,7 @@ class SequentialRecommender(nn.Module, abc.ABC):
         ``[P, num_items + 1]`` matrix; on a CPU that copy costs a third of a full-softmax step.
         """
         hidden = self.encode(inputs)[positions]
-        return hidden @ self.item_embedding.weight[1:].t()
+        return hidden @ self.item_table()[1:].t()
 
     def score_all(self, history: Tensor) -> Tensor:
         """Next-item scores ``[B, num_items + 1]`` after the full ``history [B, L]``; column 0 = -inf."""
@@ -160,12 +207,12 @@ class SequentialRecommender(nn.Module, abc.ABC):
         ``step`` outputs all score through it.
         """
         if candidates is None:
-            scores = hidden @ self.item_embedding.weight.t()
+            scores = hidden @ self.item_table().t()
             # In place: a masked_fill would copy the whole [B, num_items + 1] matrix to change one column, and
             # full-ranking evaluation is dominated by such passes. The matmul's backward does not need it.
             scores[:, 0] = float("-inf")
             return scores
-        scores = torch.matmul(self.item_embedding(candidates), hidden.unsqueeze(-1)).squeeze(-1)
+        scores = torch.matmul(self.embed_items(candidates), hidden.unsqueeze(-1)).squeeze(-1)
         return scores.masked_fill(candidates == 0, float("-inf"))
 
     # ------------------------------------------------------------------ helpers for subclasses
@@ -182,14 +229,14 @@ class SequentialRecommender(nn.Module, abc.ABC):
             if positions is not None:
                 hidden = hidden[positions]
             # The full-catalogue product uses the weight directly (see the module note on Opacus).
-            return self._mask_padding_column(hidden @ self.item_embedding.weight.t())
+            return self._mask_padding_column(hidden @ self.item_table().t())
         if candidates.dim() == 1:
             # Look the shared list up once per row so the embedding call stays batch-first (Opacus).
             shared = candidates.unsqueeze(0).expand(hidden.size(0), -1)
-            scores = torch.matmul(hidden, self.item_embedding(shared).transpose(1, 2))  # [B, L, C]
+            scores = torch.matmul(hidden, self.embed_items(shared).transpose(1, 2))  # [B, L, C]
             scores = scores.masked_fill(candidates == 0, float("-inf"))
         else:
-            cand_emb = self.item_embedding(candidates)  # [B, L, C, d]
+            cand_emb = self.embed_items(candidates)  # [B, L, C, d]
             scores = torch.matmul(cand_emb, hidden.unsqueeze(-1)).squeeze(-1)
             scores = scores.masked_fill(candidates == 0, float("-inf"))
         return scores if positions is None else scores[positions]

@@ -174,8 +174,8 @@ class DIN(SequentialRecommender):
         are computed once per row ([B, C, L]) and the causal pooling is a prefix sum over the history.
         """
         batch = inputs.size(0)
-        hist_emb = self.item_embedding(inputs)  # [B, L, d]
-        cand_emb = self.item_embedding(shared.unsqueeze(0).expand(batch, -1))  # [B, C, d], batch-first
+        hist_emb = self.embed_items(inputs)  # [B, L, d]
+        cand_emb = self.embed_items(shared.unsqueeze(0).expand(batch, -1))  # [B, C, d], batch-first
         is_item = (inputs != 0).to(hist_emb.dtype)
         weights = self.attention(cand_emb, hist_emb) * is_item.unsqueeze(1)  # [B, C, L]
         weighted = weights.unsqueeze(-1) * hist_emb.unsqueeze(1)  # [B, C, L, d]
@@ -186,8 +186,8 @@ class DIN(SequentialRecommender):
     def _score_per_position(self, inputs: Tensor, candidates: Tensor) -> Tensor:
         """Causal scores ``[B, L, C]`` of per-position ``candidates [B, L, C]``."""
         length = inputs.size(1)
-        hist_emb = self.item_embedding(inputs)  # [B, L, d]
-        cand_emb = self.item_embedding(candidates)  # [B, L, C, d]
+        hist_emb = self.embed_items(inputs)  # [B, L, d]
+        cand_emb = self.embed_items(candidates)  # [B, L, C, d]
         steps = torch.arange(length, device=inputs.device)
         causal = steps.unsqueeze(1) >= steps.unsqueeze(0)  # [L(query), L(history)]
         visible = causal.unsqueeze(0) & (inputs != 0).unsqueeze(1)  # [B, L(query), L(history)]
@@ -197,7 +197,7 @@ class DIN(SequentialRecommender):
     # ------------------------------------------------------------------ public API
     def encode(self, history: Tensor) -> Tensor:
         """History item embeddings ``[B, L, hidden_size]`` (DIN has no sequence encoder); zeros at padding."""
-        return self.item_embedding(history)
+        return self.embed_items(history)
 
     def position_scores(
         self, inputs: Tensor, candidates: Tensor | None = None, positions: Tensor | None = None
@@ -231,9 +231,9 @@ class DIN(SequentialRecommender):
 
     def score_candidates(self, history: Tensor, candidates: Tensor) -> Tensor:
         """Scores ``[B, C]`` of ``candidates [B, C]`` after the full ``history [B, L]``; id 0 scores -inf."""
-        hist_emb = self.item_embedding(history)
+        hist_emb = self.embed_items(history)
         mask = (history != 0).to(hist_emb.dtype).unsqueeze(1)  # [B, 1, L]
-        scores = self._score(self.item_embedding(candidates), hist_emb, mask)
+        scores = self._score(self.embed_items(candidates), hist_emb, mask)
         return scores.masked_fill(candidates == 0, float("-inf"))
 
     def score_all(self, history: Tensor) -> Tensor:
@@ -243,12 +243,12 @@ class DIN(SequentialRecommender):
         triples, to bound memory; total cost is ``B * num_items * L`` activation-unit evaluations.
         """
         batch, length = history.shape
-        hist_emb = self.item_embedding(history)
+        hist_emb = self.embed_items(history)
         mask = (history != 0).to(hist_emb.dtype).unsqueeze(1)
         chunk = max(1, self.score_chunk_pairs // max(1, batch * length))
         parts = [torch.full((batch, 1), float("-inf"), dtype=hist_emb.dtype, device=history.device)]
         for start in range(1, self.num_items + 1, chunk):
             items = torch.arange(start, min(start + chunk, self.num_items + 1), device=history.device)
-            cand_emb = self.item_embedding(items.unsqueeze(0).expand(batch, -1))
+            cand_emb = self.embed_items(items.unsqueeze(0).expand(batch, -1))
             parts.append(self._score(cand_emb, hist_emb, mask))
         return torch.cat(parts, dim=1)

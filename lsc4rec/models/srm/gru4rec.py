@@ -68,7 +68,7 @@ class GRU4Rec(SequentialRecommender):
         # Rotate left by the padding count: right-padded row. Rotate back by the same amount afterwards.
         is_item, to_right, to_left = padding_rotations(history)
         right_padded = torch.gather(history, 1, to_right)
-        x = self.embedding_dropout(self.item_embedding(right_padded))
+        x = self.embedding_dropout(self.embed_items(right_padded))
         out, _ = self.gru(x)  # causal: real steps see only earlier real steps and the zero initial state
         out = self.dense(out)
         index = to_left.unsqueeze(-1).expand(-1, -1, out.size(-1))

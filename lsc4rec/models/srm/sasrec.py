@@ -179,7 +179,7 @@ class SASRec(SequentialRecommender):
         # Right-aligned positions, 0 at padding so the padding row of the table is used there.
         from_end = torch.arange(length, 0, -1, device=history.device).unsqueeze(0)
         position_ids = from_end * is_item.long()
-        x = self.item_embedding(history) * self.embedding_scale + self.position_embedding(position_ids)
+        x = self.embed_items(history) * self.embedding_scale + self.position_embedding(position_ids)
         x = self.embedding_dropout(x)
         keep = is_item.unsqueeze(-1).to(x.dtype)
         x = x * keep

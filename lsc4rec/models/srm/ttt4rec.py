@@ -195,7 +195,7 @@ class TTT4Rec(SequentialRecommender):
     # ------------------------------------------------------------------ full-sequence encoding
     def _embed(self, items: Tensor) -> Tensor:
         """Item ids ``[...]`` -> block inputs ``[..., d]``: embedding, dropout, LayerNorm."""
-        return self.embedding_norm(self.embedding_dropout(self.item_embedding(items)))
+        return self.embedding_norm(self.embedding_dropout(self.embed_items(items)))
 
     @staticmethod
     def _rotations(history: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,84 @@
+"""The text part of a device SRM's item representation: the cloud's item knowledge in every score.
+
+Item ``i``'s vector (history input and tied output alike) becomes ``id_row(i) + P · text(i)``: ``text(i)``
+is the item's frozen text vector (MiniLM by default, ``conf/text``), ``P`` one learned projection shared by
+every item, ``id_row`` the model's ordinary learned item table. This is the cloud LLM's own item
+representation (:mod:`lsc4rec.models.llm.item_text_part`) put on the device, so:
+
+* an item the device rarely or never trained on still scores by where its text puts it (``P`` is learned
+  from the frequent items);
+* the text vectors are public catalogue data: they are not parameters, never leave the device in an update
+  and are not in the state dict (a non-persistent buffer); the device receives them once per catalogue
+  version;
+* only ``P`` (``D × d`` numbers) is added to the model's parameters.
+
+At the start the id rows of items with text are zero and ``P`` spans the text vectors' top principal
+directions, scaled to the model's own initialisation range, so every item begins as its text.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lsc4rec.models.llm.item_text_part import version_key
+from lsc4rec.text.projection import principal_projection
+
+__all__ = ["ITEM_TEXT_MODES", "ItemTextRows"]
+
+#: Values of ``model.item_text``: no text part, or the text part with a learned projection.
+ITEM_TEXT_MODES: tuple[str, ...] = ("none", "projected")
+
+
+class ItemTextRows(nn.Module):
+    """``P · text(i)`` for item ids: the additive text part of an SRM's item vectors.
+
+    ``vectors [num_items + 1, D]`` (row 0, padding, and items without text are zero rows, so they get no text
+    part); ``hidden_size`` is the SRM's width ``d``; ``scale`` the per-coordinate std the projected rows start
+    at (0 skips the principal-direction start, for weights about to be loaded).
+    """
+
+    def __init__(self, vectors: Tensor, hidden_size: int, scale: float = 0.02) -> None:
+        super().__init__()
+        if vectors.ndim != 2 or vectors.shape[0] < 2:
+            raise ValueError(f"item text vectors must be [num_items + 1, D], got {tuple(vectors.shape)}")
+        if not bool(torch.isfinite(vectors).all()):
+            raise ValueError("item text vectors hold non-finite values")
+        # Not persistent: public catalogue data, delivered to the device once, never part of an update.
+        self.register_buffer("vectors", vectors.detach().float().clone(), persistent=False)
+        with torch.no_grad():
+            self.vectors[0].zero_()
+        self.projection = nn.Linear(vectors.shape[1], int(hidden_size), bias=False)
+        if scale > 0:
+            with torch.no_grad():
+                self.projection.weight.copy_(principal_projection(self.vectors[1:], int(hidden_size), scale))
+        else:
+            nn.init.zeros_(self.projection.weight)
+        self._cached: tuple[tuple, Tensor] | None = None
+
+    @property
+    def text_dim(self) -> int:
+        """Length ``D`` of the text vectors."""
+        return int(self.vectors.shape[1])
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the table: ``num_items + 1``."""
+        return int(self.vectors.shape[0])
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """The text part ``[..., d]`` of the items ``ids [...]`` (zero for padding and items without text)."""
+        return self.projection(self.vectors[ids])
+
+    def table(self) -> Tensor:
+        """The text part of every row, ``[num_items + 1, d]``.
+
+        Without gradients (evaluation, serving) it is computed once and reused until ``P`` or the vectors
+        change (an optimiser step, a loaded state, a move to another device).
+        """
+        if torch.is_grad_enabled():
+            return self.projection(self.vectors)
+        key = (version_key(self.projection.weight), version_key(self.vectors))
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.projection(self.vectors))
+        return self._cached[1]
