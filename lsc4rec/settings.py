@@ -231,6 +231,8 @@ class CollabSettings:
     srm_epochs: int
     hard_negatives: int
     random_negatives: int
+    distill_weight: float
+    distill_temperature: float
     srm_path: str | None
 
     def __post_init__(self) -> None:
@@ -246,6 +248,11 @@ class CollabSettings:
             raise SettingsError(f"collab.content_weight must be >= 0, got {self.content_weight}")
         if any(w < 0 for w in self.content_grid) or not self.content_grid:
             raise SettingsError(f"collab.content_grid must be weights >= 0, got {list(self.content_grid)}")
+        if self.distill_weight < 0 or self.distill_temperature <= 0:
+            raise SettingsError(
+                f"collab.distill_weight must be >= 0 and collab.distill_temperature > 0, got "
+                f"{self.distill_weight} and {self.distill_temperature}"
+            )
         if self.content_items < 1:
             raise SettingsError(f"collab.content_items must be >= 1, got {self.content_items}")
         if not 0.0 < self.content_decay <= 1.0:
@@ -399,6 +406,11 @@ FEDERATED_IGNORES = {
     "request.seed": "devices draw random requests from seed (request.mode=random)",
     "model.item_text": "the Flower app does not deliver item text vectors to the devices yet; the text part "
     "is measured by lsc4rec.simulations.centralized and request_curve",
+    **{
+        f"collab.distill_{name}": "list distillation runs in lsc4rec.simulations.request_curve; the "
+        "candidate service does not send its per-position scores to the nodes yet"
+        for name in ("weight", "temperature")
+    },
     **{
         f"collab.content_{name}": "the content term is measured by lsc4rec.simulations.request_curve; the "
         "Flower app's devices do not fuse it yet"

@@ -439,6 +439,8 @@ def train_models(
                 hard_negatives=run.collab.hard_negatives,
                 random_negatives=run.collab.random_negatives,
                 seed=run.seed,
+                distill_weight=run.collab.distill_weight,
+                temperature=run.collab.distill_temperature,
             )
         elif run.collab.srm_training != "standard":
             raise ValueError(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lsc4rec.models.srm import SequentialRecommender, candidate_rerank_loss
+from lsc4rec.models.srm import SequentialRecommender, candidate_rerank_loss, list_distillation_loss
 from lsc4rec.training import TrainSettings, model_device
 
 __all__ = ["rerank_rows", "rerank_step", "train_on_cloud_lists"]
@@ -70,9 +70,20 @@ def rerank_step(
     generator: torch.Generator,
     random_negatives: int,
     grad_clip: float,
+    teacher_scores: Tensor | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 1.0,
 ) -> float:
-    """One optimiser step of the candidate-rerank loss on a batch; returns the loss."""
+    """One optimiser step of the candidate-rerank loss on a batch; returns the loss.
+
+    With ``teacher_scores [B, L, k]`` (the cloud's scores of the ``hard`` lists) and ``distill_weight > 0``
+    the step adds ``distill_weight · list_distillation_loss``: the cloud's scores as soft targets.
+    """
     loss = candidate_rerank_loss(model, inputs, targets, hard, generator, random_negatives)
+    if teacher_scores is not None and distill_weight > 0:
+        loss = loss + distill_weight * list_distillation_loss(
+            model, inputs, targets, hard, teacher_scores, temperature
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:

@@ -36,8 +36,14 @@ def train_on_llm_candidates(
     hard_negatives: int = 20,
     random_negatives: int = 100,
     seed: int = 0,
+    distill_weight: float = 0.0,
+    temperature: float = 1.0,
 ) -> list[float]:
-    """Train ``srm`` for ``epochs`` on ``sequences`` against the LLM's candidates; return the epoch losses."""
+    """Train ``srm`` for ``epochs`` on ``sequences`` against the LLM's candidates; return the epoch losses.
+
+    ``distill_weight > 0`` adds list distillation: the LLM's scores of its listed items are soft targets
+    for the SRM's scores of the same items (:func:`lsc4rec.models.srm.list_distillation_loss`).
+    """
     if epochs < 1 or hard_negatives < 1 or random_negatives < 0:
         raise ValueError(
             f"collab.srm_epochs ({epochs}) and collab.hard_negatives ({hard_negatives}) must be >= 1, "
@@ -58,9 +64,19 @@ def train_on_llm_candidates(
             disable=not settings.progress,
             mininterval=1.0,
         ):
-            hard = llm.position_candidates(inputs, hard_negatives)
+            hard, teacher = llm.position_candidate_scores(inputs, hard_negatives)
             total += rerank_step(
-                srm, optimizer, inputs, targets, hard, generator, random_negatives, settings.grad_clip
+                srm,
+                optimizer,
+                inputs,
+                targets,
+                hard,
+                generator,
+                random_negatives,
+                settings.grad_clip,
+                teacher,
+                distill_weight,
+                temperature,
             )
             count += 1
         losses.append(total / max(count, 1))

@@ -352,6 +352,14 @@ class CloudLLM(nn.Module):
         One forward pass serves every prefix of every row (the model is causal); padding positions get 0.
         These are the LLM's hard negatives for collaborative training of the SRM. One token per item only.
         """
+        return self.position_candidate_scores(inputs, k)[0]
+
+    def position_candidate_scores(self, inputs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """:meth:`position_candidates` with the LLM's log-probabilities of those items ``[B, L, k]``.
+
+        The scores are what the cloud sends with a list (the soft targets of list distillation); padding
+        positions get item 0 and score ``-inf``.
+        """
         if self.tokenizer.depth != 1 or self.prompt is not None:
             raise ValueError(
                 "position_candidates needs one token per item read as item tokens "
@@ -362,9 +370,12 @@ class CloudLLM(nn.Module):
             # Token column j + 1 holds input column j; its output predicts the item after it.
             text = self.text_rows()
             logits = self.token_logits(self.hidden_states(tokens, mask, text)[:, 1:], text)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
             item_columns = self.tokenizer.codes[1:, 0].to(logits.device)
-            top = logits[..., item_columns].topk(min(k, self.num_items), dim=-1).indices.cpu() + 1
-        return top.masked_fill((inputs == 0).unsqueeze(-1), 0)
+            top = logprobs[..., item_columns].topk(min(k, self.num_items), dim=-1)
+        padding = (inputs == 0).unsqueeze(-1)
+        items = (top.indices.cpu() + 1).masked_fill(padding, 0)
+        return items, top.values.cpu().masked_fill(padding, float("-inf"))
 
     def _next_token_fn(self, tokens: Tensor, mask: Tensor) -> NextTokenLogProbs:
         # Called under _evaluating (no gradients): the text rows stay fixed for the whole search.

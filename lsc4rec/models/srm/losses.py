@@ -35,6 +35,7 @@ __all__ = [
     "compute_loss",
     "draw_negatives",
     "full_softmax_loss",
+    "list_distillation_loss",
     "per_sequence_loss",
     "sample_negatives_per_position",
     "sample_shared_negatives",
@@ -257,6 +258,45 @@ def candidate_rerank_loss(
     scores = torch.cat([scores[:, :1], scores[:, 1:].masked_fill(invalid, float("-inf"))], dim=1)
     nll = torch.logsumexp(scores, dim=1) - scores[:, 0]
     return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
+
+
+def list_distillation_loss(
+    model: SequentialRecommender,
+    inputs: Tensor,
+    targets: Tensor,
+    items: Tensor,
+    teacher_scores: Tensor,
+    temperature: float = 1.0,
+) -> Tensor:
+    """``T²·KL(p_cloud ‖ p_SRM)`` over the items the cloud listed at each position (list distillation).
+
+    ``items [B, L, k]`` and ``teacher_scores [B, L, k]`` are the cloud's list after every position and its
+    scores (log-probabilities) for them: exactly what a device receives, never the cloud's whole
+    distribution. Both sides are softmaxes over the same listed items at temperature ``T``; empty slots
+    (item 0) are left out. Averaged over positions with a target and at least one listed item.
+    """
+    if items.shape != teacher_scores.shape or items.shape[:2] != targets.shape:
+        raise ValueError(
+            f"items {tuple(items.shape)} and teacher scores {tuple(teacher_scores.shape)} must both be "
+            f"[B, L, k] for targets {tuple(targets.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"collab.distill_temperature must be > 0, got {temperature}")
+    first = _first_used_column(inputs, targets)
+    inputs, targets = inputs[:, first:], targets[:, first:]
+    items, teacher_scores = items[:, first:], teacher_scores[:, first:]
+    mask = (targets > 0) & (items > 0).any(dim=-1)
+    if not bool(mask.any()):
+        return model.item_embedding.weight.sum() * 0.0
+    listed = items[mask]  # [P, k]
+    valid = listed > 0
+    student = model.position_scores(inputs, items.clamp(min=1), positions=mask)  # [P, k]
+    teacher = teacher_scores[mask].to(student.device).float()
+    t = float(temperature)
+    log_teacher = torch.log_softmax((teacher / t).masked_fill(~valid, float("-inf")), dim=-1)
+    log_student = torch.log_softmax((student / t).masked_fill(~valid, float("-inf")), dim=-1)
+    terms = torch.where(valid, log_teacher.exp() * (log_teacher - log_student), torch.zeros_like(student))
+    return t * t * terms.sum(dim=-1).mean()
 
 
 LossFn = Callable[..., Tensor]
