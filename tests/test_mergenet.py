@@ -15,6 +15,7 @@ from lsc4rec.data import TrainBatches
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.mergenet import (
     Distillation,
+    ListDistillation,
     MergeNetTransfer,
     ParameterAdapter,
     ParameterSlice,
@@ -242,6 +243,14 @@ def test_hooks_run_inside_training_transfer_kd_and_source_steps() -> None:
     assert loss is not None and float(loss) > 0 and loss.requires_grad
     with pytest.raises(ValueError, match="temperature > 0"):
         Distillation(llm, temperature=0.0)
+    # List KD reads only the LLM's top-k items per position and their scores: with k = the catalogue it is
+    # the full KD term; with a short list it differs, and it still trains the SRM.
+    full_list = ListDistillation(llm, k=NUM_ITEMS, weight=1.0, temperature=2.0)
+    assert float(full_list.extra_loss(srm, inputs, targets)) == pytest.approx(float(loss), rel=1e-4)
+    short = ListDistillation(llm, k=3, weight=1.0, temperature=2.0).extra_loss(srm, inputs, targets)
+    assert short is not None and short.requires_grad and float(short) != pytest.approx(float(loss), rel=1e-3)
+    with pytest.raises(ValueError, match="k >= 1"):
+        ListDistillation(llm, k=0)
 
 
 @pytest.mark.slow
@@ -280,7 +289,11 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     assert result["device_users"] == 90
     # The item text makes the LLM text-grounded (llm.item_init=auto), the source MergeNet and KD read.
     assert result["llm_item_init"] == "text"
-    assert set(result["cloud_to_device"]) == {"srm", "text_srm", "llm_rows_srm", "mergenet", "kd"}
+    variants = {
+        "srm", "text_srm", "llm_rows_srm", "mergenet", "kd", "list_kd", "text_part", "text_part_kd",
+        "text_part_list_kd",
+    }
+    assert set(result["cloud_to_device"]) == variants
     assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}
     # 5% of 30 items = 2 newest items, held out of device training.
     assert result["new_items"]["items"] == 2 and result["new_items"]["clock"] == "position"
@@ -288,8 +301,7 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
         assert {"all", "rare_targets", "cold_users", "warm_users", "new_items"} <= set(variant)
         assert variant["all"]["users"] == 90
     # Equal-cost points exist for every variant but the reference itself.
-    others = {"text_srm", "llm_rows_srm", "mergenet", "kd"}
-    assert set(result["equal_epochs"]) == set(result["equal_seconds"]) == others
+    assert set(result["equal_epochs"]) == set(result["equal_seconds"]) == variants - {"srm"}
     # The walk is learnable: random ranking of 30 items would give HR@10 ~ 0.33.
     assert result["cloud_to_device"]["srm"]["all"]["HR@10"] > 0.8
     assert result["overhead"]["transfers"] > 0 and result["overhead"]["adapter_parameters"] > 0

@@ -8,12 +8,15 @@ The cloud LLM (text-grounded when the data has item text: ``llm.item_init=auto``
 ``llm.path``, on the cloud's stale view (``collab.cloud_lag``) of every user, as in LSC4Rec. Cloud -> device:
 the device SRM is trained from scratch with the same settings as each of ``mergenet_variants``: alone
 (``srm``), with its item table started from projected item text (``text_srm``: how much text a device can hold
-by itself) or from the LLM's item rows (``llm_rows_srm``: all an item-table transfer could carry), with the
-MergeNet transfer from the LLM (``mergenet``: ``mergenet.source`` -> ``mergenet.target`` every
-``mergenet.t_cycle`` steps, the LLM taking its own steps alongside when ``mergenet.train_source``), and with
-knowledge distillation towards the LLM (``kd``). Device -> cloud (``mergenet.directions`` has
-``device_to_cloud``): the LLM is fine-tuned for ``mergenet.llm_finetune_epochs`` more epochs with and without
-a transfer from the trained SRM into its item tokens.
+by itself) or from the LLM's item rows (``llm_rows_srm``: all an item-table transfer could carry), with a text
+part in its item vectors (``text_part``, ``model.item_text=projected``), with the MergeNet transfer from the
+LLM (``mergenet``: ``mergenet.source`` -> ``mergenet.target`` every ``mergenet.t_cycle`` steps, the LLM taking
+its own steps alongside when ``mergenet.train_source``), and with knowledge distillation towards the LLM
+(``kd``: over all items; ``list_kd``: over only the ``mergenet.kd_list`` items the LLM lists per position,
+what a device receives), and the text part with each KD (``text_part_kd``, ``text_part_list_kd``). Device ->
+cloud (``mergenet.directions`` has ``device_to_cloud``): the LLM is fine-tuned for
+``mergenet.llm_finetune_epochs`` more epochs with and without a transfer from the trained SRM into its item
+tokens.
 
 The device's data and the measurement are :mod:`lsc4rec.simulations.transfer_study`'s:
 ``mergenet.device_users`` < 1 models a sparse device (a seeded share of the users; the LLM still learns from
@@ -39,6 +42,7 @@ import matplotlib.pyplot as plt
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from torch import Tensor
 
 from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir
@@ -47,7 +51,13 @@ from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
-from lsc4rec.models.mergenet import Distillation, MergeNetTransfer, SourceTraining, resolve_slice
+from lsc4rec.models.mergenet import (
+    Distillation,
+    ListDistillation,
+    MergeNetTransfer,
+    SourceTraining,
+    resolve_slice,
+)
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
@@ -59,6 +69,7 @@ from lsc4rec.simulations.transfer_study import (
     text_initialised_srm,
     train_variant,
 )
+from lsc4rec.text import item_text_vectors_from_config
 from lsc4rec.training import build_model_from_config
 
 logger = logging.getLogger(__name__)
@@ -66,7 +77,19 @@ logger = logging.getLogger(__name__)
 DIRECTIONS = ("cloud_to_device", "device_to_cloud")
 
 
-VARIANTS = ("srm", "text_srm", "llm_rows_srm", "mergenet", "kd")
+VARIANTS = (
+    "srm",
+    "text_srm",
+    "llm_rows_srm",
+    "mergenet",
+    "kd",
+    "list_kd",
+    "text_part",
+    "text_part_kd",
+    "text_part_list_kd",
+)
+#: Variants whose SRM item vectors have a text part (model.item_text=projected).
+TEXT_PART_VARIANTS = ("text_part", "text_part_kd", "text_part_list_kd")
 
 
 def transfer_from_config(run: MergeNetStudySettings, target: Any, source: Any) -> MergeNetTransfer:
@@ -74,9 +97,15 @@ def transfer_from_config(run: MergeNetStudySettings, target: Any, source: Any) -
     return MergeNetTransfer.from_config(run.mergenet, target, source, seed=run.seed)
 
 
-def _fresh_srm(run: MergeNetStudySettings, num_items: int) -> SequentialRecommender:
+def _fresh_srm(
+    run: MergeNetStudySettings, num_items: int, item_vectors: Tensor | None = None
+) -> SequentialRecommender:
+    """The configured SRM, freshly seeded; with ``item_vectors`` its item vectors get a text part."""
     torch.manual_seed(run.seed)
-    return build_model_from_config(run.model, num_items, run.data.max_len)
+    model_cfg = dict(run.model)
+    if item_vectors is not None:
+        model_cfg["item_text"] = "projected"
+    return build_model_from_config(model_cfg, num_items, run.data.max_len, item_vectors)
 
 
 def _plot(result: dict[str, Any], path: Path, title: str) -> None:
@@ -129,7 +158,7 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     split = data.split
 
     llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
-    if "kd" in variants and llm.max_len < run.data.max_len:
+    if any(v in variants for v in ("kd", "text_part_kd")) and llm.max_len < run.data.max_len:
         # Checked before any training: KD needs the teacher's logits at every position the SRM trains.
         raise ValueError(
             f"mergenet_variants has kd but the cloud LLM reads {llm.max_len} items (llm.max_len) and the SRM "
@@ -199,6 +228,34 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
             llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
         )
         runs["kd"] = train_variant("kd", _fresh_srm(run, split.num_items), data, seed, [kd], budget)
+    vectors = None
+    if any(v in variants for v in TEXT_PART_VARIANTS):
+        if not split.item_text:
+            raise ValueError(
+                f"mergenet_variants {list(TEXT_PART_VARIANTS)} need item text; {run.data.name!r} has none"
+            )
+        vectors = item_text_vectors_from_config(split.item_text, split.num_items, run.text).vectors
+    for name in ("list_kd", "text_part", "text_part_kd", "text_part_list_kd"):
+        if name not in variants or "cloud_to_device" not in directions:
+            continue
+        hooks = []
+        if name.endswith("list_kd"):
+            hooks.append(
+                ListDistillation(
+                    llm,
+                    int(run.mergenet.kd_list),
+                    weight=float(run.mergenet.kd_weight),
+                    temperature=float(run.mergenet.kd_temperature),
+                )
+            )
+        elif name.endswith("kd"):
+            hooks.append(
+                Distillation(
+                    llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
+                )
+            )
+        model = _fresh_srm(run, split.num_items, vectors if name.startswith("text_part") else None)
+        runs[name] = train_variant(name, model, data, seed, hooks, budget)
 
     cloud: dict[str, Any] = {}
     if "device_to_cloud" in directions:

@@ -8,6 +8,7 @@
 from lsc4rec.models.mergenet.adapter import KnowledgeTransferLayer, ParameterAdapter, low_rank_factors
 from lsc4rec.models.mergenet.transfer import (
     Distillation,
+    ListDistillation,
     MergeNetTransfer,
     ParameterSlice,
     SourceTraining,
@@ -17,6 +18,7 @@ from lsc4rec.models.mergenet.transfer import (
 __all__ = [
     "Distillation",
     "KnowledgeTransferLayer",
+    "ListDistillation",
     "MergeNetTransfer",
     "ParameterAdapter",
     "ParameterSlice",

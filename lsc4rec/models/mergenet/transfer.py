@@ -32,9 +32,16 @@ from torch import Tensor, nn
 from lsc4rec.data import TrainBatches
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.mergenet.adapter import ParameterAdapter, low_rank_factors
-from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.models.srm import SequentialRecommender, list_distillation_loss
 
-__all__ = ["Distillation", "MergeNetTransfer", "ParameterSlice", "SourceTraining", "resolve_slice"]
+__all__ = [
+    "Distillation",
+    "ListDistillation",
+    "MergeNetTransfer",
+    "ParameterSlice",
+    "SourceTraining",
+    "resolve_slice",
+]
 
 
 class _Hook:
@@ -366,3 +373,31 @@ class Distillation(_Hook):
             reduction="batchmean",
         )
         return self.weight * t * t * kl
+
+
+class ListDistillation(_Hook):
+    """KD through the product's channel: ``β·T²·KL`` over only the ``k`` items the LLM lists per position.
+
+    What a device can receive: the cloud's top-``k`` list after each prefix with its scores, never the whole
+    distribution (:func:`lsc4rec.models.srm.list_distillation_loss`). :class:`Distillation` over all items
+    is its upper bound.
+    """
+
+    def __init__(self, teacher: CloudLLM, k: int, weight: float = 1.0, temperature: float = 2.0) -> None:
+        if k < 1 or weight < 0 or temperature <= 0:
+            raise ValueError(
+                f"list distillation needs k >= 1, weight >= 0 and temperature > 0, got {k}, {weight}, "
+                f"{temperature}"
+            )
+        self.teacher, self.k = teacher, int(k)
+        self.weight, self.temperature = float(weight), float(temperature)
+
+    def extra_loss(self, model: SequentialRecommender, inputs: Tensor, targets: Tensor) -> Tensor | None:
+        """The list-KL term for this batch."""
+        if self.weight == 0.0 or not bool((targets > 0).any()):
+            return None
+        items, scores = self.teacher.position_candidate_scores(inputs.cpu(), self.k)
+        loss = list_distillation_loss(
+            model, inputs, targets, items.to(inputs.device), scores.to(inputs.device), self.temperature
+        )
+        return self.weight * loss
