@@ -7,11 +7,13 @@ Train message (server -> node), ``RecordDict``:
   ``config``   ConfigRecord  ``server-round``, ``proximal-mu``; with SOLID ``codebook-version``; with central
                              DP and client-side clipping Flower's clipping-norm key
   ``codebook`` ArrayRecord   (SOLID, only to nodes without the current version) :func:`codebook_record`
+  ``item-text`` ArrayRecord  (``model.item_text``: the catalogue's text vectors, only to nodes without the
+                             announced ``item-text-version``) :func:`item_text_record`
 Train reply (node -> server):
   ``arrays``   ArrayRecord   the locally trained SRM
   ``metrics``  MetricRecord  ``num-examples`` (aggregation weight), ``train_loss``, ...; local DP
                              adds ``epsilon``, ``devices`` and ``privacy-exhausted``; SOLID adds
-                             ``codebook-version``
+                             ``codebook-version``; with item text ``item-text-version``
   ``row-counts``      ArrayRecord  (``strategy.row_weighting``) per-item interaction counts of the node
   ``codebook-stats``  ArrayRecord  (SOLID) :func:`statistics_record`
 Evaluate message: ``arrays`` and ``config`` (``server-round``; with the cloud :class:`CandidateService` keys
@@ -23,6 +25,7 @@ test phase the ``test-*`` rows of the final table).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +44,8 @@ __all__ = [
     "DEVICES",
     "EPSILON",
     "FUSION_ALPHA",
+    "ITEM_TEXT",
+    "ITEM_TEXT_VERSION",
     "METRICS",
     "NUM_EXAMPLES",
     "PHASE",
@@ -55,6 +60,9 @@ __all__ = [
     "codebook_from_record",
     "codebook_record",
     "instruction_destinations",
+    "item_text_from_record",
+    "item_text_record",
+    "item_text_version",
     "replying_node",
     "statistics_from_record",
     "statistics_record",
@@ -67,11 +75,13 @@ METRICS = "metrics"
 ROW_COUNTS = "row-counts"
 CODEBOOK = "codebook"
 CODEBOOK_STATS = "codebook-stats"
+ITEM_TEXT = "item-text"
 
 # Config keys (server -> node).
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 CODEBOOK_VERSION = "codebook-version"
+ITEM_TEXT_VERSION = "item-text-version"
 PHASE = "phase"
 # The fusion weight devices use (collab.alpha=auto: chosen by the server on the devices' arrivals).
 FUSION_ALPHA = "fusion-alpha"
@@ -110,6 +120,33 @@ class CandidateService:
             return None
         tls = bool(config.get(cls.TLS_KEY, False))
         return cls(str(config[cls.ADDRESS_KEY]), str(config[cls.TOKEN_KEY]), tls)
+
+
+def item_text_version(vectors: torch.Tensor) -> int:
+    """The catalogue's text version: 48 bits of a digest of the vectors as they travel (float16, with their
+    shape), an integer so a node can acknowledge it in a ``MetricRecord``."""
+    data = vectors.detach().to(torch.float16).contiguous().numpy().tobytes()
+    digest = hashlib.sha256(repr(tuple(vectors.shape)).encode() + data).hexdigest()
+    return int(digest[:12], 16)
+
+
+def item_text_record(vectors: torch.Tensor) -> ArrayRecord:
+    """The catalogue's text vectors ``[num_items + 1, D]`` as an ``ArrayRecord`` in float16 (half the bytes;
+    the text part's projection learns on the rounded vectors everywhere, server included)."""
+    return ArrayRecord({"vectors": Array(vectors.detach().to(torch.float16).contiguous().numpy())})
+
+
+def item_text_from_record(record: ArrayRecord, num_items: int) -> torch.Tensor:
+    """Inverse of :func:`item_text_record` (float32); a clear error for a record of another catalogue."""
+    if "vectors" not in record:
+        raise ValueError(f"the item-text record lacks 'vectors' (it holds {sorted(record)})")
+    vectors = torch.from_numpy(np.asarray(record["vectors"].numpy(), dtype=np.float32))
+    if vectors.ndim != 2 or vectors.shape[0] != num_items + 1:
+        raise ValueError(
+            f"the item-text record holds vectors of shape {tuple(vectors.shape)}; this node's catalogue "
+            f"needs [{num_items + 1}, D]"
+        )
+    return vectors
 
 
 def codebook_record(codebook: SemanticCodebook) -> ArrayRecord:

@@ -404,8 +404,6 @@ FEDERATED_IGNORES = {
     "request.ratios": "the request-ratio sweep is lsc4rec.simulations.request_curve's (devices use "
     "request.target_ratio)",
     "request.seed": "devices draw random requests from seed (request.mode=random)",
-    "model.item_text": "the Flower app does not deliver item text vectors to the devices yet; the text part "
-    "is measured by lsc4rec.simulations.centralized and request_curve",
     **{
         f"collab.distill_{name}": "list distillation runs in lsc4rec.simulations.request_curve; the "
         "candidate service does not send its per-position scores to the nodes yet"
@@ -508,6 +506,11 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
             "collab.alpha=auto: the server chooses the fusion weight on the interactions that arrive during "
             "the run, so it needs federated.replay_interactions > 0; else give a number "
             "(lsc4rec.simulations.request_curve chooses it on validation)"
+        )
+    if str(settings.model.get("item_text", "none")) != "none" and settings.privacy.mode == "local":
+        raise SettingsError(
+            "model.item_text with privacy.mode=local: the DP-SGD engines do not cover the text part's "
+            "projection yet; set model.item_text=none"
         )
     if settings.collab.srm_training == "collaborative":
         if not settings.collab.enabled:

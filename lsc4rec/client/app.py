@@ -31,7 +31,13 @@ from lsc4rec.client.collab.on_node import (
 )
 from lsc4rec.client.fault_drills import fault_drill_mod
 from lsc4rec.client.local_training import derive_seed, train_on_shard
-from lsc4rec.client.node import model_from_message, node_settings, partition_of, shard_of
+from lsc4rec.client.node import (
+    device_item_text,
+    model_from_message,
+    node_settings,
+    partition_of,
+    shard_of,
+)
 from lsc4rec.client.onnx_runtime import OnnxRecommender
 from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
@@ -43,6 +49,7 @@ from lsc4rec.messages import (
     CODEBOOK_VERSION,
     CONFIG,
     FUSION_ALPHA,
+    ITEM_TEXT_VERSION,
     METRICS,
     NUM_EXAMPLES,
     PHASE,
@@ -121,7 +128,8 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     # With time moving, the devices train on what they hold when the round starts.
     shard = shard_of(context, run).at_round(run.federated.replay, server_round)
-    model = model_from_message(msg, run, shard.num_items)
+    item_text = device_item_text(msg, context, shard.num_items)
+    model = model_from_message(msg, run, shard.num_items, None if item_text is None else item_text[0])
     codebook = prepare_device_model(msg, context, run, model)
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
     settings = round_settings(run.train, run.federated.round_lr_decay, server_round)
@@ -173,6 +181,8 @@ def train(msg: Message, context: Context) -> Message:
         stats = device_statistics(codebook, item_features_of(run, model), shard)
         content[CODEBOOK_STATS] = statistics_record(stats)
         content[METRICS][CODEBOOK_VERSION] = codebook.version
+    if item_text is not None:
+        content[METRICS][ITEM_TEXT_VERSION] = item_text[1]
     return Message(content, reply_to=msg)
 
 
@@ -194,7 +204,8 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     """
     run = node_settings(context)
     shard = shard_of(context, run)
-    model = model_from_message(msg, run, shard.num_items)
+    item_text = device_item_text(msg, context, shard.num_items)
+    model = model_from_message(msg, run, shard.num_items, None if item_text is None else item_text[0])
     codebook = prepare_device_model(msg, context, run, model)
     config = msg.content[CONFIG]
     testing = str(config.get(PHASE, PHASE_ROUND)) == PHASE_TEST
@@ -215,6 +226,8 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     metrics[NUM_EXAMPLES] = float(shard.num_devices)
     if codebook is not None:
         metrics[CODEBOOK_VERSION] = codebook.version
+    if item_text is not None:
+        metrics[ITEM_TEXT_VERSION] = item_text[1]
     return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

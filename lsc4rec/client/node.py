@@ -8,15 +8,23 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import torch
 from flwr.app import Context, Message
 
 from lsc4rec.client.shard import DeviceShard, load_shard
-from lsc4rec.messages import ARRAYS
+from lsc4rec.messages import (
+    ARRAYS,
+    CONFIG,
+    ITEM_TEXT,
+    ITEM_TEXT_VERSION,
+    item_text_from_record,
+    item_text_version,
+)
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings, federated_settings_from_run_config
 from lsc4rec.training import build_model_from_config
 
-__all__ = ["model_from_message", "node_settings", "partition_of", "shard_of"]
+__all__ = ["device_item_text", "model_from_message", "node_settings", "partition_of", "shard_of"]
 
 
 @lru_cache(maxsize=8)
@@ -54,8 +62,44 @@ def shard_of(context: Context, run: FederatedRunSettings) -> DeviceShard:
     )
 
 
-def model_from_message(msg: Message, run: FederatedRunSettings, num_items: int) -> SequentialRecommender:
-    """Build the configured SRM and load the global weights sent by the server."""
-    model = build_model_from_config(run.model, num_items, run.data.max_len)
+def device_item_text(msg: Message, context: Context, num_items: int) -> tuple[torch.Tensor, int] | None:
+    """The catalogue's text vectors and their version, as the server announced them; None without item text.
+
+    A message carrying the vectors replaces the node's stored copy (``context.state``); a message that only
+    announces a version the node does not hold is an error the server mends next round (it sends the vectors
+    again to a node that failed).
+    """
+    config = msg.content[CONFIG]
+    if ITEM_TEXT_VERSION not in config:
+        return None
+    announced = int(config[ITEM_TEXT_VERSION])
+    if ITEM_TEXT in msg.content.array_records:
+        received = msg.content.array_records[ITEM_TEXT]
+        vectors = item_text_from_record(received, num_items)
+        if item_text_version(vectors) != announced:
+            raise ValueError(
+                f"the item text received does not match the announced version {announced} (damaged?)"
+            )
+        context.state[ITEM_TEXT] = received
+    stored = context.state.array_records.get(ITEM_TEXT)
+    if stored is None:
+        raise ValueError(
+            f"the server announced item-text version {announced} without sending it and this node holds none "
+            "(node state lost?); it will be sent again next round"
+        )
+    vectors = item_text_from_record(stored, num_items)
+    if item_text_version(vectors) != announced:
+        raise ValueError(
+            f"this node holds another item-text version than the announced {announced}; it will be sent "
+            "again next round"
+        )
+    return vectors, announced
+
+
+def model_from_message(
+    msg: Message, run: FederatedRunSettings, num_items: int, item_vectors: torch.Tensor | None = None
+) -> SequentialRecommender:
+    """Build the configured SRM (its text part from ``item_vectors``) and load the global weights."""
+    model = build_model_from_config(run.model, num_items, run.data.max_len, item_vectors)
     model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
     return model

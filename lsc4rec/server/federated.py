@@ -28,6 +28,7 @@ from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.cloud import start_cloud
 from lsc4rec.server.extensions import (
+    CatalogueText,
     Checkpoints,
     CloudCandidates,
     LoopExtension,
@@ -46,7 +47,7 @@ from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP
-from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate
+from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate, model_item_vectors
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
 
@@ -76,7 +77,11 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         np.random.seed(run.seed)
     raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     split = leave_one_out(raw)
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
+    vectors = model_item_vectors(run.model, split, run.text, run.data.name)
+    if vectors is not None:
+        # Devices receive the vectors in float16: the server's model reads the same rounded values.
+        vectors = vectors.to(torch.float16).float()
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len, vectors)
     resume = run.federated.resume
     if run.federated.initial_weights and not resume:
         load_initial_weights(model, Path(run.federated.initial_weights))
@@ -97,6 +102,8 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         out / "checkpoint.pt", strategy, model.state_dict(), save=run.federated.checkpoint, resume=resume
     )
     extensions: list[LoopExtension] = [checkpoints]
+    if vectors is not None:
+        extensions.append(CatalogueText(vectors))
     if solid is not None:
         extensions.append(solid)
     if run.mergenet.every_rounds > 0 and not run.collab.enabled:

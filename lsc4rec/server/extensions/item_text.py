@@ -1,0 +1,99 @@
+"""The catalogue's item text on the devices: the vectors of the SRMs' text part, sent once per version.
+
+With ``model.item_text=projected`` every item vector is ``id_row + P · text(i)``; the text vectors are public
+catalogue data, not model weights, so they travel apart from the rounds' updates: every message announces the
+catalogue's text version, and only a node that has not acknowledged that version receives the vectors
+(float16). A node that failed (and may have lost its state) gets them again. The round's row counts the
+bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from flwr.app import Message
+
+from lsc4rec.messages import (
+    CONFIG,
+    ITEM_TEXT,
+    ITEM_TEXT_VERSION,
+    METRICS,
+    instruction_destinations,
+    item_text_record,
+    item_text_version,
+    replying_node,
+)
+from lsc4rec.server.extensions.base import LoopExtension, LoopState
+
+__all__ = ["CatalogueText"]
+
+
+class CatalogueText(LoopExtension):
+    """Sends the catalogue's text vectors to every node that lacks the current version."""
+
+    name = "item_text"
+
+    def __init__(self, vectors: torch.Tensor) -> None:
+        """``vectors [num_items + 1, D]``: the catalogue's text vectors (zero rows: padding, no text)."""
+        self.record = item_text_record(vectors)
+        self.version = item_text_version(vectors)
+        self.node_versions: dict[int, int] = {}
+        self._sent: list[Message] = []
+        self.row: dict[str, Any] = {}
+
+    def start(self, state: LoopState) -> None:
+        """Resume: which node holds which version (a node restarted since then acknowledges afresh)."""
+        if state.restored is not None:
+            saved = state.restored["extensions"].get(self.name) or {}
+            self.node_versions = {int(k): int(v) for k, v in saved.get("node_versions", {}).items()}
+
+    def attach(self, messages: Sequence[Message], phase: str) -> None:
+        """Stamp the version on every message; add the vectors for nodes without it."""
+        self._sent = list(messages)
+        sent = updated = 0
+        for message in messages:
+            message.content[CONFIG][ITEM_TEXT_VERSION] = self.version
+            if self.node_versions.get(message.metadata.dst_node_id) != self.version:
+                message.content[ITEM_TEXT] = self.record
+                sent += self.record.count_bytes()
+                updated += 1
+        if phase == "train" or not self.row:
+            self.row = {"item-text-bytes-sent": 0, "item-text-nodes-updated": 0}
+        self.row["item-text-bytes-sent"] += sent
+        self.row["item-text-nodes-updated"] += updated
+
+    def _acknowledge(self, replies: Sequence[Message]) -> None:
+        destinations = instruction_destinations(self._sent)
+        for reply in replies:
+            if reply.has_error():
+                self.node_versions.pop(replying_node(reply, destinations), None)
+                continue
+            metrics = reply.content.metric_records.get(METRICS)
+            if metrics is not None and ITEM_TEXT_VERSION in metrics:
+                self.node_versions[reply.metadata.src_node_id] = int(metrics[ITEM_TEXT_VERSION])
+
+    def after_train(self, server_round: int, replies: Sequence[Message], arrays: Any) -> None:
+        """Record the version each training node now holds."""
+        self._acknowledge(replies)
+
+    def after_evaluate(self, replies: Sequence[Message]) -> None:
+        """Record the version each evaluating node now holds."""
+        self._acknowledge(replies)
+
+    def round_row(self) -> dict[str, Any]:
+        """Bytes of text vectors sent this round and to how many nodes."""
+        return dict(self.row)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Which node holds which version."""
+        return {"node_versions": {str(k): v for k, v in self.node_versions.items()}}
+
+    def summary(self, history: list[dict]) -> dict[str, Any]:
+        """The version, the record's size and the bytes sent over the run."""
+        return {
+            "version": self.version,
+            "record_bytes": self.record.count_bytes(),
+            "bytes_sent": sum(int(r.get(self.name, {}).get("item-text-bytes-sent", 0)) for r in history),
+        }
