@@ -409,11 +409,8 @@ FEDERATED_IGNORES = {
         "candidate service does not send its per-position scores to the nodes yet"
         for name in ("weight", "temperature")
     },
-    **{
-        f"collab.content_{name}": "the content term is measured by lsc4rec.simulations.request_curve; the "
-        "Flower app's devices do not fuse it yet"
-        for name in ("weight", "grid", "items", "decay")
-    },
+    "collab.content_grid": "the content weight is chosen on validation by lsc4rec.simulations.request_curve; "
+    "federated runs take collab.content_weight as a number",
     "train.epochs": "a round trains federated.local_epochs epochs",
     "train.patience": "federated runs keep the best round by server validation, without early stopping (only "
     "the warm start, federated.warm_start_epochs > 0, stops early)",
@@ -506,6 +503,11 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
             "collab.alpha=auto: the server chooses the fusion weight on the interactions that arrive during "
             "the run, so it needs federated.replay_interactions > 0; else give a number "
             "(lsc4rec.simulations.request_curve chooses it on validation)"
+        )
+    if settings.collab.content_weight == "auto":
+        raise SettingsError(
+            "collab.content_weight=auto is chosen on validation by lsc4rec.simulations.request_curve; a "
+            "federated run needs a number (0 = no content term)"
         )
     if str(settings.model.get("item_text", "none")) != "none" and settings.privacy.mode == "local":
         raise SettingsError(

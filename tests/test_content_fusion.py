@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 
 from lsc4rec.client.collab.content import content_scores, recent_items, unit_vectors
 from lsc4rec.client.collab.fusion import fuse_scores
+from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
 from lsc4rec.config import compose_config
+from lsc4rec.models.llm.candidates import CandidateList
+from lsc4rec.models.srm import build_srm
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, SettingsError, typed_run
 from lsc4rec.simulations.request_curve import FusionWeights, MomentLists, choose_fusion
 
@@ -109,3 +115,45 @@ def test_content_settings_are_checked() -> None:
         _settings("collab.content_items=0")
     with pytest.raises(SettingsError, match="content_decay"):
         _settings("collab.content_decay=1.5")
+
+
+class SilentCloud:
+    """A cloud no device asks (request mode never)."""
+
+    max_history = 50
+
+    def recommend(self, histories: object, n: int) -> None:
+        raise AssertionError("no device may request with request.mode=never")
+
+
+def test_devices_fuse_the_content_of_their_own_freshest_item() -> None:
+    # Catalogue of 20 items, text in two topics: items 1..10 share one direction, 11..20 the other, except
+    # that each item 11..20 also leans towards "its" item 1..10 (item 10 + j reads like item j).
+    vectors = torch.zeros(21, 12)
+    for j in range(1, 11):
+        vectors[j, j] = 1.0
+        vectors[10 + j, j] = 0.8
+        vectors[10 + j, 11] = 0.6
+    torch.manual_seed(0)
+    srm = build_srm("sasrec", 20, hidden_size=8, num_blocks=1, num_heads=1, dropout=0.0, max_len=5)
+    # Every device holds the cloud's list 11..20, the cloud preferring 20 > 19 > ... > 11; device d's freshest
+    # item is d and its target is 10 + d, the candidate that reads like its freshest item.
+    histories = [[(d % 10) + 1, d] for d in range(1, 11)]
+    targets = [10 + d for d in range(1, 11)]
+    items = np.tile(np.arange(20, 10, -1, dtype=np.int64), (10, 1))
+    scores = np.tile(-np.arange(10, dtype=np.float32), (10, 1))
+    plain = CollaborationSettings(candidates=10, alpha=1.0, mode="never", candidate_pool="llm")
+    with_content = replace(plain, content_weight=5.0, unit_text=unit_vectors(vectors))
+    generator = torch.Generator().manual_seed(0)
+    lists = CandidateList(items, scores)
+    ks = (1, 5, 10)
+    before = serve_devices(srm, histories, targets, lists, SilentCloud(), plain, 5, generator, ks)
+    after = serve_devices(srm, histories, targets, lists, SilentCloud(), with_content, 5, generator, ks)
+    assert after["collab-HR@5"] == pytest.approx(1.0) and after["collab-NDCG@10"] == pytest.approx(1.0)
+    assert before["collab-NDCG@10"] < 0.5
+    # Only the device's own freshest item counts: with another last item the content points elsewhere.
+    shifted = [[h[0], (h[1] % 10) + 1] for h in histories]
+    moved = serve_devices(srm, shifted, targets, lists, SilentCloud(), with_content, 5, generator, ks)
+    assert moved["collab-HR@1"] == 0.0
+    with pytest.raises(ValueError, match="needs the catalogue's text vectors on the device"):
+        replace(plain, content_weight=1.0)

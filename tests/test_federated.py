@@ -251,6 +251,8 @@ def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path, sc
             json.dumps({"item_id": i, "title": f"step {i} of the walk"}) for i in range(1, NUM_ITEMS + 1)
         ]
         data.with_name("pattern_item_text.jsonl").write_text("\n".join(lines) + "\n")
+        # The devices also fuse the content term: the catalogue's text vectors reach every node.
+        request.append("collab.content_weight=0.3")
     if score == "learned":
         # The devices load a shipped request model (here: request when the SRM is unsure).
         weights = [0.0] * len(FEATURE_NAMES)
@@ -299,6 +301,10 @@ def test_collaboration_runs_inside_the_flower_app(data: Path, tmp_path: Path, sc
     assert collaboration["cloud"]["item_init"] == ("text" if grounded else "random")
     assert (tmp_path / "run" / "llm" / "item_text_part.safetensors").is_file() == grounded
     assert "client-collab-HR@10" in collaboration["last_round"]
+    if grounded:
+        assert summary["item_text"]["bytes_sent"] == 2 * summary["item_text"]["record_bytes"]
+    else:
+        assert "item_text" not in summary
 
 
 def test_candidate_service_addresses_and_tls_settings(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from lsc4rec.client.local_training import derive_seed, train_on_shard
 from lsc4rec.client.node import (
     device_item_text,
     model_from_message,
+    model_reads_text,
     node_settings,
     partition_of,
     shard_of,
@@ -129,7 +130,8 @@ def train(msg: Message, context: Context) -> Message:
     # With time moving, the devices train on what they hold when the round starts.
     shard = shard_of(context, run).at_round(run.federated.replay, server_round)
     item_text = device_item_text(msg, context, shard.num_items)
-    model = model_from_message(msg, run, shard.num_items, None if item_text is None else item_text[0])
+    vectors = None if item_text is None or not model_reads_text(run) else item_text[0]
+    model = model_from_message(msg, run, shard.num_items, vectors)
     codebook = prepare_device_model(msg, context, run, model)
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
     settings = round_settings(run.train, run.federated.round_lr_decay, server_round)
@@ -205,7 +207,8 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     run = node_settings(context)
     shard = shard_of(context, run)
     item_text = device_item_text(msg, context, shard.num_items)
-    model = model_from_message(msg, run, shard.num_items, None if item_text is None else item_text[0])
+    vectors = None if item_text is None else item_text[0]
+    model = model_from_message(msg, run, shard.num_items, vectors if model_reads_text(run) else None)
     codebook = prepare_device_model(msg, context, run, model)
     config = msg.content[CONFIG]
     testing = str(config.get(PHASE, PHASE_ROUND)) == PHASE_TEST
@@ -216,13 +219,15 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     if not testing and run.federated.replay.enabled:
         # The server validates every round on all users' validation items; the devices serve the present.
         server_round = int(config[SERVER_ROUND])
-        metrics = serve_round(model, shard, run, server_round, service if with_cloud else None, trust, alpha)
+        metrics = serve_round(
+            model, shard, run, server_round, service if with_cloud else None, trust, alpha, vectors
+        )
     else:
         scorer, metrics = _rank_held_out_items(model, shard, run, context, testing, with_cloud)
         if testing and with_cloud:
-            metrics.update(collaborate_at_test(scorer, shard, run, service, trust, alpha))
+            metrics.update(collaborate_at_test(scorer, shard, run, service, trust, alpha, vectors))
         elif with_cloud:
-            metrics.update(collaborate(scorer, shard, run, service, trust, alpha))
+            metrics.update(collaborate(scorer, shard, run, service, trust, alpha, vectors))
     metrics[NUM_EXAMPLES] = float(shard.num_devices)
     if codebook is not None:
         metrics[CODEBOOK_VERSION] = codebook.version

@@ -24,7 +24,14 @@ from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings, federated_settings_from_run_config
 from lsc4rec.training import build_model_from_config
 
-__all__ = ["device_item_text", "model_from_message", "node_settings", "partition_of", "shard_of"]
+__all__ = [
+    "device_item_text",
+    "model_from_message",
+    "model_reads_text",
+    "node_settings",
+    "partition_of",
+    "shard_of",
+]
 
 
 @lru_cache(maxsize=8)
@@ -94,6 +101,11 @@ def device_item_text(msg: Message, context: Context, num_items: int) -> tuple[to
             "again next round"
         )
     return vectors, announced
+
+
+def model_reads_text(run: FederatedRunSettings) -> bool:
+    """Whether the run's SRM has a text part (``model.item_text``), i.e. is built with the text vectors."""
+    return str(run.model.get("item_text", "none")) != "none"
 
 
 def model_from_message(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lsc4rec.client.collab.fallback import FallbackCloud, as_fallback
-from lsc4rec.client.collab.fusion import fuse_scores, rerank
+from lsc4rec.client.collab.fusion import rerank
 from lsc4rec.client.collab.inference import (
     device_pool,
     device_top_items,
@@ -240,7 +240,7 @@ def _serve_step(
         own = device_pool(items, top, settings.candidate_pool)
         if own is not None:
             items, llm, srm = union_candidates(items, llm, srm, *own)
-        return list_ranks(rerank(items, fuse_scores(llm, srm, items, alpha, settings.normalization)), target)
+        return list_ranks(rerank(items, settings.fuse(items, llm, srm, current, alpha)), target)
 
     alone.add(list_ranks(rerank(items, llm_scores), target))
     before.add(ranked(items, llm_scores, srm_scores))

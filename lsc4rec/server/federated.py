@@ -47,6 +47,7 @@ from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP
+from lsc4rec.text import item_text_vectors_from_config
 from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate, model_item_vectors
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
@@ -66,6 +67,25 @@ def round_plan(run: FederatedRunSettings) -> RoundPlan:
     )
 
 
+def catalogue_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> torch.Tensor | None:
+    """The catalogue's text vectors the devices need (the SRM's text part, the content term), rounded to
+    float16 as they travel so the server's model reads the same values; None when nothing reads them."""
+    content = run.collab.enabled and float(run.collab.content_weight) > 0
+    if str(run.model.get("item_text", "none")) != "none":
+        vectors = model_item_vectors(run.model, split, run.text, run.data.name)
+    elif content:
+        if not split.item_text:
+            raise ValueError(
+                f"collab.content_weight={run.collab.content_weight} needs item text, but dataset "
+                f"{run.data.name!r} has none; set collab.content_weight=0"
+            )
+        vectors = item_text_vectors_from_config(split.item_text, split.num_items, run.text).vectors
+    else:
+        return None
+    assert vectors is not None
+    return vectors.to(torch.float16).float()
+
+
 def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:
     """Run (or resume) the federated training of ``run``; write outputs to ``out``; return a summary."""
     wall_start = time.perf_counter()
@@ -77,11 +97,9 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         np.random.seed(run.seed)
     raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     split = leave_one_out(raw)
-    vectors = model_item_vectors(run.model, split, run.text, run.data.name)
-    if vectors is not None:
-        # Devices receive the vectors in float16: the server's model reads the same rounded values.
-        vectors = vectors.to(torch.float16).float()
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len, vectors)
+    vectors = catalogue_vectors(run, split)
+    model_vectors = vectors if str(run.model.get("item_text", "none")) != "none" else None
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
     resume = run.federated.resume
     if run.federated.initial_weights and not resume:
         load_initial_weights(model, Path(run.federated.initial_weights))

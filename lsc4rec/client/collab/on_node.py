@@ -11,6 +11,7 @@ import torch
 from flwr.app import Context
 
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient
+from lsc4rec.client.collab.content import unit_vectors
 from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
 from lsc4rec.client.collab.list_training import train_on_cloud_lists
 from lsc4rec.client.collab.request_model import LearnedRequestModel
@@ -34,11 +35,14 @@ __all__ = [
 ]
 
 
-def collaboration_settings(run: FederatedRunSettings, alpha: float | None = None) -> CollaborationSettings:
+def collaboration_settings(
+    run: FederatedRunSettings, alpha: float | None = None, item_vectors: torch.Tensor | None = None
+) -> CollaborationSettings:
     """The devices' fusion and request settings (``collab.*`` and ``request.*``).
 
     ``alpha``: the fusion weight the server sent (``fusion-alpha``); else ``collab.alpha``, which must then be
     a number (``auto`` is the server's choice on the devices' arrivals, so it comes with every message).
+    ``item_vectors``: the catalogue's text vectors the node holds (the content term's input).
     """
     collab, request = run.collab, run.request
     weight = alpha if alpha is not None else collab.alpha
@@ -58,6 +62,10 @@ def collaboration_settings(run: FederatedRunSettings, alpha: float | None = None
         request_model=LearnedRequestModel.load(Path(request.model_path))
         if request.score == "learned" and request.model_path
         else None,
+        content_weight=float(collab.content_weight),
+        content_items=collab.content_items,
+        content_decay=collab.content_decay,
+        unit_text=unit_vectors(item_vectors) if item_vectors is not None else None,
     )
 
 
@@ -82,13 +90,14 @@ def collaborate(
     service: CandidateService,
     root_certificates: Path | None = None,
     alpha: float | None = None,
+    item_vectors: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """LSC4Rec on this node's devices: fetch the cloud's lists, rerank, request within the budget, rank.
 
     Returns the client-side collaborative metrics, plus per-device request rate and bytes (rates, so that the
     strategy's device-weighted mean is the global rate).
     """
-    settings = collaboration_settings(run, alpha)
+    settings = collaboration_settings(run, alpha, item_vectors)
     with _cloud(run, service, root_certificates) as cloud:
         stale, without_list = _stale_lists(cloud, shard, settings.candidates)
         result = serve_devices(
@@ -163,6 +172,7 @@ def serve_round(
     service: CandidateService | None = None,
     root_certificates: Path | None = None,
     alpha: float | None = None,
+    item_vectors: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """The node's devices serve the interactions arriving during ``server_round`` (time moving).
 
@@ -182,7 +192,7 @@ def serve_round(
         return _per_device(
             serve_arrivals(model, histories, arrivals, max_len, ks, exclude), shard.num_devices
         )
-    settings = collaboration_settings(run, alpha)
+    settings = collaboration_settings(run, alpha, item_vectors)
     grid = run.collab.alpha_grid if run.collab.alpha == "auto" else ()
     with _cloud(run, service, root_certificates) as cloud:
         stale, without_list = _stale_lists(cloud, shard, settings.candidates)
@@ -223,6 +233,7 @@ def collaborate_at_test(
     service: CandidateService,
     root_certificates: Path | None = None,
     alpha: float | None = None,
+    item_vectors: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """The final table's device-side rows on the test item: the cloud's stale list alone, and the fused
     ranking with no requests, within the request budget and with every device requesting.
@@ -230,7 +241,7 @@ def collaborate_at_test(
     The service holds the cloud's stale copy of each history at the test moment; the device holds its
     training part and validation item.
     """
-    settings = collaboration_settings(run, alpha)
+    settings = collaboration_settings(run, alpha, item_vectors)
     histories, targets = shard.test_histories, shard.test_targets
     out: dict[str, float] = {}
     with _cloud(run, service, root_certificates) as cloud:

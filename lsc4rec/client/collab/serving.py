@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from lsc4rec.client.collab.content import content_scores, recent_items
 from lsc4rec.client.collab.fallback import FallbackCloud, as_fallback
 from lsc4rec.client.collab.fusion import fuse_scores, rerank
 from lsc4rec.client.collab.inference import (
@@ -55,8 +56,46 @@ class CollaborationSettings:
     # What devices fuse over: the cloud's list (llm) or its union with their own top items (union).
     candidate_pool: str = "union"
     device_candidates: int = 50
+    # The content term (collab.content_*): its weight, how many fresh items and their decay, and the
+    # catalogue's unit text vectors [N + 1, D] the device holds (None: no content term).
+    content_weight: float = 0.0
+    content_items: int = 1
+    content_decay: float = 1.0
+    unit_text: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def content(self, items: torch.Tensor, histories: Sequence[Sequence[int]]) -> torch.Tensor | None:
+        """The content term ``[U, n]`` of ``items [U, n]`` against each device's own fresh ``histories``
+        (:mod:`lsc4rec.client.collab.content`); None when the weight is 0."""
+        if self.content_weight <= 0 or self.unit_text is None:
+            return None
+        recent = recent_items(histories, self.content_items)
+        return content_scores(items, recent, self.unit_text, self.content_decay)
+
+    def fuse(
+        self,
+        items: torch.Tensor,
+        llm_scores: torch.Tensor,
+        srm_scores: torch.Tensor,
+        histories: Sequence[Sequence[int]],
+        alpha: float | None = None,
+    ) -> torch.Tensor:
+        """Fused scores of the devices' candidate ``items`` (weight ``alpha``, default :attr:`alpha`)."""
+        return fuse_scores(
+            llm_scores,
+            srm_scores,
+            items,
+            self.alpha if alpha is None else alpha,
+            self.normalization,
+            self.content(items, histories),
+            self.content_weight,
+        )
 
     def __post_init__(self) -> None:
+        if self.content_weight > 0 and self.unit_text is None:
+            raise ValueError(
+                "collab.content_weight > 0 needs the catalogue's text vectors on the device (the dataset has "
+                "no item text?); set collab.content_weight=0"
+            )
         if self.candidate_pool not in CANDIDATE_POOLS:
             raise ValueError(
                 f"collab.candidate_pool={self.candidate_pool!r}; use one of {', '.join(CANDIDATE_POOLS)}"
@@ -137,7 +176,7 @@ def serve_devices(
         own = device_pool(items, top, settings.candidate_pool)
         if own is not None:
             items, llm_scores, srm_scores = union_candidates(items, llm_scores, srm_scores, *own)
-        fused = fuse_scores(llm_scores, srm_scores, items, settings.alpha, settings.normalization)
+        fused = settings.fuse(items, llm_scores, srm_scores, histories)
         return list_ranks(rerank(items, fused), target)
 
     before = RankingAccumulator(ks)
