@@ -359,7 +359,8 @@ def test_solid_experiment_learns_and_reports_every_variant(tmp_path: Path) -> No
     )
     result = run_solid(cfg, tmp_path / "run")
     variants = {"base", "text_srm", "solid", "solid_text_init", "solid_old_codebook", "no_codebook"}
-    assert set(result["variants"]) == variants | {"no_semantic_trunk", "no_generation"}
+    ablations = {"no_semantic_trunk", "no_generation", "solid_semantic_scores"}
+    assert set(result["variants"]) == variants | ablations
     # The pattern is fully learnable; random ranking over 40 items gives HR@10 ~ 0.25.
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     runs = metrics["runs"]
@@ -473,3 +474,22 @@ def test_cloud_llm_speaks_semantic_ids_and_learns(tmp_path: Path) -> None:
         assert all(1 <= i <= 30 for i in items.tolist())
     llm.save_pretrained(tmp_path / "llm")
     assert CloudLLM.from_pretrained(tmp_path / "llm").tokenizer.depth == 2
+
+
+def test_semantic_scores_put_the_code_into_every_items_score() -> None:
+    torch.manual_seed(0)
+    model = SolidRecommender(12, hidden_size=8, codebook_sizes=[3], semantic_scores=True).eval()
+    # Row 0 is padding; items 7, 8, 9 and 12 share code 2.
+    codes = torch.tensor([[0], [0], [0], [0], [1], [1], [1], [2], [2], [2], [0], [1], [2]])
+    model.set_semantic_ids(codes)
+    history = torch.tensor([[0, 0, 1, 4]])  # codes 0 and 1 only
+    before = model.score_all(history)
+    with torch.no_grad():
+        # Code 2's row of the semantic table: not read by this history, so the user vector stays put.
+        model.semantic_trunk.item_embedding.weight[int(model.semantic_tokens[7])] += 0.5
+    after = model.score_all(history)
+    moved = ((after - before).abs() > 1e-6).squeeze(0).nonzero().flatten().tolist()
+    assert moved == [7, 8, 9, 12]
+    plain = SolidRecommender(12, hidden_size=8, codebook_sizes=[3]).eval()
+    plain.set_semantic_ids(codes)
+    assert plain.item_table() is plain.item_embedding.weight

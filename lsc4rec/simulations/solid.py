@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 # Model flags of each SOLID variant (the ablations of issue 6 / papers.md §3.3); solid_old_codebook is the
 # full model on the comparison codebook (``solid_old_features``); solid_text_init also starts its item table
-# from projected item text.
+# from projected item text; solid_semantic_scores puts the semantic ids into every item's score.
 VARIANTS: dict[str, dict[str, bool]] = {
     "solid": {},
     "solid_text_init": {},
@@ -70,6 +70,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "no_codebook": {"use_codebook": False},
     "no_semantic_trunk": {"semantic_trunk": False},
     "no_generation": {"generation": False},
+    "solid_semantic_scores": {"semantic_scores": True},
 }
 # Variants that are the plain base SRM.
 BASE_VARIANTS = ("base", "text_srm")
@@ -91,7 +92,8 @@ def _base_model(model_cfg: dict[str, Any], num_items: int, max_len: int) -> Sequ
 
 
 def _solid_model(model_cfg: dict[str, Any], num_items: int, max_len: int, flags: dict) -> SolidRecommender:
-    params = {k: v for k, v in model_cfg.items() if k != "name"}
+    # The text part is measured by the MergeNet study's text_part variants; here every variant has none.
+    params = {k: v for k, v in model_cfg.items() if k not in ("name", "item_text")}
     params.update(flags)
     return SolidRecommender(num_items, max_len=max_len, **params)
 

@@ -20,6 +20,10 @@ code work unchanged. Choices where the paper/code is silent, written down here:
 - Generation happens only at real (non-padding) positions, and full-catalogue scoring generates only at the
   last position, so the ``[P, d, d]`` generated matrices stay small.
 
+``semantic_scores=True`` puts the semantic ids into every item's *score*, not only into the user vector: an
+item's output vector becomes its id row plus its semantic token's row of the semantic trunk's table (the
+codebook in model space), so rare and never-trained items score by the items that share their code.
+
 Ablations: ``use_codebook=False`` (no semantic ids at all: no semantic trunk, no VQ loss: a DUET-style dynamic
 model), ``semantic_trunk=False`` (generation from the item trunk only, VQ loss kept), ``generation=False``
 (static classifier; the semantic state joins by a learned projection).
@@ -108,6 +112,7 @@ class SolidRecommender(SequentialRecommender):
         use_codebook: bool = True,
         semantic_trunk: bool = True,
         generation: bool = True,
+        semantic_scores: bool = False,
         base_params: dict[str, Any] | None = None,
         max_len: int = 50,
     ) -> None:
@@ -128,6 +133,8 @@ class SolidRecommender(SequentialRecommender):
         self.use_codebook = bool(use_codebook)
         self.use_semantic_trunk = bool(semantic_trunk) and self.use_codebook
         self.generation = bool(generation)
+        # Semantic ids in every item's score: its vector adds its code's row of the semantic table.
+        self.semantic_scores = bool(semantic_scores) and self.use_codebook
         self.clip = float(clip)
         self.vq_weight = float(vq_weight) if self.use_codebook else 0.0
         params = dict(base_params or {})
@@ -159,6 +166,23 @@ class SolidRecommender(SequentialRecommender):
             self.static_layers = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(layers))
             if self.use_semantic_trunk:
                 self.semantic_projection = nn.Linear(hidden_size, hidden_size)
+
+    def embed_items(self, ids: Tensor) -> Tensor:
+        """Item vectors: id row (+ text part), plus the semantic code's row with ``semantic_scores``.
+
+        With the code's row, an item the model never trained on scores by the items that share its code.
+        """
+        vectors = super().embed_items(ids)
+        if self.semantic_scores:
+            vectors = vectors + self.semantic_trunk.item_embedding(self.semantic_tokens[ids])
+        return vectors
+
+    def item_table(self) -> Tensor:
+        """Every item's vector ``[num_items + 1, d]`` as :meth:`embed_items` gives it."""
+        table = super().item_table()
+        if self.semantic_scores:
+            table = table + self.semantic_trunk.item_embedding.weight[self.semantic_tokens]
+        return table
 
     def attach_item_text(self, vectors: Tensor, has_text: Tensor | None = None) -> dict[str, float | int]:
         """The base class's text part, shared with the item trunk (it encodes histories with it)."""
@@ -310,6 +334,7 @@ class SolidRecommender(SequentialRecommender):
         items = inputs[inputs != 0]
         if items.numel() == 0:
             return None
-        item_vectors = self.embed_items(items)
+        # The id (and text) part only: the code's own row is what it is pulled towards.
+        item_vectors = SequentialRecommender.embed_items(self, items)
         code_vectors = self.semantic_trunk.item_embedding(self.semantic_tokens[items])
         return self.vq_weight * ((item_vectors - code_vectors) ** 2).mean()
