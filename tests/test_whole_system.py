@@ -84,7 +84,10 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     # The final table: device alone (through ONNX Runtime: the server's own test of the last round),
     # collaborative at no / budgeted / all requests, and the cloud's list alone.
     table = {row["setting"]: row for row in summary["final_table"]}
-    assert len(table) == 5
+    assert len(table) == 6
+    # The reference row: the warm-started model before any device data, tested by the server.
+    warm = table["cloud's warm start alone (no device data)"]["NDCG@10"]
+    assert warm == pytest.approx(summary["warm_start"]["test"]["NDCG@10"])
     device = table["device alone"]["NDCG@10"]
     assert device == pytest.approx(summary["test_last_round"]["full"]["NDCG@10"], abs=1e-5)
     assert table["collaborative, every device requests"]["request_rate"] == 1.0

@@ -114,6 +114,13 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
             # SOLID trains with its items' semantic ids: version 0 of the codebook labels them first.
             solid.label(model)
         warm = warm_start_on_cloud(model, run, split)
+    valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
+    if warm is not None and run.collab.enabled:
+        # The final table's reference: the warm-started model on the devices' test items, before any round.
+        if solid is not None:
+            solid.before_server_eval(model)
+        protocol = "full" if run.eval.full_ranking else "sampled"
+        warm["test"] = evaluate(model, test_set, run.eval.ks, full_ranking=run.eval.full_ranking)[protocol]
     strategy = build_strategy(run, population=_federation_size(run, split))
     strategy.summary()
     checkpoints = Checkpoints(
@@ -141,7 +148,6 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         extensions.append(ProgressFile(out / "metrics.json", run.record))
         if run.privacy.mode != "none":
             extensions.append(PrivacyAccounting(run.privacy.mode, run.privacy.clipping_norm))
-        valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
         plan = round_plan(run)
         initial = _initial_valid(model, valid_set, run, extensions) if not resume else None
         state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
@@ -150,6 +156,8 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
             if run.collab.enabled and plan.client_evaluation
             else None
         )
+        if devices is not None and warm is not None and "test" in warm:
+            devices.update({f"test-warm-start-{key}": value for key, value in warm["test"].items()})
         summary = final_report(
             run, out, split, model, test_set, strategy, state, extensions, wall_start, devices
         )
@@ -249,7 +257,8 @@ def final_report(
         "output_dir": str(out),
     }
     write_json(out / "metrics.json", payload)
-    plot_rounds(history, out / "rounds.png", title=f"federated {run.model.name} on {run.data.name}")
+    system = str(run.record.get("experiment", "federated"))
+    plot_rounds(history, out / "rounds.png", title=f"{system}: {run.model.name} devices on {run.data.name}")
     summary["output_dir"] = str(out)
     summary["wall_seconds"] = payload["wall_seconds"]
     return summary

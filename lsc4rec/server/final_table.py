@@ -32,6 +32,8 @@ FINAL_TABLE_ROWS: tuple[tuple[str, str, str | None], ...] = (
     ("collaborative, request budget", "test-collab-budget-", "test-budget-request-rate"),
     ("collaborative, every device requests", "test-collab-all-", "test-all-request-rate"),
     ("cloud alone (its stale list)", "test-cloud-", None),
+    # The server's test of the warm-started model, before any device data: what the devices' rounds added.
+    ("cloud's warm start alone (no device data)", "test-warm-start-", None),
 )
 
 

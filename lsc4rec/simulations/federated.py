@@ -24,11 +24,13 @@ from omegaconf import DictConfig
 
 from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import compose_config, config_dir
+from lsc4rec.data import load_dataset
 from lsc4rec.reporting import emit_result
 from lsc4rec.server.federated import run_federated
 from lsc4rec.settings import FederatedRunSettings, federated_settings, group_selections
 from lsc4rec.simulations.launch.flower import flwr_run
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
+from lsc4rec.simulations.launch.text_fallback import text_fallback
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,15 @@ def main(cfg: DictConfig) -> None:
     out = Path(HydraConfig.get().runtime.output_dir)
     overrides = list(HydraConfig.get().overrides.task)
     # Typed once, here; keys this run cannot honour are refused before anything starts.
-    run = federated_settings(cfg, compose_config(group_selections(overrides), config_name="federated_run"))
+    defaults = compose_config(group_selections(overrides), config_name="federated_run")
+    run = federated_settings(cfg, defaults)
+    # A dataset without item text: the parts that read it fall back to ids, or the run is refused, now.
+    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+    fallback = text_fallback(run, overrides, bool(raw.item_text), run.data.name)
+    if fallback:
+        overrides = [*overrides, *fallback]
+        pinned = [*overrides, f"run_name={run.run_name}"]
+        run = federated_settings(compose_config(pinned, config_name="federated_run"), defaults)
     summary = launch(run, overrides, out)
     emit_result(summary)
 
