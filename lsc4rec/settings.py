@@ -404,11 +404,6 @@ FEDERATED_IGNORES = {
     "request.ratios": "the request-ratio sweep is lsc4rec.simulations.request_curve's (devices use "
     "request.target_ratio)",
     "request.seed": "devices draw random requests from seed (request.mode=random)",
-    **{
-        f"collab.distill_{name}": "list distillation runs in lsc4rec.simulations.request_curve; the "
-        "candidate service does not send its per-position scores to the nodes yet"
-        for name in ("weight", "temperature")
-    },
     "collab.content_grid": "the content weight is chosen on validation by lsc4rec.simulations.request_curve; "
     "federated runs take collab.content_weight as a number",
     "train.epochs": "a round trains federated.local_epochs epochs",

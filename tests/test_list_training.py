@@ -4,9 +4,10 @@ them teaches the SRM to rank the true next item above the cloud's hard candidate
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from lsc4rec.client.collab.list_training import rerank_rows, train_on_cloud_lists
+from lsc4rec.client.collab.list_training import rerank_rows, teacher_rows, train_on_cloud_lists
 from lsc4rec.models.srm import build_srm
 from lsc4rec.training import TrainSettings
 
@@ -28,6 +29,24 @@ def test_rows_pair_each_cloud_list_with_the_item_that_came_next() -> None:
     # A history longer than max_len keeps its most recent positions.
     inputs, targets, _ = rerank_rows(sequences[:1], tables[:1], max_len=2)
     assert inputs.tolist() == [[6, 7]] and targets.tolist() == [[7, 8]]
+
+
+def test_teacher_scores_line_up_with_the_lists_row_for_row() -> None:
+    sequences = [[5, 6, 7, 8, 9], [3, 4], [2]]
+    tables = [
+        np.array([[11, 12], [13, 14], [15, 16]]),
+        np.array([[17, 18]]),
+        np.zeros((0, 2), dtype=np.int64),
+    ]
+    scores = [-np.arange(t.size, dtype=np.float32).reshape(t.shape) for t in tables]
+    teacher = teacher_rows(sequences, tables, scores, max_len=4)
+    _, _, hard = rerank_rows(sequences, tables, max_len=4)
+    assert teacher.shape == hard.shape == (2, 4, 2)
+    assert teacher[0, 1:].tolist() == [[0.0, -1.0], [-2.0, -3.0], [-4.0, -5.0]]
+    assert teacher[1, 3].tolist() == [0.0, -1.0]
+    assert torch.isinf(teacher[0, 0]).all() and torch.isinf(teacher[1, :3]).all()  # padding
+    with pytest.raises(ValueError, match="do not match its candidates"):
+        teacher_rows(sequences, tables, [scores[0][:, :1], scores[1], scores[2]], max_len=4)
 
 
 def test_training_on_the_lists_ranks_the_next_item_above_the_cloud_candidates() -> None:

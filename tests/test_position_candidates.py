@@ -110,6 +110,22 @@ def test_reply_equals_the_llms_position_candidates(llm: CloudLLM, client: Candid
     assert client.position_candidates_for_users([], 5) == []
 
 
+def test_scores_come_only_when_asked_and_are_the_llms(llm: CloudLLM, client: CandidateServiceClient) -> None:
+    users = [2, 0, 4]
+    plain = client.position_candidate_scores_for_users(users, 5, with_scores=False)
+    assert all(scores is None for _, scores in plain)
+    scored = client.position_candidate_scores_for_users(users, 5)
+    assert_same_positions([items for items, _ in scored], reference(llm, [STORED[u] for u in users], 5))
+    for user, (items, scores) in zip(users, scored, strict=True):
+        history = torch.tensor([list(STORED[user])[-MAX_LEN:]])  # the service keeps the last MAX_LEN
+        want_items, want_scores = llm.position_candidate_scores(history, 5)
+        assert scores is not None and scores.dtype == np.float32 and scores.shape == items.shape
+        np.testing.assert_array_equal(items, want_items[0].numpy())
+        np.testing.assert_allclose(scores, want_scores[0].numpy(), rtol=1e-5, atol=1e-5)
+        # Best first: scores fall along each list.
+        assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
 def test_k_above_the_catalogue_leaves_empty_slots(llm: CloudLLM, client: CandidateServiceClient) -> None:
     result = client.position_candidates_for_users([4, 1], 35)
     assert_same_positions(result, reference(llm, [STORED[4], STORED[1]], 35))

@@ -45,6 +45,8 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         "llm.train.epochs=3",
         "llm.train.batch_size=32",
         "llm.train.progress=false",
+        # List distillation in the pass over the cloud's lists: the lists come with the cloud's scores.
+        "collab.distill_weight=0.5",
         system="whole",
     )
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]

@@ -86,24 +86,28 @@ class RecommendForUsersRequest(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PositionCandidatesForUsersRequest(_message.Message):
-    __slots__ = ("user_ids", "k", "request_id")
+    __slots__ = ("user_ids", "k", "request_id", "with_scores")
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WITH_SCORES_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[int]
     k: int
     request_id: str
-    def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    with_scores: bool
+    def __init__(self, user_ids: _Optional[_Iterable[int]] = ..., k: _Optional[int] = ..., request_id: _Optional[str] = ..., with_scores: _Optional[bool] = ...) -> None: ...
 
 class UserPositionCandidates(_message.Message):
-    __slots__ = ("user_id", "positions", "items")
+    __slots__ = ("user_id", "positions", "items", "scores")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     positions: int
     items: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, user_id: _Optional[int] = ..., positions: _Optional[int] = ..., items: _Optional[_Iterable[int]] = ...) -> None: ...
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, user_id: _Optional[int] = ..., positions: _Optional[int] = ..., items: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class PositionCandidatesForUsersReply(_message.Message):
     __slots__ = ("users", "k", "model_version", "request_id")

@@ -242,7 +242,10 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         reply of ``max_position_ids`` ids, with slack)."""
         version = len(self.model_version.encode())
         per_reply = self.max_n * (MAX_VARINT_BYTES + FLOAT_BYTES) + version
-        positions = message_limit(self.max_batch, 0, self.max_position_ids * MAX_VARINT_BYTES + version)
+        # Each position id travels with its score.
+        positions = message_limit(
+            self.max_batch, 0, self.max_position_ids * (MAX_VARINT_BYTES + FLOAT_BYTES) + version
+        )
         return max(message_limit(self.max_batch, per_reply), positions)
 
     def info(self) -> pb.ServiceInfo:
@@ -388,15 +391,20 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
         )
         histories = [stored[u] for u in request.user_ids]
         deadline = _deadline(context)
+        with_scores = bool(request.with_scores)
         candidates = await self._in_model(
-            context, lambda: self._workers.submit(self._position_candidates, histories, k, deadline)
+            context,
+            lambda: self._workers.submit(self._position_candidates, histories, k, deadline, with_scores),
         )
         return pb.PositionCandidatesForUsersReply(
             users=[
                 pb.UserPositionCandidates(
-                    user_id=user, positions=int(rows.shape[0]), items=rows.reshape(-1).tolist()
+                    user_id=user,
+                    positions=int(rows.shape[0]),
+                    items=rows.reshape(-1).tolist(),
+                    scores=[] if scores is None else scores.reshape(-1).tolist(),
                 )
-                for user, rows in zip(request.user_ids, candidates, strict=True)
+                for user, (rows, scores) in zip(request.user_ids, candidates, strict=True)
             ],
             k=k,
             model_version=self.model_version,
@@ -475,15 +483,19 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
             self._lock.release()
 
     def _position_candidates(
-        self, histories: list[np.ndarray], k: int, deadline: float | None
-    ) -> list[np.ndarray]:
-        """``[P_u, k]`` int64 candidates per history (``P_u`` = its length; 0 = empty slot), in order (worker
-        thread).
+        self, histories: list[np.ndarray], k: int, deadline: float | None, with_scores: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per history, ``[P_u, k]`` int64 candidates (``P_u`` = its length; 0 = empty slot) and their
+        float32 scores (``-inf`` at empty slots; None unless ``with_scores`` and the model gives scores), in
+        order (worker thread).
 
         Empty histories never reach the model. The others are sorted by length so each batch pads little,
         and the model lock is taken per batch, so other requests are not shut out for a whole large call.
         """
         out = [np.zeros((len(history), k), dtype=np.int64) for history in histories]
+        # Scores when the model gives them (the cloud LLM does): the soft targets of list distillation.
+        scored = with_scores and callable(getattr(self.source, "position_candidate_scores", None))
+        out_scores = [np.full((len(h), k), -np.inf, dtype=np.float32) for h in histories] if scored else None
         order = sorted((i for i, h in enumerate(histories) if len(h)), key=lambda i: len(histories[i]))
         batch_size = max(1, int(getattr(self.source, "batch_size", _DEFAULT_POSITION_BATCH)))
         # Not part of the CandidateSource protocol: position_source_problem checked that the source has it.
@@ -496,7 +508,13 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
                 padded[row, width - len(histories[index]) :] = histories[index]
             with self._holding_model(deadline):
                 try:
-                    top = np.asarray(source.position_candidates(torch.from_numpy(padded), k), dtype=np.int64)
+                    inputs = torch.from_numpy(padded)
+                    if scored:
+                        items, values = source.position_candidate_scores(inputs, k)
+                        top_scores = np.asarray(values, dtype=np.float32)
+                    else:
+                        items = source.position_candidates(inputs, k)
+                    top = np.asarray(items, dtype=np.int64)
                 except Exception as error:
                     logger.exception("position_candidates failed on %d histories", len(rows))
                     message = f"position_candidates failed: {type(error).__name__}: {error}"
@@ -507,12 +525,17 @@ class CandidateServicer(pb_grpc.CandidateServiceServicer):
                     f"(expected [{len(rows)}, {width}, {k}])"
                 )
                 raise _Refused(grpc.StatusCode.INTERNAL, message)
+            if scored and top_scores.shape != top.shape:
+                message = f"position_candidate_scores gave scores {top_scores.shape} for items {top.shape}"
+                raise _Refused(grpc.StatusCode.INTERNAL, message)
             # Left padding: a history of length n sits in the last n columns. A k above the catalogue size
             # leaves the extra columns 0 (empty slots).
             for row, index in enumerate(rows):
                 length = len(histories[index])
                 out[index][:, : top.shape[2]] = top[row, width - length :]
-        return out
+                if out_scores is not None:
+                    out_scores[index][:, : top.shape[2]] = top_scores[row, width - length :]
+        return [(items, None if out_scores is None else out_scores[i]) for i, items in enumerate(out)]
 
     # ------------------------------------------------------------------ helpers
     def _store(self) -> tuple[np.ndarray, ...]:

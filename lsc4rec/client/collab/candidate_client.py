@@ -207,14 +207,24 @@ class CandidateServiceClient:
         best first, 0 = empty slot; ``P_u = 0`` for a user with no stored history. Asked in calls of at most
         ``info().max_position_users(k)`` users, so every reply stays under the service's message limits.
         """
+        pairs = self.position_candidate_scores_for_users(user_ids, k, request_id, with_scores=False)
+        return [items for items, _ in pairs]
+
+    def position_candidate_scores_for_users(
+        self, user_ids: Sequence[int], k: int, request_id: str = "", with_scores: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """:meth:`position_candidates_for_users` with the model's float32 scores of the same items
+        (``[P_u, k]``, ``-inf`` at empty slots), or None per user when the service's model gives none."""
         method = "PositionCandidatesForUsers"
         if len(user_ids) == 0:
             return []
         chunk = self.info().max_position_users(k)
-        out: list[np.ndarray] = []
+        out: list[tuple[np.ndarray, np.ndarray | None]] = []
         for start in range(0, len(user_ids), chunk):
             part = [int(u) for u in user_ids[start : start + chunk]]
-            request = pb.PositionCandidatesForUsersRequest(user_ids=part, k=k, request_id=request_id)
+            request = pb.PositionCandidatesForUsersRequest(
+                user_ids=part, k=k, request_id=request_id, with_scores=with_scores
+            )
             reply: pb.PositionCandidatesForUsersReply = self._call(
                 method, self._stub.PositionCandidatesForUsers, request
             )
@@ -227,7 +237,14 @@ class CandidateServiceClient:
                         f"entry for user {entry.user_id} (asked {user}) has {entry.positions} positions and "
                         f"{len(entry.items)} items, expected positions * k (k = {k})",
                     )
-                out.append(np.asarray(entry.items, dtype=np.int64).reshape(entry.positions, k))
+                if len(entry.scores) not in (0, len(entry.items)):
+                    counts = f"{len(entry.scores)} scores for {len(entry.items)} items"
+                    self._bad_reply(method, f"entry for user {user} has {counts}")
+                items = np.asarray(entry.items, dtype=np.int64).reshape(entry.positions, k)
+                scores = None
+                if with_scores and (len(entry.scores) or not len(entry.items)):
+                    scores = np.asarray(entry.scores, dtype=np.float32).reshape(entry.positions, k)
+                out.append((items, scores))
         return out
 
     def _bad_reply(self, method: str, problem: str) -> NoReturn:

@@ -117,6 +117,15 @@ class FallbackCloud:
             lambda: self.source.position_candidates_for_users(users, k),  # type: ignore[attr-defined]
         )
 
+    def position_candidate_scores_for_users(
+        self, users: Sequence[int], k: int
+    ) -> list[tuple[np.ndarray, np.ndarray | None]] | None:
+        """:meth:`position_candidates_for_users` with the cloud's scores of those items, or None."""
+        return self._attempt(
+            "position_candidate_scores_for_users",
+            lambda: self.source.position_candidate_scores_for_users(users, k),  # type: ignore[attr-defined]
+        )
+
     def _attempt(self, method: str, call: Callable[[], _T]) -> _T | None:
         if not self.available:
             self.calls.skipped += 1

@@ -20,7 +20,21 @@ from torch import Tensor
 from lsc4rec.models.srm import SequentialRecommender, candidate_rerank_loss, list_distillation_loss
 from lsc4rec.training import TrainSettings, model_device
 
-__all__ = ["rerank_rows", "rerank_step", "train_on_cloud_lists"]
+__all__ = ["rerank_rows", "rerank_step", "teacher_rows", "train_on_cloud_lists"]
+
+
+def _row_windows(
+    sequences: Sequence[Sequence[int]], candidates: Sequence[np.ndarray], max_len: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """``(device, start, usable, pad)`` per device with a trainable position (see :func:`rerank_rows`)."""
+    if len(sequences) != len(candidates):
+        raise ValueError(f"{len(sequences)} sequences but {len(candidates)} candidate tables")
+    for device, (seq, table) in enumerate(zip(sequences, candidates, strict=True)):
+        usable = min(len(table), len(seq) - 1)
+        if usable < 1:
+            continue
+        start = max(usable - max_len, 0)
+        yield device, start, usable, max_len - (usable - start)
 
 
 def rerank_rows(
@@ -32,16 +46,10 @@ def rerank_rows(
     ``u``'s sequence; position ``j`` trains towards ``sequences[u][j + 1]`` (positions whose next item the
     device does not hold yet are dropped). Rows keep their last ``max_len`` positions, left-padded with 0.
     """
-    if len(sequences) != len(candidates):
-        raise ValueError(f"{len(sequences)} sequences but {len(candidates)} candidate tables")
     k = max((c.shape[1] for c in candidates if c.ndim == 2 and c.size), default=1)
     inputs, targets, hard = [], [], []
-    for seq, table in zip(sequences, candidates, strict=True):
-        usable = min(len(table), len(seq) - 1)
-        if usable < 1:
-            continue
-        start = max(usable - max_len, 0)
-        pad = max_len - (usable - start)
+    for device, start, usable, pad in _row_windows(sequences, candidates, max_len):
+        seq, table = sequences[device], candidates[device]
         row_inputs = np.zeros(max_len, dtype=np.int64)
         row_targets = np.zeros(max_len, dtype=np.int64)
         row_hard = np.zeros((max_len, k), dtype=np.int64)
@@ -59,6 +67,33 @@ def rerank_rows(
         torch.from_numpy(np.stack(targets)),
         torch.from_numpy(np.stack(hard)),
     )
+
+
+def teacher_rows(
+    sequences: Sequence[Sequence[int]],
+    candidates: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    max_len: int,
+) -> Tensor:
+    """The cloud's scores ``[R, max_len, k]`` of :func:`rerank_rows`' ``hard`` lists, row for row
+    (``-inf`` at padding and empty slots): the soft targets of list distillation."""
+    if len(scores) != len(candidates):
+        raise ValueError(f"{len(scores)} score tables for {len(candidates)} candidate tables")
+    k = max((c.shape[1] for c in candidates if c.ndim == 2 and c.size), default=1)
+    rows = []
+    for device, start, usable, pad in _row_windows(sequences, candidates, max_len):
+        table = scores[device]
+        if table.shape != candidates[device].shape:
+            raise ValueError(
+                f"device {device}: scores {table.shape} do not match its candidates "
+                f"{candidates[device].shape}"
+            )
+        row = np.full((max_len, k), -np.inf, dtype=np.float32)
+        row[pad:, : table.shape[1]] = table[start:usable]
+        rows.append(row)
+    if not rows:
+        return torch.zeros((0, max_len, k), dtype=torch.float32)
+    return torch.from_numpy(np.stack(rows))
 
 
 def rerank_step(
@@ -106,15 +141,20 @@ def train_on_cloud_lists(
     max_len: int,
     random_negatives: int,
     seed: int,
+    scores: Sequence[np.ndarray] | None = None,
+    distill_weight: float = 0.0,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
     """One pass of candidate-rerank training over the devices' positions the cloud sent lists for.
 
+    With the cloud's ``scores`` of those lists and ``distill_weight > 0`` each step adds list distillation.
     Returns the mean rerank loss, the number of positions trained on and the seconds it took.
     """
     start = time.perf_counter()
     inputs, targets, hard = rerank_rows(sequences, candidates, max_len)
     if len(inputs) == 0:
         return {"rerank-loss": 0.0, "rerank-positions": 0.0, "rerank-seconds": 0.0}
+    teacher = teacher_rows(sequences, candidates, scores, max_len) if scores and distill_weight > 0 else None
     device = model_device(model)
     optimizer = settings.make_optimizer(model.parameters())
     generator = torch.Generator().manual_seed(seed)
@@ -122,7 +162,18 @@ def train_on_cloud_lists(
     total, count = 0.0, 0
     for index in _batches(len(inputs), settings.batch_size, seed):
         batch = inputs[index].to(device), targets[index].to(device), hard[index].to(device)
-        total += rerank_step(model, optimizer, *batch, generator, random_negatives, settings.grad_clip)
+        soft = teacher[index].to(device) if teacher is not None else None
+        total += rerank_step(
+            model,
+            optimizer,
+            *batch,
+            generator,
+            random_negatives,
+            settings.grad_clip,
+            soft,
+            distill_weight,
+            temperature,
+        )
         count += 1
     return {
         "rerank-loss": total / max(count, 1),

@@ -295,8 +295,22 @@ def train_on_lists_of(
     Returns the rerank loss, positions, seconds and the bytes the lists took (ids as int64, per device).
     """
     collab = run.collab
+    users, k = list(shard.users), collab.hard_negatives
+    scores = None
     with _cloud(run, service, root_certificates) as cloud:
-        tables = cloud.position_candidates_for_users(list(shard.users), collab.hard_negatives)
+        if collab.distill_weight > 0:
+            # List distillation: the lists come with the cloud's scores, the soft targets.
+            answered = cloud.position_candidate_scores_for_users(users, k)
+            tables = None if answered is None else [items for items, _ in answered]
+            if answered is not None:
+                scores = [table for _, table in answered]
+                if any(table is None for table in scores):
+                    raise ValueError(
+                        "collab.distill_weight > 0 needs the cloud's scores of its lists, and the candidate "
+                        "service's model gives none; set collab.distill_weight=0"
+                    )
+        else:
+            tables = cloud.position_candidates_for_users(users, k)
     if tables is None:
         # The cloud is unreachable: the node trains on its own data only this round, and says so.
         return {"rerank-skipped": 1.0, "rerank-seconds": 0.0, "rerank-list-bytes-per-device": 0.0}
@@ -311,9 +325,15 @@ def train_on_lists_of(
             run.data.max_len,
             collab.random_negatives,
             seed=derive_seed(run.seed, "rerank", server_round, shard.partition_id, epoch),
+            scores=scores,  # type: ignore[arg-type]  # checked above: no None table when distilling
+            distill_weight=collab.distill_weight,
+            temperature=collab.distill_temperature,
         )
         seconds += metrics["rerank-seconds"]
     metrics["rerank-skipped"] = 0.0
     metrics["rerank-seconds"] = seconds
-    metrics["rerank-list-bytes-per-device"] = sum(8 * t.size for t in tables) / max(shard.num_devices, 1)
+    # Ids as int64 and, when distilling, their float32 scores.
+    per_item = 8 + (4 if scores is not None else 0)
+    list_bytes = sum(per_item * t.size for t in tables)
+    metrics["rerank-list-bytes-per-device"] = list_bytes / max(shard.num_devices, 1)
     return metrics
