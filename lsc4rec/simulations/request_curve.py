@@ -117,6 +117,9 @@ class MomentLists:
     # [N + 1, D]: the content term's inputs (None without item text).
     recent: Tensor | None = None
     unit_text: Tensor | None = None
+    # The content term last computed, by (pool, which devices requested): a grid of fusion weights reads
+    # the same lists many times.
+    _content_cache: dict[tuple[str, bytes], Tensor] = field(default_factory=dict, repr=False)
 
     def lists(self, requested: Tensor, pool: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(items, LLM scores, SRM scores) each device ranks: the fresh list where it requested one.
@@ -144,7 +147,13 @@ class MomentLists:
         if weights.content > 0:
             if self.recent is None or self.unit_text is None:
                 raise ValueError("a content weight > 0 needs item text vectors (the dataset has none)")
-            content = content_scores(items, self.recent, self.unit_text, run.collab.content_decay)
+            key = (pool or self.pool, requested.numpy().tobytes())
+            if key not in self._content_cache:
+                decay = run.collab.content_decay
+                # One entry: the grid reads one set of lists many times in a row; keeping every request
+                # pattern of the curve would hold hundreds of [U, n] tables.
+                self._content_cache = {key: content_scores(items, self.recent, self.unit_text, decay)}
+            content = self._content_cache[key]
         fused = fuse_scores(
             llm_scores, srm_scores, items, weights.alpha, run.collab.normalization, content, weights.content
         )

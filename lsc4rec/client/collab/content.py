@@ -20,6 +20,9 @@ from torch import Tensor
 
 __all__ = ["content_scores", "recent_items", "unit_vectors"]
 
+# Users per gather in content_scores (a chunk's [chunk, n, D] stays around a hundred megabytes).
+_CHUNK = 1024
+
 
 def unit_vectors(vectors: Tensor) -> Tensor:
     """``vectors [N + 1, D]`` scaled to unit length row by row (zero rows stay zero)."""
@@ -55,5 +58,9 @@ def content_scores(items: Tensor, recent: Tensor, unit: Tensor, decay: float = 1
     weights = weights.unsqueeze(0) * (recent > 0).float()  # [U, k]
     total = weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
     profile = (unit[recent] * (weights / total).unsqueeze(-1)).sum(dim=1)  # [U, D]
-    scores = torch.bmm(unit[items], profile.unsqueeze(-1)).squeeze(-1)  # [U, n]
+    scores = torch.empty(items.shape, dtype=torch.float32)
+    # In chunks of users: gathering [U, n, D] at once would take gigabytes for a whole catalogue's users.
+    for start in range(0, items.shape[0], _CHUNK):
+        part = slice(start, start + _CHUNK)
+        scores[part] = torch.bmm(unit[items[part]], profile[part].unsqueeze(-1)).squeeze(-1)
     return scores.masked_fill(items == 0, 0.0)
