@@ -91,7 +91,7 @@ GROUPS = "data|train|eval|model|federated|strategy|llm|text|collab|request|solid
 #: A dotted config key inside a message, e.g. ``federated.rounds``; not part of a path or a longer name.
 KEY_PATTERN = re.compile(rf"(?<![\w./-])(?:{GROUPS})\.[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*")
 #: Dotted names in messages that are values, not keys: file names and MergeNet parameter slices.
-NOT_KEYS = {"model.pt", "model.safetensors", "llm.item_embeddings", "srm.item_embeddings"}
+NOT_KEYS = {"model.pt", "model.safetensors", "data.npz", "llm.item_embeddings", "srm.item_embeddings"}
 
 
 @functools.cache
@@ -99,6 +99,7 @@ def _all_config_keys() -> frozenset[str]:
     """Every dotted key of every primary config and every group variant."""
     composed = [compose_config([], name) for name in ("config", "federated_run", "solid_run", "mergenet_run")]
     composed.append(compose_config([], "privacy_sweep"))
+    composed.append(compose_config(["llm.lists_path=/lists"], "pretrained_cloud"))
     for group, names in {
         "model": ("gru4rec", "din", "ttt4rec", "solid", "sasrec_device"),
         "strategy": ("fedadam", "fedprox", "trimmed_mean", "median", "fedavgm"),
