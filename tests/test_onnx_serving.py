@@ -81,6 +81,9 @@ def test_the_service_serves_the_onnx_source_and_its_positions() -> None:
             client.recommend_for_users(range(6), 8).items, llm.recommend(stored, 8).items
         )
         positions = client.position_candidates_for_users([0, 1], 5)
+        scored = client.position_candidate_scores_for_users([0, 1], 5)
+    # The scores of the lists (list distillation) come from the PyTorch model too.
+    assert all(scores is not None and scores.shape == items.shape for items, scores in scored)
     width = max(len(stored[0]), len(stored[1]))
     padded = torch.zeros(2, width, dtype=torch.long)
     for row, history in enumerate(stored[:2]):

@@ -2,8 +2,8 @@
 shown to have acted: time moved (each round's arrivals served, TTT states advanced by streaming updates), the
 cloud LLM served candidates and devices requested fresh lists within the budget, each round's local update
 trained on the cloud's lists first, the SOLID codebook moved to a new version, MergeNet transferred into the
-global model, devices scored through ONNX Runtime (round 2 by updating the graph of round 1), and the final
-table came from the devices."""
+global model, devices scored through ONNX Runtime (round 2 by updating the graph of round 1), the catalogue's
+text vectors reached every node once (text part, content term), and the final table came from the devices."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_inprocess, write_pattern_dataset, write_pattern_text
 
 NUM_ITEMS = 40
@@ -74,6 +75,10 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         service = row["collaboration"]["service"]
         for method in ("RecommendForUsers", "RecommendBatch", "PositionCandidatesForUsers"):
             assert service[method]["calls"] > 0 and service[method]["errors"] == 0, (method, service)
+    # The knowledge path: the catalogue's text vectors reached each node once (the SRM's text part and the
+    # devices' content term read them), and the global model carries the text part's projection.
+    assert summary["item_text"]["bytes_sent"] == 2 * summary["item_text"]["record_bytes"] > 0
+    assert "item_text.projection.weight" in torch.load(tmp_path / "run" / "model_last.pt")
     # SOLID: the nodes' statistics moved the global codebook to a new version.
     assert summary["codebook"]["version"] >= 1 and rows[0]["codebook"]["codebook-updated"] == 1
     # MergeNet: the adapter rewrote the global model before each round and learned from the aggregate.

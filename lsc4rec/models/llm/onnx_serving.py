@@ -171,6 +171,11 @@ class OnnxCandidateSource:
         (:meth:`CloudLLM.position_candidates`)."""
         return self.llm.position_candidates(inputs, k)
 
+    def position_candidate_scores(self, inputs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """:meth:`position_candidates` with the PyTorch model's scores of those items
+        (:meth:`CloudLLM.position_candidate_scores`: the soft targets of list distillation)."""
+        return self.llm.position_candidate_scores(inputs, k)
+
     def _check_against(self, llm: CloudLLM) -> None:
         """Compare ONNX Runtime with PyTorch on a probe batch of histories of every length."""
         generator = torch.Generator().manual_seed(0)
