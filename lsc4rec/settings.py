@@ -504,11 +504,6 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
             "collab.content_weight=auto is chosen on validation by lsc4rec.simulations.request_curve; a "
             "federated run needs a number (0 = no content term)"
         )
-    if str(settings.model.get("item_text", "none")) != "none" and settings.privacy.mode == "local":
-        raise SettingsError(
-            "model.item_text with privacy.mode=local: the DP-SGD engines do not cover the text part's "
-            "projection yet; set model.item_text=none"
-        )
     if settings.collab.srm_training == "collaborative":
         if not settings.collab.enabled:
             raise SettingsError(
@@ -520,6 +515,11 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
                 "collab.srm_training=collaborative with privacy.mode=local: DP-SGD does not cover the pass "
                 "over the cloud's lists; use collab.srm_training=standard"
             )
+    if str(settings.model.get("item_text", "none")) != "none" and settings.privacy.mode == "local":
+        raise SettingsError(
+            "model.item_text with privacy.mode=local: the DP-SGD engines do not cover the text part's "
+            "projection yet; set model.item_text=none"
+        )
     return settings
 
 

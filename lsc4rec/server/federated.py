@@ -100,6 +100,10 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     vectors = catalogue_vectors(run, split)
     model_vectors = vectors if str(run.model.get("item_text", "none")) != "none" else None
     model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
+    if run.mergenet.every_rounds > 0 and not run.collab.enabled:
+        raise ValueError(
+            "mergenet.every_rounds > 0 transfers from the cloud LLM: it needs collab.enabled=true"
+        )
     resume = run.federated.resume
     if run.federated.initial_weights and not resume:
         load_initial_weights(model, Path(run.federated.initial_weights))
@@ -131,10 +135,6 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         extensions.append(CatalogueText(vectors))
     if solid is not None:
         extensions.append(solid)
-    if run.mergenet.every_rounds > 0 and not run.collab.enabled:
-        raise ValueError(
-            "mergenet.every_rounds > 0 transfers from the cloud LLM: it needs collab.enabled=true"
-        )
     try:
         if run.collab.enabled:
             cloud = start_cloud(run, split, out)
