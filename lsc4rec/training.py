@@ -527,6 +527,30 @@ def build_model_from_config(
     return model
 
 
+def run_item_vectors(
+    model_cfg: Mapping[str, Any],
+    split: LeaveOneOutSplit,
+    text_cfg: Mapping[str, Any],
+    dataset: str,
+    content_weight: float | str = 0.0,
+) -> torch.Tensor | None:
+    """The item text vectors a run reads: the SRM's text part (``model.item_text``) or the content term of
+    fusion (``content_weight`` a number > 0 or ``auto``); None when nothing reads them.
+
+    Raises ``ValueError`` naming the dataset when it has no item text.
+    """
+    if item_text_mode(model_cfg) != "none":
+        return model_item_vectors(model_cfg, split, text_cfg, dataset)
+    if str(content_weight) != "auto" and float(content_weight) <= 0:
+        return None
+    if not split.item_text:
+        raise ValueError(
+            f"collab.content_weight={content_weight} needs item text, but dataset {dataset!r} has none; "
+            "set collab.content_weight=0"
+        )
+    return item_text_vectors_from_config(split.item_text, split.num_items, text_cfg).vectors
+
+
 def model_item_vectors(
     model_cfg: Mapping[str, Any], split: LeaveOneOutSplit, text_cfg: Mapping[str, Any], dataset: str
 ) -> torch.Tensor | None:

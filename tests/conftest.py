@@ -167,6 +167,26 @@ PATTERN_RUN = (
 )
 
 
+#: The whole system (`make run`'s preset) at tiny size: small models, codebook and lists, a one-layer LLM.
+WHOLE_TINY = (
+    "federated.warm_start_epochs=1",
+    "model.hidden_size=16",
+    "model.base_params.intermediate_size=32",
+    "model.base_params.num_heads=2",
+    "solid.codebook_sizes=[8,2]",
+    "collab.candidates=15",
+    "collab.device_candidates=15",
+    "mergenet.rank=4",
+    "llm.max_len=10",
+    "llm.hidden_size=32",
+    "llm.intermediate_size=64",
+    "llm.num_layers=1",
+    "llm.num_heads=2",
+    "llm.train.batch_size=32",
+    "llm.train.progress=false",
+)
+
+
 def pattern_overrides(data: Path, *extra: str, system: str = "base") -> str:
     """The run config's ``overrides`` string for a quick federated run on the pattern dataset ``data``.
 

@@ -11,7 +11,7 @@ import torch
 from lsc4rec.data.item_text import ItemText
 from lsc4rec.models.srm import SRM_CLASSES
 from lsc4rec.text import item_text_vectors
-from lsc4rec.training import build_model_from_config, model_item_vectors
+from lsc4rec.training import build_model_from_config, model_item_vectors, run_item_vectors
 
 NUM_ITEMS = 30
 D_TEXT = 12
@@ -112,6 +112,11 @@ def test_configuration_errors_name_the_key() -> None:
     with pytest.raises(ValueError, match="dataset 'shop' has none"):
         model_item_vectors(cfg, split, {}, "shop")
     assert model_item_vectors({"name": "sasrec"}, split, {}, "shop") is None
+    # A run reads vectors for the text part or for the content term; neither: none.
+    assert run_item_vectors({"name": "sasrec"}, split, {}, "shop", 0.0) is None
+    for weight in (0.2, "auto"):
+        with pytest.raises(ValueError, match=r"collab\.content_weight=.* dataset 'shop' has none"):
+            run_item_vectors({"name": "sasrec"}, split, {}, "shop", weight)
 
 
 def test_solid_shares_one_text_part_with_its_item_trunk() -> None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_pattern_dataset
+from conftest import WHOLE_TINY, write_pattern_dataset
 
 from lsc4rec.cli import USAGE_ERROR
 from lsc4rec.settings import SettingsError, federated_settings_from_overrides
@@ -40,26 +40,13 @@ def test_a_text_part_the_user_asked_for_is_refused_with_the_override_to_drop() -
     assert text_fallback(plain, [], has_text=False, dataset="lastfm") == []
 
 
-WHOLE_TINY = [
+COMMAND_LINE = [
+    *WHOLE_TINY,
     "federated.runtime=inprocess",
     "federated.num_supernodes=2",
     "federated.rounds=1",
-    "federated.warm_start_epochs=1",
     "data.max_len=10",
-    "model.hidden_size=16",
-    "model.base_params.intermediate_size=32",
-    "model.base_params.num_heads=2",
-    "solid.codebook_sizes=[8,2]",
-    "collab.candidates=15",
-    "collab.device_candidates=15",
-    "mergenet.rank=4",
-    "llm.max_len=10",
-    "llm.hidden_size=32",
-    "llm.intermediate_size=64",
-    "llm.num_layers=1",
-    "llm.num_heads=2",
     "llm.train.epochs=1",
-    "llm.train.progress=false",
     "train.progress=false",
     "eval.sampled_negatives=20",
 ]
@@ -72,7 +59,7 @@ def _make_run(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedPr
             sys.executable,
             "-m",
             "lsc4rec.simulations.federated",
-            *WHOLE_TINY,
+            *COMMAND_LINE,
             "data.name=pattern",
             f"data.path={data}",
             f"output_dir={tmp_path / 'out'}",

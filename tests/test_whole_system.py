@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_inprocess, write_pattern_dataset, write_pattern_text
+from conftest import WHOLE_TINY, run_inprocess, write_pattern_dataset, write_pattern_text
 
 NUM_ITEMS = 40
 
@@ -26,26 +26,12 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         data,
         tmp_path / "run",
         2,
+        *WHOLE_TINY,
         "federated.rounds=2",
         "federated.replay_interactions=2",
-        "federated.warm_start_epochs=1",
-        "model.hidden_size=16",
-        "model.base_params.intermediate_size=32",
-        "model.base_params.num_heads=2",
-        "solid.codebook_sizes=[8,2]",
         "solid.features=[text,embedding]",
-        "collab.candidates=15",
-        "collab.device_candidates=15",
         "request.target_ratio=0.25",
-        "mergenet.rank=4",
-        "llm.max_len=10",
-        "llm.hidden_size=32",
-        "llm.intermediate_size=64",
-        "llm.num_layers=1",
-        "llm.num_heads=2",
         "llm.train.epochs=3",
-        "llm.train.batch_size=32",
-        "llm.train.progress=false",
         # List distillation in the pass over the cloud's lists: the lists come with the cloud's scores.
         "collab.distill_weight=0.5",
         system="whole",

@@ -47,8 +47,7 @@ from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP
-from lsc4rec.text import item_text_vectors_from_config
-from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate, model_item_vectors
+from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate, run_item_vectors
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
 
@@ -70,20 +69,9 @@ def round_plan(run: FederatedRunSettings) -> RoundPlan:
 def catalogue_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> torch.Tensor | None:
     """The catalogue's text vectors the devices need (the SRM's text part, the content term), rounded to
     float16 as they travel so the server's model reads the same values; None when nothing reads them."""
-    content = run.collab.enabled and float(run.collab.content_weight) > 0
-    if str(run.model.get("item_text", "none")) != "none":
-        vectors = model_item_vectors(run.model, split, run.text, run.data.name)
-    elif content:
-        if not split.item_text:
-            raise ValueError(
-                f"collab.content_weight={run.collab.content_weight} needs item text, but dataset "
-                f"{run.data.name!r} has none; set collab.content_weight=0"
-            )
-        vectors = item_text_vectors_from_config(split.item_text, split.num_items, run.text).vectors
-    else:
-        return None
-    assert vectors is not None
-    return vectors.to(torch.float16).float()
+    content = run.collab.content_weight if run.collab.enabled else 0.0
+    vectors = run_item_vectors(run.model, split, run.text, run.data.name, content)
+    return None if vectors is None else vectors.to(torch.float16).float()
 
 
 def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:

@@ -63,15 +63,13 @@ from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, refuse_unread_keys, typed_run
-from lsc4rec.text import item_text_vectors_from_config
 from lsc4rec.torch_device import resolve_device
 from lsc4rec.training import (
     build_eval_sets,
     build_model_from_config,
     evaluate,
     fit,
-    item_text_mode,
-    model_item_vectors,
+    run_item_vectors,
 )
 
 logger = logging.getLogger(__name__)
@@ -470,24 +468,6 @@ def train_models(
     return llm, srm, report
 
 
-def text_vectors(run: RequestCurveSettings, split: LeaveOneOutSplit) -> Tensor | None:
-    """The items' text vectors when the SRM's text part or the content term needs them (else None).
-
-    A content weight asked for on a dataset without item text is an error naming the dataset.
-    """
-    wants_content = str(run.collab.content_weight) == "auto" or float(run.collab.content_weight) > 0
-    if item_text_mode(run.model) != "none":
-        return model_item_vectors(run.model, split, run.text, run.data.name)
-    if not wants_content:
-        return None
-    if not split.item_text:
-        raise ValueError(
-            f"collab.content_weight={run.collab.content_weight} needs item text, but dataset "
-            f"{run.data.name!r} has none; set collab.content_weight=0"
-        )
-    return item_text_vectors_from_config(split.item_text, split.num_items, run.text).vectors
-
-
 def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None) -> dict:
     """Run the experiment the composed config ``cfg`` describes (typed here, once); write outputs under
     ``out`` and return the final summary. ``cloud``: the cloud LLM to use instead of the configured one."""
@@ -499,7 +479,7 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
         torch.set_num_threads(run.threads)
     split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
     logger.info("dataset %s: %s", run.data.name, split.report)
-    vectors = text_vectors(run, split)
+    vectors = run_item_vectors(run.model, split, run.text, run.data.name, run.collab.content_weight)
     llm, srm, report = train_models(run, split, out, cloud, vectors)
     unit_text = unit_vectors(vectors) if vectors is not None else None
     view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
