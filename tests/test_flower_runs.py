@@ -53,14 +53,16 @@ def test_flwr_run_simulation_completes_and_reports(data: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_a_failing_run_exits_non_zero(data: Path, tmp_path: Path) -> None:
-    # The ServerApp cannot load its data and raises: `flwr run --stream` itself exits 0 on such a run, the
-    # launcher must read the run's status and fail loudly.
+    # The ServerApp cannot load its initial weights and raises: `flwr run --stream` itself exits 0 on such a
+    # run, the launcher must read the run's status and fail loudly. (A missing data file is refused before
+    # Flower starts: the launcher reads the data to see whether it has item text.)
     command = [
         sys.executable,
         "-m",
         "lsc4rec.simulations.federated",
         *SMALL.split(),
-        f"data.path={tmp_path / 'missing.txt'}",
+        f"data.path={data}",
+        f"federated.initial_weights={tmp_path / 'missing.pt'}",
         "federated.num_supernodes=2",
         "federated.launch_timeout=300",
         f"output_dir={tmp_path}",
@@ -70,6 +72,12 @@ def test_a_failing_run_exits_non_zero(data: Path, tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "ended with status 'finished:failed'" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "broken" / "metrics.json").exists()
+    # A missing data file: refused with its name before any Flower process starts, no traceback.
+    missing_data = f"data.path={tmp_path / 'missing.txt'}"
+    missing = [*command[:3], *SMALL.split(), missing_data, f"output_dir={tmp_path}"]
+    refused = subprocess.run(missing, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "missing.txt: not found" in refused.stderr
+    assert "Traceback" not in refused.stderr and "launching" not in refused.stdout + refused.stderr
 
 
 @pytest.mark.slow
