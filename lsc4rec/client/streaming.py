@@ -236,14 +236,19 @@ def _serve_step(
     # cloud list.
     top = functools.cache(lambda: device_top_items(catalogue, settings.device_candidates))
 
-    def ranked(items: Tensor, llm: Tensor, srm: Tensor, alpha: float = settings.alpha) -> Tensor:
+    def ranked(
+        items: Tensor, llm: Tensor, srm: Tensor, alphas: Sequence[float] = (settings.alpha,)
+    ) -> list[Tensor]:
+        """The targets' ranks in the fused lists, one per weight of ``alphas`` (pool, content built once)."""
         own = device_pool(items, top, settings.candidate_pool)
         if own is not None:
             items, llm, srm = union_candidates(items, llm, srm, *own)
-        return list_ranks(rerank(items, settings.fuse(items, llm, srm, current, alpha)), target)
+        content = settings.content(items, current)
+        fused = (settings.fuse(items, llm, srm, alpha, content) for alpha in alphas)
+        return [list_ranks(rerank(items, scores), target) for scores in fused]
 
     alone.add(list_ranks(rerank(items, llm_scores), target))
-    before.add(ranked(items, llm_scores, srm_scores))
+    before.add(ranked(items, llm_scores, srm_scores)[0])
     requested = budget_mask(disagreement, settings, generator)
     moved = 0
     rows = requested.nonzero().squeeze(1).tolist()
@@ -264,9 +269,11 @@ def _serve_step(
         items[index] = kept
         llm_scores[index] = fresh_scores.masked_fill(kept == 0, float("-inf"))
         srm_scores[index] = catalogue[rows].gather(1, kept.clamp(min=1)).masked_fill(kept == 0, float("-inf"))
-    after.add(ranked(items, llm_scores, srm_scores))
-    # The same lists fused at every weight of the grid: the data the server chooses the weight on.
-    for alpha, accumulator in grid.items():
-        accumulator.add(ranked(items, llm_scores, srm_scores, alpha))
+    # The lists after the requests, fused at the devices' weight and at every weight of the grid (the data the
+    # server chooses the weight on).
+    final, *on_grid = ranked(items, llm_scores, srm_scores, (settings.alpha, *grid))
+    after.add(final)
+    for accumulator, ranks in zip(grid.values(), on_grid, strict=True):
+        accumulator.add(ranks)
     # Unanswered requests (the cloud unreachable): those devices keep the lists they hold.
     return len(rows), moved, len(rows) if rows and fresh is None else 0

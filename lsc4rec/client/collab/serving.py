@@ -76,17 +76,18 @@ class CollaborationSettings:
         items: torch.Tensor,
         llm_scores: torch.Tensor,
         srm_scores: torch.Tensor,
-        histories: Sequence[Sequence[int]],
         alpha: float | None = None,
+        content: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fused scores of the devices' candidate ``items`` (weight ``alpha``, default :attr:`alpha`)."""
+        """Fused scores of the devices' candidate ``items`` (weight ``alpha``, default :attr:`alpha``), with
+        the content term ``content`` (:meth:`content` of the same items) when the weight is above 0."""
         return fuse_scores(
             llm_scores,
             srm_scores,
             items,
             self.alpha if alpha is None else alpha,
             self.normalization,
-            self.content(items, histories),
+            content,
             self.content_weight,
         )
 
@@ -176,7 +177,7 @@ def serve_devices(
         own = device_pool(items, top, settings.candidate_pool)
         if own is not None:
             items, llm_scores, srm_scores = union_candidates(items, llm_scores, srm_scores, *own)
-        fused = settings.fuse(items, llm_scores, srm_scores, histories)
+        fused = settings.fuse(items, llm_scores, srm_scores, content=settings.content(items, histories))
         return list_ranks(rerank(items, fused), target)
 
     before = RankingAccumulator(ks)
