@@ -28,6 +28,7 @@ def data(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_text_vectors_go_to_each_node_once_and_the_model_trains_with_them(data: Path, tmp_path: Path) -> None:
     summary = run_inprocess(
         data, tmp_path / "run", 2, "model.item_text=projected", "federated.rounds=2", "train.lr=0.01"

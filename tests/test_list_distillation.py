@@ -61,6 +61,7 @@ class ListingCloud:
         return items.masked_fill(padding, 0), scores.masked_fill(padding, float("-inf"))
 
 
+@pytest.mark.slow
 def test_collaborative_pass_learns_the_clouds_order_only_with_distillation() -> None:
     # Targets never fall among the listed items, so the rerank loss alone says nothing about their order.
     sequences = [[1, 2, 3, 4], [2, 3, 4, 1], [3, 4, 1, 2], [4, 1, 2, 3]] * 8
