@@ -543,12 +543,8 @@ def run_item_vectors(
         return model_item_vectors(model_cfg, split, text_cfg, dataset)
     if str(content_weight) != "auto" and float(content_weight) <= 0:
         return None
-    if not split.item_text:
-        raise ValueError(
-            f"collab.content_weight={content_weight} needs item text, but dataset {dataset!r} has none; "
-            "set collab.content_weight=0"
-        )
-    return item_text_vectors_from_config(split.item_text, split.num_items, text_cfg).vectors
+    reader = f"collab.content_weight={content_weight}"
+    return _encoded_item_text(split, text_cfg, dataset, reader, "; set collab.content_weight=0")
 
 
 def model_item_vectors(
@@ -560,11 +556,20 @@ def model_item_vectors(
     """
     if item_text_mode(model_cfg) == "none":
         return None
+    reader = f"model.item_text={model_cfg.get('item_text')}"
+    remedy = (
+        " (put X_item_text.jsonl beside the data file or set data.text_path); or set model.item_text=none"
+    )
+    return _encoded_item_text(split, text_cfg, dataset, reader, remedy)
+
+
+def _encoded_item_text(
+    split: LeaveOneOutSplit, text_cfg: Mapping[str, Any], dataset: str, reader: str, remedy: str
+) -> torch.Tensor:
+    """The split's item text encoded (``conf/text``); a ``ValueError`` naming ``reader`` (the key that needs
+    it), the dataset and ``remedy`` when the dataset has none."""
     if not split.item_text:
-        raise ValueError(
-            f"model.item_text={model_cfg.get('item_text')} needs item text, but dataset {dataset!r} has none "
-            "(put X_item_text.jsonl beside the data file or set data.text_path); or set model.item_text=none"
-        )
+        raise ValueError(f"{reader} needs item text, but dataset {dataset!r} has none{remedy}")
     return item_text_vectors_from_config(split.item_text, split.num_items, text_cfg).vectors
 
 
