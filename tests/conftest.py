@@ -211,6 +211,14 @@ def run_inprocess(data: Path, out: Path, nodes: int, *extra: str, system: str = 
     )
 
 
+@pytest.fixture()
+def task_identity() -> None:
+    """Flower's task identity, which building a ``Message`` outside a running app reads (a test's run 1)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+
+
 @pytest.fixture(autouse=True, scope="session")
 def isolated_text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Text vectors are cached in a per-session folder, never in the user's ~/.cache."""

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import pattern_overrides, write_pattern_dataset, write_pattern_text
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from lsc4rec.client.codebook_sync import device_codebook
 from lsc4rec.messages import (
@@ -44,9 +43,7 @@ def reply_from(node: int, content: RecordDict) -> Message:
     return Message(content, reply_to=outgoing(node))
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> None:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def test_records_round_trip_and_bad_statistics_are_named() -> None:

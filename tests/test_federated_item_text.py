@@ -52,7 +52,7 @@ def _message(version: int, record: ArrayRecord | None) -> Message:
     return Message(content, dst_node_id=1, message_type="train")
 
 
-def test_a_node_keeps_the_vectors_and_refuses_what_it_cannot_trust() -> None:
+def test_a_node_keeps_the_vectors_and_refuses_what_it_cannot_trust(task_identity: None) -> None:
     vectors = torch.randn(11, 4)
     vectors[0] = 0.0
     version = item_text_version(vectors)

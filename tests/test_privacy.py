@@ -18,7 +18,6 @@ import torch
 from conftest import run_inprocess, write_pattern_dataset
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from lsc4rec.client.dp_rows import RowGatherStep, local_item_tables
@@ -398,10 +397,6 @@ def test_row_gather_engine_takes_the_same_steps_as_opacus(name: str, loss: str) 
 
 # ---------------------------------------------------------------------- central DP pieces
 
-
-@pytest.fixture()
-def task_identity() -> None:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
 
 
 def test_client_clipping_mod_clips_only_when_the_server_asks(task_identity: None) -> None:

@@ -13,7 +13,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy, aggregate_arrays, count_weighted_rows
 
@@ -53,9 +52,7 @@ class ListGrid:
         return self.node_ids
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> None:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def reply(message: Message, arrays: ArrayRecord | None, examples: float = 10.0, **metrics: float) -> Message:
