@@ -214,6 +214,8 @@ class CollabSettings:
     service_max_queue: int
     cloud_lag: int
     cloud_users: float
+    #: Users holding their last stale item out for the cloud's validation (0 = every user with two or more).
+    cloud_validation_users: int
     candidates: int
     candidate_pool: str
     device_candidates: int
@@ -255,6 +257,11 @@ class CollabSettings:
             )
         if self.content_items < 1:
             raise SettingsError(f"collab.content_items must be >= 1, got {self.content_items}")
+        if self.cloud_validation_users < 0:
+            raise SettingsError(
+                "collab.cloud_validation_users must be >= 0 (0 = every user), got "
+                f"{self.cloud_validation_users}"
+            )
         if not 0.0 < self.content_decay <= 1.0:
             raise SettingsError(f"collab.content_decay must be in (0, 1], got {self.content_decay}")
         if self.srm_training not in ("standard", "collaborative"):

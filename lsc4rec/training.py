@@ -497,12 +497,18 @@ def item_text_mode(model_cfg: Mapping[str, Any]) -> str:
 
 
 def build_model_from_config(
-    model_cfg: Mapping[str, Any], num_items: int, max_len: int, item_vectors: torch.Tensor | None = None
+    model_cfg: Mapping[str, Any],
+    num_items: int,
+    max_len: int,
+    item_vectors: torch.Tensor | None = None,
+    training_sequences: Sequence[Sequence[int]] | None = None,
 ) -> SequentialRecommender:
     """Build the SRM named by ``model_cfg["name"]`` with the remaining keys as its hyperparameters.
 
     ``model.item_text=projected`` gives every item vector a text part from ``item_vectors
     [num_items + 1, D]`` (:meth:`SequentialRecommender.attach_item_text`); without vectors that is an error.
+    With the text part, ``training_sequences`` (what the model will train on) says which items use an id row:
+    the others score by their text alone (:meth:`SequentialRecommender.keep_id_rows`).
     """
     name = str(model_cfg["name"])
     mode = item_text_mode(model_cfg)
@@ -524,7 +530,18 @@ def build_model_from_config(
                 "set model.item_text=none"
             )
         model.attach_item_text(item_vectors)
+        if training_sequences is not None:
+            unused = model.keep_id_rows(trained_items(training_sequences))
+            if unused:
+                logger.info("%d items no training sequence holds score by their text alone", unused)
     return model
+
+
+def trained_items(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The distinct item ids in ``sequences`` (the items a model trained on them has seen), sorted."""
+    seen = {int(item) for sequence in sequences for item in sequence}
+    seen.discard(0)
+    return torch.tensor(sorted(seen), dtype=torch.long)
 
 
 def run_item_vectors(

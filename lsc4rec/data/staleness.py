@@ -13,6 +13,11 @@ test item) this gives, per evaluated user whose full sequence is ``s`` of length
 A request (the device uploading its real-time history) lets the cloud answer from ``s[:n-1]`` instead.
 Users whose stale view is empty keep an empty prompt (the cloud then recommends from the bos token alone).
 
+The cloud validates (early stopping) on the last item it holds of each user with at least two; with
+``validation_users = N > 0`` only a seeded sample of N of them hold it out, and every other user trains on all
+it has seen: on a short-history dataset, where the held-out item is a large share of what the cloud holds, the
+cloud's models train on more without losing a reliable stopping signal.
+
 Not every user need have uploaded at all: with ``users < 1`` the cloud holds only a seeded share of the users
 (:func:`held_by_cloud`); the others' histories live on their devices alone (no training data, empty prompts),
 which is what makes the devices' data worth learning from in the privacy experiments.
@@ -74,14 +79,21 @@ def cloud_view(
     replay: Replay | None = None,
     users: float = 1.0,
     seed: int = 0,
+    validation_users: int = 0,
 ) -> CloudView:
     """The cloud's stale data for ``split`` (see the module docstring for exactly what it holds).
 
     ``replay`` (time moving through a federated run): the cloud's training data is what it held at round 1.
     ``users``: the share of users the cloud holds at all (drawn with ``seed``; 1 = every user).
+    ``validation_users``: how many users hold their last seen item out for the cloud's validation (a seeded
+    sample; 0 = every user with at least two items).
     """
     if lag < 0:
         raise ValueError(f"collab.cloud_lag must be >= 0, got {lag}")
+    if validation_users < 0:
+        raise ValueError(
+            f"collab.cloud_validation_users must be >= 0 (0 = every user), got {validation_users}"
+        )
     held = held_by_cloud(len(split.train), users, seed)
     held_short = held_by_cloud(len(split.train_only), users, seed + 1)
     test_histories = keep_held(split.test_histories(), held)
@@ -91,8 +103,9 @@ def cloud_view(
     moving = replay is not None and replay.enabled
     seen_at_start = keep_held(replay.cloud_sequences(split.train, 1, lag), held) if moving else stale_test
     train, cloud_valid_histories, cloud_valid_targets = [], [], []
-    for seen in seen_at_start:
-        if len(seen) >= 2:
+    validating = _validating(seen_at_start, validation_users, seed)
+    for seen, validated in zip(seen_at_start, validating, strict=True):
+        if validated:
             cloud_valid_histories.append(seen[:-1])
             cloud_valid_targets.append(seen[-1])
             train.append(seen[:-1])
@@ -118,3 +131,15 @@ def cloud_view(
         stale_test_prompts=stale_test,
         held=held,
     )
+
+
+def _validating(seen: list[list[int]], count: int, seed: int) -> np.ndarray:
+    """Which users hold their last seen item out for validation: all with two or more items (``count`` 0),
+    else a seeded sample of ``count`` of them."""
+    eligible = np.array([len(items) >= 2 for items in seen], dtype=bool)
+    if count == 0 or count >= int(eligible.sum()):
+        return eligible
+    chosen = np.random.default_rng([seed, 7]).choice(np.flatnonzero(eligible), size=count, replace=False)
+    validating = np.zeros(len(seen), dtype=bool)
+    validating[chosen] = True
+    return validating

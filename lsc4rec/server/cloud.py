@@ -82,7 +82,14 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
     llm_cfg = run.llm
     replay = run.federated.replay
-    view = cloud_view(split, run.collab.cloud_lag, replay, run.collab.cloud_users, run.seed)
+    view = cloud_view(
+        split,
+        run.collab.cloud_lag,
+        replay,
+        run.collab.cloud_users,
+        run.seed,
+        run.collab.cloud_validation_users,
+    )
     saved = out / "llm"
     resuming = run.federated.resume and saved.is_dir() and not llm_cfg.path
     # A resumed run serves the LLM it trained before the interruption instead of training another one.

@@ -34,7 +34,15 @@ def warm_start_on_cloud(
     Returns what happened: epochs run, best epoch, the cloud-validation NDCG@10 and seconds.
     """
     epochs = run.federated.warm_start_epochs
-    view = cloud_view(split, run.collab.cloud_lag, run.federated.replay, run.collab.cloud_users, run.seed)
+    collab = run.collab
+    view = cloud_view(
+        split,
+        collab.cloud_lag,
+        run.federated.replay,
+        collab.cloud_users,
+        run.seed,
+        collab.cloud_validation_users,
+    )
     if not view.valid_targets:
         raise ValueError(
             f"federated.warm_start_epochs={epochs}: the cloud's stale view (collab.cloud_lag="

@@ -73,11 +73,19 @@ def protocol_description(evaluation: EvalSettings) -> str:
 
 
 def build_model(
-    run: CentralizedSettings, raw: RawDataset, split: LeaveOneOutSplit
+    run: CentralizedSettings,
+    raw: RawDataset,
+    split: LeaveOneOutSplit,
+    training_sequences: list[list[int]] | None = None,
 ) -> tuple[SequentialRecommender, dict | None]:
-    """The configured SRM, with SOLID's semantic ids prepared when it is SOLID (and SOLID's report)."""
+    """The configured SRM, with SOLID's semantic ids prepared when it is SOLID (and SOLID's report).
+
+    With a text part, items ``training_sequences`` (default: the split's training part) never hold score by
+    their text alone.
+    """
     vectors = model_item_vectors(run.model, split, run.text, run.data.name)
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len, vectors)
+    sequences = split.train_sequences() if training_sequences is None else training_sequences
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len, vectors, sequences)
     if not isinstance(model, SolidRecommender):
         return model, None
     _, _, report = prepare_solid_model(model, run.solid, raw, split, seed=run.seed)
@@ -96,8 +104,9 @@ def refit_with_validation(
     """Train a fresh model for ``result.best_epoch`` epochs on train + validation interactions; test it."""
     seed, max_len = run.seed, run.data.max_len
     torch.manual_seed(seed)
-    model, _ = build_model(run, raw, split)
-    batches = TrainBatches(split.train_sequences(include_valid=True), max_len, settings.batch_size, seed=seed)
+    sequences = split.train_sequences(include_valid=True)
+    model, _ = build_model(run, raw, split, sequences)
+    batches = TrainBatches(sequences, max_len, settings.batch_size, seed=seed)
     epochs = result.best_epoch
     rates = [float(row.get("epoch_lr", settings.lr)) for row in result.history[:epochs]]
     start = time.perf_counter()

@@ -98,14 +98,18 @@ def transfer_from_config(run: MergeNetStudySettings, target: Any, source: Any) -
 
 
 def _fresh_srm(
-    run: MergeNetStudySettings, num_items: int, item_vectors: Tensor | None = None
+    run: MergeNetStudySettings,
+    num_items: int,
+    item_vectors: Tensor | None = None,
+    training_sequences: list[list[int]] | None = None,
 ) -> SequentialRecommender:
-    """The configured SRM, freshly seeded; with ``item_vectors`` its item vectors get a text part."""
+    """The configured SRM, freshly seeded; with ``item_vectors`` its item vectors get a text part (items
+    that ``training_sequences`` never hold score by their text alone)."""
     torch.manual_seed(run.seed)
     model_cfg = dict(run.model)
     if item_vectors is not None:
         model_cfg["item_text"] = "projected"
-    return build_model_from_config(model_cfg, num_items, run.data.max_len, item_vectors)
+    return build_model_from_config(model_cfg, num_items, run.data.max_len, item_vectors, training_sequences)
 
 
 def _plot(result: dict[str, Any], path: Path, title: str) -> None:
@@ -254,7 +258,10 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
                     llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
                 )
             )
-        model = _fresh_srm(run, split.num_items, vectors if name.startswith("text_part") else None)
+        if name.startswith("text_part"):
+            model = _fresh_srm(run, split.num_items, vectors, data.train_sequences)
+        else:
+            model = _fresh_srm(run, split.num_items)
         runs[name] = train_variant(name, model, data, seed, hooks, budget)
 
     cloud: dict[str, Any] = {}

@@ -406,7 +406,13 @@ def train_models(
     :mod:`lsc4rec.simulations.pretrained_cloud`). ``item_vectors``: the items' text vectors, for an SRM with
     a text part (``model.item_text``)."""
     report: dict = {}
-    view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
+    view = cloud_view(
+        split,
+        run.collab.cloud_lag,
+        users=run.collab.cloud_users,
+        seed=run.seed,
+        validation_users=run.collab.cloud_validation_users,
+    )
     llm = cloud
     if llm is None:
         llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
@@ -427,7 +433,9 @@ def train_models(
     # The LLM answers the devices' requests where the cloud would run it.
     llm.to(resolve_device(str(run.llm.train.device), "llm.train.device"))
     max_len = run.data.max_len
-    srm = build_model_from_config(run.model, split.num_items, max_len, item_vectors)
+    srm = build_model_from_config(
+        run.model, split.num_items, max_len, item_vectors, split.train_sequences()
+    )
     settings = run.train
     if run.collab.srm_path:
         srm.load_state_dict(torch.load(str(run.collab.srm_path), map_location="cpu"))
@@ -482,7 +490,13 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
     vectors = run_item_vectors(run.model, split, run.text, run.data.name, run.collab.content_weight)
     llm, srm, report = train_models(run, split, out, cloud, vectors)
     unit_text = unit_vectors(vectors) if vectors is not None else None
-    view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
+    view = cloud_view(
+        split,
+        run.collab.cloud_lag,
+        users=run.collab.cloud_users,
+        seed=run.seed,
+        validation_users=run.collab.cloud_validation_users,
+    )
     ks = run.eval.ks
 
     valid = build_moment(

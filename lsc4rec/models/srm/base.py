@@ -124,14 +124,36 @@ class SequentialRecommender(nn.Module, abc.ABC):
         """Item vectors ``[..., d]`` of ``ids [...]``: the id rows, plus the text part when attached."""
         vectors = self.item_embedding(ids)
         if self.item_text is not None:
-            vectors = vectors + self.item_text(ids)
+            vectors = self.item_text.add_to(ids, vectors)
         return vectors
 
     def item_table(self) -> Tensor:
         """Every item's vector, ``[num_items + 1, d]`` (row 0 = padding): what full-catalogue scores use."""
         if self.item_text is None:
             return self.item_embedding.weight
-        return self.item_embedding.weight + self.item_text.table()
+        return self.item_text.add_to_table(self.item_embedding.weight)
+
+    def keep_id_rows(self, items: Tensor) -> int:
+        """With the text part attached: only ``items`` (those the training data holds) use their id row.
+
+        Every other item (a new item no training sequence holds) scores by its text alone, its id row zero,
+        and the training losses leave it out of the softmax (:meth:`unseen_items`); see
+        :meth:`ItemTextRows.keep_id_rows`. Returns how many items that is.
+        """
+        if self.item_text is None:
+            raise ValueError("keep_id_rows needs the text part (model.item_text=projected)")
+        unused = self.item_text.keep_id_rows(items)
+        with torch.no_grad():
+            self.item_embedding.weight.mul_(self.item_text.id_row_used)
+        return unused
+
+    def unseen_items(self) -> Tensor | None:
+        """``[num_items + 1]`` True for items no training sequence holds (:meth:`keep_id_rows`), else None.
+
+        The training losses never use such an item as a negative: it is never a target, so every step would
+        push it (through the text projection too) below the items the device has seen.
+        """
+        return None if self.item_text is None else self.item_text.unseen()
 
     @property
     def supports_streaming(self) -> bool:

@@ -94,8 +94,11 @@ def _dense_position_losses(
 
     ``negatives`` are the draws of :func:`draw_negatives` (None for the full softmax).
     """
+    unseen = model.unseen_items()
     if name in ("ce", "full_softmax"):
         logits = model.position_scores(inputs)  # [B, L, num_items + 1]
+        if unseen is not None:
+            logits = logits.masked_fill(unseen.to(logits.device), float("-inf"))
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=0)
         return nll.view(targets.shape)
     if negatives is None:
@@ -105,11 +108,22 @@ def _dense_position_losses(
     if name == "sampled_softmax":
         positive, negative = model.position_scores_with_negatives(inputs, real.unsqueeze(-1), negatives)
         negative = negative.masked_fill(negatives == targets.unsqueeze(-1), float("-inf"))
+        if unseen is not None:
+            negative = negative.masked_fill(unseen.to(negatives.device)[negatives], float("-inf"))
         return torch.logsumexp(torch.cat([positive, negative], dim=-1), dim=-1) - positive.squeeze(-1)
     if name == "bce":
         scores = model.position_scores(inputs, torch.cat([real.unsqueeze(-1), negatives], dim=-1))
-        return F.softplus(-scores[..., 0]) + F.softplus(scores[..., 1:]).sum(dim=-1)
+        return F.softplus(-scores[..., 0]) + _negative_terms(model, scores[..., 1:], negatives)
     raise ValueError(f"unknown loss {name!r}; valid: {sorted(LOSSES)}")
+
+
+def _negative_terms(model: SequentialRecommender, scores: Tensor, negatives: Tensor) -> Tensor:
+    """BCE's negative part ``sum_k log(1 + exp(s_k))`` without the items no training sequence holds."""
+    terms = F.softplus(scores)
+    unseen = model.unseen_items()
+    if unseen is not None:
+        terms = terms.masked_fill(unseen.to(negatives.device)[negatives], 0.0)
+    return terms.sum(dim=-1)
 
 
 def draw_negatives(
@@ -146,13 +160,19 @@ def per_sequence_loss(
 def full_softmax_loss(
     model: SequentialRecommender, inputs: Tensor, targets: Tensor, *, select_positions: bool = True
 ) -> Tensor:
-    """Cross-entropy of the next item over the whole catalogue, averaged over non-padding positions."""
+    """Cross-entropy of the next item over the whole catalogue, averaged over non-padding positions.
+
+    Items no training sequence holds (:meth:`SequentialRecommender.unseen_items`) are left out of the softmax.
+    """
     if select_positions:
         first = _first_used_column(inputs, targets)
         inputs, targets = inputs[:, first:], targets[:, first:]
         mask = targets > 0
         # Item-only logits: column i - 1 is item i, so the padding column is never built or copied.
         logits = model.position_item_logits(inputs, mask)  # [P, num_items]
+        unseen = model.unseen_items()
+        if unseen is not None:
+            logits = logits.masked_fill(unseen[1:].to(logits.device), float("-inf"))
         nll = F.cross_entropy(logits, targets[mask] - 1, reduction="none")
         return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
     return _masked_mean(_dense_position_losses("ce", model, inputs, targets, None), targets > 0)
@@ -187,6 +207,9 @@ def sampled_softmax_loss(
         inputs, targets.unsqueeze(-1), negatives, positions=mask
     )
     negative = negative.masked_fill(negatives == targets[mask].unsqueeze(-1), float("-inf"))
+    unseen = model.unseen_items()
+    if unseen is not None:
+        negative = negative.masked_fill(unseen.to(negatives.device)[negatives], float("-inf"))
     # Cross-entropy with the target in column 0.
     nll = torch.logsumexp(torch.cat([positive, negative], dim=-1), dim=-1) - positive.squeeze(-1)
     return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
@@ -218,7 +241,9 @@ def bce_loss(
     inputs, targets, candidates = inputs[:, first:], targets[:, first:], candidates[:, first:]
     mask = targets > 0
     scores = model.position_scores(inputs, candidates, positions=mask)  # [P, 1 + n]
-    per_position = F.softplus(-scores[..., 0]) + F.softplus(scores[..., 1:]).sum(dim=-1)
+    per_position = F.softplus(-scores[..., 0]) + _negative_terms(
+        model, scores[..., 1:], candidates[mask][:, 1:]
+    )
     return per_position.sum() / per_position.new_tensor(max(per_position.numel(), 1))
 
 
