@@ -8,7 +8,8 @@ Train message (server -> node), ``RecordDict``:
                              DP and client-side clipping Flower's clipping-norm key
   ``codebook`` ArrayRecord   (SOLID, only to nodes without the current version) :func:`codebook_record`
   ``item-text`` ArrayRecord  (``model.item_text``: the catalogue's text vectors, only to nodes without the
-                             announced ``item-text-version``) :func:`item_text_record`
+                             announced ``item-text-version``) :func:`item_text_record`, or in the compact
+                             form (``federated.item_text_codes``) :func:`compact_item_text_record`
 Train reply (node -> server):
   ``arrays``   ArrayRecord   the locally trained SRM
   ``metrics``  MetricRecord  ``num-examples`` (aggregation weight), ``train_loss``, ...; local DP
@@ -34,6 +35,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
+from lsc4rec.text.compact import CompactItemVectors
 
 __all__ = [
     "ARRAYS",
@@ -59,6 +61,7 @@ __all__ = [
     "CandidateService",
     "codebook_from_record",
     "codebook_record",
+    "compact_item_text_record",
     "instruction_destinations",
     "item_text_from_record",
     "item_text_record",
@@ -136,11 +139,55 @@ def item_text_record(vectors: torch.Tensor) -> ArrayRecord:
     return ArrayRecord({"vectors": Array(vectors.detach().to(torch.float16).contiguous().numpy())})
 
 
+def compact_item_text_record(compact: CompactItemVectors) -> ArrayRecord:
+    """The catalogue's text vectors in the compact form: float16 centroids per level (``centroids_<l>``),
+    every item's semantic id (``codes``, the narrowest unsigned type) and a bitmap of the items with text
+    (``present``)."""
+    dtype = np.uint8 if max(compact.codebook.sizes) <= 256 else np.uint16
+    arrays = {
+        f"centroids_{level}": Array(c.to(torch.float16).numpy())
+        for level, c in enumerate(compact.codebook.centroids)
+    }
+    arrays["codes"] = Array(compact.codes.numpy().astype(dtype))
+    arrays["present"] = Array(np.packbits(compact.present.numpy()))
+    return ArrayRecord(arrays)
+
+
+def _rebuilt_item_text(record: ArrayRecord) -> torch.Tensor:
+    """The vectors a compact record stands for (the sum of each item's codes' centroids), float32."""
+    levels = sorted(key for key in record if key.startswith("centroids_"))
+    if not levels or "present" not in record:
+        raise ValueError(
+            f"the compact item-text record lacks centroids or 'present' (it holds {sorted(record)})"
+        )
+    codes = torch.from_numpy(np.asarray(record["codes"].numpy(), dtype=np.int64))
+    centroids = [
+        torch.from_numpy(np.asarray(record[f"centroids_{level}"].numpy(), dtype=np.float32))
+        for level in range(len(levels))
+    ]
+    if codes.ndim != 2 or codes.shape[1] != len(centroids):
+        raise ValueError(
+            f"the compact item-text record has codes {tuple(codes.shape)} for {len(centroids)} levels"
+        )
+    for level, table in enumerate(centroids):
+        if int(codes[:, level].max()) >= table.shape[0]:
+            raise ValueError(
+                f"the compact item-text record has a code beyond level {level}'s {table.shape[0]}"
+            )
+    present = np.unpackbits(np.asarray(record["present"].numpy(), dtype=np.uint8))[: codes.shape[0]]
+    vectors = sum(table[codes[:, level]] for level, table in enumerate(centroids))
+    return vectors * torch.from_numpy(present.astype(np.float32)).unsqueeze(1)
+
+
 def item_text_from_record(record: ArrayRecord, num_items: int) -> torch.Tensor:
-    """Inverse of :func:`item_text_record` (float32); a clear error for a record of another catalogue."""
-    if "vectors" not in record:
+    """Inverse of :func:`item_text_record` and :func:`compact_item_text_record` (float32); a clear error for
+    a record of another catalogue."""
+    if "codes" in record:
+        vectors = _rebuilt_item_text(record)
+    elif "vectors" not in record:
         raise ValueError(f"the item-text record lacks 'vectors' (it holds {sorted(record)})")
-    vectors = torch.from_numpy(np.asarray(record["vectors"].numpy(), dtype=np.float32))
+    else:
+        vectors = torch.from_numpy(np.asarray(record["vectors"].numpy(), dtype=np.float32))
     if vectors.ndim != 2 or vectors.shape[0] != num_items + 1:
         raise ValueError(
             f"the item-text record holds vectors of shape {tuple(vectors.shape)}; this node's catalogue "

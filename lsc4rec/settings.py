@@ -133,6 +133,8 @@ class FederatedSettings:
     ray_address: str | None = None
     #: Each user's most recent training interactions that arrive during the run (0 = all known at round 1).
     replay_interactions: int = 0
+    #: Codebook level sizes of the compact item-text carrier (empty: the float16 matrix travels).
+    item_text_codes: tuple[int, ...] = ()
 
     @property
     def replay(self) -> Replay:
@@ -154,6 +156,11 @@ class FederatedSettings:
                 raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")
         if self.runtime not in ("flower", "inprocess"):
             raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")
+        if any(size < 1 or size > 65536 for size in self.item_text_codes):
+            raise SettingsError(
+                "federated.item_text_codes must be codebook level sizes in 1..65536, got "
+                f"{list(self.item_text_codes)}"
+            )
         if self.ray_address is not None:
             host, _, port = str(self.ray_address).rpartition(":")
             if not host or not port.isdigit():

@@ -15,10 +15,12 @@ from lsc4rec.messages import (
     CONFIG,
     ITEM_TEXT,
     ITEM_TEXT_VERSION,
+    compact_item_text_record,
     item_text_from_record,
     item_text_record,
     item_text_version,
 )
+from lsc4rec.text.compact import CompactItemVectors
 
 
 @pytest.fixture
@@ -74,3 +76,42 @@ def test_a_node_keeps_the_vectors_and_refuses_what_it_cannot_trust(task_identity
         item_text_from_record(item_text_record(vectors), 12)
     plain = Message(RecordDict({CONFIG: ConfigRecord({})}), dst_node_id=1, message_type="train")
     assert device_item_text(plain, empty, 10) is None  # no item text in this run
+
+
+def test_the_compact_carrier_rebuilds_exactly_what_the_server_reads(task_identity: None) -> None:
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(41, 8, generator=generator)
+    vectors[0] = 0.0
+    vectors[9] = 0.0  # an item without text
+    compact = CompactItemVectors.from_vectors(vectors, [4, 4], seed=0)
+    server_side = compact.vectors()
+    record = compact_item_text_record(compact)
+    # The node rebuilds bit for bit what the server's model reads, so the announced version checks out.
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    version = item_text_version(server_side)
+    received, _ = device_item_text(_message(version, record), context, 40)
+    assert torch.equal(received, server_side)
+    assert torch.count_nonzero(received[9]) == 0 and torch.count_nonzero(received[0]) == 0
+    assert record.count_bytes() < item_text_record(vectors).count_bytes()
+    broken = compact_item_text_record(compact)
+    del broken["present"]
+    with pytest.raises(ValueError, match="lacks centroids or 'present'"):
+        item_text_from_record(broken, 40)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_compact_carrier_sends_fewer_bytes_and_trains(data: Path, tmp_path: Path) -> None:
+    summary = run_inprocess(
+        data,
+        tmp_path / "run",
+        2,
+        "model.item_text=projected",
+        "federated.rounds=1",
+        "train.lr=0.01",
+        "federated.item_text_codes=[16,16]",
+    )
+    text = summary["item_text"]
+    assert text["carrier"]["form"] == "codes" and text["carrier"]["sizes"] == [16, 16]
+    assert text["record_bytes"] < text["carrier"]["bytes_float16_matrix"]
+    assert text["bytes_sent"] == 2 * text["record_bytes"]
+    assert summary["test"]["full"]["HR@10"] > 0.5

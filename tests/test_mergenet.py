@@ -253,6 +253,36 @@ def test_hooks_run_inside_training_transfer_kd_and_source_steps() -> None:
         ListDistillation(llm, k=0)
 
 
+def test_the_kd_term_reaches_the_adapter_through_the_targets_gradient() -> None:
+    # mergenet_kd: with a Distillation hook beside the transfer, the adapter's learning signal (the target's
+    # gradient after the step) is that of task loss + KL, so the adapter moves differently than without it.
+    def adapter_after_one_step(with_kd: bool) -> list[Tensor]:
+        srm, llm = tiny_models()
+        transfer = MergeNetTransfer(
+            resolve_slice("srm.item_embeddings", srm, llm),
+            resolve_slice("llm.item_embeddings", srm, llm),
+            rank=4,
+            t_cycle=1,
+            attention_dim=16,
+            heads=2,
+            dropout=0.0,
+        )
+        hooks: list = [transfer]
+        if with_kd:
+            hooks.append(Distillation(llm, weight=5.0, temperature=2.0))
+        sequences = [[(s + i) % NUM_ITEMS + 1 for i in range(6)] for s in range(8)]
+        batches = TrainBatches(sequences, 6, 8, seed=0)
+        settings = TrainSettings(epochs=1, batch_size=8, progress=False)
+        optimizer = settings.make_optimizer(srm.parameters())
+        generator = torch.Generator().manual_seed(0)
+        train_one_epoch(srm, batches, optimizer, settings, generator, hooks=hooks)
+        assert transfer.stats.transfers == 1 and transfer.stats.adapter_losses[0] > 0
+        return [p.detach().clone() for p in transfer.adapter.parameters()]
+
+    plain, with_kd = adapter_after_one_step(False), adapter_after_one_step(True)
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, with_kd, strict=True))
+
+
 @pytest.mark.slow
 def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "p.txt", num_users=150, num_items=30)
@@ -290,8 +320,8 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     # The item text makes the LLM text-grounded (llm.item_init=auto), the source MergeNet and KD read.
     assert result["llm_item_init"] == "text"
     variants = {
-        "srm", "text_srm", "llm_rows_srm", "mergenet", "kd", "list_kd", "text_part", "text_part_kd",
-        "text_part_list_kd",
+        "srm", "text_srm", "llm_rows_srm", "mergenet", "mergenet_kd", "kd", "list_kd", "text_part",
+        "text_part_kd", "text_part_list_kd",
     }
     assert set(result["cloud_to_device"]) == variants
     assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}
@@ -308,6 +338,8 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     assert all(cost["parameters"] > 0 and cost["seconds_per_epoch"] > 0 for cost in result["cost"].values())
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["runs"]["mergenet"]["transfer"]["transfers"] > 0
+    # The KD-trained adapter transferred too (its signal, the target's gradient, carries the KL term).
+    assert metrics["runs"]["mergenet_kd"]["transfer"]["transfers"] > 0
     assert metrics["runs"]["text_srm"]["text_init"]["items_from_text"] == 30
     assert (tmp_path / "run" / "mergenet.png").stat().st_size > 1000
 

@@ -137,6 +137,22 @@ def test_training_losses_never_use_unseen_items_as_negatives(loss: str, select_p
     assert not torch.allclose(value(), before)
 
 
+def test_many_ids_gather_from_the_projected_table_with_the_same_values_and_gradients() -> None:
+    from lsc4rec.models.srm.item_text import ItemTextRows
+
+    rows = ItemTextRows(_vectors(), 16)
+    ids = torch.randint(0, NUM_ITEMS + 1, (4, 5, 6), generator=torch.Generator().manual_seed(0))
+    assert ids.numel() >= rows.num_rows  # the gather path
+    gathered = rows(ids)
+    (gathered**2).sum().backward()
+    fast_grad = rows.projection.weight.grad.clone()
+    rows.projection.weight.grad = None
+    direct = rows.projection(rows.vectors[ids])
+    (direct**2).sum().backward()
+    assert torch.allclose(gathered, direct, atol=1e-6)
+    assert torch.allclose(fast_grad, rows.projection.weight.grad, atol=1e-5)
+
+
 def test_keep_id_rows_checks_its_input() -> None:
     plain = build_model_from_config({"name": "sasrec", "hidden_size": 16}, NUM_ITEMS, 8)
     with pytest.raises(ValueError, match="needs the text part"):

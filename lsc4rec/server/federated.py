@@ -39,6 +39,7 @@ from lsc4rec.server.extensions import (
     SolidOnServer,
 )
 from lsc4rec.server.extensions.base import state_dict_of
+from lsc4rec.server.extensions.item_text import CatalogueVectors
 from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
 from lsc4rec.server.fusion_weight import FusionWeight
 from lsc4rec.server.loop import RoundPlan, run_rounds
@@ -47,6 +48,7 @@ from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.privacy import CentralDP
+from lsc4rec.text.compact import CompactItemVectors
 from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate, run_item_vectors
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
@@ -66,12 +68,21 @@ def round_plan(run: FederatedRunSettings) -> RoundPlan:
     )
 
 
-def catalogue_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> torch.Tensor | None:
-    """The catalogue's text vectors the devices need (the SRM's text part, the content term), rounded to
-    float16 as they travel so the server's model reads the same values; None when nothing reads them."""
+def catalogue_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> CatalogueVectors | None:
+    """The catalogue's text vectors the devices need (the SRM's text part, the content term) as they travel:
+    the float16 matrix, or the compact carrier (``federated.item_text_codes``), with the values every side
+    reads (the server's model included); None when nothing reads them."""
     content = run.collab.content_weight if run.collab.enabled else 0.0
     vectors = run_item_vectors(run.model, split, run.text, run.data.name, content)
-    return None if vectors is None else vectors.to(torch.float16).float()
+    if vectors is None:
+        return None
+    sizes = run.federated.item_text_codes
+    if not sizes:
+        return CatalogueVectors(vectors.to(torch.float16).float(), None)
+    compact = CompactItemVectors.from_vectors(vectors, sizes, seed=run.seed)
+    report = compact.report(vectors)
+    logger.info("item text travels as codes: %s", report)
+    return CatalogueVectors(compact.vectors(), compact, report)
 
 
 def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:
@@ -85,7 +96,8 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         np.random.seed(run.seed)
     raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     split = leave_one_out(raw)
-    vectors = catalogue_vectors(run, split)
+    catalogue = catalogue_vectors(run, split)
+    vectors = None if catalogue is None else catalogue.vectors
     model_vectors = vectors if str(run.model.get("item_text", "none")) != "none" else None
     model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
     if run.mergenet.every_rounds > 0 and not run.collab.enabled:
@@ -119,8 +131,8 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         out / "checkpoint.pt", strategy, model.state_dict(), save=run.federated.checkpoint, resume=resume
     )
     extensions: list[LoopExtension] = [checkpoints]
-    if vectors is not None:
-        extensions.append(CatalogueText(vectors))
+    if catalogue is not None:
+        extensions.append(CatalogueText(catalogue.vectors, catalogue.compact, catalogue.report))
     if solid is not None:
         extensions.append(solid)
     try:

@@ -11,10 +11,12 @@ the device SRM is trained from scratch with the same settings as each of ``merge
 by itself) or from the LLM's item rows (``llm_rows_srm``: all an item-table transfer could carry), with a text
 part in its item vectors (``text_part``, ``model.item_text=projected``), with the MergeNet transfer from the
 LLM (``mergenet``: ``mergenet.source`` -> ``mergenet.target`` every ``mergenet.t_cycle`` steps, the LLM taking
-its own steps alongside when ``mergenet.train_source``), and with knowledge distillation towards the LLM
-(``kd``: over all items; ``list_kd``: over only the ``mergenet.kd_list`` items the LLM lists per position,
-what a device receives), and the text part with each KD (``text_part_kd``, ``text_part_list_kd``). Device ->
-cloud (``mergenet.directions`` has ``device_to_cloud``): the LLM is fine-tuned for
+its own steps alongside when ``mergenet.train_source``; ``mergenet_kd``: the same with KD, so the adapter's
+learning signal, the target's gradient, carries the KD loss too), and with knowledge distillation towards the
+LLM (``kd``: over all items; ``list_kd``: over only the ``mergenet.kd_list`` items the LLM lists per position,
+what a device receives), the text part with each KD (``text_part_kd``, ``text_part_list_kd``), and the text
+part from vectors rebuilt from a codebook and semantic ids (``text_part_codes``, ``mergenet.text_codes``).
+Device -> cloud (``mergenet.directions`` has ``device_to_cloud``): the LLM is fine-tuned for
 ``mergenet.llm_finetune_epochs`` more epochs with and without a transfer from the trained SRM into its item
 tokens.
 
@@ -70,6 +72,7 @@ from lsc4rec.simulations.transfer_study import (
     train_variant,
 )
 from lsc4rec.text import item_text_vectors_from_config
+from lsc4rec.text.compact import CompactItemVectors
 from lsc4rec.training import build_model_from_config
 
 logger = logging.getLogger(__name__)
@@ -82,14 +85,16 @@ VARIANTS = (
     "text_srm",
     "llm_rows_srm",
     "mergenet",
+    "mergenet_kd",
     "kd",
     "list_kd",
     "text_part",
     "text_part_kd",
     "text_part_list_kd",
+    "text_part_codes",
 )
 #: Variants whose SRM item vectors have a text part (model.item_text=projected).
-TEXT_PART_VARIANTS = ("text_part", "text_part_kd", "text_part_list_kd")
+TEXT_PART_VARIANTS = ("text_part", "text_part_kd", "text_part_list_kd", "text_part_codes")
 
 
 def transfer_from_config(run: MergeNetStudySettings, target: Any, source: Any) -> MergeNetTransfer:
@@ -227,6 +232,20 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
             hooks[0].stats.seconds / max(runs["mergenet"]["train_seconds"], 1e-9), 3
         )
         runs["mergenet"]["transfer"] = overhead
+    if "cloud_to_device" in directions and "mergenet_kd" in variants:
+        # The adapter learns through the KD objective: its signal is the target's gradient of the task loss
+        # plus the KL towards the LLM (with mergenet.signal=gradient, the default): it can carry what KD does.
+        model = _fresh_srm(run, split.num_items)
+        hooks = mergenet_hooks(model)
+        kd = Distillation(
+            llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
+        )
+        runs["mergenet_kd"] = train_variant("mergenet_kd", model, data, seed, [*hooks, kd], budget)
+        overhead = hooks[0].stats.summary()
+        overhead["share_of_train_time"] = round(
+            hooks[0].stats.seconds / max(runs["mergenet_kd"]["train_seconds"], 1e-9), 3
+        )
+        runs["mergenet_kd"]["transfer"] = overhead
     if "cloud_to_device" in directions and "kd" in variants:
         kd = Distillation(
             llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
@@ -263,6 +282,13 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         else:
             model = _fresh_srm(run, split.num_items)
         runs[name] = train_variant(name, model, data, seed, hooks, budget)
+    if "text_part_codes" in variants and "cloud_to_device" in directions:
+        # The text part from vectors rebuilt from a residual codebook and one semantic id per item: what a
+        # device would receive instead of the full matrix (lsc4rec.text.compact).
+        compact = CompactItemVectors.from_vectors(vectors, list(run.mergenet.text_codes), seed=run.seed)
+        model = _fresh_srm(run, split.num_items, compact.vectors(), data.train_sequences)
+        runs["text_part_codes"] = train_variant("text_part_codes", model, data, seed, [], budget)
+        runs["text_part_codes"]["carrier"] = compact.report(vectors)
 
     cloud: dict[str, Any] = {}
     if "device_to_cloud" in directions:

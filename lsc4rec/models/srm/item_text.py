@@ -104,6 +104,10 @@ class ItemTextRows(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """The text part ``[..., d]`` of the items ``ids [...]`` (zero for padding and items without text)."""
+        if ids.numel() >= self.num_rows:
+            # More ids than items (candidate lists at every position): project the catalogue once and gather,
+            # instead of projecting a D-wide vector per occurrence.
+            return self.table()[ids]
         return self.projection(self.vectors[ids])
 
     def table(self) -> Tensor:

@@ -3,13 +3,15 @@
 With ``model.item_text=projected`` every item vector is ``id_row + P · text(i)``; the text vectors are public
 catalogue data, not model weights, so they travel apart from the rounds' updates: every message announces the
 catalogue's text version, and only a node that has not acknowledged that version receives the vectors
-(float16). A node that failed (and may have lost its state) gets them again. The round's row counts the
-bytes.
+(float16, or in the compact form of ``federated.item_text_codes``: a residual codebook plus one semantic id
+per item, :mod:`lsc4rec.text.compact`). A node that failed (and may have lost its state) gets them again.
+The round's row counts the bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,14 +22,26 @@ from lsc4rec.messages import (
     ITEM_TEXT,
     ITEM_TEXT_VERSION,
     METRICS,
+    compact_item_text_record,
     instruction_destinations,
     item_text_record,
     item_text_version,
     replying_node,
 )
 from lsc4rec.server.extensions.base import LoopExtension, LoopState
+from lsc4rec.text.compact import CompactItemVectors
 
-__all__ = ["CatalogueText"]
+__all__ = ["CatalogueText", "CatalogueVectors"]
+
+
+@dataclass(frozen=True)
+class CatalogueVectors:
+    """The catalogue's text vectors as every side reads them, and their compact form when they travel so."""
+
+    vectors: torch.Tensor
+    compact: CompactItemVectors | None = None
+    #: The compact carrier's bytes and fidelity (:meth:`CompactItemVectors.report`).
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 class CatalogueText(LoopExtension):
@@ -35,10 +49,17 @@ class CatalogueText(LoopExtension):
 
     name = "item_text"
 
-    def __init__(self, vectors: torch.Tensor) -> None:
-        """``vectors [num_items + 1, D]``: the catalogue's text vectors (zero rows: padding, no text)."""
-        self.record = item_text_record(vectors)
+    def __init__(
+        self,
+        vectors: torch.Tensor,
+        compact: CompactItemVectors | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        """``vectors [num_items + 1, D]``: the catalogue's text vectors (zero rows: padding, no text), sent as
+        the float16 matrix, or as ``compact`` (whose rebuilt vectors they must be) with its ``report``."""
+        self.record = item_text_record(vectors) if compact is None else compact_item_text_record(compact)
         self.version = item_text_version(vectors)
+        self.carrier = {"form": "float16 matrix"} if compact is None else {"form": "codes", **(report or {})}
         self.node_versions: dict[int, int] = {}
         self._sent: list[Message] = []
         self.row: dict[str, Any] = {}
@@ -94,6 +115,7 @@ class CatalogueText(LoopExtension):
         """The version, the record's size and the bytes sent over the run."""
         return {
             "version": self.version,
+            "carrier": self.carrier,
             "record_bytes": self.record.count_bytes(),
             "bytes_sent": sum(int(r.get(self.name, {}).get("item-text-bytes-sent", 0)) for r in history),
         }
