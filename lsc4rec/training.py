@@ -507,8 +507,9 @@ def build_model_from_config(
 
     ``model.item_text=projected`` gives every item vector a text part from ``item_vectors
     [num_items + 1, D]`` (:meth:`SequentialRecommender.attach_item_text`); without vectors that is an error.
-    With the text part, ``training_sequences`` (what the model will train on) says which items use an id row:
-    the others score by their text alone (:meth:`SequentialRecommender.keep_id_rows`).
+    With the text part, ``training_sequences`` (what the model will train on) says which items are trained:
+    the others stay out of the training softmax and score by their text
+    (:meth:`SequentialRecommender.set_trained_items`).
     """
     name = str(model_cfg["name"])
     mode = item_text_mode(model_cfg)
@@ -531,9 +532,9 @@ def build_model_from_config(
             )
         model.attach_item_text(item_vectors)
         if training_sequences is not None:
-            unused = model.keep_id_rows(trained_items(training_sequences))
-            if unused:
-                logger.info("%d items no training sequence holds score by their text alone", unused)
+            untrained = model.set_trained_items(trained_items(training_sequences))
+            if untrained:
+                logger.info("%d items no training sequence holds are scored by their text", untrained)
     return model
 
 

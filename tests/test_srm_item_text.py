@@ -80,6 +80,8 @@ def test_untrained_items_get_text_scores_and_move_with_the_projection() -> None:
 
 @pytest.mark.parametrize("name", [*SRM_CLASSES, "solid"])
 def test_items_no_training_sequence_holds_score_by_text_alone(name: str) -> None:
+    from lsc4rec.models.srm.losses import compute_loss
+
     extra = {"codebook_sizes": [4]} if name == "solid" else {}
     torch.manual_seed(0)
     cfg = {"name": name, "hidden_size": 16, "item_text": "projected", **extra}
@@ -88,25 +90,35 @@ def test_items_no_training_sequence_holds_score_by_text_alone(name: str) -> None
     if name == "solid":
         model.set_semantic_ids(torch.zeros(NUM_ITEMS + 1, 1, dtype=torch.long))
     model.train()
-    history = torch.tensor([[1, 2, 3, 4], [4, 3, 2, 1]])
+    inputs = torch.tensor([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
+    targets = torch.tensor([[2, 3, 4, 5, 6], [5, 4, 3, 2, 1]])
     optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(5):
-        logits = model.position_item_logits(history, history != 0)
-        targets = torch.tensor([2, 3, 4, 6, 3, 2, 1, 6]) - 1
-        loss = torch.nn.functional.cross_entropy(logits, targets)
+        loss = compute_loss("ce", model, inputs, targets, torch.Generator().manual_seed(0))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     table = model.item_table().detach()
-    # Item 20 is in no training sequence: its vector is exactly P · text(20), never pushed down as a negative.
+    # Item 20 is in no training sequence: never a negative, its id row stays zero and it scores by its text.
     assert torch.count_nonzero(model.item_embedding.weight[7:].detach()) == 0
     expected = model.item_text.projection(model.item_text.vectors[20]).detach()
     assert torch.allclose(table[20], expected, atol=1e-6)
     assert table[20].norm() > 0
-    # Trained items keep (and moved) their id rows; inputs see the same vectors as the scores.
+    # Trained items moved their id rows; inputs see the same vectors as the scores.
     assert torch.count_nonzero(model.item_embedding.weight[2].detach()) > 0
     ids = torch.tensor([2, 20])
     assert torch.allclose(model.embed_items(ids).detach(), table[ids], atol=1e-6)
+    # An objective that names an untrained item (distillation towards a teacher who knows it) still moves it.
+    logits = model.position_item_logits(inputs, targets > 0)
+    teacher = torch.zeros_like(logits)
+    teacher[:, 19] = 5.0  # column 19 = item 20
+    kd = torch.nn.functional.kl_div(
+        torch.log_softmax(logits, -1), torch.log_softmax(teacher, -1), log_target=True, reduction="batchmean"
+    )
+    optimiser.zero_grad()
+    kd.backward()
+    optimiser.step()
+    assert torch.count_nonzero(model.item_embedding.weight[20].detach()) > 0
 
 
 @pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "bce"])
@@ -153,12 +165,12 @@ def test_many_ids_gather_from_the_projected_table_with_the_same_values_and_gradi
     assert torch.allclose(fast_grad, rows.projection.weight.grad, atol=1e-5)
 
 
-def test_keep_id_rows_checks_its_input() -> None:
+def test_set_trained_items_checks_its_input() -> None:
     plain = build_model_from_config({"name": "sasrec", "hidden_size": 16}, NUM_ITEMS, 8)
     with pytest.raises(ValueError, match="needs the text part"):
-        plain.keep_id_rows(torch.tensor([1, 2]))
+        plain.set_trained_items(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"item ids must be in \[1, 30\]"):
-        _model("sasrec").keep_id_rows(torch.tensor([0, 31]))
+        _model("sasrec").set_trained_items(torch.tensor([0, 31]))
 
 
 def test_vectors_are_not_in_the_state_and_a_loaded_model_scores_the_same() -> None:

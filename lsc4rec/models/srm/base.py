@@ -124,31 +124,33 @@ class SequentialRecommender(nn.Module, abc.ABC):
         """Item vectors ``[..., d]`` of ``ids [...]``: the id rows, plus the text part when attached."""
         vectors = self.item_embedding(ids)
         if self.item_text is not None:
-            vectors = self.item_text.add_to(ids, vectors)
+            vectors = vectors + self.item_text(ids)
         return vectors
 
     def item_table(self) -> Tensor:
         """Every item's vector, ``[num_items + 1, d]`` (row 0 = padding): what full-catalogue scores use."""
         if self.item_text is None:
             return self.item_embedding.weight
-        return self.item_text.add_to_table(self.item_embedding.weight)
+        return self.item_embedding.weight + self.item_text.table()
 
-    def keep_id_rows(self, items: Tensor) -> int:
-        """With the text part attached: only ``items`` (those the training data holds) use their id row.
+    def set_trained_items(self, items: Tensor) -> int:
+        """With the text part attached and before training: ``items`` are those the training data holds.
 
-        Every other item (a new item no training sequence holds) scores by its text alone, its id row zero,
-        and the training losses leave it out of the softmax (:meth:`unseen_items`); see
-        :meth:`ItemTextRows.keep_id_rows`. Returns how many items that is.
+        Every other item (a new item no training sequence holds) is left out of the training losses' softmax
+        (:meth:`unseen_items`) and its id row starts at zero, so it scores by its text alone unless an
+        objective that names it (distillation) moves it; see :meth:`ItemTextRows.set_trained_items`.
+        Returns how many items are not trained.
         """
         if self.item_text is None:
-            raise ValueError("keep_id_rows needs the text part (model.item_text=projected)")
-        unused = self.item_text.keep_id_rows(items)
+            raise ValueError("set_trained_items needs the text part (model.item_text=projected)")
+        untrained = self.item_text.set_trained_items(items)
         with torch.no_grad():
-            self.item_embedding.weight.mul_(self.item_text.id_row_used)
-        return unused
+            self.item_embedding.weight[~self.item_text.trained] = 0.0
+        return untrained
 
     def unseen_items(self) -> Tensor | None:
-        """``[num_items + 1]`` True for items no training sequence holds (:meth:`keep_id_rows`), else None.
+        """``[num_items + 1]`` True for items no training sequence holds (:meth:`set_trained_items`); None
+        when every item is trained.
 
         The training losses never use such an item as a negative: it is never a target, so every step would
         push it (through the text projection too) below the items the device has seen.

@@ -11,10 +11,11 @@ representation (:mod:`lsc4rec.models.llm.item_text_part`) put on the device, so:
   and are not in the state dict (a non-persistent buffer); the device receives them once per catalogue
   version;
 * only ``P`` (``D × d`` numbers) is added to the model's parameters;
-* items the training data never holds (new items; :meth:`ItemTextRows.keep_id_rows`) score by their text
-  alone: their id rows stay zero and the training losses leave them out of the softmax, since as never-target
-  negatives they would be pushed below every other item, through their id rows and through ``P`` alike
-  (:func:`lsc4rec.models.srm.losses.full_softmax_loss`).
+* items the training data never holds (new items; :meth:`ItemTextRows.set_trained_items`) are left out of
+  the training losses' softmax: as never-target negatives every step would push them below every other item,
+  through their id rows and through ``P`` alike (:func:`lsc4rec.models.srm.losses.full_softmax_loss`). Their
+  id rows start at zero and only an objective that names them (distillation from the cloud) moves them, so
+  without one they score by their text alone.
 
 At the start the id rows of items with text are zero and ``P`` spans the text vectors' top principal
 directions, scaled to the model's own initialisation range, so every item begins as its text.
@@ -58,39 +59,31 @@ class ItemTextRows(nn.Module):
                 self.projection.weight.copy_(principal_projection(self.vectors[1:], int(hidden_size), scale))
         else:
             nn.init.zeros_(self.projection.weight)
-        # Which id rows an item vector uses ([num_items + 1, 1], 1 = used); every row until keep_id_rows.
-        self.register_buffer("id_row_used", torch.ones(self.vectors.shape[0], 1), persistent=False)
+        # Items the training data holds ([num_items + 1]); every item until set_trained_items.
+        self.register_buffer("trained", torch.ones(self.vectors.shape[0], dtype=torch.bool), persistent=False)
         self._cached: tuple[tuple, Tensor] | None = None
 
-    def keep_id_rows(self, items: Tensor) -> int:
-        """Only ``items`` (ids the training data holds) use their id row; every other item is its text part.
+    def set_trained_items(self, items: Tensor) -> int:
+        """Mark ``items`` (ids the training data holds) as trained; the others are left out of the training
+        losses' softmax. Returns how many items are not trained.
 
-        Returns how many items now score by text alone. Not part of the state dict: whoever trains the model
-        knows its training data and sets it (a model loaded elsewhere uses every row).
+        Not part of the state dict: whoever trains the model knows its training data and sets it (a model
+        loaded elsewhere treats every item as trained).
         """
         items = torch.as_tensor(items, dtype=torch.long).flatten()
         if items.numel() and (int(items.min()) < 1 or int(items.max()) >= self.num_rows):
             raise ValueError(
                 f"item ids must be in [1, {self.num_rows - 1}], got {int(items.min())}..{int(items.max())}"
             )
-        used = torch.zeros_like(self.id_row_used)
-        used[items.to(used.device)] = 1.0
-        self.id_row_used.copy_(used)
-        return int((used[1:] == 0).sum())
+        trained = torch.zeros_like(self.trained)
+        trained[items.to(trained.device)] = True
+        trained[0] = True  # padding is no item
+        self.trained.copy_(trained)
+        return int((~trained).sum())
 
     def unseen(self) -> Tensor | None:
         """``[num_items + 1]`` True for the items no training sequence holds (None: every item is trained)."""
-        unused = self.id_row_used[:, 0] == 0
-        unused[0] = False
-        return unused if bool(unused.any()) else None
-
-    def add_to(self, ids: Tensor, id_rows: Tensor) -> Tensor:
-        """Item vectors of ``ids [...]`` from their id rows ``[..., d]``: used id rows plus the text part."""
-        return id_rows * self.id_row_used[ids] + self(ids)
-
-    def add_to_table(self, id_table: Tensor) -> Tensor:
-        """Every item's vector from the whole id table ``[num_items + 1, d]`` (as :meth:`add_to`)."""
-        return id_table * self.id_row_used + self.table()
+        return None if bool(self.trained.all()) else ~self.trained
 
     @property
     def text_dim(self) -> int:
