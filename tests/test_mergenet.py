@@ -310,6 +310,7 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
             "mergenet.rank=4",
             "mergenet.attention_dim=16",
             "mergenet.llm_finetune_epochs=1",
+            "mergenet.text_codes=[8,4]",
             # A sparse device: the SRM knows 60% of the users, the LLM all of them (stale).
             "mergenet.device_users=0.6",
         ],
@@ -321,7 +322,7 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     assert result["llm_item_init"] == "text"
     variants = {
         "srm", "text_srm", "llm_rows_srm", "mergenet", "mergenet_kd", "kd", "list_kd", "text_part",
-        "text_part_kd", "text_part_list_kd",
+        "text_part_kd", "text_part_list_kd", "text_part_codes",
     }
     assert set(result["cloud_to_device"]) == variants
     assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}
@@ -340,6 +341,9 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     assert metrics["status"] == "completed" and metrics["runs"]["mergenet"]["transfer"]["transfers"] > 0
     # The KD-trained adapter transferred too (its signal, the target's gradient, carries the KL term).
     assert metrics["runs"]["mergenet_kd"]["transfer"]["transfers"] > 0
+    # The compact carrier: 8 + 4 float16 centroids of the text vectors and 2 bytes per item, fewer bytes.
+    carrier = metrics["runs"]["text_part_codes"]["carrier"]
+    assert carrier["sizes"] == [8, 4] and carrier["bytes"] < carrier["bytes_float16_matrix"]
     assert metrics["runs"]["text_srm"]["text_init"]["items_from_text"] == 30
     assert (tmp_path / "run" / "mergenet.png").stat().st_size > 1000
 
