@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 APP_DIR = Path(__file__).resolve().parents[2]
 
 
+class FlowerRunFailed(RuntimeError):
+    """The Flower run did not complete (failed, timed out, or wrote no results)."""
+
+
 def launch(run: FederatedRunSettings, overrides: list[str], out: Path) -> dict:
     """Run the federated job in the configured runtime; return the final summary or raise on failure."""
     # The nodes compose the same config from these overrides (one source of truth: conf/).
@@ -46,19 +50,23 @@ def launch(run: FederatedRunSettings, overrides: list[str], out: Path) -> dict:
         return run_federated(grid, run, out)
     if not (APP_DIR / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{APP_DIR}/pyproject.toml not found: run from a source checkout of lsc4rec")
+    run_timeout = run.federated.launch_timeout
     run = flwr_run(
         APP_DIR,
         {"overrides": " ".join(pinned), "output-dir": str(out.parent)},
         run.federated.num_supernodes,
-        timeout=run.federated.launch_timeout,
+        timeout=run_timeout,
         ray_address=run.federated.ray_address,
     )
     metrics_path = out / "metrics.json"
     if not run.ok:
         sys.stderr.write(run.log[-6000:])
-        raise RuntimeError(f"flwr run {run.run_id} ended with status {run.status!r} (log above)")
+        hint = ""
+        if str(run.status).startswith("timed out"):
+            hint = f" (federated.launch_timeout={run_timeout:g} s: raise it for a longer run)"
+        raise FlowerRunFailed(f"flwr run {run.run_id} ended with status {run.status!r} (log above){hint}")
     if not metrics_path.is_file():
-        raise RuntimeError(f"flwr run {run.run_id} completed but wrote no {metrics_path}")
+        raise FlowerRunFailed(f"flwr run {run.run_id} completed but wrote no {metrics_path}")
     return json.loads(metrics_path.read_text())["final"]
 
 
@@ -78,7 +86,12 @@ def main(cfg: DictConfig) -> None:
         overrides = [*overrides, *fallback]
         pinned = [*overrides, f"run_name={run.run_name}"]
         run = federated_settings(compose_config(pinned, config_name="federated_run"), defaults)
-    summary = launch(run, overrides, out)
+    try:
+        summary = launch(run, overrides, out)
+    except FlowerRunFailed as error:
+        # The Flower log above holds the cause; the command ends on one line saying what failed.
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(1)
     emit_result(summary)
 
 
