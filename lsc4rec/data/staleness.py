@@ -30,13 +30,14 @@ interactions fewer. The stale prompts stay those of the validation and test mome
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from lsc4rec.data.replay import Replay
 from lsc4rec.data.split import LeaveOneOutSplit
 
-__all__ = ["CloudView", "cloud_view", "held_by_cloud", "keep_held"]
+__all__ = ["CloudView", "cloud_view", "cloud_view_for", "held_by_cloud", "keep_held"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,23 @@ def cloud_view(
         stale_valid_prompts=stale_valid,
         stale_test_prompts=stale_test,
         held=held,
+    )
+
+
+class CloudHolding(Protocol):
+    """What the cloud holds (the ``collab`` settings' part that :func:`cloud_view_for` reads)."""
+
+    cloud_lag: int
+    cloud_users: float
+    cloud_validation_users: int
+
+
+def cloud_view_for(
+    split: LeaveOneOutSplit, collab: CloudHolding, seed: int, replay: Replay | None = None
+) -> CloudView:
+    """:func:`cloud_view` as a run's ``collab.cloud_*`` settings describe it."""
+    return cloud_view(
+        split, collab.cloud_lag, replay, collab.cloud_users, seed, collab.cloud_validation_users
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.replay import Replay
-from lsc4rec.data.staleness import cloud_view, keep_held
+from lsc4rec.data.staleness import cloud_view_for, keep_held
 from lsc4rec.models.llm.candidates import CandidateSource
 from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.pretrained import build_llm
@@ -82,14 +82,7 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
     llm_cfg = run.llm
     replay = run.federated.replay
-    view = cloud_view(
-        split,
-        run.collab.cloud_lag,
-        replay,
-        run.collab.cloud_users,
-        run.seed,
-        run.collab.cloud_validation_users,
-    )
+    view = cloud_view_for(split, run.collab, run.seed, replay)
     saved = out / "llm"
     resuming = run.federated.resume and saved.is_dir() and not llm_cfg.path
     # A resumed run serves the LLM it trained before the interruption instead of training another one.

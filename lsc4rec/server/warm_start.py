@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches
-from lsc4rec.data.staleness import cloud_view
+from lsc4rec.data.staleness import cloud_view_for
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.checkpoint import check_weights
 from lsc4rec.settings import FederatedRunSettings
@@ -34,15 +34,7 @@ def warm_start_on_cloud(
     Returns what happened: epochs run, best epoch, the cloud-validation NDCG@10 and seconds.
     """
     epochs = run.federated.warm_start_epochs
-    collab = run.collab
-    view = cloud_view(
-        split,
-        collab.cloud_lag,
-        run.federated.replay,
-        collab.cloud_users,
-        run.seed,
-        collab.cloud_validation_users,
-    )
+    view = cloud_view_for(split, run.collab, run.seed, run.federated.replay)
     if not view.valid_targets:
         raise ValueError(
             f"federated.warm_start_epochs={epochs}: the cloud's stale view (collab.cloud_lag="

@@ -55,7 +55,7 @@ from lsc4rec.client.collab.training import train_on_llm_candidates
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.slices import evaluation_slices
-from lsc4rec.data.staleness import cloud_view
+from lsc4rec.data.staleness import cloud_view_for
 from lsc4rec.metrics import full_ranking_ranks, list_ranks, metrics_from_ranks
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
@@ -406,13 +406,7 @@ def train_models(
     :mod:`lsc4rec.simulations.pretrained_cloud`). ``item_vectors``: the items' text vectors, for an SRM with
     a text part (``model.item_text``)."""
     report: dict = {}
-    view = cloud_view(
-        split,
-        run.collab.cloud_lag,
-        users=run.collab.cloud_users,
-        seed=run.seed,
-        validation_users=run.collab.cloud_validation_users,
-    )
+    view = cloud_view_for(split, run.collab, run.seed)
     llm = cloud
     if llm is None:
         llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
@@ -490,13 +484,7 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
     vectors = run_item_vectors(run.model, split, run.text, run.data.name, run.collab.content_weight)
     llm, srm, report = train_models(run, split, out, cloud, vectors)
     unit_text = unit_vectors(vectors) if vectors is not None else None
-    view = cloud_view(
-        split,
-        run.collab.cloud_lag,
-        users=run.collab.cloud_users,
-        seed=run.seed,
-        validation_users=run.collab.cloud_validation_users,
-    )
+    view = cloud_view_for(split, run.collab, run.seed)
     ks = run.eval.ks
 
     valid = build_moment(
