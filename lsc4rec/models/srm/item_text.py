@@ -97,9 +97,10 @@ class ItemTextRows(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """The text part ``[..., d]`` of the items ``ids [...]`` (zero for padding and items without text)."""
-        if ids.numel() >= self.num_rows:
+        if not _tracing() and ids.numel() >= self.num_rows:
             # More ids than items (candidate lists at every position): project the catalogue once and gather,
-            # instead of projecting a D-wide vector per occurrence.
+            # instead of projecting a D-wide vector per occurrence. Not while a graph is traced (ONNX export):
+            # the branch would fix the graph to one side of a size that must stay dynamic.
             return self.table()[ids]
         return self.projection(self.vectors[ids])
 
@@ -107,11 +108,17 @@ class ItemTextRows(nn.Module):
         """The text part of every row, ``[num_items + 1, d]``.
 
         Without gradients (evaluation, serving) it is computed once and reused until ``P`` or the vectors
-        change (an optimiser step, a loaded state, a move to another device).
+        change (an optimiser step, a loaded state, a move to another device); never while a graph is being
+        traced (ONNX export), whose tensors have no storage to identify.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or _tracing():
             return self.projection(self.vectors)
         key = (version_key(self.projection.weight), version_key(self.vectors))
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, self.projection(self.vectors))
         return self._cached[1]
+
+
+def _tracing() -> bool:
+    """Whether a graph is being traced (torch.export / ONNX export, torch.compile)."""
+    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting())
