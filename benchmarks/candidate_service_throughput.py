@@ -153,7 +153,7 @@ def _serve_in_child(
 def _serve(args: argparse.Namespace, split: LeaveOneOutSplit, token: str, user_store: bool) -> Any:
     """Start the candidate service for the benchmark's source (and, with ``user_store``, the users' test
     histories); return the running service."""
-    from lsc4rec.server.candidate_service import serve
+    from lsc4rec.serving import serve
 
     return serve(
         build_source(args, split),

@@ -9,7 +9,7 @@ Writes into ``--out``:
 - ``superlink.crt`` / ``superlink.key``: the SuperLink's TLS certificate, signed by the CA, for
   ``flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile superlink.crt --ssl-keyfile superlink.key``;
 - ``candidate-service.crt`` / ``candidate-service.key``: the same for the gRPC candidate service
-  (:class:`lsc4rec.server.candidate_service.TLSConfig`);
+  (:class:`lsc4rec.serving.TLSConfig`);
 - ``supernodes/supernode-<i>`` / ``supernode-<i>.pub``: one EC P-384 key pair per SuperNode in OpenSSH
   format, which is what Flower 1.42 reads (``flower-supernode --auth-supernode-private-key`` loads the private
   key with ``load_ssh_private_key``; ``flwr supernode register`` loads the public key with

@@ -242,7 +242,7 @@ def supernode_crash(
 
 def checkpoint_round(path: Path) -> int:
     """The last complete round a run's checkpoint holds (0 when there is none yet)."""
-    from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
+    from lsc4rec.server.components.checkpoint_files import CheckpointError, load_checkpoint
 
     try:
         return int(load_checkpoint(path)["round"]) if path.is_file() else 0
@@ -255,7 +255,7 @@ def superlink_restart(workdir: Path, nodes: int, rounds: int, kill_in_round: int
     restarted, and the run resumed from its checkpoint: the final weights must be the same."""
     import numpy as np
 
-    from lsc4rec.server.checkpoint import load_checkpoint
+    from lsc4rec.server.components.checkpoint_files import load_checkpoint
 
     name = "superlink-restart"
     verdicts = Verdicts(name)
@@ -325,7 +325,7 @@ def _serve_popularity(port: int, token_file: Path) -> None:
     """The candidate-service process of the candidate-service drill: Beauty popularity, until killed."""
     from lsc4rec.data import leave_one_out, load_dataset
     from lsc4rec.models.popularity import PopularitySource
-    from lsc4rec.server.candidate_service import serve
+    from lsc4rec.serving import serve
 
     split = leave_one_out(load_dataset("beauty"))
     source = PopularitySource(split.train_sequences(), split.num_items, 50)
@@ -350,7 +350,7 @@ def candidate_service(workdir: Path, seconds: float, kill_at: float, down_for: f
     from lsc4rec.client.collab.candidate_client import CandidateServiceClient
     from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
     from lsc4rec.client.collab.serving import CollaborationSettings
-    from lsc4rec.client.streaming import serve_arrivals
+    from lsc4rec.client.collab.streaming import serve_arrivals
     from lsc4rec.data import leave_one_out, load_dataset
     from lsc4rec.models.srm import build_srm
 

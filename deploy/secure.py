@@ -196,8 +196,8 @@ def start_candidate_service(
     does (ONNX Runtime where the LLM allows it, micro-batching); return where it listens, and the service."""
     # Imported here: torch and transformers are needed only when a candidate service is asked for.
     from lsc4rec.models.llm.recommender import load_candidate_source
-    from lsc4rec.server.candidate_service import TLSConfig, serve
-    from lsc4rec.server.cloud import serving_source
+    from lsc4rec.server.components.cloud_llm import serving_source
+    from lsc4rec.serving import TLSConfig, serve
 
     token_file = args.candidate_token_file.expanduser().resolve()
     token = candidate_token(token_file)

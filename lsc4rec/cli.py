@@ -18,7 +18,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from lsc4rec.server.checkpoint import CheckpointError
+from lsc4rec.server.components.checkpoint_files import CheckpointError
 
 __all__ = ["USAGE_ERROR", "clean_failed_run", "exit_on_bad_input"]
 

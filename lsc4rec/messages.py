@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
-from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
+from lsc4rec.codebook import CodebookStatistics, SemanticCodebook
 from lsc4rec.text.compact import CompactItemVectors
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "SERVER_ROUND",
     "TRAIN_LOSS",
     "CandidateService",
+    "alpha_metric",
     "codebook_from_record",
     "codebook_record",
     "compact_item_text_record",
@@ -98,6 +99,12 @@ TRAIN_LOSS = "train_loss"
 PRIVACY_EXHAUSTED = "privacy-exhausted"
 EPSILON = "epsilon"
 DEVICES = "devices"
+
+
+def alpha_metric(alpha: float) -> str:
+    """The metric key of the fused lists' NDCG@10 over a round's arrivals at fusion weight ``alpha`` (node ->
+    server; the server chooses ``collab.alpha=auto`` from them)."""
+    return f"replay-alpha-{alpha:g}-NDCG@10"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lsc4rec.config import compose_config, overrides_from_run_config
 from lsc4rec.data.replay import Replay
 from lsc4rec.privacy import PrivacySettings
-from lsc4rec.training import TrainSettings
+from lsc4rec.training import EvalSettings, TrainSettings
 
 __all__ = [
     "CENTRALIZED_IGNORES",
@@ -84,19 +84,6 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """How rankings are evaluated (``conf/eval/default.yaml``)."""
-
-    ks: tuple[int, ...]
-    batch_size: int
-    exclude_history: bool
-    sampled_negatives: int
-    sampled_seed: int
-    full_ranking: bool
-    validation_users: int | None = None
-
-
-@dataclass(frozen=True)
 class FaultSettings:
     """Fault drills: comma-separated partition ids that crash, send a malformed update or answer late."""
 
@@ -135,6 +122,8 @@ class FederatedSettings:
     replay_interactions: int = 0
     #: Codebook level sizes of the compact item-text carrier (empty: the float16 matrix travels).
     item_text_codes: tuple[int, ...] = ()
+    #: Where each node saves its state every round for a resume (None: ``output_dir/run_name/node-state``).
+    node_state_dir: str | None = None
 
     @property
     def replay(self) -> Replay:
@@ -198,11 +187,37 @@ class StrategySettings:
     min_train_replies: int
     server_optimizer: ServerOptimizerSettings
     row_weighting: bool
+    #: Dotted path of a Flower ``Strategy`` that aggregates instead of lsc4rec's (None: lsc4rec's).
+    flower_class: str | None = None
+    #: Keyword arguments of ``flower_class`` (e.g. ``{fraction_train: 1.0, eta: 0.01}``).
+    flower_kwargs: Any = None
 
     def __post_init__(self) -> None:
         # Checked here too, not only by the strategy in the ServerApp: a bad value stops the run at once.
         if not 0.0 < self.fraction_train <= 1.0:
             raise SettingsError(f"strategy.fraction_train must be in (0, 1], got {self.fraction_train}")
+        kwargs = self.flower_kwargs
+        if isinstance(kwargs, DictConfig):
+            kwargs = OmegaConf.to_container(kwargs, resolve=True)
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise SettingsError(f"strategy.flower_kwargs must be a group of keys, got {kwargs!r}")
+        object.__setattr__(self, "flower_kwargs", dict(kwargs or {}))
+        if self.flower_class is None:
+            return
+        # A Flower strategy aggregates by itself: lsc4rec's aggregation keys would be ignored: refused.
+        own = {
+            "strategy.rule": (self.rule, "fedavg"),
+            "strategy.proximal_mu": (self.proximal_mu, 0.0),
+            "strategy.trim_fraction": (self.trim_fraction, 0.0),
+            "strategy.server_optimizer.name": (self.server_optimizer.name, "none"),
+            "strategy.row_weighting": (self.row_weighting, False),
+        }
+        for key, (value, neutral) in own.items():
+            if value != neutral:
+                raise SettingsError(
+                    f"{key}={value} has no effect with strategy.flower_class={self.flower_class} (the Flower "
+                    f"strategy aggregates): leave it at {neutral} or set it through strategy.flower_kwargs"
+                )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -29,14 +29,24 @@ from lsc4rec.metrics import (
 )
 from lsc4rec.models.solid.dual_model import SolidRecommender
 from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm, compute_loss
-from lsc4rec.models.srm.item_text import ITEM_TEXT_MODES
+from lsc4rec.models.srm.text_part import ITEM_TEXT_MODES
 from lsc4rec.text.item_vectors import item_text_vectors_from_config
 from lsc4rec.torch_device import model_device, resolve_device
 
-if TYPE_CHECKING:  # settings.py imports this module
-    from lsc4rec.settings import EvalSettings
-
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How rankings are evaluated (``conf/eval/default.yaml``)."""
+
+    ks: tuple[int, ...]
+    batch_size: int
+    exclude_history: bool
+    sampled_negatives: int
+    sampled_seed: int
+    full_ranking: bool
+    validation_users: int | None = None
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ def pattern_overrides(data: Path, *extra: str, system: str = "base") -> str:
 
 def run_inprocess(data: Path, out: Path, nodes: int, *extra: str, system: str = "base") -> dict:
     """A federated run on the in-process grid with ``nodes`` nodes; returns its summary."""
-    from lsc4rec.server.federated import run_federated
+    from lsc4rec.server.federated_run import run_federated
     from lsc4rec.settings import federated_settings_from_run_config
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 

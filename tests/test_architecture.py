@@ -25,7 +25,7 @@ SERVER_SIDE = ("lsc4rec.server", "lsc4rec.strategies", "lsc4rec.simulations")
 @pytest.mark.slow
 def test_the_client_app_imports_no_server_code() -> None:
     probe = (
-        "import sys, lsc4rec.client.app\n"
+        "import sys, lsc4rec.client.client_app\n"
         f"print(sorted(m for m in sys.modules if m.startswith({SERVER_SIDE!r})))"
     )
     loaded = subprocess.run(
@@ -37,7 +37,10 @@ def test_the_client_app_imports_no_server_code() -> None:
 @pytest.mark.slow
 def test_the_probe_would_see_server_code() -> None:
     # The import check above must be able to fail: importing the ServerApp does load server modules.
-    probe = f"import sys, lsc4rec.server.app\nprint(any(m.startswith({SERVER_SIDE!r}) for m in sys.modules))"
+    probe = (
+        "import sys, lsc4rec.server.server_app\n"
+        f"print(any(m.startswith({SERVER_SIDE!r}) for m in sys.modules))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
     )
@@ -169,3 +172,161 @@ def test_no_package_module_is_named_like_a_test() -> None:
         if path.name.endswith("_test.py") or path.name.startswith("test_")
     ]
     assert not named_like_tests
+
+
+# --- The import graph -------------------------------------------------------------------------------------
+
+#: The package's layers, lowest first: a module may import from its own layer and the layers below, never
+#: from a layer above (the ServerApp may use the device code's wire formats, never the other way round).
+LAYERS: tuple[frozenset[str], ...] = tuple(
+    frozenset(layer)
+    for layer in (
+        {
+            "lsc4rec",
+            "lsc4rec.logs",
+            "lsc4rec.torch_device",
+            "lsc4rec.proto",
+            "lsc4rec.metrics",
+            "lsc4rec.config",
+            "lsc4rec.reporting",
+            "lsc4rec.codebook",
+            "lsc4rec.pretrained_weights",
+        },
+        {"lsc4rec.data"},
+        {"lsc4rec.text"},
+        {"lsc4rec.models"},
+        {"lsc4rec.training", "lsc4rec.privacy"},
+        {"lsc4rec.settings"},
+        {"lsc4rec.messages"},
+        {"lsc4rec.strategies", "lsc4rec.serving"},
+        {"lsc4rec.client"},
+        {"lsc4rec.server"},
+        {"lsc4rec.cli"},
+        {"lsc4rec.simulations"},
+    )
+)
+
+
+def _module_names(package: Path) -> dict[str, Path]:
+    names = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, anywhere in the file (inside functions and
+    ``TYPE_CHECKING`` blocks too: a circle through a deferred import is still a circle)."""
+    modules = _module_names(package)
+    root = package.name
+
+    def known(name: str) -> str:
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                raise AssertionError(f"{path}: relative import (write the absolute module path)")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(root):
+                targets.update(known(f"{node.module}.{alias.name}") for alias in node.names)
+            elif isinstance(node, ast.Import):
+                targets.update(known(a.name) for a in node.names if a.name.startswith(root))
+        targets.discard(name)
+        graph[name] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while (top := stack.pop()) != node:
+                component.append(top)
+            component.append(node)
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _folder_graph(graph: dict[str, set[str]], package: Path) -> dict[str, set[str]]:
+    """The same graph between folders (a module at the package's top level stands for itself)."""
+    modules = _module_names(package)
+
+    def folder(name: str) -> str:
+        path = modules[name]
+        return name if path.parent == package else ".".join(path.parent.relative_to(package.parent).parts)
+
+    folders: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        own = folder(name)
+        folders.setdefault(own, set()).update(folder(t) for t in targets if folder(t) != own)
+    return folders
+
+
+def _layer(name: str) -> int:
+    for depth in range(name.count(".") + 1, 0, -1):
+        prefix = ".".join(name.split(".")[:depth])
+        for number, layer in enumerate(LAYERS):
+            if prefix in layer:
+                return number
+    raise AssertionError(f"{name} is in no layer of tests/test_architecture.py::LAYERS: add it")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import from a lower layer into a higher one."""
+    return [
+        f"{name} -> {target}"
+        for name, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if _layer(target) > _layer(name)
+    ]
+
+
+def test_the_import_graph_has_no_circles_and_no_upward_imports() -> None:
+    graph = import_graph(PACKAGE)
+    assert _cycles(graph) == [], "modules importing each other (directly or around a circle)"
+    assert _cycles(_folder_graph(graph, PACKAGE)) == [], "folders importing each other"
+    assert upward_imports(graph) == []
+
+
+def test_the_import_checks_catch_a_circle_and_an_upward_import(tmp_path: Path) -> None:
+    package = tmp_path / "lsc4rec"
+    (package / "client").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "client" / "__init__.py").write_text("")
+    (package / "data.py").write_text("def f():\n    from lsc4rec.client.node import g\n")
+    (package / "client" / "node.py").write_text("from lsc4rec.data import f\n")
+    graph = import_graph(package)
+    assert _cycles(graph) == [["lsc4rec.client.node", "lsc4rec.data"]]
+    assert upward_imports(graph) == ["lsc4rec.data -> lsc4rec.client.node"]
+
+
+def test_module_names_do_not_repeat_across_folders() -> None:
+    seen: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "__init__.py" and "proto" not in path.parts:
+            seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

@@ -19,7 +19,7 @@ from lsc4rec.client.collab.candidate_client import CandidateServiceClient, Candi
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
-from lsc4rec.server.candidate_service import RunningService, TLSConfig, serve
+from lsc4rec.serving import RunningService, TLSConfig, serve
 
 NUM_ITEMS = 50
 MAX_HISTORY = 10
@@ -193,7 +193,7 @@ def test_bad_batch_shapes_are_invalid_argument(caplog: pytest.LogCaptureFixture)
     with (
         serve(PopularitySource(), max_batch=2) as running,
         grpc.insecure_channel(running.target) as channel,
-        caplog.at_level(logging.WARNING, logger="lsc4rec.server.candidate_service"),
+        caplog.at_level(logging.WARNING, logger="lsc4rec.serving"),
     ):
         stub = pb_grpc.CandidateServiceStub(channel)
         with pytest.raises(grpc.RpcError) as empty:
@@ -223,7 +223,7 @@ def test_source_failure_is_internal() -> None:
 
 # ---------------------------------------------------------------------- auth
 def test_token_auth(service: RunningService, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="lsc4rec.server.candidate_service"):
+    with caplog.at_level(logging.WARNING, logger="lsc4rec.serving"):
         with (
             CandidateServiceClient(service.target) as anonymous,
             pytest.raises(CandidateServiceError) as missing,

@@ -21,7 +21,7 @@ SCRIPT = """
 import json, resource, signal, sys
 from pathlib import Path
 import torch
-from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lsc4rec.server.components.checkpoint_files import CheckpointError, load_checkpoint, save_checkpoint
 
 path = Path(sys.argv[1])
 limit = int(sys.argv[2])

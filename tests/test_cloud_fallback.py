@@ -15,9 +15,9 @@ from test_replay import _OracleCloud, _toy_round, _ttt
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceError
 from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
 from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
-from lsc4rec.client.streaming import serve_arrivals
+from lsc4rec.client.collab.streaming import serve_arrivals
 from lsc4rec.models.llm.candidates import CandidateList
-from lsc4rec.server.candidate_service import serve
+from lsc4rec.serving import serve
 from lsc4rec.simulations.launch.flower import free_port
 
 

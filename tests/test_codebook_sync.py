@@ -21,10 +21,10 @@ from lsc4rec.messages import (
     statistics_record,
 )
 from lsc4rec.models.solid import SemanticCodebook
-from lsc4rec.server.federated import run_federated
+from lsc4rec.server.components.global_codebook import CodebookSync
+from lsc4rec.server.federated_run import run_federated
 from lsc4rec.settings import federated_settings_from_run_config
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
-from lsc4rec.strategies.codebook import CodebookSync
 
 
 def codebook(seed: int = 0) -> SemanticCodebook:

@@ -17,8 +17,8 @@ from conftest import pattern_overrides, run_inprocess, self_signed_certificate, 
 from lsc4rec.client.collab.request_model import FEATURE_NAMES, LearnedRequestModel
 from lsc4rec.config import config_from_run_config
 from lsc4rec.models.srm import ITEM_TABLE_KEY
-from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
-from lsc4rec.server.federated import run_federated
+from lsc4rec.server.components.checkpoint_files import CheckpointError, load_checkpoint
+from lsc4rec.server.federated_run import run_federated
 from lsc4rec.settings import federated_settings_from_run_config
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
@@ -311,8 +311,8 @@ def test_candidate_service_addresses_and_tls_settings(tmp_path: Path) -> None:
     from flwr.app import Context, RecordDict
     from omegaconf import OmegaConf
 
-    from lsc4rec.client.collab.on_node import candidate_root_certificates
-    from lsc4rec.server.cloud import public_address, service_tls
+    from lsc4rec.client.collaboration import candidate_root_certificates
+    from lsc4rec.server.components.cloud_llm import public_address, service_tls
 
     assert public_address(None, "0.0.0.0:50051") == "0.0.0.0:50051"
     assert public_address("cloud.lan", "0.0.0.0:50051") == "cloud.lan:50051"

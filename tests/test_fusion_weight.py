@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lsc4rec.client.streaming import alpha_metric
-from lsc4rec.server.fusion_weight import START, FusionWeight
+from lsc4rec.messages import alpha_metric
+from lsc4rec.server.components.fusion_weight import START, FusionWeight
 
 
 def _round(values: dict[float, float]) -> dict[str, float]:

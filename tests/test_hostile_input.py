@@ -303,7 +303,7 @@ def test_hostile_run_config_values(overrides: list[str], refused: str) -> None:
 def _checkpoint(tmp_path: Path) -> tuple[Path, dict]:
     import torch
 
-    from lsc4rec.server.checkpoint import FORMAT_VERSION, save_checkpoint
+    from lsc4rec.server.components.checkpoint_files import FORMAT_VERSION, save_checkpoint
 
     weights = {"w": torch.zeros(3, 2)}
     payload = {"format_version": FORMAT_VERSION, "arrays": weights, "best_arrays": weights}
@@ -345,7 +345,7 @@ def _spoil_checkpoint(how: str, path: Path) -> dict | None:
     ],
 )
 def test_hostile_checkpoint(tmp_path: Path, how: str, refused: str) -> None:
-    from lsc4rec.server.checkpoint import CheckpointError, load_checkpoint
+    from lsc4rec.server.components.checkpoint_files import CheckpointError, load_checkpoint
 
     path, weights = _checkpoint(tmp_path)
     reference = _spoil_checkpoint(how, path) or weights
@@ -505,7 +505,7 @@ def test_hostile_grpc_requests_each_get_a_status_and_the_service_keeps_serving()
     from test_candidate_service import PopularitySource, expected
 
     from lsc4rec.client.collab.candidate_client import CandidateServiceClient
-    from lsc4rec.server.candidate_service import serve
+    from lsc4rec.serving import serve
 
     assert len(GRPC_CASES) >= 14
     with (

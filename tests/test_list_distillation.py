@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsc4rec.client.collab.training import train_on_llm_candidates
+from lsc4rec.client.collab.rerank_training import train_on_llm_candidates
 from lsc4rec.models.srm import SASRec, list_distillation_loss
 from lsc4rec.training import TrainSettings
 

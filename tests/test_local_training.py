@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsc4rec.client.app import round_settings
+from lsc4rec.client.client_app import round_settings
 from lsc4rec.client.local_training import load_optimizer_arrays, optimizer_state_arrays, train_on_shard
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.models.srm import build_srm

@@ -12,8 +12,8 @@ from conftest import pattern_overrides, write_pattern_dataset
 from flwr.app import ArrayRecord
 
 from lsc4rec.data import leave_one_out, load_dataset
-from lsc4rec.server.extensions import LoopExtension, LoopState, PrivacyAccounting, ProgressFile
-from lsc4rec.server.federated import round_plan
+from lsc4rec.server.components import LoopExtension, LoopState, PrivacyAccounting, ProgressFile
+from lsc4rec.server.federated_run import round_plan
 from lsc4rec.server.loop import run_rounds
 from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.settings import federated_settings_from_run_config
@@ -30,6 +30,9 @@ class Recorder(LoopExtension):
         self.calls: list[str] = []
         self.zero_round = zero_round
         self.snapshots = 0
+
+    def restore(self, state: LoopState) -> None:
+        self.calls.append("restore")
 
     def start(self, state: LoopState) -> None:
         self.calls.append(f"start@{state.next_round}")
@@ -65,6 +68,9 @@ class Recorder(LoopExtension):
     def round_end(self, server_round, state, extensions) -> None:
         self.calls.append(f"round_end@{server_round}:{len(state.history)}")
 
+    def commit(self, server_round, state, extensions) -> None:
+        self.calls.append(f"commit@{server_round}")
+
 
 @pytest.fixture()
 def loop_parts(tmp_path: Path):
@@ -88,6 +94,7 @@ def test_hooks_run_in_order_and_rows_carry_the_extension_section(loop_parts) -> 
     recorder = Recorder()
     state = run_rounds(*loop_parts(), [recorder])
     assert recorder.calls == [
+        "restore",
         "start@1",
         "outgoing@1",
         "attach-train:2",
@@ -95,6 +102,7 @@ def test_hooks_run_in_order_and_rows_carry_the_extension_section(loop_parts) -> 
         "attach-evaluate:2",
         "after_evaluate:2",
         "round_end@1:1",
+        "commit@1",
         "outgoing@2",
         "attach-train:2",
         "after_train:2:True",
@@ -102,8 +110,9 @@ def test_hooks_run_in_order_and_rows_carry_the_extension_section(loop_parts) -> 
         "after_evaluate:2",
         "before_server_eval",  # the server evaluates every 2nd round only
         "round_end@2:2",
+        "commit@2",
     ]
-    assert [row["recorder"]["calls"] for row in state.history] == [6, 13]
+    assert [row["recorder"]["calls"] for row in state.history] == [7, 15]
     assert "server_valid" not in state.history[0] and "server_valid" in state.history[1]
     assert state.best.round == 2 and state.best.snapshots == {"recorder": 1}
 
@@ -157,7 +166,7 @@ class Counter(LoopExtension):
 
 def test_checkpoints_restore_the_loop_and_every_extension(tmp_path: Path) -> None:
     from lsc4rec.models.srm import build_srm
-    from lsc4rec.server.extensions import Best, Checkpoints
+    from lsc4rec.server.components import Best, Checkpoints
     from lsc4rec.strategies import SRMStrategy
 
     model = build_srm("sasrec", 20, hidden_size=8, max_len=5)
@@ -168,11 +177,11 @@ def test_checkpoints_restore_the_loop_and_every_extension(tmp_path: Path) -> Non
     counter.round_end(1, state, [])
     state.history.append({"round": 1, "train": {}})
     state.best = Best(1, 0.25, state.best.arrays, {"counter": counter.snapshot()})
-    saver.round_end(1, state, [saver, counter])
+    saver.commit(1, state, [saver, counter])
 
     resumed_counter = Counter()
     resumed = LoopState.initial(build_srm("sasrec", 20, hidden_size=8, max_len=5))
-    Checkpoints(path, SRMStrategy(seed=3), model.state_dict(), resume=True).start(resumed)
+    Checkpoints(path, SRMStrategy(seed=3), model.state_dict(), resume=True).restore(resumed)
     resumed_counter.start(resumed)
     assert resumed.next_round == 2 and resumed.history == [{"round": 1, "train": {}}]
     assert resumed.best.round == 1 and resumed.best.snapshots == {"counter": "after 1 rounds"}
@@ -181,5 +190,23 @@ def test_checkpoints_restore_the_loop_and_every_extension(tmp_path: Path) -> Non
     assert all(torch.equal(saved[k], restored[k]) for k in saved)
     # Without resume the checkpoint is left alone and the loop starts at round 1.
     fresh = LoopState.initial(model)
-    Checkpoints(path, strategy, model.state_dict(), save=False).start(fresh)
+    Checkpoints(path, strategy, model.state_dict(), save=False).restore(fresh)
     assert fresh.next_round == 1 and fresh.restored is None
+
+
+def test_a_checkpoint_holds_what_every_extension_recorded_of_its_round(loop_parts, tmp_path: Path) -> None:
+    # The checkpoint stands first among the extensions, the counter records its round after it: the saved
+    # state must still hold the counter's last round (saving in round_end, in list order, lost it).
+    from lsc4rec.server.components import Checkpoints
+    from lsc4rec.server.components.checkpoint_files import load_checkpoint
+
+    grid, strategy, model, valid, plan = loop_parts()
+    path = tmp_path / "ordered" / "checkpoint.pt"
+    path.parent.mkdir()
+    counter = Counter()
+    state = run_rounds(
+        grid, strategy, model, valid, plan, [Checkpoints(path, strategy, model.state_dict()), counter]
+    )
+    saved = load_checkpoint(path)
+    assert counter.rounds == len(state.history) == 2
+    assert saved["extensions"]["counter"] == {"rounds": 2} and saved["round"] == 2

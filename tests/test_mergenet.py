@@ -349,7 +349,7 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
 
 
 def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path: Path) -> None:
-    from lsc4rec.server.federated import run_federated
+    from lsc4rec.server.federated_run import run_federated
     from lsc4rec.settings import federated_settings_from_run_config
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 

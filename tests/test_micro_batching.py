@@ -16,8 +16,7 @@ from test_candidate_service import TOKEN, PopularitySource, assert_same, expecte
 
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceError
 from lsc4rec.models.llm.candidates import CandidateList
-from lsc4rec.server.candidate_service import serve
-from lsc4rec.server.micro_batching import MicroBatcher, QueueFull
+from lsc4rec.serving import MicroBatcher, QueueFull, serve
 
 
 class CountingSource(PopularitySource):

@@ -107,7 +107,7 @@ def test_corrupt_and_mismatched_files_are_refused_with_the_reason(tmp_path: Path
 def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: Path) -> None:
     from conftest import write_pattern_dataset
 
-    from lsc4rec.server.federated import run_federated
+    from lsc4rec.server.federated_run import run_federated
     from lsc4rec.settings import federated_settings_from_run_config
     from lsc4rec.simulations.launch.inprocess import InProcessGrid
 

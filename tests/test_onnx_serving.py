@@ -10,8 +10,8 @@ import torch
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient
 from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.recommender import CloudLLM
-from lsc4rec.server.candidate_service import serve
-from lsc4rec.server.cloud import serving_source
+from lsc4rec.server.components.cloud_llm import serving_source
+from lsc4rec.serving import serve
 from lsc4rec.settings import SettingsError
 
 NUM_ITEMS = 60

@@ -21,7 +21,7 @@ from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
-from lsc4rec.server.candidate_service import RunningService, serve
+from lsc4rec.serving import RunningService, serve
 
 NUM_ITEMS = 30
 MAX_LEN = 8

@@ -35,7 +35,7 @@ from lsc4rec.models.srm.losses import draw_negatives, full_softmax_loss, per_seq
 from lsc4rec.privacy import SECURE_MODE_UNAVAILABLE, PrivacySettings
 from lsc4rec.simulations.privacy_sweep import SweepSettings, random_ndcg, settings_of
 from lsc4rec.strategies import SRMStrategy
-from lsc4rec.strategies.privacy import CentralDP, central_epsilon, central_noise_for_target
+from lsc4rec.strategies.central_dp import CentralDP, central_epsilon, central_noise_for_target
 from lsc4rec.training import TrainSettings
 
 NUM_ITEMS = 40

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lsc4rec.client.collab.serving import CollaborationSettings
-from lsc4rec.client.streaming import serve_arrivals
+from lsc4rec.client.collab.streaming import serve_arrivals
 from lsc4rec.data.readers import RawDataset
 from lsc4rec.data.replay import Replay
 from lsc4rec.data.split import LeaveOneOutSplit, leave_one_out

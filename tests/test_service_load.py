@@ -19,7 +19,7 @@ from test_candidate_service import MAX_HISTORY, NUM_ITEMS, TOKEN, PopularitySour
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.proto.service_metrics import MethodStats, MetricsSnapshot
-from lsc4rec.server.candidate_service import RunningService, serve
+from lsc4rec.serving import RunningService, serve
 
 # The benchmarks folder holds scripts, not a package: put it on the path the way running the script does.
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

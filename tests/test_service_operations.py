@@ -17,7 +17,7 @@ from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.proto import candidate_service_pb2 as pb
 from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
 from lsc4rec.proto.service_metrics import LATENCY_BOUNDS, MethodStats, MetricsSnapshot, ServiceMetrics
-from lsc4rec.server.candidate_service import SERVICE_NAME, serve
+from lsc4rec.serving import SERVICE_NAME, serve
 
 
 class RecordingSource(PopularitySource):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import write_pattern_dataset, write_pattern_text
 
+from lsc4rec.codebook import CodebookStatistics
 from lsc4rec.config import compose_config
 from lsc4rec.data.item_text import ItemText
 from lsc4rec.models.solid import (
@@ -19,7 +20,6 @@ from lsc4rec.models.solid import (
     semantic_sequences,
     semantic_token_table,
 )
-from lsc4rec.models.solid.codebook import CodebookStatistics
 from lsc4rec.models.solid.item_features import attribute_features, combine_features, text_vector_features
 from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.simulations.solid import run_solid
@@ -435,9 +435,9 @@ def test_cloud_llm_speaks_semantic_ids_and_learns(tmp_path: Path) -> None:
     import random
 
     from lsc4rec.data import leave_one_out, load_dataset
+    from lsc4rec.models.llm.llm_training import LLMTrainSettings, evaluate_llm, fit_llm
     from lsc4rec.models.llm.pretrained import build_llm
     from lsc4rec.models.llm.recommender import CloudLLM
-    from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
     from lsc4rec.models.solid.pipeline import llm_semantic_ids
 
     data = write_pattern_dataset(tmp_path / "s.txt", num_users=200, num_items=30)

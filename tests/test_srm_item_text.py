@@ -150,7 +150,7 @@ def test_training_losses_never_use_unseen_items_as_negatives(loss: str, select_p
 
 
 def test_many_ids_gather_from_the_projected_table_with_the_same_values_and_gradients() -> None:
-    from lsc4rec.models.srm.item_text import ItemTextRows
+    from lsc4rec.models.srm.text_part import ItemTextRows
 
     rows = ItemTextRows(_vectors(), 16)
     ids = torch.randint(0, NUM_ITEMS + 1, (4, 5, 6), generator=torch.Generator().manual_seed(0))

@@ -13,9 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lsc4rec.config import config_dir
 from lsc4rec.data import ItemText, pad_left
+from lsc4rec.models.llm.llm_training import LLMTrainSettings, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
-from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
 
 NUM_ITEMS = 30
 

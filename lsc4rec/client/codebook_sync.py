@@ -13,9 +13,9 @@ import torch
 from flwr.app import Context, Message
 
 from lsc4rec.client.shard import DeviceShard, cached_raw, cached_split
+from lsc4rec.codebook import CodebookStatistics
 from lsc4rec.messages import CODEBOOK, CODEBOOK_VERSION, CONFIG, codebook_from_record
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
-from lsc4rec.models.solid.codebook import CodebookStatistics
 from lsc4rec.models.solid.pipeline import item_representations, semantic_ids
 from lsc4rec.settings import FederatedRunSettings
 

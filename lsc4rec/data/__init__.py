@@ -5,6 +5,15 @@ ids are 0..num_users-1; histories given to models are LongTensors ``[B, L]`` lef
 """
 
 from lsc4rec.data.batching import EvalBatch, EvalBatches, TrainBatches, pad_left
+from lsc4rec.data.dataset_registry import (
+    EMBEDDED_DATASETS,
+    MOVIELENS_NAMES,
+    EmbeddedDataset,
+    embedded_attributes_path,
+    embedded_path,
+    embedded_text_path,
+    load_dataset,
+)
 from lsc4rec.data.errors import DataFileNotFoundError, DataFormatError
 from lsc4rec.data.item_text import ItemText, item_text_from_titles, read_item_text
 from lsc4rec.data.readers import (
@@ -17,15 +26,6 @@ from lsc4rec.data.readers import (
     read_movielens,
     read_pair_file,
     read_sequence_file,
-)
-from lsc4rec.data.registry import (
-    EMBEDDED_DATASETS,
-    MOVIELENS_NAMES,
-    EmbeddedDataset,
-    embedded_attributes_path,
-    embedded_path,
-    embedded_text_path,
-    load_dataset,
 )
 from lsc4rec.data.split import MIN_EVAL_LENGTH, IdMap, LeaveOneOutSplit, leave_one_out
 

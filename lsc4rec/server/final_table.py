@@ -17,9 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from lsc4rec.messages import PHASE, PHASE_TEST
-from lsc4rec.server.extensions.base import LoopExtension
-from lsc4rec.strategies import SRMStrategy
-from lsc4rec.strategies.privacy import CentralDP
+from lsc4rec.server.components.loop_hooks import LoopExtension
+from lsc4rec.strategies.loop_strategy import LoopStrategy
 
 __all__ = ["FINAL_TABLE_ROWS", "final_table", "test_on_devices"]
 
@@ -39,7 +38,7 @@ FINAL_TABLE_ROWS: tuple[tuple[str, str, str | None], ...] = (
 
 def test_on_devices(
     grid: Grid,
-    strategy: SRMStrategy | CentralDP,
+    strategy: LoopStrategy,
     arrays: ArrayRecord,
     extensions: Sequence[LoopExtension],
     rounds: int,

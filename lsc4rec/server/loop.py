@@ -1,10 +1,11 @@
 """The federated round loop: send, aggregate, evaluate, keep the best; optional parts plug in as extensions.
 
 Runs on any Flower ``Grid`` (simulation, real SuperNodes, the in-process grid of the tests). Each round
-samples nodes and sends the global SRM (:class:`~lsc4rec.strategies.SRMStrategy` decides who and how to
-aggregate), lets the nodes evaluate it on their devices, ranks every user's validation item with it on the
+samples nodes and sends the global SRM (the strategy decides who and how to aggregate: lsc4rec's
+:class:`~lsc4rec.strategies.SRMStrategy` or any Flower strategy, :mod:`lsc4rec.strategies.loop_strategy`),
+lets the nodes evaluate it on their devices, ranks every user's validation item with it on the
 server (full ranking) and keeps the best round. Everything else (cloud LLM, SOLID codebook sync, MergeNet,
-privacy accounting, checkpoints) is a :class:`~lsc4rec.server.extensions.LoopExtension`.
+privacy accounting, checkpoints) is a :class:`~lsc4rec.server.components.LoopExtension`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from flwr.serverapp import Grid
 
 from lsc4rec.messages import TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.server.extensions.base import Best, LoopExtension, LoopState, state_dict_of
-from lsc4rec.strategies import SRMStrategy
-from lsc4rec.strategies.privacy import CentralDP
+from lsc4rec.server.components.checkpoint_files import restore_rng_states
+from lsc4rec.server.components.loop_hooks import Best, LoopExtension, LoopState, state_dict_of
+from lsc4rec.strategies.loop_strategy import LoopStrategy
 from lsc4rec.training import EvalSet, evaluate
 
 __all__ = ["SELECTION_METRIC", "RoundPlan", "run_rounds"]
@@ -51,7 +52,7 @@ class RoundPlan:
 
 def run_rounds(
     grid: Grid,
-    strategy: SRMStrategy | CentralDP,
+    strategy: LoopStrategy,
     model: SequentialRecommender,
     valid_set: EvalSet,
     plan: RoundPlan,
@@ -60,7 +61,13 @@ def run_rounds(
     """Run rounds ``state.next_round..plan.rounds``; return the final state (``model``: scratch to rank)."""
     state = LoopState.initial(model)
     for extension in extensions:
+        extension.restore(state)
+    for extension in extensions:
         extension.start(state)
+    if state.restored is not None:
+        # Last: starting an extension may seed torch (building an adapter); the resumed run continues from the
+        # interrupted one's generators.
+        restore_rng_states(state.restored["rng"])
     for server_round in range(state.next_round, plan.rounds + 1):
         round_start = time.perf_counter()
         arrays = state.arrays
@@ -104,6 +111,8 @@ def run_rounds(
         log_round(row, plan.rounds, [note for e in extensions if (note := e.progress(row))])
         for extension in extensions:
             extension.round_end(server_round, state, extensions)
+        for extension in extensions:
+            extension.commit(server_round, state, extensions)
     return state
 
 

@@ -1,4 +1,5 @@
-"""The SRM strategy a federated run's settings describe: aggregation rule, server optimizer, central DP."""
+"""The strategy a federated run's settings describe: lsc4rec's SRM strategy (aggregation rule, server
+optimizer, central DP) or any Flower strategy (``strategy.flower_class``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy
-from lsc4rec.strategies.privacy import CentralDP, central_noise_for_target
+from lsc4rec.strategies.central_dp import CentralDP, central_noise_for_target
+from lsc4rec.strategies.stock import StockStrategy
 
 __all__ = ["build_strategy", "check_privacy_settings", "wrap_central_dp"]
 
@@ -20,6 +22,11 @@ def check_privacy_settings(run: FederatedRunSettings) -> None:
         raise ValueError(f"privacy.mode={mode}: strategy.row_weighting sends per-item counts in clear")
     if str(run.model.name) == "solid":
         raise ValueError(f"privacy.mode={mode}: SOLID's codebook statistics are not privatised")
+    if run.strategy.flower_class is not None:
+        raise ValueError(
+            f"privacy.mode={mode} with strategy.flower_class: DP is wired around lsc4rec's own strategy only "
+            "(central DP's noise assumes equal node weights); unset strategy.flower_class"
+        )
     if mode == "central" and run.strategy.rule != "fedavg":
         raise ValueError(
             f"privacy.mode=central calibrates its noise to a mean: strategy.rule must be fedavg, "
@@ -46,12 +53,17 @@ def wrap_central_dp(run: FederatedRunSettings, inner: SRMStrategy, population: i
     )
 
 
-def build_strategy(run: FederatedRunSettings, population: int = 0) -> SRMStrategy | CentralDP:
-    """The SRM strategy of ``run.strategy`` and ``run.federated`` (wrapped for central DP).
+def build_strategy(
+    run: FederatedRunSettings, population: int = 0
+) -> SRMStrategy | CentralDP | StockStrategy:
+    """The SRM strategy of ``run.strategy`` and ``run.federated`` (wrapped for central DP), or the Flower
+    strategy ``strategy.flower_class`` adapted to the loop.
 
     ``population``: devices in the federation (central DP's default δ is 1 / population).
     """
     check_privacy_settings(run)
+    if run.strategy.flower_class is not None:
+        return StockStrategy.from_settings(run.strategy.flower_class, run.strategy.flower_kwargs)
     central = run.privacy.mode == "central"
     strategy, federated = run.strategy, run.federated
     optimizer = strategy.server_optimizer

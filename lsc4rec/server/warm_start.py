@@ -19,7 +19,7 @@ import torch
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches
 from lsc4rec.data.staleness import cloud_view_for
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.server.checkpoint import check_weights
+from lsc4rec.server.components.checkpoint_files import check_weights
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import EvalSet, fit
 

@@ -26,7 +26,7 @@ from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import compose_config, config_dir
 from lsc4rec.data import load_dataset
 from lsc4rec.reporting import emit_result
-from lsc4rec.server.federated import run_federated
+from lsc4rec.server.federated_run import run_federated
 from lsc4rec.settings import FederatedRunSettings, federated_settings, group_selections
 from lsc4rec.simulations.launch.flower import flwr_run
 from lsc4rec.simulations.launch.inprocess import InProcessGrid

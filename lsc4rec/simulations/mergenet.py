@@ -50,9 +50,9 @@ from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.staleness import cloud_view
+from lsc4rec.models.llm.llm_training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
-from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.mergenet import (
     Distillation,
     ListDistillation,

@@ -40,7 +40,7 @@ from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import held_by_cloud
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
-from lsc4rec.server.federated import run_federated
+from lsc4rec.server.federated_run import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings, federated_settings_from_overrides, typed_section
 from lsc4rec.simulations.federated import launch

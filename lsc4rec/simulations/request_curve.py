@@ -51,15 +51,15 @@ from lsc4rec.client.collab.inference import (
 )
 from lsc4rec.client.collab.request_model import LearnedRequestModel, request_features
 from lsc4rec.client.collab.request_policy import RequestPolicy, top_share
-from lsc4rec.client.collab.training import train_on_llm_candidates
+from lsc4rec.client.collab.rerank_training import train_on_llm_candidates
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import cloud_view_for
 from lsc4rec.metrics import full_ranking_ranks, list_ranks, metrics_from_ranks
+from lsc4rec.models.llm.llm_training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
-from lsc4rec.models.llm.training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, refuse_unread_keys, typed_run

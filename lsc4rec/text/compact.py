@@ -3,7 +3,7 @@
 Shipping every item's text vector costs ``num_items × D`` numbers per device (9.3 MB for Beauty in float16).
 SOLID's idea carries the same knowledge in far fewer bytes: a residual codebook of the vectors (``levels``
 levels of ``K_l`` centroids, fitted by residual k-means:
-:class:`lsc4rec.models.solid.codebook.SemanticCodebook`) and, per item, its semantic id (one code per
+:class:`lsc4rec.codebook.SemanticCodebook`) and, per item, its semantic id (one code per
 level); an item's vector is the sum of its codes' centroids. A device receives the codebook (``Σ K_l × D``
 numbers, float16) and the ids (one byte per level while ``K_l ≤ 256``), and rebuilds the vectors itself.
 :meth:`CompactItemVectors.report` gives the bytes against the full matrix in float32 and float16 and how much
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lsc4rec.models.solid.codebook import SemanticCodebook
+from lsc4rec.codebook import SemanticCodebook
 
 __all__ = ["CompactItemVectors"]
 

@@ -23,6 +23,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lsc4rec.pretrained_weights import load_base_model, load_base_tokenizer
+
 __all__ = [
     "ENCODERS",
     "CausalLMTextEncoder",
@@ -180,9 +182,6 @@ def minilm_folder() -> Path:
 
 
 def _smollm2_encoder() -> CausalLMTextEncoder:
-    # Imported here: the LLM module pulls in the cloud recommender, which a device never needs.
-    from lsc4rec.models.llm.pretrained import load_base_model, load_base_tokenizer
-
     return CausalLMTextEncoder(load_base_model("smollm2"), load_base_tokenizer("smollm2"), _SMOLLM2_NAME)
 
 

@@ -6,6 +6,9 @@
 - :mod:`~lsc4rec.client.collab.request_policy` / :mod:`~lsc4rec.client.collab.request_model`: when a device
   asks for a fresh list (consistency scores, the learned request model).
 - :mod:`~lsc4rec.client.collab.serving`: serve a node's devices (stale list, requests within a budget, rank).
-- :mod:`~lsc4rec.client.collab.training`: SRM training on the LLM's lists (collaborative training).
-- :mod:`~lsc4rec.client.collab.on_node`: the collaborative evaluation a ClientApp runs on its devices.
+- :mod:`~lsc4rec.client.collab.rerank_training`: SRM training on the LLM's lists (collaborative training).
+- :mod:`~lsc4rec.client.collab.streaming`: serve the interactions that arrive during a round (replay).
+
+The ClientApp's handler that runs this on a node's devices is :mod:`lsc4rec.client.collaboration`; this
+package imports nothing from the rest of ``lsc4rec.client``.
 """

@@ -1,8 +1,8 @@
 """LSC4Rec collaborative training on a device node: the SRM learns to rerank the lists the cloud sends.
 
-The federated form of :mod:`lsc4rec.client.collab.training`: instead of calling the LLM, the node asks the
-candidate service for the LLM's top-k next items after every prefix of each device's history as the cloud
-holds it (``PositionCandidatesForUsers``: the cloud's stale copy, so nothing new leaves the device), and
+The federated form of :mod:`lsc4rec.client.collab.rerank_training`: instead of calling the LLM, the node
+asks the candidate service for the LLM's top-k next items after every prefix of each device's history as the
+cloud holds it (``PositionCandidatesForUsers``: the cloud's stale copy, so nothing new leaves the device), and
 trains the SRM to put the item that really came next (the device knows it) above those hard candidates and
 above random ones. The node then adapts on its fresh data with the standard objective (the round's local
 epochs).

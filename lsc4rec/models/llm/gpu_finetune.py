@@ -18,9 +18,10 @@ lsc4rec/models/llm/gpu_finetune.py``), so it runs on an accelerator machine wher
 
 The payload may be split over several folders (one per device call, each under the call's size limit):
 pass them all; the parts are merged and checked complete. Training mirrors
-:func:`lsc4rec.models.llm.training.fit_llm` (next-item cross-entropy over every position of each sequence's
-last ``max_len + 1`` items, AdamW, linear warm-up, gradient clipping, embedding dropout, model selection on
-the cloud's own validation NDCG@10, full ranking with history items excluded) with bf16 autocast on CUDA,
+:func:`lsc4rec.models.llm.llm_training.fit_llm` (next-item cross-entropy over every position of each
+sequence's last ``max_len + 1`` items, AdamW, linear warm-up, gradient clipping, embedding dropout, model
+selection on the cloud's own validation NDCG@10, full ranking with history items excluded) with bf16 autocast
+on CUDA,
 and stops by wall clock. One or more configurations share the time; the one best on validation writes the
 lists: top-``K`` items and their log-probabilities (softmax over the items) for every scored history, its
 own items excluded, as ``lists_<i>.npz`` chunks plus ``lists.json``, and ``log.json`` (epochs, validation
@@ -318,7 +319,7 @@ def score_histories(
     """Top-``k`` items and log-probabilities per history (its last ``max_len`` items excluded), best first.
 
     With ``targets``, also NDCG@10 / HR@10 / Recall@k of the full ranking (history excluded; a target in the
-    history is a miss), the protocol of :func:`lsc4rec.models.llm.training.evaluate_llm`.
+    history is a miss), the protocol of :func:`lsc4rec.models.llm.llm_training.evaluate_llm`.
     """
     model.eval()
     n = model.num_items

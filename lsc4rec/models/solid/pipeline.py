@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsc4rec.codebook import SemanticCodebook
 from lsc4rec.data import LeaveOneOutSplit, RawDataset
 from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS
 from lsc4rec.data.slices import item_counts
-from lsc4rec.models.solid.codebook import SemanticCodebook
 from lsc4rec.models.solid.item_features import (
     attribute_features,
     combine_features,

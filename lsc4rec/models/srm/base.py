@@ -20,7 +20,7 @@ import abc
 import torch
 from torch import Tensor, nn
 
-from lsc4rec.models.srm.item_text import ItemTextRows
+from lsc4rec.models.srm.text_part import ItemTextRows
 
 __all__ = ["ITEM_TABLE_KEY", "SequentialRecommender", "padding_rotations", "validate_common_args"]
 
@@ -87,7 +87,7 @@ class SequentialRecommender(nn.Module, abc.ABC):
         self.hidden_size = int(hidden_size)
         # Row 0 is the padding item: it stays zero and receives no gradient.
         self.item_embedding = nn.Embedding(self.num_items + 1, self.hidden_size, padding_idx=0)
-        # The optional text part of every item vector (attach_item_text; lsc4rec/models/srm/item_text.py).
+        # The optional text part of every item vector (attach_item_text; lsc4rec/models/srm/text_part.py).
         self.item_text: ItemTextRows | None = None
 
     # ------------------------------------------------------------------ item vectors

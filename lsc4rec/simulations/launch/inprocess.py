@@ -17,7 +17,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from lsc4rec.client.app import app
+from lsc4rec.client.client_app import app
 
 logger = logging.getLogger(__name__)
 

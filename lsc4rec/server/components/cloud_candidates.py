@@ -8,9 +8,9 @@ from typing import Any
 from flwr.app import ArrayRecord, Message
 
 from lsc4rec.messages import CONFIG, FUSION_ALPHA, CandidateService
-from lsc4rec.server.cloud import Cloud
-from lsc4rec.server.extensions.base import LoopExtension, LoopState
-from lsc4rec.server.fusion_weight import FusionWeight
+from lsc4rec.server.components.cloud_llm import Cloud
+from lsc4rec.server.components.fusion_weight import FusionWeight
+from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState
 
 __all__ = ["CloudCandidates"]
 

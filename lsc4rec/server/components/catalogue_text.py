@@ -10,6 +10,7 @@ The round's row counts the bytes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from flwr.app import Message
 
+from lsc4rec.data import LeaveOneOutSplit
 from lsc4rec.messages import (
     CONFIG,
     ITEM_TEXT,
@@ -28,10 +30,14 @@ from lsc4rec.messages import (
     item_text_version,
     replying_node,
 )
-from lsc4rec.server.extensions.base import LoopExtension, LoopState
+from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState
+from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.text.compact import CompactItemVectors
+from lsc4rec.training import run_item_vectors
 
-__all__ = ["CatalogueText", "CatalogueVectors"]
+__all__ = ["CatalogueText", "CatalogueVectors", "catalogue_vectors"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,3 +125,20 @@ class CatalogueText(LoopExtension):
             "record_bytes": self.record.count_bytes(),
             "bytes_sent": sum(int(r.get(self.name, {}).get("item-text-bytes-sent", 0)) for r in history),
         }
+
+
+def catalogue_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> CatalogueVectors | None:
+    """The catalogue's text vectors the devices need (the SRM's text part, the content term) as they travel:
+    the float16 matrix, or the compact carrier (``federated.item_text_codes``), with the values every side
+    reads (the server's model included); None when nothing reads them."""
+    content = run.collab.content_weight if run.collab.enabled else 0.0
+    vectors = run_item_vectors(run.model, split, run.text, run.data.name, content)
+    if vectors is None:
+        return None
+    sizes = run.federated.item_text_codes
+    if not sizes:
+        return CatalogueVectors(vectors.to(torch.float16).float(), None)
+    compact = CompactItemVectors.from_vectors(vectors, sizes, seed=run.seed)
+    report = compact.report(vectors)
+    logger.info("item text travels as codes: %s", report)
+    return CatalogueVectors(compact.vectors(), compact, report)

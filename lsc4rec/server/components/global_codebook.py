@@ -21,6 +21,7 @@ from typing import Any
 
 from flwr.app import Message
 
+from lsc4rec.codebook import CodebookStatistics, SemanticCodebook
 from lsc4rec.messages import (
     CODEBOOK,
     CODEBOOK_STATS,
@@ -32,7 +33,6 @@ from lsc4rec.messages import (
     replying_node,
     statistics_from_record,
 )
-from lsc4rec.models.solid.codebook import CodebookStatistics, SemanticCodebook
 
 __all__ = ["CodebookSync"]
 

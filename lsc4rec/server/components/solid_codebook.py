@@ -3,7 +3,7 @@
 Train messages carry the codebook to nodes without its current version; train replies carry per-code
 statistics the sync turns into the next version; evaluate replies acknowledge the version a node holds. Before
 the server ranks, the global model's items are labelled with the codebook (the best round's own version for
-the best weights). The protocol itself is :class:`lsc4rec.strategies.codebook.CodebookSync`.
+the best weights). The protocol itself is :class:`lsc4rec.server.components.global_codebook.CodebookSync`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from lsc4rec.messages import CODEBOOK_VERSION
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.pipeline import build_codebook, item_representations, semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.server.extensions.base import LoopExtension, LoopState
-from lsc4rec.strategies.codebook import CodebookSync
+from lsc4rec.server.components.global_codebook import CodebookSync
+from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState
 
 __all__ = ["SolidOnServer"]
 

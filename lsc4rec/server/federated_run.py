@@ -1,15 +1,14 @@
 """A federated run in the ServerApp: build the parts the config asks for, run the rounds, report.
 
 :func:`run_federated` loads the data, builds the global SRM and the strategy, switches on the loop's
-extensions (checkpoints always; the cloud LLM with ``collab.enabled``; SOLID's codebook for ``model=solid``;
-MergeNet with ``mergenet.every_rounds``; privacy accounting with ``privacy.mode``), runs
-:func:`lsc4rec.server.loop.run_rounds`, and evaluates the best round (server validation NDCG@10) and the last
-round on the test items.
+components (:mod:`lsc4rec.server.components.registry`: checkpoints always; the cloud LLM with
+``collab.enabled``; SOLID's codebook for ``model=solid``; MergeNet with ``mergenet.every_rounds``; privacy
+accounting with ``privacy.mode``), runs :func:`lsc4rec.server.loop.run_rounds`, and evaluates the best
+round (server validation NDCG@10) and the last round on the test items.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -26,30 +25,21 @@ from lsc4rec.data.partition import federation_size
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
-from lsc4rec.server.cloud import start_cloud
-from lsc4rec.server.extensions import (
-    CatalogueText,
-    Checkpoints,
-    CloudCandidates,
+from lsc4rec.server.components import (
     LoopExtension,
     LoopState,
-    MergeNetOnServer,
-    PrivacyAccounting,
-    ProgressFile,
     SolidOnServer,
 )
-from lsc4rec.server.extensions.base import state_dict_of
-from lsc4rec.server.extensions.item_text import CatalogueVectors
+from lsc4rec.server.components.catalogue_text import catalogue_vectors
+from lsc4rec.server.components.loop_hooks import state_dict_of
+from lsc4rec.server.components.registry import BuildContext, build_extensions, check_components
 from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
-from lsc4rec.server.fusion_weight import FusionWeight
 from lsc4rec.server.loop import RoundPlan, run_rounds
 from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
-from lsc4rec.strategies import SRMStrategy
-from lsc4rec.strategies.privacy import CentralDP
-from lsc4rec.text.compact import CompactItemVectors
-from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate, run_item_vectors
+from lsc4rec.strategies.loop_strategy import LoopStrategy
+from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
 
@@ -68,26 +58,10 @@ def round_plan(run: FederatedRunSettings) -> RoundPlan:
     )
 
 
-def catalogue_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> CatalogueVectors | None:
-    """The catalogue's text vectors the devices need (the SRM's text part, the content term) as they travel:
-    the float16 matrix, or the compact carrier (``federated.item_text_codes``), with the values every side
-    reads (the server's model included); None when nothing reads them."""
-    content = run.collab.content_weight if run.collab.enabled else 0.0
-    vectors = run_item_vectors(run.model, split, run.text, run.data.name, content)
-    if vectors is None:
-        return None
-    sizes = run.federated.item_text_codes
-    if not sizes:
-        return CatalogueVectors(vectors.to(torch.float16).float(), None)
-    compact = CompactItemVectors.from_vectors(vectors, sizes, seed=run.seed)
-    report = compact.report(vectors)
-    logger.info("item text travels as codes: %s", report)
-    return CatalogueVectors(compact.vectors(), compact, report)
-
-
 def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:
     """Run (or resume) the federated training of ``run``; write outputs to ``out``; return a summary."""
     wall_start = time.perf_counter()
+    check_components(run)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
     if run.privacy.seeded_noise:
@@ -100,10 +74,6 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     vectors = None if catalogue is None else catalogue.vectors
     model_vectors = vectors if str(run.model.get("item_text", "none")) != "none" else None
     model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
-    if run.mergenet.every_rounds > 0 and not run.collab.enabled:
-        raise ValueError(
-            "mergenet.every_rounds > 0 transfers from the cloud LLM: it needs collab.enabled=true"
-        )
     resume = run.federated.resume
     if run.federated.initial_weights and not resume:
         load_initial_weights(model, Path(run.federated.initial_weights))
@@ -127,29 +97,12 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         warm["test"] = evaluate(model, test_set, run.eval.ks, full_ranking=run.eval.full_ranking)[protocol]
     strategy = build_strategy(run, population=_federation_size(run, split))
     strategy.summary()
-    checkpoints = Checkpoints(
-        out / "checkpoint.pt", strategy, model.state_dict(), save=run.federated.checkpoint, resume=resume
-    )
-    extensions: list[LoopExtension] = [checkpoints]
-    if catalogue is not None:
-        extensions.append(CatalogueText(catalogue.vectors, catalogue.compact, catalogue.report))
-    if solid is not None:
-        extensions.append(solid)
+    context = BuildContext(run, split, model, strategy, out, catalogue, solid)
+    extensions = build_extensions(context)
     try:
-        if run.collab.enabled:
-            cloud = start_cloud(run, split, out)
-            fusion = FusionWeight(run.collab.alpha, run.collab.alpha_grid)
-            extensions.append(CloudCandidates(cloud, run.collab.srm_training == "collaborative", fusion))
-            if run.mergenet.every_rounds > 0:
-                # The adapter works on its own copy of the global model; the evaluation model stays untouched.
-                extensions.insert(
-                    1, MergeNetOnServer(run.mergenet, copy.deepcopy(model), cloud.llm, run.seed)
-                )
-        extensions.append(ProgressFile(out / "metrics.json", run.record))
-        if run.privacy.mode != "none":
-            extensions.append(PrivacyAccounting(run.privacy.mode, run.privacy.clipping_norm))
         plan = round_plan(run)
         initial = _initial_valid(model, valid_set, run, extensions) if not resume else None
+        warm, initial = _start_report(out / START_REPORT, warm, initial, resume)
         state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
         devices = (
             test_on_devices(grid, strategy, state.arrays, extensions, plan.rounds, plan.round_timeout)
@@ -173,6 +126,24 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     finally:
         for extension in extensions:
             extension.close()
+
+
+#: What round 1 started from (the warm start's report, the server's validation of that model), kept beside
+#: the checkpoint so a resumed run reports it as the uninterrupted one does.
+START_REPORT = "start.json"
+
+
+def _start_report(
+    path: Path, warm: dict | None, initial: dict | None, resume: bool
+) -> tuple[dict | None, dict | None]:
+    """A fresh run writes its start report; a resumed one reads the interrupted run's (when there is one)."""
+    if resume:
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return saved.get("warm_start"), saved.get("round_0_valid")
+        return warm, initial
+    write_json(path, {"warm_start": warm, "round_0_valid": initial})
+    return warm, initial
 
 
 def _initial_valid(
@@ -200,7 +171,7 @@ def final_report(
     split: LeaveOneOutSplit,
     model: SequentialRecommender,
     test_set: EvalSet,
-    strategy: SRMStrategy | CentralDP,
+    strategy: LoopStrategy,
     state: LoopState,
     extensions: Sequence[LoopExtension],
     wall_start: float,

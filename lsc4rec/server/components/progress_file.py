@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lsc4rec.reporting import write_json
-from lsc4rec.server.extensions.base import LoopExtension, LoopState
+from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState
 
 __all__ = ["ProgressFile"]
 

@@ -14,7 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from lsc4rec.reporting import run_folder
-from lsc4rec.server.federated import run_and_report
+from lsc4rec.server.federated_run import run_and_report
 from lsc4rec.settings import federated_settings_from_run_config
 
 app = ServerApp()

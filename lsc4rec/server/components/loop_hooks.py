@@ -1,10 +1,17 @@
 """The one interface every optional part of the round loop implements, and the loop's state.
 
 Like Flower's strategy wrappers, an extension adds behaviour around the loop's fixed steps without the loop
-knowing what it does. Every hook has a do-nothing default, so an extension overrides only what it needs. Per
-round the loop calls, in order: :meth:`~LoopExtension.outgoing` (the global model to send), ``attach`` (train
-messages), ``after_train``, ``evaluate_config`` / ``attach`` / ``after_evaluate`` (when nodes evaluate),
-``before_server_eval`` (when the server evaluates), then :meth:`~LoopExtension.round_row` and ``round_end``.
+knowing what it does. Every hook has a do-nothing default, so an extension overrides only what it needs.
+
+Phases, each run over every extension before the next begins (so no extension depends on its place in the
+list for them): :meth:`~LoopExtension.restore` (a resumed run's checkpoint is read), ``start``, then per
+round :meth:`~LoopExtension.outgoing` (the global model to send), ``attach`` (train messages),
+``after_train``, ``evaluate_config`` / ``attach`` / ``after_evaluate`` (when nodes evaluate),
+``before_server_eval`` (when the server evaluates), :meth:`~LoopExtension.round_row`, ``round_end`` (every
+extension records its round) and last :meth:`~LoopExtension.commit` (the round's state is final: checkpoints
+save it). Within a phase the extensions run in the order of the registry
+(:mod:`lsc4rec.server.components.registry`); ``outgoing`` is the one hook where that order matters (each
+extension sees the model the previous one returned).
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ class LoopExtension:
 
     name: str = ""
 
+    def restore(self, state: LoopState) -> None:
+        """First of all hooks: fill ``state`` (and ``state.restored``) from a checkpoint when resuming."""
+
     def start(self, state: LoopState) -> None:
         """Before the first round (of this process): restore from ``state.restored`` when resuming."""
 
@@ -104,7 +114,10 @@ class LoopExtension:
         return ""
 
     def round_end(self, server_round: int, state: LoopState, extensions: Sequence[LoopExtension]) -> None:
-        """After the round's row is in ``state.history``."""
+        """After the round's row is in ``state.history``: record what the round taught this extension."""
+
+    def commit(self, server_round: int, state: LoopState, extensions: Sequence[LoopExtension]) -> None:
+        """After every extension's ``round_end``: the round's state is final (what a checkpoint saves)."""
 
     def state_dict(self) -> Any:
         """This extension's state for the checkpoint (None: stateless)."""

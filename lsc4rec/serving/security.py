@@ -20,7 +20,8 @@ import grpc.aio
 
 __all__ = ["HEALTH_METHOD_PREFIX", "TLSConfig", "TokenAuthInterceptor", "short_method"]
 
-logger = logging.getLogger("lsc4rec.server.candidate_service")
+# The whole service logs to one logger, so its refusals (here and in the handlers) read together.
+logger = logging.getLogger("lsc4rec.serving")
 
 #: Full method names of the standard health service start with this; they need no token.
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"

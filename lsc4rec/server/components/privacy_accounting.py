@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lsc4rec.server.extensions.base import LoopExtension
+from lsc4rec.server.components.loop_hooks import LoopExtension
 
 __all__ = ["PrivacyAccounting"]
 

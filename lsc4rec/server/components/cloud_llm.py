@@ -20,12 +20,12 @@ from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.replay import Replay
 from lsc4rec.data.staleness import cloud_view_for, keep_held
 from lsc4rec.models.llm.candidates import CandidateSource
+from lsc4rec.models.llm.llm_training import LLMTrainSettings, fit_llm
 from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
-from lsc4rec.models.llm.training import LLMTrainSettings, fit_llm
 from lsc4rec.models.solid.pipeline import llm_semantic_ids
-from lsc4rec.server.candidate_service import RunningService, TLSConfig, serve
+from lsc4rec.serving import RunningService, TLSConfig, serve
 from lsc4rec.settings import CollabSettings, FederatedRunSettings, SettingsError
 from lsc4rec.torch_device import resolve_device
 

@@ -33,16 +33,12 @@ from lsc4rec.client.collab.inference import (
 from lsc4rec.client.collab.request_model import request_features
 from lsc4rec.client.collab.serving import CollaborationSettings, budget_mask
 from lsc4rec.data import pad_left
+from lsc4rec.messages import alpha_metric
 from lsc4rec.metrics import RankingAccumulator, full_ranking_ranks, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["alpha_metric", "serve_arrivals"]
-
-
-def alpha_metric(alpha: float) -> str:
-    """The serving metric of the fused lists at fusion weight ``alpha`` (NDCG@10 over the arrivals)."""
-    return f"replay-alpha-{alpha:g}-NDCG@10"
+__all__ = ["serve_arrivals"]
 
 
 def _head(value: Any, rows: int) -> Any:

@@ -8,10 +8,13 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord
 
-from lsc4rec.server.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from lsc4rec.server.extensions.base import Best, LoopExtension, LoopState, state_dict_of
-from lsc4rec.strategies import SRMStrategy
-from lsc4rec.strategies.privacy import CentralDP
+from lsc4rec.server.components.checkpoint_files import (
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+)
+from lsc4rec.server.components.loop_hooks import Best, LoopExtension, LoopState, state_dict_of
+from lsc4rec.strategies.loop_strategy import LoopStrategy
 
 __all__ = ["Checkpoints"]
 
@@ -23,8 +26,10 @@ class Checkpoints(LoopExtension):
 
     A checkpoint holds the global and best weights, the history, the strategy's state (server optimizer,
     privacy ledger), every extension's :meth:`~LoopExtension.state_dict`, and the RNG states, so a resumed
-    run reaches the same final weights as an uninterrupted one. Put it first among the extensions: its
-    :meth:`start` fills ``state.restored`` for the others.
+    run reaches the same final weights as an uninterrupted one. It reads in the ``restore`` phase (before any
+    extension starts) and writes in the ``commit`` phase (after every extension recorded its round), so its
+    place among the extensions does not matter. The RNG states it saved are put back by the loop after every
+    extension has started (building one may seed torch).
     """
 
     name = "checkpoint"
@@ -32,7 +37,7 @@ class Checkpoints(LoopExtension):
     def __init__(
         self,
         path: Path,
-        strategy: SRMStrategy | CentralDP,
+        strategy: LoopStrategy,
         reference: dict,
         *,
         save: bool = True,
@@ -42,8 +47,8 @@ class Checkpoints(LoopExtension):
         self.path, self.strategy, self.reference = path, strategy, reference
         self.save, self.resume = save, resume
 
-    def start(self, state: LoopState) -> None:
-        """Resume: restore weights, best round, history, strategy and RNG states from the checkpoint."""
+    def restore(self, state: LoopState) -> None:
+        """Resume: restore weights, best round, history and strategy; keep the rest in ``state.restored``."""
         if not self.resume:
             return
         restored = load_checkpoint(self.path, reference=self.reference)
@@ -58,10 +63,9 @@ class Checkpoints(LoopExtension):
         state.next_round = int(restored["round"]) + 1
         state.restored = restored
         self.strategy.load_state_dict(restored["strategy"])
-        restore_rng_states(restored["rng"])
         logger.info("resuming %s after round %d", self.path.parent.name, restored["round"])
 
-    def round_end(self, server_round: int, state: LoopState, extensions: Sequence[LoopExtension]) -> None:
+    def commit(self, server_round: int, state: LoopState, extensions: Sequence[LoopExtension]) -> None:
         """Write this round's checkpoint (atomic: a crash while writing leaves the previous one valid)."""
         if not self.save:
             return

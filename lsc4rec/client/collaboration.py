@@ -16,9 +16,9 @@ from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
 from lsc4rec.client.collab.list_training import train_on_cloud_lists
 from lsc4rec.client.collab.request_model import LearnedRequestModel
 from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
+from lsc4rec.client.collab.streaming import serve_arrivals
 from lsc4rec.client.local_training import derive_seed
 from lsc4rec.client.shard import DeviceShard
-from lsc4rec.client.streaming import serve_arrivals
 from lsc4rec.messages import CandidateService
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.srm import SequentialRecommender

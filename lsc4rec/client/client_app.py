@@ -6,7 +6,8 @@ the round starts (after a pass over the cloud's lists with collaborative trainin
 weights and ``num-examples``. ``@app.evaluate()`` serves the interactions arriving during the round when time
 moves, else ranks every device's validation item (full ranking, or the sampled protocol where
 ``eval.full_ranking`` is off), fusing with the cloud's lists when the cloud is on; in the run's test phase it
-gives the devices' rows of the final table. Node state that must survive rounds lives in ``context.state``.
+gives the devices' rows of the final table. Node state that must survive rounds lives in ``context.state``
+(saved to the node's disk every round for a resume: :mod:`lsc4rec.client.node_state`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from lsc4rec.client.codebook_sync import device_statistics, item_features_of, prepare_device_model
-from lsc4rec.client.collab.on_node import (
+from lsc4rec.client.collaboration import (
     candidate_root_certificates,
     collaborate,
     collaborate_at_test,
@@ -39,6 +40,7 @@ from lsc4rec.client.node import (
     partition_of,
     shard_of,
 )
+from lsc4rec.client.node_state import node_state_mod
 from lsc4rec.client.onnx_runtime import OnnxRecommender
 from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
@@ -121,7 +123,7 @@ def train_privately(
     return result.metrics
 
 
-@app.train(mods=[central_dp_clipping_mod, fault_drill_mod])
+@app.train(mods=[node_state_mod, central_dp_clipping_mod, fault_drill_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the global SRM on this node's devices and reply with the update and ``num-examples``."""
     run = node_settings(context)
@@ -195,7 +197,7 @@ def _onnx_dir(context: Context) -> Path:
     return folder
 
 
-@app.evaluate()
+@app.evaluate(mods=[node_state_mod])
 def evaluate_on_devices(msg: Message, context: Context) -> Message:
     """The devices' side of a round, or of the run's final test (``phase``); reply with the metrics.
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.mergenet import MergeNetTransfer, resolve_slice
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.server.extensions.base import LoopExtension, LoopState
+from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState
 
 __all__ = ["MergeNetOnServer"]
 

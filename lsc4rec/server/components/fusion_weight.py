@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lsc4rec.client.streaming import alpha_metric
+from lsc4rec.messages import alpha_metric
 
 __all__ = ["START", "FusionWeight"]
 
