@@ -171,16 +171,57 @@ def ask_candidates(
     return info, reply
 
 
-def recommend(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole phone-side step: candidates from the cloud, SRM scores on the device, the final order."""
-    token = args.token_file.read_text().strip() if args.token_file.is_file() else ""
+#: What a bearer token may hold: visible ASCII, no spaces (it travels as HTTP/2 header metadata).
+_TOKEN_CHARACTERS = frozenset(chr(code) for code in range(0x21, 0x7F))
+
+
+def read_token(path: Path) -> str:
+    """The service token in ``path`` (surrounding whitespace dropped), or a clear error (exit 2) naming the
+    file: missing, unreadable, empty, or holding what no bearer token holds (a PEM certificate, spaces)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise PhoneClientError(f"--token-file {path} cannot be read as text: {error}", 2) from None
     if not token:
-        raise PhoneClientError(f"--token-file {args.token_file} is missing or empty", 2)
-    history = [int(item) for item in args.history.split(",") if item.strip()]
+        raise PhoneClientError(f"--token-file {path} is missing or empty", 2)
+    if token.startswith("-----BEGIN"):
+        raise PhoneClientError(
+            f"--token-file {path} holds a PEM block (a certificate or key?), not the service token: pass the "
+            "candidate-token file the deployment wrote (the CA certificate goes to --ca)",
+            2,
+        )
+    odd = sorted({c for c in token if c not in _TOKEN_CHARACTERS})
+    if odd:
+        raise PhoneClientError(
+            f"--token-file {path}: a bearer token is one line of visible ASCII; it holds {odd[:3]!r}", 2
+        )
+    return token
+
+
+def parse_history(text: str) -> list[int]:
+    """``--history`` as item ids (comma-separated, oldest first), or a clear error (exit 2) naming the
+    entry."""
+    history = []
+    for position, entry in enumerate(text.split(","), start=1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        if not entry.isdecimal() or not entry.isascii():
+            raise PhoneClientError(
+                f"--history entry {position} is {entry!r}: item ids are whole numbers, comma-separated", 2
+            )
+        history.append(int(entry))
     if not history:
         raise PhoneClientError(
             "--history is empty: give the user's item ids, oldest first, comma-separated", 2
         )
+    return history
+
+
+def recommend(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole phone-side step: candidates from the cloud, SRM scores on the device, the final order."""
+    token = read_token(args.token_file)
+    history = parse_history(args.history)
     scorer = CandidateScorer(args.model, threads=args.threads)
     bad = [item for item in history if not 1 <= item <= scorer.num_items]
     if bad:

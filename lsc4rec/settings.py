@@ -544,12 +544,40 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
                 "collab.srm_training=collaborative with privacy.mode=local: DP-SGD does not cover the pass "
                 "over the cloud's lists; use collab.srm_training=standard"
             )
-    if str(settings.model.get("item_text", "none")) != "none" and settings.privacy.mode == "local":
-        raise SettingsError(
-            "model.item_text with privacy.mode=local: the DP-SGD engines do not cover the text part's "
-            "projection yet; set model.item_text=none"
-        )
+    _check_privacy(settings)
     return settings
+
+
+def _check_privacy(run: FederatedRunSettings) -> None:
+    """Refuse, before any work, combinations that would release un-noised information about devices under
+    DP or that DP training cannot run (checked at the entry point, not on a node at training time)."""
+    mode = run.privacy.mode
+    if mode == "none":
+        return
+    refusals = {
+        "strategy.row_weighting sends per-item counts in clear": run.strategy.row_weighting,
+        "SOLID's codebook statistics are not privatised (model=solid)": str(run.model.name) == "solid",
+        "strategy.flower_class: DP is wired around lsc4rec's own strategy only (central DP's noise assumes "
+        "equal node weights)": run.strategy.flower_class is not None,
+    }
+    if mode == "local":
+        refusals.update(
+            {
+                "federated.keep_optimizer_state=true is not supported (Opacus wraps a fresh optimizer every "
+                "round)": run.federated.keep_optimizer_state,
+                "FedProx (strategy.proximal_mu > 0) is not supported": run.strategy.proximal_mu > 0,
+                "model.item_text: the DP-SGD engines do not cover the text part's projection yet; set "
+                "model.item_text=none": str(run.model.get("item_text", "none")) != "none",
+            }
+        )
+    if mode == "central" and run.strategy.rule != "fedavg":
+        rule = run.strategy.rule
+        refusals[f"central DP calibrates its noise to a mean: strategy.rule must be fedavg, not {rule}"] = (
+            True
+        )
+    for reason, refused in refusals.items():
+        if refused:
+            raise SettingsError(f"privacy.mode={mode}: {reason}")
 
 
 def group_selections(overrides: Sequence[str]) -> list[str]:

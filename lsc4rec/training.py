@@ -368,41 +368,15 @@ def fit(
     home = model_device(model)
     model.to(device)
     optimizer = settings.make_optimizer(model.parameters())
-    plateau = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=settings.lr_decay, patience=settings.lr_decay_patience
-        )
-        if settings.lr_decay < 1.0
-        else None
-    )
+    plateau = _plateau_schedule(optimizer, settings)
     generator = torch.Generator().manual_seed(seed)
-    best_value, best_epoch, since_best = -math.inf, 0, 0
-    best_state = _cpu_copy(model.state_dict())
-    best_valid: dict[str, dict] = {}
+    best = _BestEpoch.begin(model, epoch_budget, seconds_budget)
     history: list[dict] = []
     start = time.perf_counter()
-    seconds_to_best = 0.0
     stopped_because = f"reached train.epochs={settings.epochs}"
-    budgets = {
-        name: float(value)
-        for name, value in (("epochs", epoch_budget), ("seconds", seconds_budget))
-        if value is not None
-    }
-    within: dict[str, BudgetBest] = {}
     for epoch in range(1, settings.epochs + 1):
-        epoch_start = time.perf_counter()
-        epoch_lr = float(optimizer.param_groups[0]["lr"])
-        train_batches.set_epoch(epoch)
-        loss = train_one_epoch(
-            model, train_batches, optimizer, settings, generator, f"epoch {epoch}", hooks=hooks
-        )
-        # epoch_lr: the rate this epoch trained at; lr (with a plateau schedule): the rate after its decision.
-        record: dict = {
-            "epoch": epoch,
-            "train_loss": loss,
-            "train_seconds": time.perf_counter() - epoch_start,
-            "epoch_lr": epoch_lr,
-        }
+        record = _trained_epoch(model, train_batches, optimizer, settings, generator, epoch, hooks)
+        loss = record["train_loss"]
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
             valid = evaluate(model, valid_set, ks, full_ranking=full_ranking)
             value = valid[protocol][selection_metric]
@@ -410,50 +384,133 @@ def fit(
             if plateau is not None:
                 plateau.step(value)
                 record["lr"] = optimizer.param_groups[0]["lr"]
-            if value > best_value:
-                best_value, best_epoch, since_best = value, epoch, 0
-                best_state = _cpu_copy(model.state_dict())
-                best_valid = valid
-                seconds_to_best = time.perf_counter() - start
-            else:
-                since_best += 1
-            # Spending only grows, so the best epoch within a budget is the overall best while it lasts.
-            spent = {"epochs": float(epoch), "seconds": time.perf_counter() - start}
-            for name, budget in budgets.items():
-                if spent[name] <= budget and best_epoch == epoch:
-                    within[name] = BudgetBest(budget, epoch, valid, best_state)
+            best.observe(model, epoch, valid, value, start)
             logger.info(
                 "epoch %d loss %.4f valid %s %.4f (best %.4f @ %d)",
                 epoch,
                 loss,
                 selection_metric,
                 value,
-                best_value,
-                best_epoch,
+                best.value,
+                best.epoch,
             )
         record["elapsed_seconds"] = time.perf_counter() - start
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if since_best >= settings.patience:
-            stopped_because = f"no validation {selection_metric} gain for {settings.patience} evaluations"
+        stop = _stop_reason(settings, best.since, start, selection_metric, epoch)
+        if stop is not None:
+            stopped_because = stop
             break
-        if settings.max_minutes is not None and time.perf_counter() - start > settings.max_minutes * 60:
-            stopped_because = f"time budget train.max_minutes={settings.max_minutes} spent"
-            logger.warning("stopping after epoch %d: %s", epoch, stopped_because)
-            break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.state)
     model.to(home)
     return FitResult(
-        best_epoch=best_epoch,
-        best_valid=best_valid,
-        best_state=best_state,
+        best_epoch=best.epoch,
+        best_valid=best.valid,
+        best_state=best.state,
         history=history,
         train_seconds=time.perf_counter() - start,
-        seconds_to_best=seconds_to_best,
+        seconds_to_best=best.seconds_to_best,
         stopped_because=stopped_because,
-        within=within,
+        within=best.within,
     )
+
+
+def _trained_epoch(
+    model: SequentialRecommender,
+    train_batches: TrainBatches,
+    optimizer: torch.optim.Optimizer,
+    settings: TrainSettings,
+    generator: torch.Generator,
+    epoch: int,
+    hooks: Sequence[TrainingHook],
+) -> dict:
+    """Train epoch ``epoch``; its history record: loss, seconds and the learning rate it trained at."""
+    epoch_start = time.perf_counter()
+    epoch_lr = float(optimizer.param_groups[0]["lr"])
+    train_batches.set_epoch(epoch)
+    loss = train_one_epoch(
+        model, train_batches, optimizer, settings, generator, f"epoch {epoch}", hooks=hooks
+    )
+    # epoch_lr: the rate this epoch trained at; lr (with a plateau schedule): the rate after its decision.
+    return {
+        "epoch": epoch,
+        "train_loss": loss,
+        "train_seconds": time.perf_counter() - epoch_start,
+        "epoch_lr": epoch_lr,
+    }
+
+
+def _stop_reason(
+    settings: TrainSettings, since_best: int, start: float, selection_metric: str, epoch: int
+) -> str | None:
+    """Why :func:`fit` stops after ``epoch`` (patience run out, time budget spent); None to go on."""
+    if since_best >= settings.patience:
+        return f"no validation {selection_metric} gain for {settings.patience} evaluations"
+    if settings.max_minutes is not None and time.perf_counter() - start > settings.max_minutes * 60:
+        stopped_because = f"time budget train.max_minutes={settings.max_minutes} spent"
+        logger.warning("stopping after epoch %d: %s", epoch, stopped_because)
+        return stopped_because
+    return None
+
+
+def _plateau_schedule(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The ``train.lr_decay`` plateau schedule on the validation metric; None while the rate is constant."""
+    return (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=settings.lr_decay, patience=settings.lr_decay_patience
+        )
+        if settings.lr_decay < 1.0
+        else None
+    )
+
+
+@dataclass
+class _BestEpoch:
+    """:func:`fit`'s selection so far: the best validation epoch overall and within each budget."""
+
+    #: CPU copy of the best epoch's weights (the starting weights until an evaluation improves on -inf).
+    state: dict[str, torch.Tensor]
+    #: Budget name (``epochs`` / ``seconds``) -> its size.
+    budgets: dict[str, float]
+    value: float = -math.inf
+    epoch: int = 0
+    #: Evaluations since the last gain (early stopping counts these).
+    since: int = 0
+    valid: dict[str, dict] = field(default_factory=dict)
+    seconds_to_best: float = 0.0
+    within: dict[str, BudgetBest] = field(default_factory=dict)
+
+    @classmethod
+    def begin(
+        cls, model: torch.nn.Module, epoch_budget: int | None, seconds_budget: float | None
+    ) -> _BestEpoch:
+        """Nothing selected yet: ``model``'s starting weights, and the budgets :func:`fit` was given."""
+        budgets = {
+            name: float(value)
+            for name, value in (("epochs", epoch_budget), ("seconds", seconds_budget))
+            if value is not None
+        }
+        return cls(state=_cpu_copy(model.state_dict()), budgets=budgets)
+
+    def observe(
+        self, model: torch.nn.Module, epoch: int, valid: dict[str, dict], value: float, start: float
+    ) -> None:
+        """Take in ``epoch``'s validation ``value``: keep ``model``'s weights when it is the best so far."""
+        if value > self.value:
+            self.value, self.epoch, self.since = value, epoch, 0
+            self.state = _cpu_copy(model.state_dict())
+            self.valid = valid
+            self.seconds_to_best = time.perf_counter() - start
+        else:
+            self.since += 1
+        # Spending only grows, so the best epoch within a budget is the overall best while it lasts.
+        spent = {"epochs": float(epoch), "seconds": time.perf_counter() - start}
+        for name, budget in self.budgets.items():
+            if spent[name] <= budget and self.epoch == epoch:
+                self.within[name] = BudgetBest(budget, epoch, valid, self.state)
 
 
 def train_epochs(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -475,7 +476,13 @@ GRPC_CASES = [
         "INVALID_ARGUMENT",
         r"user_ids\[0\] = -1",
     ),
-    ("garbage-bytes", "Recommend", b"\xff\xfe\xfd\x00garbage", "INTERNAL|INVALID_ARGUMENT|UNKNOWN", r"."),
+    (
+        "garbage-bytes",
+        "Recommend",
+        b"\xff\xfe\xfd\x00garbage",
+        "INVALID_ARGUMENT",
+        r"not a valid RecommendRequest",
+    ),
     (
         "position-k-zero",
         "PositionCandidatesForUsers",
@@ -529,8 +536,39 @@ def test_hostile_grpc_requests_each_get_a_status_and_the_service_keeps_serving()
             answer = client.recommend_one([1, 2], 3)
         metrics = running.metrics()
     assert answer.items.tolist() == expected([[1, 2]], 3).items.tolist()
-    # gRPC itself refuses the oversized message and the undecodable bytes before the service sees them.
-    assert metrics.errors() == len(GRPC_CASES) - 2
+    # gRPC itself refuses the oversized message before the service sees it; undecodable bytes reach our code.
+    assert metrics.errors() == len(GRPC_CASES) - 1
+
+
+def test_undecodable_bytes_are_refused_by_the_service_without_a_traceback(caplog) -> None:
+    import grpc
+    from test_candidate_service import PopularitySource
+
+    from lsc4rec.serving import serve
+
+    calls = 25
+    with (
+        caplog.at_level(logging.DEBUG),
+        serve(PopularitySource(), batch_delay=0.0) as running,
+        grpc.insecure_channel(running.target) as channel,
+    ):
+        call = channel.unary_unary(
+            "/lsc4rec.candidate.v1.CandidateService/RecommendBatch",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        codes = []
+        for _ in range(calls):
+            with pytest.raises(grpc.RpcError) as error:
+                call(b"\x0a\xff\xff\xff\xff\xff\xff", timeout=30)
+            codes.append(error.value.code())
+        metrics = running.metrics()
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * calls
+    assert metrics.methods["RecommendBatch"].codes == {"INVALID_ARGUMENT": calls}
+    # No traceback, no ERROR line from gRPC; at most one rate-limited line from the service.
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    lines = [r for r in caplog.records if "not a valid RecommendBatchRequest" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
 
 
 def test_the_corpus_is_large_enough() -> None:

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import stat
 import subprocess
 import sys
@@ -487,3 +488,42 @@ def test_phone_client_reranks_like_pytorch_without_importing_torch(deployment: E
     assert np.diff(np.sort(fused[0].numpy())).min() > 1e-4
     assert result["ranking"] == rerank(items, fused)[0].tolist()
     assert result["ranking"] != result["srm_ranking"]  # the fusion did something
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        ("12,abc", "--history entry 2 is 'abc'"),
+        ("12,-3", "--history entry 2 is '-3'"),
+        ("1.5", "--history entry 1 is '1.5'"),
+        ("١٢", "--history entry 1 is '١٢'"),  # Arabic-Indic digits: int() would take them
+        (" , ,", "--history is empty"),
+    ],
+)
+def test_phone_client_names_a_bad_history_entry(history: str, message: str) -> None:
+    phone = load_phone_client()
+    with pytest.raises(phone.PhoneClientError, match=re.escape(message)) as refused:
+        phone.parse_history(history)
+    assert refused.value.status == 2
+    assert phone.parse_history(" 12, 7,33 ") == [12, 7, 33]
+
+
+def test_phone_client_refuses_a_token_file_that_holds_no_token(tmp_path: Path) -> None:
+    phone = load_phone_client()
+    pem = tmp_path / "ca.crt"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n")
+    spaced = tmp_path / "spaced"
+    spaced.write_text("two words\n")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00token")
+    good = tmp_path / "token"
+    good.write_text("  s3cret-Token_42\n")
+    for path, message in (
+        (pem, "holds a PEM block"),
+        (spaced, "one line of visible ASCII"),
+        (binary, "cannot be read as text"),
+        (tmp_path / "missing", "cannot be read as text"),
+    ):
+        with pytest.raises(phone.PhoneClientError, match=re.escape(message)):
+            phone.read_token(path)
+    assert phone.read_token(good) == "s3cret-Token_42"

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
         ["system=base", "model=din", "eval.full_ranking=false"],
         ["model=ttt4rec"],
         ["system=base", "model=solid", "strategy=fedadam"],
-        ["system=base", "strategy=trimmed_mean", "privacy.mode=central", "privacy.noise_multiplier=0.5"],
+        ["system=base", "strategy=fedavgm", "privacy.mode=central", "privacy.noise_multiplier=0.5"],
         ["system=base", "collab.enabled=true", "mergenet.every_rounds=2"],
         ["system=cross_device"],
         ["system=base", "federated.ray_address=10.0.0.5:6379"],
@@ -183,4 +183,17 @@ def test_ray_address_needs_the_flower_runtime() -> None:
     with pytest.raises(SettingsError, match=r"federated\.ray_address: only federated\.runtime=flower"):
         federated_settings_from_overrides(
             ["federated.runtime=inprocess", "federated.ray_address=127.0.0.1:6379"]
+        )
+
+
+def test_privacy_refusals_come_before_any_work() -> None:
+    # Refused where the settings are built (the launcher, before Flower starts), not on a node mid-round.
+    base = ["system=base", "privacy.mode=local", "privacy.noise_multiplier=1"]
+    with pytest.raises(SettingsError, match=r"keep_optimizer_state=true is not supported"):
+        federated_settings_from_overrides([*base, "federated.keep_optimizer_state=true"])
+    with pytest.raises(SettingsError, match="FedProx"):
+        federated_settings_from_overrides([*base, "strategy=fedprox", "strategy.proximal_mu=0.1"])
+    with pytest.raises(SettingsError, match=r"strategy\.rule must be fedavg, not trimmed_mean"):
+        federated_settings_from_overrides(
+            ["system=base", "strategy=trimmed_mean", "privacy.mode=central", "privacy.noise_multiplier=0.5"]
         )

@@ -37,7 +37,6 @@ from lsc4rec.client.node import (
     model_from_message,
     model_reads_text,
     node_settings,
-    partition_of,
     shard_of,
 )
 from lsc4rec.client.node_state import node_state_mod
@@ -46,6 +45,7 @@ from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
 from lsc4rec.client.private_training import train_on_shard_private
 from lsc4rec.client.shard import DeviceShard
+from lsc4rec.codebook import SemanticCodebook
 from lsc4rec.messages import (
     ARRAYS,
     CODEBOOK_STATS,
@@ -93,10 +93,8 @@ def train_privately(
     context: Context,
     server_round: int,
 ) -> dict[str, float]:
-    """Local DP-SGD on this node's devices; the privacy ledger lives on the node's disk across restarts."""
-    if run.federated.keep_optimizer_state:
-        # Opacus wraps a fresh optimizer every round; carrying Adam moments across DP rounds is not wired in.
-        raise ValueError("privacy.mode=local does not support federated.keep_optimizer_state=true")
+    """Local DP-SGD on this node's devices; the privacy ledger lives on the node's disk across restarts.
+    (The settings refuse what DP-SGD cannot run before any work: optimizer state across rounds, FedProx.)"""
     # The node's own disk; by default inside the run's folder, found as the ServerApp finds it.
     directory = run.privacy.ledger_dir or run_folder(context.run_config, run.output_dir, run.run_name) / (
         "privacy-ledgers"
@@ -123,11 +121,76 @@ def train_privately(
     return result.metrics
 
 
+def _local_update(
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    run: FederatedRunSettings,
+    context: Context,
+    server_round: int,
+    mu: float,
+    settings: TrainSettings,
+) -> dict[str, float]:
+    """The round's local epochs on the devices: DP-SGD (``privacy.mode=local``) or the standard update,
+    keeping the Adam moments in ``context.state`` across rounds with ``federated.keep_optimizer_state``."""
+    if run.privacy.mode == "local":
+        return train_privately(model, shard, settings, run, context, server_round)
+    keep = run.federated.keep_optimizer_state
+    saved = context.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
+
+    def keep_state(flat: dict[str, torch.Tensor]) -> None:
+        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
+
+    return train_on_shard(
+        model,
+        shard,
+        settings,
+        run.data.max_len,
+        run.federated.local_epochs,
+        mu,
+        seed=derive_seed(run.seed, server_round, shard.partition_id),
+        optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
+        keep_state=keep_state if keep else None,
+    )
+
+
+def _count_round(context: Context, metrics: dict[str, float]) -> int:
+    """Node state across rounds (sim and deployment): rounds trained and examples seen; the rounds so far."""
+    fresh = MetricRecord({"rounds-trained": 0, "examples-trained": 0.0})
+    state = context.state.metric_records.get("node", fresh)
+    # A node out of privacy budget answered without training.
+    rounds = int(state["rounds-trained"]) + (0 if metrics.get(PRIVACY_EXHAUSTED, 0.0) else 1)
+    examples = float(state["examples-trained"]) + metrics[NUM_EXAMPLES]
+    context.state["node"] = MetricRecord({"rounds-trained": rounds, "examples-trained": examples})
+    return rounds
+
+
+def _train_reply(
+    model: SequentialRecommender,
+    shard: DeviceShard,
+    run: FederatedRunSettings,
+    metrics: dict[str, float],
+    codebook: SemanticCodebook | None,
+    item_text_version: int | None,
+) -> RecordDict:
+    """The update and its metrics, plus what the components read of it: per-item counts (row weighting),
+    SOLID's statistics of this node's items under the codebook, the item-text version the node holds."""
+    content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: MetricRecord(metrics)})
+    if run.strategy.row_weighting:
+        content[ROW_COUNTS] = ArrayRecord({ITEM_TABLE_KEY: Array(shard.item_counts())})
+    if codebook is not None:
+        # Computed on the locally updated representations.
+        stats = device_statistics(codebook, item_features_of(run, model), shard)
+        content[CODEBOOK_STATS] = statistics_record(stats)
+        content[METRICS][CODEBOOK_VERSION] = codebook.version
+    if item_text_version is not None:
+        content[METRICS][ITEM_TEXT_VERSION] = item_text_version
+    return content
+
+
 @app.train(mods=[node_state_mod, central_dp_clipping_mod, fault_drill_mod])
 def train(msg: Message, context: Context) -> Message:
     """Train the global SRM on this node's devices and reply with the update and ``num-examples``."""
     run = node_settings(context)
-    partition_id, _ = partition_of(context)
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     # With time moving, the devices train on what they hold when the round starts.
     shard = shard_of(context, run).at_round(run.federated.replay, server_round)
@@ -137,12 +200,6 @@ def train(msg: Message, context: Context) -> Message:
     codebook = prepare_device_model(msg, context, run, model)
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
     settings = round_settings(run.train, run.federated.round_lr_decay, server_round)
-    keep = run.federated.keep_optimizer_state
-    saved = context.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
-
-    def keep_state(flat: dict[str, torch.Tensor]) -> None:
-        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
-
     start = time.perf_counter()
     service = CandidateService.from_config(msg.content[CONFIG])
     rerank: dict[str, float] = {}
@@ -150,44 +207,13 @@ def train(msg: Message, context: Context) -> Message:
         # LSC4Rec collaborative training: first learn to rerank the cloud's lists, then adapt as usual.
         trust = candidate_root_certificates(context, run) if service.tls else None
         rerank = train_on_lists_of(model, shard, run, service, trust, server_round, settings)
-    if run.privacy.mode == "local":
-        if mu > 0:
-            raise ValueError("privacy.mode=local does not support FedProx (strategy.proximal_mu > 0)")
-        metrics = train_privately(model, shard, settings, run, context, server_round)
-    else:
-        metrics = train_on_shard(
-            model,
-            shard,
-            settings,
-            run.data.max_len,
-            run.federated.local_epochs,
-            mu,
-            seed=derive_seed(run.seed, server_round, partition_id),
-            optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
-            keep_state=keep_state if keep else None,
-        )
+    metrics = _local_update(model, shard, run, context, server_round, mu, settings)
     metrics.update(rerank)
     metrics["lr"] = settings.lr
     metrics["train-seconds"] = time.perf_counter() - start
-    # Node state across rounds (sim and deployment): how often this node trained and on how many examples.
-    fresh = MetricRecord({"rounds-trained": 0, "examples-trained": 0.0})
-    state = context.state.metric_records.get("node", fresh)
-    # A node out of privacy budget answered without training.
-    rounds = int(state["rounds-trained"]) + (0 if metrics.get(PRIVACY_EXHAUSTED, 0.0) else 1)
-    examples = float(state["examples-trained"]) + metrics[NUM_EXAMPLES]
-    context.state["node"] = MetricRecord({"rounds-trained": rounds, "examples-trained": examples})
-    metrics["rounds-trained"] = float(rounds)
-    content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: MetricRecord(metrics)})
-    if run.strategy.row_weighting:
-        content[ROW_COUNTS] = ArrayRecord({ITEM_TABLE_KEY: Array(shard.item_counts())})
-    if codebook is not None:
-        # SOLID: statistics of this node's items under the codebook, on the locally updated representations.
-        stats = device_statistics(codebook, item_features_of(run, model), shard)
-        content[CODEBOOK_STATS] = statistics_record(stats)
-        content[METRICS][CODEBOOK_VERSION] = codebook.version
-    if item_text is not None:
-        content[METRICS][ITEM_TEXT_VERSION] = item_text[1]
-    return Message(content, reply_to=msg)
+    metrics["rounds-trained"] = float(_count_round(context, metrics))
+    version = None if item_text is None else item_text[1]
+    return Message(_train_reply(model, shard, run, metrics, codebook, version), reply_to=msg)
 
 
 def _onnx_dir(context: Context) -> Path:

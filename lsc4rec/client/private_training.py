@@ -362,6 +362,58 @@ class PrivateRoundResult:
     released: HistoryEntry | None = None
 
 
+def _dp_run(
+    model: SequentialRecommender,
+    batches: TrainBatches,
+    settings: TrainSettings,
+    privacy: PrivacySettings,
+    plan: PrivatePlan,
+    history: list[HistoryEntry],
+    mode: str,
+    seed: int,
+    batch_size: int,
+) -> _DPRun:
+    """What this round's DP-SGD trains with: the (Opacus-fixed) model, its optimizer, the Poisson loader
+    and the noise and negative-sampling generators; seeds torch with ``seed``."""
+    from opacus.validators import ModuleValidator
+
+    # Seeded noise makes experiments replay exactly; an adversary who knows the seed could subtract the noise,
+    # so a deployment sets privacy.seeded_noise=false (sampling and noise seeds from the OS).
+    rng_seed = seed if privacy.seeded_noise else int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        # Opacus warns about secure_mode and its own RNG; seeds here are for reproducible experiments.
+        warnings.simplefilter("ignore")
+        # DPGRU for nn.GRU: Opacus' hooks need it, and torch.func cannot batch nn.GRU's fused kernel.
+        trainable = ModuleValidator.fix(model) if mode in ("hooks", "rows") else model
+    if privacy.freeze_item_embeddings:
+        # The item table is most of an SRM's parameters, and DP noise lands on every one of its rows each
+        # step while a user's gradient touches a few; keeping it fixed (e.g. as warm-started on the cloud)
+        # spends the noise on the sequence encoder only.
+        trainable.item_embedding.weight.requires_grad_(False)
+    optimizer = settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
+    if privacy.secure_mode:
+        # Poisson sampling and noise from the OS's cryptographic RNG (Opacus' secure_mode).
+        sampling = noise = secure_generator()
+    else:
+        sampling = torch.Generator().manual_seed(rng_seed)
+        noise = torch.Generator().manual_seed(rng_seed + 1)
+    loader = DataLoader(
+        TensorDataset(batches.inputs, batches.targets), batch_size=batch_size, generator=sampling
+    )
+    return _DPRun(
+        trainable=trainable,
+        optimizer=optimizer,
+        loader=loader,
+        plan=plan,
+        privacy=privacy,
+        settings=settings,
+        history=history,
+        noise=noise,
+        negatives=torch.Generator().manual_seed(seed),
+    )
+
+
 def train_on_shard_private(
     model: SequentialRecommender,
     train_sequences: Sequence[Sequence[int]],
@@ -383,8 +435,6 @@ def train_on_shard_private(
     ``clipped-fraction`` (share of per-sample gradients the clipping norm cut), ``num-examples``,
     ``train_loss``, ``grad-sample-mode`` (0 hooks, 1 functorch).
     """
-    from opacus.validators import ModuleValidator
-
     batches = TrainBatches(train_sequences, max_len, settings.batch_size, seed=seed)
     if batches.num_examples == 0:
         raise ValueError(f"{label}: no device has a sequence with 2+ training items")
@@ -413,41 +463,8 @@ def train_on_shard_private(
         return PrivateRoundResult(metrics, history, trained=False)
 
     mode = resolve_grad_sample_mode(privacy, model, settings.loss)
-    # Seeded noise makes experiments replay exactly; an adversary who knows the seed could subtract the noise,
-    # so a deployment sets privacy.seeded_noise=false (sampling and noise seeds from the OS).
-    rng_seed = seed if privacy.seeded_noise else int.from_bytes(os.urandom(8), "little") & (2**63 - 1)
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        # Opacus warns about secure_mode and its own RNG; seeds here are for reproducible experiments.
-        warnings.simplefilter("ignore")
-        # DPGRU for nn.GRU: Opacus' hooks need it, and torch.func cannot batch nn.GRU's fused kernel.
-        trainable = ModuleValidator.fix(model) if mode in ("hooks", "rows") else model
-    if privacy.freeze_item_embeddings:
-        # The item table is most of an SRM's parameters, and DP noise lands on every one of its rows each
-        # step while a user's gradient touches a few; keeping it fixed (e.g. as warm-started on the cloud)
-        # spends the noise on the sequence encoder only.
-        trainable.item_embedding.weight.requires_grad_(False)
-    optimizer = settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
-    if privacy.secure_mode:
-        # Poisson sampling and noise from the OS's cryptographic RNG (Opacus' secure_mode).
-        sampling = noise = secure_generator()
-    else:
-        sampling = torch.Generator().manual_seed(rng_seed)
-        noise = torch.Generator().manual_seed(rng_seed + 1)
-    loader = DataLoader(
-        TensorDataset(batches.inputs, batches.targets), batch_size=batch_size, generator=sampling
-    )
-    run = _DPRun(
-        trainable=trainable,
-        optimizer=optimizer,
-        loader=loader,
-        plan=plan,
-        privacy=privacy,
-        settings=settings,
-        history=history,
-        noise=noise,
-        negatives=torch.Generator().manual_seed(seed),
-    )
+    run = _dp_run(model, batches, settings, privacy, plan, history, mode, seed, batch_size)
+    trainable = run.trainable
     trace = _train_rows(run, local_epochs) if mode == "rows" else _train_opacus(run, local_epochs, mode)
     trainable.item_embedding.weight.requires_grad_(True)
     if trainable is not model:

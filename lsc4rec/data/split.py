@@ -216,6 +216,32 @@ class LeaveOneOutSplit:
         return [[*t, v] for t, v in zip(self.train, self.valid_targets, strict=True)]
 
 
+def _split_report(
+    users_total: int,
+    users_evaluated: int,
+    too_short: int,
+    lengths: list[int],
+    items: int,
+    item_text: dict[int, ItemText],
+) -> dict[str, int | float]:
+    """The split's ``report``: user counts, catalogue size, sequence-length statistics and text coverage."""
+    interactions = sum(lengths)
+    return {
+        "users_total": users_total,
+        "users_evaluated": users_evaluated,
+        "users_too_short": too_short,
+        "users_single_interaction": sum(1 for n in lengths if n < 2),
+        "items": items,
+        "interactions": interactions,
+        "mean_sequence_length": round(interactions / len(lengths), 4) if lengths else 0.0,
+        "min_sequence_length": min(lengths) if lengths else 0,
+        "max_sequence_length": max(lengths) if lengths else 0,
+        "density": round(interactions / (len(lengths) * items), 6) if items else 0.0,
+        "items_with_text": len(item_text),
+        "items_with_title": sum(1 for text in item_text.values() if text.title),
+    }
+
+
 def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
     """Split each user's sequence into train (all but the last two), validation (second-to-last), test (last).
 
@@ -266,26 +292,14 @@ def leave_one_out(raw: RawDataset) -> LeaveOneOutSplit:
             too_short,
             len(raw.user_ids),
         )
-    interactions = sum(lengths)
     item_text = {
         item_map.to_internal(raw_item): text
         for raw_item, text in raw.item_text.items()
         if raw_item in item_map and not text.is_empty
     }
-    report: dict[str, int | float] = {
-        "users_total": len(raw.user_ids),
-        "users_evaluated": len(evaluated_users),
-        "users_too_short": too_short,
-        "users_single_interaction": sum(1 for n in lengths if n < 2),
-        "items": len(item_map),
-        "interactions": interactions,
-        "mean_sequence_length": round(interactions / len(lengths), 4) if lengths else 0.0,
-        "min_sequence_length": min(lengths) if lengths else 0,
-        "max_sequence_length": max(lengths) if lengths else 0,
-        "density": round(interactions / (len(lengths) * len(item_map)), 6) if len(item_map) else 0.0,
-        "items_with_text": len(item_text),
-        "items_with_title": sum(1 for text in item_text.values() if text.title),
-    }
+    report = _split_report(
+        len(raw.user_ids), len(evaluated_users), too_short, lengths, len(item_map), item_text
+    )
     return LeaveOneOutSplit(
         name=raw.name,
         num_items=len(item_map),

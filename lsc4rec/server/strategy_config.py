@@ -10,28 +10,7 @@ from lsc4rec.strategies import ServerOptimizer, SRMStrategy
 from lsc4rec.strategies.central_dp import CentralDP, central_noise_for_target
 from lsc4rec.strategies.stock import StockStrategy
 
-__all__ = ["build_strategy", "check_privacy_settings", "wrap_central_dp"]
-
-
-def check_privacy_settings(run: FederatedRunSettings) -> None:
-    """Refuse combinations that would release un-noised information about devices under DP."""
-    mode = run.privacy.mode
-    if mode == "none":
-        return
-    if run.strategy.row_weighting:
-        raise ValueError(f"privacy.mode={mode}: strategy.row_weighting sends per-item counts in clear")
-    if str(run.model.name) == "solid":
-        raise ValueError(f"privacy.mode={mode}: SOLID's codebook statistics are not privatised")
-    if run.strategy.flower_class is not None:
-        raise ValueError(
-            f"privacy.mode={mode} with strategy.flower_class: DP is wired around lsc4rec's own strategy only "
-            "(central DP's noise assumes equal node weights); unset strategy.flower_class"
-        )
-    if mode == "central" and run.strategy.rule != "fedavg":
-        raise ValueError(
-            f"privacy.mode=central calibrates its noise to a mean: strategy.rule must be fedavg, "
-            f"not {run.strategy.rule}"
-        )
+__all__ = ["build_strategy", "wrap_central_dp"]
 
 
 def wrap_central_dp(run: FederatedRunSettings, inner: SRMStrategy, population: int) -> CentralDP:
@@ -61,7 +40,6 @@ def build_strategy(
 
     ``population``: devices in the federation (central DP's default δ is 1 / population).
     """
-    check_privacy_settings(run)
     if run.strategy.flower_class is not None:
         return StockStrategy.from_settings(run.strategy.flower_class, run.strategy.flower_kwargs)
     central = run.privacy.mode == "central"

@@ -18,6 +18,8 @@ checks. Every refused call is logged with its reason, on the ``lsc4rec.serving``
 - :mod:`~lsc4rec.serving.model_runner`: the source's work in worker threads, under the model lock.
 - :mod:`~lsc4rec.serving.replies`: reply messages built from the model's candidate lists and the limits.
 - :mod:`~lsc4rec.serving.security`: bearer-token authentication and TLS files.
+- :mod:`~lsc4rec.serving.decoding`: request bytes decoded by the service's own code (undecodable bytes:
+  ``INVALID_ARGUMENT``, counted, rate-limited log lines, no traceback).
 
     with serve(source, token="s3cret", batch_delay=0.0) as service:
         print(service.target)   # "127.0.0.1:<bound port>"

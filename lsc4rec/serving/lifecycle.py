@@ -20,9 +20,9 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lsc4rec.models.llm.candidates import CandidateSource
-from lsc4rec.proto import candidate_service_pb2_grpc as pb_grpc
 from lsc4rec.proto.service_metrics import MetricsSnapshot
 from lsc4rec.serving.admission import DEFAULT_MAX_BATCH, DEFAULT_MAX_N, DEFAULT_MAX_QUEUE
+from lsc4rec.serving.decoding import register_servicer
 from lsc4rec.serving.handlers import SERVICE_NAME, CandidateServicer
 from lsc4rec.serving.security import TLSConfig, TokenAuthInterceptor
 
@@ -217,7 +217,8 @@ async def _start(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_CandidateServiceServicer_to_server(servicer, server)
+    # Not the generated registration: undecodable request bytes must reach our code (decoding.py).
+    register_servicer(servicer, server, lambda method, code: servicer.metrics.record(method, code, 0.0))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

@@ -120,14 +120,8 @@ def refit_with_validation(
     return {"epochs": epochs, "train_seconds": round(seconds, 1), "test": test, "history": history}
 
 
-def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
-    """Run the centralized baseline the composed config ``cfg`` describes (typed here, once); write outputs
-    and return the final summary."""
-    wall_start = time.perf_counter()
-    run = typed_run(cfg, CentralizedSettings, CENTRALIZED_IGNORES)
-    plain_cfg, out = run.record, begin_run(run, output_dir)
-    torch.manual_seed(run.seed)
-
+def _load_split(run: CentralizedSettings) -> tuple[RawDataset, LeaveOneOutSplit]:
+    """The configured dataset and its leave-one-out split (with held-out validation users when set)."""
     raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     split = leave_one_out(raw)
     logger.info("dataset %s: %s", run.data.name, split.report)
@@ -138,6 +132,46 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
             len(split.validation_rows()),
             len(split.train) - len(split.validation_rows()),
         )
+    return raw, split
+
+
+def _fit_with_checkpoints(
+    model: SequentialRecommender,
+    train_batches: TrainBatches,
+    valid_set: EvalSet,
+    run: CentralizedSettings,
+    out: Path,
+) -> FitResult:
+    """:func:`fit` with the run's settings, rewriting ``metrics.json`` after every epoch."""
+
+    def checkpoint_progress(record: dict) -> None:
+        # Rewrite metrics.json every epoch so a killed run still leaves its learning curve behind.
+        history_so_far.append(record)
+        progress = {"config": run.record, "status": "running", "epochs": history_so_far}
+        write_json(out / "metrics.json", progress)
+
+    history_so_far: list[dict] = []
+    return fit(
+        model,
+        train_batches,
+        valid_set,
+        run.train,
+        seed=run.seed,
+        ks=run.eval.ks,
+        full_ranking=run.eval.full_ranking,
+        on_epoch=checkpoint_progress,
+    )
+
+
+def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
+    """Run the centralized baseline the composed config ``cfg`` describes (typed here, once); write outputs
+    and return the final summary."""
+    wall_start = time.perf_counter()
+    run = typed_run(cfg, CentralizedSettings, CENTRALIZED_IGNORES)
+    plain_cfg, out = run.record, begin_run(run, output_dir)
+    torch.manual_seed(run.seed)
+
+    raw, split = _load_split(run)
     max_len = run.data.max_len
     settings = run.train
     model, solid_report = build_model(run, raw, split)
@@ -150,23 +184,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     full_ranking = run.eval.full_ranking
     valid_set, test_set = build_eval_sets(split, run.eval, max_len)
     ks = run.eval.ks
-
-    def checkpoint_progress(record: dict) -> None:
-        # Rewrite metrics.json every epoch so a killed run still leaves its learning curve behind.
-        history_so_far.append(record)
-        write_json(out / "metrics.json", {"config": plain_cfg, "status": "running", "epochs": history_so_far})
-
-    history_so_far: list[dict] = []
-    result = fit(
-        model,
-        train_batches,
-        valid_set,
-        settings,
-        seed=run.seed,
-        ks=ks,
-        full_ranking=full_ranking,
-        on_epoch=checkpoint_progress,
-    )
+    result = _fit_with_checkpoints(model, train_batches, valid_set, run, out)
     model.to(settings.resolve_device())
     test = evaluate(model, test_set, ks, full_ranking=full_ranking)
     torch.save(result.best_state, out / "model.pt")

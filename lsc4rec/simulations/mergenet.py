@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from torch import Tensor
 from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
-from lsc4rec.data.staleness import cloud_view
+from lsc4rec.data.staleness import CloudView, cloud_view
 from lsc4rec.models.llm.llm_training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
@@ -67,6 +68,7 @@ from lsc4rec.settings import MERGENET_STUDY_IGNORES, MergeNetStudySettings, refu
 from lsc4rec.simulations.launch.runs import begin_run
 from lsc4rec.simulations.transfer_study import (
     HEADLINE_SLICES,
+    DeviceData,
     device_data,
     text_initialised_srm,
     train_variant,
@@ -136,12 +138,8 @@ def _plot(result: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
-    """Run the MergeNet experiment of the composed config ``cfg`` (typed here, once); write outputs; return
-    the result."""
-    wall_start = time.perf_counter()
-    run = typed_run(cfg, MergeNetStudySettings, MERGENET_STUDY_IGNORES)
-    plain, out = run.record, begin_run(run, output_dir)
+def _checked_choices(run: MergeNetStudySettings) -> tuple[list[str], list[str]]:
+    """The run's ``mergenet.directions`` and ``mergenet_variants``; unknown names are refused."""
     directions = [str(d) for d in run.mergenet.directions]
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
@@ -152,20 +150,19 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         raise ValueError(
             f"mergenet_variants must include 'srm' and name only {list(VARIANTS)}, got {variants}"
         )
-    everyone = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
-    # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
-    view = cloud_view(everyone, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
-    settings = run.train
-    data = device_data(
-        everyone,
-        run,
-        settings,
-        float(run.mergenet.device_users),
-        run.new_item_share,
-        fraction_key="mergenet.device_users",
-    )
-    split = data.split
+    return directions, variants
 
+
+def _cloud_llm(
+    run: MergeNetStudySettings,
+    plain: dict[str, Any],
+    split: LeaveOneOutSplit,
+    view: CloudView,
+    variants: list[str],
+    out: Path,
+) -> tuple[CloudLLM, LLMTrainSettings, dict[str, Any]]:
+    """The cloud LLM trained on the cloud's stale ``view`` (or loaded from ``llm.path``), its training
+    settings and its report (item init, best epoch, test metrics on the device users' full histories)."""
     llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
     if any(v in variants for v in ("kd", "text_part_kd")) and llm.max_len < run.data.max_len:
         # Checked before any training: KD needs the teacher's logits at every position the SRM trains.
@@ -183,38 +180,70 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         llm_report.update(best_epoch=fitted.best_epoch, valid=fitted.best_valid)
     llm.eval()
     llm_report["test_full_history"] = evaluate_llm(llm, split.test_histories(), split.test_targets)
+    return llm, llm_settings, llm_report
 
-    runs: dict[str, dict[str, Any]] = {}
-    source_spec, target_spec = str(run.mergenet.source), str(run.mergenet.target)
 
-    def mergenet_hooks(model: SequentialRecommender) -> list:
+@dataclass
+class _Study:
+    """What every cloud -> device variant trains with: the settings, the trained LLM and the device data."""
+
+    run: MergeNetStudySettings
+    llm: CloudLLM
+    view: CloudView
+    data: DeviceData
+    #: The base SRM's epochs and training seconds: every other variant is also measured within them.
+    budget: dict[str, Any] = field(default_factory=dict)
+
+    def fresh_srm(
+        self, item_vectors: Tensor | None = None, training_sequences: list[list[int]] | None = None
+    ) -> SequentialRecommender:
+        """:func:`_fresh_srm` for the device's catalogue."""
+        return _fresh_srm(self.run, self.data.split.num_items, item_vectors, training_sequences)
+
+    def distillation(self) -> Distillation:
+        """KD towards the LLM over all items, with the ``mergenet.kd_*`` settings."""
+        return Distillation(
+            self.llm,
+            weight=float(self.run.mergenet.kd_weight),
+            temperature=float(self.run.mergenet.kd_temperature),
+        )
+
+    def mergenet_hooks(self, model: SequentialRecommender) -> list:
+        """The MergeNet transfer from the LLM into ``model`` (and the LLM's own steps with train_source)."""
+        run = self.run
         # The LLM the transfer reads trains alongside (a copy: the other variants see the trained LLM).
-        source_llm = copy.deepcopy(llm)
+        source_llm = copy.deepcopy(self.llm)
         hooks: list = [
             transfer_from_config(
                 run,
-                resolve_slice(target_spec, model, source_llm),
-                resolve_slice(source_spec, model, source_llm),
+                resolve_slice(str(run.mergenet.target), model, source_llm),
+                resolve_slice(str(run.mergenet.source), model, source_llm),
             )
         ]
         if bool(run.mergenet.train_source):
             hooks.append(
-                SourceTraining(source_llm, view.train, lr=float(run.mergenet.source_lr), seed=run.seed)
+                SourceTraining(source_llm, self.view.train, lr=float(run.mergenet.source_lr), seed=run.seed)
             )
         return hooks
 
-    seed = run.seed
-    srm = _fresh_srm(run, split.num_items)
+
+def _train_baselines(
+    study: _Study, variants: list[str], runs: dict[str, dict[str, Any]]
+) -> SequentialRecommender:
+    """Train the SRM alone (setting ``study.budget``), from item text and from the LLM's item rows; return
+    the SRM trained alone."""
+    data, seed = study.data, study.run.seed
+    srm = study.fresh_srm()
     runs["srm"] = train_variant("srm", srm, data, seed)
-    budget = {"epochs": runs["srm"]["epochs_run"], "seconds": runs["srm"]["train_seconds"]}
+    study.budget = budget = {"epochs": runs["srm"]["epochs_run"], "seconds": runs["srm"]["train_seconds"]}
     if "text_srm" in variants:
-        model = _fresh_srm(run, split.num_items)
-        init = text_initialised_srm(model, split, run.text)
+        model = study.fresh_srm()
+        init = text_initialised_srm(model, data.split, study.run.text)
         runs["text_srm"] = {**train_variant("text_srm", model, data, seed, budget=budget), "text_init": init}
     if "llm_rows_srm" in variants:
         # The most an item-table transfer can carry at once: the SRM table started from the LLM's item rows.
-        model = _fresh_srm(run, split.num_items)
-        rows = resolve_slice("llm.item_embeddings", model, llm).value()
+        model = study.fresh_srm()
+        rows = resolve_slice("llm.item_embeddings", model, study.llm).value()
         vectors = torch.cat([rows.new_zeros(1, rows.shape[1]), rows])
         present = torch.ones(vectors.shape[0], dtype=torch.bool)
         init = init_item_table_from_vectors(model, vectors, present)
@@ -222,9 +251,15 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
             **train_variant("llm_rows_srm", model, data, seed, budget=budget),
             "llm_rows_init": init,
         }
-    if "cloud_to_device" in directions and "mergenet" in variants:
-        model = _fresh_srm(run, split.num_items)
-        hooks = mergenet_hooks(model)
+    return srm
+
+
+def _train_transfers(study: _Study, variants: list[str], runs: dict[str, dict[str, Any]]) -> None:
+    """Train the cloud -> device MergeNet variants (with and without KD) and plain KD into ``runs``."""
+    data, seed, budget = study.data, study.run.seed, study.budget
+    if "mergenet" in variants:
+        model = study.fresh_srm()
+        hooks = study.mergenet_hooks(model)
         runs["mergenet"] = train_variant("mergenet", model, data, seed, hooks, budget)
         overhead = hooks[0].stats.summary()
         overhead["adapter_parameters"] = sum(p.numel() for p in hooks[0].adapter.parameters())
@@ -232,25 +267,29 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
             hooks[0].stats.seconds / max(runs["mergenet"]["train_seconds"], 1e-9), 3
         )
         runs["mergenet"]["transfer"] = overhead
-    if "cloud_to_device" in directions and "mergenet_kd" in variants:
+    if "mergenet_kd" in variants:
         # The adapter learns through the KD objective: its signal is the target's gradient of the task loss
         # plus the KL towards the LLM (with mergenet.signal=gradient, the default): it can carry what KD does.
-        model = _fresh_srm(run, split.num_items)
-        hooks = mergenet_hooks(model)
-        kd = Distillation(
-            llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
-        )
+        model = study.fresh_srm()
+        hooks = study.mergenet_hooks(model)
+        kd = study.distillation()
         runs["mergenet_kd"] = train_variant("mergenet_kd", model, data, seed, [*hooks, kd], budget)
         overhead = hooks[0].stats.summary()
         overhead["share_of_train_time"] = round(
             hooks[0].stats.seconds / max(runs["mergenet_kd"]["train_seconds"], 1e-9), 3
         )
         runs["mergenet_kd"]["transfer"] = overhead
-    if "cloud_to_device" in directions and "kd" in variants:
-        kd = Distillation(
-            llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
-        )
-        runs["kd"] = train_variant("kd", _fresh_srm(run, split.num_items), data, seed, [kd], budget)
+    if "kd" in variants:
+        kd = study.distillation()
+        runs["kd"] = train_variant("kd", study.fresh_srm(), data, seed, [kd], budget)
+
+
+def _train_text_parts(
+    study: _Study, variants: list[str], directions: list[str], runs: dict[str, dict[str, Any]]
+) -> None:
+    """Train list KD and the variants whose item vectors have a text part (with KD, list KD or from codes)."""
+    run, data, seed, budget = study.run, study.data, study.run.seed, study.budget
+    split = data.split
     vectors = None
     if any(v in variants for v in TEXT_PART_VARIANTS):
         if not split.item_text:
@@ -265,41 +304,39 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         if name.endswith("list_kd"):
             hooks.append(
                 ListDistillation(
-                    llm,
+                    study.llm,
                     int(run.mergenet.kd_list),
                     weight=float(run.mergenet.kd_weight),
                     temperature=float(run.mergenet.kd_temperature),
                 )
             )
         elif name.endswith("kd"):
-            hooks.append(
-                Distillation(
-                    llm, weight=float(run.mergenet.kd_weight), temperature=float(run.mergenet.kd_temperature)
-                )
-            )
+            hooks.append(study.distillation())
         if name.startswith("text_part"):
-            model = _fresh_srm(run, split.num_items, vectors, data.train_sequences)
+            model = study.fresh_srm(vectors, data.train_sequences)
         else:
-            model = _fresh_srm(run, split.num_items)
+            model = study.fresh_srm()
         runs[name] = train_variant(name, model, data, seed, hooks, budget)
     if "text_part_codes" in variants and "cloud_to_device" in directions:
         # The text part from vectors rebuilt from a residual codebook and one semantic id per item: what a
         # device would receive instead of the full matrix (lsc4rec.text.compact).
         compact = CompactItemVectors.from_vectors(vectors, list(run.mergenet.text_codes), seed=run.seed)
-        model = _fresh_srm(run, split.num_items, compact.vectors(), data.train_sequences)
+        model = study.fresh_srm(compact.vectors(), data.train_sequences)
         runs["text_part_codes"] = train_variant("text_part_codes", model, data, seed, [], budget)
         runs["text_part_codes"]["carrier"] = compact.report(vectors)
 
-    cloud: dict[str, Any] = {}
-    if "device_to_cloud" in directions:
-        cloud = _device_to_cloud(run, llm, srm, view, everyone, llm_settings)
 
+def _study_result(
+    study: _Study, llm_report: dict[str, Any], runs: dict[str, dict[str, Any]], cloud: dict[str, Any]
+) -> dict[str, Any]:
+    """The headline result: test metrics of every variant overall, at equal cost and device -> cloud."""
+    run, data = study.run, study.data
     result: dict[str, Any] = {
         "experiment": "mergenet",
         "dataset": run.data.name,
-        "pair": f"{source_spec} -> {target_spec}",
-        "device_users": len(split.train),
-        "llm_item_init": llm.item_init,
+        "pair": f"{run.mergenet.source} -> {run.mergenet.target}",
+        "device_users": len(data.split.train),
+        "llm_item_init": study.llm.item_init,
         "llm_test_NDCG@10": round(llm_report["test_full_history"]["NDCG@10"], 4),
         "new_items": data.report()["new_items"],
         "cloud_to_device": {name: run["test"] for name, run in runs.items()},
@@ -323,6 +360,42 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         result["overhead"]["extra_bytes_per_round"] = 0
     if cloud:
         result["device_to_cloud"] = {k: v["test"] for k, v in cloud.items()}
+    return result
+
+
+def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
+    """Run the MergeNet experiment of the composed config ``cfg`` (typed here, once); write outputs; return
+    the result."""
+    wall_start = time.perf_counter()
+    run = typed_run(cfg, MergeNetStudySettings, MERGENET_STUDY_IGNORES)
+    plain, out = run.record, begin_run(run, output_dir)
+    directions, variants = _checked_choices(run)
+    everyone = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
+    view = cloud_view(everyone, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
+    settings = run.train
+    data = device_data(
+        everyone,
+        run,
+        settings,
+        float(run.mergenet.device_users),
+        run.new_item_share,
+        fraction_key="mergenet.device_users",
+    )
+    llm, llm_settings, llm_report = _cloud_llm(run, plain, data.split, view, variants, out)
+
+    study = _Study(run, llm, view, data)
+    runs: dict[str, dict[str, Any]] = {}
+    srm = _train_baselines(study, variants, runs)
+    if "cloud_to_device" in directions:
+        _train_transfers(study, variants, runs)
+    _train_text_parts(study, variants, directions, runs)
+
+    cloud: dict[str, Any] = {}
+    if "device_to_cloud" in directions:
+        cloud = _device_to_cloud(run, llm, srm, view, everyone, llm_settings)
+
+    result = _study_result(study, llm_report, runs, cloud)
     payload = {
         "status": "completed",
         "config": plain,

@@ -228,6 +228,70 @@ def plot_sweep(
     return path
 
 
+def _warm_start(
+    base: FederatedRunSettings, base_overrides: list[str], split: LeaveOneOutSplit, out: Path
+) -> tuple[FederatedRunSettings, list[str], dict[str, Any]]:
+    """Warm-start the global SRM once on the cloud's stale data (saved as ``warm_start.pt``); the settings
+    and overrides of runs that start from it, and the warm start's report."""
+    # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.
+    torch.manual_seed(base.seed)  # the same warm start every time the sweep is run
+    model = build_model_from_config(base.model, split.num_items, base.data.max_len)
+    warm_start = warm_start_on_cloud(model, base, split)
+    torch.save(model.state_dict(), out / "warm_start.pt")
+    base_overrides = [
+        # The warm start is done (and train.patience, its early stopping, was read by it alone).
+        *[o for o in base_overrides if not o.startswith(("federated.warm_start_epochs=", "train.patience="))],
+        "federated.warm_start_epochs=0",
+        f"federated.initial_weights={out / 'warm_start.pt'}",
+    ]
+    return federated_settings_from_overrides(base_overrides), base_overrides, warm_start
+
+
+def _setting_row(setting: dict[str, Any], summary: dict[str, Any], rounds: list[dict]) -> dict[str, Any]:
+    """One setting's row of the sweep: its privacy, last-round test metrics and per-round ε."""
+    last = summary["test_last_round"]["full"]
+    privacy = summary.get("privacy", {})
+    return {
+        "name": setting["name"],
+        "mode": setting["mode"],
+        "ablation": setting.get("ablation"),
+        "target_epsilon": setting["target_epsilon"],
+        "epsilon": privacy.get("epsilon", math.inf) if setting["mode"] != "none" else math.inf,
+        "delta": privacy.get("delta"),
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        METRIC: last[METRIC],
+        "HR@10": last["HR@10"],
+        "best_round_NDCG@10": summary["test"]["full"][METRIC],
+        # The server's validation NDCG@10 of the last round: what settings are chosen on.
+        "valid_NDCG@10": (rounds[-1].get("server_valid") or {}).get(METRIC),
+        # Every device of a node shares its mechanism: the largest node ε is each device's, by round
+        # (central DP: the run's ε, whose unit is a node).
+        "epsilon_by_round": [row["train"].get("epsilon-max", row["train"].get("epsilon")) for row in rounds],
+        "mean_round_seconds": summary["mean_round_seconds"],
+    }
+
+
+def _sweep_figures(
+    rows: list[dict[str, Any]], initial: dict[str, float], initial_slices: dict[str, dict], gain: float
+) -> dict[str, Any]:
+    """The result's figures: the initial model's NDCG@10, NDCG@10 by slice and each setting's share."""
+    return {
+        # What the federated runs start from, on the same test items: the share any run adds lies above it.
+        "initial_NDCG@10": initial[METRIC],
+        # NDCG@10 by slice: where the devices' data adds to the initial model, and what each setting keeps.
+        "slices_NDCG@10": {
+            "initial": {name: part.get(METRIC) for name, part in initial_slices.items()},
+            **{row["name"]: {name: part.get(METRIC) for name, part in row["slices"].items()} for row in rows},
+        },
+        "non_private_gain": gain / initial[METRIC] if initial[METRIC] > 0 else math.nan,
+        "settings": [
+            {k: row[k] for k in ("name", "epsilon", METRIC, "fraction_of_gain", "fraction_of_non_private")}
+            | {"seconds_per_round": row["mean_round_seconds"]}
+            for row in rows
+        ],
+    }
+
+
 @hydra.main(config_path=str(config_dir()), config_name="privacy_sweep", version_base="1.3")
 @exit_on_bad_input
 def main(cfg: DictConfig) -> None:
@@ -249,52 +313,14 @@ def main(cfg: DictConfig) -> None:
     split = leave_one_out(load_dataset(base.data.name, base.data.path, base.data.format, base.data.text_path))
     warm_start = None
     if base.federated.warm_start_epochs > 0:
-        # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.
-        torch.manual_seed(base.seed)  # the same warm start every time the sweep is run
-        model = build_model_from_config(base.model, split.num_items, base.data.max_len)
-        warm_start = warm_start_on_cloud(model, base, split)
-        torch.save(model.state_dict(), out / "warm_start.pt")
-        base_overrides = [
-            # The warm start is done (and train.patience, its early stopping, was read by it alone).
-            *[
-                o
-                for o in base_overrides
-                if not o.startswith(("federated.warm_start_epochs=", "train.patience="))
-            ],
-            "federated.warm_start_epochs=0",
-            f"federated.initial_weights={out / 'warm_start.pt'}",
-        ]
-        base = federated_settings_from_overrides(base_overrides)
+        base, base_overrides, warm_start = _warm_start(base, base_overrides, split, out)
     initial = initial_test_metrics(base, split)
     rows: list[dict[str, Any]] = []
     for setting in settings_of(sweep):
         logger.info("privacy sweep: %s", setting["name"])
         summary = run_setting(sweep, base_overrides, setting, out / setting["name"])
-        last = summary["test_last_round"]["full"]
-        privacy = summary.get("privacy", {})
         rounds = json.loads((out / setting["name"] / "metrics.json").read_text(encoding="utf-8"))["rounds"]
-        rows.append(
-            {
-                "name": setting["name"],
-                "mode": setting["mode"],
-                "ablation": setting.get("ablation"),
-                "target_epsilon": setting["target_epsilon"],
-                "epsilon": privacy.get("epsilon", math.inf) if setting["mode"] != "none" else math.inf,
-                "delta": privacy.get("delta"),
-                "noise_multiplier": privacy.get("noise_multiplier"),
-                METRIC: last[METRIC],
-                "HR@10": last["HR@10"],
-                "best_round_NDCG@10": summary["test"]["full"][METRIC],
-                # The server's validation NDCG@10 of the last round: what settings are chosen on.
-                "valid_NDCG@10": (rounds[-1].get("server_valid") or {}).get(METRIC),
-                # Every device of a node shares its mechanism: the largest node ε is each device's, by round
-                # (central DP: the run's ε, whose unit is a node).
-                "epsilon_by_round": [
-                    row["train"].get("epsilon-max", row["train"].get("epsilon")) for row in rounds
-                ],
-                "mean_round_seconds": summary["mean_round_seconds"],
-            }
-        )
+        rows.append(_setting_row(setting, summary, rounds))
         write_json(out / "metrics.json", {"status": "running", "config": plain, "settings": rows})
     reference = rows[0][METRIC]
     gain = reference - initial[METRIC]
@@ -315,19 +341,7 @@ def main(cfg: DictConfig) -> None:
         "nodes": base.federated.num_supernodes,
         "random_NDCG@10": floor,
         "warm_start": warm_start,
-        # What the federated runs start from, on the same test items: the share any run adds lies above it.
-        "initial_NDCG@10": initial[METRIC],
-        # NDCG@10 by slice: where the devices' data adds to the initial model, and what each setting keeps.
-        "slices_NDCG@10": {
-            "initial": {name: part.get(METRIC) for name, part in initial_slices.items()},
-            **{row["name"]: {name: part.get(METRIC) for name, part in row["slices"].items()} for row in rows},
-        },
-        "non_private_gain": gain / initial[METRIC] if initial[METRIC] > 0 else math.nan,
-        "settings": [
-            {k: row[k] for k in ("name", "epsilon", METRIC, "fraction_of_gain", "fraction_of_non_private")}
-            | {"seconds_per_round": row["mean_round_seconds"]}
-            for row in rows
-        ],
+        **_sweep_figures(rows, initial, initial_slices, gain),
         "output_dir": str(out),
     }
     write_json(

@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
 import matplotlib
@@ -55,7 +56,7 @@ from lsc4rec.client.collab.rerank_training import train_on_llm_candidates
 from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.slices import evaluation_slices
-from lsc4rec.data.staleness import cloud_view_for
+from lsc4rec.data.staleness import CloudView, cloud_view_for
 from lsc4rec.metrics import full_ranking_ranks, list_ranks, metrics_from_ranks
 from lsc4rec.models.llm.llm_training import LLMTrainSettings, evaluate_llm, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
@@ -158,6 +159,45 @@ class MomentLists:
         return list_ranks(rerank(items, fused), self.targets)
 
 
+def _append_llm_lists(
+    parts: dict[str, list[Tensor]],
+    llm: CloudLLM,
+    srm: SequentialRecommender,
+    history: Tensor,
+    seen: Tensor,
+    prompts: dict[str, Tensor],
+    n: int,
+    exclude: bool,
+) -> None:
+    """Append one chunk's LLM list for each prompt kind (stale, fresh) with its LLM and SRM scores."""
+    for kind, prompt in prompts.items():
+        items, llm_scores = llm.recommend_tensor(prompt, n)
+        if exclude:
+            items = drop_seen(items, seen)
+        llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
+        parts[f"{kind}_items"].append(items)
+        parts[f"{kind}_llm"].append(llm_scores)
+        parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
+
+
+def _append_full_ranks(
+    full: dict[str, list[Tensor]],
+    llms: dict[str, CloudLLM],
+    catalogue: Tensor,
+    target: Tensor,
+    stale: Tensor,
+    seen: Tensor,
+    rank_alone: bool,
+) -> None:
+    """Append one chunk's full-catalogue ranks of the SRM (with ``rank_alone``) and of each of ``llms``."""
+    if rank_alone:
+        full["srm"].append(full_ranking_ranks(catalogue, target))
+    for name, model in llms.items():
+        if model.tokenizer.depth == 1:
+            # The LLM alone from the stale prompt, with the device's seen items removed as for the SRM.
+            full[name].append(full_ranking_ranks(model.item_scores(stale), target, exclude=seen))
+
+
 def build_moment(
     llm: CloudLLM,
     srm: SequentialRecommender,
@@ -200,26 +240,12 @@ def build_moment(
         # Exclusions cover the whole history, also past max_len (as the SRM protocol's full ranking does).
         seen = seen_items(histories[start : start + chunk])
         stale = pad_left([p or [] for p in stale_prompts[start : start + chunk]], int(run.llm.max_len))
-        for kind, prompt in (
-            ("stale", stale),
-            ("fresh", pad_left(histories[start : start + chunk], int(run.llm.max_len))),
-        ):
-            items, llm_scores = llm.recommend_tensor(prompt, n)
-            if exclude:
-                items = drop_seen(items, seen)
-            llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
-            parts[f"{kind}_items"].append(items)
-            parts[f"{kind}_llm"].append(llm_scores)
-            parts[f"{kind}_srm"].append(srm_candidate_scores(srm, history, items))
+        fresh = pad_left(histories[start : start + chunk], int(run.llm.max_len))
+        _append_llm_lists(parts, llm, srm, history, seen, {"stale": stale, "fresh": fresh}, n, exclude)
         stale_lists = parts["stale_items"][-1], parts["stale_srm"][-1]
         catalogue = srm_catalogue_scores(srm, history, seen)
         target = torch.as_tensor(targets[start : start + chunk], dtype=torch.long)
-        if rank_alone:
-            full["srm"].append(full_ranking_ranks(catalogue, target))
-        for name, model in llms.items():
-            if model.tokenizer.depth == 1:
-                # The LLM alone from the stale prompt, with the device's seen items removed as for the SRM.
-                full[name].append(full_ranking_ranks(model.item_scores(stale), target, exclude=seen))
+        _append_full_ranks(full, llms, catalogue, target, stale, seen, rank_alone)
         top_items, top_scores = device_top_items(catalogue, device_n)
         device["items"].append(top_items)
         device["srm"].append(top_scores)
@@ -470,23 +496,15 @@ def train_models(
     return llm, srm, report
 
 
-def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None) -> dict:
-    """Run the experiment the composed config ``cfg`` describes (typed here, once); write outputs under
-    ``out`` and return the final summary. ``cloud``: the cloud LLM to use instead of the configured one."""
-    run = typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
-    wall_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(run.seed)
-    if run.threads:
-        torch.set_num_threads(run.threads)
-    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
-    logger.info("dataset %s: %s", run.data.name, split.report)
-    vectors = run_item_vectors(run.model, split, run.text, run.data.name, run.collab.content_weight)
-    llm, srm, report = train_models(run, split, out, cloud, vectors)
-    unit_text = unit_vectors(vectors) if vectors is not None else None
-    view = cloud_view_for(split, run.collab, run.seed)
-    ks = run.eval.ks
-
+def _validation_and_test_moments(
+    llm: CloudLLM,
+    srm: SequentialRecommender,
+    split: LeaveOneOutSplit,
+    view: CloudView,
+    run: RequestCurveSettings,
+    unit_text: Tensor | None,
+) -> tuple[MomentLists, MomentLists, CloudLLM | None]:
+    """The validation and the test moment's lists, and the baseline LLM the test moment also ranks with."""
     valid = build_moment(
         llm,
         srm,
@@ -510,19 +528,29 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
         baseline_llm=baseline,
         unit_text=unit_text,
     )
-    weights, alpha_curve, content_curve = choose_fusion(valid, run)
-    alpha = weights.alpha
-    logger.info(
-        "fusion alpha %.2f, content weight %.2f (validation NDCG@10 by alpha: %s; by content weight: %s)",
-        alpha,
-        weights.content,
-        alpha_curve,
-        content_curve,
-    )
-    comparison = collaboration_comparison(valid, test, split, run)
-    if valid.features is not None:
-        fit_request_model(valid, test, weights, run, out)
+    return valid, test, baseline
 
+
+def _full_ranking_context(
+    llm: CloudLLM,
+    srm: SequentialRecommender,
+    split: LeaveOneOutSplit,
+    view: CloudView,
+    run: RequestCurveSettings,
+) -> dict[str, dict[str, float]]:
+    """Context: each model ranking the whole catalogue on its own (the SRM protocol), on test."""
+    ks = run.eval.ks
+    _, test_set = build_eval_sets(split, run.eval, run.data.max_len)
+    srm_full = evaluate(srm, test_set, ks, full_ranking=True)["full"]
+    llm_stale_full = evaluate_llm(llm, view.stale_test_prompts, split.test_targets, ks, run.collab.candidates)
+    llm_fresh_full = evaluate_llm(llm, split.test_histories(), split.test_targets, ks, run.collab.candidates)
+    return {"srm": srm_full, "llm_stale": llm_stale_full, "llm_fresh": llm_fresh_full}
+
+
+def _request_extremes(
+    test: MomentLists, weights: FusionWeights, run: RequestCurveSettings
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Test metrics of the LLM alone, the SRM alone and fused when no device requests and when all do."""
     never = torch.zeros_like(test.targets, dtype=torch.bool)
     llm_only, srm_only = FusionWeights(1.0), FusionWeights(0.0)
     table = {
@@ -535,12 +563,14 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
         "srm_only": ranked_metrics(test, ~never, srm_only, run),
         "fused": ranked_metrics(test, ~never, weights, run),
     }
-    # Context: each model ranking the whole catalogue on its own (the SRM protocol).
-    _, test_set = build_eval_sets(split, run.eval, run.data.max_len)
-    srm_full = evaluate(srm, test_set, ks, full_ranking=True)["full"]
-    llm_stale_full = evaluate_llm(llm, view.stale_test_prompts, split.test_targets, ks, run.collab.candidates)
-    llm_fresh_full = evaluate_llm(llm, split.test_histories(), split.test_targets, ks, run.collab.candidates)
+    return table, table_always
 
+
+def _request_ratio_curve(
+    valid: MomentLists, test: MomentLists, weights: FusionWeights, run: RequestCurveSettings
+) -> list[dict]:
+    """Test metrics at each ``request.ratios`` ratio: the intelligent and the random policy, and the
+    threshold and the budget policy of every compared score."""
     generator = torch.Generator().manual_seed(run.request.seed)
     compare_generator = torch.Generator().manual_seed(run.request.seed + 1)
     curve = []
@@ -572,10 +602,66 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
             row["intelligent"]["actual_ratio"],
             row["random"]["NDCG@10"],
         )
+    return curve
 
-    target_ratio = run.request.target_ratio
+
+def _gain_recovered_at_target(
+    curve: list[dict], table: dict[str, dict], table_always: dict[str, dict], target_ratio: float
+) -> dict[str, Any]:
+    """The share of the never -> always-request fused NDCG@10 gain each policy recovers at
+    ``target_ratio`` (empty when the curve lacks that ratio or requests do not help)."""
     at_target = next((r for r in curve if math.isclose(r["ratio"], target_ratio)), None)
     never_ndcg, always_ndcg = table["fused"]["NDCG@10"], table_always["fused"]["NDCG@10"]
+    gains: dict[str, Any] = {}
+    if at_target is not None and always_ndcg > never_ndcg:
+        gains["intelligent_gain_recovered_at_target"] = round(
+            (at_target["intelligent"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
+        )
+        gains["random_gain_recovered_at_target"] = round(
+            (at_target["random"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
+        )
+        for kind in ("intelligent", "budget"):
+            gains[f"gain_recovered_at_target_by_score_{kind}"] = {
+                method: round((row["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3)
+                for method, row in at_target[f"{kind}_by_score"].items()
+            }
+    return gains
+
+
+def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None) -> dict:
+    """Run the experiment the composed config ``cfg`` describes (typed here, once); write outputs under
+    ``out`` and return the final summary. ``cloud``: the cloud LLM to use instead of the configured one."""
+    run = typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
+    wall_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(run.seed)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    logger.info("dataset %s: %s", run.data.name, split.report)
+    vectors = run_item_vectors(run.model, split, run.text, run.data.name, run.collab.content_weight)
+    llm, srm, report = train_models(run, split, out, cloud, vectors)
+    unit_text = unit_vectors(vectors) if vectors is not None else None
+    view = cloud_view_for(split, run.collab, run.seed)
+
+    valid, test, baseline = _validation_and_test_moments(llm, srm, split, view, run, unit_text)
+    weights, alpha_curve, content_curve = choose_fusion(valid, run)
+    alpha = weights.alpha
+    logger.info(
+        "fusion alpha %.2f, content weight %.2f (validation NDCG@10 by alpha: %s; by content weight: %s)",
+        alpha,
+        weights.content,
+        alpha_curve,
+        content_curve,
+    )
+    comparison = collaboration_comparison(valid, test, split, run)
+    if valid.features is not None:
+        fit_request_model(valid, test, weights, run, out)
+
+    table, table_always = _request_extremes(test, weights, run)
+    full_ranking_context = _full_ranking_context(llm, srm, split, view, run)
+    curve = _request_ratio_curve(valid, test, weights, run)
+
     best_single = max(table["llm_only"]["NDCG@10"], table["srm_only"]["NDCG@10"])
     summary = {
         "experiment": "request_curve",
@@ -596,20 +682,9 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
         "fused_over_best_single": round(table["fused"]["NDCG@10"] / max(best_single, 1e-12), 3),
         "collaboration": comparison,
         "request_curve": curve,
-        "full_ranking_context": {"srm": srm_full, "llm_stale": llm_stale_full, "llm_fresh": llm_fresh_full},
+        "full_ranking_context": full_ranking_context,
     }
-    if at_target is not None and always_ndcg > never_ndcg:
-        summary["intelligent_gain_recovered_at_target"] = round(
-            (at_target["intelligent"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
-        )
-        summary["random_gain_recovered_at_target"] = round(
-            (at_target["random"]["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3
-        )
-        for kind in ("intelligent", "budget"):
-            summary[f"gain_recovered_at_target_by_score_{kind}"] = {
-                method: round((row["NDCG@10"] - never_ndcg) / (always_ndcg - never_ndcg), 3)
-                for method, row in at_target[f"{kind}_by_score"].items()
-            }
+    summary.update(_gain_recovered_at_target(curve, table, table_always, run.request.target_ratio))
     payload = {
         "status": "completed",
         "config": run.record,

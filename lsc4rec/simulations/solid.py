@@ -159,6 +159,61 @@ def plot_variants(runs: dict[str, dict[str, Any]], path: Path, title: str) -> No
     plt.close(fig)
 
 
+def _codebooks(
+    run: SolidStudySettings, raw: Any, data: DeviceData, item_table: Tensor, variants: list[str]
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+    """Semantic ids and report of each codebook the variants need: ``main`` (``solid.features``) and ``old``
+    (``solid_old_features``, for ``solid_old_codebook``)."""
+    codebooks: dict[str, dict[str, Any]] = {}
+    codes: dict[str, Tensor] = {}
+    for label, features in (("main", list(run.solid.features)), ("old", list(run.solid_old_features))):
+        needed = [v for v in variants if v in VARIANTS and (v == "solid_old_codebook") == (label == "old")]
+        if needed:
+            codes[label], codebooks[label] = _codebook(run, raw, data, item_table, [str(f) for f in features])
+    return codes, codebooks
+
+
+def _solid_result(
+    run: SolidStudySettings,
+    model_cfg: dict[str, Any],
+    data: DeviceData,
+    codebooks: dict[str, dict[str, Any]],
+    runs: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The headline result: each variant's test NDCG@10 by slice, at equal cost, and its cost."""
+    split = data.split
+    base_all = runs["base"]["test"]["all"]["NDCG@10"]
+    result: dict[str, Any] = {
+        "experiment": "solid",
+        "dataset": run.data.name,
+        "base": model_cfg["base"],
+        "device_users": len(split.train),
+        "protocol": protocol_description(run.eval),
+        "features": {"main": list(run.solid.features), "old": list(run.solid_old_features)},
+        "codebook": {
+            label: {k: book[k] for k in ("sizes", "perplexity", "dead_codes", "distinct_semantic_ids")}
+            for label, book in codebooks.items()
+        },
+        "new_items": data.report()["new_items"],
+        "variants": {name: _headline(run) for name, run in runs.items()},
+        "equal_epochs": {n: r["equal_epochs"]["test"] for n, r in runs.items() if "equal_epochs" in r},
+        "equal_seconds": {n: r["equal_seconds"]["test"] for n, r in runs.items() if "equal_seconds" in r},
+        "cost": {
+            name: {
+                "parameters": run["parameters"],
+                "bytes_per_round": run.get("bytes_per_round", run["bytes_per_model"]),
+                "seconds_per_epoch": run["seconds_per_epoch"],
+            }
+            for name, run in runs.items()
+        },
+    }
+    if "solid" in runs and base_all:
+        result["solid_vs_base_full_NDCG@10"] = round(
+            runs["solid"]["test"]["all"]["NDCG@10"] / base_all - 1.0, 4
+        )
+    return result
+
+
 def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Run the base model, SOLID and its ablations as the composed config ``cfg`` describes (typed here,
     once); write outputs; return the result."""
@@ -191,12 +246,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
         init = text_initialised_srm(model, split, run.text)
         runs["text_srm"] = {**train_variant("text_srm", model, data, seed, budget=budget), "text_init": init}
 
-    codebooks: dict[str, dict[str, Any]] = {}
-    codes: dict[str, Tensor] = {}
-    for label, features in (("main", list(run.solid.features)), ("old", list(run.solid_old_features))):
-        needed = [v for v in variants if v in VARIANTS and (v == "solid_old_codebook") == (label == "old")]
-        if needed:
-            codes[label], codebooks[label] = _codebook(run, raw, data, item_table, [str(f) for f in features])
+    codes, codebooks = _codebooks(run, raw, data, item_table, variants)
 
     for name in variants:
         if name in BASE_VARIANTS:
@@ -212,35 +262,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
             book = codebooks["old" if name == "solid_old_codebook" else "main"]
             runs[name]["bytes_per_round"] = runs[name]["bytes_per_model"] + book["bytes"]
 
-    base_all = runs["base"]["test"]["all"]["NDCG@10"]
-    result: dict[str, Any] = {
-        "experiment": "solid",
-        "dataset": run.data.name,
-        "base": model_cfg["base"],
-        "device_users": len(split.train),
-        "protocol": protocol_description(run.eval),
-        "features": {"main": list(run.solid.features), "old": list(run.solid_old_features)},
-        "codebook": {
-            label: {k: book[k] for k in ("sizes", "perplexity", "dead_codes", "distinct_semantic_ids")}
-            for label, book in codebooks.items()
-        },
-        "new_items": data.report()["new_items"],
-        "variants": {name: _headline(run) for name, run in runs.items()},
-        "equal_epochs": {n: r["equal_epochs"]["test"] for n, r in runs.items() if "equal_epochs" in r},
-        "equal_seconds": {n: r["equal_seconds"]["test"] for n, r in runs.items() if "equal_seconds" in r},
-        "cost": {
-            name: {
-                "parameters": run["parameters"],
-                "bytes_per_round": run.get("bytes_per_round", run["bytes_per_model"]),
-                "seconds_per_epoch": run["seconds_per_epoch"],
-            }
-            for name, run in runs.items()
-        },
-    }
-    if "solid" in runs and base_all:
-        result["solid_vs_base_full_NDCG@10"] = round(
-            runs["solid"]["test"]["all"]["NDCG@10"] / base_all - 1.0, 4
-        )
+    result = _solid_result(run, model_cfg, data, codebooks, runs)
     payload = {
         "status": "completed",
         "config": plain,

@@ -130,6 +130,54 @@ def budget_mask(
     return top_share(scores, settings.ratio, generator)
 
 
+def request_disagreement(
+    srm: SequentialRecommender | None,
+    settings: CollaborationSettings,
+    items: torch.Tensor,
+    srm_scores: torch.Tensor,
+    llm_scores: torch.Tensor,
+    catalogue: torch.Tensor,
+    history: torch.Tensor,
+) -> torch.Tensor:
+    """Each device's request score ``[B]`` on the list it holds: ``request.score`` or the learned model.
+
+    ``srm`` may be None where ``catalogue`` holds every score the request score reads (a streaming node).
+    """
+    if settings.request_model is not None and settings.score == "learned":
+        features = request_features(items, srm_scores, llm_scores, catalogue, history)
+        return settings.request_model.predict(features)
+    return request_score_table(
+        srm,  # type: ignore[arg-type]
+        history,
+        items,
+        srm_scores,
+        (settings.score,),
+        settings.k,
+        catalogue,
+    )[settings.score]
+
+
+def _take_fresh(
+    srm: SequentialRecommender,
+    fresh: CandidateList,
+    rows: list[int],
+    history: torch.Tensor,
+    seen: torch.Tensor,
+    settings: CollaborationSettings,
+    ranked: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """The requesting devices ``rows`` rank the cloud's ``fresh`` lists: written into the ``(items, LLM
+    scores, SRM scores)`` of ``ranked`` in place (seen items dropped, SRM scores computed)."""
+    items, llm_scores, srm_scores = ranked
+    fresh_items = torch.from_numpy(fresh.items).long()
+    if settings.exclude_history:
+        fresh_items = drop_seen(fresh_items, seen[rows])
+    index = torch.tensor(rows)
+    items[index] = fresh_items
+    llm_scores[index] = torch.from_numpy(fresh.scores).float().masked_fill(fresh_items == 0, float("-inf"))
+    srm_scores[index] = srm_candidate_scores(srm, history[rows], fresh_items)
+
+
 def serve_devices(
     srm: SequentialRecommender,
     histories: Sequence[Sequence[int]],
@@ -162,13 +210,7 @@ def serve_devices(
     llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
     srm_scores = srm_candidate_scores(srm, history, items)
     catalogue = srm_catalogue_scores(srm, history, seen)
-    if settings.request_model is not None and settings.score == "learned":
-        features = request_features(items, srm_scores, llm_scores, catalogue, history)
-        disagreement = settings.request_model.predict(features)
-    else:
-        disagreement = request_score_table(
-            srm, history, items, srm_scores, (settings.score,), settings.k, catalogue
-        )[settings.score]
+    disagreement = request_disagreement(srm, settings, items, srm_scores, llm_scores, catalogue, history)
     # The device's own top items (computed once if needed, used before and after requests): for a union
     # pool, and for devices holding no cloud list.
     top = functools.cache(lambda: device_top_items(catalogue, settings.device_candidates))
@@ -195,15 +237,7 @@ def serve_devices(
         failed = len(rows)  # the cloud did not answer: these devices keep the lists they hold
     if fresh is not None:
         bytes_moved = sum(8 * min(len(histories[r]), cloud.max_history) for r in rows) + fresh.items.size * 12
-        fresh_items = torch.from_numpy(fresh.items).long()
-        if settings.exclude_history:
-            fresh_items = drop_seen(fresh_items, seen[rows])
-        index = torch.tensor(rows)
-        items[index] = fresh_items
-        llm_scores[index] = (
-            torch.from_numpy(fresh.scores).float().masked_fill(fresh_items == 0, float("-inf"))
-        )
-        srm_scores[index] = srm_candidate_scores(srm, history[rows], fresh_items)
+        _take_fresh(srm, fresh, rows, history, seen, settings, (items, llm_scores, srm_scores))
     after = RankingAccumulator(ks)
     after.add(ranked(items, llm_scores, srm_scores))
     metrics = {f"collab-{k}": v for k, v in after.compute().items()}

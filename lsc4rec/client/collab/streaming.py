@@ -26,12 +26,10 @@ from lsc4rec.client.collab.inference import (
     device_pool,
     device_top_items,
     drop_seen,
-    request_score_table,
     seen_items,
     union_candidates,
 )
-from lsc4rec.client.collab.request_model import request_features
-from lsc4rec.client.collab.serving import CollaborationSettings, budget_mask
+from lsc4rec.client.collab.serving import CollaborationSettings, budget_mask, request_disagreement
 from lsc4rec.data import pad_left
 from lsc4rec.messages import alpha_metric
 from lsc4rec.metrics import RankingAccumulator, full_ranking_ranks, list_ranks
@@ -94,6 +92,46 @@ class _Lists:
     scores: Tensor
 
 
+@dataclasses.dataclass
+class _Tally:
+    """What serving a round's arrivals counts: rankings of the device, the cloud and the fused lists, and
+    the requests."""
+
+    device: RankingAccumulator
+    alone: RankingAccumulator
+    before: RankingAccumulator
+    after: RankingAccumulator
+    #: Fused NDCG@10 after the requests at every fusion weight of the server's grid.
+    grid: dict[float, RankingAccumulator]
+    requests: int = 0
+    bytes_moved: int = 0
+    failures: int = 0
+
+    @classmethod
+    def start(cls, ks: Sequence[int], alpha_grid: Sequence[float]) -> _Tally:
+        """Nothing counted yet."""
+        device, alone, before, after = (RankingAccumulator(ks) for _ in range(4))
+        grid = {float(alpha): RankingAccumulator((10,)) for alpha in alpha_grid}
+        return cls(device, alone, before, after, grid)
+
+    def count(self, requests: int, bytes_moved: int, unanswered: int) -> None:
+        """Add one step's requests, the bytes they moved and the requests the cloud left unanswered."""
+        self.requests, self.bytes_moved = self.requests + requests, self.bytes_moved + bytes_moved
+        self.failures += unanswered
+
+    def cloud_metrics(self) -> dict[str, float]:
+        """Serving with the cloud: its list alone, the fused lists before and after requests, the requests."""
+        metrics = {f"replay-cloud-{k}": v for k, v in self.alone.compute().items()}
+        metrics.update({f"replay-collab-before-request-{k}": v for k, v in self.before.compute().items()})
+        metrics.update({f"replay-collab-{k}": v for k, v in self.after.compute().items()})
+        for alpha, accumulator in self.grid.items():
+            metrics[alpha_metric(alpha)] = accumulator.compute()["NDCG@10"]
+        metrics["replay-requests"] = float(self.requests)
+        metrics["replay-request-failures"] = float(self.failures)
+        metrics["replay-request-bytes"] = float(self.bytes_moved)
+        return metrics
+
+
 def _catalogue(raw: Tensor, seen: Tensor, exclude_history: bool) -> Tensor:
     """Raw scores with padding (and, if asked, the consumed items) at -inf."""
     scores = raw.clone()
@@ -144,49 +182,29 @@ def serve_arrivals(
         lists = _Lists(
             torch.from_numpy(stale.items[order]).long(), torch.from_numpy(stale.scores[order]).float()
         )
-    device, alone, before, after = (RankingAccumulator(ks) for _ in range(4))
-    grid = {float(alpha): RankingAccumulator((10,)) for alpha in alpha_grid}
-    requests, bytes_moved, failures = 0, 0, 0
+    tally = _Tally.start(ks, alpha_grid)
     steps = max((len(a) for a in coming), default=0)
     for step in range(steps):
         active = sum(1 for a in coming if len(a) > step)
         target = torch.tensor([coming[u][step] for u in range(active)], dtype=torch.long)
         seen = seen_items(current[:active])
         raw = scorer.scores(current[:active])
-        device.add(full_ranking_ranks(raw, target, exclude=seen if exclude_history else None))
+        tally.device.add(full_ranking_ranks(raw, target, exclude=seen if exclude_history else None))
         if lists is not None:
             assert settings is not None and cloud is not None and generator is not None
             lists.items, lists.scores = lists.items[:active], lists.scores[:active]
             catalogue = _catalogue(raw, seen, exclude_history)
-            sent, moved, unanswered = _serve_step(
-                catalogue,
-                current[:active],
-                seen,
-                target,
-                lists,
-                cloud,
-                settings,
-                max_len,
-                generator,
-                (alone, before, after),
-                grid,
+            served = _serve_step(
+                catalogue, current[:active], seen, target, lists, cloud, settings, max_len, generator, tally
             )
-            requests, bytes_moved = requests + sent, bytes_moved + moved
-            failures += unanswered
+            tally.count(*served)
         for u in range(active):
             current[u].append(coming[u][step])
         scorer.absorb(target)
     arrived = sum(len(a) for a in coming)
-    metrics = {f"replay-device-{k}": v for k, v in device.compute().items()}
+    metrics = {f"replay-device-{k}": v for k, v in tally.device.compute().items()}
     if lists is not None:
-        metrics.update({f"replay-cloud-{k}": v for k, v in alone.compute().items()})
-        metrics.update({f"replay-collab-before-request-{k}": v for k, v in before.compute().items()})
-        metrics.update({f"replay-collab-{k}": v for k, v in after.compute().items()})
-        for alpha, accumulator in grid.items():
-            metrics[alpha_metric(alpha)] = accumulator.compute()["NDCG@10"]
-        metrics["replay-requests"] = float(requests)
-        metrics["replay-request-failures"] = float(failures)
-        metrics["replay-request-bytes"] = float(bytes_moved)
+        metrics.update(tally.cloud_metrics())
     metrics["replay-arrivals"] = float(arrived)
     metrics["streaming-updates"] = float(scorer.updates)
     metrics["replay-seconds"] = time.perf_counter() - start
@@ -203,31 +221,19 @@ def _serve_step(
     settings: CollaborationSettings,
     max_len: int,
     generator: torch.Generator,
-    accumulators: tuple[RankingAccumulator, RankingAccumulator, RankingAccumulator],
-    grid: dict[float, RankingAccumulator],
+    tally: _Tally,
 ) -> tuple[int, int, int]:
     """One arrival step with the cloud: rank the held lists, request within the budget, rank again.
 
-    Updates ``lists`` in place with the fresh lists; returns ``(requests, bytes moved, requests unanswered)``.
+    Adds the rankings to ``tally`` and updates ``lists`` in place with the fresh lists; returns
+    ``(requests, bytes moved, requests unanswered)``.
     """
-    alone, before, after = accumulators
+    alone, before, after, grid = tally.alone, tally.before, tally.after, tally.grid
     items = drop_seen(lists.items, seen) if settings.exclude_history else lists.items.clone()
     llm_scores = lists.scores.masked_fill(items == 0, float("-inf"))
     srm_scores = catalogue.gather(1, items.clamp(min=1)).masked_fill(items == 0, float("-inf"))
     history = pad_left(current, max_len)
-    if settings.request_model is not None and settings.score == "learned":
-        features = request_features(items, srm_scores, llm_scores, catalogue, history)
-        disagreement = settings.request_model.predict(features)
-    else:
-        disagreement = request_score_table(
-            None,
-            history,
-            items,
-            srm_scores,
-            (settings.score,),
-            settings.k,
-            catalogue,  # type: ignore[arg-type]
-        )[settings.score]
+    disagreement = request_disagreement(None, settings, items, srm_scores, llm_scores, catalogue, history)
     # The device's own top items (computed once if needed): for a union pool, and for devices holding no
     # cloud list.
     top = functools.cache(lambda: device_top_items(catalogue, settings.device_candidates))
@@ -251,20 +257,7 @@ def _serve_step(
     fresh = cloud.recommend([current[r] for r in rows], settings.candidates) if rows else None
     if fresh is not None:
         moved = sum(8 * min(len(current[r]), cloud.max_history) for r in rows) + fresh.items.size * 12
-        index = torch.tensor(rows)
-        fresh_items = torch.from_numpy(fresh.items).long()
-        fresh_scores = torch.from_numpy(fresh.scores).float()
-        # The device keeps the fresh list as it came (its own history is dropped at ranking time).
-        width = lists.items.shape[1]
-        if fresh_items.shape[1] != width:
-            raise ValueError(
-                f"the cloud answered {fresh_items.shape[1]} candidates, the device holds {width}"
-            )
-        lists.items[index], lists.scores[index] = fresh_items, fresh_scores
-        kept = drop_seen(fresh_items, seen[rows]) if settings.exclude_history else fresh_items
-        items[index] = kept
-        llm_scores[index] = fresh_scores.masked_fill(kept == 0, float("-inf"))
-        srm_scores[index] = catalogue[rows].gather(1, kept.clamp(min=1)).masked_fill(kept == 0, float("-inf"))
+        _hold_fresh(fresh, rows, lists, (items, llm_scores, srm_scores), catalogue, seen, settings)
     # The lists after the requests, fused at the devices' weight and at every weight of the grid (the data the
     # server chooses the weight on).
     final, *on_grid = ranked(items, llm_scores, srm_scores, (settings.alpha, *grid))
@@ -273,3 +266,29 @@ def _serve_step(
         accumulator.add(ranks)
     # Unanswered requests (the cloud unreachable): those devices keep the lists they hold.
     return len(rows), moved, len(rows) if rows and fresh is None else 0
+
+
+def _hold_fresh(
+    fresh: CandidateList,
+    rows: list[int],
+    lists: _Lists,
+    ranked: tuple[Tensor, Tensor, Tensor],
+    catalogue: Tensor,
+    seen: Tensor,
+    settings: CollaborationSettings,
+) -> None:
+    """The requesting devices ``rows`` take the cloud's ``fresh`` lists: into ``lists`` as they came, and
+    into the ``(items, LLM scores, SRM scores)`` they rank now (seen items dropped), all in place."""
+    items, llm_scores, srm_scores = ranked
+    index = torch.tensor(rows)
+    fresh_items = torch.from_numpy(fresh.items).long()
+    fresh_scores = torch.from_numpy(fresh.scores).float()
+    # The device keeps the fresh list as it came (its own history is dropped at ranking time).
+    width = lists.items.shape[1]
+    if fresh_items.shape[1] != width:
+        raise ValueError(f"the cloud answered {fresh_items.shape[1]} candidates, the device holds {width}")
+    lists.items[index], lists.scores[index] = fresh_items, fresh_scores
+    kept = drop_seen(fresh_items, seen[rows]) if settings.exclude_history else fresh_items
+    items[index] = kept
+    llm_scores[index] = fresh_scores.masked_fill(kept == 0, float("-inf"))
+    srm_scores[index] = catalogue[rows].gather(1, kept.clamp(min=1)).masked_fill(kept == 0, float("-inf"))

@@ -375,6 +375,46 @@ def _batches(lengths: Tensor, batch_size: int, generator: torch.Generator) -> li
     return [batches[i] for i in shuffle]
 
 
+def _optimizer(model: ItemLM, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the decoder (weight decay on matrices only) and the item table (its own rate)."""
+    decay, no_decay = [], []
+    for param in model.decoder.parameters():
+        (no_decay if param.ndim < 2 else decay).append(param)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "lr": config.lr, "weight_decay": config.weight_decay},
+            {"params": no_decay, "lr": config.lr, "weight_decay": 0.0},
+            {"params": [model.items], "lr": config.item_lr, "weight_decay": 0.0},
+        ],
+        fused=device.type == "cuda",
+    )
+
+
+def _train_step(
+    model: ItemLM,
+    optimizer: torch.optim.Optimizer,
+    base_lrs: list[float],
+    tokens: Tensor,
+    config: TrainConfig,
+    step: int,
+    device: torch.device,
+) -> tuple[float, int]:
+    """One warmed-up, clipped optimizer step on the rows ``tokens``; its mean loss and predicted items."""
+    targets = tokens[:, 1:]
+    predict = targets > 0  # every item, the first one from the bos alone
+    with _autocast(device):
+        hidden = model.hidden(tokens)[:, :-1][predict]
+        loss = nn.functional.cross_entropy(model.logits(hidden).float(), targets[predict] - 1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base * warm
+    optimizer.step()
+    return float(loss.detach()), int(predict.sum())
+
+
 def fit(
     payload: Payload,
     config: TrainConfig,
@@ -395,17 +435,7 @@ def fit(
     rows, lengths = _train_rows(ragged(payload.data, "train"), max_len)
     valid = ragged(payload.data, "valid")
     valid_targets = payload.data["valid_targets"]
-    decay, no_decay = [], []
-    for param in model.decoder.parameters():
-        (no_decay if param.ndim < 2 else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "lr": config.lr, "weight_decay": config.weight_decay},
-            {"params": no_decay, "lr": config.lr, "weight_decay": 0.0},
-            {"params": [model.items], "lr": config.item_lr, "weight_decay": 0.0},
-        ],
-        fused=device.type == "cuda",
-    )
+    optimizer = _optimizer(model, config, device)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
     rows_device = rows.to(device)
@@ -420,21 +450,10 @@ def fit(
                 break
             width = int(lengths[batch].max()) + 1
             tokens = rows_device[batch.to(device), :width]
-            targets = tokens[:, 1:]
-            predict = targets > 0  # every item, the first one from the bos alone
-            with _autocast(device):
-                hidden = model.hidden(tokens)[:, :-1][predict]
-                loss = nn.functional.cross_entropy(model.logits(hidden).float(), targets[predict] - 1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * warm
-            optimizer.step()
+            loss, predicted = _train_step(model, optimizer, base_lrs, tokens, config, step, device)
             step += 1
-            total += float(loss.detach()) * int(predict.sum())
-            count += int(predict.sum())
+            total += loss * predicted
+            count += predicted
         if count == 0:
             break
         _, _, metrics = score_histories(model, valid, max_len, 50, device, valid_targets)
@@ -508,6 +527,56 @@ def write_lists(
     return names
 
 
+def _pick_device(device_name: str) -> torch.device:
+    """The device ``device_name`` names (``auto``: CUDA when present); TF32 matmuls on CUDA."""
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
+    )
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def _keep_first(payload: Payload, limit: int) -> None:
+    """Keep only the first ``limit`` training, validation and scored histories of ``payload`` (in place)."""
+    for name in ("train", "valid", "score"):
+        kept = ragged(payload.data, name)[:limit]
+        payload.data[f"{name}_flat"], payload.data[f"{name}_offsets"] = pack(kept)
+    payload.data["valid_targets"] = payload.data["valid_targets"][:limit]
+
+
+def _probe_difference(payload: Payload, device: torch.device) -> float:
+    """:func:`check_probe` of the base model assembled on ``device`` (built from the current torch seed)."""
+    probe_model = ItemLM(payload.meta["llama_config"], torch.from_numpy(payload.items), 0.0)
+    probe_model.decoder.load_state_dict(layer_state(payload), strict=True)
+    return check_probe(probe_model.to(device), payload, device)
+
+
+def _fit_configs(
+    payload: Payload,
+    configs: Sequence[TrainConfig],
+    budget_s: float,
+    device: torch.device,
+    seed: int,
+    log: dict[str, Any],
+) -> tuple[float, dict[str, Tensor] | None, TrainConfig | None]:
+    """Fine-tune each configuration on an even share of the time left; the best validation NDCG@10, its
+    weights and configuration (None when none finished an epoch). Logs the epochs and training seconds."""
+    epochs: list[dict[str, Any]] = []
+    best, best_state, best_config = -math.inf, None, None
+    train_start = time.monotonic()
+    for index, config in enumerate(configs):
+        remaining = budget_s - (time.monotonic() - train_start)
+        deadline = time.monotonic() + remaining / (len(configs) - index)
+        value, state = fit(payload, config, deadline, device, seed, epochs)
+        if state is not None and value > best:
+            best, best_state, best_config = value, state, config
+    log["epochs"] = epochs
+    log["seconds_training"] = round(time.monotonic() - train_start, 1)
+    return best, best_state, best_config
+
+
 def run(
     parts: Sequence[Path],
     out: Path,
@@ -524,18 +593,10 @@ def run(
     real model on a CPU).
     """
     wall = time.monotonic()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name
-    )
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = _pick_device(device_name)
     payload = read_payload(parts)
     if limit is not None:
-        for name in ("train", "valid", "score"):
-            kept = ragged(payload.data, name)[:limit]
-            payload.data[f"{name}_flat"], payload.data[f"{name}_offsets"] = pack(kept)
-        payload.data["valid_targets"] = payload.data["valid_targets"][:limit]
+        _keep_first(payload, limit)
     out.mkdir(parents=True, exist_ok=True)
     import transformers
 
@@ -552,22 +613,9 @@ def run(
         "seconds_assemble": round(time.monotonic() - wall, 1),
     }
     torch.manual_seed(seed)
-    probe_model = ItemLM(payload.meta["llama_config"], torch.from_numpy(payload.items), 0.0)
-    probe_model.decoder.load_state_dict(layer_state(payload), strict=True)
-    log["probe_max_abs_diff"] = check_probe(probe_model.to(device), payload, device)
+    log["probe_max_abs_diff"] = _probe_difference(payload, device)
     print(f"probe max |logit difference| vs the CPU dequantised model: {log['probe_max_abs_diff']:.3g}")
-    del probe_model
-    epochs: list[dict[str, Any]] = []
-    best, best_state, best_config = -math.inf, None, None
-    train_start = time.monotonic()
-    for index, config in enumerate(configs):
-        remaining = budget_s - (time.monotonic() - train_start)
-        deadline = time.monotonic() + remaining / (len(configs) - index)
-        value, state = fit(payload, config, deadline, device, seed, epochs)
-        if state is not None and value > best:
-            best, best_state, best_config = value, state, config
-    log["epochs"] = epochs
-    log["seconds_training"] = round(time.monotonic() - train_start, 1)
+    best, best_state, best_config = _fit_configs(payload, configs, budget_s, device, seed, log)
     if best_state is None or best_config is None:
         raise RuntimeError("no configuration finished an epoch within the budget")
     log["selected"] = {"config": best_config.name, "valid_NDCG@10": round(best, 5)}

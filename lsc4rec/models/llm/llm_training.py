@@ -101,6 +101,38 @@ def _cpu_copy(llm: CloudLLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in llm.state_dict().items()}
 
 
+def _train_llm_epoch(
+    llm: CloudLLM,
+    batches: TrainBatches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    settings: LLMTrainSettings,
+    epoch: int,
+    hooks: Sequence[Any],
+) -> float:
+    """One epoch of next-token training over ``batches``; the mean loss per sequence."""
+    llm.train()
+    batches.set_epoch(epoch)
+    total, count = 0.0, 0
+    progress = tqdm(batches, desc=f"LLM epoch {epoch}", leave=False, disable=not settings.progress)
+    for inputs, targets in progress:
+        # The full sequence of each row: its inputs plus the last target (rows are right-aligned).
+        rows = torch.cat([inputs, targets[:, -1:]], dim=1)
+        for hook in hooks:
+            hook.before_step(llm, rows, None)
+        loss = llm.loss(rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), settings.grad_clip)
+        optimizer.step()
+        for hook in hooks:
+            hook.after_step(llm)
+        scheduler.step()
+        total += float(loss.detach()) * rows.shape[0]
+        count += rows.shape[0]
+    return total / max(count, 1)
+
+
 def fit_llm(
     llm: CloudLLM,
     sequences: Sequence[Sequence[int]],
@@ -134,28 +166,10 @@ def fit_llm(
     start = time.perf_counter()
     seconds_to_best = 0.0
     for epoch in range(1, settings.epochs + 1):
-        llm.train()
-        batches.set_epoch(epoch)
-        total, count = 0.0, 0
-        progress = tqdm(batches, desc=f"LLM epoch {epoch}", leave=False, disable=not settings.progress)
-        for inputs, targets in progress:
-            # The full sequence of each row: its inputs plus the last target (rows are right-aligned).
-            rows = torch.cat([inputs, targets[:, -1:]], dim=1)
-            for hook in hooks:
-                hook.before_step(llm, rows, None)
-            loss = llm.loss(rows)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(llm.parameters(), settings.grad_clip)
-            optimizer.step()
-            for hook in hooks:
-                hook.after_step(llm)
-            scheduler.step()
-            total += float(loss.detach()) * rows.shape[0]
-            count += rows.shape[0]
+        train_loss = _train_llm_epoch(llm, batches, optimizer, scheduler, settings, epoch, hooks)
         valid = evaluate_llm(llm, valid_histories, valid_targets, candidates=settings.candidates)
         value = valid[selection_metric]
-        record = {"epoch": epoch, "train_loss": total / max(count, 1), "valid": valid}
+        record = {"epoch": epoch, "train_loss": train_loss, "valid": valid}
         record["elapsed_seconds"] = time.perf_counter() - start
         history.append(record)
         if value > best_value:
