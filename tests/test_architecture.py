@@ -105,7 +105,7 @@ def _all_config_keys() -> frozenset[str]:
     composed.append(compose_config(["llm.lists_path=/lists"], "pretrained_cloud"))
     for group, names in {
         "model": ("gru4rec", "din", "ttt4rec", "solid", "sasrec_device"),
-        "strategy": ("fedadam", "fedprox", "trimmed_mean", "median", "fedavgm"),
+        "strategy": ("fedadam", "fedprox", "trimmed_mean", "median", "fedavgm", "flower"),
         "llm": ("pretrained", "smollm2"),
     }.items():
         composed.extend(compose_config([f"{group}={name}"]) for name in names)

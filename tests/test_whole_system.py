@@ -2,8 +2,9 @@
 shown to have acted: time moved (each round's arrivals served, TTT states advanced by streaming updates), the
 cloud LLM served candidates and devices requested fresh lists within the budget, each round's local update
 trained on the cloud's lists first, the SOLID codebook moved to a new version, MergeNet transferred into the
-global model, devices scored through ONNX Runtime (round 2 by updating the graph of round 1), the catalogue's
-text vectors reached every node once (text part, content term), and the final table came from the devices."""
+global model, the devices' final rankings went through ONNX Runtime (a graph exported on each node, checked
+against the model), the catalogue's text vectors reached every node once (text part, content term), the model
+learned well above random, and the final table came from the devices."""
 
 from __future__ import annotations
 
@@ -69,10 +70,13 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     assert summary["codebook"]["version"] >= 1 and rows[0]["codebook"]["codebook-updated"] == 1
     # MergeNet: the adapter rewrote the global model before each round and learned from the aggregate.
     assert all(row["mergenet"]["mergenet-adapter-loss"] > 0 for row in rows)
-    assert summary["test"]["full"]["NDCG@10"] > 0
+    # Learned: a random ranking of the 40 items (history excluded) gives NDCG@10 about 0.13.
+    assert summary["test"]["full"]["NDCG@10"] > 0.3, summary["test"]["full"]
     # What round 1 started from: the warm start on the cloud's stale copy, validated by the server.
     assert summary["warm_start"]["epochs"] == 1 and summary["round_0_valid"]["NDCG@10"] > 0
-    # ONNX Runtime scored the devices' final rankings and lists (the graph exported on each node).
+    # ONNX Runtime scored the devices' final rankings and lists (the graph exported on each node; with time
+    # moving the rounds serve through PyTorch's streaming steps, so there is no earlier graph to update).
+    assert summary["device_test"]["onnx-weights-updated"] == 0.0
     assert summary["device_test"]["onnx-export-seconds"] > 0
     # The final table: device alone (through ONNX Runtime: the server's own test of the last round),
     # collaborative at no / budgeted / all requests, and the cloud's list alone.
