@@ -64,6 +64,7 @@ from candidate_service_throughput import (
     load_split,
 )
 
+from lsc4rec.argument_types import existing_dir, fraction, non_negative_float, positive_float, positive_int
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceInfo
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.proto import candidate_service_pb2 as pb
@@ -920,17 +921,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--source", choices=["popularity", "llm"], default="popularity")
-    parser.add_argument("--llm-path", type=Path, default=None, help="saved cloud LLM folder (--source llm)")
+    parser.add_argument(
+        "--llm-path", type=existing_dir, default=None, help="saved cloud LLM folder (--source llm)"
+    )
     parser.add_argument("--llm-runtime", choices=["onnx", "torch"], default="onnx")
     parser.add_argument("--dataset", default="beauty", help="dataset name (embedded: beauty)")
     parser.add_argument("--data-path", default=None, help="data file/folder for a non-embedded dataset")
-    parser.add_argument("--max-history", type=int, default=50, help="popularity source's max_history")
-    parser.add_argument("--clients", type=int, default=128, help="concurrent clients, one channel each")
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long the clients send")
-    parser.add_argument("--invalid-share", type=float, default=0.3, help="share of invalid requests (0..1)")
-    parser.add_argument("--big-payload-mib", type=float, default=4.0, help="size of the oversized request")
-    parser.add_argument("--server-workers", type=int, default=8)
-    parser.add_argument("--batch-delay-ms", type=float, default=None, help="service micro-batching (off)")
+    parser.add_argument(
+        "--max-history", type=positive_int, default=50, help="popularity source's max_history"
+    )
+    parser.add_argument(
+        "--clients", type=positive_int, default=128, help="concurrent clients, one channel each"
+    )
+    parser.add_argument("--seconds", type=positive_float, default=60.0, help="how long the clients send")
+    parser.add_argument(
+        "--invalid-share", type=fraction, default=0.3, help="share of invalid requests (0..1)"
+    )
+    parser.add_argument(
+        "--big-payload-mib", type=positive_float, default=4.0, help="size of the oversized request"
+    )
+    parser.add_argument("--server-workers", type=positive_int, default=8)
+    parser.add_argument(
+        "--batch-delay-ms", type=non_negative_float, default=None, help="service micro-batching (off)"
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -938,8 +951,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="client deadline of every call but the short-deadline kind, seconds (a valid call past it is "
         "an unexpected DEADLINE_EXCEEDED)",
     )
-    parser.add_argument("--memory-threshold-mib", type=float, default=50.0)
-    parser.add_argument("--memory-threshold-pct", type=float, default=5.0)
+    parser.add_argument("--memory-threshold-mib", type=non_negative_float, default=50.0)
+    parser.add_argument("--memory-threshold-pct", type=non_negative_float, default=5.0)
     parser.add_argument("--seed", type=int, default=0, help="seeds every client's stream of requests")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args(argv)

@@ -43,6 +43,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from lsc4rec.argument_types import existing_dir, positive_float, positive_int
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient, CandidateServiceError
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
@@ -62,7 +63,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--source", choices=["popularity", "llm"], default="popularity")
-    parser.add_argument("--llm-path", type=Path, default=None, help="saved cloud LLM folder (--source llm)")
+    parser.add_argument(
+        "--llm-path", type=existing_dir, default=None, help="saved cloud LLM folder (--source llm)"
+    )
     parser.add_argument(
         "--llm-runtime",
         choices=["onnx", "torch"],
@@ -71,11 +74,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dataset", default="beauty", help="dataset name (embedded: beauty)")
     parser.add_argument("--data-path", default=None, help="data file/folder for a non-embedded dataset")
-    parser.add_argument("--max-history", type=int, default=50, help="popularity source's max_history")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=200, help="requests per client at every level")
-    parser.add_argument("--n", type=int, default=20, help="candidates per history")
-    parser.add_argument("--batch-size", type=int, default=1, help="histories per request (RecommendBatch)")
+    parser.add_argument(
+        "--max-history", type=positive_int, default=50, help="popularity source's max_history"
+    )
+    parser.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--requests", type=positive_int, default=200, help="requests per client at every level"
+    )
+    parser.add_argument("--n", type=positive_int, default=20, help="candidates per history")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="histories per request (RecommendBatch)"
+    )
     parser.add_argument(
         "--server-workers",
         type=int,
@@ -89,7 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="micro-batch concurrent calls, each waiting at most this long for others (0: only what queued "
         "while the model was busy; default: no micro-batching)",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="client deadline per call, seconds")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=10.0, help="client deadline per call, seconds"
+    )
     parser.add_argument("--in-process", action="store_true", help="run the server in this process")
     parser.add_argument("--seed", type=int, default=0, help="shuffles which users each client asks for")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from lsc4rec.argument_types import existing_dir
 from lsc4rec.config import compose_config
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.simulations.centralized import run_centralized
@@ -42,9 +43,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"])
+    # The model group's variants (conf/model/*.yaml), each a `model=<name>` of the centralized entry point.
+    variants = sorted(
+        path.stem for path in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml")
+    )
+    parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"], choices=variants)
     parser.add_argument(
-        "--ml100k", type=Path, default=None, help="folder with u.data/u.item (adds ml-100k runs)"
+        "--ml100k", type=existing_dir, default=None, help="folder with u.data/u.item (adds ml-100k runs)"
     )
     parser.add_argument("--skip-beauty", action="store_true")
     parser.add_argument("--extra", nargs="*", default=[], help="Hydra overrides applied to every run")

@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from lsc4rec.argument_types import non_negative_int, positive_int
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.federated import launch
@@ -149,9 +150,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--sampled", type=int, default=100, help="nodes sampled per round (0 = every node)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nodes", type=positive_int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument(
+        "--sampled", type=non_negative_int, default=100, help="nodes sampled per round (0 = every node)"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--extra", nargs="*", default=[], help="further Hydra overrides")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()

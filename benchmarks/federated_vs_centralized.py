@@ -16,6 +16,7 @@ import logging
 import time
 from pathlib import Path
 
+from lsc4rec.argument_types import fraction, positive_int
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.federated import launch
@@ -38,10 +39,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--centralized-ndcg10", type=float, default=None)
+    parser.add_argument("--centralized-ndcg10", type=fraction, default=None)
     parser.add_argument("--centralized-json", default="outputs/benchmarks/centralized_baselines.json")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--rounds", type=positive_int, default=20)
+    parser.add_argument("--nodes", type=positive_int, default=4)
     parser.add_argument("--extra", nargs="*", default=[], help="further Hydra overrides")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()

@@ -28,8 +28,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from lsc4rec.argument_types import existing_file, positive_int
 from lsc4rec.client.onnx_runtime import OnnxScorer, export_srm
 from lsc4rec.config import compose_config
+from lsc4rec.models.srm import SRM_CLASSES
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.training import build_model_from_config
 
@@ -88,15 +90,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", nargs="+", default=["sasrec", "gru4rec", "din", "ttt4rec"])
-    parser.add_argument("--history", type=int, default=50)
-    parser.add_argument("--candidates", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument(
+        "--models", nargs="+", default=["sasrec", "gru4rec", "din", "ttt4rec"], choices=sorted(SRM_CLASSES)
+    )
+    parser.add_argument("--history", type=positive_int, default=50)
+    parser.add_argument("--candidates", type=positive_int, default=50)
+    parser.add_argument("--runs", type=positive_int, default=1000)
     parser.add_argument(
         "--quantize", action="store_true", help="also measure an int8 dynamically quantised file"
     )
-    parser.add_argument("--state-dict", type=Path, default=None, help="trained SASRec model.pt (Beauty)")
-    parser.add_argument("--accuracy-users", type=int, default=5000, help="test users for the int8 accuracy")
+    parser.add_argument(
+        "--state-dict", type=existing_file, default=None, help="trained SASRec model.pt (Beauty)"
+    )
+    parser.add_argument(
+        "--accuracy-users", type=positive_int, default=5000, help="test users for the int8 accuracy"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
     torch.set_num_threads(1)

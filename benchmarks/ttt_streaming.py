@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from lsc4rec.argument_types import non_negative_int, positive_int
 from lsc4rec.models.srm import TTT4Rec
 from lsc4rec.reporting import emit_result, write_json
 
@@ -43,11 +44,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--lengths", nargs="+", type=int, default=[10, 50, 200])
+    parser.add_argument("--lengths", nargs="+", type=positive_int, default=[10, 50, 200])
     parser.add_argument("--layers", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
-    parser.add_argument("--num-items", type=int, default=BEAUTY_ITEMS)
-    parser.add_argument("--reps", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--num-items", type=positive_int, default=BEAUTY_ITEMS)
+    parser.add_argument("--reps", type=positive_int, default=200)
+    parser.add_argument("--warmup", type=non_negative_int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     return parser.parse_args()

@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lsc4rec.argument_types import non_negative_int, positive_int
+
 MANIFEST = "manifest.json"
 #: Host names every certificate carries, so loopback deployments and local checks work out of the box.
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=Path("deploy/credentials"), help="output folder")
-    parser.add_argument("--supernodes", type=int, default=2, help="SuperNode key pairs to make")
+    parser.add_argument("--supernodes", type=non_negative_int, default=2, help="SuperNode key pairs to make")
     parser.add_argument(
         "--host",
         action="append",
@@ -373,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         help="DNS name or IP address clients use to reach the SuperLink and candidate service (repeatable); "
         "localhost and 127.0.0.1 are always included",
     )
-    parser.add_argument("--days", type=int, default=365, help="validity of the server certificates")
-    parser.add_argument("--ca-days", type=int, default=3650, help="validity of the CA certificate")
+    parser.add_argument("--days", type=positive_int, default=365, help="validity of the server certificates")
+    parser.add_argument("--ca-days", type=positive_int, default=3650, help="validity of the CA certificate")
     parser.add_argument("--force", action="store_true", help="replace an existing, different set")
     args = parser.parse_args(argv)
     if args.supernodes < 0:

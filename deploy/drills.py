@@ -31,6 +31,7 @@ from typing import Any
 
 from local import REPO, LocalDeployment  # deploy/ is the script's folder, so on sys.path
 
+from lsc4rec.argument_types import existing_file, port, positive_float, positive_int
 from lsc4rec.simulations.launch.flower import (
     FlowerRun,
     flower_executable,
@@ -511,8 +512,8 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_serve":
         serve_parser = argparse.ArgumentParser()
         serve_parser.add_argument("_serve")
-        serve_parser.add_argument("--port", type=int, required=True)
-        serve_parser.add_argument("--token-file", type=Path, required=True)
+        serve_parser.add_argument("--port", type=port, required=True)
+        serve_parser.add_argument("--token-file", type=existing_file, required=True)
         serve_args = serve_parser.parse_args()
         _serve_popularity(serve_args.port, serve_args.token_file)
         return
@@ -523,8 +524,12 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="logs and outputs (default: a new temp dir)"
     )
-    parser.add_argument("--rounds", type=int, default=4, help="rounds of the crash and restart drills")
-    parser.add_argument("--service-seconds", type=float, default=40.0, help="length of the service drill")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=4, help="rounds of the crash and restart drills"
+    )
+    parser.add_argument(
+        "--service-seconds", type=positive_float, default=40.0, help="length of the service drill"
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lsc4rec-drills-"))
     names = list(DRILLS) if args.drill == "all" else [args.drill]

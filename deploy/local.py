@@ -22,6 +22,7 @@ import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+from lsc4rec.argument_types import positive_float, positive_int
 from lsc4rec.simulations.launch.flower import (
     FlowerRun,
     descendants,
@@ -187,10 +188,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--supernodes", type=int, default=2)
+    parser.add_argument("--supernodes", type=positive_int, default=2)
     parser.add_argument("--run-config", default="", help="passed to flwr run --run-config")
     parser.add_argument("--workdir", type=Path, default=None, help="logs and state (default: a new temp dir)")
-    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before the run counts as hung")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=1200.0, help="seconds before the run counts as hung"
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lsc4rec-deploy-"))
     result = deploy(args.supernodes, args.run_config, workdir, args.timeout)

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lsc4rec.argument_types import non_negative_int, positive_int
+
 REPO = Path(__file__).resolve().parents[1]
 #: The run both runtimes execute: the plain federated SASRec over all Beauty users (4 SuperNodes, 2 rounds,
 #: d=64), a few minutes on 2 cores and far enough from random that equal numbers mean something.
@@ -168,8 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", type=int, default=1, help="worker nodes besides the head")
-    parser.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each Ray node offers")
+    parser.add_argument("--workers", type=non_negative_int, default=1, help="worker nodes besides the head")
+    parser.add_argument("--cpus-per-node", type=positive_int, default=1, help="CPUs each Ray node offers")
     parser.add_argument("--extra", nargs="*", default=[], help="further Hydra overrides for both runs")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "ray-cluster")
     args = parser.parse_args()

@@ -61,6 +61,7 @@ from typing import Any
 from credentials import make_supernode_key, manifest_files, read_manifest, write_private, write_public
 from local import REPO, start
 
+from lsc4rec.argument_types import existing_dir, host_port, port, positive_float, positive_int
 from lsc4rec.simulations.launch.flower import (
     flower_env,
     flower_executable,
@@ -425,20 +426,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--credentials", type=Path, default=REPO / "deploy" / "credentials")
-    parser.add_argument("--supernodes", type=int, default=2)
+    parser.add_argument("--credentials", type=existing_dir, default=REPO / "deploy" / "credentials")
+    parser.add_argument("--supernodes", type=positive_int, default=2)
     parser.add_argument("--run-config", default="", help="passed to flwr run --run-config")
     parser.add_argument("--workdir", type=Path, default=None, help="logs and state (default: a new temp dir)")
-    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before the run counts as hung")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=1200.0, help="seconds before the run counts as hung"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="SuperLink bind address (0.0.0.0: everywhere)")
-    parser.add_argument("--port", type=int, default=0, help="SuperLink port (0: any free port)")
+    parser.add_argument("--port", type=port, default=0, help="SuperLink port (0: any free port)")
     parser.add_argument(
         "--auth-drill",
         action="store_true",
         help="also start 2 unregistered SuperNodes, which must be refused",
     )
-    parser.add_argument("--candidate-llm", type=Path, default=None, help="saved cloud LLM folder to serve")
-    parser.add_argument("--candidate-address", default="127.0.0.1:0", help="candidate service host:port")
+    parser.add_argument(
+        "--candidate-llm", type=existing_dir, default=None, help="saved cloud LLM folder to serve"
+    )
+    parser.add_argument(
+        "--candidate-address", type=host_port, default="127.0.0.1:0", help="candidate service host:port"
+    )
     parser.add_argument("--candidate-token-file", type=Path, default=None)
     parser.add_argument("--candidate-device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     parser.add_argument("--hold", action="store_true", help="keep everything up after the run until Enter")

@@ -191,6 +191,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
             "lsc4rec.reporting",
             "lsc4rec.codebook",
             "lsc4rec.pretrained_weights",
+            "lsc4rec.argument_types",
         },
         {"lsc4rec.data"},
         {"lsc4rec.text"},
