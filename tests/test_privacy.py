@@ -692,3 +692,53 @@ def test_frozen_item_embeddings_stay_put_and_the_encoder_trains(grad_sample_mode
     assert model.item_embedding.weight.requires_grad  # frozen only while training privately
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) == len(before) - 1
+
+
+def test_central_dp_epsilon_matches_an_independent_accountant() -> None:
+    # Opacus' own RDP analysis of the Gaussian mechanism without sampling amplification (q = 1), the same
+    # orders: central DP's ε (Flower's accountant, composed by CentralDP) must agree.
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
+    for sigma, rounds, delta in ((0.7, 3, 1 / 240), (1.5, 20, 1e-5), (4.0, 100, 1e-3)):
+        rdp = compute_rdp(q=1.0, noise_multiplier=sigma, steps=rounds, orders=orders)
+        expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+        assert central_epsilon(sigma, rounds, delta, 10) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_central_dp_adds_gaussian_noise_of_the_calibrated_spread() -> None:
+    # Ten nodes send small known updates (inside the clipping norm, so clipping leaves them alone): the
+    # aggregate differs from the global model plus their mean by the noise alone, whose standard deviation
+    # must be noise_multiplier * clipping_norm / nodes per coordinate. (An exactly zero update would stop
+    # Flower's clipping with a division by zero.)
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    class TenNodes:
+        def get_node_ids(self) -> list[int]:
+            return list(range(1, 11))
+
+    sigma, clip, size = 2.0, 0.5, 40_000
+    weights = ArrayRecord({"w": Array(np.linspace(-1, 1, size, dtype=np.float32))})
+    dp = CentralDP(SRMStrategy(uniform_weights=True, seed=0), sigma, clip, num_sampled_nodes=10, delta=1e-3)
+    np.random.seed(0)
+    messages = list(dp.configure_train(1, weights, ConfigRecord(), TenNodes()))
+    generator = np.random.default_rng(1)
+    updates = [generator.normal(0, 1e-4, size).astype(np.float32) for _ in messages]
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({"w": Array(weights["w"].numpy() + update)}),
+                    "metrics": MetricRecord({"num-examples": 5.0}),
+                }
+            ),
+            reply_to=m,
+        )
+        for m, update in zip(messages, updates, strict=True)
+    ]
+    aggregate, metrics = dp.aggregate_train(1, replies)
+    noise = aggregate["w"].numpy() - weights["w"].numpy() - np.mean(updates, axis=0)
+    assert abs(float(noise.mean())) < 4 * sigma * clip / 10 / np.sqrt(size)
+    assert float(noise.std()) == pytest.approx(sigma * clip / 10, rel=0.03)
+    assert metrics["epsilon"] == pytest.approx(central_epsilon(sigma, 1, 1e-3, 10))
