@@ -67,21 +67,24 @@ def test_a_bad_request_fails_alone() -> None:
 
 
 def test_a_full_queue_is_refused_at_once_and_memory_stays_bounded() -> None:
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
 
     def slow(histories: list[list[int]], n: int) -> CandidateList:
+        entered.set()
         release.wait(5.0)
         return expected(histories, n)
 
     batcher = MicroBatcher(slow, max_batch=1, max_delay=0.0, max_queue=2)
     try:
         first = batcher.submit([[1]], 3)
-        time.sleep(0.05)  # the batching thread has taken the first request and waits in the source
+        # The batching thread has taken the first request and waits in the source.
+        assert entered.wait(5.0)
         queued = [batcher.submit([[2]], 3), batcher.submit([[3]], 3)]
         started = time.monotonic()
         with pytest.raises(QueueFull):
             batcher.submit([[4]], 3)
-        assert time.monotonic() - started < 0.1
+        # Refused at once, not after the source frees up (5 s); the bound leaves room for a busy machine.
+        assert time.monotonic() - started < 1.0
         release.set()
         assert_same(first.result(5.0), expected([[1]], 3))
         assert [f.result(5.0).items[0, 0] for f in queued] == [expected([[h]], 3).items[0, 0] for h in (2, 3)]
@@ -91,20 +94,21 @@ def test_a_full_queue_is_refused_at_once_and_memory_stays_bounded() -> None:
 
 
 def test_requests_past_their_deadline_are_not_computed() -> None:
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     computed: list[list[list[int]]] = []
 
     def slow(histories: list[list[int]], n: int) -> CandidateList:
         computed.append(histories)
+        entered.set()
         release.wait(5.0)
         return expected(histories, n)
 
     batcher = MicroBatcher(slow, max_batch=1, max_delay=0.0, max_queue=4)
     try:
         batcher.submit([[1]], 3)
-        time.sleep(0.05)
+        assert entered.wait(5.0)
         late = batcher.submit([[2]], 3, timeout=0.01)
-        time.sleep(0.05)
+        time.sleep(0.05)  # at least past the late request's deadline (longer on a busy machine is fine)
         release.set()
         with pytest.raises(TimeoutError):
             late.result(5.0)
