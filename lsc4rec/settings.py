@@ -187,6 +187,10 @@ class StrategySettings:
     min_train_replies: int
     server_optimizer: ServerOptimizerSettings
     row_weighting: bool
+    #: A node's claimed example count weighs at most this many times the round's median claim (0: as claimed).
+    max_example_ratio: float = 0.0
+    #: Each update's L2 norm is bounded by this many times the round's median update norm (0: unbounded).
+    update_norm_ratio: float = 0.0
     #: Dotted path of a Flower ``Strategy`` that aggregates instead of lsc4rec's (None: lsc4rec's).
     flower_class: str | None = None
     #: Keyword arguments of ``flower_class`` (e.g. ``{fraction_train: 1.0, eta: 0.01}``).
@@ -211,6 +215,8 @@ class StrategySettings:
             "strategy.trim_fraction": (self.trim_fraction, 0.0),
             "strategy.server_optimizer.name": (self.server_optimizer.name, "none"),
             "strategy.row_weighting": (self.row_weighting, False),
+            "strategy.max_example_ratio": (self.max_example_ratio, 0.0),
+            "strategy.update_norm_ratio": (self.update_norm_ratio, 0.0),
         }
         for key, (value, neutral) in own.items():
             if value != neutral:

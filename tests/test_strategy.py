@@ -15,6 +15,7 @@ from flwr.app import (
 )
 
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy, aggregate_arrays, count_weighted_rows
+from lsc4rec.strategies.srm import capped_example_counts, update_norm_scales
 
 
 def test_fedavg_is_example_weighted() -> None:
@@ -304,3 +305,58 @@ def test_a_metric_some_nodes_do_not_report_is_averaged_over_those_that_do() -> N
     _, metrics = strategy.aggregate_train(1, replies)
     assert metrics["rerank-loss"] == pytest.approx((2.0 * 10 + 4.0 * 30) / 40)
     assert metrics["rerank-skipped"] == pytest.approx(1.0) and metrics["num-examples"] == 100.0
+
+
+def _probe(strategy: SRMStrategy, hostile: str) -> np.ndarray:
+    """Ten nodes, nine honest updates near 0, one hostile; the aggregate of the round."""
+    size = 1000
+    global_arrays = ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))})
+    messages = list(strategy.configure_train(1, global_arrays, ConfigRecord(), ListGrid(list(range(1, 11)))))
+    generator = np.random.default_rng(0)
+    honest = [generator.normal(0, 0.01, size).astype(np.float32) for _ in range(9)]
+    replies = [
+        reply(m, ArrayRecord({"w": Array(u)}), examples=100.0)
+        for m, u in zip(messages[:9], honest, strict=True)
+    ]
+    bad, examples = generator.normal(0, 0.01, size).astype(np.float32), 100.0
+    if hostile == "claims 1e9 examples":
+        bad, examples = np.full(size, 1.0, dtype=np.float32), 1e9
+    elif hostile == "update x 1e6":
+        bad = bad * 1e6
+    elif hostile == "sign flipped x 10":
+        bad = -10 * np.mean(honest, axis=0)
+    replies.append(reply(messages[9], ArrayRecord({"w": Array(bad)}), examples=examples))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    return arrays["w"].numpy()
+
+
+@pytest.mark.parametrize("hostile", ["claims 1e9 examples", "update x 1e6"])
+def test_plain_fedavg_is_taken_over_by_one_hostile_node(hostile: str) -> None:
+    # What the bounds are for: with FedAvg as it was, one node makes the aggregate its own.
+    aggregate = _probe(SRMStrategy(seed=0), hostile)
+    assert np.abs(aggregate).mean() > 0.5
+
+
+@pytest.mark.parametrize("hostile", ["claims 1e9 examples", "update x 1e6", "sign flipped x 10", "none"])
+def test_bounded_fedavg_holds_against_one_hostile_node(hostile: str) -> None:
+    strategy = SRMStrategy(seed=0, max_example_ratio=10.0, update_norm_ratio=3.0)
+    aggregate = _probe(strategy, hostile)
+    # Nine honest updates of spread 0.01 average to about 0.003 per coordinate; one bounded node adds at most
+    # three median norms over ten nodes (about 0.01 per coordinate).
+    assert np.abs(aggregate).mean() < 0.02, np.abs(aggregate).mean()
+    clean = _probe(SRMStrategy(seed=0, max_example_ratio=10.0, update_norm_ratio=3.0), "none")
+    assert np.linalg.norm(aggregate - clean) < 3 * 3 * np.linalg.norm(clean) + 1e-6
+
+
+def test_the_bounds_change_nothing_among_honest_nodes() -> None:
+    plain = _probe(SRMStrategy(seed=0), "none")
+    bounded = _probe(SRMStrategy(seed=0, max_example_ratio=10.0, update_norm_ratio=3.0), "none")
+    np.testing.assert_array_equal(plain, bounded)
+
+
+def test_bound_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"strategy\.update_norm_ratio must be 0 \(off\) or >= 1"):
+        SRMStrategy(update_norm_ratio=0.5)
+    assert capped_example_counts([100, 120, 1e9], 10.0) == [100, 120, 1200.0]
+    assert update_norm_scales([1.0, 1.0, 100.0], 3.0) == [1.0, 1.0, 0.03]

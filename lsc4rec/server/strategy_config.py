@@ -65,5 +65,7 @@ def build_strategy(
         ),
         row_weighting=strategy.row_weighting,
         uniform_weights=central,
+        max_example_ratio=strategy.max_example_ratio,
+        update_norm_ratio=strategy.update_norm_ratio,
     )
     return wrap_central_dp(run, srm_strategy, population) if central else srm_strategy

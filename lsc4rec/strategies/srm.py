@@ -82,10 +82,50 @@ class _ReplyArrays(Mapping[str, np.ndarray]):
         return len(self._record)
 
 
+class _ScaledUpdate(Mapping[str, np.ndarray]):
+    """A reply's arrays with its update (arrays − global) scaled by ``scale``, decoded as it is read."""
+
+    def __init__(self, arrays: _ReplyArrays, reference: Mapping[str, np.ndarray], scale: float) -> None:
+        self._arrays, self._reference, self._scale = arrays, reference, scale
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        value, reference = self._arrays[key], self._reference[key]
+        if not np.issubdtype(value.dtype, np.floating):
+            return value
+        return (reference + self._scale * (value - reference)).astype(value.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+
+def capped_example_counts(claims: Sequence[float], ratio: float) -> list[float]:
+    """Each node's claimed example count, at most ``ratio`` × the round's median claim (0: as claimed).
+
+    FedAvg weights a node by what it claims; an honest-looking update claiming 10^9 examples would make the
+    aggregate its own. The median of the round's claims is what the server can justify without trusting any
+    one node: a node may hold a few times the typical data, not orders of magnitude more."""
+    if ratio <= 0 or not claims:
+        return list(claims)
+    cap = ratio * float(np.median(claims))
+    return [min(float(claim), cap) for claim in claims]
+
+
+def update_norm_scales(norms: Sequence[float], ratio: float) -> list[float]:
+    """The factor each node's update is scaled by so its L2 norm is at most ``ratio`` × the round's median
+    update norm (0: no bound). Bounds how far one scaled or sign-flipped update moves the model."""
+    if ratio <= 0 or not norms:
+        return [1.0] * len(norms)
+    bound = ratio * float(np.median(norms))
+    return [1.0 if norm <= bound or norm == 0 else bound / norm for norm in norms]
+
+
 class _DecodedTables(Sequence[np.ndarray]):
     """The same table of several replies, decoded one at a time as it is read."""
 
-    def __init__(self, updates: list[_ReplyArrays], key: str) -> None:
+    def __init__(self, updates: Sequence[Mapping[str, np.ndarray]], key: str) -> None:
         self._updates, self._key = updates, key
 
     @overload
@@ -118,6 +158,8 @@ class SRMStrategy(Strategy):
         server_optimizer: ServerOptimizer | None = None,
         row_weighting: bool = False,
         uniform_weights: bool = False,
+        max_example_ratio: float = 0.0,
+        update_norm_ratio: float = 0.0,
     ) -> None:
         """Configure the aggregation ``rule`` (``AGGREGATION_RULES``), node sampling and server optimizer.
 
@@ -125,6 +167,10 @@ class SRMStrategy(Strategy):
         embeddings with item occurrence counts) are averaged row by row over the nodes that saw each row
         (:func:`count_weighted_rows`) instead of by ``rule``. ``uniform_weights``: every node counts the same
         instead of by its ``num-examples`` (what central DP's noise calibration assumes).
+        ``max_example_ratio``: a node's claimed ``num-examples`` counts at most this many times the round's
+        median claim (:func:`capped_example_counts`; 0 = as claimed). ``update_norm_ratio``: each update's
+        L2 norm is bounded by this many times the round's median update norm (:func:`update_norm_scales`;
+        0 = unbounded).
         """
         if rule not in AGGREGATION_RULES:
             raise ValueError(f"strategy.rule={rule!r} is not one of {AGGREGATION_RULES}")
@@ -135,6 +181,12 @@ class SRMStrategy(Strategy):
             raise ValueError(f"strategy.proximal_mu must be >= 0, got {proximal_mu}")
         if min_train_replies < 1:
             raise ValueError(f"strategy.min_train_replies must be >= 1, got {min_train_replies}")
+        bounds = (("max_example_ratio", max_example_ratio), ("update_norm_ratio", update_norm_ratio))
+        for name, value in bounds:
+            if value != 0 and not value >= 1.0:
+                raise ValueError(f"strategy.{name} must be 0 (off) or >= 1, got {value}")
+        self.max_example_ratio = float(max_example_ratio)
+        self.update_norm_ratio = float(update_norm_ratio)
         self.rule = rule
         self.trim_fraction = float(trim_fraction)
         self.proximal_mu = float(proximal_mu)
@@ -350,10 +402,21 @@ class SRMStrategy(Strategy):
             return None, MetricRecord(metrics)
         # Each reply's arrays are decoded when a rule reads them and dropped after: the server holds the
         # replies Flower delivered and one running aggregate, not a second decoded copy of every update.
-        updates = [_ReplyArrays(r.content.array_records[ARRAYS]) for r in valid]
-        weights = [float(r.content.metric_records[METRICS][NUM_EXAMPLES]) for r in valid]
+        updates: list[Mapping[str, np.ndarray]] = [
+            _ReplyArrays(r.content.array_records[ARRAYS]) for r in valid
+        ]
+        claims = [float(r.content.metric_records[METRICS][NUM_EXAMPLES]) for r in valid]
+        weights = capped_example_counts(claims, self.max_example_ratio)
+        metrics["examples-capped"] = sum(w < c for w, c in zip(weights, claims, strict=True))
         if self.uniform_weights:
             weights = [1.0] * len(valid)
+        if self.update_norm_ratio > 0:
+            norms = [self._update_norm(update) for update in updates]
+            scales = update_norm_scales(norms, self.update_norm_ratio)
+            metrics["updates-bounded"] = sum(scale < 1.0 for scale in scales)
+            updates = [
+                _ScaledUpdate(u, self._global, scale) for u, scale in zip(updates, scales, strict=True)
+            ]
         aggregate = aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
         if self.row_weighting:
             self._weight_rows(aggregate, valid, updates)
@@ -361,9 +424,18 @@ class SRMStrategy(Strategy):
         metrics["aggregated"] = 1
         return ArrayRecord({key: Array(combined[key]) for key in self._reference}), MetricRecord(metrics)
 
+    def _update_norm(self, update: Mapping[str, np.ndarray]) -> float:
+        """L2 norm of ``update − global`` over every floating array (decoded one at a time)."""
+        total = 0.0
+        for key, reference in self._global.items():
+            value = update[key]
+            if np.issubdtype(value.dtype, np.floating):
+                total += float(np.sum(np.square(value.astype(np.float64) - reference)))
+        return float(np.sqrt(total))
+
     @staticmethod
     def _weight_rows(
-        aggregate: dict[str, np.ndarray], valid: list[Message], updates: list[_ReplyArrays]
+        aggregate: dict[str, np.ndarray], valid: list[Message], updates: Sequence[Mapping[str, np.ndarray]]
     ) -> None:
         """Replace, in place, the aggregate of every table all replies sent row counts for."""
         records = [r.content.array_records.get(ROW_COUNTS) for r in valid]
