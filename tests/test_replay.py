@@ -157,3 +157,28 @@ def test_requests_replace_stale_lists_within_the_budget() -> None:
     assert always["replay-collab-before-request-HR@1"] < 0.5
     assert never["replay-collab-HR@1"] == never["replay-collab-before-request-HR@1"] < 0.5
     assert 0 < budget["replay-requests"] < arrived
+
+
+def test_a_round_without_arrivals_reports_counts_not_an_error() -> None:
+    # More rounds than replayed interactions (e.g. 2 over 5 rounds): some rounds have nothing arriving.
+    schedule = Replay(2, 5)
+    assert [len(schedule.arrivals(8, r)) for r in range(1, 6)] == [0, 0, 1, 0, 1]
+    histories, _ = _toy_round()
+    model = _ttt(30)
+    alone = serve_arrivals(model, histories, [[] for _ in histories], max_len=20, ks=(5, 10))
+    assert alone["replay-arrivals"] == 0 and alone["streaming-updates"] == 0
+    assert not any(key.startswith("replay-device-") for key in alone)
+    cloud = _OracleCloud(histories, 30, n=10)
+    settings = CollaborationSettings(candidates=10, alpha=0.5, mode="always", ratio=1.0, device_candidates=5)
+    fused = serve_arrivals(
+        model,
+        histories,
+        [[] for _ in histories],
+        20,
+        (10,),
+        cloud=cloud,
+        stale=cloud.recommend(histories, 10),
+        settings=settings,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert fused["replay-requests"] == 0 and "replay-collab-NDCG@10" not in fused

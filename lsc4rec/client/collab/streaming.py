@@ -202,9 +202,15 @@ def serve_arrivals(
             current[u].append(coming[u][step])
         scorer.absorb(target)
     arrived = sum(len(a) for a in coming)
-    metrics = {f"replay-device-{k}": v for k, v in tally.device.compute().items()}
-    if lists is not None:
-        metrics.update(tally.cloud_metrics())
+    if arrived == 0:
+        # A round in which nothing arrives (more rounds than replayed interactions): nothing to rank, only
+        # the counts; the server's fusion weight takes no evidence from it.
+        metrics = {"replay-requests": 0.0, "replay-request-failures": 0.0, "replay-request-bytes": 0.0}
+        metrics = metrics if lists is not None else {}
+    else:
+        metrics = {f"replay-device-{k}": v for k, v in tally.device.compute().items()}
+        if lists is not None:
+            metrics.update(tally.cloud_metrics())
     metrics["replay-arrivals"] = float(arrived)
     metrics["streaming-updates"] = float(scorer.updates)
     metrics["replay-seconds"] = time.perf_counter() - start
