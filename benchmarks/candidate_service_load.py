@@ -24,7 +24,7 @@ The server process's resident memory (``VmRSS``) is sampled every second. Memory
 highest sample of the last third of the run is at most ``max(--memory-threshold-mib, --memory-threshold-pct
 % of it)`` above the sample at the end of the first third. At the end the server's own counters (``Metrics``
 rpc) are compared with what the clients saw, per method and status: calls gRPC refuses before the service's
-code runs (a message over the size limit, undecodable bytes) are never counted by the server, and a call
+code runs (a message over the size limit) are never counted by the server, and a call
 whose few-millisecond deadline passes may be counted as ``DEADLINE_EXCEEDED``, ``CANCELLED``, ``OK`` or not
 at all; every other call must be counted exactly once with the status the client saw.
 
@@ -379,10 +379,9 @@ def request_kinds() -> list[RequestKind]:
             server_counts=NEVER,
             weight=0.25,
         ),
-        # grpcio's asyncio server answers a request it cannot deserialize with UNKNOWN ("Unexpected
-        # <class 'DecodeError'>") before the service's code runs (INVALID_ARGUMENT would be the better answer,
-        # but the service never sees the call).
-        RequestKind("undecodable", False, frozenset({"UNKNOWN"}), undecodable, server_counts=NEVER),
+        # The service decodes requests itself (lsc4rec/serving/decoding.py): undecodable bytes are refused
+        # INVALID_ARGUMENT and counted like any other refusal.
+        RequestKind("undecodable", False, invalid, undecodable),
         RequestKind("wrong_wire_type", False, invalid, wrong_wire_type),
         # The auth interceptor counts each refusal under the method called.
         RequestKind("bad_token", False, frozenset({"UNAUTHENTICATED"}), bad_token),
