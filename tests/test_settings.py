@@ -197,3 +197,15 @@ def test_privacy_refusals_come_before_any_work() -> None:
         federated_settings_from_overrides(
             ["system=base", "strategy=trimmed_mean", "privacy.mode=central", "privacy.noise_multiplier=0.5"]
         )
+
+
+def test_component_rules_are_checked_before_any_work() -> None:
+    from lsc4rec.server.components.registry import COMPONENTS, check_components
+
+    # One registry lists every component in hook order; the checkpoint's place there does not matter.
+    names = [component.name for component in COMPONENTS]
+    assert names[:2] == ["checkpoint", "mergenet"] and len(set(names)) == len(names) == 7
+    run = federated_settings_from_overrides(["system=base", "mergenet.every_rounds=2"])
+    with pytest.raises(SettingsError, match=r"mergenet\.every_rounds > 0 .* needs collab\.enabled=true"):
+        check_components(run)
+    check_components(federated_settings_from_overrides(["system=whole"]))

@@ -26,6 +26,7 @@ from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import compose_config, config_dir
 from lsc4rec.data import load_dataset
 from lsc4rec.reporting import emit_result
+from lsc4rec.server.components.registry import check_components
 from lsc4rec.server.federated_run import run_federated
 from lsc4rec.settings import FederatedRunSettings, federated_settings, group_selections
 from lsc4rec.simulations.launch.flower import flwr_run
@@ -86,6 +87,8 @@ def main(cfg: DictConfig) -> None:
         overrides = [*overrides, *fallback]
         pinned = [*overrides, f"run_name={run.run_name}"]
         run = federated_settings(compose_config(pinned, config_name="federated_run"), defaults)
+    # Every component's cross-setting rules, before Flower starts (the ServerApp checks them again).
+    check_components(run)
     try:
         summary = launch(run, overrides, out)
     except FlowerRunFailed as error:
