@@ -331,3 +331,43 @@ def test_module_names_do_not_repeat_across_folders() -> None:
         if path.name != "__init__.py" and "proto" not in path.parts:
             seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
     assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
+
+
+def _declared_run_config_keys() -> set[str]:
+    import tomllib
+
+    app = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    return set(app)
+
+
+def _documented_run_configs() -> list[tuple[str, str]]:
+    """``(file, the quoted --run-config argument)`` for every command the docs and deploy/ show."""
+    found = []
+    files = [*sorted((PACKAGE.parent / "docs").rglob("*.md")), PACKAGE.parent / "README.md"]
+    deploy = PACKAGE.parent / "deploy"
+    files += sorted(deploy.glob("*.md")) + sorted(deploy.glob("*.py"))
+    for path in files:
+        for match in re.finditer(r"--run-config '([^']*)'", path.read_text()):
+            found.append((str(path.relative_to(PACKAGE.parent)), match.group(1)))
+    return found
+
+
+def _run_config_keys(argument: str) -> set[str]:
+    """The keys of a ``--run-config`` argument (``key=value`` entries, values possibly quoted)."""
+    return {entry.split("=", 1)[0] for entry in re.findall(r'(\S+?=(?:"[^"]*"|\S+))', argument)}
+
+
+def test_every_documented_run_config_uses_keys_flower_accepts() -> None:
+    # Flower refuses a --run-config key the app does not declare ("Invalid run configuration") before the run
+    # starts: a documented command with one would stop a new user at once.
+    declared = _declared_run_config_keys()
+    documented = _documented_run_configs()
+    assert len(documented) >= 5
+    for where, argument in documented:
+        keys = _run_config_keys(argument)
+        assert keys <= declared, (where, argument, sorted(keys - declared))
+
+
+def test_the_run_config_check_would_catch_an_undeclared_key() -> None:
+    assert _run_config_keys('system="base" overrides="a=1 b=2"') == {"system", "overrides"}
+    assert not _run_config_keys("federated.rounds=1") <= _declared_run_config_keys()
