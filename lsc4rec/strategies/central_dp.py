@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import (
 )
 
 from lsc4rec.messages import EPSILON, PRIVACY_EXHAUSTED
-from lsc4rec.strategies.srm import NodeFailure, SRMStrategy
+from lsc4rec.strategies.srm import SRMStrategy, record_failure
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ class CentralDP(Strategy):
                 # to the sampled node count); record who failed, as the SRM strategy would.
                 node = self.inner.sender("train", reply)
                 reason = f"client error {reply.error.code}: {reply.error.reason} (round skipped: central DP)"
-                self.inner.failures.append(NodeFailure(server_round, "train", node, reason))
-                logger.warning("round %d train: node %d failed: %s", server_round, node, reason)
+                record_failure(self.inner.failures, server_round, "train", node, reason)
         arrays, metrics = self.dp.aggregate_train(server_round, replies)
         out = dict(metrics or {})
         if arrays is not None:

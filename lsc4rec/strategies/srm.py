@@ -101,6 +101,14 @@ class _ScaledUpdate(Mapping[str, np.ndarray]):
         return len(self._arrays)
 
 
+def record_failure(
+    failures: list[NodeFailure], server_round: int, stage: str, node_id: int, reason: str
+) -> None:
+    """Append one node's failed reply to ``failures`` (the run's ``failed_nodes``) and log it."""
+    failures.append(NodeFailure(server_round, stage, int(node_id), reason))
+    logger.warning("round %d %s: node %d failed: %s", server_round, stage, node_id, reason)
+
+
 def capped_example_counts(claims: Sequence[float], ratio: float) -> list[float]:
     """Each node's claimed example count, at most ``ratio`` × the round's median claim (0: as claimed).
 
@@ -274,9 +282,7 @@ class SRMStrategy(Strategy):
         return replying_node(reply, self._destinations[stage])
 
     def _fail(self, server_round: int, stage: str, node_id: int, reason: str) -> None:
-        failure = NodeFailure(server_round, stage, int(node_id), reason)
-        self.failures.append(failure)
-        logger.warning("round %d %s: node %d failed: %s", server_round, stage, node_id, reason)
+        record_failure(self.failures, server_round, stage, node_id, reason)
 
     def _check_update(self, reply: Message) -> str | None:
         """Return why ``reply`` cannot be aggregated, or None when it is a valid update."""

@@ -40,7 +40,7 @@ from lsc4rec.messages import (
     instruction_destinations,
     replying_node,
 )
-from lsc4rec.strategies.srm import NodeFailure
+from lsc4rec.strategies.srm import NodeFailure, record_failure
 
 __all__ = ["StockStrategy", "load_strategy_class"]
 
@@ -141,8 +141,7 @@ class StockStrategy:
                 self._fail(server_round, stage, replying_node(reply, destinations), reply.error.reason)
 
     def _fail(self, server_round: int, stage: str, node: int, reason: str) -> None:
-        self.failures.append(NodeFailure(server_round, stage, int(node), reason))
-        logger.warning("round %d %s: node %d failed: %s", server_round, stage, node, reason)
+        record_failure(self.failures, server_round, stage, node, reason)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
