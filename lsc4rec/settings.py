@@ -120,6 +120,8 @@ class FederatedSettings:
     ray_address: str | None = None
     #: Each user's most recent training interactions that arrive during the run (0 = all known at round 1).
     replay_interactions: int = 0
+    #: The last round serves no arrivals and trains on all of them (the final model has seen every one).
+    replay_closing_round: bool = False
     #: Codebook level sizes of the compact item-text carrier (empty: the float16 matrix travels).
     item_text_codes: tuple[int, ...] = ()
     #: Where each node saves its state every round for a resume (None: ``output_dir/run_name/node-state``).
@@ -128,7 +130,7 @@ class FederatedSettings:
     @property
     def replay(self) -> Replay:
         """The arrival schedule of the run (:mod:`lsc4rec.data.replay`)."""
-        return Replay(self.replay_interactions, self.rounds)
+        return Replay(self.replay_interactions, self.rounds, self.replay_closing_round)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "local_epochs", "server_eval_every", "num_supernodes", "min_available_nodes"):
@@ -143,6 +145,11 @@ class FederatedSettings:
         for name in ("users_per_node", "warm_start_epochs", "replay_interactions"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")
+        if self.replay_closing_round and self.replay_interactions > 0 and self.rounds < 2:
+            raise SettingsError(
+                "federated.replay_closing_round needs federated.rounds >= 2 (one round to serve the arrivals, "
+                f"the last to train on them), got rounds={self.rounds}"
+            )
         if self.runtime not in ("flower", "inprocess"):
             raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")
         if any(size < 1 or size > 65536 for size in self.item_text_codes):

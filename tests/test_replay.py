@@ -32,6 +32,25 @@ def test_every_replayed_interaction_arrives_once_in_order(interactions: int, rou
         assert replay.known(length, rounds + 1) == length
 
 
+@pytest.mark.parametrize("interactions, rounds", [(1, 2), (2, 2), (3, 3), (5, 4)])
+def test_a_closing_round_serves_nothing_and_trains_on_every_arrival(interactions: int, rounds: int) -> None:
+    replay = Replay(interactions, rounds, closing_round=True)
+    open_schedule = Replay(interactions, rounds - 1)
+    for length in range(1, 12):
+        # The first rounds - 1 rounds serve what the open schedule over rounds - 1 rounds would serve ...
+        for server_round in range(1, rounds):
+            assert replay.arrivals(length, server_round) == open_schedule.arrivals(length, server_round)
+        # ... and the last round trains on the whole training part and serves nothing.
+        assert replay.known(length, rounds) == length
+        assert list(replay.arrivals(length, rounds)) == []
+
+
+def test_a_closing_round_needs_a_round_to_serve_in() -> None:
+    with pytest.raises(ValueError, match="rounds >= 2"):
+        Replay(2, 1, closing_round=True)
+    assert Replay(0, 1, closing_round=True).known(4, 1) == 4  # nothing replayed: nothing to close
+
+
 def test_no_replay_knows_everything_at_round_one() -> None:
     replay = Replay(0, 5)
     assert not replay.enabled

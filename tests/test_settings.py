@@ -111,6 +111,11 @@ def test_auto_alpha_is_refused_when_devices_fuse() -> None:
         federated_settings_from_overrides(["federated.replay_interactions=0"])
 
 
+def test_a_closing_round_needs_two_rounds() -> None:
+    with pytest.raises(SettingsError, match=r"replay_closing_round needs federated\.rounds >= 2"):
+        federated_settings_from_overrides(["federated.replay_closing_round=true", "federated.rounds=1"])
+
+
 def test_collaborative_training_needs_the_cloud_and_no_local_dp() -> None:
     assert federated_settings_from_overrides([]).collab.srm_training == "collaborative"
     with pytest.raises(SettingsError, match=r"needs collab\.enabled=true"):

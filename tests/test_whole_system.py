@@ -89,3 +89,30 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     assert device == pytest.approx(summary["test_last_round"]["full"]["NDCG@10"], abs=1e-5)
     assert table["collaborative, every device requests"]["request_rate"] == 1.0
     assert table["collaborative, request budget"]["request_rate"] == pytest.approx(0.25, abs=0.02)
+
+
+@pytest.mark.slow
+def test_a_closing_round_trains_the_final_model_on_every_arrival(tmp_path: Path) -> None:
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=200, num_items=NUM_ITEMS)
+    write_pattern_text(data, NUM_ITEMS)
+    summary = run_inprocess(
+        data,
+        tmp_path / "run",
+        2,
+        *WHOLE_TINY,
+        "federated.rounds=2",
+        "federated.replay_interactions=2",
+        "federated.replay_closing_round=true",
+        "llm.train.epochs=1",
+        system="whole",
+    )
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    assert summary["failures"] == 0 and len(rows) == 2
+    client = [row["client_evaluate"] for row in rows]
+    # Round 1 serves both arrivals of every device; the closing round serves none and trained on them.
+    assert client[0]["replay-arrivals-per-device"] == 2.0 and client[1]["replay-arrivals-per-device"] == 0.0
+    assert rows[1]["train"]["num-examples"] > rows[0]["train"]["num-examples"]
+    # The fusion weight was chosen on round 1's arrivals and the final table was made.
+    fusion = summary["collaboration"]
+    assert fusion["alpha_on_arrivals"][f"{fusion['alpha']:g}"] == max(fusion["alpha_on_arrivals"].values())
+    assert summary["test"]["full"]["NDCG@10"] > 0.3, summary["test"]["full"]

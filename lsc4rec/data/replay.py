@@ -6,7 +6,9 @@ rounds: round ``r`` (1-based) trains on what its devices hold when it starts, ``
 training part of ``n``, and then *serves* the interactions that arrive during it, positions
 ``known(n, r) .. known(n, r + 1) - 1``, each predicted before it is seen and absorbed after (prequential).
 After the last round every training interaction has arrived; the validation and test items (leave-one-out)
-never enter training. The cloud sees each interaction ``collab.cloud_lag`` interactions later than the device
+never enter training. With ``closing_round`` (``federated.replay_closing_round``) the arrivals are spread over
+the first ``rounds - 1`` rounds and the last round serves none: its devices train on everything that arrived,
+so the final model has seen the whole training part (as a device trains overnight on the day's interactions). The cloud sees each interaction ``collab.cloud_lag`` interactions later than the device
 (:mod:`lsc4rec.data.staleness`), so what it knew when the run started is ``known(n, 1) - lag`` items.
 """
 
@@ -20,16 +22,30 @@ __all__ = ["Replay"]
 
 @dataclass(frozen=True)
 class Replay:
-    """The arrival schedule of ``interactions`` recent interactions per user over ``rounds`` rounds."""
+    """The arrival schedule of ``interactions`` recent interactions per user over ``rounds`` rounds.
+
+    ``closing_round``: the last round serves no arrivals and trains on all of them (needs ``rounds >= 2``).
+    """
 
     interactions: int
     rounds: int
+    closing_round: bool = False
 
     def __post_init__(self) -> None:
         if self.interactions < 0:
             raise ValueError(f"federated.replay_interactions must be >= 0, got {self.interactions}")
         if self.rounds < 1:
             raise ValueError(f"federated.rounds must be >= 1, got {self.rounds}")
+        if self.closing_round and self.enabled and self.rounds < 2:
+            raise ValueError(
+                "federated.replay_closing_round needs federated.rounds >= 2 (one round to serve the "
+                f"arrivals, the last to train on them), got {self.rounds}"
+            )
+
+    @property
+    def arrival_rounds(self) -> int:
+        """How many rounds serve arrivals: all of them, or all but the closing round."""
+        return self.rounds - 1 if self.closing_round and self.enabled else self.rounds
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +64,8 @@ class Replay:
         if not 1 <= server_round <= self.rounds + 1:
             raise ValueError(f"round {server_round} is outside 1..{self.rounds + 1}")
         replayed = self.replayed(length)
-        return length - replayed + (replayed * (server_round - 1)) // self.rounds
+        passed = min(server_round - 1, self.arrival_rounds)
+        return length - replayed + (replayed * passed) // self.arrival_rounds
 
     def arrivals(self, length: int, server_round: int) -> range:
         """Positions of the training part that arrive during round ``server_round``."""
