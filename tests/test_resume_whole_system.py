@@ -49,15 +49,24 @@ class KilledAtRound(InProcessGrid):
         super().__init__(num_nodes, run_config)
         self.kill_round = round
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        messages = list(messages)
+    def _die_at_the_kill_round(self, messages: list[Message]) -> None:
         training = [m for m in messages if m.metadata.message_type == "train"]
         rounds = {int(m.content[CONFIG][SERVER_ROUND]) for m in training}
         if self.kill_round in rounds:
             raise Killed(f"killed before round {self.kill_round}")
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        self._die_at_the_kill_round(messages)
         return super().send_and_receive(messages, timeout=timeout)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        # The round loop pushes a streamed round's training instructions (lsc4rec.server.reply_stream).
+        messages = list(messages)
+        self._die_at_the_kill_round(messages)
+        return super().push_messages(messages)
 
 
 #: Local DP on the devices, where the whole system cannot have it yet (issue 37: DP-SGD covers neither the

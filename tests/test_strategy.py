@@ -245,7 +245,8 @@ def test_aggregating_many_replies_holds_no_decoded_copy_of_each(row_weighting: b
     assert arrays is not None
     np.testing.assert_allclose(arrays["table"].numpy(), (nodes - 1) / 2, rtol=1e-6)
     table_mb = rows * dim * 4 / 2**20
-    assert peak / 2**20 < 10 * table_mb, f"aggregation peaked at {peak / 2**20:.0f} MiB"
+    # The running sum is order-independent (lsc4rec.strategies.exact_sum): three float64 bins per element.
+    assert peak / 2**20 < 12 * table_mb, f"aggregation peaked at {peak / 2**20:.0f} MiB"
 
 
 def _sent_through_a_grid(messages: list[Message]) -> None:

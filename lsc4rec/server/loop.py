@@ -4,8 +4,10 @@ Runs on any Flower ``Grid`` (simulation, real SuperNodes, the in-process grid of
 samples nodes and sends the global SRM (the strategy decides who and how to aggregate: lsc4rec's
 :class:`~lsc4rec.strategies.SRMStrategy` or any Flower strategy, :mod:`lsc4rec.strategies.loop_strategy`),
 lets the nodes evaluate it on their devices, ranks every user's validation item with it on the
-server (full ranking) and keeps the best round. Everything else (cloud LLM, SOLID codebook sync, MergeNet,
-privacy accounting, checkpoints) is a :class:`~lsc4rec.server.components.LoopExtension`.
+server (full ranking) and keeps the best round. Train replies are folded into the aggregate as they arrive
+where the strategy's rule allows it (:func:`train`), so the ServerApp does not hold a whole round of
+updates. Everything else (cloud LLM, SOLID codebook sync, MergeNet, privacy accounting, checkpoints) is a
+:class:`~lsc4rec.server.components.LoopExtension`.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from lsc4rec.messages import TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.components.checkpoint_files import restore_rng_states
 from lsc4rec.server.components.loop_hooks import Best, LoopExtension, LoopState, state_dict_of
+from lsc4rec.server.reply_stream import stream_replies
 from lsc4rec.strategies.loop_strategy import LoopStrategy
+from lsc4rec.strategies.train_fold import train_fold
 from lsc4rec.training import EvalSet, evaluate
 
-__all__ = ["SELECTION_METRIC", "RoundPlan", "run_rounds"]
+__all__ = ["SELECTION_METRIC", "RoundPlan", "run_rounds", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +80,7 @@ def run_rounds(
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         for extension in extensions:
             extension.attach(messages, "train")
-        replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout))
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        replies, new_arrays, train_metrics = train(grid, strategy, server_round, messages, plan.round_timeout)
         state.arrays = new_arrays if new_arrays is not None else arrays
         for extension in extensions:
             extension.after_train(server_round, replies, new_arrays)
@@ -114,6 +117,28 @@ def run_rounds(
         for extension in extensions:
             extension.commit(server_round, state, extensions)
     return state
+
+
+def _describe(strategy: LoopStrategy) -> str:
+    rule = getattr(strategy, "rule", None)
+    return f"{type(strategy).__name__}" + (f" (strategy.rule={rule})" if rule else "")
+
+
+def train(
+    grid: Grid, strategy: LoopStrategy, server_round: int, messages: list[Message], timeout: float
+) -> tuple[list[Message], ArrayRecord | None, MetricRecord | None]:
+    """Send the round's train ``messages``; the replies (what the extensions read), the new global model and
+    the train metrics. Where the strategy can (:func:`~lsc4rec.strategies.train_fold.train_fold`: FedAvg-style
+    means) each reply is folded as it arrives and its update dropped; otherwise (median, trimmed mean,
+    central DP, Flower strategies) the strategy aggregates the whole round at once."""
+    fold = train_fold(strategy, server_round)
+    if fold is None:
+        if server_round == 1:
+            logger.info("%s aggregates each round's replies at once (no streaming)", _describe(strategy))
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        return replies, *strategy.aggregate_train(server_round, replies)
+    replies = stream_replies(grid, messages, timeout, fold.add)
+    return replies, *fold.finish()
 
 
 def log_round(row: dict, rounds: int, notes: Sequence[str] = ()) -> None:

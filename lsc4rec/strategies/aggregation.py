@@ -1,14 +1,18 @@
 """Aggregation rules for model updates: example-weighted mean (FedAvg), coordinate-wise median, trimmed mean.
 
-Pure numpy, no Flower: the strategy feeds them the validated replies of one round.
+Pure numpy, no Flower: the strategy feeds them the validated replies of one round. The means sum through
+:class:`~lsc4rec.strategies.exact_sum.ReproducibleSum`: the same bits in any order of the replies, and the
+same bits as the streaming fold (:mod:`.train_fold`) that adds each reply as it arrives.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from lsc4rec.strategies.exact_sum import ReproducibleSum
 
 AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean")
 
@@ -28,7 +32,8 @@ def aggregate_arrays(
     ``fedavg``: mean weighted by ``weights`` (the nodes' example counts). ``median``: coordinate-wise median
     (unweighted; robust to a minority of arbitrary updates). ``trimmed_mean``: coordinate-wise mean after
     dropping the ``floor(trim_fraction * n)`` largest and smallest values per coordinate (Yin et al. 2018).
-    Integer arrays (e.g. counters) are averaged and rounded back to their dtype.
+    Integer arrays (e.g. counters) are averaged and rounded back to their dtype. FedAvg is
+    ``sum(weight * update) / sum(weights)``, the sum independent of the order (:func:`weighted_sum`).
     """
     if not updates:
         raise ValueError("no updates to aggregate")
@@ -43,23 +48,36 @@ def aggregate_arrays(
         raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
     out: dict[str, np.ndarray] = {}
     for key, reference in updates[0].items():
+        dtype = np.asarray(reference).dtype
         if rule == "fedavg":
-            # A running weighted sum: memory stays one float64 copy of the array whatever the node count
+            # A running sum: memory stays one binned float64 sum of the array whatever the node count
             # (stacking 100 replies of Beauty's item table alone would take 1.2 GB).
-            combined = np.zeros(np.shape(reference), dtype=np.float64)
-            for share, update in zip(weight / weight.sum(), updates, strict=True):
-                combined += share * np.asarray(update[key], dtype=np.float64)
-        elif rule == "median":
+            total = weighted_sum(
+                np.shape(reference), ((u[key], w) for u, w in zip(updates, weights, strict=True))
+            )
+            out[key] = total.total(math.fsum(float(w) for w in weights), dtype)
+            continue
+        if rule == "median":
             combined = np.median(_stack(updates, key), axis=0)
         else:
             cut = math.floor(trim_fraction * len(updates))
             ordered = np.sort(_stack(updates, key), axis=0)
             combined = ordered[cut : len(updates) - cut].mean(axis=0)
-        dtype = np.asarray(reference).dtype
         out[key] = (
             np.rint(combined).astype(dtype) if np.issubdtype(dtype, np.integer) else combined.astype(dtype)
         )
     return out
+
+
+def weighted_sum(
+    shape: Sequence[int], terms: Iterable[tuple[np.ndarray, float | np.ndarray]]
+) -> ReproducibleSum:
+    """``sum(array * weight)`` over ``terms`` (a weight: a number, or one per row of the array), the same
+    bits in any order of the terms: what FedAvg and row weighting sum, here and in the streaming fold."""
+    total = ReproducibleSum(shape)
+    for array, weight in terms:
+        total.add(array, weight)
+    return total
 
 
 def count_weighted_rows(
@@ -80,13 +98,17 @@ def count_weighted_rows(
         raise ValueError(f"counts {weight.shape} do not match tables {[np.shape(t) for t in tables][:3]}...")
     if (weight < 0).any():
         raise ValueError("row counts must be non-negative")
-    total = weight.sum(axis=0)  # [R]
-    seen = total > 0
-    share = np.divide(weight, total, out=np.zeros_like(weight), where=seen)
-    extra = (1,) * (len(shape) - 1)
-    # Running sum over nodes: one float64 copy of the table, whatever the node count.
-    combined = np.zeros(shape, dtype=np.float64)
-    for node_share, table in zip(share, tables, strict=True):
-        combined += node_share.reshape(-1, *extra) * np.asarray(table, dtype=np.float64)
-    out = np.where(seen.reshape(-1, *extra), combined, np.asarray(fallback, dtype=np.float64))
-    return out.astype(np.asarray(fallback).dtype)
+    return row_weighted_mean(
+        weighted_sum(shape, zip(tables, weight, strict=True)),
+        weighted_sum(shape[:1], ((c, 1.0) for c in weight)),
+        fallback,
+    )
+
+
+def row_weighted_mean(sums: ReproducibleSum, counts: ReproducibleSum, fallback: np.ndarray) -> np.ndarray:
+    """``sums / counts`` row by row (rows no node saw: ``fallback``'s), in ``fallback``'s dtype."""
+    total = counts.total()
+    out = sums.total(total, np.asarray(fallback).dtype)
+    unseen = ~(total > 0)
+    out[unseen] = np.asarray(fallback)[unseen]
+    return out

@@ -51,12 +51,12 @@ class NodeFailure:
     reason: str
 
 
-def _content_bytes(content: RecordDict) -> int:
+def content_bytes(content: RecordDict) -> int:
     """Payload size of a message's records (arrays, metrics, configs), as counted by Flower."""
     return sum(record.count_bytes() for record in content.values())
 
 
-def _update_digest(reply: Message) -> str:
+def update_digest(reply: Message) -> str:
     """Digest of a reply's update (its arrays), the same in every run that computes the same update."""
     content = reply.content
     return content.array_records[ARRAYS].object_id if ARRAYS in content.array_records else content.object_id
@@ -284,7 +284,7 @@ class SRMStrategy(Strategy):
     def _fail(self, server_round: int, stage: str, node_id: int, reason: str) -> None:
         record_failure(self.failures, server_round, stage, node_id, reason)
 
-    def _check_update(self, reply: Message) -> str | None:
+    def check_update(self, reply: Message) -> str | None:
         """Return why ``reply`` cannot be aggregated, or None when it is a valid update."""
         if reply.has_error():
             return f"client error {reply.error.code}: {reply.error.reason}"
@@ -321,17 +321,21 @@ class SRMStrategy(Strategy):
         for reply in replies:
             node_id = self.sender(stage, reply)
             seen.add(node_id)
-            reason = self._check_update(reply) if stage == "train" else self._check_metrics(reply)
+            reason = self.check_update(reply) if stage == "train" else self._check_metrics(reply)
             if reason is None:
                 valid.append(reply)
             else:
                 self._fail(server_round, stage, node_id, reason)
-        for node_id in sorted(self._expected[stage] - seen):
-            self._fail(server_round, stage, node_id, "no reply before the round timeout")
+        self.record_timeouts(server_round, stage, seen)
         # Replies arrive in the order nodes finish; summing floats in that order would make the aggregate
         # depend on timing. Sorted by the digest of the update's arrays (not of the whole content: metrics
         # such as seconds differ run to run), equal updates aggregate to equal bits in any run.
-        return sorted(valid, key=_update_digest)
+        return sorted(valid, key=update_digest)
+
+    def record_timeouts(self, server_round: int, stage: str, seen: set[int]) -> None:
+        """Record a failure for every node of the round's ``stage`` that did not answer (not in ``seen``)."""
+        for node_id in sorted(self._expected[stage] - seen):
+            self._fail(server_round, stage, node_id, "no reply before the round timeout")
 
     @staticmethod
     def _check_metrics(reply: Message) -> str | None:
@@ -377,34 +381,11 @@ class SRMStrategy(Strategy):
         replies = list(replies)
         failures_before = len(self.failures)
         # Nodes whose privacy budget is spent answer without training: neither an update nor a failure.
-        stopped = [r for r in replies if is_privacy_stop(r)]
-        for reply in stopped:
-            logger.info(
-                "round %d: node %d has spent its privacy budget", server_round, self.sender("train", reply)
-            )
-        self._expected["train"] -= {self.sender("train", r) for r in stopped}
+        stopped = [r for r in replies if self.privacy_stop(server_round, r)]
         valid = self._split_replies(server_round, "train", [r for r in replies if not is_privacy_stop(r)])
-        received = sum(_content_bytes(r.content) for r in replies if not r.has_error())
-        metrics = self._weighted_metrics(valid)
-        metrics.update(local_privacy_metrics(valid + stopped))
-        metrics.update(
-            {
-                "privacy-stopped": len(stopped),
-                "nodes-sampled": len(self._expected["train"]) + len(stopped),
-                "valid-replies": len(valid),
-                "failures": len(self.failures) - failures_before,
-                "bytes-sent": self._bytes_sent["train"],
-                "bytes-received": received,
-                "aggregated": 0,
-            }
-        )
-        if len(valid) < self.min_train_replies:
-            logger.error(
-                "round %d: %d valid updates < strategy.min_train_replies=%d; global weights unchanged",
-                server_round,
-                len(valid),
-                self.min_train_replies,
-            )
+        received = sum(content_bytes(r.content) for r in replies if not r.has_error())
+        metrics = self.round_metrics(valid, stopped, received, len(self.failures) - failures_before)
+        if not self.enough_updates(server_round, len(valid)):
             return None, MetricRecord(metrics)
         # Each reply's arrays are decoded when a rule reads them and dropped after: the server holds the
         # replies Flower delivered and one running aggregate, not a second decoded copy of every update.
@@ -426,6 +407,67 @@ class SRMStrategy(Strategy):
         aggregate = aggregate_arrays(updates, weights, self.rule, self.trim_fraction)
         if self.row_weighting:
             self._weight_rows(aggregate, valid, updates)
+        return self.adopt(aggregate, metrics)
+
+    # ------------------------------------------------------------------ shared with the streaming fold
+    @property
+    def streams(self) -> bool:
+        """Whether a round's updates can be folded one at a time as they arrive, to the same bits
+        (:mod:`.train_fold`): FedAvg's weighted mean (and row weighting, any server optimizer) without the
+        bounds that need the whole round's median. Median and trimmed mean need every update at once."""
+        return self.rule == "fedavg" and self.max_example_ratio == 0 and self.update_norm_ratio == 0
+
+    @property
+    def reference(self) -> Mapping[str, np.ndarray]:
+        """The global arrays of the round's train instructions (keys, shapes and dtypes of a valid update)."""
+        return self._global
+
+    def privacy_stop(self, server_round: int, reply: Message) -> bool:
+        """Whether ``reply`` comes from a node whose privacy budget is spent; such a node is logged and no
+        longer awaited this round."""
+        if not is_privacy_stop(reply):
+            return False
+        node = self.sender("train", reply)
+        logger.info("round %d: node %d has spent its privacy budget", server_round, node)
+        self._expected["train"].discard(node)
+        return True
+
+    def round_metrics(
+        self, valid: list[Message], stopped: list[Message], received: int, failures: int
+    ) -> dict[str, float]:
+        """The round's train metrics before aggregation: ``valid`` in digest order, ``stopped`` in arrival
+        order, ``received`` payload bytes, ``failures`` this round."""
+        metrics = self._weighted_metrics(valid)
+        metrics.update(local_privacy_metrics(valid + stopped))
+        metrics.update(
+            {
+                "privacy-stopped": len(stopped),
+                "nodes-sampled": len(self._expected["train"]) + len(stopped),
+                "valid-replies": len(valid),
+                "failures": failures,
+                "bytes-sent": self._bytes_sent["train"],
+                "bytes-received": received,
+                "aggregated": 0,
+            }
+        )
+        return metrics
+
+    def enough_updates(self, server_round: int, valid: int) -> bool:
+        """Whether ``valid`` updates reach ``min_train_replies`` (if not, say that the weights stay)."""
+        if valid >= self.min_train_replies:
+            return True
+        logger.error(
+            "round %d: %d valid updates < strategy.min_train_replies=%d; global weights unchanged",
+            server_round,
+            valid,
+            self.min_train_replies,
+        )
+        return False
+
+    def adopt(
+        self, aggregate: dict[str, np.ndarray], metrics: dict[str, float]
+    ) -> tuple[ArrayRecord, MetricRecord]:
+        """The new global model from the round's ``aggregate`` (through the server optimizer)."""
         combined = self.server_optimizer.step(self._global, aggregate)
         metrics["aggregated"] = 1
         return ArrayRecord({key: Array(combined[key]) for key in self._reference}), MetricRecord(metrics)
