@@ -33,6 +33,7 @@ from lsc4rec.client.onnx_runtime import OnnxScorer, export_srm
 from lsc4rec.config import compose_config
 from lsc4rec.models.srm import SRM_CLASSES
 from lsc4rec.reporting import emit_result, write_json
+from lsc4rec.settings import model_config
 from lsc4rec.training import build_model_from_config
 
 BEAUTY_ITEMS = 12101
@@ -118,7 +119,7 @@ def main() -> None:
     for name in args.models:
         cfg = compose_config([f"model={name}"])
         torch.manual_seed(0)
-        model = build_model_from_config(cfg.model, BEAUTY_ITEMS, args.history).eval()
+        model = build_model_from_config(model_config(cfg.model), BEAUTY_ITEMS, args.history).eval()
         if args.state_dict is not None and name == "sasrec":
             model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
         path = export_srm(model, args.out / f"onnx-{name}.onnx", args.history, kind="candidates")

@@ -8,9 +8,13 @@ launcher; :func:`typed_run` with :class:`CentralizedSettings`, :class:`RequestCu
 :class:`SolidStudySettings` or :class:`MergeNetStudySettings` for the experiments); code below them takes the
 settings it needs instead of the whole config.
 
-Groups whose keys depend on the chosen variant (``model``, ``llm``, ``solid``, ``mergenet``, ``text``) stay
-config sections here; their builders (:func:`lsc4rec.training.build_model_from_config`,
-:func:`lsc4rec.models.llm.pretrained.build_llm`, ...) check them.
+The groups that configure a model or a part beside it are typed next to their code: ``model`` by one config
+class per model (:data:`lsc4rec.training.MODEL_CONFIGS`, chosen by ``model.name``: :func:`model_config`),
+``solid`` (:class:`~lsc4rec.models.solid.solid_config.SolidSettings`), ``mergenet``
+(:class:`~lsc4rec.models.mergenet.mergenet_config.MergeNetSettings`) and ``text``
+(:class:`~lsc4rec.text.text_settings.TextSettings`). ``llm``, whose keys depend on the chosen base
+(``llm=scratch|pretrained|smollm2``), stays a config section that
+:func:`lsc4rec.models.llm.pretrained.build_llm` checks.
 
 An entry point also refuses a key it cannot honour: :func:`refuse_unhonoured` compares the composed config
 with the entry point's defaults and names any key in its list of ignored keys that the user changed.
@@ -30,8 +34,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsc4rec.config import compose_config, overrides_from_run_config
 from lsc4rec.data.replay import Replay
+from lsc4rec.models.mergenet.mergenet_config import MergeNetSettings
+from lsc4rec.models.solid.dual_model import ENCODER_BASES
+from lsc4rec.models.solid.solid_config import SolidConfig, SolidSettings
+from lsc4rec.models.srm import SRMConfig
 from lsc4rec.privacy import PrivacySettings
-from lsc4rec.training import EvalSettings, TrainSettings
+from lsc4rec.text.text_settings import TextSettings
+from lsc4rec.training import MODEL_CONFIGS, EvalSettings, TrainSettings
 
 __all__ = [
     "CENTRALIZED_IGNORES",
@@ -58,6 +67,7 @@ __all__ = [
     "federated_settings_from_overrides",
     "federated_settings_from_run_config",
     "group_selections",
+    "model_config",
     "refuse_unhonoured",
     "refuse_unread_keys",
     "typed_run",
@@ -147,8 +157,8 @@ class FederatedSettings:
                 raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")
         if self.replay_closing_round and self.replay_interactions > 0 and self.rounds < 2:
             raise SettingsError(
-                "federated.replay_closing_round needs federated.rounds >= 2 (one round to serve the arrivals, "
-                f"the last to train on them), got rounds={self.rounds}"
+                "federated.replay_closing_round needs federated.rounds >= 2 (one round to serve the "
+                f"arrivals, the last to train on them), got rounds={self.rounds}"
             )
         if self.runtime not in ("flower", "inprocess"):
             raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")
@@ -364,12 +374,12 @@ class FederatedRunSettings(RunSettings):
     collab: CollabSettings
     request: RequestSettings
     privacy: PrivacySettings
-    # Variant-dependent groups, checked by their builders.
-    model: DictConfig = field(compare=False)
+    model: SRMConfig
+    # The cloud LLM's group (keys depend on llm=scratch / pretrained / smollm2), checked by build_llm.
     llm: DictConfig = field(compare=False)
-    text: DictConfig = field(compare=False)
-    solid: DictConfig = field(compare=False)
-    mergenet: DictConfig = field(compare=False)
+    text: TextSettings
+    solid: SolidSettings
+    mergenet: MergeNetSettings
 
     def __post_init__(self) -> None:
         if self.runtime not in ("torch", "onnx"):
@@ -382,10 +392,10 @@ class CentralizedSettings(RunSettings):
 
     train: TrainSettings
     eval: EvalSettings
-    model: DictConfig = field(compare=False)
-    solid: DictConfig = field(compare=False)
+    model: SRMConfig
+    solid: SolidSettings
     # Read when the model has a text part (model.item_text) or SOLID's codebook reads text.
-    text: DictConfig = field(compare=False)
+    text: TextSettings
 
 
 @dataclass(frozen=True)
@@ -403,7 +413,7 @@ class MergeNetStudySettings(CentralizedSettings):
     """The MergeNet / KD study on a sparse device (``conf/mergenet_run.yaml``)."""
 
     llm: DictConfig = field(compare=False)
-    mergenet: DictConfig = field(compare=False)
+    mergenet: MergeNetSettings
     collab: CollabSettings
     mergenet_variants: tuple[str, ...]
     new_item_share: float
@@ -413,7 +423,6 @@ class MergeNetStudySettings(CentralizedSettings):
 class RequestCurveSettings(CentralizedSettings):
     """The collaboration experiment: LLM vs SRM vs fused, and the request-ratio curve."""
 
-    text: DictConfig = field(compare=False)
     llm: DictConfig = field(compare=False)
     collab: CollabSettings
     request: RequestSettings
@@ -569,7 +578,7 @@ def _check_privacy(run: FederatedRunSettings) -> None:
         return
     refusals = {
         "strategy.row_weighting sends per-item counts in clear": run.strategy.row_weighting,
-        "SOLID's codebook statistics are not privatised (model=solid)": str(run.model.name) == "solid",
+        "SOLID's codebook statistics are not privatised (model=solid)": run.model.name == "solid",
         "strategy.flower_class: DP is wired around lsc4rec's own strategy only (central DP's noise assumes "
         "equal node weights)": run.strategy.flower_class is not None,
     }
@@ -580,7 +589,7 @@ def _check_privacy(run: FederatedRunSettings) -> None:
                 "round)": run.federated.keep_optimizer_state,
                 "FedProx (strategy.proximal_mu > 0) is not supported": run.strategy.proximal_mu > 0,
                 "model.item_text: the DP-SGD engines do not cover the text part's projection yet; set "
-                "model.item_text=none": str(run.model.get("item_text", "none")) != "none",
+                "model.item_text=none": run.model.item_text != "none",
             }
         )
     if mode == "central" and run.strategy.rule != "fedavg":
@@ -650,6 +659,52 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ conversion
+def model_config(section: Mapping[str, Any], prefix: str = "model", label: str | None = None) -> SRMConfig:
+    """The typed config of the model ``section`` (the composed ``model:`` group) describes: the class of
+    ``model.name`` (:data:`~lsc4rec.training.MODEL_CONFIGS`) built from the other keys, each checked.
+
+    Raises :class:`SettingsError` naming ``model.<key>``, the model and its accepted keys for a key the model
+    does not take, and naming the key and the value for a value of the wrong type or out of range.
+    ``prefix`` and ``label`` name the section in errors (SOLID's base: ``model.base_params``).
+    """
+    values = {str(k): v for k, v in section.items()}
+    name = values.pop("name", None)
+    if name not in MODEL_CONFIGS:
+        raise SettingsError(f"{prefix}.name must be one of {sorted(MODEL_CONFIGS)}, got {name!r}")
+    cls = MODEL_CONFIGS[str(name)]
+    accepted = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(k for k in values if k not in accepted)
+    if unknown:
+        raise SettingsError(
+            f"unknown key {prefix}.{unknown[0]} for {label or f'{prefix}.name={name}'} "
+            f"(accepted: {', '.join(accepted)})"
+        )
+    extra: dict[str, Any] = {}
+    if cls is SolidConfig:
+        extra["base_params"] = _solid_base_config(values, prefix)
+    return typed_section(values, cls, prefix, extra=extra)
+
+
+def _solid_base_config(values: dict[str, Any], prefix: str) -> SRMConfig:
+    """The config of SOLID's trunks: ``model.base``'s config from ``model.base_params`` (popped from
+    ``values``), with SOLID's width and dropout unless ``base_params`` sets them."""
+    base = values.get("base", SolidConfig.base)
+    if base not in ENCODER_BASES:
+        raise SettingsError(
+            f"{prefix}.base must be one of {list(ENCODER_BASES)} (a sequence encoder), got {base!r}"
+        )
+    hints = {"hidden_size": int, "dropout": float}
+    common = {k: _convert(values[k], hint, f"{prefix}.{k}") for k, hint in hints.items() if k in values}
+    params = values.pop("base_params", None) or {}
+    if not isinstance(params, Mapping):
+        raise SettingsError(f"{prefix}.base_params must be a group of keys, got {params!r}")
+    if "item_text" in params:
+        raise SettingsError(f"{prefix}.base_params.item_text: set {prefix}.item_text (SOLID's text part)")
+    return model_config(
+        {"name": base, **common, **params}, f"{prefix}.base_params", label=f"{prefix}.base={base}"
+    )
+
+
 def typed_section(section: Mapping[str, Any], cls: type[T], prefix: str, extra: Mapping | None = None) -> T:
     """Build the dataclass ``cls`` from ``section``, checking keys and types; ``prefix`` names the section
     in errors (``"federated"`` -> ``federated.rounds``). ``extra``: values for fields the section lacks."""
@@ -688,6 +743,10 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, DictConfig):
             raise SettingsError(f"{key} must be a config group, got {value!r}")
         return value
+    if hint is SRMConfig:
+        if not isinstance(value, Mapping | DictConfig):
+            raise SettingsError(f"{key} must be a group of keys, got {value!r}")
+        return model_config(value, key)
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(hint)
@@ -702,6 +761,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             except SettingsError as error:
                 errors.append(str(error))
         raise SettingsError(errors[-1])
+    if origin is dict:
+        if not isinstance(value, Mapping | DictConfig):
+            raise SettingsError(f"{key} must be a group of keys, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {
+            _convert(k, key_hint, f"{key}.{k}"): _convert(v, value_hint, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, list | tuple | ListConfig):
             raise SettingsError(f"{key} must be a list, got {value!r}")

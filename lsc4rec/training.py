@@ -6,7 +6,6 @@ same thing: the same batching, losses, early-stopping rule and metrics.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -27,9 +26,8 @@ from lsc4rec.metrics import (
     sampled_ranking_ranks,
     target_ranks,
 )
-from lsc4rec.models.solid.dual_model import SolidRecommender
-from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm, compute_loss
-from lsc4rec.models.srm.text_part import ITEM_TEXT_MODES
+from lsc4rec.models.solid.solid_config import SolidConfig
+from lsc4rec.models.srm import SRM_CONFIGS, SequentialRecommender, SRMConfig, compute_loss
 from lsc4rec.text.item_vectors import item_text_vectors_from_config
 from lsc4rec.torch_device import model_device, resolve_device
 
@@ -555,22 +553,19 @@ def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def item_text_mode(model_cfg: Mapping[str, Any]) -> str:
-    """``model.item_text`` (absent = ``none``), checked against :data:`ITEM_TEXT_MODES`."""
-    mode = str(model_cfg.get("item_text", "none"))
-    if mode not in ITEM_TEXT_MODES:
-        raise ValueError(f"model.item_text={mode!r} is not one of {list(ITEM_TEXT_MODES)}")
-    return mode
+#: The config class of every model a run can name (``model.name``): the SRMs and SOLID.
+MODEL_CONFIGS: dict[str, type[SRMConfig]] = {**SRM_CONFIGS, SolidConfig.name: SolidConfig}
 
 
 def build_model_from_config(
-    model_cfg: Mapping[str, Any],
+    config: SRMConfig,
     num_items: int,
     max_len: int,
     item_vectors: torch.Tensor | None = None,
     training_sequences: Sequence[Sequence[int]] | None = None,
 ) -> SequentialRecommender:
-    """Build the SRM named by ``model_cfg["name"]`` with the remaining keys as its hyperparameters.
+    """Build the model ``config`` describes (:data:`MODEL_CONFIGS`) for ``num_items`` items, ``max_len``
+    the run's history length (``data.max_len``).
 
     ``model.item_text=projected`` gives every item vector a text part from ``item_vectors
     [num_items + 1, D]`` (:meth:`SequentialRecommender.attach_item_text`); without vectors that is an error.
@@ -578,18 +573,9 @@ def build_model_from_config(
     the others stay out of the training softmax and score by their text
     (:meth:`SequentialRecommender.set_trained_items`).
     """
-    name = str(model_cfg["name"])
-    mode = item_text_mode(model_cfg)
-    params = {str(k): v for k, v in dict(model_cfg).items() if k not in ("name", "item_text")}
-    if name == "solid":
-        # SOLID wraps a base SRM; its semantic ids come later (lsc4rec.models.solid.pipeline).
-        model: SequentialRecommender = SolidRecommender(num_items, **{"max_len": max_len, **params})
-    else:
-        model_class = SRM_CLASSES.get(name)
-        # Position-aware models (SASRec) size their position table by the history length; others do not.
-        if model_class is not None and "max_len" in inspect.signature(model_class).parameters:
-            params.setdefault("max_len", max_len)
-        model = build_srm(name, num_items, **params)
+    # SOLID wraps a base SRM; its semantic ids come later (lsc4rec.models.solid.pipeline).
+    model = config.build(num_items, max_len)
+    mode = config.item_text
     if mode != "none":
         if item_vectors is None:
             raise ValueError(
@@ -613,7 +599,7 @@ def trained_items(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
 
 
 def run_item_vectors(
-    model_cfg: Mapping[str, Any],
+    model_cfg: SRMConfig,
     split: LeaveOneOutSplit,
     text_cfg: Mapping[str, Any],
     dataset: str,
@@ -624,7 +610,7 @@ def run_item_vectors(
 
     Raises ``ValueError`` naming the dataset when it has no item text.
     """
-    if item_text_mode(model_cfg) != "none":
+    if model_cfg.item_text != "none":
         return model_item_vectors(model_cfg, split, text_cfg, dataset)
     if str(content_weight) != "auto" and float(content_weight) <= 0:
         return None
@@ -633,15 +619,15 @@ def run_item_vectors(
 
 
 def model_item_vectors(
-    model_cfg: Mapping[str, Any], split: LeaveOneOutSplit, text_cfg: Mapping[str, Any], dataset: str
+    model_cfg: SRMConfig, split: LeaveOneOutSplit, text_cfg: Mapping[str, Any], dataset: str
 ) -> torch.Tensor | None:
     """The item text vectors ``[num_items + 1, D]`` the configured SRM needs (None for ``item_text=none``).
 
     Raises ``ValueError`` naming the dataset when it has no item text.
     """
-    if item_text_mode(model_cfg) == "none":
+    if model_cfg.item_text == "none":
         return None
-    reader = f"model.item_text={model_cfg.get('item_text')}"
+    reader = f"model.item_text={model_cfg.item_text}"
     remedy = (
         " (put X_item_text.jsonl beside the data file or set data.text_path); or set model.item_text=none"
     )

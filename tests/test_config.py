@@ -9,6 +9,7 @@ import pytest
 from flwr.common.config import flatten_dict
 
 from lsc4rec.config import compose_config, config_from_run_config, overrides_from_run_config
+from lsc4rec.settings import model_config
 from lsc4rec.training import build_model_from_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +80,8 @@ def test_unknown_keys_fail_with_the_key_named() -> None:
 def test_device_sasrec_preset_is_the_papers_small_reranker() -> None:
     cfg = compose_config(["model=sasrec_device"])
     assert (cfg.data.max_len, cfg.train.loss, cfg.train.num_negatives, cfg.train.epochs) == (10, "bce", 4, 10)
-    model = build_model_from_config(cfg.model, 12101, int(cfg.data.max_len))
+    model = build_model_from_config(model_config(cfg.model), 12101, int(cfg.data.max_len))
     parameters = sum(p.numel() for p in model.parameters())
-    default = build_model_from_config(compose_config([]).model, 12101, 50)
+    default = build_model_from_config(model_config(compose_config([]).model), 12101, 50)
     assert 380_000 < parameters < 420_000, parameters
     assert sum(p.numel() for p in default.parameters()) > 4 * parameters

@@ -19,7 +19,7 @@ from lsc4rec.config import config_from_run_config
 from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.server.components.checkpoint_files import CheckpointError, load_checkpoint
 from lsc4rec.server.federated_run import run_federated
-from lsc4rec.settings import federated_settings_from_run_config
+from lsc4rec.settings import federated_settings_from_run_config, model_config
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_too_few_updates_keep_the_previous_global_model(data: Path, tmp_path: Pa
     cfg = config_from_run_config({"overrides": pattern_overrides(data)})
     from lsc4rec.training import build_model_from_config
 
-    initial = build_model_from_config(cfg.model, NUM_ITEMS, 10).state_dict()
+    initial = build_model_from_config(model_config(cfg.model), NUM_ITEMS, 10).state_dict()
     assert all(torch.equal(state["arrays"][k], initial[k]) for k in initial)
 
 
@@ -104,7 +104,7 @@ def test_checkpoint_for_another_model_is_refused(data: Path, tmp_path: Path) -> 
     cfg = config_from_run_config({"overrides": pattern_overrides(data, "model.hidden_size=32")})
     from lsc4rec.training import build_model_from_config
 
-    other = build_model_from_config(cfg.model, NUM_ITEMS, 10).state_dict()
+    other = build_model_from_config(model_config(cfg.model), NUM_ITEMS, 10).state_dict()
     with pytest.raises(CheckpointError, match="has shape"):
         load_checkpoint(tmp_path / "run" / "checkpoint.pt", reference=other)
 

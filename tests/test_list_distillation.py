@@ -71,7 +71,14 @@ def test_collaborative_pass_learns_the_clouds_order_only_with_distillation() -> 
         model = _model()
         cloud = ListingCloud()
         train_on_llm_candidates(
-            model, cloud, sequences, settings, 4, epochs=3, hard_negatives=5, random_negatives=0,
+            model,
+            cloud,
+            sequences,
+            settings,
+            4,
+            epochs=3,
+            hard_negatives=5,
+            random_negatives=0,
             distill_weight=weight,
         )  # type: ignore[arg-type]  # the stand-in has the one method the pass calls
         assert cloud.calls > 0

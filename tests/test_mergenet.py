@@ -321,8 +321,17 @@ def test_mergenet_experiment_reports_every_variant(tmp_path: Path) -> None:
     # The item text makes the LLM text-grounded (llm.item_init=auto), the source MergeNet and KD read.
     assert result["llm_item_init"] == "text"
     variants = {
-        "srm", "text_srm", "llm_rows_srm", "mergenet", "mergenet_kd", "kd", "list_kd", "text_part",
-        "text_part_kd", "text_part_list_kd", "text_part_codes",
+        "srm",
+        "text_srm",
+        "llm_rows_srm",
+        "mergenet",
+        "mergenet_kd",
+        "kd",
+        "list_kd",
+        "text_part",
+        "text_part_kd",
+        "text_part_list_kd",
+        "text_part_codes",
     }
     assert set(result["cloud_to_device"]) == variants
     assert set(result["device_to_cloud"]) == {"llm_finetuned", "llm_mergenet"}

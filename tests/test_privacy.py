@@ -398,7 +398,6 @@ def test_row_gather_engine_takes_the_same_steps_as_opacus(name: str, loss: str) 
 # ---------------------------------------------------------------------- central DP pieces
 
 
-
 def test_client_clipping_mod_clips_only_when_the_server_asks(task_identity: None) -> None:
     received = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
 

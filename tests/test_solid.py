@@ -416,13 +416,16 @@ def test_model_solid_runs_in_the_centralized_entry_point(tmp_path: Path) -> None
 
 def test_solid_config_errors_name_the_key(tmp_path: Path) -> None:
     from lsc4rec.models.solid.pipeline import build_codebook, load_item_table
+    from lsc4rec.models.solid.solid_config import SolidSettings
 
     with pytest.raises(ValueError, match="kmeans takes one level"):
         build_codebook(
-            {"quantizer": "kmeans", "codebook_sizes": [4, 2], "kmeans_iterations": 5}, torch.randn(9, 2)
+            SolidSettings(quantizer="kmeans", codebook_sizes=(4, 2), kmeans_iterations=5), torch.randn(9, 2)
         )
     with pytest.raises(ValueError, match=r"solid\.quantizer must be one of"):
-        build_codebook({"quantizer": "pq", "codebook_sizes": [4], "kmeans_iterations": 5}, torch.randn(9, 2))
+        build_codebook(
+            SolidSettings(quantizer="pq", codebook_sizes=(4,), kmeans_iterations=5), torch.randn(9, 2)
+        )
     with pytest.raises(FileNotFoundError, match=r"solid\.embedding_source"):
         load_item_table(str(tmp_path / "none.pt"))
     torch.save({"other": torch.zeros(2)}, tmp_path / "m.pt")
@@ -439,13 +442,15 @@ def test_cloud_llm_speaks_semantic_ids_and_learns(tmp_path: Path) -> None:
     from lsc4rec.models.llm.pretrained import build_llm
     from lsc4rec.models.llm.recommender import CloudLLM
     from lsc4rec.models.solid.pipeline import llm_semantic_ids
+    from lsc4rec.models.solid.solid_config import SolidSettings
+    from lsc4rec.settings import typed_section
 
     data = write_pattern_dataset(tmp_path / "s.txt", num_users=200, num_items=30)
     (tmp_path / "s_item2attributes.json").write_text(json.dumps({str(i): [i % 6] for i in range(1, 31)}))
     raw = load_dataset("s", data)
     split = leave_one_out(raw)
     cfg = compose_config(["solid.codebook_sizes=[6]", "solid.quantizer=kmeans", "solid.attribute_dim=6"])
-    ids, sizes = llm_semantic_ids(cfg.solid, raw, split)
+    ids, sizes = llm_semantic_ids(typed_section(cfg.solid, SolidSettings, "solid"), raw, split)
     # 6 attribute groups of 5 items: level 0 names the group, the extra level the item within it.
     assert sizes == [6, 5] and len({tuple(r) for r in ids[1:].tolist()}) == 30
     llm_cfg = {

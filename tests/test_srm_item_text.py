@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from lsc4rec.data.item_text import ItemText
-from lsc4rec.models.srm import SRM_CLASSES
+from lsc4rec.models.srm import SRM_CLASSES, SASRecConfig
+from lsc4rec.settings import model_config
 from lsc4rec.text import item_text_vectors
+from lsc4rec.text.text_settings import TextSettings
 from lsc4rec.training import build_model_from_config, model_item_vectors, run_item_vectors
 
 NUM_ITEMS = 30
@@ -28,7 +30,9 @@ def _vectors(seed: int = 0) -> torch.Tensor:
 def _model(name: str, vectors: torch.Tensor | None = None, **extra: object):
     torch.manual_seed(0)
     cfg = {"name": name, "hidden_size": 16, "item_text": "projected", **extra}
-    model = build_model_from_config(cfg, NUM_ITEMS, 8, _vectors() if vectors is None else vectors)
+    model = build_model_from_config(
+        model_config(cfg), NUM_ITEMS, 8, _vectors() if vectors is None else vectors
+    )
     if name == "solid":
         generator = torch.Generator().manual_seed(1)
         model.set_semantic_ids(torch.randint(0, 4, (NUM_ITEMS + 1, 1), generator=generator))
@@ -86,7 +90,7 @@ def test_items_no_training_sequence_holds_score_by_text_alone(name: str) -> None
     torch.manual_seed(0)
     cfg = {"name": name, "hidden_size": 16, "item_text": "projected", **extra}
     training = [[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], [2, 4, 6]]
-    model = build_model_from_config(cfg, NUM_ITEMS, 8, _vectors(), training)
+    model = build_model_from_config(model_config(cfg), NUM_ITEMS, 8, _vectors(), training)
     if name == "solid":
         model.set_semantic_ids(torch.zeros(NUM_ITEMS + 1, 1, dtype=torch.long))
     model.train()
@@ -129,7 +133,7 @@ def test_training_losses_never_use_unseen_items_as_negatives(loss: str, select_p
     training = [[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]]
     torch.manual_seed(0)
     cfg = {"name": "sasrec", "hidden_size": 16, "item_text": "projected"}
-    model = build_model_from_config(cfg, NUM_ITEMS, 8, _vectors(), training).eval()
+    model = build_model_from_config(model_config(cfg), NUM_ITEMS, 8, _vectors(), training).eval()
     inputs = torch.tensor([[0, 1, 2, 3, 4], [0, 6, 5, 4, 3]])
     targets = torch.tensor([[0, 2, 3, 4, 5], [0, 5, 4, 3, 2]])
 
@@ -166,7 +170,7 @@ def test_many_ids_gather_from_the_projected_table_with_the_same_values_and_gradi
 
 
 def test_set_trained_items_checks_its_input() -> None:
-    plain = build_model_from_config({"name": "sasrec", "hidden_size": 16}, NUM_ITEMS, 8)
+    plain = build_model_from_config(model_config({"name": "sasrec", "hidden_size": 16}), NUM_ITEMS, 8)
     with pytest.raises(ValueError, match="needs the text part"):
         plain.set_trained_items(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"item ids must be in \[1, 30\]"):
@@ -179,7 +183,10 @@ def test_vectors_are_not_in_the_state_and_a_loaded_model_scores_the_same() -> No
     assert "item_text.projection.weight" in state
     assert not any("vectors" in key for key in state)
     clone = build_model_from_config(
-        {"name": "sasrec", "hidden_size": 16, "item_text": "projected"}, NUM_ITEMS, 8, _vectors()
+        model_config({"name": "sasrec", "hidden_size": 16, "item_text": "projected"}),
+        NUM_ITEMS,
+        8,
+        _vectors(),
     ).eval()
     clone.load_state_dict(state)
     history = torch.tensor([[0, 1, 2, 3]])
@@ -198,20 +205,20 @@ def test_cached_table_follows_weight_changes() -> None:
 def test_configuration_errors_name_the_key() -> None:
     cfg = {"name": "sasrec", "hidden_size": 16, "item_text": "projected"}
     with pytest.raises(ValueError, match=r"model\.item_text=projected needs the items' text vectors"):
-        build_model_from_config(cfg, NUM_ITEMS, 8)
+        build_model_from_config(model_config(cfg), NUM_ITEMS, 8)
     with pytest.raises(ValueError, match=r"model\.item_text='frozen' is not one of"):
-        build_model_from_config({**cfg, "item_text": "frozen"}, NUM_ITEMS, 8, _vectors())
+        build_model_from_config(model_config({**cfg, "item_text": "frozen"}), NUM_ITEMS, 8, _vectors())
     with pytest.raises(ValueError, match=r"expected \[31, D\]"):
-        build_model_from_config(cfg, NUM_ITEMS, 8, _vectors()[:-1])
+        build_model_from_config(model_config(cfg), NUM_ITEMS, 8, _vectors()[:-1])
     split = SimpleNamespace(item_text={}, num_items=NUM_ITEMS)  # model_item_vectors reads only these
     with pytest.raises(ValueError, match="dataset 'shop' has none"):
-        model_item_vectors(cfg, split, {}, "shop")
-    assert model_item_vectors({"name": "sasrec"}, split, {}, "shop") is None
+        model_item_vectors(model_config(cfg), split, TextSettings(), "shop")
+    assert model_item_vectors(SASRecConfig(), split, TextSettings(), "shop") is None
     # A run reads vectors for the text part or for the content term; neither: none.
-    assert run_item_vectors({"name": "sasrec"}, split, {}, "shop", 0.0) is None
+    assert run_item_vectors(SASRecConfig(), split, TextSettings(), "shop", 0.0) is None
     for weight in (0.2, "auto"):
         with pytest.raises(ValueError, match=r"collab\.content_weight=.* dataset 'shop' has none"):
-            run_item_vectors({"name": "sasrec"}, split, {}, "shop", weight)
+            run_item_vectors(SASRecConfig(), split, TextSettings(), "shop", weight)
 
 
 def test_solid_shares_one_text_part_with_its_item_trunk() -> None:
@@ -234,6 +241,6 @@ def test_item_text_vectors_for_a_split_with_text(tmp_path) -> None:
 
     vectors = item_text_vectors(split.item_text, 3, encoder=FakeEncoder(), cache_dir=tmp_path, progress=False)
     model = build_model_from_config(
-        {"name": "sasrec", "hidden_size": 8, "item_text": "projected"}, 3, 4, vectors.vectors
+        model_config({"name": "sasrec", "hidden_size": 8, "item_text": "projected"}), 3, 4, vectors.vectors
     )
     assert int(model.item_text.vectors[2].abs().sum()) == 0

@@ -449,6 +449,7 @@ def test_onnx_export_of_score_candidates(name: str) -> None:
     # Required dependencies: a broken install must fail here, not skip.
     import onnx  # noqa: F401
     import onnxruntime as ort
+
     model = make_model(name)
     wrapper = _ScoreCandidates(model).eval()
     history = left_padded([6, 2], 6)

@@ -16,6 +16,7 @@ from lsc4rec.data import ItemText, pad_left
 from lsc4rec.models.llm.llm_training import LLMTrainSettings, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.text.text_settings import TextSettings
 
 NUM_ITEMS = 30
 
@@ -170,7 +171,7 @@ def llm_config(**overrides: object):
 
 def test_build_llm_grounds_in_text_or_says_why_it_cannot(tmp_path: Path) -> None:
     texts = {i: ItemText(title=f"item {i}", brand="A" if i % 2 else "B") for i in range(1, NUM_ITEMS + 1)}
-    text_cfg = {"encoder": "minilm", "cache_dir": str(tmp_path), "progress": False}
+    text_cfg = TextSettings(encoder="minilm", cache_dir=str(tmp_path), progress=False)
     grounded = build_llm(llm_config(item_init="text"), NUM_ITEMS, item_text=texts, text_cfg=text_cfg)
     assert grounded.text_part is not None and grounded.text_part.text_dim == 384
     assert grounded.item_init == "text"
@@ -279,7 +280,7 @@ def test_smollm2_reads_title_prompts_and_starts_items_from_their_text() -> None:
     cfg.update({"item_init": "text", "history_format": "titles", "max_len": 5, "prompt_max_tokens": 96})
     names = ["nail polish", "mascara", "lipstick", "face cream", "shampoo"] * 2
     texts = {i: ItemText(title=f"{names[i - 1]} no. {i}", brand="Acme") for i in range(1, 11)}
-    llm = build_llm(cfg, 10, item_text=texts, text_cfg={"fields": ["title", "brand"]})
+    llm = build_llm(cfg, 10, item_text=texts, text_cfg=TextSettings(fields=("title", "brand")))
     assert llm.prompt is not None and llm.item_init == "text"
     tokens, mask = llm.encode(torch.tensor([[0, 1, 2]]))
     words = llm.prompt.tokenizer.decode(tokens[0][mask[0]])

@@ -3,6 +3,7 @@ from a text-grounded LLM, and equal-cost training budgets."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,21 +18,18 @@ from lsc4rec.models.mergenet import MergeNetTransfer, resolve_slice
 from lsc4rec.models.solid import SemanticCodebook
 from lsc4rec.models.solid.item_features import text_predicted_rows
 from lsc4rec.models.solid.pipeline import build_codebook, item_representations, seen_items, semantic_ids
+from lsc4rec.models.solid.solid_config import SolidSettings
 from lsc4rec.models.srm import build_srm
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.training import TrainSettings, build_eval_sets, fit
 
-SOLID_TEXT = {
-    "features": ["text"],
-    "feature_weights": {},
-    "attribute_dim": 8,
-    "text_model": None,
-    "text_fields": None,
-    "unseen_from_text": True,
-    "quantizer": "rvq",
-    "codebook_sizes": [10, 2],
-    "kmeans_iterations": 30,
-}
+SOLID_TEXT = SolidSettings(
+    features=("text",),
+    attribute_dim=8,
+    quantizer="rvq",
+    codebook_sizes=(10, 2),
+    kmeans_iterations=30,
+)
 
 
 # ---------------------------------------------------------------- slices and new items
@@ -155,14 +153,14 @@ def test_items_devices_never_saw_get_their_semantic_id_from_text(tmp_path: Path)
     seen = seen_items(split.train_sequences(), split.num_items)
     seen[new] = False
     table[new] = torch.randn(8) * 5
-    joint = {**SOLID_TEXT, "features": ["text", "embedding"]}
+    joint = replace(SOLID_TEXT, features=("text", "embedding"))
     features, report = item_representations(joint, raw, split, table, seen=seen)
     assert report["embedding_rows_from_text"] == 1
     codes = semantic_ids(build_codebook(joint, features, seed=0), features)
     # The new item lands with its text neighbours although its own row said something else.
     assert {int(codes[i, 0]) for i in [new, *neighbours]} == {int(codes[neighbours[0], 0])}
     # Without the text fill the noise row stays in its representation.
-    kept, _ = item_representations({**joint, "unseen_from_text": False}, raw, split, table, seen=seen)
+    kept, _ = item_representations(replace(joint, unseen_from_text=False), raw, split, table, seen=seen)
     assert not torch.allclose(kept[new - 1], features[new - 1])
 
 

@@ -24,6 +24,7 @@ from lsc4rec.models.srm.ttt import (
     layer_norm_l2_grad,
     per_head_layer_norm,
 )
+from lsc4rec.settings import model_config
 from lsc4rec.simulations.centralized import run_centralized
 from lsc4rec.training import build_model_from_config
 
@@ -281,7 +282,7 @@ def test_centralized_run_learns_the_pattern(layer: str, tmp_path: Path) -> None:
             "threads=1",
         ]
     )
-    model = build_model_from_config(cfg.model, num_items=60, max_len=10)
+    model = build_model_from_config(model_config(cfg.model), num_items=60, max_len=10)
     assert isinstance(model, TTT4Rec) and isinstance(model.blocks[0].ttt, LAYERS[layer])
     summary = run_centralized(cfg, tmp_path / "run")
     full = summary["test"]["full"]
@@ -292,7 +293,7 @@ def test_centralized_run_learns_the_pattern(layer: str, tmp_path: Path) -> None:
 
 def test_config_defaults_and_bad_values() -> None:
     cfg = compose_config(["model=ttt4rec"])
-    model = build_model_from_config(cfg.model, num_items=50, max_len=50)
+    model = build_model_from_config(model_config(cfg.model), num_items=50, max_len=50)
     assert isinstance(model, TTT4Rec) and SRM_CLASSES["ttt4rec"] is TTT4Rec
     ttt = model.blocks[0].ttt
     assert isinstance(ttt, TTTMLP) and len(model.blocks) == 1
@@ -302,7 +303,9 @@ def test_config_defaults_and_bad_values() -> None:
     assert model.blocks[0].ffn.up_proj.out_features == 512
     assert cfg.model.dropout == 0.5
     with pytest.raises(ValueError, match=r"ttt\.layer must be one of"):
-        build_model_from_config(compose_config(["model=ttt4rec", "model.ttt.layer=lstm"]).model, 50, 50)
+        build_model_from_config(
+            model_config(compose_config(["model=ttt4rec", "model.ttt.layer=lstm"]).model), 50, 50
+        )
     with pytest.raises(ValueError, match="divisible"):
         build_srm("ttt4rec", 10, hidden_size=10, num_heads=4)
     with pytest.raises(ValueError, match="mini_batch_size must be >= 1"):

@@ -105,7 +105,7 @@ def device_item_text(msg: Message, context: Context, num_items: int) -> tuple[to
 
 def model_reads_text(run: FederatedRunSettings) -> bool:
     """Whether the run's SRM has a text part (``model.item_text``), i.e. is built with the text vectors."""
-    return str(run.model.get("item_text", "none")) != "none"
+    return run.model.item_text != "none"
 
 
 def model_from_message(

@@ -8,7 +8,8 @@ training part of ``n``, and then *serves* the interactions that arrive during it
 After the last round every training interaction has arrived; the validation and test items (leave-one-out)
 never enter training. With ``closing_round`` (``federated.replay_closing_round``) the arrivals are spread over
 the first ``rounds - 1`` rounds and the last round serves none: its devices train on everything that arrived,
-so the final model has seen the whole training part (as a device trains overnight on the day's interactions). The cloud sees each interaction ``collab.cloud_lag`` interactions later than the device
+so the final model has seen the whole training part (as a device trains overnight on the day's
+interactions). The cloud sees each interaction ``collab.cloud_lag`` interactions later than the device
 (:mod:`lsc4rec.data.staleness`), so what it knew when the run started is ``known(n, 1) - lag`` items.
 """
 

@@ -72,7 +72,7 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
     split = leave_one_out(raw)
     catalogue = catalogue_vectors(run, split)
     vectors = None if catalogue is None else catalogue.vectors
-    model_vectors = vectors if str(run.model.get("item_text", "none")) != "none" else None
+    model_vectors = vectors if run.model.item_text != "none" else None
     model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
     resume = run.federated.resume
     if run.federated.initial_weights and not resume:

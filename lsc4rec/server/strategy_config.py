@@ -32,9 +32,7 @@ def wrap_central_dp(run: FederatedRunSettings, inner: SRMStrategy, population: i
     )
 
 
-def build_strategy(
-    run: FederatedRunSettings, population: int = 0
-) -> SRMStrategy | CentralDP | StockStrategy:
+def build_strategy(run: FederatedRunSettings, population: int = 0) -> SRMStrategy | CentralDP | StockStrategy:
     """The SRM strategy of ``run.strategy`` and ``run.federated`` (wrapped for central DP), or the Flower
     strategy ``strategy.flower_class`` adapted to the loop.
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,7 @@ def _fresh_srm(
     """The configured SRM, freshly seeded; with ``item_vectors`` its item vectors get a text part (items
     that ``training_sequences`` never hold score by their text alone)."""
     torch.manual_seed(run.seed)
-    model_cfg = dict(run.model)
-    if item_vectors is not None:
-        model_cfg["item_text"] = "projected"
+    model_cfg = run.model if item_vectors is None else replace(run.model, item_text="projected")
     return build_model_from_config(model_cfg, num_items, run.data.max_len, item_vectors, training_sequences)
 
 
@@ -422,8 +420,6 @@ def _device_to_cloud(
     llm_settings: LLMTrainSettings,
 ) -> dict[str, Any]:
     """Fine-tune copies of the LLM with and without a transfer from the trained SRM's item table."""
-    from dataclasses import replace
-
     settings = replace(llm_settings, epochs=int(run.mergenet.llm_finetune_epochs), patience=10**6)
     out: dict[str, Any] = {}
     for name in ("llm_finetuned", "llm_mergenet"):

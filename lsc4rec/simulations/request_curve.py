@@ -453,9 +453,7 @@ def train_models(
     # The LLM answers the devices' requests where the cloud would run it.
     llm.to(resolve_device(str(run.llm.train.device), "llm.train.device"))
     max_len = run.data.max_len
-    srm = build_model_from_config(
-        run.model, split.num_items, max_len, item_vectors, split.train_sequences()
-    )
+    srm = build_model_from_config(run.model, split.num_items, max_len, item_vectors, split.train_sequences())
     settings = run.train
     if run.collab.srm_path:
         srm.load_state_dict(torch.load(str(run.collab.srm_path), map_location="cpu"))

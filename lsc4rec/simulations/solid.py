@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ from lsc4rec.config import config_dir
 from lsc4rec.data import leave_one_out, load_dataset
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.pipeline import build_codebook, item_representations, seen_items, semantic_ids
-from lsc4rec.models.srm import SequentialRecommender, build_srm
+from lsc4rec.models.solid.solid_config import SolidConfig
+from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.settings import SOLID_STUDY_IGNORES, SolidStudySettings, refuse_unread_keys, typed_run
 from lsc4rec.simulations.centralized import protocol_description
@@ -76,26 +78,17 @@ VARIANTS: dict[str, dict[str, bool]] = {
 BASE_VARIANTS = ("base", "text_srm")
 
 
-def _base_model(model_cfg: dict[str, Any], num_items: int, max_len: int) -> SequentialRecommender:
+def _base_model(model_cfg: SolidConfig, num_items: int, max_len: int) -> SequentialRecommender:
     """The plain base SRM SOLID is built on, with the same width, dropout and base parameters."""
-    params = dict(model_cfg.get("base_params") or {})
-    base = str(model_cfg["base"])
-    if base == "sasrec":
-        params.setdefault("max_len", max_len)
-    return build_srm(
-        base,
-        num_items,
-        hidden_size=int(model_cfg["hidden_size"]),
-        dropout=float(model_cfg["dropout"]),
-        **params,
-    )
+    return model_cfg.base_params.build(num_items, max_len)
 
 
-def _solid_model(model_cfg: dict[str, Any], num_items: int, max_len: int, flags: dict) -> SolidRecommender:
+def _solid_model(model_cfg: SolidConfig, num_items: int, max_len: int, flags: dict) -> SolidRecommender:
+    """The SOLID variant with the model flags ``flags`` (:data:`VARIANTS`)."""
     # The text part is measured by the MergeNet study's text_part variants; here every variant has none.
-    params = {k: v for k, v in model_cfg.items() if k not in ("name", "item_text")}
-    params.update(flags)
-    return SolidRecommender(num_items, max_len=max_len, **params)
+    model = replace(model_cfg, **flags).build(num_items, max_len)
+    assert isinstance(model, SolidRecommender)
+    return model
 
 
 def _codebook(
@@ -175,7 +168,7 @@ def _codebooks(
 
 def _solid_result(
     run: SolidStudySettings,
-    model_cfg: dict[str, Any],
+    model_cfg: SolidConfig,
     data: DeviceData,
     codebooks: dict[str, dict[str, Any]],
     runs: dict[str, dict[str, Any]],
@@ -186,7 +179,7 @@ def _solid_result(
     result: dict[str, Any] = {
         "experiment": "solid",
         "dataset": run.data.name,
-        "base": model_cfg["base"],
+        "base": model_cfg.base,
         "device_users": len(split.train),
         "protocol": protocol_description(run.eval),
         "features": {"main": list(run.solid.features), "old": list(run.solid_old_features)},
@@ -220,9 +213,9 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     wall_start = time.perf_counter()
     run = typed_run(cfg, SolidStudySettings, SOLID_STUDY_IGNORES)
     plain, out = run.record, begin_run(run, output_dir)
-    model_cfg = plain["model"]
-    if model_cfg.get("name") != "solid":
-        raise ValueError(f"the SOLID experiment needs model=solid (got model.name={model_cfg.get('name')!r})")
+    model_cfg = run.model
+    if not isinstance(model_cfg, SolidConfig):
+        raise ValueError(f"the SOLID experiment needs model=solid (got model.name={model_cfg.name!r})")
     variants = list(run.solid_variants)
     unknown = [v for v in variants if v not in BASE_VARIANTS and v not in VARIANTS]
     if unknown:
@@ -237,7 +230,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     # The base SRM trains first: its item table can feed a codebook and its cost is everyone's budget.
     torch.manual_seed(seed)
     base = _base_model(model_cfg, split.num_items, max_len)
-    runs: dict[str, dict[str, Any]] = {"base": train_variant(f"base {model_cfg['base']}", base, data, seed)}
+    runs: dict[str, dict[str, Any]] = {"base": train_variant(f"base {model_cfg.base}", base, data, seed)}
     item_table = base.item_embedding.weight.detach().clone()
     budget = {"epochs": runs["base"]["epochs_run"], "seconds": runs["base"]["train_seconds"]}
     if "text_srm" in variants:
@@ -277,7 +270,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     }
     write_json(out / "metrics.json", payload)
     plot_variants(
-        runs, out / "solid.png", f"SOLID on {model_cfg['base']}, {run.data.name} ({len(split.train)} users)"
+        runs, out / "solid.png", f"SOLID on {model_cfg.base}, {run.data.name} ({len(split.train)} users)"
     )
     result["output_dir"] = str(out)
     return result

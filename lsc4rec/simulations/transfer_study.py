@@ -30,6 +30,7 @@ from lsc4rec.data.slices import NewItems, evaluation_slices, newest_items, witho
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.settings import CentralizedSettings
+from lsc4rec.text.text_settings import TextSettings
 from lsc4rec.training import EvalSet, TrainingHook, TrainSettings, build_eval_sets, fit, metrics_by_slice
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def train_variant(
 
 
 def text_initialised_srm(
-    model: SequentialRecommender, split: LeaveOneOutSplit, text_cfg: Mapping[str, Any]
+    model: SequentialRecommender, split: LeaveOneOutSplit, text_cfg: TextSettings
 ) -> dict[str, Any]:
     """Start ``model``'s item table from the items' projected text vectors (``text.*`` encoder and fields)."""
     from lsc4rec.text import item_text_vectors_from_config

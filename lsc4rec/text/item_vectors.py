@@ -14,6 +14,7 @@ from torch import Tensor
 from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS, ItemText
 from lsc4rec.text.cache import TextVectorCache, default_cache_dir
 from lsc4rec.text.encoders import TextEncoder, build_text_encoder, encoder_key
+from lsc4rec.text.text_settings import TextSettings
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +95,15 @@ def item_text_vectors(
 
 
 def item_text_vectors_from_config(
-    item_text: Mapping[int, ItemText], num_items: int, text_cfg: Mapping[str, object]
+    item_text: Mapping[int, ItemText], num_items: int, text_cfg: TextSettings
 ) -> ItemTextVectors:
     """:func:`item_text_vectors` with the ``text.*`` settings (``conf/text``)."""
     return item_text_vectors(
         item_text,
         num_items,
-        encoder=str(text_cfg.get("encoder", "minilm")),
-        fields=tuple(str(f) for f in text_cfg.get("fields", DEFAULT_TEXT_FIELDS)),  # type: ignore[union-attr]
-        cache_dir=text_cfg.get("cache_dir") or None,  # type: ignore[arg-type]
-        batch_size=int(text_cfg.get("batch_size", 64)),  # type: ignore[arg-type]
-        progress=bool(text_cfg.get("progress", True)),
+        encoder=text_cfg.encoder,
+        fields=text_cfg.fields,
+        cache_dir=text_cfg.cache_dir or None,
+        batch_size=text_cfg.batch_size,
+        progress=text_cfg.progress,
     )

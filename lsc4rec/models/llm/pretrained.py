@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from lsc4rec.data.item_text import DEFAULT_TEXT_FIELDS, ItemText
+from lsc4rec.data.item_text import ItemText
 from lsc4rec.models.llm.prompt import TitlePrompt
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.pretrained_weights import load_base_model, load_base_tokenizer
+from lsc4rec.text.text_settings import TextSettings
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def build_llm(
     semantic_ids: torch.Tensor | None = None,
     semantic_sizes: list[int] | None = None,
     item_text: Mapping[int, ItemText] | None = None,
-    text_cfg: Mapping[str, Any] | None = None,
+    text_cfg: TextSettings | None = None,
 ) -> CloudLLM:
     """The cloud LLM that ``conf/llm/*.yaml`` describes, for a catalogue of ``num_items`` items.
 
@@ -94,7 +95,7 @@ def build_llm(
         semantic_ids if item_tokens == "semantic" else None,
         semantic_sizes,
         item_text if item_init == "text" else None,
-        text_cfg or {},
+        text_cfg or TextSettings(),
         item_text if history_format == "titles" else None,
     )
     llm.item_init = item_init
@@ -108,7 +109,7 @@ def _fresh_llm(
     semantic_ids: torch.Tensor | None,
     semantic_sizes: list[int] | None,
     item_text: Mapping[int, ItemText] | None,
-    text_cfg: Mapping[str, Any],
+    text_cfg: TextSettings,
     prompt_text: Mapping[int, ItemText] | None = None,
 ) -> CloudLLM:
     """A new LLM (scratch or on a pretrained base), grounded in ``item_text`` when it is given.
@@ -133,7 +134,7 @@ def _fresh_llm(
     local_only = bool(llm_cfg.get("local_files_only", True))
     base = load_base_model(str(llm_cfg["base"]), local_only)
     token_text, prompt = None, None
-    fields = tuple(text_cfg.get("fields", DEFAULT_TEXT_FIELDS))
+    fields = text_cfg.fields
     if item_text is not None or prompt_text is not None:
         tokenizer = load_base_tokenizer(str(llm_cfg["base"]), local_only)
     if prompt_text is not None:
@@ -166,9 +167,7 @@ def _fresh_llm(
     )
 
 
-def _text_vectors(
-    item_text: Mapping[int, ItemText], num_items: int, text_cfg: Mapping[str, Any]
-) -> torch.Tensor:
+def _text_vectors(item_text: Mapping[int, ItemText], num_items: int, text_cfg: TextSettings) -> torch.Tensor:
     # Imported here: the text encoders load transformers' encoder models, which ID-only runs never need.
     from lsc4rec.text import item_text_vectors_from_config
 

@@ -21,9 +21,8 @@ rows, tied with its output head), ``srm.item_embeddings`` (the SRM's item table,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from lsc4rec.data import TrainBatches
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.mergenet.adapter import ParameterAdapter, low_rank_factors
+from lsc4rec.models.mergenet.mergenet_config import MergeNetSettings
 from lsc4rec.models.srm import SequentialRecommender, list_distillation_loss
 
 __all__ = [
@@ -229,7 +229,7 @@ class MergeNetTransfer(_Hook):
     @classmethod
     def from_config(
         cls,
-        mergenet_cfg: Mapping[str, Any],
+        mergenet_cfg: MergeNetSettings,
         target: ParameterSlice,
         source: ParameterSlice,
         seed: int = 0,
@@ -241,19 +241,19 @@ class MergeNetTransfer(_Hook):
         return cls(
             target,
             source,
-            rank=int(m["rank"]),
-            t_cycle=int(m["t_cycle"]) if t_cycle is None else int(t_cycle),
-            num_layers=int(m["num_layers"]),
-            attention_dim=int(m["attention_dim"]),
-            heads=int(m["heads"]),
-            dropout=float(m["dropout"]),
-            lr=float(m["lr"]),
-            weight_decay=float(m["weight_decay"]),
-            grad_clip=float(m["grad_clip"]),
+            rank=m.rank,
+            t_cycle=m.t_cycle if t_cycle is None else int(t_cycle),
+            num_layers=m.num_layers,
+            attention_dim=m.attention_dim,
+            heads=m.heads,
+            dropout=m.dropout,
+            lr=m.lr,
+            weight_decay=m.weight_decay,
+            grad_clip=m.grad_clip,
             seed=seed,
-            max_change=float(m["max_change"]),
-            signal=str(m.get("signal", "gradient")) if signal is None else signal,
-            aligned=m.get("aligned", "auto"),
+            max_change=m.max_change,
+            signal=m.signal if signal is None else signal,
+            aligned=m.aligned,
         )
 
     def transfer(self) -> Tensor:

@@ -38,9 +38,8 @@ non-persistent buffer), so a codebook update reaches a model without touching it
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +47,12 @@ import torch
 from torch import Tensor, nn
 
 from lsc4rec.models.solid.semantic import semantic_token_table, semantic_vocabulary_size
-from lsc4rec.models.srm import SRM_CLASSES, SequentialRecommender, build_srm
+from lsc4rec.models.srm import SRM_CONFIGS, SequentialRecommender, SRMConfig
 
-__all__ = ["SolidRecommender", "SolidStreamState"]
+__all__ = ["ENCODER_BASES", "SolidRecommender", "SolidStreamState"]
 
-_ENCODER_BASES = ("sasrec", "gru4rec", "ttt4rec")
+#: The bases SOLID can wrap (``model.base``): sequence encoders.
+ENCODER_BASES = ("sasrec", "gru4rec", "ttt4rec")
 
 
 def _adopt_item_table(trunk: SequentialRecommender) -> nn.Embedding:
@@ -113,13 +113,13 @@ class SolidRecommender(SequentialRecommender):
         semantic_trunk: bool = True,
         generation: bool = True,
         semantic_scores: bool = False,
-        base_params: dict[str, Any] | None = None,
+        base_params: SRMConfig | Mapping[str, Any] | None = None,
         max_len: int = 50,
     ) -> None:
         super().__init__(num_items, hidden_size)
-        if base not in _ENCODER_BASES:
+        if base not in ENCODER_BASES:
             raise ValueError(
-                f"model.base must be one of {list(_ENCODER_BASES)} (a sequence encoder), got {base!r}"
+                f"model.base must be one of {list(ENCODER_BASES)} (a sequence encoder), got {base!r}"
             )
         if int(generated_layers) < 1:
             raise ValueError(f"model.generated_layers must be >= 1, got {generated_layers}")
@@ -137,12 +137,14 @@ class SolidRecommender(SequentialRecommender):
         self.semantic_scores = bool(semantic_scores) and self.use_codebook
         self.clip = float(clip)
         self.vq_weight = float(vq_weight) if self.use_codebook else 0.0
-        params = dict(base_params or {})
-        if "max_len" in inspect.signature(SRM_CLASSES[base]).parameters:
-            params.setdefault("max_len", max_len)
-        common = {"hidden_size": hidden_size, "dropout": dropout, **params}
+        # The trunks' config: the base's own keys, with SOLID's width and dropout unless they override them.
+        if isinstance(base_params, SRMConfig):
+            trunk = base_params
+        else:
+            params = {"hidden_size": hidden_size, "dropout": dropout, **(base_params or {})}
+            trunk = SRM_CONFIGS[base](**params)
 
-        self.item_trunk = build_srm(base, num_items, **common)
+        self.item_trunk = trunk.build(num_items, max_len)
         self.item_embedding = _adopt_item_table(self.item_trunk)
         self.semantic_vocabulary = semantic_vocabulary_size(self.codebook_sizes, self.trunk_levels)
         # Token 0 is padding; the table is filled by set_semantic_ids (all padding until then).
@@ -152,7 +154,7 @@ class SolidRecommender(SequentialRecommender):
         self.semantic_codes: Tensor | None = None
         if self.use_codebook:
             # Its token table is the codebook in model space (VQ loss) as well as the semantic trunk's input.
-            self.semantic_trunk = build_srm(base, self.semantic_vocabulary, **common)
+            self.semantic_trunk = trunk.build(self.semantic_vocabulary, max_len)
         self.item_meta = nn.Sequential(nn.Linear(hidden_size, meta_size), nn.Tanh())
         layers = int(generated_layers)
         if self.generation:

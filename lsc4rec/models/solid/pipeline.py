@@ -15,7 +15,6 @@ ridge map fitted on the seen items), so their semantic id comes from text alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ from lsc4rec.models.solid.item_features import (
     text_vector_features,
 )
 from lsc4rec.models.solid.semantic import disambiguate
+from lsc4rec.models.solid.solid_config import FEATURE_SOURCES, QUANTIZERS, SolidSettings
 
 __all__ = [
     "FEATURE_SOURCES",
@@ -46,22 +46,19 @@ __all__ = [
     "semantic_ids",
 ]
 
-FEATURE_SOURCES = ("embedding", "attributes", "text")
-QUANTIZERS = ("kmeans", "rvq")
-
 
 # (data source, dataset name, feature source, settings) -> (block, report) of the static sources.
 _STATIC_BLOCKS: dict[tuple[str, str, str, str], tuple[Tensor, Any]] = {}
 
 
-def _static_key(solid_cfg: Mapping[str, Any], source: str) -> str:
+def _static_key(solid_cfg: SolidSettings, source: str) -> str:
     if source == "attributes":
-        return f"dim={int(solid_cfg['attribute_dim'])}"
-    return f"model={solid_cfg.get('text_model')},fields={_text_fields(solid_cfg)}"
+        return f"dim={solid_cfg.attribute_dim}"
+    return f"model={solid_cfg.text_model},fields={_text_fields(solid_cfg)}"
 
 
-def _text_fields(solid_cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(str(f) for f in (solid_cfg.get("text_fields") or DEFAULT_TEXT_FIELDS))
+def _text_fields(solid_cfg: SolidSettings) -> tuple[str, ...]:
+    return tuple(solid_cfg.text_fields or DEFAULT_TEXT_FIELDS)
 
 
 def seen_items(sequences: Any, num_items: int) -> Tensor:
@@ -85,7 +82,7 @@ def _internal_attributes(raw: RawDataset, split: LeaveOneOutSplit) -> dict[int, 
 
 
 def item_representations(
-    solid_cfg: Mapping[str, Any],
+    solid_cfg: SolidSettings,
     raw: RawDataset,
     split: LeaveOneOutSplit,
     item_table: Tensor | None = None,
@@ -98,7 +95,7 @@ def item_representations(
     sequences); the others' ``embedding`` rows come from text when ``solid.unseen_from_text``. ``features``
     overrides ``solid.features`` (e.g. to build a second, comparison codebook).
     """
-    sources = [str(s) for s in (solid_cfg["features"] if features is None else features)]
+    sources = [str(s) for s in (solid_cfg.features if features is None else features)]
     unknown = [s for s in sources if s not in FEATURE_SOURCES]
     if unknown or not sources:
         raise ValueError(f"solid.features must list some of {list(FEATURE_SOURCES)}, got {sources}")
@@ -123,7 +120,7 @@ def item_representations(
                     f"solid.features has 'attributes' but dataset {raw.name!r} has no item attributes/genres"
                 )
             blocks[source], report["attributes"] = attribute_features(
-                attributes, split.num_items, int(solid_cfg["attribute_dim"])
+                attributes, split.num_items, solid_cfg.attribute_dim
             )
         else:
             if not split.item_text:
@@ -131,7 +128,7 @@ def item_representations(
                     f"solid.features has 'text' but dataset {raw.name!r} has no item text "
                     "(an <name>_item_text.jsonl beside the data, data.text_path, or MovieLens titles)"
                 )
-            model = solid_cfg.get("text_model") or "minilm"
+            model = solid_cfg.text_model or "minilm"
             blocks[source], report["text"] = text_vector_features(
                 split.item_text, split.num_items, model, _text_fields(solid_cfg)
             )
@@ -140,26 +137,26 @@ def item_representations(
                 blocks[source],
                 report[source],
             )
-    if "embedding" in blocks and "text" in blocks and bool(solid_cfg.get("unseen_from_text", True)):
+    if "embedding" in blocks and "text" in blocks and solid_cfg.unseen_from_text:
         if seen is None:
             seen = seen_items(split.train_sequences(), split.num_items)
         blocks["embedding"] = text_predicted_rows(blocks["text"], blocks["embedding"], seen[1:])
         report["embedding_rows_from_text"] = int((~seen[1:]).sum())
-    weights = {str(k): float(v) for k, v in dict(solid_cfg.get("feature_weights") or {}).items()}
+    weights = dict(solid_cfg.feature_weights)
     features = combine_features(blocks, weights)
     report["dim"] = int(features.shape[1])
     return features, report
 
 
-def build_codebook(solid_cfg: Mapping[str, Any], features: Tensor, seed: int = 0) -> SemanticCodebook:
+def build_codebook(solid_cfg: SolidSettings, features: Tensor, seed: int = 0) -> SemanticCodebook:
     """Fit the codebook ``solid.quantizer`` (kmeans: one level; rvq: several) of ``solid.codebook_sizes``."""
-    quantizer = str(solid_cfg["quantizer"])
-    sizes = [int(k) for k in solid_cfg["codebook_sizes"]]
+    quantizer = solid_cfg.quantizer
+    sizes = list(solid_cfg.codebook_sizes)
     if quantizer not in QUANTIZERS:
         raise ValueError(f"solid.quantizer must be one of {list(QUANTIZERS)}, got {quantizer!r}")
     if quantizer == "kmeans" and len(sizes) != 1:
         raise ValueError(f"solid.quantizer=kmeans takes one level size, got solid.codebook_sizes={sizes}")
-    return SemanticCodebook.fit(features, sizes, iterations=int(solid_cfg["kmeans_iterations"]), seed=seed)
+    return SemanticCodebook.fit(features, sizes, iterations=solid_cfg.kmeans_iterations, seed=seed)
 
 
 def semantic_ids(codebook: SemanticCodebook, features: Tensor) -> Tensor:
@@ -191,7 +188,7 @@ def load_item_table(path: str) -> Tensor:
 
 def prepare_solid_model(
     model: Any,
-    solid_cfg: Mapping[str, Any],
+    solid_cfg: SolidSettings,
     raw: RawDataset,
     split: LeaveOneOutSplit,
     item_table: Tensor | None = None,
@@ -202,18 +199,14 @@ def prepare_solid_model(
     ``item_table`` (or ``solid.embedding_source``) feeds the ``embedding`` source. Returns the codebook, the
     representations (for later re-assignment) and a report with the codebook's usage.
     """
-    if (
-        item_table is None
-        and "embedding" in list(solid_cfg["features"])
-        and solid_cfg.get("embedding_source")
-    ):
-        item_table = load_item_table(str(solid_cfg["embedding_source"]))
+    if item_table is None and "embedding" in solid_cfg.features and solid_cfg.embedding_source:
+        item_table = load_item_table(solid_cfg.embedding_source)
     features, report = item_representations(solid_cfg, raw, split, item_table)
     codebook = build_codebook(solid_cfg, features, seed)
     codes = semantic_ids(codebook, features)
     model.set_semantic_ids(codes)
     report["codebook"] = {
-        "quantizer": str(solid_cfg["quantizer"]),
+        "quantizer": solid_cfg.quantizer,
         "sizes": codebook.sizes,
         "version": codebook.version,
         "quantisation_mse": round(codebook.quantisation_error(features), 6),
@@ -224,7 +217,7 @@ def prepare_solid_model(
 
 
 def llm_semantic_ids(
-    solid_cfg: Mapping[str, Any],
+    solid_cfg: SolidSettings,
     raw: RawDataset,
     split: LeaveOneOutSplit,
     item_table: Tensor | None = None,

@@ -1,15 +1,25 @@
 """Small on-device sequential recommenders (SRMs) and their training losses.
 
-``build_srm("sasrec" | "gru4rec" | "din", num_items, **hyperparameters)`` builds a model; every model
-implements :class:`SequentialRecommender`. Losses are looked up by name with :func:`compute_loss`.
+Each model has a typed config (:mod:`lsc4rec.models.srm.configs`, e.g. :class:`SASRecConfig`) that a run
+builds it from: ``config.build(num_items, max_len)``. ``build_srm("sasrec", num_items, **hyperparameters)``
+is the shortcut for code and tests that name a model directly. Every model implements
+:class:`SequentialRecommender`. Losses are looked up by name with :func:`compute_loss`.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from lsc4rec.models.srm.base import ITEM_TABLE_KEY, SequentialRecommender
+from lsc4rec.models.srm.configs import (
+    SRM_CONFIGS,
+    DINConfig,
+    GRU4RecConfig,
+    SASRecConfig,
+    SRMConfig,
+    TTT4RecConfig,
+    TTTOptions,
+)
 from lsc4rec.models.srm.din import DIN
 from lsc4rec.models.srm.gru4rec import GRU4Rec
 from lsc4rec.models.srm.losses import (
@@ -31,10 +41,17 @@ __all__ = [
     "ITEM_TABLE_KEY",
     "LOSSES",
     "SRM_CLASSES",
+    "SRM_CONFIGS",
+    "DINConfig",
     "GRU4Rec",
+    "GRU4RecConfig",
     "SASRec",
+    "SASRecConfig",
+    "SRMConfig",
     "SequentialRecommender",
     "TTT4Rec",
+    "TTT4RecConfig",
+    "TTTOptions",
     "bce_loss",
     "build_srm",
     "candidate_rerank_loss",
@@ -58,13 +75,10 @@ def build_srm(name: str, num_items: int, **kwargs: Any) -> SequentialRecommender
     """Build the SRM called ``name`` for a catalogue of ``num_items`` items with the given hyperparameters.
 
     Raises ``ValueError`` for an unknown name and ``TypeError`` for a hyperparameter the model does not take.
+    A run builds its model from its typed config instead (:mod:`lsc4rec.models.srm.configs`).
     """
     try:
         cls = SRM_CLASSES[name]
     except KeyError:
         raise ValueError(f"unknown SRM {name!r}; valid names: {sorted(SRM_CLASSES)}") from None
-    accepted = [p for p in inspect.signature(cls).parameters if p != "num_items"]
-    unknown = sorted(k for k in kwargs if k not in accepted)
-    if unknown:
-        raise TypeError(f"{name} got unknown hyperparameter(s) {unknown}; accepted: {accepted}")
     return cls(num_items, **kwargs)

@@ -47,12 +47,28 @@ _RMS_EPS = 1e-6
 
 @dataclass(frozen=True)
 class TTTOptions:
-    """The ``ttt`` settings of TTT4Rec (``conf/model/ttt4rec.yaml``), validated by :meth:`from_mapping`."""
+    """The ``ttt`` settings of TTT4Rec (``model.ttt`` in ``conf/model/ttt4rec.yaml``), checked on creation.
+
+    ``layer``: the inner model, mlp (TTT-MLP) or linear (TTT-Linear); ``mini_batch_size``: the inner
+    mini-batch b (gradients within one are taken at the weights it starts from); ``base_lr``: base of the
+    inner learning rate (token j's rate is base_lr / head width times a learned gate); ``rope_theta``: RoPE
+    base on queries and keys.
+    """
 
     layer: str = "mlp"
     mini_batch_size: int = 8
     base_lr: float = 1.0
     rope_theta: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.layer not in TTT_LAYERS:
+            raise ValueError(f"ttt.layer must be one of {sorted(TTT_LAYERS)}, got {self.layer!r}")
+        if self.mini_batch_size < 1:
+            raise ValueError(f"ttt.mini_batch_size must be >= 1, got {self.mini_batch_size}")
+        if not self.base_lr >= 0.0:
+            raise ValueError(f"ttt.base_lr must be >= 0, got {self.base_lr}")
+        if not self.rope_theta > 0.0:
+            raise ValueError(f"ttt.rope_theta must be > 0, got {self.rope_theta}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> TTTOptions:
@@ -62,21 +78,12 @@ class TTTOptions:
         unknown = sorted(str(k) for k in values if k not in known)
         if unknown:
             raise ValueError(f"unknown ttt option(s) {unknown}; accepted: {sorted(known)}")
-        options = cls(
+        return cls(
             layer=str(values.get("layer", cls.layer)),
             mini_batch_size=int(values.get("mini_batch_size", cls.mini_batch_size)),
             base_lr=float(values.get("base_lr", cls.base_lr)),
             rope_theta=float(values.get("rope_theta", cls.rope_theta)),
         )
-        if options.layer not in TTT_LAYERS:
-            raise ValueError(f"ttt.layer must be one of {sorted(TTT_LAYERS)}, got {options.layer!r}")
-        if options.mini_batch_size < 1:
-            raise ValueError(f"ttt.mini_batch_size must be >= 1, got {options.mini_batch_size}")
-        if not options.base_lr >= 0.0:
-            raise ValueError(f"ttt.base_lr must be >= 0, got {options.base_lr}")
-        if not options.rope_theta > 0.0:
-            raise ValueError(f"ttt.rope_theta must be > 0, got {options.rope_theta}")
-        return options
 
 
 @dataclass
@@ -154,7 +161,7 @@ class TTT4Rec(SequentialRecommender):
         intermediate_size: int = 256,
         dropout: float = 0.2,
         max_len: int = 50,
-        ttt: Mapping[str, Any] | None = None,
+        ttt: TTTOptions | Mapping[str, Any] | None = None,
     ) -> None:
         validate_common_args(num_items, hidden_size, dropout)
         for name, value in (
@@ -167,7 +174,7 @@ class TTT4Rec(SequentialRecommender):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if int(hidden_size) % int(num_heads) != 0:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
-        options = TTTOptions.from_mapping(ttt)
+        options = ttt if isinstance(ttt, TTTOptions) else TTTOptions.from_mapping(ttt)
         super().__init__(num_items, hidden_size)
         self.max_len = int(max_len)
         self.ttt_options = options

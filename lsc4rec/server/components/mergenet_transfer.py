@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Message
-from omegaconf import DictConfig
 
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.mergenet import MergeNetTransfer, resolve_slice
+from lsc4rec.models.mergenet.mergenet_config import MergeNetSettings
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState
 
@@ -30,10 +30,12 @@ class MergeNetOnServer(LoopExtension):
 
     name = "mergenet"
 
-    def __init__(self, mergenet: DictConfig, model: SequentialRecommender, llm: CloudLLM, seed: int) -> None:
+    def __init__(
+        self, mergenet: MergeNetSettings, model: SequentialRecommender, llm: CloudLLM, seed: int
+    ) -> None:
         """``model``: the adapter's own copy of the global SRM; ``mergenet``: the ``mergenet.*`` settings."""
         self.settings, self.model, self.llm, self.seed = mergenet, model, llm, seed
-        self.every = int(mergenet.every_rounds)
+        self.every = mergenet.every_rounds
         self.transfer: MergeNetTransfer | None = None
         self.pending: torch.Tensor | None = None
         self.row: dict[str, float] = {}
@@ -43,8 +45,8 @@ class MergeNetOnServer(LoopExtension):
         # The round is the cycle: one transfer per transferring round.
         self.transfer = MergeNetTransfer.from_config(
             self.settings,
-            resolve_slice(str(self.settings.target), self.model, self.llm),
-            resolve_slice(str(self.settings.source), self.model, self.llm),
+            resolve_slice(self.settings.target, self.model, self.llm),
+            resolve_slice(self.settings.source, self.model, self.llm),
             seed=self.seed,
             t_cycle=1,
             signal="step",

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from flwr.app import Message
-from omegaconf import DictConfig
 
 from lsc4rec.data import LeaveOneOutSplit, RawDataset
 from lsc4rec.messages import CODEBOOK_VERSION
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.pipeline import build_codebook, item_representations, semantic_ids
+from lsc4rec.models.solid.solid_config import SolidSettings
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.components.global_codebook import CodebookSync
 from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState
@@ -34,7 +34,7 @@ class SolidOnServer(LoopExtension):
     name = "codebook"
 
     def __init__(
-        self, solid: DictConfig, raw: RawDataset, split: LeaveOneOutSplit, sync: CodebookSync
+        self, solid: SolidSettings, raw: RawDataset, split: LeaveOneOutSplit, sync: CodebookSync
     ) -> None:
         """``solid``: the ``solid.*`` settings (which item features the codebook quantises)."""
         self.solid, self.raw, self.split, self.sync = solid, raw, split, sync
@@ -42,16 +42,21 @@ class SolidOnServer(LoopExtension):
 
     @classmethod
     def from_initial_model(
-        cls, solid: DictConfig, raw: RawDataset, split: LeaveOneOutSplit, model: SolidRecommender, seed: int
+        cls,
+        solid: SolidSettings,
+        raw: RawDataset,
+        split: LeaveOneOutSplit,
+        model: SolidRecommender,
+        seed: int,
     ) -> SolidOnServer:
         """Version 0 of the codebook, fitted on the initial global model's item representations."""
         features, _ = item_representations(solid, raw, split, model.item_embedding.weight.detach())
         codebook = build_codebook(solid, features, seed=seed)
         sync = CodebookSync(
             codebook,
-            momentum=float(solid.sync_momentum),
-            reseed_scale=float(solid.reseed_scale),
-            sync_every=int(solid.sync_every),
+            momentum=solid.sync_momentum,
+            reseed_scale=solid.reseed_scale,
+            sync_every=solid.sync_every,
             seed=seed,
         )
         logger.info("SOLID codebook version 0: sizes %s, features %s", codebook.sizes, list(solid.features))

@@ -32,20 +32,20 @@ class TextPart:
 
 
 def _solid_features(run: FederatedRunSettings) -> str:
-    kept = [str(f) for f in run.solid.features if str(f) != "text"] or ["embedding"]
+    kept = [f for f in run.solid.features if f != "text"] or ["embedding"]
     return f"solid.features=[{','.join(kept)}]"
 
 
 TEXT_PARTS: tuple[TextPart, ...] = (
     TextPart(
         "solid.features",
-        lambda run: str(run.model.get("name")) == "solid" and "text" in [str(f) for f in run.solid.features],
+        lambda run: run.model.name == "solid" and "text" in run.solid.features,
         _solid_features,
         "SOLID's codebook quantises the model's own item embeddings",
     ),
     TextPart(
         "model.item_text",
-        lambda run: str(run.model.get("item_text", "none")) != "none",
+        lambda run: run.model.item_text != "none",
         lambda run: "model.item_text=none",
         "the device SRM's item vectors are learned id rows only",
     ),
@@ -78,7 +78,5 @@ def text_fallback(
                 f"run then uses {part.fallback(run)}), or give the data an X_item_text.jsonl / data.text_path"
             )
         extra.append(part.fallback(run))
-        logger.warning(
-            "dataset %r has no item text: %s (%s)", dataset, part.without_text, part.fallback(run)
-        )
+        logger.warning("dataset %r has no item text: %s (%s)", dataset, part.without_text, part.fallback(run))
     return extra
