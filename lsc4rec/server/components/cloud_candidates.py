@@ -92,6 +92,9 @@ class CloudCandidates(LoopExtension):
         service = _service_note(row.get(self.name, {}).get("service", {}))
         if "request-rate" not in client:
             return service
+        if client.get("replay-arrivals-per-device", None) == 0.0:
+            # A round with nothing arriving (the closing round of federated.replay_closing_round).
+            return "no arrivals this round" + (f"; {service}" if service else "")
         moving = "replay-collab-NDCG@10" in client
         device = client.get("replay-device-NDCG@10" if moving else "client-NDCG@10", float("nan"))
         fused = client.get("replay-collab-NDCG@10" if moving else "client-collab-NDCG@10", float("nan"))
