@@ -11,10 +11,10 @@ settings it needs instead of the whole config.
 The groups that configure a model or a part beside it are typed next to their code: ``model`` by one config
 class per model (:data:`lsc4rec.training.MODEL_CONFIGS`, chosen by ``model.name``: :func:`model_config`),
 ``solid`` (:class:`~lsc4rec.models.solid.solid_config.SolidSettings`), ``mergenet``
-(:class:`~lsc4rec.models.mergenet.mergenet_config.MergeNetSettings`) and ``text``
-(:class:`~lsc4rec.text.text_settings.TextSettings`). ``llm``, whose keys depend on the chosen base
-(``llm=scratch|pretrained|smollm2``), stays a config section that
-:func:`lsc4rec.models.llm.pretrained.build_llm` checks.
+(:class:`~lsc4rec.models.mergenet.mergenet_config.MergeNetSettings`), ``text``
+(:class:`~lsc4rec.text.text_settings.TextSettings`) and ``llm``, whose keys depend on the chosen LLM, by one
+settings class per kind (:data:`lsc4rec.models.llm.llm_settings.LLM_SETTINGS`, chosen by ``llm.name``:
+:func:`llm_settings`).
 
 An entry point also refuses a key it cannot honour: :func:`refuse_unhonoured` compares the composed config
 with the entry point's defaults and names any key in its list of ignored keys that the user changed.
@@ -34,6 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsc4rec.config import compose_config, overrides_from_run_config
 from lsc4rec.data.replay import Replay
+from lsc4rec.models.llm.llm_settings import LLMSettings, llm_settings_class, unset_keys
 from lsc4rec.models.mergenet.mergenet_config import MergeNetSettings
 from lsc4rec.models.solid.dual_model import ENCODER_BASES
 from lsc4rec.models.solid.solid_config import SolidConfig, SolidSettings
@@ -67,6 +68,7 @@ __all__ = [
     "federated_settings_from_overrides",
     "federated_settings_from_run_config",
     "group_selections",
+    "llm_settings",
     "model_config",
     "refuse_unhonoured",
     "refuse_unread_keys",
@@ -375,8 +377,7 @@ class FederatedRunSettings(RunSettings):
     request: RequestSettings
     privacy: PrivacySettings
     model: SRMConfig
-    # The cloud LLM's group (keys depend on llm=scratch / pretrained / smollm2), checked by build_llm.
-    llm: DictConfig = field(compare=False)
+    llm: LLMSettings
     text: TextSettings
     solid: SolidSettings
     mergenet: MergeNetSettings
@@ -412,7 +413,7 @@ class SolidStudySettings(CentralizedSettings):
 class MergeNetStudySettings(CentralizedSettings):
     """The MergeNet / KD study on a sparse device (``conf/mergenet_run.yaml``)."""
 
-    llm: DictConfig = field(compare=False)
+    llm: LLMSettings
     mergenet: MergeNetSettings
     collab: CollabSettings
     mergenet_variants: tuple[str, ...]
@@ -423,7 +424,7 @@ class MergeNetStudySettings(CentralizedSettings):
 class RequestCurveSettings(CentralizedSettings):
     """The collaboration experiment: LLM vs SRM vs fused, and the request-ratio curve."""
 
-    llm: DictConfig = field(compare=False)
+    llm: LLMSettings
     collab: CollabSettings
     request: RequestSettings
 
@@ -705,6 +706,28 @@ def _solid_base_config(values: dict[str, Any], prefix: str) -> SRMConfig:
     )
 
 
+def llm_settings(section: Mapping[str, Any], prefix: str = "llm") -> LLMSettings:
+    """The typed settings of the cloud LLM ``section`` (the composed ``llm:`` group) describes: the class of
+    ``llm.name`` (:data:`~lsc4rec.models.llm.llm_settings.LLM_SETTINGS`) built from the keys, each checked.
+
+    Raises :class:`SettingsError` naming ``llm.<key>``, the kind and its accepted keys for a key the kind does
+    not take, and naming the key and the value for a value of the wrong type or out of range. A key left at
+    ``???`` is no value: null where the key is optional (``llm.lists_path`` outside the pretrained-cloud
+    run), else refused.
+    """
+    if isinstance(section, DictConfig):
+        section = OmegaConf.to_container(section, resolve=True)  # type: ignore[assignment]
+    if not isinstance(section, Mapping):
+        raise SettingsError(f"{prefix} must be a group of keys, got {section!r}")
+    values = {str(k): v for k, v in section.items()}
+    try:
+        cls = llm_settings_class(values, prefix)
+        unset = unset_keys(cls, values, prefix)
+    except ValueError as error:
+        raise SettingsError(str(error)) from error
+    return typed_section(values | dict.fromkeys(unset), cls, prefix)
+
+
 def typed_section(section: Mapping[str, Any], cls: type[T], prefix: str, extra: Mapping | None = None) -> T:
     """Build the dataclass ``cls`` from ``section``, checking keys and types; ``prefix`` names the section
     in errors (``"federated"`` -> ``federated.rounds``). ``extra``: values for fields the section lacks."""
@@ -739,14 +762,12 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     """``value`` as type ``hint``, or a :class:`SettingsError` naming ``key``."""
     if hint is Any:
         return value
-    if hint is DictConfig:
-        if not isinstance(value, DictConfig):
-            raise SettingsError(f"{key} must be a config group, got {value!r}")
-        return value
     if hint is SRMConfig:
         if not isinstance(value, Mapping | DictConfig):
             raise SettingsError(f"{key} must be a group of keys, got {value!r}")
         return model_config(value, key)
+    if hint is LLMSettings:
+        return llm_settings(value, key)
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(hint)

@@ -276,10 +276,12 @@ def test_precomputed_lists_reproduce_the_request_curve_of_their_model(tmp_path: 
     )
     direct = run_request_curve(scratch, tmp_path / "direct")
     llm = CloudLLM.from_pretrained(tmp_path / "direct" / "llm").eval()
+    from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, typed_run
     from lsc4rec.simulations.pretrained_cloud import request_curve_histories
 
     # 20 per list for 10 candidates: the cloud alone's @10 stays exact after the seen items leave a list.
-    export_lists(llm, request_curve_histories(scratch), tmp_path / "lists", k=20)
+    run = typed_run(scratch, RequestCurveSettings, REQUEST_CURVE_IGNORES)
+    export_lists(llm, request_curve_histories(run), tmp_path / "lists", k=20)
     cfg = pattern_config(
         tmp_path,
         [f"llm.lists_path={tmp_path / 'lists'}", f"collab.srm_path={tmp_path / 'direct' / 'srm.pt'}"],

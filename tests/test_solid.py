@@ -443,7 +443,7 @@ def test_cloud_llm_speaks_semantic_ids_and_learns(tmp_path: Path) -> None:
     from lsc4rec.models.llm.recommender import CloudLLM
     from lsc4rec.models.solid.pipeline import llm_semantic_ids
     from lsc4rec.models.solid.solid_config import SolidSettings
-    from lsc4rec.settings import typed_section
+    from lsc4rec.settings import llm_settings, typed_section
 
     data = write_pattern_dataset(tmp_path / "s.txt", num_users=200, num_items=30)
     (tmp_path / "s_item2attributes.json").write_text(json.dumps({str(i): [i % 6] for i in range(1, 31)}))
@@ -453,16 +453,18 @@ def test_cloud_llm_speaks_semantic_ids_and_learns(tmp_path: Path) -> None:
     ids, sizes = llm_semantic_ids(typed_section(cfg.solid, SolidSettings, "solid"), raw, split)
     # 6 attribute groups of 5 items: level 0 names the group, the extra level the item within it.
     assert sizes == [6, 5] and len({tuple(r) for r in ids[1:].tolist()}) == 30
-    llm_cfg = {
-        **compose_config().llm,
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "intermediate_size": 64,
-        "max_len": 10,
-        "dropout": 0.0,
-        "item_tokens": "semantic",
-    }
+    llm_cfg = llm_settings(
+        {
+            **compose_config().llm,
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "max_len": 10,
+            "dropout": 0.0,
+            "item_tokens": "semantic",
+        }
+    )
     with pytest.raises(ValueError, match="needs the SOLID semantic ids"):
         build_llm(llm_cfg, split.num_items)
     llm = build_llm(llm_cfg, split.num_items, semantic_ids=ids, semantic_sizes=sizes)

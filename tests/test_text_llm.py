@@ -13,9 +13,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lsc4rec.config import config_dir
 from lsc4rec.data import ItemText, pad_left
+from lsc4rec.models.llm.llm_settings import LLMSettings
 from lsc4rec.models.llm.llm_training import LLMTrainSettings, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
+from lsc4rec.settings import llm_settings
 from lsc4rec.text.text_settings import TextSettings
 
 NUM_ITEMS = 30
@@ -162,11 +164,12 @@ def test_text_grounded_llm_survives_save_and_load(tmp_path: Path) -> None:
         CloudLLM.from_pretrained(tmp_path / "llm")
 
 
-def llm_config(**overrides: object):
+def llm_config(**overrides: object) -> LLMSettings:
+    """The typed settings of conf/llm/scratch.yaml, smaller, with ``overrides``."""
     cfg = OmegaConf.load(config_dir() / "llm" / "scratch.yaml")
     cfg.update({"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_len": 10})
     cfg.update(overrides)
-    return cfg
+    return llm_settings(cfg)
 
 
 def test_build_llm_grounds_in_text_or_says_why_it_cannot(tmp_path: Path) -> None:
@@ -182,7 +185,7 @@ def test_build_llm_grounds_in_text_or_says_why_it_cannot(tmp_path: Path) -> None
     with pytest.raises(ValueError, match=r"llm\.item_init=text needs item text"):
         build_llm(llm_config(item_init="text"), NUM_ITEMS, item_text={})
     with pytest.raises(ValueError, match=r"llm\.item_init must be one of"):
-        build_llm(llm_config(item_init="words"), NUM_ITEMS)
+        llm_config(item_init="words")
     with pytest.raises(ValueError, match=r"needs llm\.item_tokens=item"):
         build_llm(
             llm_config(item_init="text", item_tokens="semantic"),
@@ -265,7 +268,7 @@ def test_title_prompts_need_a_word_vocabulary_and_text() -> None:
     with pytest.raises(ValueError, match="needs a pretrained base with a word vocabulary"):
         build_llm(llm_config(history_format="titles"), NUM_ITEMS, item_text=texts)
     with pytest.raises(ValueError, match=r"llm\.history_format must be one of"):
-        build_llm(llm_config(history_format="prose"), NUM_ITEMS, item_text=texts)
+        llm_config(history_format="prose")
 
 
 @pytest.mark.slow
@@ -278,9 +281,10 @@ def test_smollm2_reads_title_prompts_and_starts_items_from_their_text() -> None:
             pytest.skip(f"optional {module} not installed (see conf/llm/smollm2.yaml)")
     cfg = OmegaConf.load(config_dir() / "llm" / "smollm2.yaml")
     cfg.update({"item_init": "text", "history_format": "titles", "max_len": 5, "prompt_max_tokens": 96})
+    settings = llm_settings(cfg)
     names = ["nail polish", "mascara", "lipstick", "face cream", "shampoo"] * 2
     texts = {i: ItemText(title=f"{names[i - 1]} no. {i}", brand="Acme") for i in range(1, 11)}
-    llm = build_llm(cfg, 10, item_text=texts, text_cfg=TextSettings(fields=("title", "brand")))
+    llm = build_llm(settings, 10, item_text=texts, text_cfg=TextSettings(fields=("title", "brand")))
     assert llm.prompt is not None and llm.item_init == "text"
     tokens, mask = llm.encode(torch.tensor([[0, 1, 2]]))
     words = llm.prompt.tokenizer.decode(tokens[0][mask[0]])

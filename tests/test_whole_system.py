@@ -30,6 +30,8 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         *WHOLE_TINY,
         "federated.rounds=2",
         "federated.replay_interactions=2",
+        # Every round serves an arrival (the default's closing round is tested below).
+        "federated.replay_closing_round=false",
         "solid.features=[text,embedding]",
         "request.target_ratio=0.25",
         "llm.train.epochs=3",
@@ -115,4 +117,9 @@ def test_a_closing_round_trains_the_final_model_on_every_arrival(tmp_path: Path)
     # The fusion weight was chosen on round 1's arrivals and the final table was made.
     fusion = summary["collaboration"]
     assert fusion["alpha_on_arrivals"][f"{fusion['alpha']:g}"] == max(fusion["alpha_on_arrivals"].values())
+    # Where the time went: every phase timed, the phases within the run's wall time.
+    phases = summary["phase_seconds"]
+    assert set(phases) >= {"warm start", "rounds", "devices' test", "server test and report"}
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= summary["wall_seconds"] + 5.0
     assert summary["test"]["full"]["NDCG@10"] > 0.3, summary["test"]["full"]

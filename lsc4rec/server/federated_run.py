@@ -35,6 +35,7 @@ from lsc4rec.server.components.loop_hooks import state_dict_of
 from lsc4rec.server.components.registry import BuildContext, build_extensions, check_components
 from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
 from lsc4rec.server.loop import RoundPlan, run_rounds
+from lsc4rec.server.phase_clock import PhaseClock
 from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
@@ -61,6 +62,7 @@ def round_plan(run: FederatedRunSettings) -> RoundPlan:
 def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:
     """Run (or resume) the federated training of ``run``; write outputs to ``out``; return a summary."""
     wall_start = time.perf_counter()
+    clock = PhaseClock()
     check_components(run)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
@@ -68,64 +70,85 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         # Flower's central-DP noise draws from numpy's global generator: seed it so a run is repeatable
         # (a deployment sets privacy.seeded_noise=false and the noise comes from OS entropy).
         np.random.seed(run.seed)
-    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
-    split = leave_one_out(raw)
-    catalogue = catalogue_vectors(run, split)
-    vectors = None if catalogue is None else catalogue.vectors
-    model_vectors = vectors if run.model.item_text != "none" else None
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
-    resume = run.federated.resume
-    if run.federated.initial_weights and not resume:
-        load_initial_weights(model, Path(run.federated.initial_weights))
-    solid = (
-        SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed)
-        if isinstance(model, SolidRecommender)
-        else None
-    )
-    warm = None
-    if run.federated.warm_start_epochs > 0 and not resume:
-        if solid is not None:
-            # SOLID trains with its items' semantic ids: version 0 of the codebook labels them first.
-            solid.label(model)
-        warm = warm_start_on_cloud(model, run, split)
+    with clock.phase("data and model"):
+        raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+        split = leave_one_out(raw)
+        catalogue = catalogue_vectors(run, split)
+        vectors = None if catalogue is None else catalogue.vectors
+        model_vectors = vectors if run.model.item_text != "none" else None
+        model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
+        resume = run.federated.resume
+        if run.federated.initial_weights and not resume:
+            load_initial_weights(model, Path(run.federated.initial_weights))
+        solid = (
+            SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed)
+            if isinstance(model, SolidRecommender)
+            else None
+        )
+    with clock.phase("warm start"):
+        warm = _warm_start(model, run, split, solid) if not resume else None
     valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
     if warm is not None and run.collab.enabled:
-        # The final table's reference: the warm-started model on the devices' test items, before any round.
-        if solid is not None:
-            solid.before_server_eval(model)
-        protocol = "full" if run.eval.full_ranking else "sampled"
-        warm["test"] = evaluate(model, test_set, run.eval.ks, full_ranking=run.eval.full_ranking)[protocol]
+        with clock.phase("server evaluation"):
+            # The final table's reference: the warm-started model on the devices' test items, before any
+            # round.
+            if solid is not None:
+                solid.before_server_eval(model)
+            protocol = "full" if run.eval.full_ranking else "sampled"
+            warm["test"] = evaluate(model, test_set, run.eval.ks, full_ranking=run.eval.full_ranking)[
+                protocol
+            ]
     strategy = build_strategy(run, population=_federation_size(run, split))
     strategy.summary()
     context = BuildContext(run, split, model, strategy, out, catalogue, solid)
-    extensions = build_extensions(context)
+    with clock.phase("components (cloud LLM, codebook, ...)"):
+        extensions = build_extensions(context)
     try:
         plan = round_plan(run)
-        initial = _initial_valid(model, valid_set, run, extensions) if not resume else None
+        with clock.phase("server evaluation"):
+            initial = _initial_valid(model, valid_set, run, extensions) if not resume else None
         warm, initial = _start_report(out / START_REPORT, warm, initial, resume)
-        state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
-        devices = (
-            test_on_devices(grid, strategy, state.arrays, extensions, plan.rounds, plan.round_timeout)
-            if run.collab.enabled and plan.client_evaluation
-            else None
-        )
+        with clock.phase("rounds"):
+            state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
+        with clock.phase("devices' test"):
+            devices = (
+                test_on_devices(grid, strategy, state.arrays, extensions, plan.rounds, plan.round_timeout)
+                if run.collab.enabled and plan.client_evaluation
+                else None
+            )
         if devices is not None and warm is not None and "test" in warm:
             devices.update({f"test-warm-start-{key}": value for key, value in warm["test"].items()})
-        summary = final_report(
-            run, out, split, model, test_set, strategy, state, extensions, wall_start, devices
-        )
-        # What round 1 started from: the warm start's report and the server's validation of that model.
-        start = {"warm_start": warm, "round_0_valid": initial}
+        with clock.phase("server test and report"):
+            summary = final_report(
+                run, out, split, model, test_set, strategy, state, extensions, wall_start, devices
+            )
+        # What round 1 started from (the warm start's report and the server's validation of that model), and
+        # where the time went.
+        start = {"warm_start": warm, "round_0_valid": initial, "phase_seconds": clock.report()}
         start = {key: value for key, value in start.items() if value is not None}
-        if start:
-            summary.update(start)
-            payload = json.loads((out / "metrics.json").read_text())
-            payload["final"].update(start)
-            write_json(out / "metrics.json", payload)
+        summary.update(start)
+        payload = json.loads((out / "metrics.json").read_text())
+        payload["final"].update(start)
+        write_json(out / "metrics.json", payload)
         return summary
     finally:
         for extension in extensions:
             extension.close()
+
+
+def _warm_start(
+    model: SequentialRecommender,
+    run: FederatedRunSettings,
+    split: LeaveOneOutSplit,
+    solid: SolidOnServer | None,
+) -> dict[str, Any] | None:
+    """The warm start on the cloud's stale copy when ``federated.warm_start_epochs > 0`` (its report)."""
+    if run.federated.warm_start_epochs <= 0:
+        return None
+    if solid is not None:
+        # SOLID trains with its items' semantic ids: version 0 of the codebook labels them first.
+        solid.label(model)
+    return warm_start_on_cloud(model, run, split)
 
 
 #: What round 1 started from (the warm start's report, the server's validation of that model), kept beside
@@ -188,12 +211,16 @@ def final_report(
     for extension in extensions:
         extension.before_server_eval(model)
     test_last = evaluate(model, test_set, ks, full_ranking=full_ranking)
-    model.load_state_dict(state.best.arrays)
-    for extension in extensions:
-        # The best round's weights go with what the extensions kept of that round (SOLID: its codebook).
-        if extension.name in state.best.snapshots:
-            extension.before_server_eval(model, state.best.snapshots[extension.name])
-    test_best = evaluate(model, test_set, ks, full_ranking=full_ranking)
+    if state.best.round == len(state.history):
+        # The best round is the last: the same weights and extension state, already tested.
+        test_best = test_last
+    else:
+        model.load_state_dict(state.best.arrays)
+        for extension in extensions:
+            # The best round's weights go with what the extensions kept of that round (SOLID: its codebook).
+            if extension.name in state.best.snapshots:
+                extension.before_server_eval(model, state.best.snapshots[extension.name])
+        test_best = evaluate(model, test_set, ks, full_ranking=full_ranking)
     torch.save(final_state, out / "model_last.pt")
     torch.save(state.best.arrays, out / "model_best.pt")
     history = state.history

@@ -153,7 +153,6 @@ def _checked_choices(run: MergeNetStudySettings) -> tuple[list[str], list[str]]:
 
 def _cloud_llm(
     run: MergeNetStudySettings,
-    plain: dict[str, Any],
     split: LeaveOneOutSplit,
     view: CloudView,
     variants: list[str],
@@ -168,7 +167,7 @@ def _cloud_llm(
             f"mergenet_variants has kd but the cloud LLM reads {llm.max_len} items (llm.max_len) and the SRM "
             f"{run.data.max_len} (data.max_len): set data.max_len <= {llm.max_len} or drop kd"
         )
-    llm_settings = LLMTrainSettings(**plain["llm"]["train"])
+    llm_settings = run.llm.train
     llm_report: dict[str, Any] = {"item_init": llm.item_init}
     if not run.llm.path:
         fitted = fit_llm(
@@ -380,7 +379,7 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
         run.new_item_share,
         fraction_key="mergenet.device_users",
     )
-    llm, llm_settings, llm_report = _cloud_llm(run, plain, data.split, view, variants, out)
+    llm, llm_settings, llm_report = _cloud_llm(run, data.split, view, variants, out)
 
     study = _Study(run, llm, view, data)
     runs: dict[str, dict[str, Any]] = {}

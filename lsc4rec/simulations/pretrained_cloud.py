@@ -48,7 +48,7 @@ from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm import gpu_finetune as gpu
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.reporting import emit_result, write_json
-from lsc4rec.settings import REQUEST_CURVE_IGNORES, refuse_unread_keys
+from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, refuse_unread_keys, typed_run
 from lsc4rec.simulations.request_curve import compact_summary, run_request_curve
 
 logger = logging.getLogger(__name__)
@@ -267,14 +267,12 @@ def load_lists(directory: str | Path, num_items: int | None = None) -> Precomput
     )
 
 
-def request_curve_histories(cfg: DictConfig) -> list[list[int]]:
-    """Every distinct history (last ``llm.max_len`` items) whose list the request curve reads, in the order
-    :mod:`lsc4rec.models.llm.gpu_payload` scores them."""
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.text_path))
-    view = cloud_view(
-        split, int(cfg.collab.cloud_lag), users=float(cfg.collab.cloud_users), seed=int(cfg.seed)
-    )
-    max_len = int(cfg.llm.max_len)
+def request_curve_histories(run: RequestCurveSettings) -> list[list[int]]:
+    """Every distinct history (last ``llm.max_len`` items) whose list the request curve of ``run`` reads, in
+    the order :mod:`lsc4rec.models.llm.gpu_payload` scores them."""
+    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
+    max_len = run.llm.max_len
     sets = (
         view.stale_valid_prompts,
         split.valid_histories(),
@@ -308,31 +306,33 @@ def export_lists(llm: CloudLLM, histories: Sequence[Sequence[int]], out: Path, k
 
 
 def run_pretrained_cloud(cfg: DictConfig, out: Path) -> dict:
-    """The request curve of ``cfg`` around the lists of ``llm.lists_path``; outputs under ``out``."""
-    lists_path = cfg.llm.get("lists_path")
+    """The request curve of ``cfg`` (typed here, once) around the lists of ``llm.lists_path``; outputs under
+    ``out``."""
+    run = typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
+    lists_path = run.llm.lists_path
     if not lists_path:
         raise ValueError("llm.lists_path is required: the folder of lists.json + lists_*.npz")
-    if not cfg.collab.srm_path and str(cfg.collab.srm_training) != "standard":
+    if not run.collab.srm_path and run.collab.srm_training != "standard":
         raise ValueError(
             "the precomputed lists hold no per-position candidates for collaborative SRM training: pass "
             "collab.srm_path=<model.pt> or collab.srm_training=standard"
         )
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.text_path))
-    cloud = load_lists(str(lists_path), split.num_items)
-    if cloud.max_len != int(cfg.llm.max_len):
+    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    cloud = load_lists(lists_path, split.num_items)
+    if cloud.max_len != run.llm.max_len:
         raise ValueError(
-            f"{lists_path}: lists for max_len={cloud.max_len}, but llm.max_len={cfg.llm.max_len}"
+            f"{lists_path}: lists for max_len={cloud.max_len}, but llm.max_len={run.llm.max_len}"
         )
-    if cloud.k < int(cfg.collab.candidates):
+    if cloud.k < run.collab.candidates:
         raise ValueError(
-            f"{lists_path}: {cloud.k} candidates per list; collab.candidates={cfg.collab.candidates}"
+            f"{lists_path}: {cloud.k} candidates per list; collab.candidates={run.collab.candidates}"
         )
     out.mkdir(parents=True, exist_ok=True)
     log = Path(str(lists_path)) / gpu.LOG
     if log.is_file():
         shutil.copy(log, out / "cloud_log.json")
-    summary = run_request_curve(cfg, out, cast(CloudLLM, cloud))
-    fewest = fewest_unseen(cloud, cfg)
+    summary = run_request_curve(run, out, cast(CloudLLM, cloud))
+    fewest = fewest_unseen(cloud, run)
     summary["cloud_lists"] = {
         "path": str(lists_path),
         **{k: v for k, v in cloud.info.items() if k != "chunks"},
@@ -345,17 +345,15 @@ def run_pretrained_cloud(cfg: DictConfig, out: Path) -> dict:
     return summary
 
 
-def fewest_unseen(cloud: PrecomputedCloud, cfg: DictConfig) -> int:
+def fewest_unseen(cloud: PrecomputedCloud, run: RequestCurveSettings) -> int:
     """The fewest items a test user's stale list keeps once the device's seen items leave it.
 
     The cloud alone is ranked over the full catalogue with the device's whole history excluded; a list that
     keeps at least 10 items holds that ranking's top 10, so NDCG/HR@10 of the cloud alone are exact when this
     is 10 or more.
     """
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.text_path))
-    view = cloud_view(
-        split, int(cfg.collab.cloud_lag), users=float(cfg.collab.cloud_users), seed=int(cfg.seed)
-    )
+    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     histories = split.test_histories()
     fewest = cloud.k
     for start in range(0, len(histories), 1024):
@@ -386,9 +384,11 @@ def export_main(argv: Sequence[str]) -> None:
     parser.add_argument("--k", type=int, default=50, help="candidates per list (at least collab.candidates)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    cfg = compose_config(list(args.overrides), CONFIG_NAME)
+    run = typed_run(
+        compose_config(list(args.overrides), CONFIG_NAME), RequestCurveSettings, REQUEST_CURVE_IGNORES
+    )
     llm = CloudLLM.from_pretrained(args.llm).eval()
-    print(json.dumps(export_lists(llm, request_curve_histories(cfg), args.out, args.k)))
+    print(json.dumps(export_lists(llm, request_curve_histories(run), args.out, args.k)))
 
 
 if __name__ == "__main__":

@@ -53,12 +53,12 @@ from lsc4rec.client.collab.inference import (
 from lsc4rec.client.collab.request_model import LearnedRequestModel, request_features
 from lsc4rec.client.collab.request_policy import RequestPolicy, top_share
 from lsc4rec.client.collab.rerank_training import train_on_llm_candidates
-from lsc4rec.config import config_dir, to_plain_dict
+from lsc4rec.config import config_dir
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches, leave_one_out, load_dataset, pad_left
 from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import CloudView, cloud_view_for
 from lsc4rec.metrics import full_ranking_ranks, list_ranks, metrics_from_ranks
-from lsc4rec.models.llm.llm_training import LLMTrainSettings, evaluate_llm, fit_llm
+from lsc4rec.models.llm.llm_training import evaluate_llm, fit_llm
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.models.srm import SequentialRecommender
@@ -239,8 +239,8 @@ def build_moment(
         history = pad_left(histories[start : start + chunk], max_len)
         # Exclusions cover the whole history, also past max_len (as the SRM protocol's full ranking does).
         seen = seen_items(histories[start : start + chunk])
-        stale = pad_left([p or [] for p in stale_prompts[start : start + chunk]], int(run.llm.max_len))
-        fresh = pad_left(histories[start : start + chunk], int(run.llm.max_len))
+        stale = pad_left([p or [] for p in stale_prompts[start : start + chunk]], run.llm.max_len)
+        fresh = pad_left(histories[start : start + chunk], run.llm.max_len)
         _append_llm_lists(parts, llm, srm, history, seen, {"stale": stale, "fresh": fresh}, n, exclude)
         stale_lists = parts["stale_items"][-1], parts["stale_srm"][-1]
         catalogue = srm_catalogue_scores(srm, history, seen)
@@ -360,7 +360,7 @@ def load_baseline_llm(run: RequestCurveSettings, num_items: int) -> CloudLLM | N
         raise ValueError(
             f"collab.baseline_llm_path={path} has {baseline.num_items} items; the dataset has {num_items}"
         )
-    baseline.to(resolve_device(str(run.llm.train.device), "llm.train.device"))
+    baseline.to(resolve_device(run.llm.train.device, "llm.train.device"))
     return baseline.eval()
 
 
@@ -437,8 +437,9 @@ def train_models(
     if llm is None:
         llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
     if not run.llm.path and cloud is None:
-        settings = LLMTrainSettings(**to_plain_dict(run.llm.train))
-        result = fit_llm(llm, view.train, view.valid_histories, view.valid_targets, settings, seed=run.seed)
+        result = fit_llm(
+            llm, view.train, view.valid_histories, view.valid_targets, run.llm.train, seed=run.seed
+        )
         llm.save_pretrained(out / "llm")
         report["llm_training"] = {
             "best_epoch": result.best_epoch,
@@ -451,7 +452,7 @@ def train_models(
             ],
         }
     # The LLM answers the devices' requests where the cloud would run it.
-    llm.to(resolve_device(str(run.llm.train.device), "llm.train.device"))
+    llm.to(resolve_device(run.llm.train.device, "llm.train.device"))
     max_len = run.data.max_len
     srm = build_model_from_config(run.model, split.num_items, max_len, item_vectors, split.train_sequences())
     settings = run.train
@@ -626,10 +627,17 @@ def _gain_recovered_at_target(
     return gains
 
 
-def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None) -> dict:
-    """Run the experiment the composed config ``cfg`` describes (typed here, once); write outputs under
-    ``out`` and return the final summary. ``cloud``: the cloud LLM to use instead of the configured one."""
-    run = typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
+def run_request_curve(
+    cfg: DictConfig | RequestCurveSettings, out: Path, cloud: CloudLLM | None = None
+) -> dict:
+    """Run the experiment the composed config ``cfg`` describes (typed here, once, unless the caller typed
+    it already); write outputs under ``out`` and return the final summary. ``cloud``: the cloud LLM to use
+    instead of the configured one."""
+    run = (
+        cfg
+        if isinstance(cfg, RequestCurveSettings)
+        else typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
+    )
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
@@ -665,7 +673,7 @@ def run_request_curve(cfg: DictConfig, out: Path, cloud: CloudLLM | None = None)
         "experiment": "request_curve",
         "dataset": run.data.name,
         "model": str(run.model.name),
-        "llm": str(run.llm.name),
+        "llm": run.llm.name,
         "llm_item_init": llm.item_init,
         "baseline_llm_item_init": baseline.item_init if baseline is not None else None,
         "cloud_lag": run.collab.cloud_lag,

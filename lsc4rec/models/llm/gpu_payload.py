@@ -38,13 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lsc4rec.config import compose_config
+from lsc4rec.config import compose_config, to_plain_dict
 from lsc4rec.data import leave_one_out, load_dataset, pad_left
 from lsc4rec.data.staleness import cloud_view
 from lsc4rec.models.llm import gpu_finetune as gpu
+from lsc4rec.models.llm.llm_settings import plain_llm_settings
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.pretrained_weights import SMOLLM2_GGUF, smollm2_dir
+from lsc4rec.text.text_settings import TextSettings
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +190,17 @@ def make_payload(out: Path, overrides: Sequence[str] = (), verify: bool = True) 
     """Build the payload for the composed config (``llm=smollm2`` plus ``overrides``) into ``out/a`` and
     ``out/b``; with ``verify``, check every matrix against ``transformers``' load and the probe logits."""
     start = time.perf_counter()
-    cfg = compose_config(["llm=smollm2", *overrides])
-    if str(cfg.llm.get("history_format", "items")) != "items":
+    # This command sits below lsc4rec.settings (models may not import it): it reads the resolved config as
+    # plain values and builds the LLM's and the text's settings itself.
+    cfg = to_plain_dict(compose_config(["llm=smollm2", *overrides]))
+    llm_settings = plain_llm_settings(cfg["llm"])
+    text = TextSettings(**{**cfg["text"], "fields": tuple(cfg["text"]["fields"])})
+    data, collab, seed = cfg["data"], cfg["collab"], int(cfg["seed"])
+    if llm_settings.history_format != "items":
         raise ValueError("the GPU payload carries item tokens only: llm.history_format must be items")
-    split = leave_one_out(load_dataset(cfg.data.name, cfg.data.path, cfg.data.format, cfg.data.text_path))
-    view = cloud_view(
-        split, int(cfg.collab.cloud_lag), users=float(cfg.collab.cloud_users), seed=int(cfg.seed)
-    )
-    llm = build_llm(
-        cfg.llm, split.num_items, seed=int(cfg.seed), item_text=split.item_text, text_cfg=cfg.text
-    )
+    split = leave_one_out(load_dataset(data["name"], data["path"], data["format"], data.get("text_path")))
+    view = cloud_view(split, int(collab["cloud_lag"]), users=float(collab["cloud_users"]), seed=seed)
+    llm = build_llm(llm_settings, split.num_items, seed=seed, item_text=split.item_text, text_cfg=text)
     llm.eval()
     config = llama_config(llm)
     layers = gguf_layers(smollm2_dir() / SMOLLM2_GGUF, config)
@@ -242,8 +245,8 @@ def make_payload(out: Path, overrides: Sequence[str] = (), verify: bool = True) 
         "llama_config": config,
         "num_items": split.num_items,
         "max_len": max_len,
-        "source": f"{SMOLLM2_GGUF}, item_init={llm.item_init}, dataset={cfg.data.name}, "
-        f"cloud_lag={cfg.collab.cloud_lag}, seed={cfg.seed}",
+        "source": f"{SMOLLM2_GGUF}, item_init={llm.item_init}, dataset={data['name']}, "
+        f"cloud_lag={collab['cloud_lag']}, seed={seed}",
     }
     norm = llm.lm.model.norm.weight.detach().float().numpy().copy()
     first = {k: v for k, v in layers.items() if int(k.split(".")[0]) < FIRST_PART_LAYERS}

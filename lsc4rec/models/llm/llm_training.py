@@ -19,40 +19,13 @@ from tqdm.auto import tqdm
 
 from lsc4rec.data import TrainBatches, pad_left
 from lsc4rec.metrics import DEFAULT_KS, RankingAccumulator, full_ranking_ranks, list_ranks
+from lsc4rec.models.llm.llm_settings import LLMTrainSettings
 from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.torch_device import resolve_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LLMFitResult", "LLMTrainSettings", "evaluate_llm", "fit_llm"]
-
-
-@dataclass(frozen=True)
-class LLMTrainSettings:
-    """Optimisation settings of the cloud LLM (mirrors ``conf/llm/*.yaml`` ``train``)."""
-
-    epochs: int = 50
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    patience: int = 5
-    max_minutes: float | None = 15.0
-    candidates: int = 50
-    progress: bool = True
-    # Where fit_llm trains: auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps.
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "candidates"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"llm.train.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"llm.train.lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"llm.train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        resolve_device(self.device, "llm.train.device")
 
 
 @dataclass

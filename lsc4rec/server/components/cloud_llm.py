@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lsc4rec.config import to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, load_dataset
 from lsc4rec.data.replay import Replay
 from lsc4rec.data.staleness import cloud_view_for, keep_held
 from lsc4rec.models.llm.candidates import CandidateSource
-from lsc4rec.models.llm.llm_training import LLMTrainSettings, fit_llm
+from lsc4rec.models.llm.llm_training import fit_llm
 from lsc4rec.models.llm.onnx_serving import OnnxCandidateSource, onnx_serving_problem
 from lsc4rec.models.llm.pretrained import build_llm
 from lsc4rec.models.llm.recommender import CloudLLM
@@ -71,7 +70,7 @@ class Cloud:
 
 def _semantic_tokens(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict:
     """SOLID semantic ids for the LLM's item tokens when ``llm.item_tokens=semantic`` (else nothing)."""
-    if str(run.llm.get("item_tokens", "item")) != "semantic":
+    if not run.llm.semantic_items:
         return {}
     raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
     ids, sizes = llm_semantic_ids(run.solid, raw, split, seed=run.seed)
@@ -80,17 +79,17 @@ def _semantic_tokens(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict
 
 def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -> Cloud:
     """Train (or load) the cloud LLM on the stale view of ``split`` and start its candidate service."""
-    llm_cfg = run.llm
+    llm_settings = run.llm
     replay = run.federated.replay
     view = cloud_view_for(split, run.collab, run.seed, replay)
     saved = out / "llm"
-    resuming = run.federated.resume and saved.is_dir() and not llm_cfg.path
+    resuming = run.federated.resume and saved.is_dir() and not llm_settings.path
     # A resumed run serves the LLM it trained before the interruption instead of training another one.
     llm = (
         CloudLLM.from_pretrained(saved)
         if resuming
         else build_llm(
-            llm_cfg,
+            llm_settings,
             split.num_items,
             seed=run.seed,
             item_text=split.item_text,
@@ -99,19 +98,19 @@ def start_cloud(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path) -
         )
     )
     report: dict = {"cloud_lag": view.lag, "llm_reloaded": resuming, "item_init": llm.item_init}
-    if not llm_cfg.path and not resuming:
-        settings = LLMTrainSettings(**to_plain_dict(llm_cfg.train))
+    if not llm_settings.path and not resuming:
+        settings = llm_settings.train
         logger.info("cloud LLM: training for up to %d epochs on its stale copy of the users", settings.epochs)
         result = fit_llm(llm, view.train, view.valid_histories, view.valid_targets, settings, seed=run.seed)
         llm.save_pretrained(saved)
         report.update(best_epoch=result.best_epoch, train_seconds=round(result.train_seconds, 1))
         report["cloud_valid"] = result.best_valid
     # The cloud serves where it trains (a GPU when the server has one).
-    llm.to(resolve_device(str(llm_cfg.train.device), "llm.train.device"))
+    llm.to(resolve_device(llm_settings.train.device, "llm.train.device"))
     llm.eval()
     report["device"] = str(llm.device)
     token = secrets.token_urlsafe(24)
-    model_version = f"{llm_cfg.name}-{run.data.name}"
+    model_version = f"{llm_settings.name}-{run.data.name}"
     source, report["service_runtime"] = serving_source(llm, run.collab.service_runtime, model_version)
     delay = run.collab.service_batch_delay_ms
     service = serve(
