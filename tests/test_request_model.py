@@ -13,7 +13,7 @@ import torch
 
 from lsc4rec.client.collab.request_model import FEATURE_NAMES, LearnedRequestModel, request_features
 from lsc4rec.client.collab.request_policy import inconsistency
-from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
+from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices, serve_devices_in_modes
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.srm import build_srm
 
@@ -154,3 +154,45 @@ def test_devices_request_where_the_learned_model_predicts_the_largest_gain() -> 
     )
     assert sorted(union_cloud.asked) == sorted(cloud.asked)
     assert union["collab-HR@10"] >= metrics["collab-HR@10"]
+
+
+def test_serving_several_request_modes_at_once_equals_serving_each_alone() -> None:
+    # The final table's budget and every-device rows come from one pass: the same metrics as two separate
+    # passes, with the fresh lists fetched once for the devices either mode lets request.
+    torch.manual_seed(0)
+    srm = build_srm("sasrec", NUM_ITEMS, hidden_size=8, num_blocks=1, num_heads=1, dropout=0.0, max_len=5)
+    histories = [[d + 1, d + 2, d % 3 + 1] for d in range(8)]
+    targets = [d + 21 for d in range(8)]
+    items = np.tile(np.arange(11, 21, dtype=np.int64), (8, 1))
+    items[5:, 3:] = 0
+    scores = np.where(items > 0, -np.arange(10, dtype=np.float32), -np.inf).astype(np.float32)
+    stale = CandidateList(items, scores)
+    settings = CollaborationSettings(candidates=10, ratio=0.25)
+    answers = {d % 3 + 1: d + 21 for d in range(8)}
+    alone = {}
+    for mode in ("intelligent", "always"):
+        cloud = RecordingCloud(answers)
+        alone[mode] = serve_devices(
+            srm,
+            histories,
+            targets,
+            stale,
+            cloud,
+            replace(settings, mode=mode),
+            5,
+            torch.Generator().manual_seed(3),
+        )
+    shared_cloud = RecordingCloud(answers)
+    together = serve_devices_in_modes(
+        srm,
+        histories,
+        targets,
+        stale,
+        shared_cloud,
+        settings,
+        {mode: torch.Generator().manual_seed(3) for mode in ("intelligent", "always")},
+        5,
+    )
+    assert together == alone
+    assert together["intelligent"]["requests"] == 2.0 and together["always"]["requests"] == 8.0
+    assert len(shared_cloud.asked) == 8  # one fresh list per device, not 2 + 8

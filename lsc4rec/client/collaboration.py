@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from lsc4rec.client.collab.content import unit_vectors
 from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
 from lsc4rec.client.collab.list_training import train_on_cloud_lists
 from lsc4rec.client.collab.request_model import LearnedRequestModel
-from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices
+from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices, serve_devices_in_modes
 from lsc4rec.client.collab.streaming import serve_arrivals
 from lsc4rec.client.local_training import derive_seed
 from lsc4rec.client.shard import DeviceShard
@@ -244,20 +243,22 @@ def collaborate_at_test(
     settings = collaboration_settings(run, alpha, item_vectors)
     histories, targets = shard.test_histories, shard.test_targets
     out: dict[str, float] = {}
+    seed = derive_seed(run.seed, "test-requests", shard.partition_id)
     with _cloud(run, service, root_certificates) as cloud:
         stale, without_list = _stale_lists(cloud, shard, settings.candidates)
-        for mode in ("intelligent", "always"):
-            result = serve_devices(
-                model,
-                histories,
-                targets,
-                stale,
-                cloud,
-                replace(settings, mode=mode),
-                run.data.max_len,
-                torch.Generator().manual_seed(derive_seed(run.seed, "test-requests", shard.partition_id)),
-                run.eval.ks,
-            )
+        # Both request modes from one pass: the SRM's scores and the fresh lists are computed once.
+        served = serve_devices_in_modes(
+            model,
+            histories,
+            targets,
+            stale,
+            cloud,
+            settings,
+            {mode: torch.Generator().manual_seed(seed) for mode in ("intelligent", "always")},
+            run.data.max_len,
+            run.eval.ks,
+        )
+        for mode, result in served.items():
             label = "budget" if mode == "intelligent" else "all"
             out.update(
                 {

@@ -10,8 +10,8 @@ targets.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,7 +36,7 @@ from lsc4rec.metrics import RankingAccumulator, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["CollaborationSettings", "serve_devices"]
+__all__ = ["CollaborationSettings", "serve_devices", "serve_devices_in_modes"]
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,28 @@ def serve_devices(
     the bytes they moved (request: history ids as int64; reply: ids int64 + scores float32). A device whose
     ``stale`` list is empty (:func:`~lsc4rec.client.collab.fallback.empty_lists`) ranks with its own model.
     """
+    served = serve_devices_in_modes(
+        srm, histories, targets, stale, cloud, settings, {settings.mode: generator}, max_len, ks
+    )
+    return served[settings.mode]
+
+
+def serve_devices_in_modes(
+    srm: SequentialRecommender,
+    histories: Sequence[Sequence[int]],
+    targets: Sequence[int],
+    stale: CandidateList,
+    cloud: CandidateSource | FallbackCloud,
+    settings: CollaborationSettings,
+    modes: Mapping[str, torch.Generator],
+    max_len: int,
+    ks: Sequence[int] = (5, 10, 20),
+) -> dict[str, dict[str, float]]:
+    """:func:`serve_devices` under several request modes at once (``modes``: mode -> the generator its budget
+    draws from), each mode's metrics as if served alone. What the modes share is computed once: the SRM's
+    scores of the lists and the catalogue, the request scores, the rankings before any request, and one call
+    to the cloud for the fresh lists of every device some mode lets request (a device's fresh list does not
+    depend on the mode that asked for it)."""
     cloud = as_fallback(cloud)
     history = pad_left(histories, max_len)
     seen = seen_items(histories)  # the whole history, also past max_len
@@ -227,24 +249,37 @@ def serve_devices(
     # The cloud alone: its (stale) list in its own order, what the device would show without an SRM.
     cloud_alone = RankingAccumulator(ks)
     cloud_alone.add(list_ranks(rerank(items, llm_scores), target))
+    shared = {f"collab-before-request-{k}": v for k, v in before.compute().items()}
+    shared.update({f"cloud-{k}": v for k, v in cloud_alone.compute().items()})
+    shared["mean-inconsistency"] = float(disagreement.mean())
 
-    requested = budget_mask(disagreement, settings, generator)
-    bytes_moved, failed = 0, 0
-    rows = requested.nonzero().squeeze(1).tolist()
+    masks = {
+        mode: budget_mask(disagreement, replace(settings, mode=mode), generator)
+        for mode, generator in modes.items()
+    }
+    asking = torch.stack(list(masks.values())).any(dim=0).nonzero().squeeze(1).tolist()
     # A device uploads its most recent items, as many as the service accepts.
-    fresh = cloud.recommend([histories[r] for r in rows], settings.candidates) if rows else None
-    if rows and fresh is None:
-        failed = len(rows)  # the cloud did not answer: these devices keep the lists they hold
-    if fresh is not None:
-        bytes_moved = sum(8 * min(len(histories[r]), cloud.max_history) for r in rows) + fresh.items.size * 12
-        _take_fresh(srm, fresh, rows, history, seen, settings, (items, llm_scores, srm_scores))
-    after = RankingAccumulator(ks)
-    after.add(ranked(items, llm_scores, srm_scores))
-    metrics = {f"collab-{k}": v for k, v in after.compute().items()}
-    metrics.update({f"collab-before-request-{k}": v for k, v in before.compute().items()})
-    metrics.update({f"cloud-{k}": v for k, v in cloud_alone.compute().items()})
-    metrics["requests"] = float(requested.sum())
-    metrics["request-failures"] = float(failed)
-    metrics["request-bytes"] = float(bytes_moved)
-    metrics["mean-inconsistency"] = float(disagreement.mean())
-    return metrics
+    fresh = cloud.recommend([histories[r] for r in asking], settings.candidates) if asking else None
+    position = {row: index for index, row in enumerate(asking)}
+    out: dict[str, dict[str, float]] = {}
+    for mode, requested in masks.items():
+        rows = requested.nonzero().squeeze(1).tolist()
+        lists = (items.clone(), llm_scores.clone(), srm_scores.clone())
+        bytes_moved, failed = 0, 0
+        if rows and fresh is None:
+            failed = len(rows)  # the cloud did not answer: these devices keep the lists they hold
+        elif rows and fresh is not None:
+            picked = [position[row] for row in rows]
+            own = CandidateList(fresh.items[picked], fresh.scores[picked])
+            uploaded = sum(8 * min(len(histories[r]), cloud.max_history) for r in rows)
+            bytes_moved = uploaded + own.items.size * 12
+            _take_fresh(srm, own, rows, history, seen, settings, lists)
+        after = RankingAccumulator(ks)
+        after.add(ranked(*lists))
+        metrics = {f"collab-{k}": v for k, v in after.compute().items()}
+        metrics.update(shared)
+        metrics["requests"] = float(requested.sum())
+        metrics["request-failures"] = float(failed)
+        metrics["request-bytes"] = float(bytes_moved)
+        out[mode] = metrics
+    return out
