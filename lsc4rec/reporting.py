@@ -106,9 +106,11 @@ def plot_learning_curve(
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
     ax_loss.grid(alpha=0.3)
+    # Full ranking where the run has it; the sampled protocol otherwise (DIN's default).
+    protocol = "full" if all("full" in row["valid"] for row in evaluated) else "sampled"
     ax_metric.plot(
         [row["epoch"] for row in evaluated],
-        [row["valid"]["full"][metric] for row in evaluated],
+        [row["valid"][protocol][metric] for row in evaluated],
         marker=".",
         color="tab:orange",
     )
@@ -116,7 +118,7 @@ def plot_learning_curve(
         ax_metric.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
         ax_metric.legend()
     ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylabel(f"validation {metric} (full ranking)")
+    ax_metric.set_ylabel(f"validation {metric} ({'full ranking' if protocol == 'full' else 'sampled'})")
     ax_metric.grid(alpha=0.3)
     return _save_figure(fig, path, title)
 
