@@ -54,7 +54,10 @@ def test_every_llm_yaml_composes_to_its_typed_settings(kind: str) -> None:
         else:
             assert got == value, key
     # The same settings on every entry point that reads the group.
-    assert federated_settings_from_overrides([f"llm={kind}", *NEEDS.get(kind, [])]).llm == settings
+    federated = compose_config([f"llm={kind}", *NEEDS.get(kind, [])], "federated_run")
+    assert federated_settings_from_overrides([f"llm={kind}", *NEEDS.get(kind, [])]).llm == llm_settings(
+        federated.llm
+    )
     assert typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES).llm == settings
     mergenet = compose_config([f"llm={kind}", *NEEDS.get(kind, [])], "mergenet_run")
     assert typed_run(mergenet, MergeNetStudySettings, MERGENET_STUDY_IGNORES).llm == llm_settings(
