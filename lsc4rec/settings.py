@@ -93,6 +93,8 @@ class DataSettings:
     format: str
     max_len: int
     text_path: str | None = None
+    #: Keep only users and items with at least this many interactions (k-core, to the fixed point); 0 = off.
+    kcore: int = 0
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ def device_codebook(msg: Message, context: Context) -> SemanticCodebook | None:
 
 def item_features_of(run: FederatedRunSettings, model: SolidRecommender) -> torch.Tensor:
     """The item representations the codebook quantises, from public sources and the model's item table."""
-    raw = cached_raw(run.data.name, run.data.path, run.data.format)
-    split = cached_split(run.data.name, run.data.path, run.data.format)
+    raw = cached_raw(run.data.name, run.data.path, run.data.format, run.data.kcore)
+    split = cached_split(run.data.name, run.data.path, run.data.format, run.data.kcore)
     features, _ = item_representations(run.solid, raw, split, model.item_embedding.weight.detach().cpu())
     return features
 

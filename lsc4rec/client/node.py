@@ -66,6 +66,7 @@ def shard_of(context: Context, run: FederatedRunSettings) -> DeviceShard:
         num_partitions,
         run.federated.users_per_node,
         run.federated.partition_seed,
+        run.data.kcore,
     )
 
 

@@ -60,15 +60,16 @@ class DeviceShard:
 
 
 @lru_cache(maxsize=4)
-def cached_raw(name: str, path: str | None, data_format: str) -> RawDataset:
-    """Load a dataset once per process (a simulation actor serves many rounds and nodes)."""
-    return load_dataset(name, path, data_format)
+def cached_raw(name: str, path: str | None, data_format: str, kcore: int = 0) -> RawDataset:
+    """Load a dataset once per process (a simulation actor serves many rounds and nodes), with the run's
+    k-core filter (``data.kcore``: the devices must hold the users and items the server numbers)."""
+    return load_dataset(name, path, data_format, kcore=kcore)
 
 
 @lru_cache(maxsize=4)
-def cached_split(name: str, path: str | None, data_format: str) -> LeaveOneOutSplit:
+def cached_split(name: str, path: str | None, data_format: str, kcore: int = 0) -> LeaveOneOutSplit:
     """Load and split a dataset once per process."""
-    return leave_one_out(cached_raw(name, path, data_format))
+    return leave_one_out(cached_raw(name, path, data_format, kcore))
 
 
 def load_shard(
@@ -79,9 +80,10 @@ def load_shard(
     num_partitions: int,
     users_per_node: int = 0,
     seed: int = 0,
+    kcore: int = 0,
 ) -> DeviceShard:
     """Build the shard of node ``partition_id``: its users (at most ``users_per_node`` if > 0) and data."""
-    split = cached_split(name, path, data_format)
+    split = cached_split(name, path, data_format, kcore)
     users = partition_users(len(split.train), num_partitions, partition_id, seed)
     if users_per_node > 0:
         users = users[:users_per_node]

@@ -103,6 +103,7 @@ def load_dataset(
     path: str | PathLike[str] | None = None,
     format: str = "auto",
     text_path: str | PathLike[str] | None = None,
+    kcore: int = 0,
 ) -> RawDataset:
     """Load dataset ``name``: the embedded copy when ``path`` is empty, otherwise the data at ``path``.
 
@@ -113,6 +114,10 @@ def load_dataset(
       sequence file ``X.txt`` an ``X_item2attributes.json`` next to it is loaded as item attributes, and an
       ``X_item_text.jsonl`` (or ``.jsonl.gz``) as item text.
     - ``text_path`` (``data.text_path``) names an item text file explicitly and wins over the others.
+    - ``kcore`` (``data.kcore``) > 1 keeps the k-core: users and items with at least that many interactions
+      (:func:`~lsc4rec.data.readers.load_raw`).
+    - A RecBole folder or ``X.inter`` file (``data.format=recbole`` or ``auto``) takes its item text from
+      ``X.item`` beside it (:mod:`lsc4rec.data.recbole`).
     - An unknown name without a path raises ValueError listing the embedded datasets.
     """
     if text_path is not None and str(text_path).strip() == "":
@@ -138,6 +143,7 @@ def load_dataset(
             attributes_path=embedded_attributes_path(key),
             name=key,
             text_path=text_path if text_path is not None else embedded_text_path(key),
+            kcore=kcore,
         )
 
     data_path = Path(path).expanduser()
@@ -152,4 +158,6 @@ def load_dataset(
             text_path = text_file_beside(data_path)
             if text_path is not None:
                 logger.info("using item text from %s", text_path)
-    return load_raw(data_path, format=format, attributes_path=attributes, name=name, text_path=text_path)
+    return load_raw(
+        data_path, format=format, attributes_path=attributes, name=name, text_path=text_path, kcore=kcore
+    )

@@ -1,7 +1,10 @@
-"""Readers for the raw interaction formats: S3-Rec/P5 sequence files, SASRec pair files and MovieLens folders.
+"""Readers for the raw interaction formats: S3-Rec/P5 sequence files, SASRec pair files, MovieLens folders and
+RecBole atomic files (:mod:`lsc4rec.data.recbole`).
 
 Every reader returns raw (file) ids; the mapping to contiguous internal ids happens in
-:mod:`lsc4rec.data.split`.
+:mod:`lsc4rec.data.split` (RecBole's text tokens are first numbered 1..N, the tokens kept beside them).
+An optional k-core filter (``data.kcore``, :func:`load_raw`) keeps the users and items with enough
+interactions, for every format.
 Malformed content raises :class:`DataFormatError` naming the file, the 1-based line and the offending value;
 missing files raise :class:`DataFileNotFoundError`.
 """
@@ -24,11 +27,15 @@ from lsc4rec.data.errors import (
     id_range_problem,
 )
 from lsc4rec.data.item_text import ItemText, check_text_items, item_text_from_titles, read_item_text
+from lsc4rec.data.recbole import is_recbole_folder, kcore_filter, read_recbole_files
 
 logger = logging.getLogger(__name__)
 
 #: Values accepted by :func:`load_raw`'s ``format`` argument.
-FORMATS: tuple[str, ...] = ("auto", "sequence", "pairs", "movielens")
+FORMATS: tuple[str, ...] = ("auto", "sequence", "pairs", "movielens", "recbole")
+
+#: What a data path may name, for "not found" messages.
+_ANY_DATA = "a sequence file, a pair file, a MovieLens folder/ratings file or a RecBole folder/.inter file"
 
 #: Genre names of the 19 ``u.item`` flags, used when the folder has no ``u.genre``.
 ML100K_GENRES: tuple[str, ...] = (
@@ -77,6 +84,9 @@ class RawDataset:
     item_text: dict[int, ItemText] = field(default_factory=dict)
     #: Time of each interaction, parallel to ``sequences`` (MovieLens); None where the file has no clock.
     timestamps: list[list[float]] | None = None
+    #: Formats with text ids (RecBole): raw user / item id -> the file's token; empty for integer formats.
+    user_tokens: dict[int, str] = field(default_factory=dict)
+    item_tokens: dict[int, str] = field(default_factory=dict)
 
     @property
     def num_interactions(self) -> int:
@@ -389,6 +399,60 @@ def read_movielens(path: str | PathLike[str], min_rating: float | None = None) -
     )
 
 
+def read_recbole(path: str | PathLike[str], kcore: int = 0) -> RawDataset:
+    """Read RecBole atomic files (``X.inter``, or a folder holding it, and ``X.item`` when present).
+
+    User and item tokens are numbered 1..N (:mod:`lsc4rec.data.recbole`); ``user_tokens`` / ``item_tokens``
+    map the numbers back. ``kcore`` > 1 keeps the k-core before numbering, so the ids stay contiguous.
+    """
+    data = read_recbole_files(path, kcore=kcore)
+    folder = data.inter_file.parent
+    return RawDataset(
+        name=data.inter_file.stem or folder.name,
+        source=data.inter_file,
+        user_ids=list(range(1, len(data.user_tokens) + 1)),
+        sequences=data.sequences,
+        timestamps=data.timestamps,
+        item_text=data.item_text,
+        user_tokens=dict(enumerate(data.user_tokens, start=1)),
+        item_tokens=dict(enumerate(data.item_tokens, start=1)),
+    )
+
+
+def apply_kcore(raw: RawDataset, kcore: int) -> RawDataset:
+    """Keep the k-core of ``raw`` in place (every user and item with >= ``kcore`` interactions, to the fixed
+    point) and drop the side information of the items it removes; logs what it removed."""
+    if kcore <= 1:
+        return raw
+    core = kcore_filter(raw.sequences, kcore, kcore, raw.source)
+    before_users, before = raw.num_users, raw.num_interactions
+    keep = [[item in core.items for item in raw.sequences[u]] for u in core.users]
+    raw.sequences = [
+        [i for i, k in zip(raw.sequences[u], row, strict=True) if k]
+        for u, row in zip(core.users, keep, strict=True)
+    ]
+    if raw.timestamps is not None:
+        raw.timestamps = [
+            [t for t, k in zip(raw.timestamps[u], row, strict=True) if k]
+            for u, row in zip(core.users, keep, strict=True)
+        ]
+    raw.user_ids = [raw.user_ids[u] for u in core.users]
+    for side in ("item_titles", "item_genres", "item_attributes", "item_text", "item_tokens"):
+        setattr(raw, side, {i: v for i, v in getattr(raw, side).items() if i in core.items})
+    logger.info(
+        "%s: data.kcore=%d kept %d of %d users and %d items after %d round(s) (%d of %d interactions kept)",
+        raw.source,
+        kcore,
+        raw.num_users,
+        before_users,
+        len(core.items),
+        core.rounds,
+        raw.num_interactions,
+        before,
+    )
+    return raw
+
+
 def read_item_attributes(path: str | PathLike[str]) -> dict[int, list[int]]:
     """Read an S3-Rec attribute file ``{"item": [attr, ...]}`` into ``{item id: [attribute ids]}``.
 
@@ -419,24 +483,31 @@ def read_item_attributes(path: str | PathLike[str]) -> dict[int, list[int]]:
 
 
 def detect_format(path: str | PathLike[str]) -> str:
-    """Guess the format of ``path``: ``"sequence"``, ``"pairs"`` or ``"movielens"``.
+    """Guess the format of ``path``: ``"sequence"``, ``"pairs"``, ``"movielens"`` or ``"recbole"``.
 
     A folder holding ``u.data``/``ratings.dat``, a file with one of those names, or a ``::``-separated file is
-    MovieLens. Otherwise the first non-empty lines are sniffed: exactly two integer fields on every line means
-    pairs, integer lines with two or more fields mean a sequence file. Anything else raises DataFormatError.
+    MovieLens; a folder holding a ``*.inter`` file, or a file ending in ``.inter``, is RecBole. Otherwise the
+    first non-empty lines are sniffed: exactly two integer fields on every line means pairs, integer lines
+    with two or more fields mean a sequence file. Anything else raises DataFormatError.
     """
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "u.data").is_file() or (p / "ratings.dat").is_file():
             return "movielens"
+        if is_recbole_folder(p):
+            return "recbole"
         listing = sorted(child.name for child in p.iterdir())[:10]
         raise DataFormatError(
-            p, f"unknown format: a folder without u.data or ratings.dat (it holds {listing or 'nothing'})"
+            p,
+            "unknown format: a folder without u.data or ratings.dat (MovieLens) or X.inter (RecBole) "
+            f"(it holds {listing or 'nothing'})",
         )
     if not p.exists():
-        raise DataFileNotFoundError(p, "a sequence file, a pair file or a MovieLens folder/ratings file")
+        raise DataFileNotFoundError(p, _ANY_DATA)
     if p.name in ("u.data", "ratings.dat"):
         return "movielens"
+    if p.suffix == ".inter":
+        return "recbole"
     sniffed: list[tuple[int, str]] = []
     for lineno, line in _nonblank_lines(p):
         sniffed.append((lineno, line))
@@ -473,20 +544,27 @@ def load_raw(
     attributes_path: str | PathLike[str] | None = None,
     name: str | None = None,
     text_path: str | PathLike[str] | None = None,
+    kcore: int = 0,
 ) -> RawDataset:
     """Read a dataset in any supported ``format`` (:data:`FORMATS`; ``"auto"`` uses :func:`detect_format`).
 
     ``attributes_path`` optionally adds item attribute ids (:func:`read_item_attributes`); ``text_path`` adds
-    item text (:func:`~lsc4rec.data.item_text.read_item_text`, replacing MovieLens titles/genres), which must
-    only name items of the interactions; ``name`` defaults to the file stem (the folder name for MovieLens).
+    item text (:func:`~lsc4rec.data.item_text.read_item_text`, replacing MovieLens titles/genres and RecBole's
+    ``X.item``), which must only name items of the interactions; ``name`` defaults to the file stem (the
+    folder name for MovieLens). ``kcore`` (``data.kcore``) > 1 keeps only users and items with at least that
+    many interactions, filtering both until neither changes (0 or 1: no filter).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; valid formats: {', '.join(FORMATS)}")
+    if isinstance(kcore, bool) or not isinstance(kcore, int) or kcore < 0:
+        raise ValueError(f"data.kcore must be a whole number >= 0 (0 = no k-core filter), got {kcore!r}")
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataFileNotFoundError(p, "a sequence file, a pair file or a MovieLens folder/ratings file")
+        raise DataFileNotFoundError(p, _ANY_DATA)
     resolved = detect_format(p) if format == "auto" else format
-    if resolved == "sequence":
+    if resolved == "recbole":
+        raw = read_recbole(p, kcore=kcore)
+    elif resolved == "sequence":
         raw = read_sequence_file(p)
     elif resolved == "pairs":
         raw = read_pair_file(p)
@@ -497,6 +575,8 @@ def load_raw(
     if text_path is not None:
         raw.item_text = read_item_text(text_path)
         check_text_items(raw.item_text, (item for seq in raw.sequences for item in seq), text_path)
+    if resolved != "recbole":
+        apply_kcore(raw, kcore)
     if name is not None:
         raw.name = name
     logger.info(

@@ -71,7 +71,9 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         # (a deployment sets privacy.seeded_noise=false and the noise comes from OS entropy).
         np.random.seed(run.seed)
     with clock.phase("data and model"):
-        raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+        raw = load_dataset(
+            run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore
+        )
         split = leave_one_out(raw)
         catalogue = catalogue_vectors(run, split)
         vectors = None if catalogue is None else catalogue.vectors

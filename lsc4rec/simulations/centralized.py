@@ -122,7 +122,9 @@ def refit_with_validation(
 
 def _load_split(run: CentralizedSettings) -> tuple[RawDataset, LeaveOneOutSplit]:
     """The configured dataset and its leave-one-out split (with held-out validation users when set)."""
-    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+    raw = load_dataset(
+        run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore
+    )
     split = leave_one_out(raw)
     logger.info("dataset %s: %s", run.data.name, split.report)
     if run.eval.validation_users is not None:

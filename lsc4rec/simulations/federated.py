@@ -81,7 +81,9 @@ def main(cfg: DictConfig) -> None:
     defaults = compose_config(group_selections(overrides), config_name="federated_run")
     run = federated_settings(cfg, defaults)
     # A dataset without item text: the parts that read it fall back to ids, or the run is refused, now.
-    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+    raw = load_dataset(
+        run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore
+    )
     fallback = text_fallback(run, overrides, bool(raw.item_text), run.data.name)
     if fallback:
         overrides = [*overrides, *fallback]

@@ -367,7 +367,9 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     run = typed_run(cfg, MergeNetStudySettings, MERGENET_STUDY_IGNORES)
     plain, out = run.record, begin_run(run, output_dir)
     directions, variants = _checked_choices(run)
-    everyone = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    everyone = leave_one_out(
+        load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore)
+    )
     # The cloud LLM sees every user's stale history; the device SRM only its own users' fresh data.
     view = cloud_view(everyone, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     settings = run.train

@@ -270,7 +270,9 @@ def load_lists(directory: str | Path, num_items: int | None = None) -> Precomput
 def request_curve_histories(run: RequestCurveSettings) -> list[list[int]]:
     """Every distinct history (last ``llm.max_len`` items) whose list the request curve of ``run`` reads, in
     the order :mod:`lsc4rec.models.llm.gpu_payload` scores them."""
-    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    split = leave_one_out(
+        load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore)
+    )
     view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     max_len = run.llm.max_len
     sets = (
@@ -317,7 +319,9 @@ def run_pretrained_cloud(cfg: DictConfig, out: Path) -> dict:
             "the precomputed lists hold no per-position candidates for collaborative SRM training: pass "
             "collab.srm_path=<model.pt> or collab.srm_training=standard"
         )
-    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    split = leave_one_out(
+        load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore)
+    )
     cloud = load_lists(lists_path, split.num_items)
     if cloud.max_len != run.llm.max_len:
         raise ValueError(
@@ -352,7 +356,9 @@ def fewest_unseen(cloud: PrecomputedCloud, run: RequestCurveSettings) -> int:
     keeps at least 10 items holds that ranking's top 10, so NDCG/HR@10 of the cloud alone are exact when this
     is 10 or more.
     """
-    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    split = leave_one_out(
+        load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore)
+    )
     view = cloud_view(split, run.collab.cloud_lag, users=run.collab.cloud_users, seed=run.seed)
     histories = split.test_histories()
     fewest = cloud.k

@@ -310,7 +310,11 @@ def main(cfg: DictConfig) -> None:
     base = federated_settings_from_overrides(base_overrides)
     out = begin_run(base, Path(HydraConfig.get().runtime.output_dir))
     plain = to_plain_dict(cfg)
-    split = leave_one_out(load_dataset(base.data.name, base.data.path, base.data.format, base.data.text_path))
+    split = leave_one_out(
+        load_dataset(
+            base.data.name, base.data.path, base.data.format, base.data.text_path, kcore=base.data.kcore
+        )
+    )
     warm_start = None
     if base.federated.warm_start_epochs > 0:
         base, base_overrides, warm_start = _warm_start(base, base_overrides, split, out)

@@ -643,7 +643,9 @@ def run_request_curve(
     torch.manual_seed(run.seed)
     if run.threads:
         torch.set_num_threads(run.threads)
-    split = leave_one_out(load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path))
+    split = leave_one_out(
+        load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore)
+    )
     logger.info("dataset %s: %s", run.data.name, split.report)
     vectors = run_item_vectors(run.model, split, run.text, run.data.name, run.collab.content_weight)
     llm, srm, report = train_models(run, split, out, cloud, vectors)

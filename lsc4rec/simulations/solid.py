@@ -221,7 +221,9 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     if unknown:
         raise ValueError(f"solid_variants: unknown {unknown}; valid: {[*BASE_VARIANTS, *VARIANTS]}")
 
-    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+    raw = load_dataset(
+        run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore
+    )
     everyone = leave_one_out(raw)
     max_len = run.data.max_len
     data = device_data(everyone, run, run.train, run.device_users, run.new_item_share)

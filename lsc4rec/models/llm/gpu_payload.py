@@ -198,7 +198,11 @@ def make_payload(out: Path, overrides: Sequence[str] = (), verify: bool = True) 
     data, collab, seed = cfg["data"], cfg["collab"], int(cfg["seed"])
     if llm_settings.history_format != "items":
         raise ValueError("the GPU payload carries item tokens only: llm.history_format must be items")
-    split = leave_one_out(load_dataset(data["name"], data["path"], data["format"], data.get("text_path")))
+    split = leave_one_out(
+        load_dataset(
+            data["name"], data["path"], data["format"], data.get("text_path"), kcore=int(data.get("kcore", 0))
+        )
+    )
     view = cloud_view(split, int(collab["cloud_lag"]), users=float(collab["cloud_users"]), seed=seed)
     llm = build_llm(llm_settings, split.num_items, seed=seed, item_text=split.item_text, text_cfg=text)
     llm.eval()

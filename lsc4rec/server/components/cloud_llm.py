@@ -72,7 +72,9 @@ def _semantic_tokens(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict
     """SOLID semantic ids for the LLM's item tokens when ``llm.item_tokens=semantic`` (else nothing)."""
     if not run.llm.semantic_items:
         return {}
-    raw = load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path)
+    raw = load_dataset(
+        run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore
+    )
     ids, sizes = llm_semantic_ids(run.solid, raw, split, seed=run.seed)
     return {"semantic_ids": ids, "semantic_sizes": sizes}
 
