@@ -162,7 +162,8 @@ class FederatedSettings:
         if self.replay_closing_round and self.replay_interactions > 0 and self.rounds < 2:
             raise SettingsError(
                 "federated.replay_closing_round needs federated.rounds >= 2 (one round to serve the "
-                f"arrivals, the last to train on them), got rounds={self.rounds}"
+                f"arrivals, the last to train on them), got rounds={self.rounds}; for a run of one round set "
+                "federated.replay_closing_round=false"
             )
         if self.runtime not in ("flower", "inprocess"):
             raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")

@@ -45,6 +45,8 @@ COMMAND_LINE = [
     "federated.runtime=inprocess",
     "federated.num_supernodes=2",
     "federated.rounds=1",
+    # One round: it serves the arrivals, so there is no closing round to train on them.
+    "federated.replay_closing_round=false",
     "data.max_len=10",
     "llm.train.epochs=1",
     "train.progress=false",
