@@ -159,12 +159,11 @@ class FederatedSettings:
         for name in ("users_per_node", "warm_start_epochs", "replay_interactions"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")
-        if self.replay_closing_round and self.replay_interactions > 0 and self.rounds < 2:
-            raise SettingsError(
-                "federated.replay_closing_round needs federated.rounds >= 2 (one round to serve the "
-                f"arrivals, the last to train on them), got rounds={self.rounds}; for a run of one round set "
-                "federated.replay_closing_round=false"
-            )
+        try:
+            # The arrival schedule checks its own rules (a closing round needs two rounds).
+            _ = self.replay
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
         if self.runtime not in ("flower", "inprocess"):
             raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")
         if any(size < 1 or size > 65536 for size in self.item_text_codes):

@@ -40,7 +40,8 @@ class Replay:
         if self.closing_round and self.enabled and self.rounds < 2:
             raise ValueError(
                 "federated.replay_closing_round needs federated.rounds >= 2 (one round to serve the "
-                f"arrivals, the last to train on them), got {self.rounds}"
+                f"arrivals, the last to train on them), got rounds={self.rounds}; for a run of one round set "
+                "federated.replay_closing_round=false"
             )
 
     @property
