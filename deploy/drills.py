@@ -4,6 +4,7 @@
     python deploy/drills.py supernode-mass-crash   # kill -9 3 of 10 SuperNodes (30%) in one round
     python deploy/drills.py superlink-restart      # kill -9 the SuperLink mid-run, restart it, resume
     python deploy/drills.py candidate-service      # kill -9 the candidate service while devices request
+    python deploy/drills.py hostile-supernodes     # 1 of 5 SuperNodes attacks: each attack x each rule
     python deploy/drills.py all
 
 Each drill runs the real ``flower-superlink`` / ``flower-supernode`` processes (``LocalDeployment``) or
@@ -493,6 +494,126 @@ def candidate_service(workdir: Path, seconds: float, kill_at: float, down_for: f
     return verdicts
 
 
+#: The aggregation rules the hostile drill compares: (label, strategy overrides).
+HOSTILE_RULES = (
+    ("fedavg", "strategy=fedavg"),
+    ("fedavg+bounds", "strategy=fedavg strategy.max_example_ratio=3 strategy.update_norm_ratio=3"),
+    ("median", "strategy=median"),
+    ("trimmed-mean", "strategy=trimmed_mean"),
+)
+#: The attacks of one hostile node: (label, fault overrides). ``honest`` is the run without it.
+HOSTILE_ATTACKS = (
+    ("honest", ""),
+    ("update x 1e6", "federated.faults.attack=scale federated.faults.attack_scale=1e6"),
+    ("sign flipped x 10", "federated.faults.attack=flip federated.faults.attack_scale=10"),
+    ("claims 1e9 examples", "federated.faults.attack=count federated.faults.attack_examples=1e9"),
+    ("poisoned data", "federated.faults.attack=poison"),
+)
+#: Replies every rule must refuse before aggregating: (label, fault overrides).
+REFUSED_REPLIES = (
+    ("malformed arrays", "federated.faults.malformed=0"),
+    ("a NaN in the update", "federated.faults.attack=nonfinite"),
+)
+#: The shared start of every hostile run: users per node, warm-start epochs on the cloud's data.
+HOSTILE_SIZE = "federated.users_per_node=1000"
+#: A rule holds when its final validation NDCG@10 under attack keeps this share of the honest FedAvg's.
+HOLDS_SHARE = 0.8
+
+
+def _save_start(checkpoint: Path, target: Path) -> Path:
+    """The global weights of a run's ``checkpoint``, saved as a state dict (``federated.initial_weights``)."""
+    import torch
+
+    from lsc4rec.server.components.checkpoint_files import load_checkpoint
+
+    arrays = load_checkpoint(checkpoint)["arrays"]
+    torch.save({key: torch.from_numpy(arrays[key].numpy().copy()) for key in arrays}, target)
+    return target
+
+
+def _run_name(*labels: str) -> str:
+    """A run folder name from table labels: letters, digits and dashes only (a Hydra value, a path)."""
+    return "--".join(re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") for label in labels)
+
+
+def _final_valid(workdir: Path, name: str) -> float | None:
+    rows = run_metrics(workdir, name).get("rounds", [])
+    return float(rows[-1]["server_valid"]["NDCG@10"]) if rows else None
+
+
+def hostile_supernodes(workdir: Path, nodes: int, rounds: int) -> Verdicts:
+    """One of ``nodes`` real SuperNodes attacks (partition 0): each attack under each aggregation rule, from
+    one shared start; final validation NDCG@10 against the same rule's honest run, and the refused kinds."""
+    name = "hostile-supernodes"
+    verdicts = Verdicts(name)
+    table: dict[str, dict[str, float | None]] = {}
+    refused: dict[str, dict[str, Any]] = {}
+    with LocalDeployment(workdir, nodes) as deployment:
+        deployment.start_all()
+        # The shared start: the cloud's warm start plus one honest round, so every run starts from a model
+        # that already ranks well above random and an attack has something to destroy.
+        start = deployment.run(
+            run_config(workdir, "start", 1, f"{HOSTILE_SIZE} federated.warm_start_epochs=3"), RUN_TIMEOUT
+        )
+        verdicts.check("the shared start completes", start.ok, start.status)
+        if not start.ok:
+            return verdicts
+        weights = _save_start(workdir / "outputs" / "start" / "checkpoint.pt", workdir / "start.pt")
+        common = f"{HOSTILE_SIZE} federated.initial_weights={weights} federated.checkpoint=false"
+        for rule, rule_overrides in HOSTILE_RULES:
+            for attack, attack_overrides in HOSTILE_ATTACKS:
+                hostile = "federated.faults.hostile=0" if attack_overrides else ""
+                run_name = _run_name(rule, attack)
+                extra = f"{common} {rule_overrides} {hostile} {attack_overrides}"
+                result = deployment.run(run_config(workdir, run_name, rounds, extra), RUN_TIMEOUT)
+                table.setdefault(attack, {})[rule] = _final_valid(workdir, run_name) if result.ok else None
+                print(f"[{name}] {rule:<14} {attack:<20} {table[attack][rule]}", flush=True)
+        for kind, overrides in REFUSED_REPLIES:
+            run_name = _run_name("refused", kind)
+            hostile = "" if "malformed" in overrides else "federated.faults.hostile=0"
+            result = deployment.run(
+                run_config(workdir, run_name, rounds, f"{common} {hostile} {overrides}"), RUN_TIMEOUT
+            )
+            metrics = run_metrics(workdir, run_name)
+            reasons = [f["reason"] for f in metrics.get("failed_nodes", []) if f.get("stage") == "train"]
+            refused[kind] = {
+                "completed": result.ok,
+                "final_valid": _final_valid(workdir, run_name),
+                "reasons": sorted(set(reasons)),
+            }
+    honest = table["honest"]["fedavg"] or 0.0
+    verdicts.check("the honest FedAvg run learns", honest > 0.01, f"final validation NDCG@10 {honest:.4f}")
+    taken = table["update x 1e6"]["fedavg"]
+    verdicts.check(
+        "the drill bites: one scaled node takes plain FedAvg over",
+        taken is not None and taken < 0.5 * honest,
+        f"{taken} against honest {honest:.4f}",
+    )
+    for rule, _ in HOSTILE_RULES[1:]:
+        under_attack = {attack: table[attack][rule] for attack, _ in HOSTILE_ATTACKS[1:]}
+        weakest = min((v for v in under_attack.values() if v is not None), default=None)
+        verdicts.check(
+            f"{rule} holds every attack within {HOLDS_SHARE:.0%} of honest FedAvg",
+            all(v is not None for v in under_attack.values())
+            and weakest is not None
+            and weakest >= HOLDS_SHARE * honest,
+            {attack: value for attack, value in under_attack.items()},
+        )
+    for kind, row in refused.items():
+        verdicts.check(
+            f"{kind} is refused, named, and the run learns on",
+            row["completed"] and bool(row["reasons"]) and (row["final_valid"] or 0.0) >= HOLDS_SHARE * honest,
+            row,
+        )
+    (workdir / "hostile-table.json").write_text(json.dumps({"table": table, "refused": refused}, indent=2))
+    print(f"[{name}] attack x rule -> final validation NDCG@10:", flush=True)
+    print("| attack | " + " | ".join(rule for rule, _ in HOSTILE_RULES) + " |", flush=True)
+    for attack, row in table.items():
+        cells = " | ".join("failed" if row[r] is None else f"{row[r]:.4f}" for r, _ in HOSTILE_RULES)
+        print(f"| {attack} | {cells} |", flush=True)
+    return verdicts
+
+
 DRILLS: dict[str, Callable[[argparse.Namespace, Path], Verdicts]] = {
     "supernode-crash": lambda args, work: supernode_crash(
         work / "supernode-crash", 4, 1, args.rounds, True, "supernode-crash"
@@ -501,6 +622,7 @@ DRILLS: dict[str, Callable[[argparse.Namespace, Path], Verdicts]] = {
         work / "supernode-mass-crash", 10, 3, 3, False, "supernode-mass-crash"
     ),
     "superlink-restart": lambda args, work: superlink_restart(work / "superlink-restart", 4, args.rounds, 2),
+    "hostile-supernodes": lambda args, work: hostile_supernodes(work / "hostile-supernodes", 5, 2),
     "candidate-service": lambda args, work: candidate_service(
         work / "candidate-service", args.service_seconds, args.service_seconds / 4, args.service_seconds / 4
     ),

@@ -23,6 +23,7 @@ with the entry point's defaults and names any key in its list of ignored keys th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -97,14 +98,38 @@ class DataSettings:
     kcore: int = 0
 
 
+#: What a hostile partition (``federated.faults.hostile``) does to its well-formed reply
+#: (:mod:`lsc4rec.client.fault_drills`).
+HOSTILE_ATTACKS = ("scale", "flip", "count", "poison", "nonfinite")
+
+
 @dataclass(frozen=True)
 class FaultSettings:
-    """Fault drills: comma-separated partition ids that crash, send a malformed update or answer late."""
+    """Fault drills: comma-separated partition ids that crash, send a malformed update or answer late, and
+    partitions that act hostile (``attack``: an update scaled or sign-flipped by ``attack_scale``, a claim of
+    ``attack_examples`` examples, training on poisoned data, or non-finite values)."""
 
     crash: str = ""
     malformed: str = ""
     delay: str = ""
     delay_seconds: float = 0.0
+    hostile: str = ""
+    attack: str = "scale"
+    attack_scale: float = 1e6
+    attack_examples: float = 1e9
+
+    def __post_init__(self) -> None:
+        if self.attack not in HOSTILE_ATTACKS:
+            raise ValueError(
+                f"federated.faults.attack={self.attack!r} is not an attack; valid: {list(HOSTILE_ATTACKS)}"
+            )
+        if not math.isfinite(self.attack_scale) or self.attack_scale <= 0:
+            raise ValueError(
+                f"federated.faults.attack_scale={self.attack_scale} must be a positive number "
+                "(the flip attack negates it)"
+            )
+        if not math.isfinite(self.attack_examples) or self.attack_examples <= 0:
+            raise ValueError(f"federated.faults.attack_examples={self.attack_examples} must be > 0")
 
 
 @dataclass(frozen=True)

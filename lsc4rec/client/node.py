@@ -11,6 +11,7 @@ from functools import lru_cache
 import torch
 from flwr.app import Context, Message
 
+from lsc4rec.client.poisoned_data import poisoned_shard
 from lsc4rec.client.shard import DeviceShard, load_shard
 from lsc4rec.messages import (
     ARRAYS,
@@ -58,7 +59,7 @@ def partition_of(context: Context) -> tuple[int, int]:
 def shard_of(context: Context, run: FederatedRunSettings) -> DeviceShard:
     """The devices this node hosts and their data."""
     partition_id, num_partitions = partition_of(context)
-    return load_shard(
+    shard = load_shard(
         run.data.name,
         run.data.path,
         run.data.format,
@@ -68,6 +69,8 @@ def shard_of(context: Context, run: FederatedRunSettings) -> DeviceShard:
         run.federated.partition_seed,
         run.data.kcore,
     )
+    # A drill's hostile node trains on poisoned data (federated.faults; unchanged outside a drill).
+    return poisoned_shard(shard, run.federated.faults)
 
 
 def device_item_text(msg: Message, context: Context, num_items: int) -> tuple[torch.Tensor, int] | None:
