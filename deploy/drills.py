@@ -3,8 +3,10 @@
     python deploy/drills.py supernode-crash        # kill -9 one of 4 SuperNodes mid-round, then restart it
     python deploy/drills.py supernode-mass-crash   # kill -9 3 of 10 SuperNodes (30%) in one round
     python deploy/drills.py superlink-restart      # kill -9 the SuperLink mid-run, restart it, resume
+    python deploy/drills.py whole-superlink-restart  # the same with the whole system (make run's job)
     python deploy/drills.py candidate-service      # kill -9 the candidate service while devices request
     python deploy/drills.py hostile-supernodes     # 1 of 5 SuperNodes attacks: each attack x each rule
+    python deploy/drills.py soak                   # the whole system for 30 rounds: memory, files, disk flat
     python deploy/drills.py all
 
 Each drill runs the real ``flower-superlink`` / ``flower-supernode`` processes (``LocalDeployment``) or
@@ -27,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from local import REPO, LocalDeployment  # deploy/ is the script's folder, so on
 from lsc4rec.argument_types import existing_file, port, positive_float, positive_int
 from lsc4rec.simulations.launch.flower import (
     FlowerRun,
+    descendants,
     flower_executable,
     free_port,
     is_progress_line,
@@ -44,6 +48,13 @@ from lsc4rec.simulations.launch.flower import (
 #: The run every federated drill trains: the plain federated SASRec over all Beauty users, small enough for
 #: rounds of about half a minute on 2 cores with 4 SuperNodes.
 BASE_OVERRIDES = "system=base model.hidden_size=64 train.progress=false federated.round_timeout=600"
+#: The whole system (`make run`'s job: cloud LLM and candidate service, SOLID, MergeNet, collaborative
+#: training, time moving with a closing round, ONNX on the devices) at a size that restarts in minutes: 300
+#: Beauty users per node, one warm-start and one LLM epoch, 3 rounds.
+WHOLE_OVERRIDES = (
+    "system=whole train.progress=false llm.train.progress=false federated.round_timeout=900 "
+    "federated.users_per_node=300 federated.warm_start_epochs=1 llm.train.epochs=1"
+)
 #: Seconds any one run may take before the drill counts it as hung.
 RUN_TIMEOUT = 1800.0
 
@@ -140,9 +151,10 @@ class Verdicts:
         return bool(self.checks) and all(c["passed"] for c in self.checks)
 
 
-def run_config(workdir: Path, name: str, rounds: int, extra: str = "") -> str:
-    """The ``--run-config`` of a drill's run: outputs under ``workdir``, ``rounds`` rounds, ``extra``."""
-    overrides = f"{BASE_OVERRIDES} federated.rounds={rounds} run_name={name} {extra}".strip()
+def run_config(workdir: Path, name: str, rounds: int, extra: str = "", base: str = BASE_OVERRIDES) -> str:
+    """The ``--run-config`` of a drill's run: outputs under ``workdir``, ``rounds`` rounds, ``base`` (the
+    run's system and size) and ``extra``."""
+    overrides = f"{base} federated.rounds={rounds} run_name={name} {extra}".strip()
     return f'output-dir="{workdir / "outputs"}" overrides="{overrides}"'
 
 
@@ -252,25 +264,32 @@ def checkpoint_round(path: Path) -> int:
         return 0  # being replaced right now: the rename is atomic, so the next read sees a whole file
 
 
-def superlink_restart(workdir: Path, nodes: int, rounds: int, kill_in_round: int) -> Verdicts:
+def superlink_restart(
+    workdir: Path,
+    nodes: int,
+    rounds: int,
+    kill_in_round: int,
+    name: str = "superlink-restart",
+    base: str = BASE_OVERRIDES,
+) -> Verdicts:
     """An uninterrupted run, then the same run with the SuperLink killed in round ``kill_in_round``,
-    restarted, and the run resumed from its checkpoint: the final weights must be the same."""
+    restarted, and the run resumed from its checkpoint: the final weights must be the same. ``base``: the
+    run's system and size (the plain federated SASRec, or the whole system: :data:`WHOLE_OVERRIDES`)."""
     import numpy as np
 
     from lsc4rec.server.components.checkpoint_files import load_checkpoint
 
-    name = "superlink-restart"
     verdicts = Verdicts(name)
     # Every node takes part in every round: wait for all of them after the restart.
-    wait = f"federated.min_available_nodes={nodes}"
+    wait = f"federated.min_available_nodes={nodes} {base}"
     with LocalDeployment(workdir, nodes) as deployment:
         deployment.start_all()
         started = time.monotonic()
-        reference = deployment.run(run_config(workdir, "uninterrupted", rounds, wait), RUN_TIMEOUT)
+        reference = deployment.run(run_config(workdir, "uninterrupted", rounds, wait, ""), RUN_TIMEOUT)
         reference_seconds = time.monotonic() - started
         verdicts.check("the uninterrupted run completes", reference.ok, reference.status)
         before_run = {i: train_instructions(deployment, i) for i in range(nodes)}
-        run = StreamedRun(deployment, run_config(workdir, "interrupted", rounds, wait))
+        run = StreamedRun(deployment, run_config(workdir, "interrupted", rounds, wait, ""))
         checkpoint = workdir / "outputs" / "interrupted" / "checkpoint.pt"
         run.wait_for(rf"round {kill_in_round - 1}/\d+:", RUN_TIMEOUT)
         deadline = time.monotonic() + 120
@@ -287,7 +306,7 @@ def superlink_restart(workdir: Path, nodes: int, rounds: int, kill_in_round: int
         deployment.start_superlink()
         print(f"[{name}] restarted the SuperLink; resuming from round {saved_round + 1}", flush=True)
         resumed = deployment.run(
-            run_config(workdir, "interrupted", rounds, f"{wait} federated.resume=true"), RUN_TIMEOUT
+            run_config(workdir, "interrupted", rounds, f"{wait} federated.resume=true", ""), RUN_TIMEOUT
         )
         (workdir / f"{name}-resumed-flwr-run.log").write_text(resumed.log)
     verdicts.check(
@@ -318,6 +337,16 @@ def superlink_restart(workdir: Path, nodes: int, rounds: int, kill_in_round: int
         "and the same test metrics",
         bool(ref_test) and ref_test == res_test,
         {"uninterrupted": ref_test.get("full", ref_test), "resumed": res_test.get("full", res_test)},
+    )
+    ref_valid = [r.get("server_valid") for r in ref_metrics.get("rounds", [])]
+    res_valid = [r.get("server_valid") for r in res_metrics.get("rounds", [])]
+    verdicts.check(
+        "and every round's server validation",
+        len(ref_valid) == rounds and ref_valid == res_valid,
+        {
+            "uninterrupted": [v and v.get("NDCG@10") for v in ref_valid],
+            "resumed": [v and v.get("NDCG@10") for v in res_valid],
+        },
     )
     print(f"[{name}] uninterrupted run: {reference_seconds:.0f} s", flush=True)
     return verdicts
@@ -494,6 +523,117 @@ def candidate_service(workdir: Path, seconds: float, kill_at: float, down_for: f
     return verdicts
 
 
+#: The soak: the whole system at small size for many rounds, half of 6 SuperNodes sampled per round, the
+#: server validating every 5th round.
+SOAK_OVERRIDES = (
+    f"{WHOLE_OVERRIDES} federated.users_per_node=200 strategy.fraction_train=0.5 "
+    "federated.server_eval_every=5"
+)
+
+
+def _proc_usage(pids: list[int]) -> dict[str, float]:
+    """Resident memory (MiB), open file descriptors and threads summed over ``pids`` (exited ones skipped)."""
+    rss = fds = threads = 0.0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except (OSError, PermissionError):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += float(line.split()[1]) / 1024
+            elif line.startswith("Threads:"):
+                threads += float(line.split()[1])
+        fds += open_fds
+    return {"rss_mib": rss, "open_files": fds, "threads": threads}
+
+
+def _folder_mib(paths: list[Path]) -> float:
+    """The size of every file under ``paths`` (MiB)."""
+    total = 0
+    for root in paths:
+        for file in root.rglob("*") if root.is_dir() else []:
+            with suppress(OSError):  # a file that vanished while being measured
+                total += file.stat().st_size
+    return total / 2**20
+
+
+def _slope(values: list[float]) -> float:
+    """The least-squares slope of ``values`` per step."""
+    count = len(values)
+    if count < 2:
+        return 0.0
+    mean_x, mean_y = (count - 1) / 2, sum(values) / count
+    num = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
+    return num / sum((i - mean_x) ** 2 for i in range(count))
+
+
+def soak(workdir: Path, nodes: int, rounds: int) -> Verdicts:
+    """The whole system for ``rounds`` rounds in real processes, its processes' memory, open files and
+    threads and its disk use (run folder, node state, ONNX graphs) sampled every second and kept per round;
+    each must be flat after the first rounds."""
+    name = "soak"
+    verdicts = Verdicts(name)
+    onnx_root = Path(tempfile.gettempdir()) / "lsc4rec-onnx"
+    before_onnx = set(onnx_root.iterdir()) if onnx_root.is_dir() else set()
+    per_round: list[dict[str, float]] = []
+    with LocalDeployment(workdir, nodes) as deployment:
+        deployment.start_all()
+        run = StreamedRun(deployment, run_config(workdir, name, rounds, "", SOAK_OVERRIDES))
+        roots = [p.pid for p in (deployment.superlink, *deployment.nodes.values()) if p is not None]
+        peak: dict[str, float] = {}
+        seen = 0
+        while run.process.poll() is None:
+            pids = roots + [pid for root in roots for pid in descendants(root)]
+            usage = _proc_usage(pids)
+            peak = {k: max(v, peak.get(k, 0.0)) for k, v in usage.items()}
+            done = len(re.findall(r"round \d+/\d+:", "".join(run.lines)))
+            if done > seen:
+                ours = [p for p in onnx_root.iterdir() if p not in before_onnx] if onnx_root.is_dir() else []
+                disk = _folder_mib([workdir / "outputs" / name, *ours])
+                for _ in range(done - seen):
+                    per_round.append({**peak, "disk_mib": disk})
+                    print(f"[{name}] round {len(per_round)}: {per_round[-1]}", flush=True)
+                seen, peak = done, {}
+            time.sleep(1.0)
+        result = run.finish(RUN_TIMEOUT)
+        (workdir / f"{name}-flwr-run.log").write_text(result.log)
+    ours = [p for p in onnx_root.iterdir() if p not in before_onnx] if onnx_root.is_dir() else []
+    left_behind = _folder_mib(ours)
+    (workdir / "soak-rounds.json").write_text(json.dumps(per_round, indent=2))
+    verdicts.check(
+        "the run completes every round",
+        result.ok and len(per_round) == rounds,
+        f"{result.status}, {len(per_round)} rounds",
+    )
+    settled = per_round[5:]
+    if len(settled) < 5:
+        return verdicts
+    for key, unit, allowed in (
+        ("rss_mib", "MiB", 0.002),
+        ("open_files", "files", 0.002),
+        ("threads", "threads", 0.002),
+        ("disk_mib", "MiB", 0.002),
+    ):
+        values = [row[key] for row in settled]
+        slope = _slope(values)
+        mean = sum(values) / len(values)
+        # Flat: the trend over the settled rounds adds less than 0.2% of the mean per round (5% over 25).
+        verdicts.check(
+            f"{key} is flat after round 5",
+            slope <= allowed * mean,
+            f"slope {slope:+.3f} {unit}/round on a mean of {mean:.1f} (rounds 6-{len(per_round)}: "
+            f"{min(values):.1f}-{max(values):.1f})",
+        )
+    verdicts.check(
+        "the nodes' ONNX graphs are removed when the run ends",
+        left_behind < 1.0,
+        f"{left_behind:.1f} MiB left under {onnx_root}",
+    )
+    return verdicts
+
+
 #: The aggregation rules the hostile drill compares: (label, strategy overrides).
 HOSTILE_RULES = (
     ("fedavg", "strategy=fedavg"),
@@ -622,6 +762,10 @@ DRILLS: dict[str, Callable[[argparse.Namespace, Path], Verdicts]] = {
         work / "supernode-mass-crash", 10, 3, 3, False, "supernode-mass-crash"
     ),
     "superlink-restart": lambda args, work: superlink_restart(work / "superlink-restart", 4, args.rounds, 2),
+    "whole-superlink-restart": lambda args, work: superlink_restart(
+        work / "whole-superlink-restart", 4, 3, 2, "whole-superlink-restart", WHOLE_OVERRIDES
+    ),
+    "soak": lambda args, work: soak(work / "soak", 6, 30),
     "hostile-supernodes": lambda args, work: hostile_supernodes(work / "hostile-supernodes", 5, 2),
     "candidate-service": lambda args, work: candidate_service(
         work / "candidate-service", args.service_seconds, args.service_seconds / 4, args.service_seconds / 4

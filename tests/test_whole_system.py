@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import WHOLE_TINY, run_inprocess, write_pattern_dataset, write_pattern_text
 
+from lsc4rec.client.onnx_folders import onnx_root
+
 NUM_ITEMS = 40
 
 
@@ -22,6 +24,7 @@ NUM_ITEMS = 40
 def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=NUM_ITEMS)
     write_pattern_text(data, NUM_ITEMS)
+    graphs_before = set(onnx_root().iterdir()) if onnx_root().is_dir() else set()
     # The whole system as `make run` composes it (conf/system/whole.yaml), at tiny size.
     summary = run_inprocess(
         data,
@@ -41,6 +44,8 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
     )
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert summary["failures"] == 0 and len(rows) == 2
+    # The nodes' ONNX graphs went with the test phase (a long soak must not fill the disk).
+    assert (set(onnx_root().iterdir()) if onnx_root().is_dir() else set()) <= graphs_before
     client = [row["client_evaluate"] for row in rows]
     # Collaborative training: every round's local update first trained on the cloud's per-position lists.
     assert all(row["train"]["rerank-positions"] > 0 and row["train"]["rerank-loss"] > 0 for row in rows)

@@ -13,10 +13,8 @@ gives the devices' rows of the final table. Node state that must survive rounds 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -40,6 +38,7 @@ from lsc4rec.client.node import (
     shard_of,
 )
 from lsc4rec.client.node_state import node_state_mod
+from lsc4rec.client.onnx_folders import onnx_dir, remove_onnx_dir
 from lsc4rec.client.onnx_runtime import OnnxRecommender
 from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
@@ -216,13 +215,6 @@ def train(msg: Message, context: Context) -> Message:
     return Message(_train_reply(model, shard, run, metrics, codebook, version), reply_to=msg)
 
 
-def _onnx_dir(context: Context) -> Path:
-    """Where this node keeps its exported ONNX graphs (one folder per node, reused every round)."""
-    folder = Path(tempfile.gettempdir()) / "lsc4rec-onnx" / f"run{context.run_id}-node{context.node_id}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 @app.evaluate(mods=[node_state_mod])
 def evaluate_on_devices(msg: Message, context: Context) -> Message:
     """The devices' side of a round, or of the run's final test (``phase``); reply with the metrics.
@@ -256,6 +248,8 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
             metrics.update(collaborate_at_test(scorer, shard, run, service, trust, alpha, vectors))
         elif with_cloud:
             metrics.update(collaborate(scorer, shard, run, service, trust, alpha, vectors))
+        if testing and run.runtime == "onnx":
+            remove_onnx_dir(context)  # the run's last use of its graphs
     metrics[NUM_EXAMPLES] = float(shard.num_devices)
     if codebook is not None:
         metrics[CODEBOOK_VERSION] = codebook.version
@@ -296,7 +290,7 @@ def _rank_held_out_items(
         # One graph per device: with full ranking the "all" graph also scores the cloud's lists.
         kinds = ("all",) if full_ranking else ("candidates",)
         onnx, onnx_cost = OnnxRecommender.export_or_update(
-            model, _onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
+            model, onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
         )
         scorer = onnx  # type: ignore[assignment]  # scores like the model (score_all, score_candidates)
     with torch.no_grad():
