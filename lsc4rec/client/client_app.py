@@ -20,13 +20,11 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from lsc4rec.client.codebook_sync import device_statistics, item_features_of, prepare_device_model
 from lsc4rec.client.collaboration import (
     candidate_root_certificates,
     collaborate,
     collaborate_at_test,
     serve_round,
-    train_on_lists_of,
 )
 from lsc4rec.client.fault_drills import fault_drill_mod
 from lsc4rec.client.local_training import derive_seed, train_on_shard
@@ -37,21 +35,17 @@ from lsc4rec.client.node import (
     node_settings,
     shard_of,
 )
+from lsc4rec.client.node_component import NodeComponent, NodeStep
+from lsc4rec.client.node_registry import active_node_components
 from lsc4rec.client.node_state import node_state_mod
 from lsc4rec.client.onnx_folders import onnx_dir, remove_onnx_dir
 from lsc4rec.client.onnx_runtime import OnnxRecommender
-from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
-from lsc4rec.client.private_training import train_on_shard_private
 from lsc4rec.client.shard import DeviceShard
-from lsc4rec.codebook import SemanticCodebook
 from lsc4rec.messages import (
     ARRAYS,
-    CODEBOOK_STATS,
-    CODEBOOK_VERSION,
     CONFIG,
     FUSION_ALPHA,
-    ITEM_TEXT_VERSION,
     METRICS,
     NUM_EXAMPLES,
     PHASE,
@@ -62,10 +56,8 @@ from lsc4rec.messages import (
     ROW_COUNTS,
     SERVER_ROUND,
     CandidateService,
-    statistics_record,
 )
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
-from lsc4rec.reporting import run_folder
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import EvalSet, TrainSettings, evaluate
 
@@ -84,42 +76,6 @@ def round_settings(settings: TrainSettings, decay: float, server_round: int) -> 
     return replace(settings, lr=settings.lr * decay ** (server_round - 1))
 
 
-def train_privately(
-    model: SequentialRecommender,
-    shard: DeviceShard,
-    settings: TrainSettings,
-    run: FederatedRunSettings,
-    context: Context,
-    server_round: int,
-) -> dict[str, float]:
-    """Local DP-SGD on this node's devices; the privacy ledger lives on the node's disk across restarts.
-    (The settings refuse what DP-SGD cannot run before any work: optimizer state across rounds, FedProx.)"""
-    # The node's own disk; by default inside the run's folder, found as the ServerApp finds it.
-    directory = run.privacy.ledger_dir or run_folder(context.run_config, run.output_dir, run.run_name) / (
-        "privacy-ledgers"
-    )
-    ledger = PrivacyLedger.open(
-        ledger_path(directory, shard.partition_id),
-        fresh=server_round == 1 and not run.federated.resume,
-    )
-    result = train_on_shard_private(
-        model,
-        shard.train_sequences,
-        settings,
-        run.privacy,
-        run.data.max_len,
-        run.federated.local_epochs,
-        planned_rounds=run.federated.rounds,
-        num_devices=shard.population or shard.num_devices,
-        seed=derive_seed(run.seed, server_round, shard.partition_id),
-        history=ledger.history,
-        label=f"partition {shard.partition_id}",
-    )
-    if result.released is not None:
-        ledger.record(server_round, result.released)
-    return result.metrics
-
-
 def _local_update(
     model: SequentialRecommender,
     shard: DeviceShard,
@@ -129,10 +85,8 @@ def _local_update(
     mu: float,
     settings: TrainSettings,
 ) -> dict[str, float]:
-    """The round's local epochs on the devices: DP-SGD (``privacy.mode=local``) or the standard update,
-    keeping the Adam moments in ``context.state`` across rounds with ``federated.keep_optimizer_state``."""
-    if run.privacy.mode == "local":
-        return train_privately(model, shard, settings, run, context, server_round)
+    """The round's standard local epochs on the devices, keeping the Adam moments in ``context.state`` across
+    rounds with ``federated.keep_optimizer_state`` (a component may train instead: local DP)."""
     keep = run.federated.keep_optimizer_state
     saved = context.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
 
@@ -163,32 +117,25 @@ def _count_round(context: Context, metrics: dict[str, float]) -> int:
     return rounds
 
 
-def _train_reply(
-    model: SequentialRecommender,
-    shard: DeviceShard,
-    run: FederatedRunSettings,
-    metrics: dict[str, float],
-    codebook: SemanticCodebook | None,
-    item_text_version: int | None,
+def _reply_content(
+    step: NodeStep, components: list[NodeComponent], metrics: dict[str, float], arrays: ArrayRecord | None
 ) -> RecordDict:
-    """The update and its metrics, plus what the components read of it: per-item counts (row weighting),
-    SOLID's statistics of this node's items under the codebook, the item-text version the node holds."""
-    content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()), METRICS: MetricRecord(metrics)})
-    if run.strategy.row_weighting:
-        content[ROW_COUNTS] = ArrayRecord({ITEM_TABLE_KEY: Array(shard.item_counts())})
-    if codebook is not None:
-        # Computed on the locally updated representations.
-        stats = device_statistics(codebook, item_features_of(run, model), shard)
-        content[CODEBOOK_STATS] = statistics_record(stats)
-        content[METRICS][CODEBOOK_VERSION] = codebook.version
-    if item_text_version is not None:
-        content[METRICS][ITEM_TEXT_VERSION] = item_text_version
+    """The reply: the update (a training reply) and the metrics, plus what each component adds."""
+    content = RecordDict({} if arrays is None else {ARRAYS: arrays})
+    content[METRICS] = MetricRecord(metrics)
+    if arrays is not None and step.run.strategy.row_weighting:
+        # Per-item counts of the node's data: the strategy averages each item row over the nodes with it.
+        content[ROW_COUNTS] = ArrayRecord({ITEM_TABLE_KEY: Array(step.shard.item_counts())})
+    for component in components:
+        component.reply(step, content)
     return content
 
 
 @app.train(mods=[node_state_mod, central_dp_clipping_mod, fault_drill_mod])
 def train(msg: Message, context: Context) -> Message:
-    """Train the global SRM on this node's devices and reply with the update and ``num-examples``."""
+    """Train the global SRM on this node's devices and reply with the update and ``num-examples``; the run's
+    components (:mod:`lsc4rec.client.node_registry`) prepare the model, train before the local epochs, may
+    run the local epochs themselves, and add to the reply."""
     run = node_settings(context)
     server_round = int(msg.content[CONFIG][SERVER_ROUND])
     # With time moving, the devices train on what they hold when the round starts.
@@ -196,23 +143,26 @@ def train(msg: Message, context: Context) -> Message:
     item_text = device_item_text(msg, context, shard.num_items)
     vectors = None if item_text is None or not model_reads_text(run) else item_text[0]
     model = model_from_message(msg, run, shard.num_items, vectors)
-    codebook = prepare_device_model(msg, context, run, model)
+    step = NodeStep(msg, context, run, shard, model, True, server_round, item_text)
+    components = active_node_components(run)
+    for component in components:
+        component.prepare(step)
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
     settings = round_settings(run.train, run.federated.round_lr_decay, server_round)
     start = time.perf_counter()
-    service = CandidateService.from_config(msg.content[CONFIG])
-    rerank: dict[str, float] = {}
-    if run.collab.enabled and run.collab.srm_training == "collaborative" and service is not None:
-        # LSC4Rec collaborative training: first learn to rerank the cloud's lists, then adapt as usual.
-        trust = candidate_root_certificates(context, run) if service.tls else None
-        rerank = train_on_lists_of(model, shard, run, service, trust, server_round, settings)
-    metrics = _local_update(model, shard, run, context, server_round, mu, settings)
-    metrics.update(rerank)
+    before: dict[str, float] = {}
+    for component in components:
+        before.update(component.before_update(step, settings))
+    updates = (component.local_update(step, settings, mu) for component in components)
+    metrics = next((m for m in updates if m is not None), None)
+    if metrics is None:
+        metrics = _local_update(model, shard, run, context, server_round, mu, settings)
+    metrics.update(before)
     metrics["lr"] = settings.lr
     metrics["train-seconds"] = time.perf_counter() - start
     metrics["rounds-trained"] = float(_count_round(context, metrics))
-    version = None if item_text is None else item_text[1]
-    return Message(_train_reply(model, shard, run, metrics, codebook, version), reply_to=msg)
+    reply = _reply_content(step, components, metrics, ArrayRecord(model.state_dict()))
+    return Message(reply, reply_to=msg)
 
 
 @app.evaluate(mods=[node_state_mod])
@@ -229,16 +179,19 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     item_text = device_item_text(msg, context, shard.num_items)
     vectors = None if item_text is None else item_text[0]
     model = model_from_message(msg, run, shard.num_items, vectors if model_reads_text(run) else None)
-    codebook = prepare_device_model(msg, context, run, model)
     config = msg.content[CONFIG]
     testing = str(config.get(PHASE, PHASE_ROUND)) == PHASE_TEST
+    server_round = None if testing else int(config[SERVER_ROUND])
+    step = NodeStep(msg, context, run, shard, model, False, server_round, item_text)
+    components = active_node_components(run)
+    for component in components:
+        component.prepare(step)
     service = CandidateService.from_config(config)
     with_cloud = run.collab.enabled and service is not None
     trust = candidate_root_certificates(context, run) if with_cloud and service.tls else None
     alpha = float(config[FUSION_ALPHA]) if FUSION_ALPHA in config else None
     if not testing and run.federated.replay.enabled:
         # The server validates every round on all users' validation items; the devices serve the present.
-        server_round = int(config[SERVER_ROUND])
         metrics = serve_round(
             model, shard, run, server_round, service if with_cloud else None, trust, alpha, vectors
         )
@@ -251,11 +204,7 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         if testing and run.runtime == "onnx":
             remove_onnx_dir(context)  # the run's last use of its graphs
     metrics[NUM_EXAMPLES] = float(shard.num_devices)
-    if codebook is not None:
-        metrics[CODEBOOK_VERSION] = codebook.version
-    if item_text is not None:
-        metrics[ITEM_TEXT_VERSION] = item_text[1]
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(_reply_content(step, components, metrics, None), reply_to=msg)
 
 
 def _rank_held_out_items(

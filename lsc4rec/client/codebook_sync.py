@@ -10,16 +10,26 @@ aggregated sums, never a device's sequence.
 from __future__ import annotations
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 
+from lsc4rec.client.node_component import NodeComponent, NodeStep
 from lsc4rec.client.shard import DeviceShard, cached_raw, cached_split
 from lsc4rec.codebook import CodebookStatistics
-from lsc4rec.messages import CODEBOOK, CODEBOOK_VERSION, CONFIG, codebook_from_record
+from lsc4rec.messages import (
+    CODEBOOK,
+    CODEBOOK_STATS,
+    CODEBOOK_VERSION,
+    CONFIG,
+    METRICS,
+    codebook_from_record,
+    statistics_record,
+)
 from lsc4rec.models.solid import SemanticCodebook, SolidRecommender
 from lsc4rec.models.solid.pipeline import item_representations, semantic_ids
 from lsc4rec.settings import FederatedRunSettings
 
 __all__ = [
+    "CodebookOnNode",
     "device_codebook",
     "device_statistics",
     "install_semantic_ids",
@@ -82,3 +92,26 @@ def prepare_device_model(
         return None
     install_semantic_ids(model, codebook, item_features_of(run, model))
     return codebook
+
+
+class CodebookOnNode(NodeComponent):
+    """SOLID's global codebook on a node: kept current and installed in the model before it trains or
+    evaluates; after training, the per-code statistics of the node's items go back with the update, and
+    every reply says which version the node holds."""
+
+    name = "codebook"
+
+    def prepare(self, step: NodeStep) -> None:
+        """Update the node's codebook copy from the message and label the SOLID model's items with it."""
+        step.codebook = prepare_device_model(step.msg, step.context, step.run, step.model)
+
+    def reply(self, step: NodeStep, content: RecordDict) -> None:
+        """The statistics of a training reply (computed on the locally updated representations) and the
+        version the node holds."""
+        if step.codebook is None:
+            return
+        if step.training:
+            features = item_features_of(step.run, step.model)  # type: ignore[arg-type]  # SOLID: prepared
+            stats = device_statistics(step.codebook, features, step.shard)
+            content[CODEBOOK_STATS] = statistics_record(stats)
+        content[METRICS][CODEBOOK_VERSION] = step.codebook.version

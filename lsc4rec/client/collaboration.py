@@ -17,14 +17,16 @@ from lsc4rec.client.collab.request_model import LearnedRequestModel
 from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices, serve_devices_in_modes
 from lsc4rec.client.collab.streaming import serve_arrivals
 from lsc4rec.client.local_training import derive_seed
+from lsc4rec.client.node_component import NodeComponent, NodeStep
 from lsc4rec.client.shard import DeviceShard
-from lsc4rec.messages import CandidateService
+from lsc4rec.messages import CONFIG, CandidateService
 from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import TrainSettings
 
 __all__ = [
+    "CollaborationOnNode",
     "candidate_root_certificates",
     "collaborate",
     "collaborate_at_test",
@@ -338,3 +340,25 @@ def train_on_lists_of(
     list_bytes = sum(per_item * t.size for t in tables)
     metrics["rerank-list-bytes-per-device"] = list_bytes / max(shard.num_devices, 1)
     return metrics
+
+
+class CollaborationOnNode(NodeComponent):
+    """The cloud collaboration's training on a node (LSC4Rec): with ``collab.srm_training=collaborative``,
+    the devices first learn to rerank the cloud's lists, then adapt as usual. (Their serving side, fusing and
+    requesting, runs in the evaluation handler: :func:`serve_round`, :func:`collaborate`.)"""
+
+    name = "collaboration"
+
+    def active(self, run: FederatedRunSettings) -> bool:
+        """With the cloud on (``collab.enabled``)."""
+        return run.collab.enabled
+
+    def before_update(self, step: NodeStep, settings: TrainSettings) -> dict[str, float]:
+        """The pass over the cloud's lists, when the server announced its candidate service."""
+        run = step.run
+        service = CandidateService.from_config(step.msg.content[CONFIG])
+        if run.collab.srm_training != "collaborative" or service is None:
+            return {}
+        trust = candidate_root_certificates(step.context, run) if service.tls else None
+        server_round = int(step.server_round or 1)
+        return train_on_lists_of(step.model, step.shard, run, service, trust, server_round, settings)
