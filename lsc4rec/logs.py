@@ -29,6 +29,12 @@ THIRD_PARTY_LOGGERS = (
     "PIL",
     "huggingface_hub",
     "transformers",
+    # The run trackers (lsc4rec.tracking): TensorBoard's writer, MLflow's client and its database migrations,
+    # W&B.
+    "tensorboard",
+    "mlflow",
+    "alembic",
+    "wandb",
 )
 
 ENV_LEVEL = "LSC4REC_THIRD_PARTY_LOG_LEVEL"

@@ -37,11 +37,13 @@ from lsc4rec.config import compose_config, overrides_from_run_config
 from lsc4rec.data.replay import Replay
 from lsc4rec.models.llm.llm_settings import LLMSettings, llm_settings_class, unset_keys
 from lsc4rec.models.mergenet.mergenet_config import MergeNetSettings
-from lsc4rec.models.solid.dual_model import ENCODER_BASES
+from lsc4rec.models.solid.dual_model import check_base, custom_trunk_config, is_custom_base
 from lsc4rec.models.solid.solid_config import SolidConfig, SolidSettings
-from lsc4rec.models.srm import SRMConfig
+from lsc4rec.models.srm import CustomSRMConfig, SRMConfig
+from lsc4rec.models.srm.custom import check_constructor_params, load_srm_class
 from lsc4rec.privacy import PrivacySettings
 from lsc4rec.text.text_settings import TextSettings
+from lsc4rec.tracking import TrackingSettings
 from lsc4rec.training import MODEL_CONFIGS, EvalSettings, TrainSettings
 
 __all__ = [
@@ -378,7 +380,8 @@ class RequestSettings:
 # ------------------------------------------------------------------------------ the entry points' runs
 @dataclass(frozen=True)
 class RunSettings:
-    """What every entry point reads besides its groups: seed, threads and where the run writes."""
+    """What every entry point reads besides its groups: seed, threads, where the run writes and what it
+    logs to (``tracking``)."""
 
     seed: int
     threads: int | None
@@ -386,6 +389,8 @@ class RunSettings:
     experiment: str
     run_name: str
     data: DataSettings
+    #: Where the run logs its config and metrics as it goes (TensorBoard, MLflow, W&B: lsc4rec.tracking).
+    tracking: TrackingSettings
     #: The resolved config as plain data, for ``metrics.json``.
     record: dict = field(compare=False, repr=False)
 
@@ -694,7 +699,11 @@ def model_config(section: Mapping[str, Any], prefix: str = "model", label: str |
     Raises :class:`SettingsError` naming ``model.<key>``, the model and its accepted keys for a key the model
     does not take, and naming the key and the value for a value of the wrong type or out of range.
     ``prefix`` and ``label`` name the section in errors (SOLID's base: ``model.base_params``).
+    ``model=custom`` (a user's class by its dotted path) is checked up front too: :func:`_custom_params`.
     """
+    if isinstance(section, DictConfig):
+        # Plain values (a user's constructor gets Python containers); an unset key (???) reads as its text.
+        section = OmegaConf.to_container(section, resolve=True)  # type: ignore[assignment]
     values = {str(k): v for k, v in section.items()}
     name = values.pop("name", None)
     if name not in MODEL_CONFIGS:
@@ -710,17 +719,56 @@ def model_config(section: Mapping[str, Any], prefix: str = "model", label: str |
     extra: dict[str, Any] = {}
     if cls is SolidConfig:
         extra["base_params"] = _solid_base_config(values, prefix)
+    if cls is CustomSRMConfig:
+        extra["params"] = _custom_params(values, prefix)
     return typed_section(values, cls, prefix, extra=extra)
+
+
+def _custom_params(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``model.params`` of a user's class (``model=custom``), checked against its constructor: the class
+    ``model.target`` names imports and is a :class:`SequentialRecommender`, every key is an argument of its
+    constructor and every value has the type its annotation names (where it names one the settings know)."""
+    target = values.get("target")
+    try:
+        cls = load_srm_class(target, f"{prefix}.target")
+    except ValueError as error:
+        raise SettingsError(str(error)) from error
+    params = values.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise SettingsError(f"{prefix}.params must be a group of keys, got {params!r}")
+    params = {str(k): v for k, v in params.items()}
+    try:
+        check_constructor_params(cls, params, f"{prefix}.params", f"{prefix}.target={target}")
+    except ValueError as error:
+        raise SettingsError(str(error)) from error
+    return _typed_arguments(cls, params, f"{prefix}.params")
+
+
+def _typed_arguments(cls: type, params: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``params`` for ``cls``'s constructor, each value converted to its annotation where the settings know
+    the type (int, float, bool, str, tuples, unions of them); other values are passed as they are."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    except Exception:  # annotations that do not resolve at run time (names a type checker alone sees)
+        hints = {}
+    typed = {}
+    for key, value in params.items():
+        try:
+            typed[key] = _convert(value, hints.get(key, Any), f"{prefix}.{key}")
+        except TypeError:
+            # A type the settings do not convert (list[int], a user's class): the constructor checks it.
+            typed[key] = value
+    return typed
 
 
 def _solid_base_config(values: dict[str, Any], prefix: str) -> SRMConfig:
     """The config of SOLID's trunks: ``model.base``'s config from ``model.base_params`` (popped from
     ``values``), with SOLID's width and dropout unless ``base_params`` sets them."""
     base = values.get("base", SolidConfig.base)
-    if base not in ENCODER_BASES:
-        raise SettingsError(
-            f"{prefix}.base must be one of {list(ENCODER_BASES)} (a sequence encoder), got {base!r}"
-        )
+    try:
+        check_base(base, f"{prefix}.base")
+    except ValueError as error:
+        raise SettingsError(str(error)) from error
     hints = {"hidden_size": int, "dropout": float}
     common = {k: _convert(values[k], hint, f"{prefix}.{k}") for k, hint in hints.items() if k in values}
     params = values.pop("base_params", None) or {}
@@ -728,6 +776,16 @@ def _solid_base_config(values: dict[str, Any], prefix: str) -> SRMConfig:
         raise SettingsError(f"{prefix}.base_params must be a group of keys, got {params!r}")
     if "item_text" in params:
         raise SettingsError(f"{prefix}.base_params.item_text: set {prefix}.item_text (SOLID's text part)")
+    if is_custom_base(base):
+        # A user's class (its dotted path): its own keys, with SOLID's width and dropout where it takes them.
+        hidden = common.get("hidden_size", SolidConfig.hidden_size)
+        dropout = common.get("dropout", SolidConfig.dropout)
+        try:
+            config = custom_trunk_config(base, hidden, dropout, params, f"{prefix}.base_params")
+        except ValueError as error:
+            raise SettingsError(str(error)) from error
+        typed = _typed_arguments(config.model_class, config.params, f"{prefix}.base_params")
+        return dataclasses.replace(config, params=typed)
     return model_config(
         {"name": base, **common, **params}, f"{prefix}.base_params", label=f"{prefix}.base={base}"
     )

@@ -27,7 +27,13 @@ from lsc4rec.metrics import (
     target_ranks,
 )
 from lsc4rec.models.solid.solid_config import SolidConfig
-from lsc4rec.models.srm import SRM_CONFIGS, SequentialRecommender, SRMConfig, compute_loss
+from lsc4rec.models.srm import (
+    SRM_CONFIGS,
+    CustomSRMConfig,
+    SequentialRecommender,
+    SRMConfig,
+    compute_loss,
+)
 from lsc4rec.text.item_vectors import item_text_vectors_from_config
 from lsc4rec.torch_device import model_device, resolve_device
 
@@ -553,8 +559,13 @@ def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-#: The config class of every model a run can name (``model.name``): the SRMs and SOLID.
-MODEL_CONFIGS: dict[str, type[SRMConfig]] = {**SRM_CONFIGS, SolidConfig.name: SolidConfig}
+#: The config class of every model a run can name (``model.name``): the SRMs, a user's own SRM by its dotted
+#: path (``custom``) and SOLID.
+MODEL_CONFIGS: dict[str, type[SRMConfig]] = {
+    **SRM_CONFIGS,
+    CustomSRMConfig.name: CustomSRMConfig,
+    SolidConfig.name: SolidConfig,
+}
 
 
 def build_model_from_config(

@@ -220,20 +220,6 @@ def task_identity() -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def isolated_run_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Runs whose run config names no ``output-dir`` (a node's saved state in an in-process run) write under a
-    per-session folder, never into the repository's ``outputs/``."""
-    folder = tmp_path_factory.mktemp("lsc4rec-outputs")
-    previous = os.environ.get("LSC4REC_OUTPUT_DIR")
-    os.environ["LSC4REC_OUTPUT_DIR"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("LSC4REC_OUTPUT_DIR", None)
-    else:
-        os.environ["LSC4REC_OUTPUT_DIR"] = previous
-
-
-@pytest.fixture(autouse=True, scope="session")
 def isolated_text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Text vectors are cached in a per-session folder, never in the user's ~/.cache."""
     folder = tmp_path_factory.mktemp("lsc4rec-cache")

@@ -90,7 +90,9 @@ def test_message_keys_are_spelled_in_one_module() -> None:
     assert not offenders, "message keys spelled outside lsc4rec/messages.py:\n" + "\n".join(offenders)
 
 
-GROUPS = "data|train|eval|model|federated|strategy|llm|text|collab|request|solid|mergenet|privacy|sweep"
+GROUPS = (
+    "data|train|eval|model|federated|strategy|llm|text|collab|request|solid|mergenet|privacy|sweep|tracking"
+)
 #: A dotted config key inside a message, e.g. ``federated.rounds``; not part of a path or a longer name.
 KEY_PATTERN = re.compile(rf"(?<![\w./-])(?:{GROUPS})\.[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*")
 #: Dotted names in messages that are values, not keys: file names and MergeNet parameter slices.
@@ -189,6 +191,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
             "lsc4rec.metrics",
             "lsc4rec.config",
             "lsc4rec.reporting",
+            "lsc4rec.tracking",
             "lsc4rec.codebook",
             "lsc4rec.pretrained_weights",
             "lsc4rec.argument_types",

@@ -154,7 +154,7 @@ def test_federated_solid_syncs_a_text_built_codebook_and_learns(tmp_path: Path) 
             "federated.local_epochs=2",
         ],
     )
-    run_config = {"overrides": overrides}
+    run_config = {"overrides": overrides, "output-dir": str(tmp_path)}
     summary = run_federated(
         InProcessGrid(3, run_config), federated_settings_from_run_config(run_config), tmp_path / "run"
     )

@@ -77,7 +77,10 @@ def loop_parts(tmp_path: Path):
     """A factory of fresh loop inputs (grid, strategy, initial model, validation set, plan): 2 rounds on 2
     in-process nodes, the server evaluating every 2nd round."""
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=60, num_items=60)
-    run_config = {"overrides": pattern_overrides(data, "federated.rounds=2", "federated.server_eval_every=2")}
+    run_config = {
+        "overrides": pattern_overrides(data, "federated.rounds=2", "federated.server_eval_every=2"),
+        "output-dir": str(tmp_path),
+    }
     run = federated_settings_from_run_config(run_config)
     split = leave_one_out(load_dataset("pattern", data))
 

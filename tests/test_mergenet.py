@@ -388,7 +388,7 @@ def test_server_transfers_llm_knowledge_into_the_global_srm_each_round(tmp_path:
             "mergenet.attention_dim=16",
         ]
     )
-    run_config = {"overrides": overrides}
+    run_config = {"overrides": overrides, "output-dir": str(tmp_path)}
     summary = run_federated(
         InProcessGrid(2, run_config), federated_settings_from_run_config(run_config), tmp_path / "run"
     )

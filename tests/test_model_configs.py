@@ -23,11 +23,14 @@ from lsc4rec.text.text_settings import TextSettings
 from lsc4rec.training import MODEL_CONFIGS, build_model_from_config
 
 PRESETS = sorted(path.stem for path in (config_dir() / "model").glob("*.yaml"))
+#: Keys a preset needs before it builds: model=custom names a class by its dotted path (a built-in one here;
+#: a user's own: tests/test_custom_model.py).
+PRESET_KEYS = {"custom": ["model.target=lsc4rec.models.srm.gru4rec.GRU4Rec"]}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_model_preset_composes_to_its_config_and_builds(preset: str) -> None:
-    cfg = compose_config([f"model={preset}"])
+    cfg = compose_config([f"model={preset}", *PRESET_KEYS.get(preset, [])])
     config = model_config(cfg.model)
     assert type(config) is MODEL_CONFIGS[str(cfg.model.name)]
     assert config.name == cfg.model.name
@@ -38,7 +41,8 @@ def test_every_model_preset_composes_to_its_config_and_builds(preset: str) -> No
             assert got == (tuple(value) if isinstance(got, tuple) else value), key
     model = build_model_from_config(config, 50, 20)
     assert isinstance(model, SequentialRecommender) and model.num_items == 50
-    expected = SolidRecommender if preset.startswith("solid") else SRM_CLASSES[str(cfg.model.name)]
+    classes = {**SRM_CLASSES, "custom": SRM_CLASSES["gru4rec"]}
+    expected = SolidRecommender if preset.startswith("solid") else classes[str(cfg.model.name)]
     assert isinstance(model, expected)
 
 

@@ -117,7 +117,7 @@ def test_devices_evaluate_through_onnx_runtime_with_the_same_metrics(tmp_path: P
     base += " model.hidden_size=16 federated.rounds=2"
     client = {}
     for runtime in ("torch", "onnx"):
-        run_config = {"overrides": f"{base} runtime={runtime}"}
+        run_config = {"overrides": f"{base} runtime={runtime}", "output-dir": str(tmp_path)}
         run_federated(
             InProcessGrid(2, run_config), federated_settings_from_run_config(run_config), tmp_path / runtime
         )

@@ -114,16 +114,24 @@ def export_srm(
         shapes = {"history": {0: batch, 1: length}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph,
-            args,
-            input_names=names,
-            output_names=["scores"],
-            dynamic_shapes=shapes,
-            dynamo=True,
-            optimize=optimize,
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                graph,
+                args,
+                input_names=names,
+                output_names=["scores"],
+                dynamic_shapes=shapes,
+                dynamo=True,
+                optimize=optimize,
+                verbose=False,
+            )
+        except Exception as error:  # the exporter raises many types; a user's model may hit any of them
+            model.train(was_training)
+            reason = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise OnnxModelError(
+                f"{type(model).__name__} cannot be exported to ONNX ({reason[:300]}); an SRM must be "
+                "traceable by torch.export (docs/custom_model.md); runtime=torch serves it through PyTorch"
+            ) from error
     metadata = {
         "model": type(model).__name__,
         "num_items": int(model.num_items),

@@ -4,7 +4,9 @@
 components (:mod:`lsc4rec.server.components.registry`: checkpoints always; the cloud LLM with
 ``collab.enabled``; SOLID's codebook for ``model=solid``; MergeNet with ``mergenet.every_rounds``; privacy
 accounting with ``privacy.mode``), runs :func:`lsc4rec.server.loop.run_rounds`, and evaluates the best
-round (server validation NDCG@10) and the last round on the test items.
+round (server validation NDCG@10) and the last round on the test items. The run's
+:class:`~lsc4rec.tracking.RunTracker` logs the warm start's epochs, every round and the final table as they
+happen (TensorBoard files in ``<out>/tensorboard``; docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies.loop_strategy import LoopStrategy
+from lsc4rec.tracking import RunTracker
 from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
@@ -60,10 +63,23 @@ def round_plan(run: FederatedRunSettings) -> RoundPlan:
 
 
 def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str, Any]:
-    """Run (or resume) the federated training of ``run``; write outputs to ``out``; return a summary."""
+    """Run (or resume) the federated training of ``run``; write outputs to ``out``; return a summary.
+
+    The run is tracked (``tracking.*``): the warm start's epochs, each round and the final table.
+    """
+    check_components(run)
+    # Opens nothing until the first epoch or round: a run that fails before has no tracker files.
+    with RunTracker(out, run.tracking, run.record) as tracker:
+        summary = _tracked_run(grid, run, out, tracker)
+        tracker.finish(summary)
+    return summary
+
+
+def _tracked_run(grid: Grid, run: FederatedRunSettings, out: Path, tracker: RunTracker) -> dict[str, Any]:
+    """:func:`run_federated` with the run's ``tracker``, which logs epochs and rounds (the caller finishes
+    it)."""
     wall_start = time.perf_counter()
     clock = PhaseClock()
-    check_components(run)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
     if run.privacy.seeded_noise:
@@ -88,7 +104,7 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
             else None
         )
     with clock.phase("warm start"):
-        warm = _warm_start(model, run, split, solid) if not resume else None
+        warm = _warm_start(model, run, split, solid, tracker) if not resume else None
     valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
     if warm is not None and run.collab.enabled:
         with clock.phase("server evaluation"):
@@ -102,7 +118,7 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
             ]
     strategy = build_strategy(run, population=_federation_size(run, split))
     strategy.summary()
-    context = BuildContext(run, split, model, strategy, out, catalogue, solid)
+    context = BuildContext(run, split, model, strategy, out, catalogue, solid, tracker)
     with clock.phase("components (cloud LLM, codebook, ...)"):
         extensions = build_extensions(context)
     try:
@@ -110,6 +126,9 @@ def run_federated(grid: Grid, run: FederatedRunSettings, out: Path) -> dict[str,
         with clock.phase("server evaluation"):
             initial = _initial_valid(model, valid_set, run, extensions) if not resume else None
         warm, initial = _start_report(out / START_REPORT, warm, initial, resume)
+        if initial is not None:
+            # Round 0 on the same curve as the rounds: what round 1 starts from.
+            tracker.log_scalars("round", 0, {"server_valid": initial})
         with clock.phase("rounds"):
             state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
         with clock.phase("devices' test"):
@@ -143,14 +162,16 @@ def _warm_start(
     run: FederatedRunSettings,
     split: LeaveOneOutSplit,
     solid: SolidOnServer | None,
+    tracker: RunTracker,
 ) -> dict[str, Any] | None:
-    """The warm start on the cloud's stale copy when ``federated.warm_start_epochs > 0`` (its report)."""
+    """The warm start on the cloud's stale copy when ``federated.warm_start_epochs > 0`` (its report); its
+    epochs are tracked under ``warm_start/``."""
     if run.federated.warm_start_epochs <= 0:
         return None
     if solid is not None:
         # SOLID trains with its items' semantic ids: version 0 of the codebook labels them first.
         solid.label(model)
-    return warm_start_on_cloud(model, run, split)
+    return warm_start_on_cloud(model, run, split, on_epoch=tracker.epoch_logger("warm_start"))
 
 
 #: What round 1 started from (the warm start's report, the server's validation of that model), kept beside

@@ -10,6 +10,7 @@ each user), never the devices' validation or test items.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,15 @@ logger = logging.getLogger(__name__)
 
 
 def warm_start_on_cloud(
-    model: SequentialRecommender, run: FederatedRunSettings, split: LeaveOneOutSplit
+    model: SequentialRecommender,
+    run: FederatedRunSettings,
+    split: LeaveOneOutSplit,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place for up to ``federated.warm_start_epochs`` on the cloud's stale sequences.
 
-    Returns what happened: epochs run, best epoch, the cloud-validation NDCG@10 and seconds.
+    Returns what happened: epochs run, best epoch, the cloud-validation NDCG@10 and seconds. ``on_epoch``:
+    called with each epoch's record (the run's tracker).
     """
     epochs = run.federated.warm_start_epochs
     view = cloud_view_for(split, run.collab, run.seed, run.federated.replay)
@@ -57,7 +62,7 @@ def warm_start_on_cloud(
         epochs,
         len(view.train),
     )
-    result = fit(model, batches, valid, settings, seed=run.seed)
+    result = fit(model, batches, valid, settings, seed=run.seed, on_epoch=on_epoch)
     report = {
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,

@@ -5,7 +5,8 @@
 
 Writes ``outputs/<run>/metrics.json`` (config, dataset report, per-epoch metrics, final test metrics under the
 full-ranking and sampled protocols, wall time, peak memory), ``learning_curve.png`` and ``model.pt``, and
-prints ``RESULT {json}`` with the final test metrics as its last line.
+prints ``RESULT {json}`` with the final test metrics as its last line. The run is tracked (``tracking.*``,
+docs/tracking.md): every epoch as it ends, the refit's epochs and the final table.
 
 ``train.refit=true`` adds a second model: trained from scratch with the same seed for the selected number
 of epochs (replaying the learning rates) on the training *and* validation interactions, i.e. everything
@@ -39,6 +40,7 @@ from lsc4rec.settings import (
     typed_run,
 )
 from lsc4rec.simulations.launch.runs import begin_run
+from lsc4rec.tracking import RunTracker
 from lsc4rec.training import (
     EvalSet,
     FitResult,
@@ -143,14 +145,17 @@ def _fit_with_checkpoints(
     valid_set: EvalSet,
     run: CentralizedSettings,
     out: Path,
+    tracker: RunTracker,
 ) -> FitResult:
-    """:func:`fit` with the run's settings, rewriting ``metrics.json`` after every epoch."""
+    """:func:`fit` with the run's settings, rewriting ``metrics.json`` and logging to ``tracker`` after
+    every epoch."""
 
     def checkpoint_progress(record: dict) -> None:
         # Rewrite metrics.json every epoch so a killed run still leaves its learning curve behind.
         history_so_far.append(record)
         progress = {"config": run.record, "status": "running", "epochs": history_so_far}
         write_json(out / "metrics.json", progress)
+        tracker.log_epoch(record)
 
     history_so_far: list[dict] = []
     return fit(
@@ -170,7 +175,17 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     and return the final summary."""
     wall_start = time.perf_counter()
     run = typed_run(cfg, CentralizedSettings, CENTRALIZED_IGNORES)
-    plain_cfg, out = run.record, begin_run(run, output_dir)
+    out = begin_run(run, output_dir)
+    # Opens nothing until the first epoch: a run that fails before leaves no tracker files.
+    with RunTracker(out, run.tracking, run.record) as tracker:
+        summary = _tracked_run(run, out, tracker, wall_start)
+        tracker.finish(summary)
+    return summary
+
+
+def _tracked_run(run: CentralizedSettings, out: Path, tracker: RunTracker, wall_start: float) -> dict:
+    """:func:`run_centralized` with the run's ``tracker``, which logs the epochs (the caller finishes it)."""
+    plain_cfg = run.record
     torch.manual_seed(run.seed)
 
     raw, split = _load_split(run)
@@ -186,7 +201,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     full_ranking = run.eval.full_ranking
     valid_set, test_set = build_eval_sets(split, run.eval, max_len)
     ks = run.eval.ks
-    result = _fit_with_checkpoints(model, train_batches, valid_set, run, out)
+    result = _fit_with_checkpoints(model, train_batches, valid_set, run, out, tracker)
     model.to(settings.resolve_device())
     test = evaluate(model, test_set, ks, full_ranking=full_ranking)
     torch.save(result.best_state, out / "model.pt")
@@ -208,6 +223,7 @@ def run_centralized(cfg: DictConfig, output_dir: Path | None = None) -> dict:
     if settings.refit:
         refit = refit_with_validation(run, raw, split, settings, result, test_set, out)
         refit_history = refit.pop("history")
+        tracker.log_history("refit", refit_history, "epoch")
         summary["refit"] = refit
         summary["seconds_to_refit"] = round(result.seconds_to_best + refit["train_seconds"], 1)
     payload = {

@@ -25,7 +25,8 @@ The device's data and the measurement are :mod:`lsc4rec.simulations.transfer_stu
 all of them, stale); the newest ``new_item_share`` of the catalogue is held out of device training; test
 NDCG@10 (full ranking) is reported overall and on rare targets, cold users and new items, at each variant's
 best epoch and at the SRM's epochs and wall-clock. Writes ``metrics.json`` and ``mergenet.png`` under
-``outputs/<run>/`` and prints ``RESULT {json}``.
+``outputs/<run>/`` and prints ``RESULT {json}``; its final table also goes to the run's trackers
+(``tracking.*``, docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from lsc4rec.simulations.transfer_study import (
 )
 from lsc4rec.text import item_text_vectors_from_config
 from lsc4rec.text.compact import CompactItemVectors
+from lsc4rec.tracking import RunTracker
 from lsc4rec.training import build_model_from_config
 
 logger = logging.getLogger(__name__)
@@ -366,6 +368,8 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     wall_start = time.perf_counter()
     run = typed_run(cfg, MergeNetStudySettings, MERGENET_STUDY_IGNORES)
     plain, out = run.record, begin_run(run, output_dir)
+    # Checks tracking.* now; logs the study's final table when it ends (its variants' results).
+    tracker = RunTracker(out, run.tracking, plain)
     directions, variants = _checked_choices(run)
     everyone = leave_one_out(
         load_dataset(run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore)
@@ -408,6 +412,7 @@ def run_mergenet(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, A
     }
     write_json(out / "metrics.json", payload)
     _plot(result, out / "mergenet.png", f"LLM knowledge -> device SRM, {run.data.name}")
+    tracker.finish(result)
     result["output_dir"] = str(out)
     return result
 

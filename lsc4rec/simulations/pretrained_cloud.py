@@ -50,6 +50,7 @@ from lsc4rec.models.llm.recommender import CloudLLM
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, refuse_unread_keys, typed_run
 from lsc4rec.simulations.request_curve import compact_summary, run_request_curve
+from lsc4rec.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +312,8 @@ def run_pretrained_cloud(cfg: DictConfig, out: Path) -> dict:
     """The request curve of ``cfg`` (typed here, once) around the lists of ``llm.lists_path``; outputs under
     ``out``."""
     run = typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
+    # Checks tracking.* now; opens nothing until the request curve logs its first epoch.
+    tracker = RunTracker(out, run.tracking, run.record)
     lists_path = run.llm.lists_path
     if not lists_path:
         raise ValueError("llm.lists_path is required: the folder of lists.json + lists_*.npz")
@@ -335,17 +338,19 @@ def run_pretrained_cloud(cfg: DictConfig, out: Path) -> dict:
     log = Path(str(lists_path)) / gpu.LOG
     if log.is_file():
         shutil.copy(log, out / "cloud_log.json")
-    summary = run_request_curve(run, out, cast(CloudLLM, cloud))
-    fewest = fewest_unseen(cloud, run)
-    summary["cloud_lists"] = {
-        "path": str(lists_path),
-        **{k: v for k, v in cloud.info.items() if k != "chunks"},
-        "fewest_unseen_in_a_test_list": fewest,
-        "alone_at_10_exact": fewest >= 10,
-    }
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["final"]["cloud_lists"] = summary["cloud_lists"]
-    write_json(out / "metrics.json", metrics)
+    with tracker:
+        summary = run_request_curve(run, out, cast(CloudLLM, cloud), tracker)
+        fewest = fewest_unseen(cloud, run)
+        summary["cloud_lists"] = {
+            "path": str(lists_path),
+            **{k: v for k, v in cloud.info.items() if k != "chunks"},
+            "fewest_unseen_in_a_test_list": fewest,
+            "alone_at_10_exact": fewest >= 10,
+        }
+        metrics = json.loads((out / "metrics.json").read_text())
+        metrics["final"]["cloud_lists"] = summary["cloud_lists"]
+        write_json(out / "metrics.json", metrics)
+        tracker.finish(summary)
     return summary
 
 

@@ -11,7 +11,9 @@ metric is the **last** round's full-ranking test NDCG@10: picking the best round
 items would itself spend privacy. Also random-recommender NDCG@10 as the floor. With
 ``federated.warm_start_epochs`` the global SRM is first trained once on the cloud's stale data (what the cloud
 already holds, see :mod:`lsc4rec.server.warm_start`) and every setting starts from those weights. Writes
-``metrics.json`` and ``privacy_sweep.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
+``metrics.json`` and ``privacy_sweep.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``. Each
+setting's federated run is tracked in its own folder (``tracking.*``, docs/tracking.md), the sweep's table in
+the sweep's.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from lsc4rec.settings import FederatedRunSettings, federated_settings_from_overr
 from lsc4rec.simulations.federated import launch
 from lsc4rec.simulations.launch.inprocess import InProcessGrid
 from lsc4rec.simulations.launch.runs import begin_run
+from lsc4rec.tracking import RunTracker
 from lsc4rec.training import build_eval_sets, build_model_from_config, evaluate, metrics_by_slice
 
 logger = logging.getLogger(__name__)
@@ -310,6 +313,9 @@ def main(cfg: DictConfig) -> None:
     base = federated_settings_from_overrides(base_overrides)
     out = begin_run(base, Path(HydraConfig.get().runtime.output_dir))
     plain = to_plain_dict(cfg)
+    # Checks tracking.* now; the sweep's own table is logged at its end (each setting's federated run is
+    # tracked in its own folder as it goes).
+    tracker = RunTracker(out, base.tracking, plain)
     split = leave_one_out(
         load_dataset(
             base.data.name, base.data.path, base.data.format, base.data.text_path, kcore=base.data.kcore
@@ -359,6 +365,7 @@ def main(cfg: DictConfig) -> None:
             "peak_memory_mb": round(peak_memory_mb(), 1),
         },
     )
+    tracker.finish(result)
     emit_result(result)
 
 

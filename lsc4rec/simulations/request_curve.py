@@ -14,7 +14,9 @@
 
 The ranked list is the LLM's candidate list reordered; a target outside the list is a miss (the paper's
 protocol). Items the device has already consumed are dropped from the list (``eval.exclude_history``).
-Writes ``metrics.json`` + ``request_curve.png`` under the run folder and prints ``RESULT {json}``.
+Writes ``metrics.json`` + ``request_curve.png`` under the run folder and prints ``RESULT {json}``. The run is
+tracked (``tracking.*``, docs/tracking.md): the LLM's and the SRM's epochs as they end; the fusion weights'
+validation curves, the request-ratio curve and the final table at the end.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, refuse_unread_keys, typed_run
 from lsc4rec.torch_device import resolve_device
+from lsc4rec.tracking import RunTracker
 from lsc4rec.training import (
     build_eval_sets,
     build_model_from_config,
@@ -425,12 +428,13 @@ def train_models(
     out: Path,
     cloud: CloudLLM | None = None,
     item_vectors: Tensor | None = None,
+    tracker: RunTracker | None = None,
 ) -> tuple[CloudLLM, SequentialRecommender, dict]:
     """The cloud LLM (stale data) and the device SRM (real-time data), trained or loaded as configured.
 
     ``cloud`` replaces the configured LLM, neither built nor trained here (lists computed elsewhere:
     :mod:`lsc4rec.simulations.pretrained_cloud`). ``item_vectors``: the items' text vectors, for an SRM with
-    a text part (``model.item_text``)."""
+    a text part (``model.item_text``). ``tracker``: logs each training epoch (``llm/``, ``srm/``)."""
     report: dict = {}
     view = cloud_view_for(split, run.collab, run.seed)
     llm = cloud
@@ -438,7 +442,13 @@ def train_models(
         llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
     if not run.llm.path and cloud is None:
         result = fit_llm(
-            llm, view.train, view.valid_histories, view.valid_targets, run.llm.train, seed=run.seed
+            llm,
+            view.train,
+            view.valid_histories,
+            view.valid_targets,
+            run.llm.train,
+            seed=run.seed,
+            on_epoch=tracker.epoch_logger("llm") if tracker is not None else None,
         )
         llm.save_pretrained(out / "llm")
         report["llm_training"] = {
@@ -482,7 +492,8 @@ def train_models(
             )
         valid_set, _ = build_eval_sets(split, run.eval, max_len)
         batches = TrainBatches(split.train_sequences(), max_len, settings.batch_size, seed=run.seed)
-        fitted = fit(srm, batches, valid_set, settings, seed=run.seed)
+        on_epoch = tracker.epoch_logger("srm") if tracker is not None else None
+        fitted = fit(srm, batches, valid_set, settings, seed=run.seed, on_epoch=on_epoch)
         torch.save(fitted.best_state, out / "srm.pt")
         report["srm_training"] = {
             "mode": run.collab.srm_training,
@@ -628,16 +639,33 @@ def _gain_recovered_at_target(
 
 
 def run_request_curve(
-    cfg: DictConfig | RequestCurveSettings, out: Path, cloud: CloudLLM | None = None
+    cfg: DictConfig | RequestCurveSettings,
+    out: Path,
+    cloud: CloudLLM | None = None,
+    tracker: RunTracker | None = None,
 ) -> dict:
     """Run the experiment the composed config ``cfg`` describes (typed here, once, unless the caller typed
     it already); write outputs under ``out`` and return the final summary. ``cloud``: the cloud LLM to use
-    instead of the configured one."""
+    instead of the configured one. ``tracker``: the caller's, which the caller finishes; without one the run
+    opens and finishes its own (``tracking.*``)."""
     run = (
         cfg
         if isinstance(cfg, RequestCurveSettings)
         else typed_run(cfg, RequestCurveSettings, REQUEST_CURVE_IGNORES)
     )
+    if tracker is not None:
+        return _tracked_request_curve(run, out, cloud, tracker)
+    # Opens nothing until the first epoch: a run that fails before leaves no tracker files.
+    with RunTracker(out, run.tracking, run.record) as own:
+        summary = _tracked_request_curve(run, out, cloud, own)
+        own.finish(summary)
+    return summary
+
+
+def _tracked_request_curve(
+    run: RequestCurveSettings, out: Path, cloud: CloudLLM | None, tracker: RunTracker
+) -> dict:
+    """:func:`run_request_curve` logging to ``tracker`` (the caller finishes it)."""
     wall_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
@@ -648,7 +676,7 @@ def run_request_curve(
     )
     logger.info("dataset %s: %s", run.data.name, split.report)
     vectors = run_item_vectors(run.model, split, run.text, run.data.name, run.collab.content_weight)
-    llm, srm, report = train_models(run, split, out, cloud, vectors)
+    llm, srm, report = train_models(run, split, out, cloud, vectors, tracker)
     unit_text = unit_vectors(vectors) if vectors is not None else None
     view = cloud_view_for(split, run.collab, run.seed)
 
@@ -706,7 +734,29 @@ def run_request_curve(
     }
     write_json(out / "metrics.json", payload)
     plot_request_curve(summary, out / "request_curve.png")
+    _track_curves(tracker, report, alpha_curve, content_curve, curve)
     return summary
+
+
+def _track_curves(
+    tracker: RunTracker,
+    report: dict,
+    alpha_curve: dict[float, float],
+    content_curve: dict[float, float],
+    curve: list[dict],
+) -> None:
+    """The run's curves, at the end: the SRM's collaborative epochs, validation NDCG@10 by fusion weight
+    and by content weight (step = weight x 100), and the test metrics by request ratio (step = % of devices
+    asked to request)."""
+    losses = report.get("srm_training", {}).get("collaborative_losses") or []
+    epochs = [{"epoch": i + 1, "loss": v} for i, v in enumerate(losses)]
+    tracker.log_history("srm_collaborative", epochs, "epoch")
+    for section, values in (("alpha_curve", alpha_curve), ("content_curve", content_curve)):
+        rows = [{"percent": round(float(w) * 100), "valid_NDCG@10": v} for w, v in values.items()]
+        tracker.log_history(section, rows, "percent")
+    for row in curve:
+        metrics = {k: v for k, v in row.items() if k != "ratio"}
+        tracker.log_scalars("request_curve", round(row["ratio"] * 100), metrics)
 
 
 def compact_summary(summary: dict) -> dict:

@@ -19,7 +19,8 @@ models a sparse device; the newest ``new_item_share`` of the catalogue is held o
 semantic ids come from text alone); test NDCG@10 (full ranking) is reported overall and on rare targets, cold
 users and new items, at each variant's best validation epoch and at the base's epochs and wall-clock, with
 parameters, bytes per round (model + codebook) and seconds per epoch. Writes ``metrics.json`` and
-``solid.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``.
+``solid.png`` under ``outputs/<run>/`` and prints ``RESULT {json}``; its final table also goes to the run's
+trackers (``tracking.*``, docs/tracking.md).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from lsc4rec.simulations.transfer_study import (
     text_initialised_srm,
     train_variant,
 )
+from lsc4rec.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +215,8 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     wall_start = time.perf_counter()
     run = typed_run(cfg, SolidStudySettings, SOLID_STUDY_IGNORES)
     plain, out = run.record, begin_run(run, output_dir)
+    # Checks tracking.* now; logs the study's final table when it ends (its variants' results).
+    tracker = RunTracker(out, run.tracking, plain)
     model_cfg = run.model
     if not isinstance(model_cfg, SolidConfig):
         raise ValueError(f"the SOLID experiment needs model=solid (got model.name={model_cfg.name!r})")
@@ -274,6 +278,7 @@ def run_solid(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]
     plot_variants(
         runs, out / "solid.png", f"SOLID on {model_cfg.base}, {run.data.name} ({len(split.train)} users)"
     )
+    tracker.finish(result)
     result["output_dir"] = str(out)
     return result
 

@@ -32,6 +32,11 @@ Streaming: on a base that streams (TTT4Rec), :meth:`SolidRecommender.prefill` an
 :meth:`SolidRecommender.step` carry both trunks' states in a :class:`SolidStreamState` and apply the
 classifier to the newest position only, so appending an item costs the same at any history length.
 
+A user's own SRM can be the base (``model.base=my_srm.TinyRec``, its dotted path; docs/custom_model.md): it
+must be a sequence encoder (scored through :meth:`~SequentialRecommender.encode` and its item table, no
+scoring method of its own) whose constructor takes ``hidden_size`` (SOLID's width) and ``dropout`` (SOLID's,
+unless ``model.dropout=0``); :func:`custom_trunk_config` checks that.
+
 Semantic ids are data, not parameters: :meth:`SolidRecommender.set_semantic_ids` installs them (a
 non-persistent buffer), so a codebook update reaches a model without touching its weights.
 """
@@ -47,12 +52,90 @@ import torch
 from torch import Tensor, nn
 
 from lsc4rec.models.solid.semantic import semantic_token_table, semantic_vocabulary_size
-from lsc4rec.models.srm import SRM_CONFIGS, SequentialRecommender, SRMConfig
+from lsc4rec.models.srm import SRM_CONFIGS, CustomSRMConfig, SequentialRecommender, SRMConfig
+from lsc4rec.models.srm.custom import (
+    check_constructor_params,
+    load_srm_class,
+    overrides_scoring,
+    takes_argument,
+)
 
-__all__ = ["ENCODER_BASES", "SolidRecommender", "SolidStreamState"]
+__all__ = [
+    "ENCODER_BASES",
+    "SolidRecommender",
+    "SolidStreamState",
+    "check_base",
+    "custom_trunk_config",
+    "is_custom_base",
+]
 
-#: The bases SOLID can wrap (``model.base``): sequence encoders.
+#: The built-in bases SOLID can wrap (``model.base``): sequence encoders. A dotted path names a user's own.
 ENCODER_BASES = ("sasrec", "gru4rec", "ttt4rec")
+
+
+def is_custom_base(base: str) -> bool:
+    """Whether ``model.base`` names a user's class by its dotted path rather than a built-in encoder."""
+    return "." in str(base)
+
+
+def check_base(base: str, key: str = "model.base") -> None:
+    """Raise ``ValueError`` unless ``base`` is a built-in encoder or the dotted path of a user's sequence
+    encoder (a :class:`SequentialRecommender` that scores through ``encode``, not by methods of its own)."""
+    if not is_custom_base(base):
+        if base not in ENCODER_BASES:
+            raise ValueError(
+                f"{key} must be one of {list(ENCODER_BASES)} (a sequence encoder) or the dotted path of "
+                f"your own (docs/custom_model.md), got {base!r}"
+            )
+        return
+    cls = load_srm_class(base, key)
+    own = overrides_scoring(cls)
+    if own:
+        raise ValueError(
+            f"{key}={base}: SOLID wraps sequence encoders, scored through encode() and the item table, "
+            f"but {cls.__name__} has its own {', '.join(own)}"
+        )
+
+
+def custom_trunk_config(
+    base: str, hidden_size: int, dropout: float, params: Mapping[str, Any], prefix: str = "model.base_params"
+) -> CustomSRMConfig:
+    """The config of SOLID's trunks on the user's class ``base``: its own keys ``params`` (``prefix`` names
+    them in errors) with SOLID's ``hidden_size`` and ``dropout`` unless ``params`` sets them.
+
+    The trunks must be SOLID's width, so the class must take ``hidden_size``; SOLID's dropout is its trunks'
+    only, so a class without a ``dropout`` argument needs ``model.dropout=0`` (else the key is not honoured).
+    """
+    check_base(base)
+    cls = load_srm_class(base, "model.base")
+    common: dict[str, Any] = {}
+    if "hidden_size" not in params:
+        if not takes_argument(cls, "hidden_size"):
+            raise ValueError(
+                f"model.base={base}: SOLID's trunks are model.hidden_size={hidden_size} wide, but "
+                f"{cls.__name__}'s constructor takes no hidden_size argument"
+            )
+        common["hidden_size"] = hidden_size
+    if "dropout" not in params:
+        if takes_argument(cls, "dropout"):
+            common["dropout"] = dropout
+        elif float(dropout) != 0.0:
+            raise ValueError(
+                f"model.dropout={dropout} is SOLID's trunks' dropout, but {cls.__name__}'s constructor takes "
+                "no dropout argument: set model.dropout=0"
+            )
+    merged = {**common, **params}
+    # Checked here with SOLID's key names first: the config's own check names model.params.
+    try:
+        check_constructor_params(cls, merged, prefix, f"model.base={base}")
+    except ValueError as error:
+        if not str(error).startswith("unknown key"):
+            raise
+        # The usual cause: a preset's keys for its built-in base (solid_ttt4rec's num_blocks, ttt, ...).
+        raise ValueError(
+            f"{error}; keys a preset sets for its built-in base are dropped with ~{prefix}"
+        ) from None
+    return CustomSRMConfig(target=base, params=merged)
 
 
 def _adopt_item_table(trunk: SequentialRecommender) -> nn.Embedding:
@@ -117,10 +200,7 @@ class SolidRecommender(SequentialRecommender):
         max_len: int = 50,
     ) -> None:
         super().__init__(num_items, hidden_size)
-        if base not in ENCODER_BASES:
-            raise ValueError(
-                f"model.base must be one of {list(ENCODER_BASES)} (a sequence encoder), got {base!r}"
-            )
+        check_base(base)
         if int(generated_layers) < 1:
             raise ValueError(f"model.generated_layers must be >= 1, got {generated_layers}")
         if clip <= 0:
@@ -140,11 +220,20 @@ class SolidRecommender(SequentialRecommender):
         # The trunks' config: the base's own keys, with SOLID's width and dropout unless they override them.
         if isinstance(base_params, SRMConfig):
             trunk = base_params
+        elif is_custom_base(base):
+            trunk = custom_trunk_config(base, hidden_size, dropout, base_params or {})
         else:
             params = {"hidden_size": hidden_size, "dropout": dropout, **(base_params or {})}
             trunk = SRM_CONFIGS[base](**params)
 
         self.item_trunk = trunk.build(num_items, max_len)
+        if self.item_trunk.hidden_size != self.hidden_size:
+            # The generated classifier and the adopted item table are SOLID's width: a narrower or wider
+            # trunk would fail at the first forward pass, far from its cause.
+            raise ValueError(
+                f"SOLID's trunks must be model.hidden_size={hidden_size} wide, but the base built one "
+                f"{self.item_trunk.hidden_size} wide (a hidden_size under model.base_params?)"
+            )
         self.item_embedding = _adopt_item_table(self.item_trunk)
         self.semantic_vocabulary = semantic_vocabulary_size(self.codebook_sizes, self.trunk_levels)
         # Token 0 is padding; the table is filled by set_semantic_ids (all padding until then).

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from lsc4rec.models.solid.dual_model import ENCODER_BASES, SolidRecommender
-from lsc4rec.models.srm import SASRecConfig, SequentialRecommender, SRMConfig
+from lsc4rec.models.solid.dual_model import SolidRecommender, check_base, is_custom_base
+from lsc4rec.models.srm import CustomSRMConfig, SASRecConfig, SequentialRecommender, SRMConfig
 
 __all__ = ["FEATURE_SOURCES", "QUANTIZERS", "SolidConfig", "SolidSettings"]
 
@@ -58,7 +58,8 @@ class SolidSettings:
 class SolidConfig(SRMConfig):
     """SOLID (:class:`~lsc4rec.models.solid.dual_model.SolidRecommender`) on a base sequence encoder.
 
-    ``base``: the trunks' architecture (sasrec, gru4rec or ttt4rec); ``hidden_size``: width d of the trunks
+    ``base``: the trunks' architecture (sasrec, gru4rec or ttt4rec, or the dotted path of a user's own
+    sequence encoder: docs/custom_model.md); ``hidden_size``: width d of the trunks
     and the generated classifier; ``dropout``: the trunks' dropout; ``codebook_sizes``: the semantic
     codebook's level sizes (``solid.codebook_sizes``); ``trunk_levels``: codes of each semantic id the
     semantic trunk's tokens are made of; ``meta_size``: width of the metacodes the generators read;
@@ -88,11 +89,15 @@ class SolidConfig(SRMConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.base not in ENCODER_BASES:
-            raise ValueError(
-                f"model.base must be one of {list(ENCODER_BASES)} (a sequence encoder), got {self.base!r}"
-            )
-        if self.base_params.name != self.base:
+        check_base(self.base)
+        if is_custom_base(self.base):
+            params = self.base_params
+            if not isinstance(params, CustomSRMConfig) or params.target != self.base:
+                raise ValueError(
+                    f"model.base_params is a {params.name} config, but model.base={self.base} "
+                    "(a user's class: a custom config with that target)"
+                )
+        elif self.base_params.name != self.base:
             raise ValueError(
                 f"model.base_params is a {self.base_params.name} config, but model.base={self.base}"
             )

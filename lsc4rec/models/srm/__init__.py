@@ -3,7 +3,9 @@
 Each model has a typed config (:mod:`lsc4rec.models.srm.configs`, e.g. :class:`SASRecConfig`) that a run
 builds it from: ``config.build(num_items, max_len)``. ``build_srm("sasrec", num_items, **hyperparameters)``
 is the shortcut for code and tests that name a model directly. Every model implements
-:class:`SequentialRecommender`. Losses are looked up by name with :func:`compute_loss`.
+:class:`SequentialRecommender`; a user's own model, outside the package, is named by its dotted path
+(:class:`CustomSRMConfig`, ``model=custom``; docs/custom_model.md). Losses are looked up by name with
+:func:`compute_loss`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from lsc4rec.models.srm.base import ITEM_TABLE_KEY, SequentialRecommender
 from lsc4rec.models.srm.configs import (
     SRM_CONFIGS,
+    CustomSRMConfig,
     DINConfig,
     GRU4RecConfig,
     SASRecConfig,
@@ -42,6 +45,7 @@ __all__ = [
     "LOSSES",
     "SRM_CLASSES",
     "SRM_CONFIGS",
+    "CustomSRMConfig",
     "DINConfig",
     "GRU4Rec",
     "GRU4RecConfig",

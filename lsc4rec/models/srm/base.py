@@ -74,7 +74,32 @@ class SequentialRecommender(nn.Module, abc.ABC):
     encodes a left-padded history once and returns ``(state, hidden [B, d])`` (zero hidden for empty rows);
     ``step(state, item_ids [B])`` appends one item per row at a cost independent of the history length and
     returns ``(new_state, hidden)``, leaving ``state`` unchanged; ``score_hidden(hidden, candidates=None)``
-    scores a hidden state exactly as :meth:`score_all` / :meth:`score_candidates` score the history.
+    scores a hidden state exactly as :meth:`score_all` / :meth:`score_candidates` score the history. The state
+    is a tensor, or lists, tuples, dicts and dataclasses of tensors whose dim 0 is the batch (a device serving
+    fewer rows keeps the first ones). A model without streaming re-encodes the history at every arrival.
+
+    Implementing one (a model outside the package is named by ``model=custom model.target=<module>.<Class>``;
+    docs/custom_model.md has a worked example):
+
+    - **Constructor**: ``__init__(self, num_items, <hyperparameters>)``, ``num_items`` first, the
+      hyperparameters keyword arguments (the config's keys); an argument named ``max_len`` receives the run's
+      ``data.max_len``. It calls ``super().__init__(num_items, hidden_size)``, which makes the **item table**
+      ``item_embedding`` (``nn.Embedding(num_items + 1, hidden_size, padding_idx=0)``, row i = item i, row 0
+      padding, kept at zero). Keep that name and shape: federated row weighting, MergeNet, SOLID and the
+      text part key on it. Re-initialise it if you like, then zero row 0 again.
+    - **Item vectors**: read items through :meth:`embed_items` (ids -> vectors) and :meth:`item_table` (all
+      of them), never ``item_embedding`` directly: with ``model.item_text=projected`` each vector is its id
+      row plus a text part, and the id rows of items with text start at zero.
+    - **Encoder**: :meth:`encode` (the one abstract method): ``history [B, L]`` left-padded -> ``[B, L, d]``;
+      causal (position t sees items up to t), independent of the amount of left padding (an exported graph
+      pads every history to ``max_len``), batch-first (dim 0 = user: Opacus and federated shards rely on it),
+      and traceable by ``torch.export`` for ONNX (tensor operations only: no ``.item()``, ``.tolist()`` or
+      Python branches on tensor values).
+    - **Scoring**: inherited: the dot product of the encoder's state with the item vectors. A model that
+      scores otherwise overrides :meth:`position_scores`, :meth:`position_scores_with_negatives`,
+      :meth:`score_all` and :meth:`score_candidates` together (and cannot be SOLID's base).
+    - **Optional**: :meth:`auxiliary_loss` (an extra training term), streaming (above), ``dropout`` as a
+      constructor argument (SOLID passes ``model.dropout`` to its trunks).
     """
 
     num_items: int

@@ -8,15 +8,22 @@ composed ``model:`` section, refusing an unknown key and a value of the wrong ty
 
 Adding a model: its config here (one field per constructor argument, same defaults, ``name`` the value of
 ``model.name``, ``build`` calling the constructor), one entry in :data:`SRM_CONFIGS`, and a
-``conf/model/<name>.yaml``.
+``conf/model/<name>.yaml``. A model outside the package needs none of that: :class:`CustomSRMConfig`
+(``model=custom``) names its class by its dotted path (docs/custom_model.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lsc4rec.models.srm.base import SequentialRecommender
+from lsc4rec.models.srm.custom import (
+    check_built_model,
+    check_constructor_params,
+    load_srm_class,
+    takes_argument,
+)
 from lsc4rec.models.srm.din import DIN
 from lsc4rec.models.srm.gru4rec import GRU4Rec
 from lsc4rec.models.srm.sasrec import SASRec
@@ -25,6 +32,7 @@ from lsc4rec.models.srm.ttt4rec import TTT4Rec, TTTOptions
 
 __all__ = [
     "SRM_CONFIGS",
+    "CustomSRMConfig",
     "DINConfig",
     "GRU4RecConfig",
     "SASRecConfig",
@@ -182,6 +190,54 @@ class TTT4RecConfig(SRMConfig):
             max_len=max_len,
             ttt=self.ttt,
         )
+
+
+@dataclass(frozen=True)
+class CustomSRMConfig(SRMConfig):
+    """A user's own SRM (docs/custom_model.md), its class named by its dotted path (``model=custom``).
+
+    ``target``: ``package.module.Class``, a concrete :class:`SequentialRecommender` subclass importable
+    wherever the model is built; ``params``: the keyword arguments of its constructor, which takes
+    ``num_items`` first and is given ``max_len`` (the run's ``data.max_len``) when it takes that argument;
+    ``item_text``: none or projected (the base class's text part). The path, the class and the keys are
+    checked when the config is made, so a wrong one fails before any data is read.
+    """
+
+    name: ClassVar[str] = "custom"
+    target: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    item_text: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_constructor_params(self.model_class, self.params, "model.params", self.label)
+
+    @property
+    def label(self) -> str:
+        """How errors name the model: ``model.target=<the dotted path>``."""
+        return f"model.target={self.target}"
+
+    @property
+    def model_class(self) -> type[SequentialRecommender]:
+        """The class ``target`` names (imported once; later look-ups hit the module cache)."""
+        return load_srm_class(self.target)
+
+    def build(self, num_items: int, max_len: int = 50) -> SequentialRecommender:
+        """``target(num_items, **params)``, plus ``max_len`` when its constructor takes it; checked to have
+        the item table the system keys on (:func:`~lsc4rec.models.srm.custom.check_built_model`)."""
+        cls = self.model_class
+        kwargs = dict(self.params)
+        if takes_argument(cls, "max_len"):
+            kwargs["max_len"] = max_len
+        try:
+            model = cls(num_items, **kwargs)
+        except Exception as error:  # the user's constructor may raise any type
+            # A value its constructor refuses: name the model and the call, keep the cause for tracebacks.
+            raise ValueError(
+                f"{self.label}: {cls.__name__}({num_items}, **{kwargs}) failed: {error}"
+            ) from error
+        check_built_model(model, num_items, self.label)
+        return model
 
 
 #: The config class of every SRM, by ``model.name``.

@@ -15,6 +15,7 @@
   rounds.
 - :mod:`~lsc4rec.server.components.privacy_accounting`: the privacy spent, reported from the nodes' ledgers.
 - :mod:`~lsc4rec.server.components.progress_file`: ``metrics.json`` kept current while the run goes.
+- :mod:`~lsc4rec.server.components.round_tracking`: each round's row to the run's trackers (TensorBoard, ...).
 """
 
 from lsc4rec.server.components.catalogue_text import CatalogueText
@@ -24,6 +25,7 @@ from lsc4rec.server.components.loop_hooks import Best, LoopExtension, LoopState
 from lsc4rec.server.components.mergenet_transfer import MergeNetOnServer
 from lsc4rec.server.components.privacy_accounting import PrivacyAccounting
 from lsc4rec.server.components.progress_file import ProgressFile
+from lsc4rec.server.components.round_tracking import RoundTracking
 from lsc4rec.server.components.solid_codebook import SolidOnServer
 
 __all__ = [
@@ -36,5 +38,6 @@ __all__ = [
     "MergeNetOnServer",
     "PrivacyAccounting",
     "ProgressFile",
+    "RoundTracking",
     "SolidOnServer",
 ]

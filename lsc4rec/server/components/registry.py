@@ -1,10 +1,11 @@
 """The one list of the round loop's components: what each needs, how it is built, in which order it acts.
 
 A component is one capability of a federated run (checkpoints, MergeNet, the catalogue's text, SOLID's
-codebook, the cloud collaboration, the progress file, privacy accounting). Each entry of :data:`COMPONENTS`
-names it, says which settings it needs or refuses (:attr:`Component.check`, run on the typed settings before
-any data is loaded), and builds its :class:`~lsc4rec.server.components.loop_hooks.LoopExtension` from a
-:class:`BuildContext` (or nothing when the run does not use it).
+codebook, the cloud collaboration, the progress file, privacy accounting, tracking). Each entry of
+:data:`COMPONENTS` names it, says which settings it needs or refuses (:attr:`Component.check`, run on the
+typed settings before any data is loaded), and builds its
+:class:`~lsc4rec.server.components.loop_hooks.LoopExtension` from a :class:`BuildContext` (or nothing when the
+run does not use it).
 
 Order: the extensions' hooks run phase by phase (:mod:`~lsc4rec.server.components.loop_hooks`), so a
 checkpoint reads before every component starts and saves after every component has recorded its round,
@@ -31,9 +32,11 @@ from lsc4rec.server.components.loop_hooks import LoopExtension
 from lsc4rec.server.components.mergenet_transfer import MergeNetOnServer
 from lsc4rec.server.components.privacy_accounting import PrivacyAccounting
 from lsc4rec.server.components.progress_file import ProgressFile
+from lsc4rec.server.components.round_tracking import RoundTracking
 from lsc4rec.server.components.solid_codebook import SolidOnServer
 from lsc4rec.settings import FederatedRunSettings, SettingsError
 from lsc4rec.strategies.loop_strategy import LoopStrategy
+from lsc4rec.tracking import RunTracker, active_backends
 
 __all__ = ["COMPONENTS", "BuildContext", "Component", "build_extensions", "check_components"]
 
@@ -51,6 +54,8 @@ class BuildContext:
     out: Path
     catalogue: CatalogueVectors | None = None
     solid: SolidOnServer | None = None
+    #: The run's tracker (the ServerApp opens and finishes it); None: the rounds are not tracked.
+    tracker: RunTracker | None = None
     _cloud: Cloud | None = field(default=None, repr=False)
 
     def cloud(self) -> Cloud:
@@ -124,6 +129,18 @@ def _privacy(ctx: BuildContext) -> LoopExtension | None:
     return None if privacy.mode == "none" else PrivacyAccounting(privacy.mode, privacy.clipping_norm)
 
 
+def _trackers_available(run: FederatedRunSettings) -> None:
+    # A tracker set to true must be installed and keyed where the ServerApp runs: refused before any work.
+    try:
+        active_backends(run.tracking)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
+
+
+def _tracking(ctx: BuildContext) -> LoopExtension | None:
+    return None if ctx.tracker is None else RoundTracking(ctx.tracker)
+
+
 #: Every component, in the order their hooks run within a phase.
 COMPONENTS: tuple[Component, ...] = (
     Component("checkpoint", _checkpoints),
@@ -133,6 +150,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("collaboration", _collaboration),
     Component("progress", lambda ctx: ProgressFile(ctx.out / "metrics.json", ctx.run.record)),
     Component("privacy", _privacy),
+    Component("tracking", _tracking, _trackers_available),
 )
 
 
