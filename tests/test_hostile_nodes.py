@@ -117,3 +117,12 @@ def test_a_claim_of_a_billion_examples_is_capped(data: Path, tmp_path: Path) -> 
     run_inprocess(data, tmp_path / "capped", 4, *attack, "strategy.max_example_ratio=3")
     row = json.loads((tmp_path / "capped" / "metrics.json").read_text())["rounds"][0]
     assert row["train"]["examples-capped"] == 1
+
+
+def test_the_default_job_runs_bounded_fedavg() -> None:
+    from lsc4rec.settings import federated_settings_from_run_config
+
+    strategy = federated_settings_from_run_config({"overrides": "system=whole"}).strategy
+    assert (strategy.rule, strategy.max_example_ratio, strategy.update_norm_ratio) == ("fedavg", 3.0, 3.0)
+    plain = federated_settings_from_run_config({"overrides": "system=base"}).strategy
+    assert (plain.max_example_ratio, plain.update_norm_ratio) == (0.0, 0.0)
