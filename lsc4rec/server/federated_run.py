@@ -32,7 +32,7 @@ from lsc4rec.server.components import (
     LoopState,
     SolidOnServer,
 )
-from lsc4rec.server.components.catalogue_text import catalogue_vectors
+from lsc4rec.server.components.catalogue_text import CatalogueVectors, catalogue_vectors
 from lsc4rec.server.components.loop_hooks import state_dict_of
 from lsc4rec.server.components.registry import BuildContext, build_extensions, check_components
 from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
@@ -87,22 +87,8 @@ def _tracked_run(grid: Grid, run: FederatedRunSettings, out: Path, tracker: RunT
         # (a deployment sets privacy.seeded_noise=false and the noise comes from OS entropy).
         np.random.seed(run.seed)
     with clock.phase("data and model"):
-        raw = load_dataset(
-            run.data.name, run.data.path, run.data.format, run.data.text_path, kcore=run.data.kcore
-        )
-        split = leave_one_out(raw)
-        catalogue = catalogue_vectors(run, split)
-        vectors = None if catalogue is None else catalogue.vectors
-        model_vectors = vectors if run.model.item_text != "none" else None
-        model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
-        resume = run.federated.resume
-        if run.federated.initial_weights and not resume:
-            load_initial_weights(model, Path(run.federated.initial_weights))
-        solid = (
-            SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed)
-            if isinstance(model, SolidRecommender)
-            else None
-        )
+        split, catalogue, model, solid = _data_and_model(run)
+    resume = run.federated.resume
     with clock.phase("warm start"):
         warm = _warm_start(model, run, split, solid, tracker) if not resume else None
     valid_set, test_set = build_eval_sets(split, run.eval, run.data.max_len)
@@ -155,6 +141,28 @@ def _tracked_run(grid: Grid, run: FederatedRunSettings, out: Path, tracker: RunT
     finally:
         for extension in extensions:
             extension.close()
+
+
+def _data_and_model(
+    run: FederatedRunSettings,
+) -> tuple[LeaveOneOutSplit, CatalogueVectors | None, SequentialRecommender, SolidOnServer | None]:
+    """The run's data and split, the catalogue's text vectors, the global model (its initial weights loaded
+    unless the run resumes) and SOLID's server side for a SOLID model."""
+    data = run.data
+    raw = load_dataset(data.name, data.path, data.format, data.text_path, kcore=data.kcore)
+    split = leave_one_out(raw)
+    catalogue = catalogue_vectors(run, split)
+    vectors = None if catalogue is None else catalogue.vectors
+    model_vectors = vectors if run.model.item_text != "none" else None
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
+    if run.federated.initial_weights and not run.federated.resume:
+        load_initial_weights(model, Path(run.federated.initial_weights))
+    solid = (
+        SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed)
+        if isinstance(model, SolidRecommender)
+        else None
+    )
+    return split, catalogue, model, solid
 
 
 def _warm_start(

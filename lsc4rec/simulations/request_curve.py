@@ -441,15 +441,9 @@ def train_models(
     if llm is None:
         llm = build_llm(run.llm, split.num_items, seed=run.seed, item_text=split.item_text, text_cfg=run.text)
     if not run.llm.path and cloud is None:
-        result = fit_llm(
-            llm,
-            view.train,
-            view.valid_histories,
-            view.valid_targets,
-            run.llm.train,
-            seed=run.seed,
-            on_epoch=tracker.epoch_logger("llm") if tracker is not None else None,
-        )
+        on_llm_epoch = tracker.epoch_logger("llm") if tracker is not None else None
+        stale = (view.train, view.valid_histories, view.valid_targets)
+        result = fit_llm(llm, *stale, run.llm.train, seed=run.seed, on_epoch=on_llm_epoch)
         llm.save_pretrained(out / "llm")
         report["llm_training"] = {
             "best_epoch": result.best_epoch,
