@@ -61,6 +61,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("benchmarks/candidate_service_throughput.py", ["--n", "-3"], "--n: must be >= 1, got -3"),
     ("benchmarks/candidate_service_throughput.py", ["--timeout", "0"], "--timeout: must be > 0, got 0"),
     ("benchmarks/centralized_baselines.py", ["--models", "nosuch"], "--models: invalid choice: 'nosuch'"),
+    ("benchmarks/data_split.py", ["--runs", "0"], "--runs: must be >= 1, got 0"),
     (
         "benchmarks/centralized_baselines.py",
         ["--ml100k", "/nonexistent"],

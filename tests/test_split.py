@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -149,10 +148,9 @@ def test_id_map_unknown_ids_raise_key_error() -> None:
         IdMap.build([], start=0, kind="user").to_internal_many([1])
 
 
-def test_beauty_split_report_and_speed() -> None:
-    start = time.perf_counter()
+def test_beauty_split_report() -> None:
+    # How long loading and splitting take is a benchmark's question (benchmarks/, not a timed test).
     split = leave_one_out(load_dataset("beauty"))
-    seconds = time.perf_counter() - start
     report = split.report
     assert report["users_total"] == report["users_evaluated"] == 22_363
     assert report["users_too_short"] == 0
@@ -165,5 +163,3 @@ def test_beauty_split_report_and_speed() -> None:
     # Round trip of every item through the map.
     raw_items = np.array(split.item_map.raw_ids)
     assert (split.item_map.to_raw_many(split.item_map.to_internal_many(raw_items)) == raw_items).all()
-    # The requirement is well under 2 s (about 0.4 s measured); the guard leaves slack for a loaded machine.
-    assert seconds < 3.0
