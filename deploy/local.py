@@ -46,6 +46,8 @@ def start(command: list[str], log: Path, env: dict[str, str], stack: ExitStack) 
     def stop() -> None:
         if process.poll() is not None:
             return
+        # Flower's executor starts a run's ServerApp / ClientApp in a session of its own: find them first.
+        family = descendants(process.pid)
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -54,6 +56,9 @@ def start(command: list[str], log: Path, env: dict[str, str], stack: ExitStack) 
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+        for pid in family:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     stack.callback(stop)
     return process
