@@ -467,6 +467,9 @@ def candidate_service(workdir: Path, seconds: float, kill_at: float, down_for: f
     worker = threading.Thread(target=devices, name="devices")
     worker.start()
     time.sleep(kill_at)
+    # A batch in flight at the kill can fail and end before wait() returns: "before the kill" means before the
+    # signal was sent, "down" means after the process is gone; a batch spanning both belongs to neither.
+    kill_sent = time.monotonic()
     service.send_signal(signal.SIGKILL)
     service.wait()
     killed_at = time.monotonic()
@@ -485,7 +488,7 @@ def candidate_service(workdir: Path, seconds: float, kill_at: float, down_for: f
     log.close()
 
     verdicts.check("the devices never crashed", not errors and not worker.is_alive(), repr(errors[:1]))
-    before = [e for e in events if e["end"] < killed_at]
+    before = [e for e in events if e["end"] < kill_sent]
     during = [e for e in events if e["start"] > killed_at and e["end"] < back_at]
     after = [e for e in events if e["start"] > back_at]
     verdicts.check(
