@@ -293,6 +293,25 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in() -> None:
     assert all(np.array_equal(results[0], other) for other in results[1:])
 
 
+def test_evaluation_metrics_do_not_depend_on_the_order_replies_arrive_in() -> None:
+    arrays = ArrayRecord({"w": Array(np.zeros(1, dtype=np.float32))})
+    values = np.random.default_rng(5).random(6)
+    results = set()
+    for order in ([0, 1, 2, 3, 4, 5], [5, 3, 1, 0, 4, 2], [2, 0, 5, 4, 1, 3]):
+        strategy = SRMStrategy()
+        messages = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), ListGrid([1, 2, 3, 4, 5, 6])))
+        # Seconds differ from run to run (here: with the arrival order); the mean must not follow them.
+        replies = [
+            reply(m, None, 7.0 + i, **{"client-NDCG@10": float(v), "evaluate-seconds": float(order[i])})
+            for i, (m, v) in enumerate(zip(messages, values, strict=True))
+        ]
+        metrics = strategy.aggregate_evaluate(1, [replies[i] for i in order])
+        assert metrics is not None
+        results.add(metrics["client-NDCG@10"])
+    # One value, bit for bit: summed in arrival order, these orders give means differing in the last bits.
+    assert len(results) == 1
+
+
 def test_a_metric_some_nodes_do_not_report_is_averaged_over_those_that_do() -> None:
     global_arrays = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
     strategy = SRMStrategy(seed=0)

@@ -25,7 +25,8 @@ def local_privacy_metrics(replies: Iterable[Message]) -> dict[str, float]:
     that stopped for budget still count (their devices keep the ε they spent). Empty without ε metrics.
     """
     pairs = []
-    for reply in replies:
+    # Node-id order: the mean's float sum then does not depend on the order the replies arrived in.
+    for reply in sorted(replies, key=lambda reply: reply.metadata.src_node_id):
         if reply.has_error():
             continue
         metrics = reply.content.metric_records.get(METRICS)

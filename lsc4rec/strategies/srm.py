@@ -349,11 +349,14 @@ class SRMStrategy(Strategy):
     @staticmethod
     def _weighted_metrics(replies: list[Message]) -> dict[str, float]:
         """Example-weighted mean of each metric over the replies that report it (a node that skipped a
-        step, e.g. rerank training while the cloud was unreachable, does not count as a zero)."""
+        step, e.g. rerank training while the cloud was unreachable, does not count as a zero).
+
+        Summed in node-id order: evaluation replies come in digest order of their whole content, seconds
+        included, so the same metrics summed in that order differed run to run in the last bits."""
         totals: dict[str, float] = {}
         weights: dict[str, float] = {}
         weight_sum = 0.0
-        for reply in replies:
+        for reply in sorted(replies, key=lambda reply: reply.metadata.src_node_id):
             metrics = reply.content.metric_records[METRICS]
             weight = float(metrics[NUM_EXAMPLES])
             weight_sum += weight
