@@ -78,9 +78,22 @@ def test_settings_refuse_what_a_flower_strategy_would_ignore() -> None:
         federated_settings_from_overrides([*FEDAVGM, "strategy.row_weighting=true"])
     with pytest.raises(SettingsError, match=r"strategy\.server_optimizer\.name=adam has no effect"):
         federated_settings_from_overrides([*FEDAVGM, "strategy.server_optimizer.name=adam"])
+    # Central DP's noise is calibrated to an equally weighted mean, which a Flower strategy does not promise.
+    with pytest.raises(SettingsError, match=r"strategy\.flower_class: DP is wired around lsc4rec's own"):
+        federated_settings_from_overrides(
+            ["system=base", *FEDAVGM, "privacy.mode=central", "privacy.noise_multiplier=1.0"]
+        )
     with pytest.raises(ValueError, match=r"is not a flwr\.serverapp\.strategy\.Strategy"):
         load_strategy_class("collections.OrderedDict")
     with pytest.raises(ValueError, match="cannot be imported"):
         load_strategy_class("flwr.serverapp.strategy.NoSuchStrategy")
     with pytest.raises(ValueError, match="do not fit"):
         StockStrategy.from_settings("flwr.serverapp.strategy.FedAvg", {"no_such_argument": 1})
+
+
+def test_a_flower_strategy_replaces_the_default_jobs_bounded_fedavg() -> None:
+    # The whole system's bounds belong to its strategy option (fedavg_bounded): choosing a Flower strategy
+    # replaces them, instead of failing on keys the Flower strategy would ignore.
+    strategy = federated_settings_from_overrides(["system=whole", *FEDAVGM]).strategy
+    assert strategy.flower_class == "flwr.serverapp.strategy.FedAvgM"
+    assert (strategy.max_example_ratio, strategy.update_norm_ratio) == (0.0, 0.0)
