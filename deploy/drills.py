@@ -4,6 +4,7 @@
     python deploy/drills.py supernode-mass-crash   # kill -9 3 of 10 SuperNodes (30%) in one round
     python deploy/drills.py superlink-restart      # kill -9 the SuperLink mid-run, restart it, resume
     python deploy/drills.py whole-superlink-restart  # the same with the whole system (make run's job)
+    python deploy/drills.py whole-superlink-restart-small  # the same on a small generated dataset: exact?
     python deploy/drills.py candidate-service      # kill -9 the candidate service while devices request
     python deploy/drills.py hostile-supernodes     # 1 of 5 SuperNodes attacks: each attack x each rule
     python deploy/drills.py soak                   # the whole system for 30 rounds: memory, files, disk flat
@@ -54,6 +55,19 @@ BASE_OVERRIDES = "system=base model.hidden_size=64 train.progress=false federate
 WHOLE_OVERRIDES = (
     "system=whole train.progress=false llm.train.progress=false federated.round_timeout=900 "
     "federated.users_per_node=300 federated.warm_start_epochs=1 llm.train.epochs=1"
+)
+#: The whole system at the smallest size that keeps every part (cloud LLM, SOLID codebook, MergeNet, fusion,
+#: time moving with a closing round, ONNX) on a generated dataset of item walks with item text (the exactness
+#: check of the whole-system restart, without Beauty's float-level spread between real runs).
+WHOLE_SMALL_OVERRIDES = " ".join(
+    (
+        "system=whole train.progress=false llm.train.progress=false federated.round_timeout=600",
+        "data.name=walks data.max_len=10 eval.sampled_negatives=20 federated.warm_start_epochs=1",
+        "model.hidden_size=16 model.base_params.intermediate_size=32 model.base_params.num_heads=2",
+        "solid.codebook_sizes=[8,2] collab.candidates=15 collab.device_candidates=15 mergenet.rank=4",
+        "llm.max_len=10 llm.hidden_size=32 llm.intermediate_size=64 llm.num_layers=1 llm.num_heads=2",
+        "llm.train.batch_size=32 llm.train.epochs=1",
+    )
 )
 #: Seconds any one run may take before the drill counts it as hung.
 RUN_TIMEOUT = 1800.0
@@ -156,6 +170,31 @@ def run_config(workdir: Path, name: str, rounds: int, extra: str = "", base: str
     run's system and size) and ``extra``."""
     overrides = f"{base} federated.rounds={rounds} run_name={name} {extra}".strip()
     return f'output-dir="{workdir / "outputs"}" overrides="{overrides}"'
+
+
+def write_walk_dataset(folder: Path, users: int = 400, items: int = 60, seed: int = 0) -> Path:
+    """A learnable dataset for the small drills: each user walks item i -> i+1 (mod ``items``) from a random
+    start; items of one block of 4 share words in their text. Returns the sequence file (``walks.txt``, with
+    ``walks_item_text.jsonl`` beside it)."""
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for user in range(1, users + 1):
+        start, length = rng.randrange(items), rng.randint(6, 12)
+        lines.append(" ".join(str(x) for x in [user, *((start + i) % items + 1 for i in range(length))]))
+    data = folder / "walks.txt"
+    data.write_text("\n".join(lines) + "\n")
+    words = ("red", "blue", "green", "amber", "violet", "silver", "coral", "ivory", "olive", "teal")
+    text = [
+        json.dumps(
+            {"item_id": item, "title": f"{words[(item - 1) // 4 % 10]} lipstick set {(item - 1) // 4}"}
+        )
+        for item in range(1, items + 1)
+    ]
+    (folder / "walks_item_text.jsonl").write_text("\n".join(text) + "\n")
+    return data
 
 
 def run_metrics(workdir: Path, name: str) -> dict[str, Any]:
@@ -767,6 +806,14 @@ DRILLS: dict[str, Callable[[argparse.Namespace, Path], Verdicts]] = {
     "superlink-restart": lambda args, work: superlink_restart(work / "superlink-restart", 4, args.rounds, 2),
     "whole-superlink-restart": lambda args, work: superlink_restart(
         work / "whole-superlink-restart", 4, 3, 2, "whole-superlink-restart", WHOLE_OVERRIDES
+    ),
+    "whole-superlink-restart-small": lambda args, work: superlink_restart(
+        work / "whole-superlink-restart-small",
+        4,
+        3,
+        2,
+        "whole-superlink-restart-small",
+        f"{WHOLE_SMALL_OVERRIDES} data.path={write_walk_dataset(work / 'whole-small-data')}",
     ),
     "soak": lambda args, work: soak(work / "soak", 6, 30),
     "hostile-supernodes": lambda args, work: hostile_supernodes(work / "hostile-supernodes", 5, 2),

@@ -79,3 +79,24 @@ def test_training_on_the_lists_ranks_the_next_item_above_the_cloud_candidates() 
     ]
     assert losses[-1] < 0.5 * losses[0]
     assert hits() > max(before, 0.9)
+
+
+def test_the_pass_over_the_lists_does_not_depend_on_what_the_process_drew_before() -> None:
+    # A real ClientApp process has drawn a different amount from torch's global generator in each run; the
+    # pass's dropout masks must come from its own seed (two real runs of the whole system differed here).
+    num_items, k = 40, 5
+    rng = np.random.default_rng(1)
+    sequences = [list(range(s, s + 8)) for s in rng.integers(1, num_items - 8, size=32)]
+    tables = [
+        np.array([[(i + 2 + j) % num_items + 1 for j in range(k)] for i in seq[:6]]) for seq in sequences
+    ]
+    settings = TrainSettings(lr=0.01, batch_size=8, progress=False)
+    results = []
+    for draws in (0, 1000):
+        torch.manual_seed(0)
+        model = build_srm("sasrec", num_items, hidden_size=16, num_blocks=1, num_heads=1, dropout=0.5)
+        torch.rand(draws)  # what the process drew before the pass
+        metrics = train_on_cloud_lists(model, sequences, tables, settings, 8, random_negatives=10, seed=3)
+        results.append((metrics["rerank-loss"], model.state_dict()))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(results[0][1][key], results[1][1][key]) for key in results[0][1])

@@ -157,6 +157,9 @@ def train_on_cloud_lists(
     teacher = teacher_rows(sequences, candidates, scores, max_len) if scores and distill_weight > 0 else None
     device = model_device(model)
     optimizer = settings.make_optimizer(model.parameters())
+    # Dropout draws from torch's global generator: seeded here, the pass does not depend on what the process
+    # drew before (a real ClientApp process's history differs from run to run; the in-process one's does not).
+    torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     total, count = 0.0, 0
