@@ -60,14 +60,16 @@ def launch(run: FederatedRunSettings, overrides: list[str], out: Path) -> dict:
         ray_address=run.federated.ray_address,
     )
     metrics_path = out / "metrics.json"
+    # A run stopped at the launcher's timeout never printed its id.
+    name = "the flwr run" if run.run_id is None else f"flwr run {run.run_id}"
     if not run.ok:
         sys.stderr.write(run.log[-6000:])
         hint = ""
         if str(run.status).startswith("timed out"):
             hint = f" (federated.launch_timeout={run_timeout:g} s: raise it for a longer run)"
-        raise FlowerRunFailed(f"flwr run {run.run_id} ended with status {run.status!r} (log above){hint}")
+        raise FlowerRunFailed(f"{name} ended with status {run.status!r} (log above){hint}")
     if not metrics_path.is_file():
-        raise FlowerRunFailed(f"flwr run {run.run_id} completed but wrote no {metrics_path}")
+        raise FlowerRunFailed(f"{name} completed but wrote no {metrics_path}")
     return json.loads(metrics_path.read_text())["final"]
 
 
