@@ -51,7 +51,6 @@ def train_on_llm_candidates(
         )
     batches = TrainBatches(sequences, max_len, settings.batch_size, seed=seed)
     optimizer = settings.make_optimizer(srm.parameters())
-    torch.manual_seed(seed)  # dropout's masks: from the seed, not from what the process drew before
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for epoch in range(1, epochs + 1):
