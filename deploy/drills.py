@@ -173,27 +173,13 @@ def run_config(workdir: Path, name: str, rounds: int, extra: str = "", base: str
 
 
 def write_walk_dataset(folder: Path, users: int = 400, items: int = 60, seed: int = 0) -> Path:
-    """A learnable dataset for the small drills: each user walks item i -> i+1 (mod ``items``) from a random
-    start; items of one block of 4 share words in their text. Returns the sequence file (``walks.txt``, with
-    ``walks_item_text.jsonl`` beside it)."""
-    import random
+    """A learnable dataset for the small drills (:mod:`lsc4rec.data.synthetic`): each user walks item i -> i+1
+    from a random start, with item text. Returns the sequence file (``walks.txt``, its text beside it)."""
+    from lsc4rec.data.synthetic import write_pattern_dataset, write_pattern_text
 
-    rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for user in range(1, users + 1):
-        start, length = rng.randrange(items), rng.randint(6, 12)
-        lines.append(" ".join(str(x) for x in [user, *((start + i) % items + 1 for i in range(length))]))
-    data = folder / "walks.txt"
-    data.write_text("\n".join(lines) + "\n")
-    words = ("red", "blue", "green", "amber", "violet", "silver", "coral", "ivory", "olive", "teal")
-    text = [
-        json.dumps(
-            {"item_id": item, "title": f"{words[(item - 1) // 4 % 10]} lipstick set {(item - 1) // 4}"}
-        )
-        for item in range(1, items + 1)
-    ]
-    (folder / "walks_item_text.jsonl").write_text("\n".join(text) + "\n")
+    data = write_pattern_dataset(folder / "walks.txt", users, items, seed, lengths=(6, 12))
+    write_pattern_text(data, items)
     return data
 
 

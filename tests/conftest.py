@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import os
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from lsc4rec.data.synthetic import PATTERN_WORDS, write_pattern_dataset, write_pattern_text  # noqa: F401
 
 #: The read-only shared ML-100K copy, used by tests only when present (never shipped, never required).
 SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared/data/ml-100k"
@@ -90,38 +90,6 @@ def movielens_1m_dir(tmp_path: Path) -> Path:
     ]
     (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
     return folder
-
-
-def write_pattern_dataset(
-    path: Path, num_users: int = 300, num_items: int = 60, seed: int = 0, lengths: tuple[int, int] = (5, 12)
-) -> Path:
-    """S3-Rec file whose users walk item i -> i+1 (mod num_items) from a random start: perfectly learnable."""
-    rng = random.Random(seed)
-    lines = []
-    for user in range(1, num_users + 1):
-        start, length = rng.randrange(num_items), rng.randint(*lengths)
-        lines.append(" ".join(str(x) for x in [user, *((start + i) % num_items + 1 for i in range(length))]))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-PATTERN_WORDS = ("red", "blue", "green", "amber", "violet", "silver", "coral", "ivory", "olive", "teal")
-
-
-def write_pattern_text(data: Path, num_items: int, group: int = 4) -> Path:
-    """Item text beside a pattern dataset: items of one block of ``group`` consecutive ids share their words.
-
-    Neighbours on the walk (i -> i+1) mostly share a block, so text says something true about the data.
-    """
-    lines = []
-    for item in range(1, num_items + 1):
-        block = (item - 1) // group
-        word = PATTERN_WORDS[block % len(PATTERN_WORDS)]
-        record = {"item_id": item, "title": f"{word} {word} lipstick set {block}", "brand": f"{word} house"}
-        lines.append(json.dumps(record))
-    path = data.with_name(f"{data.stem}_item_text.jsonl")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def self_signed_certificate(directory: Path, name: str) -> tuple[Path, Path]:
