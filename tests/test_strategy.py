@@ -380,3 +380,15 @@ def test_bound_settings_are_checked() -> None:
         SRMStrategy(update_norm_ratio=0.5)
     assert capped_example_counts([100, 120, 1e9], 10.0) == [100, 120, 1200.0]
     assert update_norm_scales([1.0, 1.0, 100.0], 3.0) == [1.0, 1.0, 0.03]
+
+
+def test_with_two_nodes_the_bounds_hold_the_inflated_one_at_the_honest_ones_reference() -> None:
+    # The plain median of two is their mean: an inflated claim or norm would raise its own bound halfway.
+    assert capped_example_counts([5_000, 1e9], 3.0) == [5_000, 15_000.0]
+    assert capped_example_counts([1e9, 5_000], 3.0) == [15_000.0, 5_000]
+    assert update_norm_scales([1.0, 1e6], 3.0) == [1.0, pytest.approx(3e-6)]
+    # Two honest nodes within the ratio of each other are left alone; odd counts keep the median.
+    assert capped_example_counts([11_181, 11_182], 3.0) == [11_181, 11_182]
+    assert update_norm_scales([1.0, 2.5], 3.0) == [1.0, 1.0]
+    scales = update_norm_scales([1.0, 2.0, 40.0, 50.0], 3.0)
+    assert scales == [1.0, 1.0, pytest.approx(0.15), pytest.approx(0.12)]

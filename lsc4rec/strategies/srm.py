@@ -109,24 +109,34 @@ def record_failure(
     logger.warning("round %d %s: node %d failed: %s", server_round, stage, node_id, reason)
 
 
+def lower_median(values: Sequence[float]) -> float:
+    """The lower median: the middle value, or the smaller of the two middle ones for an even count.
+
+    The bounds' reference: with an odd count it is the median; with an even one no single node can raise it,
+    so with two nodes the reference is the honest one's when the other inflates (the plain median, the mean of
+    the two, would follow an inflated value halfway)."""
+    ordered = sorted(float(value) for value in values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def capped_example_counts(claims: Sequence[float], ratio: float) -> list[float]:
-    """Each node's claimed example count, at most ``ratio`` × the round's median claim (0: as claimed).
+    """Each node's claimed example count, at most ``ratio`` × the round's lower median claim (0: as claimed).
 
     FedAvg weights a node by what it claims; an honest-looking update claiming 10^9 examples would make the
-    aggregate its own. The median of the round's claims is what the server can justify without trusting any
+    aggregate its own. The round's (lower) median claim is what the server can justify without trusting any
     one node: a node may hold a few times the typical data, not orders of magnitude more."""
     if ratio <= 0 or not claims:
         return list(claims)
-    cap = ratio * float(np.median(claims))
+    cap = ratio * lower_median(claims)
     return [min(float(claim), cap) for claim in claims]
 
 
 def update_norm_scales(norms: Sequence[float], ratio: float) -> list[float]:
-    """The factor each node's update is scaled by so its L2 norm is at most ``ratio`` × the round's median
-    update norm (0: no bound). Bounds how far one scaled or sign-flipped update moves the model."""
+    """The factor each node's update is scaled by so its L2 norm is at most ``ratio`` × the round's lower
+    median update norm (0: no bound). Bounds how far one scaled or sign-flipped update moves the model."""
     if ratio <= 0 or not norms:
         return [1.0] * len(norms)
-    bound = ratio * float(np.median(norms))
+    bound = ratio * lower_median(norms)
     return [1.0 if norm <= bound or norm == 0 else bound / norm for norm in norms]
 
 
