@@ -1,6 +1,7 @@
-"""Benchmark: federated round time, peak memory, traffic and validation for 10, 100 and 1,000 SuperNodes.
+"""Benchmark: federated round time, peak memory, traffic and validation for 10 to 10,000 SuperNodes.
 
     python benchmarks/federated_scaling.py                           # 10 / 100 / 1,000 nodes, 100 sampled
+    python benchmarks/federated_scaling.py --nodes 1000 10000 --rounds 3           # 10,000 nodes, 100 sampled
     python benchmarks/federated_scaling.py --nodes 10 100 --sampled 0 --rounds 3   # every node every round
     python benchmarks/federated_scaling.py --extra model.hidden_size=64
 
