@@ -167,6 +167,8 @@ class FederatedSettings:
     item_text_codes: tuple[int, ...] = ()
     #: Where each node saves its state every round for a resume (None: ``output_dir/run_name/node-state``).
     node_state_dir: str | None = None
+    #: The global model's item table starts from the items' projected text vectors instead of random rows.
+    text_started_items: bool = False
 
     @property
     def replay(self) -> Replay:
@@ -193,6 +195,11 @@ class FederatedSettings:
             raise SettingsError(str(error)) from None
         if self.runtime not in ("flower", "inprocess"):
             raise SettingsError(f"federated.runtime must be flower or inprocess, got {self.runtime!r}")
+        if self.text_started_items and self.initial_weights:
+            raise SettingsError(
+                "federated.text_started_items=true and federated.initial_weights both set the initial item "
+                "table: keep one"
+            )
         if any(size < 1 or size > 65536 for size in self.item_text_codes):
             raise SettingsError(
                 "federated.item_text_codes must be codebook level sizes in 1..65536, got "

@@ -26,6 +26,7 @@ from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.partition import federation_size
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.srm import SequentialRecommender
+from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.components import (
     LoopExtension,
@@ -40,8 +41,9 @@ from lsc4rec.server.loop import RoundPlan, run_rounds
 from lsc4rec.server.phase_clock import PhaseClock
 from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
-from lsc4rec.settings import FederatedRunSettings
+from lsc4rec.settings import FederatedRunSettings, SettingsError
 from lsc4rec.strategies.loop_strategy import LoopStrategy
+from lsc4rec.text import item_text_vectors_from_config
 from lsc4rec.tracking import RunTracker
 from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate
 
@@ -157,12 +159,28 @@ def _data_and_model(
     model = build_model_from_config(run.model, split.num_items, run.data.max_len, model_vectors)
     if run.federated.initial_weights and not run.federated.resume:
         load_initial_weights(model, Path(run.federated.initial_weights))
+    if run.federated.text_started_items and not run.federated.resume:
+        _start_items_from_text(model, run, split)
     solid = (
         SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed)
         if isinstance(model, SolidRecommender)
         else None
     )
     return split, catalogue, model, solid
+
+
+def _start_items_from_text(
+    model: SequentialRecommender, run: FederatedRunSettings, split: LeaveOneOutSplit
+) -> None:
+    """``federated.text_started_items``: the global model's item rows start as the items' projected text."""
+    if not split.item_text:
+        raise SettingsError(
+            f"federated.text_started_items=true needs item text, and dataset {run.data.name!r} has none: "
+            "drop the override or give the data an X_item_text.jsonl / data.text_path"
+        )
+    text = item_text_vectors_from_config(split.item_text, split.num_items, run.text)
+    report = init_item_table_from_vectors(model, text.vectors, text.has_text)
+    logger.info("item table started from the items' text: %s", report)
 
 
 def _warm_start(

@@ -1,10 +1,11 @@
 """A dataset without item text in a system that reads it: fall back to ids, or refuse before launching.
 
 The whole system reads the catalogue's item text in three places (SOLID's codebook, the SRM's text part, the
-content term of fusion); most public datasets have none. Before anything starts, each part that would read
-text is either switched to its id-only form, when the preset chose it (a log line says which part and why), or
-refused, when the user asked for it on the command line (the message names the override to drop). The cloud
-LLM needs nothing here: ``llm.item_init=auto`` already reads ids alone on such a dataset.
+content term of fusion), a federated run started from text in a fourth (its item table); most public
+datasets have none. Before anything starts, each part that would read text is either switched to its id-only
+form, when the preset chose it (a log line says which part and why), or refused, when the user asked for it
+on the command line (the message names the override to drop). The cloud LLM needs nothing here:
+``llm.item_init=auto`` already reads ids alone on such a dataset.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ TEXT_PARTS: tuple[TextPart, ...] = (
         lambda run: run.model.item_text != "none",
         lambda run: "model.item_text=none",
         "the device SRM's item vectors are learned id rows only",
+    ),
+    TextPart(
+        "federated.text_started_items",
+        lambda run: run.federated.text_started_items,
+        lambda run: "federated.text_started_items=false",
+        "the global model's item table starts from random rows",
     ),
     TextPart(
         "collab.content_weight",
