@@ -244,3 +244,46 @@ def test_item_text_vectors_for_a_split_with_text(tmp_path) -> None:
         model_config({"name": "sasrec", "hidden_size": 8, "item_text": "projected"}), 3, 4, vectors.vectors
     )
     assert int(model.item_text.vectors[2].abs().sum()) == 0
+
+
+@pytest.mark.parametrize("name", ["text_part", "solid_codes"])
+def test_gradients_of_repeated_ids_are_the_same_every_pass_on_several_threads(name: str) -> None:
+    # Indexing a table (table[ids]) accumulates the gradient of repeated ids in an order that varies between
+    # passes when torch runs several CPU threads; the models look rows up with an embedding call instead.
+    from lsc4rec.models.srm.text_part import ItemTextRows
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        if name == "text_part":
+            module = ItemTextRows(torch.randn(12_102, 24, generator=generator), 64)
+            ids = torch.randint(0, 12_102, (128, 50), generator=generator)
+
+            def rows() -> torch.Tensor:
+                return module(ids)
+
+            weight = module.projection.weight
+        else:
+            torch.manual_seed(0)
+            config = model_config({"name": "solid", "hidden_size": 64, "semantic_scores": True})
+            model = build_model_from_config(config, 12_101, 8)
+            model.set_semantic_ids(torch.randint(0, 4, (12_102, 1), generator=generator))
+            model.train()
+
+            def rows() -> torch.Tensor:
+                return model.item_table()
+
+            weight = model.semantic_trunk.item_embedding.weight
+        upstream = None
+        grads = []
+        for _ in range(10):
+            weight.grad = None
+            out = rows()
+            if upstream is None:
+                upstream = torch.randn(out.shape, generator=generator)
+            (out * upstream).sum().backward()
+            grads.append(weight.grad.clone())
+        assert all(torch.equal(grads[0], grad) for grad in grads[1:])
+    finally:
+        torch.set_num_threads(threads)

@@ -272,7 +272,10 @@ class SolidRecommender(SequentialRecommender):
         """Every item's vector ``[num_items + 1, d]`` as :meth:`embed_items` gives it."""
         table = super().item_table()
         if self.semantic_scores:
-            table = table + self.semantic_trunk.item_embedding.weight[self.semantic_tokens]
+            # An embedding lookup: its backward sums repeated codes in a fixed order (indexing's varies
+            # between runs with several CPU threads).
+            codes = self.semantic_trunk.item_embedding.weight
+            table = table + nn.functional.embedding(self.semantic_tokens, codes)
         return table
 
     def attach_item_text(self, vectors: Tensor, has_text: Tensor | None = None) -> dict[str, float | int]:

@@ -100,8 +100,10 @@ class ItemTextRows(nn.Module):
         if not _tracing() and ids.numel() >= self.num_rows:
             # More ids than items (candidate lists at every position): project the catalogue once and gather,
             # instead of projecting a D-wide vector per occurrence. Not while a graph is traced (ONNX export):
-            # the branch would fix the graph to one side of a size that must stay dynamic.
-            return self.table()[ids]
+            # the branch would fix the graph to one side of a size that must stay dynamic. An embedding
+            # lookup, not table[ids]: indexing's backward accumulates repeated ids in an order that varies
+            # between runs with several CPU threads, the embedding's in a fixed one (same values forward).
+            return nn.functional.embedding(ids, self.table())
         return self.projection(self.vectors[ids])
 
     def table(self) -> Tensor:
