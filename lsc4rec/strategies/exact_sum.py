@@ -33,12 +33,31 @@ _HIGHEST_TOP = 26
 _BLOCK = 1 << 15
 
 
+def _frexp_exponent(values: np.ndarray) -> np.ndarray:
+    """``np.frexp(values)[1]`` (``|v| < 2**e``) read from the float64 bits, several times faster than frexp.
+
+    A normal value's exponent field ``f`` gives ``e = f - 1022``; subnormals (below every bin) get the
+    lowest exponent, zero and non-finite values 0, as frexp gives them."""
+    field = ((values.view(np.int64) >> 52) & 0x7FF).astype(np.int32)
+    exponent = field - 1022
+    exponent[field == 0] = -1022
+    exponent[(field == 0x7FF) | (values == 0)] = 0
+    return exponent
+
+
 def _top_bins(values: np.ndarray) -> np.ndarray:
     """The lowest bin ``t`` with ``|v| < 2**(BIN_BITS * (t + 1) - 1)`` for each value (zero: the lowest)."""
-    _, exponent = np.frexp(values)  # |v| < 2**exponent
-    top = -((-(exponent.astype(np.int32) + 1)) // BIN_BITS) - 1
+    exponent = _frexp_exponent(values)  # |v| < 2**exponent
+    top = -((-(exponent + 1)) // BIN_BITS) - 1
     top[values == 0] = _LOWEST_TOP
     return np.clip(top, _LOWEST_TOP, _HIGHEST_TOP).astype(np.int8)
+
+
+def _one_and_a_half_times_two_to(exponent: np.ndarray) -> np.ndarray:
+    """``1.5 * 2**exponent`` for integer exponents of normal float64 range, built from its bits (ldexp's
+    value, without its cost)."""
+    bits = ((exponent.astype(np.int64) + 1023) << 52) | (1 << 51)
+    return bits.view(np.float64)
 
 
 class ReproducibleSum:
@@ -89,7 +108,7 @@ class ReproducibleSum:
         exponent = BIN_BITS * top.astype(np.int32) + 52
         for k in range(BINS):
             # Round to a multiple of the bin's unit: exact for |remainder| <= 2**(unit exponent + 51).
-            magic = np.ldexp(1.5, exponent - BIN_BITS * k)
+            magic = _one_and_a_half_times_two_to(exponent - BIN_BITS * k)
             sliced = (remainder + magic) - magic
             remainder -= sliced
             self._bins[k, where] += sliced
