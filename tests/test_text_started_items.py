@@ -70,3 +70,19 @@ def test_a_second_source_of_the_initial_table_is_refused(tmp_path: Path) -> None
     with pytest.raises(SettingsError, match="both set the initial item table"):
         weights = f"federated.initial_weights={tmp_path}/w.pt"
         _run(tmp_path / "x.txt", "federated.text_started_items=true", weights)
+
+
+@pytest.mark.slow
+def test_a_federated_run_started_from_text_ranks_from_round_0(tmp_path: Path) -> None:
+    # The pattern's users walk i -> i+1 and neighbours mostly share their text block: an untrained encoder on
+    # a text-started table already ranks the next item well above a random start, before any device trains.
+    from conftest import run_inprocess
+
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=120, num_items=NUM_ITEMS)
+    write_pattern_text(data, NUM_ITEMS, group=GROUP)
+    quick = ("federated.rounds=1", "model.hidden_size=16", "eval.full_ranking=true", "seed=3")
+    random_start = run_inprocess(data, tmp_path / "random", 2, *quick)
+    text_start = run_inprocess(data, tmp_path / "text", 2, *quick, "federated.text_started_items=true")
+    random_ndcg = random_start["round_0_valid"]["NDCG@10"]
+    text_ndcg = text_start["round_0_valid"]["NDCG@10"]
+    assert text_ndcg > 2 * random_ndcg, (text_ndcg, random_ndcg)
