@@ -284,3 +284,26 @@ def test_the_whole_system_runs_under_real_flower(tmp_path: Path) -> None:
     assert len(result["final_table"]) == 6
     # Learned: a random ranking of 40 items gives NDCG@10 about 0.13.
     assert result["test"]["full"]["NDCG@10"] > 0.3, result["test"]
+
+
+def test_a_kill_during_the_superlinks_cleanup_waits_until_the_cleanup_ends(tmp_path: Path) -> None:
+    # A second kill (or Ctrl-C) while the launcher stops the SuperLink, its simulation and Ray would end the
+    # process half way, leaving the simulation running on every core: the cleanup holds the signal.
+    import signal
+
+    marker = tmp_path / "cleanup-finished"
+    script = (
+        "import os, signal, sys, time, pathlib\n"
+        "from lsc4rec.simulations.launch.flower import _signals_held\n"
+        "with _signals_held():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.3)\n"
+        "    pathlib.Path(sys.argv[1]).write_text('done')\n"
+        "print('survived the signal', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(marker)], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert marker.read_text() == "done"  # the block ran to its end
+    assert done.returncode == -signal.SIGTERM  # then the held signal ended the process, as asked
+    assert "survived" not in done.stdout

@@ -125,16 +125,32 @@ def simulation_superlink(flwr_home: Path, env: dict[str, str]) -> Iterator[str]:
             wait_for_port(port, process, log_path)
             yield "lsc4rec"
     finally:
-        # Listed before anything dies (an orphan is re-parented and lost): the simulation process and Ray
-        # leave the SuperLink's process group, so stopping the group alone would leave them running.
-        family = descendants(process.pid)
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-        stop_processes(family)
+        with _signals_held():
+            # Listed before anything dies (an orphan is re-parented and lost): the simulation process and Ray
+            # leave the SuperLink's process group, so stopping the group alone would leave them running.
+            family = descendants(process.pid)
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            stop_processes(family)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block ends (main thread only): a second kill or Ctrl-C during the
+    cleanup would otherwise end the process before the simulation and Ray are stopped, leaving them running.
+    A signal that arrived meanwhile is delivered when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextmanager
