@@ -34,7 +34,8 @@ from lsc4rec.models.srm import (
     SRMConfig,
     compute_loss,
 )
-from lsc4rec.text.item_vectors import item_text_vectors_from_config
+from lsc4rec.models.srm.text_init import init_item_table_from_vectors
+from lsc4rec.text.item_vectors import ItemTextVectors, item_text_vectors_from_config
 from lsc4rec.torch_device import model_device, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -645,14 +646,35 @@ def model_item_vectors(
     return _encoded_item_text(split, text_cfg, dataset, reader, remedy)
 
 
+def start_item_table_from_text(
+    model: SequentialRecommender,
+    split: LeaveOneOutSplit,
+    text_cfg: Mapping[str, Any],
+    dataset: str,
+    reader: str,
+    remedy: str = "",
+) -> dict[str, float | int]:
+    """Start ``model``'s item table from the split's item text vectors (``conf/text``;
+    :func:`~lsc4rec.models.srm.text_init.init_item_table_from_vectors`) and return its report; a
+    ``ValueError`` naming ``reader`` (what needs the text), the dataset and ``remedy`` when it has none."""
+    text = _item_text(split, text_cfg, dataset, reader, remedy)
+    return init_item_table_from_vectors(model, text.vectors, text.has_text)
+
+
 def _encoded_item_text(
     split: LeaveOneOutSplit, text_cfg: Mapping[str, Any], dataset: str, reader: str, remedy: str
 ) -> torch.Tensor:
     """The split's item text encoded (``conf/text``); a ``ValueError`` naming ``reader`` (the key that needs
     it), the dataset and ``remedy`` when the dataset has none."""
+    return _item_text(split, text_cfg, dataset, reader, remedy).vectors
+
+
+def _item_text(
+    split: LeaveOneOutSplit, text_cfg: Mapping[str, Any], dataset: str, reader: str, remedy: str
+) -> ItemTextVectors:
     if not split.item_text:
         raise ValueError(f"{reader} needs item text, but dataset {dataset!r} has none{remedy}")
-    return item_text_vectors_from_config(split.item_text, split.num_items, text_cfg).vectors
+    return item_text_vectors_from_config(split.item_text, split.num_items, text_cfg)
 
 
 def _setting(section: Any, name: str) -> Any:

@@ -55,7 +55,7 @@ def test_item_rows_start_from_the_items_text(tmp_path: Path) -> None:
 
 def test_without_item_text_the_start_is_refused_by_name(tmp_path: Path) -> None:
     data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=60, num_items=NUM_ITEMS)
-    with pytest.raises(SettingsError, match=r"federated\.text_started_items=true needs item text"):
+    with pytest.raises(ValueError, match=r"federated\.text_started_items=true needs item text"):
         _data_and_model(_run(data, "federated.text_started_items=true"))
     # At the entry point: asked for on the command line, it is refused before launching with the override to
     # drop; set by a preset, it falls back to random rows.

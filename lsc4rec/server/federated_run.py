@@ -26,7 +26,6 @@ from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.partition import federation_size
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.components import (
     LoopExtension,
@@ -41,11 +40,16 @@ from lsc4rec.server.loop import RoundPlan, run_rounds
 from lsc4rec.server.phase_clock import PhaseClock
 from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
-from lsc4rec.settings import FederatedRunSettings, SettingsError
+from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies.loop_strategy import LoopStrategy
-from lsc4rec.text import item_text_vectors_from_config
 from lsc4rec.tracking import RunTracker
-from lsc4rec.training import EvalSet, build_eval_sets, build_model_from_config, evaluate
+from lsc4rec.training import (
+    EvalSet,
+    build_eval_sets,
+    build_model_from_config,
+    evaluate,
+    start_item_table_from_text,
+)
 
 __all__ = ["round_plan", "run_and_report", "run_federated"]
 
@@ -173,13 +177,10 @@ def _start_items_from_text(
     model: SequentialRecommender, run: FederatedRunSettings, split: LeaveOneOutSplit
 ) -> None:
     """``federated.text_started_items``: the global model's item rows start as the items' projected text."""
-    if not split.item_text:
-        raise SettingsError(
-            f"federated.text_started_items=true needs item text, and dataset {run.data.name!r} has none: "
-            "drop the override or give the data an X_item_text.jsonl / data.text_path"
-        )
-    text = item_text_vectors_from_config(split.item_text, split.num_items, run.text)
-    report = init_item_table_from_vectors(model, text.vectors, text.has_text)
+    remedy = ": drop the override or give the data an X_item_text.jsonl / data.text_path"
+    report = start_item_table_from_text(
+        model, split, run.text, run.data.name, "federated.text_started_items=true", remedy
+    )
     logger.info("item table started from the items' text: %s", report)
 
 

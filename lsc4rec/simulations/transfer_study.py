@@ -28,10 +28,17 @@ import torch
 from lsc4rec.data import LeaveOneOutSplit, TrainBatches
 from lsc4rec.data.slices import NewItems, evaluation_slices, newest_items, without_items
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.models.srm.text_init import init_item_table_from_vectors
 from lsc4rec.settings import CentralizedSettings
 from lsc4rec.text.text_settings import TextSettings
-from lsc4rec.training import EvalSet, TrainingHook, TrainSettings, build_eval_sets, fit, metrics_by_slice
+from lsc4rec.training import (
+    EvalSet,
+    TrainingHook,
+    TrainSettings,
+    build_eval_sets,
+    fit,
+    metrics_by_slice,
+    start_item_table_from_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +212,4 @@ def text_initialised_srm(
     model: SequentialRecommender, split: LeaveOneOutSplit, text_cfg: TextSettings
 ) -> dict[str, Any]:
     """Start ``model``'s item table from the items' projected text vectors (``text.*`` encoder and fields)."""
-    from lsc4rec.text import item_text_vectors_from_config
-
-    if not split.item_text:
-        raise ValueError(f"{split.name} has no item text: the text-initialised SRM needs some")
-    vectors = item_text_vectors_from_config(split.item_text, split.num_items, text_cfg)
-    return init_item_table_from_vectors(model, vectors.vectors, vectors.has_text)
+    return start_item_table_from_text(model, split, text_cfg, split.name, "the text-initialised SRM")
