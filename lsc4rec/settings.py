@@ -628,8 +628,10 @@ def _check_privacy(run: FederatedRunSettings) -> None:
                 "federated.keep_optimizer_state=true is not supported (Opacus wraps a fresh optimizer every "
                 "round)": run.federated.keep_optimizer_state,
                 "FedProx (strategy.proximal_mu > 0) is not supported": run.strategy.proximal_mu > 0,
-                "model.item_text: the DP-SGD engines do not cover the text part's projection yet; set "
-                "model.item_text=none": run.model.item_text != "none",
+                "model.item_text with privacy.grad_sample_mode=hooks: Opacus' hooks cannot see the text "
+                "part's projection of the whole catalogue; use grad_sample_mode=rows or functorch": (
+                    run.model.item_text != "none" and run.privacy.grad_sample_mode == "hooks"
+                ),
             }
         )
     if mode == "central" and run.strategy.rule != "fedavg":

@@ -13,7 +13,9 @@ into one dense ``[items, d]`` sum, Gaussian noise of std ``noise_multiplier x cl
 the expected batch size: the same mechanism, and so the same accounting, as Opacus' ``DPOptimizer``.
 
 Works for any loss whose item-table reads are module calls on item ids (``sampled_softmax``, ``bce``; the
-full softmax reads every row) and any SRM ``torch.func`` can batch (SASRec, DIN, TTT4Rec, GRU4Rec).
+full softmax reads every row) and any SRM ``torch.func`` can batch (SASRec, DIN, TTT4Rec, GRU4Rec). With the
+text part (``model.item_text``: item vector = id row + ``P`` · text vector) each example also gets its own
+rows of the frozen text vectors, so ``P``, one matrix every item shares, is trained densely like the encoder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from lsc4rec.models.srm.base import ITEM_TABLE_KEY
+
+#: The text part's buffers as the wrapper names them: the frozen text vectors and the trained-items mask,
+#: both indexed by item id, so renumbered per example like the item table.
+TEXT_VECTORS_KEY = "model.item_text.vectors"
+TEXT_TRAINED_KEY = "model.item_text.trained"
 
 __all__ = ["ClippedSum", "RowGatherStep", "local_item_tables"]
 
@@ -96,20 +103,28 @@ class RowGatherStep:
         dense = {n: named[n].detach() for n in self.dense_names}
         frozen = {n: p.detach() for n, p in named.items() if n not in dense and n != self.table_name}
         buffers = dict(self.wrapper.named_buffers())
+        own_text = _own_text_rows(buffers, distinct)
+        if own_text is not None:
+            # Every item of an example's own table is trained (checked there): the mask needs no batching.
+            buffers[TEXT_TRAINED_KEY] = torch.ones(distinct.size(1), dtype=torch.bool)
         wrapper, table_name = self.wrapper, self.table_name
 
-        def example_loss(params, own_rows: Tensor, x: Tensor, y: Tensor, neg: Tensor | None):
-            weights = {**frozen, **params, table_name: own_rows, **buffers}
+        def example_loss(
+            params, own_rows: Tensor, text: Tensor | None, x: Tensor, y: Tensor, neg: Tensor | None
+        ):
+            weights = {**frozen, **params, **buffers, table_name: own_rows}
+            if text is not None:
+                weights[TEXT_VECTORS_KEY] = text
             batched_neg = None if neg is None else neg.unsqueeze(0) if neg.dim() == 2 else neg
             return functional_call(wrapper, weights, (x.unsqueeze(0), y.unsqueeze(0), batched_neg)).squeeze(0)
 
         argnums = (0, 1) if self.train_table else 0
         compute = vmap(
             grad(example_loss, argnums=argnums),
-            in_dims=(None, 0, 0, 0, None if local_negatives is None else 0),
+            in_dims=(None, 0, None if own_text is None else 0, 0, 0, None if local_negatives is None else 0),
             randomness="different",
         )
-        grads = compute(dense, rows, local_inputs, local_targets, local_negatives)
+        grads = compute(dense, rows, own_text, local_inputs, local_targets, local_negatives)
         dense_grads, row_grads = grads if self.train_table else (grads, None)
         batch = inputs.size(0)
         squares = torch.zeros(batch)
@@ -127,3 +142,22 @@ class RowGatherStep:
             table_sum.index_add_(0, distinct.reshape(-1), scaled)
             sums[self.table_name] = table_sum
         return ClippedSum(sums, norms)
+
+
+def _own_text_rows(buffers: dict[str, Tensor], distinct: Tensor) -> Tensor | None:
+    """Each example's rows of the text part's frozen vectors, ``[B, K, D]`` (None: no text part).
+
+    The losses leave items no training sequence holds out of their softmax through a per-item mask; a mask
+    renumbered per example would put a data-dependent branch inside ``vmap``, so this engine refuses a model
+    with such items (federated nodes treat every item as trained).
+    """
+    vectors = buffers.get(TEXT_VECTORS_KEY)
+    if vectors is None:
+        return None
+    trained = buffers.get(TEXT_TRAINED_KEY)
+    if trained is not None and not bool(trained.all()):
+        raise ValueError(
+            f"privacy.grad_sample_mode=rows: {int((~trained).sum())} items are marked untrained in the text "
+            "part (set_trained_items); use grad_sample_mode=functorch"
+        )
+    return vectors[distinct]

@@ -126,12 +126,14 @@ def resolve_grad_sample_mode(privacy: PrivacySettings, model: SequentialRecommen
     """
     reads_rows = loss in HOOK_SAFE_LOSSES and not _generates_classifier(model)
     if privacy.grad_sample_mode == "hooks":
-        # TTT4Rec's fast weights are used functionally, outside any module the hooks watch.
-        if not (reads_rows and not isinstance(model, TTT4Rec)):
+        # TTT4Rec's fast weights are used functionally, outside any module the hooks watch; the text part
+        # projects the whole catalogue at once where a batch reads many items (no batch dimension to hook).
+        if not (reads_rows and not isinstance(model, TTT4Rec) and model.item_text is None):
             raise ValueError(
                 f"privacy.grad_sample_mode=hooks cannot train {type(model).__name__} with train.loss={loss}: "
                 f"Opacus' per-layer hooks need a loss in {HOOK_SAFE_LOSSES} and no parameter used outside a "
-                "module (TTT fast weights, SOLID's generated classifier); use grad_sample_mode=functorch"
+                "module (TTT fast weights, SOLID's generated classifier, the text part's projection); use "
+                "grad_sample_mode=functorch"
             )
         return "hooks"
     if privacy.grad_sample_mode == "rows":

@@ -42,6 +42,7 @@ from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import held_by_cloud
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
+from lsc4rec.server.components.catalogue_text import catalogue_vectors
 from lsc4rec.server.federated_run import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings, federated_settings_from_overrides, typed_section
@@ -146,14 +147,23 @@ def run_setting(sweep: SweepSettings, base_overrides: list[str], setting: dict[s
 
 def _model(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Path | None) -> SequentialRecommender:
     """The run's SRM with ``weights`` (a saved state dict), or else what every setting starts from (the
-    initial weights, or the seeded fresh init)."""
+    initial weights, or the seeded fresh init); with the text part (``model.item_text``), built on the
+    catalogue's text vectors as the nodes receive them."""
     torch.manual_seed(run.seed)
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len)
+    model = build_model_from_config(run.model, split.num_items, run.data.max_len, _text_vectors(run, split))
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     elif run.federated.initial_weights:
         load_initial_weights(model, Path(run.federated.initial_weights))
     return model
+
+
+def _text_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> torch.Tensor | None:
+    """The catalogue's text vectors as every node and the server read them (None without a text part)."""
+    if run.model.item_text == "none":
+        return None
+    catalogue = catalogue_vectors(run, split)
+    return None if catalogue is None else catalogue.vectors
 
 
 def initial_test_metrics(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict[str, float]:
@@ -238,7 +248,8 @@ def _warm_start(
     and overrides of runs that start from it, and the warm start's report."""
     # Every setting starts from the same warm-started weights, trained once on the cloud's stale data.
     torch.manual_seed(base.seed)  # the same warm start every time the sweep is run
-    model = build_model_from_config(base.model, split.num_items, base.data.max_len)
+    vectors = _text_vectors(base, split)
+    model = build_model_from_config(base.model, split.num_items, base.data.max_len, vectors)
     warm_start = warm_start_on_cloud(model, base, split)
     torch.save(model.state_dict(), out / "warm_start.pt")
     base_overrides = [
