@@ -1,13 +1,16 @@
-"""Local DP-SGD with the text part of the item vectors: the public part stays out of DP, ``P`` trains privately."""
+"""Local DP-SGD with the text part of the item vectors: the public part stays out of DP, ``P`` trains."""
 
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import PATTERN_RUN, write_pattern_dataset, write_pattern_text
 from test_privacy import NUM_ITEMS, padded, sequences, settings
 
 from lsc4rec.client.dp_rows import RowGatherStep
@@ -38,7 +41,7 @@ def text_model(name: str = "sasrec", seed: int = 3) -> torch.nn.Module:
 def _example_grads_by_autograd(
     wrapper: _RowLoss, names: list[str], inputs, targets, negatives
 ) -> dict[str, torch.Tensor]:
-    """Each example's gradient by plain autograd on that example alone (no torch.func): ``{name: [B, ...]}``."""
+    """Each example's gradient by plain autograd on that example alone: ``{name: [B, ...]}``."""
     named = dict(wrapper.named_parameters())
     out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for b in range(inputs.size(0)):
@@ -58,9 +61,9 @@ def _example_grads_by_autograd(
 def test_row_gather_with_the_text_part_equals_per_example_autograd(
     name: str, loss: str, frozen_table: bool
 ) -> None:
-    """Per-example gradients (projection P, encoder, id rows): the whole-model ``torch.func`` engine equals each
-    example's own backward (in float64, where TTT's inner loop rounds alike both ways), and the row-gather
-    engine's norms and clipped sums equal the whole-model engine's."""
+    """Per-example gradients (projection P, encoder, id rows): the whole-model ``torch.func`` engine equals
+    each example's own backward (in float64, where TTT's inner loop rounds alike both ways), and the
+    row-gather engine's norms and clipped sums equal the whole-model engine's."""
     model = text_model(name)
     if frozen_table:
         model.item_embedding.weight.requires_grad_(False)
@@ -153,7 +156,7 @@ def test_hooks_refuse_the_text_part_and_rows_refuse_untrained_items() -> None:
         train_on_shard_private(model, sequences(8), settings("bce"), hooks, 10, 1, 1, 8, seed=0)
     model.set_trained_items(torch.arange(1, NUM_ITEMS // 2))
     rows = PrivacySettings(mode="local", noise_multiplier=1.0, grad_sample_mode="rows")
-    with pytest.raises(ValueError, match="marked untrained in the text part.*functorch"):
+    with pytest.raises(ValueError, match=r"marked untrained in the text part.*functorch"):
         train_on_shard_private(model, sequences(8), settings("bce"), rows, 10, 1, 1, 8, seed=0)
 
 
@@ -162,5 +165,43 @@ def test_a_local_dp_run_with_the_text_part_is_accepted_except_with_hooks() -> No
             "privacy.noise_multiplier=1.0"]  # fmt: skip
     run = federated_settings_from_overrides(base)
     assert run.model.item_text == "projected" and run.privacy.mode == "local"
-    with pytest.raises(SettingsError, match="item_text with privacy.grad_sample_mode=hooks"):
+    with pytest.raises(SettingsError, match=r"item_text with privacy\.grad_sample_mode=hooks"):
         federated_settings_from_overrides([*base, "privacy.grad_sample_mode=hooks"])
+
+
+@pytest.mark.slow
+def test_privacy_sweep_with_the_text_part_keeps_the_public_rows_out_of_dp(tmp_path: Path) -> None:
+    """The sweep on a dataset with item text: the private-part setting's last model carries the warm
+    start's id rows unchanged (up to the aggregation's rounding) and a trained projection; today's engine
+    moves both."""
+    import subprocess
+    import sys
+
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=120, num_items=NUM_ITEMS)
+    write_pattern_text(data, NUM_ITEMS)
+    command = [
+        sys.executable, "-m", "lsc4rec.simulations.privacy_sweep", *PATTERN_RUN, f"data.path={data}",
+        "model.hidden_size=8", "model.item_text=projected", "federated.rounds=2",
+        "federated.warm_start_epochs=2",
+        "collab.cloud_users=0.5", "sweep.setting=[]", "sweep.modes=[local]", "sweep.epsilons=[8]",
+        "sweep.ablations=['private-part privacy.freeze_item_embeddings=true']",
+        "sweep.local_overrides=['train.loss=bce']", f"output_dir={tmp_path}", "run_name=sweep", "threads=1",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    names = [row["name"] for row in result["settings"]]
+    assert names == ["non-private", "local-eps8", "local-eps8-private-part"]
+    assert all(7.9 < row["epsilon"] <= 8.0 for row in result["settings"][1:])
+
+    def state(name: str) -> dict[str, torch.Tensor]:
+        return torch.load(tmp_path / "sweep" / name, map_location="cpu", weights_only=True)
+
+    start = state("warm_start.pt")
+    assert "item_text.projection.weight" in start and "item_text.vectors" not in start
+    private = state("local-eps8-private-part/model_last.pt")
+    everything = state("local-eps8/model_last.pt")
+    table, projection = "item_embedding.weight", "item_text.projection.weight"
+    torch.testing.assert_close(private[table], start[table], atol=1e-6, rtol=0)
+    assert float((private[projection] - start[projection]).abs().max()) > 1e-3
+    assert float((everything[table] - start[table]).abs().max()) > 1e-3

@@ -103,6 +103,7 @@ def _local_update(
         seed=derive_seed(run.seed, server_round, shard.partition_id),
         optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
         keep_state=keep_state if keep else None,
+        frozen_item_table=run.privacy.freeze_item_embeddings,
     )
 
 

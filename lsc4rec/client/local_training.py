@@ -83,11 +83,14 @@ def train_on_shard(
     seed: int,
     optimizer_state: Mapping[str, torch.Tensor] | None = None,
     keep_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    frozen_item_table: bool = False,
 ) -> dict[str, float]:
     """Run ``local_epochs`` over the shard's sequences; return the node's training metrics.
 
     ``optimizer_state`` (from an earlier round's ``keep_state``) restores the node's Adam moments instead of
-    starting them from zero; ``keep_state`` receives the moments after training.
+    starting them from zero; ``keep_state`` receives the moments after training. ``frozen_item_table``
+    (``privacy.freeze_item_embeddings``) keeps the item table as received: it gets no gradient, so the update
+    leaves it bit-identical.
 
     Trains on ``settings.device``. ``num-examples`` is the number of next-item targets trained on (the FedAvg
     weight). Every source of randomness (batch order, dropout, sampled negatives) derives from ``seed``, so a
@@ -99,7 +102,9 @@ def train_on_shard(
         raise ValueError(f"partition {shard.partition_id}: no device has a sequence with 2+ training items")
     home = model_device(model)
     model.to(settings.resolve_device())
-    optimizer = settings.make_optimizer(model.parameters())
+    table = model.item_embedding.weight
+    table.requires_grad_(not frozen_item_table)
+    optimizer = settings.make_optimizer(p for p in model.parameters() if p.requires_grad)
     if optimizer_state:
         load_optimizer_arrays(optimizer, optimizer_state)
     generator = torch.Generator().manual_seed(seed)
@@ -113,6 +118,7 @@ def train_on_shard(
                 model, batches, optimizer, quiet, generator, f"partition {shard.partition_id}", regularizer
             )
         )
+    table.requires_grad_(True)
     if keep_state is not None:
         keep_state(optimizer_state_arrays(optimizer))
     # The reply carries the weights from wherever the model came from (the ArrayRecord codec reads CPU).

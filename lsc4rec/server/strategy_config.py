@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy
 from lsc4rec.strategies.central_dp import CentralDP, central_noise_for_target
@@ -29,6 +30,8 @@ def wrap_central_dp(run: FederatedRunSettings, inner: SRMStrategy, population: i
         delta=delta,
         clipping=privacy.central_clipping,
         max_epsilon=privacy.budget,
+        # The item table fixed on every node (public knowledge) gets no noise: it leaves rounds unchanged.
+        public_keys=(ITEM_TABLE_KEY,) if privacy.freeze_item_embeddings else (),
     )
 
 

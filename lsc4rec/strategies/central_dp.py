@@ -10,7 +10,15 @@ what that noise calibration assumes.
 
 Flower's own accountant refuses strategies other than its ``FedAvg``, so :class:`CentralDP` composes the
 same Gaussian events into Flower's ``RdpAccountant`` itself (no amplification by sampling, as Flower's
-fixed-clipping accounting requires), reports ε each round and checkpoints the accountant.
+fixed-clipping accounting requires), reports ε each round and checkpoints the accountant. (Amplification by
+sampling nodes does not pay here: a round's nodes are a fixed-size sample, whose analysis counts *replacing*
+one node, a sensitivity of 2C; at 300 of 1,000 nodes, ε = 8 over 10 rounds then needs σ = 2.52 against 1.90
+unamplified, and fewer nodes a round put more noise on their mean: docs/results/privacy.md.)
+
+Parameters that are public (``privacy.freeze_item_embeddings``: the item table fixed on every node) are
+trained by no node, so their update is zero and clipping ignores them; the noise the wrapper adds to them is
+replaced by the global model's own values after aggregation (data-independent post-processing), so they
+leave every round exactly as they entered it.
 """
 
 from __future__ import annotations
@@ -95,8 +103,10 @@ class CentralDP(Strategy):
         delta: float,
         clipping: str = "server",
         max_epsilon: float | None = None,
+        public_keys: tuple[str, ...] = (),
     ) -> None:
-        """Wrap ``inner`` (which must weight nodes equally) for ``num_sampled_nodes`` nodes per round."""
+        """Wrap ``inner`` (which must weight nodes equally) for ``num_sampled_nodes`` nodes per round;
+        ``public_keys`` leave every round as they entered it (module doc)."""
         super().__init__()
         if not inner.uniform_weights:
             raise ValueError("central DP needs an SRM strategy that weights nodes equally (uniform_weights)")
@@ -116,7 +126,9 @@ class CentralDP(Strategy):
         self.delta = delta
         self.max_epsilon = max_epsilon
         self.accountant = _accountant(delta, num_sampled_nodes)
+        self.public_keys = tuple(public_keys)
         self._pending: dict[int, int] = {}
+        self._public: dict[str, Any] = {}
 
     # What the round loop reads from the SRM strategy.
     @property
@@ -160,6 +172,11 @@ class CentralDP(Strategy):
                 self.max_epsilon,
             )
             return []
+        missing = [key for key in self.public_keys if key not in arrays]
+        if missing:
+            raise ValueError(f"central DP: the public parameters {missing} are not in the global model")
+        # The global model's public parameters as they entered the round (restored after the noise).
+        self._public = {key: arrays[key] for key in self.public_keys}
         messages = list(self.dp.configure_train(server_round, arrays, config, grid))
         self._pending[server_round] = len(messages)
         return messages
@@ -182,6 +199,9 @@ class CentralDP(Strategy):
         arrays, metrics = self.dp.aggregate_train(server_round, replies)
         out = dict(metrics or {})
         if arrays is not None:
+            for key, value in self._public.items():
+                # No node trains a public parameter: what the wrapper put there is its noise alone.
+                arrays[key] = value
             self.accountant.compose(_gaussian_event(self.noise_multiplier, sent, self.num_sampled_nodes))
         out.update(
             {"epsilon": self.epsilon(), "delta": self.delta, "noise-multiplier": self.noise_multiplier}
