@@ -575,6 +575,8 @@ def build_model_from_config(
     max_len: int,
     item_vectors: torch.Tensor | None = None,
     training_sequences: Sequence[Sequence[int]] | None = None,
+    *,
+    weights_follow: bool = False,
 ) -> SequentialRecommender:
     """Build the model ``config`` describes (:data:`MODEL_CONFIGS`) for ``num_items`` items, ``max_len``
     the run's history length (``data.max_len``).
@@ -583,7 +585,8 @@ def build_model_from_config(
     [num_items + 1, D]`` (:meth:`SequentialRecommender.attach_item_text`); without vectors that is an error.
     With the text part, ``training_sequences`` (what the model will train on) says which items are trained:
     the others stay out of the training softmax and score by their text
-    (:meth:`SequentialRecommender.set_trained_items`).
+    (:meth:`SequentialRecommender.set_trained_items`). ``weights_follow``: the caller loads a full state dict
+    next, so the text projection's start (an SVD of the catalogue's vectors) is skipped.
     """
     # SOLID wraps a base SRM; its semantic ids come later (lsc4rec.models.solid.pipeline).
     model = config.build(num_items, max_len)
@@ -595,7 +598,7 @@ def build_model_from_config(
                 "(the dataset has no item text, or this entry point does not load it); "
                 "set model.item_text=none"
             )
-        model.attach_item_text(item_vectors)
+        model.attach_item_text(item_vectors, start=not weights_follow)
         if training_sequences is not None:
             untrained = model.set_trained_items(trained_items(training_sequences))
             if untrained:

@@ -205,3 +205,37 @@ def test_privacy_sweep_with_the_text_part_keeps_the_public_rows_out_of_dp(tmp_pa
     torch.testing.assert_close(private[table], start[table], atol=1e-6, rtol=0)
     assert float((private[projection] - start[projection]).abs().max()) > 1e-3
     assert float((everything[table] - start[table]).abs().max()) > 1e-3
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_node_builds_its_model_from_the_message_without_the_text_projection_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nodes rebuild the SRM every round and load the global weights over it: the projection's start (an SVD
+    of the catalogue's vectors, ~0.7 s on Beauty) is skipped there, and the loaded model is the sender's."""
+    from flwr.app import ArrayRecord, Message, RecordDict
+
+    import lsc4rec.models.srm.text_part as text_part
+    from lsc4rec.client.node import model_from_message
+
+    run = federated_settings_from_overrides(
+        ["system=base", "model=sasrec_device", "model.item_text=projected"]
+    )
+    vectors = torch.randn(NUM_ITEMS + 1, TEXT_DIM)
+    torch.manual_seed(0)
+    from lsc4rec.training import build_model_from_config
+
+    sender = build_model_from_config(run.model, NUM_ITEMS, run.data.max_len, vectors)
+    message = Message(
+        RecordDict({"arrays": ArrayRecord(sender.state_dict())}), dst_node_id=1, message_type="train"
+    )
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("the projection's start was computed for weights about to be replaced")
+
+    monkeypatch.setattr(text_part, "principal_projection", no_svd)
+    received = model_from_message(message, run, NUM_ITEMS, vectors)
+    for key, value in sender.state_dict().items():
+        assert torch.equal(received.state_dict()[key], value), key
+    inputs, _ = padded(sequences(3, seed=2))
+    assert torch.equal(received.eval().score_all(inputs), sender.eval().score_all(inputs))

@@ -116,6 +116,7 @@ def model_from_message(
     msg: Message, run: FederatedRunSettings, num_items: int, item_vectors: torch.Tensor | None = None
 ) -> SequentialRecommender:
     """Build the configured SRM (its text part from ``item_vectors``) and load the global weights."""
-    model = build_model_from_config(run.model, num_items, run.data.max_len, item_vectors)
+    # The message's weights replace every initial value (the text projection's SVD start is skipped).
+    model = build_model_from_config(run.model, num_items, run.data.max_len, item_vectors, weights_follow=True)
     model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
     return model

@@ -278,9 +278,11 @@ class SolidRecommender(SequentialRecommender):
             table = table + nn.functional.embedding(self.semantic_tokens, codes)
         return table
 
-    def attach_item_text(self, vectors: Tensor, has_text: Tensor | None = None) -> dict[str, float | int]:
+    def attach_item_text(
+        self, vectors: Tensor, has_text: Tensor | None = None, *, start: bool = True
+    ) -> dict[str, float | int]:
         """The base class's text part, shared with the item trunk (it encodes histories with it)."""
-        report = super().attach_item_text(vectors, has_text)
+        report = super().attach_item_text(vectors, has_text, start=start)
         # A plain attribute of the trunk, like the item table: one owner in the state dict.
         object.__setattr__(self.item_trunk, "item_text", self.item_text)
         return report

@@ -116,13 +116,18 @@ class SequentialRecommender(nn.Module, abc.ABC):
         self.item_text: ItemTextRows | None = None
 
     # ------------------------------------------------------------------ item vectors
-    def attach_item_text(self, vectors: Tensor, has_text: Tensor | None = None) -> dict[str, float | int]:
+    def attach_item_text(
+        self, vectors: Tensor, has_text: Tensor | None = None, *, start: bool = True
+    ) -> dict[str, float | int]:
         """Give every item vector a text part: ``id_row(i) + P · vectors[i]`` (:class:`ItemTextRows`).
 
         ``vectors [num_items + 1, D]`` are the items' frozen text vectors (zero rows for padding and items
         without text); ``has_text [num_items + 1]`` marks the items that have text (default: non-zero rows).
         ``P`` starts as the vectors' principal directions at the id table's own spread, and the id rows of
-        items with text start at zero, so each such item begins as its text. Returns a short report.
+        items with text start at zero, so each such item begins as its text. ``start=False`` leaves ``P`` at
+        zero for weights about to be loaded (the principal directions are an SVD of the whole catalogue's
+        vectors, most of a federated node's cost per round when every round rebuilds it). Returns a short
+        report.
         """
         if vectors.ndim != 2 or vectors.shape[0] != self.num_items + 1:
             raise ValueError(
@@ -136,7 +141,8 @@ class SequentialRecommender(nn.Module, abc.ABC):
         table = self.item_embedding.weight
         scale = float(table.detach()[1:].std())
         vectors = vectors.detach().float() * present.unsqueeze(1).to(torch.float32)
-        self.item_text = ItemTextRows(vectors, self.hidden_size, scale=scale).to(table.device)
+        text = ItemTextRows(vectors, self.hidden_size, scale=scale if start else 0.0)
+        self.item_text = text.to(table.device)
         with torch.no_grad():
             table[present] = 0.0
         return {
