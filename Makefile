@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The default job: the whole system on Beauty via `flwr run .` (private simulation SuperLink, 4 SuperNodes;
+# The default job: the whole system on Beauty via `flwr run .` (private simulation SuperLink, 2 SuperNodes;
 # docs/whole_system.md); exits non-zero unless the Flower run completed. ARGS adds overrides, e.g.
 # `make run ARGS=system=sasrec` (the plain federated SASRec). The centralized baseline: `make centralized`.
 ARGS ?=

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["THIRD_PARTY_LOGGERS", "UnactionableWarnings", "quiet_third_party_loggers"]
+__all__ = ["THIRD_PARTY_LOGGERS", "FlowerPerNodeChatter", "UnactionableWarnings", "quiet_third_party_loggers"]
 
 #: Loggers of libraries whose INFO output is plumbing, not progress.
 THIRD_PARTY_LOGGERS = (
@@ -51,6 +51,19 @@ class UnactionableWarnings(logging.Filter):
         return not str(record.getMessage()).startswith(self.PREFIXES)
 
 
+class FlowerPerNodeChatter(logging.Filter):
+    """Drop Flower's INFO lines that repeat once per node per round (its central DP wrappers announce every
+    node's clipping: 300 lines a round at 300 nodes); the round log and the noise line stay."""
+
+    PREFIXES = ("aggregate_fit: parameters are clipped by value",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for an INFO (or lower) record whose message starts with one of :attr:`PREFIXES`."""
+        if record.levelno > logging.INFO:
+            return True
+        return not str(record.getMessage()).startswith(self.PREFIXES)
+
+
 def quiet_third_party_loggers() -> int:
     """Set every logger of :data:`THIRD_PARTY_LOGGERS` to ``$LSC4REC_THIRD_PARTY_LOG_LEVEL`` (default
     WARNING); return the level set. An unknown level name is an error naming the variable."""
@@ -63,4 +76,11 @@ def quiet_third_party_loggers() -> int:
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     if not any(isinstance(f, UnactionableWarnings) for f in registration.filters):
         registration.addFilter(UnactionableWarnings())
+    flower = logging.getLogger("flwr")
+    chatter = [f for f in flower.filters if isinstance(f, FlowerPerNodeChatter)]
+    if level > logging.INFO and not chatter:
+        flower.addFilter(FlowerPerNodeChatter())
+    elif level <= logging.INFO:
+        for f in chatter:
+            flower.removeFilter(f)
     return level

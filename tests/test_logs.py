@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import lsc4rec  # noqa: F401  (importing the package quiets the libraries)
-from lsc4rec.logs import THIRD_PARTY_LOGGERS, UnactionableWarnings
+from lsc4rec.logs import THIRD_PARTY_LOGGERS, FlowerPerNodeChatter, UnactionableWarnings
 
 
 def test_importing_the_package_puts_libraries_at_warning() -> None:
@@ -55,3 +55,16 @@ def test_an_onnx_export_logs_nothing_from_the_exporter(tmp_path, caplog) -> None
     chatter = [r for r in caplog.records if r.name.startswith(("torch", "onnxscript", "onnx_ir"))]
     assert not chatter, [f"{r.name}: {r.getMessage()[:80]}" for r in chatter[:5]]
     assert (tmp_path / "srm.onnx").stat().st_size > 0
+
+
+def test_flowers_per_node_dp_lines_are_dropped_and_its_round_log_kept() -> None:
+    def record(message: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("flwr", level, __file__, 1, message, None, None)
+
+    keep = FlowerPerNodeChatter()
+    assert not keep.filter(record("aggregate_fit: parameters are clipped by value: 1.0000."))
+    assert keep.filter(record("aggregate_fit: central DP noise with 0.0063 stdev added"))
+    assert keep.filter(record("[ROUND 3]"))
+    assert keep.filter(record("aggregate_fit: parameters are clipped by value: 1.0000.", logging.WARNING))
+    # Installed on Flower's logger when the package is imported (libraries at WARNING by default).
+    assert any(isinstance(f, FlowerPerNodeChatter) for f in logging.getLogger("flwr").filters)
