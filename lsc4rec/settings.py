@@ -606,6 +606,11 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
                 "collab.srm_training=collaborative with privacy.mode=local: DP-SGD does not cover the pass "
                 "over the cloud's lists; use collab.srm_training=standard"
             )
+        if settings.privacy.freeze_item_embeddings:
+            raise SettingsError(
+                "privacy.freeze_item_embeddings=true with collab.srm_training=collaborative: the pass over "
+                "the cloud's lists trains the item table; use collab.srm_training=standard"
+            )
     _check_privacy(settings)
     return settings
 

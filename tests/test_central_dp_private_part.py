@@ -81,3 +81,12 @@ def test_a_node_with_the_frozen_item_table_sends_it_back_unchanged() -> None:
     # Without the flag the same training moves the table.
     train_on_shard(model, shard, settings(), 10, 1, 0.0, seed=1)
     assert not torch.equal(model.item_embedding.weight, before["item_embedding.weight"])
+
+
+def test_the_frozen_table_is_refused_where_a_pass_would_train_it() -> None:
+    from lsc4rec.settings import SettingsError, federated_settings_from_overrides
+
+    with pytest.raises(SettingsError, match=r"freeze_item_embeddings=true with collab\.srm_training=collab"):
+        federated_settings_from_overrides(["privacy.freeze_item_embeddings=true"])  # the whole system
+    run = federated_settings_from_overrides(["system=base", "privacy.freeze_item_embeddings=true"])
+    assert run.privacy.freeze_item_embeddings
