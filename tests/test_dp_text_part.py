@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PATTERN_RUN, write_pattern_dataset, write_pattern_text
-from test_privacy import NUM_ITEMS, padded, sequences, settings
+from test_privacy import NUM_ITEMS, assert_row_gather_equals_dense, padded, sequences, settings
 
-from lsc4rec.client.dp_rows import RowGatherStep
 from lsc4rec.client.private_training import _per_sample_grads, _RowLoss, train_on_shard_private
 from lsc4rec.models.srm import build_srm
 from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss
@@ -85,17 +84,7 @@ def test_row_gather_with_the_text_part_equals_per_example_autograd(
     # The projection's share of each example's gradient is real, not a zero carried along.
     assert float(by_autograd["model.item_text.projection.weight"].abs().sum()) > 0
 
-    dense = _per_sample_grads(wrapper, {n: dict(wrapper.named_parameters())[n].detach() for n in names},
-                              inputs, targets, negatives)  # fmt: skip
-    norms = torch.stack([dense[n].reshape(7, -1).norm(dim=1) for n in names], dim=1).norm(dim=1)
-    clip = float(norms.median())  # about half the examples are clipped
-    result = RowGatherStep(wrapper, names).clipped_sum(inputs, targets, negatives, clip)
-    torch.testing.assert_close(result.norms, norms, atol=1e-6, rtol=1e-5)
-    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
-    assert set(result.sums) == set(names)
-    for n in names:
-        expected = torch.einsum("b,b...->...", factor, dense[n])
-        torch.testing.assert_close(result.sums[n], expected, atol=1e-7, rtol=1e-5, msg=n)
+    assert_row_gather_equals_dense(wrapper, names, inputs, targets, negatives)
 
 
 @pytest.mark.parametrize("mode", ["rows", "functorch"])

@@ -358,17 +358,26 @@ def test_row_gather_clipping_equals_whole_table_per_sample_gradients(
     wrapper = _RowLoss(model, loss)
     names = [n for n, p in wrapper.named_parameters() if p.requires_grad]
     assert ("model.item_embedding.weight" in names) != frozen_table
+    assert_row_gather_equals_dense(wrapper, names, inputs, targets, negatives)
+
+
+def assert_row_gather_equals_dense(
+    wrapper: _RowLoss, names: list[str], inputs: torch.Tensor, targets: torch.Tensor, negatives
+) -> None:
+    """The row-gather engine's per-example norms and clipped sum equal those of the whole-model ``torch.func``
+    engine's dense per-example gradients, at a clipping norm that clips about half the examples."""
     dense = _per_sample_grads(wrapper, {n: dict(wrapper.named_parameters())[n].detach() for n in names},
                               inputs, targets, negatives)  # fmt: skip
-    norms = torch.stack([dense[n].reshape(9, -1).norm(dim=1) for n in names], dim=1).norm(dim=1)
-    clip = float(norms.median())  # about half the examples are clipped
+    rows = inputs.size(0)
+    norms = torch.stack([dense[n].reshape(rows, -1).norm(dim=1) for n in names], dim=1).norm(dim=1)
+    clip = float(norms.median())
     result = RowGatherStep(wrapper, names).clipped_sum(inputs, targets, negatives, clip)
     torch.testing.assert_close(result.norms, norms, atol=1e-6, rtol=1e-5)
     factor = (clip / (norms + 1e-6)).clamp(max=1.0)
     assert set(result.sums) == set(names)
     for n in names:
         expected = torch.einsum("b,b...->...", factor, dense[n])
-        torch.testing.assert_close(result.sums[n], expected, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(result.sums[n], expected, atol=1e-7, rtol=1e-5, msg=n)
 
 
 @pytest.mark.parametrize(("name", "loss"), [("sasrec", "sampled_softmax"), ("gru4rec", "bce")])
