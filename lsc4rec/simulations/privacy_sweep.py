@@ -150,7 +150,11 @@ def _model(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Path | N
     initial weights, or the seeded fresh init); with the text part (``model.item_text``), built on the
     catalogue's text vectors as the nodes receive them."""
     torch.manual_seed(run.seed)
-    model = build_model_from_config(run.model, split.num_items, run.data.max_len, _text_vectors(run, split))
+    # Saved weights replace every initial value: the text projection's SVD start is skipped then.
+    loaded = weights is not None or bool(run.federated.initial_weights)
+    vectors = _text_vectors(run, split)
+    max_len = run.data.max_len
+    model = build_model_from_config(run.model, split.num_items, max_len, vectors, weights_follow=loaded)
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     elif run.federated.initial_weights:
