@@ -601,10 +601,10 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
                 "collab.srm_training=collaborative trains the devices on the cloud's lists: it needs "
                 "collab.enabled=true"
             )
-        if settings.privacy.mode == "local":
+        if settings.privacy.mode == "local" and settings.collab.distill_weight > 0:
             raise SettingsError(
-                "collab.srm_training=collaborative with privacy.mode=local: DP-SGD does not cover the pass "
-                "over the cloud's lists; use collab.srm_training=standard"
+                "collab.distill_weight > 0 with privacy.mode=local: DP-SGD's pass over the cloud's lists "
+                "trains the rerank loss only; set collab.distill_weight=0"
             )
         if settings.privacy.freeze_item_embeddings:
             raise SettingsError(
@@ -623,15 +623,12 @@ def _check_privacy(run: FederatedRunSettings) -> None:
         return
     refusals = {
         "strategy.row_weighting sends per-item counts in clear": run.strategy.row_weighting,
-        "SOLID's codebook statistics are not privatised (model=solid)": run.model.name == "solid",
         "strategy.flower_class: DP is wired around lsc4rec's own strategy only (central DP's noise assumes "
         "equal node weights)": run.strategy.flower_class is not None,
     }
     if mode == "local":
         refusals.update(
             {
-                "federated.keep_optimizer_state=true is not supported (Opacus wraps a fresh optimizer every "
-                "round)": run.federated.keep_optimizer_state,
                 "FedProx (strategy.proximal_mu > 0) is not supported": run.strategy.proximal_mu > 0,
                 "model.item_text with privacy.grad_sample_mode=hooks: Opacus' hooks cannot see the text "
                 "part's projection of the whole catalogue; use grad_sample_mode=rows or functorch": (

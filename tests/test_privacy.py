@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.machinery
 import json
 import math
@@ -326,7 +327,8 @@ def test_every_srm_is_dp_trainable(name: str, loss: str, expected_mode: float) -
 def test_local_item_tables_renumber_each_row_into_its_distinct_ids() -> None:
     ids = torch.tensor([[0, 7, 3, 7, 0, 9], [0, 2, 2, 2, 2, 2]])
     distinct, local = local_item_tables(ids)
-    assert distinct.tolist() == [[0, 3, 7, 9, 0, 0], [0, 2, 0, 0, 0, 0]]
+    # As wide as the row with the most distinct ids (4), not as the reads (6).
+    assert distinct.tolist() == [[0, 3, 7, 9], [0, 2, 0, 0]]
     assert local.tolist() == [[0, 2, 1, 2, 0, 3], [0, 1, 1, 1, 1, 1]]
     assert torch.equal(torch.gather(distinct, 1, local), ids)
 
@@ -377,7 +379,8 @@ def assert_row_gather_equals_dense(
     assert set(result.sums) == set(names)
     for n in names:
         expected = torch.einsum("b,b...->...", factor, dense[n])
-        torch.testing.assert_close(result.sums[n], expected, atol=1e-7, rtol=1e-5, msg=n)
+        # float32: the engines sum in different orders (about 1e-7 of the largest entry, 4 here).
+        torch.testing.assert_close(result.sums[n], expected, atol=1e-6, rtol=1e-5, msg=n)
 
 
 @pytest.mark.parametrize(("name", "loss"), [("sasrec", "sampled_softmax"), ("gru4rec", "bce")])
@@ -750,3 +753,25 @@ def test_central_dp_adds_gaussian_noise_of_the_calibrated_spread() -> None:
     assert abs(float(noise.mean())) < 4 * sigma * clip / 10 / np.sqrt(size)
     assert float(noise.std()) == pytest.approx(sigma * clip / 10, rel=0.03)
     assert metrics["epsilon"] == pytest.approx(central_epsilon(sigma, 1, 1e-3, 10))
+
+
+def test_dp_sgd_keeps_the_optimizer_moments_across_rounds() -> None:
+    """federated.keep_optimizer_state under local DP: round 2 starts from round 1's Adam moments (a function
+    of noised gradients only), so it steps differently from a fresh optimizer and its step count goes on."""
+    torch.manual_seed(0)
+    model = build_srm("sasrec", NUM_ITEMS, hidden_size=8, dropout=0.0)
+    privacy = PrivacySettings(mode="local", noise_multiplier=1.0)
+    data = sequences(30, seed=1)
+    kept: dict[str, torch.Tensor] = {}
+    first = train_on_shard_private(
+        model, data, settings(), privacy, 10, 1, 2, 30, seed=1, keep_state=kept.update
+    )
+    steps = first.released[2]
+    assert float(kept["0.step"]) == steps and "0.exp_avg_sq" in kept
+    carried, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    again: dict[str, torch.Tensor] = {}
+    train_on_shard_private(carried, data, settings(), privacy, 10, 1, 2, 30, seed=2, optimizer_state=kept,
+                           keep_state=again.update)  # fmt: skip
+    train_on_shard_private(fresh, data, settings(), privacy, 10, 1, 2, 30, seed=2)
+    assert float(again["0.step"]) == 2 * steps
+    assert not torch.equal(carried.item_embedding.weight, fresh.item_embedding.weight)

@@ -121,8 +121,12 @@ def test_collaborative_training_needs_the_cloud_and_no_local_dp() -> None:
     with pytest.raises(SettingsError, match=r"needs collab\.enabled=true"):
         federated_settings_from_overrides(["collab.enabled=false"])
     assert federated_settings_from_overrides(["collab.enabled=false", "collab.srm_training=standard"])
-    with pytest.raises(SettingsError, match="DP-SGD does not cover"):
-        federated_settings_from_overrides(["privacy.mode=local", "privacy.noise_multiplier=1.0"])
+    # The whole system runs under local DP (the pass over the cloud's lists is part of the DP-SGD round),
+    # but the pass's distillation term is not.
+    local = ["privacy.mode=local", "privacy.noise_multiplier=1.0"]
+    assert federated_settings_from_overrides(local).collab.srm_training == "collaborative"
+    with pytest.raises(SettingsError, match=r"distill_weight > 0 with privacy\.mode=local"):
+        federated_settings_from_overrides([*local, "collab.distill_weight=1"])
 
 
 def test_flower_run_config_and_command_line_agree() -> None:
@@ -194,8 +198,8 @@ def test_ray_address_needs_the_flower_runtime() -> None:
 def test_privacy_refusals_come_before_any_work() -> None:
     # Refused where the settings are built (the launcher, before Flower starts), not on a node mid-round.
     base = ["system=base", "privacy.mode=local", "privacy.noise_multiplier=1"]
-    with pytest.raises(SettingsError, match=r"keep_optimizer_state=true is not supported"):
-        federated_settings_from_overrides([*base, "federated.keep_optimizer_state=true"])
+    # The moments come from noised gradients only (post-processing): kept across rounds under DP too.
+    assert federated_settings_from_overrides([*base, "federated.keep_optimizer_state=true"])
     with pytest.raises(SettingsError, match="FedProx"):
         federated_settings_from_overrides([*base, "strategy=fedprox", "strategy.proximal_mu=0.1"])
     with pytest.raises(SettingsError, match=r"strategy\.rule must be fedavg, not trimmed_mean"):

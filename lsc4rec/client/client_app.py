@@ -27,7 +27,12 @@ from lsc4rec.client.collaboration import (
     serve_round,
 )
 from lsc4rec.client.fault_drills import fault_drill_mod
-from lsc4rec.client.local_training import derive_seed, train_on_shard
+from lsc4rec.client.local_training import (
+    derive_seed,
+    optimizer_state_keeper,
+    saved_optimizer_state,
+    train_on_shard,
+)
 from lsc4rec.client.node import (
     device_item_text,
     model_from_message,
@@ -66,10 +71,6 @@ logger = logging.getLogger(__name__)
 app = ClientApp()
 
 
-#: context.state key of the node's Adam moments (``federated.keep_optimizer_state``).
-OPTIMIZER_STATE_KEY = "optimizer"
-
-
 def round_settings(settings: TrainSettings, decay: float, server_round: int) -> TrainSettings:
     """This round's local settings: lr decayed by ``decay`` (``federated.round_lr_decay``) per round after the
     first."""
@@ -88,11 +89,6 @@ def _local_update(
     """The round's standard local epochs on the devices, keeping the Adam moments in ``context.state`` across
     rounds with ``federated.keep_optimizer_state`` (a component may train instead: local DP)."""
     keep = run.federated.keep_optimizer_state
-    saved = context.state.array_records.get(OPTIMIZER_STATE_KEY) if keep else None
-
-    def keep_state(flat: dict[str, torch.Tensor]) -> None:
-        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
-
     return train_on_shard(
         model,
         shard,
@@ -101,8 +97,8 @@ def _local_update(
         run.federated.local_epochs,
         mu,
         seed=derive_seed(run.seed, server_round, shard.partition_id),
-        optimizer_state={k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None,
-        keep_state=keep_state if keep else None,
+        optimizer_state=saved_optimizer_state(context) if keep else None,
+        keep_state=optimizer_state_keeper(context) if keep else None,
         frozen_item_table=run.privacy.freeze_item_embeddings,
     )
 

@@ -4,7 +4,7 @@ The node keeps the codebook it last received in ``context.state`` (``ArrayRecord
 announces the server's version; a message to a stale node carries the new codebook, which replaces the stored
 one before the node trains or evaluates. After local training the node reports per-code statistics of the
 items its devices interacted with (weighted by how often), computed on the updated item representations:
-aggregated sums, never a device's sequence.
+aggregated sums, never a device's sequence; none under DP (``privacy.mode``): they would leave un-noised.
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ class CodebookOnNode(NodeComponent):
         version the node holds."""
         if step.codebook is None:
             return
-        if step.training:
+        # Under DP the statistics (counts of the devices' items) would leave without noise: the node sends
+        # none, and the codebook stays the one the server built from public text and the cloud's own data.
+        if step.training and step.run.privacy.mode == "none":
             features = item_features_of(step.run, step.model)  # type: ignore[arg-type]  # SOLID: prepared
             stats = device_statistics(step.codebook, features, step.shard)
             content[CODEBOOK_STATS] = statistics_record(stats)

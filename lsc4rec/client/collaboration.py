@@ -12,12 +12,13 @@ from flwr.app import Context
 from lsc4rec.client.collab.candidate_client import CandidateServiceClient
 from lsc4rec.client.collab.content import unit_vectors
 from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
-from lsc4rec.client.collab.list_training import train_on_cloud_lists
+from lsc4rec.client.collab.list_training import rerank_rows, train_on_cloud_lists
 from lsc4rec.client.collab.request_model import LearnedRequestModel
 from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices, serve_devices_in_modes
 from lsc4rec.client.collab.streaming import serve_arrivals
 from lsc4rec.client.local_training import derive_seed
 from lsc4rec.client.node_component import NodeComponent, NodeStep
+from lsc4rec.client.private_training import CloudListPass
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.messages import CONFIG, CandidateService
 from lsc4rec.models.llm.candidates import CandidateList
@@ -342,6 +343,32 @@ def train_on_lists_of(
     return metrics
 
 
+#: ``NodeStep.scratch`` key of the cloud's lists a node trains on under local DP (the privacy component runs
+#: the pass, so that its steps are clipped, noised and in the ledger).
+CLOUD_LIST_PASS = "cloud-list-pass"
+
+
+def cloud_list_pass_of(
+    shard: DeviceShard,
+    run: FederatedRunSettings,
+    service: CandidateService,
+    root_certificates: Path | None,
+) -> tuple[CloudListPass | None, dict[str, float]]:
+    """Fetch the cloud's lists for this node's devices, as rows for the DP-SGD pass over them (local DP);
+    None when the cloud is unreachable (the node then trains on its own data only, and says so)."""
+    with _cloud(run, service, root_certificates) as cloud:
+        tables = cloud.position_candidates_for_users(list(shard.users), run.collab.hard_negatives)
+    if tables is None:
+        return None, {"rerank-skipped": 1.0, "rerank-list-bytes-per-device": 0.0}
+    inputs, targets, hard = rerank_rows(shard.train_sequences, tables, run.data.max_len)
+    lists = CloudListPass(inputs, targets, hard, run.collab.random_negatives, run.collab.srm_epochs)
+    list_bytes = sum(8 * t.size for t in tables)
+    return lists, {
+        "rerank-skipped": 0.0,
+        "rerank-list-bytes-per-device": list_bytes / max(shard.num_devices, 1),
+    }
+
+
 class CollaborationOnNode(NodeComponent):
     """The cloud collaboration's training on a node (LSC4Rec): with ``collab.srm_training=collaborative``,
     the devices first learn to rerank the cloud's lists, then adapt as usual. (Their serving side, fusing and
@@ -360,5 +387,10 @@ class CollaborationOnNode(NodeComponent):
         if run.collab.srm_training != "collaborative" or service is None:
             return {}
         trust = candidate_root_certificates(step.context, run) if service.tls else None
+        if run.privacy.mode == "local":
+            # Under local DP the pass is part of the DP-SGD round (lsc4rec.client.privacy_on_node).
+            lists, metrics = cloud_list_pass_of(step.shard, run, service, trust)
+            step.scratch[CLOUD_LIST_PASS] = lists
+            return metrics
         server_round = int(step.server_round or 1)
         return train_on_lists_of(step.model, step.shard, run, service, trust, server_round, settings)

@@ -32,6 +32,8 @@ from lsc4rec.models.srm.base import ITEM_TABLE_KEY
 #: both indexed by item id, so renumbered per example like the item table.
 TEXT_VECTORS_KEY = "model.item_text.vectors"
 TEXT_TRAINED_KEY = "model.item_text.trained"
+#: SOLID's semantic token of every item (indexed by item id): renumbered per example like the item table.
+SEMANTIC_TOKENS_KEY = "model.semantic_tokens"
 
 __all__ = ["ClippedSum", "RowGatherStep", "local_item_tables"]
 
@@ -40,9 +42,10 @@ def local_item_tables(ids: Tensor) -> tuple[Tensor, Tensor]:
     """Each row's distinct item ids and every id renumbered into them.
 
     ``ids [B, K]`` (each row must hold the padding id 0, so that local id 0 is padding again). Returns
-    ``(distinct [B, K], local [B, K])``: ``distinct[b]`` holds row b's distinct ids in ascending order, padded
-    with 0 at unused slots (never referenced), and ``distinct[b, local[b, k]] == ids[b, k]``. Equal ids stay
-    equal, so accidental-hit masks of the losses still see them.
+    ``(distinct [B, W], local [B, K])``: ``distinct[b]`` holds row b's distinct ids in ascending order, padded
+    with 0 at unused slots (never referenced), W the most distinct ids of any row, and
+    ``distinct[b, local[b, k]] == ids[b, k]``. Equal ids stay equal, so accidental-hit masks of the losses
+    still see them.
     """
     ordered, order = ids.sort(dim=1)
     is_new = torch.ones_like(ordered, dtype=torch.bool)
@@ -50,7 +53,9 @@ def local_item_tables(ids: Tensor) -> tuple[Tensor, Tensor]:
     rank = is_new.long().cumsum(dim=1) - 1
     local = torch.empty_like(ids).scatter_(1, order, rank)
     distinct = torch.zeros_like(ids).scatter_(1, rank, ordered)
-    return distinct, local
+    # Only as wide as the row with the most distinct ids: a row reading the same items many times (the
+    # cloud's lists of neighbouring positions overlap) then costs its distinct rows, not its reads.
+    return distinct[:, : int(rank.max()) + 1], local
 
 
 def _ids_read(inputs: Tensor, targets: Tensor, negatives: Tensor | None) -> tuple[Tensor, int, int]:
@@ -103,28 +108,32 @@ class RowGatherStep:
         dense = {n: named[n].detach() for n in self.dense_names}
         frozen = {n: p.detach() for n, p in named.items() if n not in dense and n != self.table_name}
         buffers = dict(self.wrapper.named_buffers())
+        # Buffers indexed by item id, gathered per example: each example's rows of the text part's frozen
+        # vectors and of SOLID's semantic tokens.
+        own_buffers: dict[str, Tensor] = {}
         own_text = _own_text_rows(buffers, distinct)
         if own_text is not None:
+            own_buffers[TEXT_VECTORS_KEY] = own_text
             # Every item of an example's own table is trained (checked there): the mask needs no batching.
             buffers[TEXT_TRAINED_KEY] = torch.ones(distinct.size(1), dtype=torch.bool)
+        if SEMANTIC_TOKENS_KEY in buffers:
+            own_buffers[SEMANTIC_TOKENS_KEY] = buffers[SEMANTIC_TOKENS_KEY][distinct]
         wrapper, table_name = self.wrapper, self.table_name
 
         def example_loss(
-            params, own_rows: Tensor, text: Tensor | None, x: Tensor, y: Tensor, neg: Tensor | None
+            params, own_rows: Tensor, own: dict[str, Tensor], x: Tensor, y: Tensor, neg: Tensor | None
         ):
-            weights = {**frozen, **params, **buffers, table_name: own_rows}
-            if text is not None:
-                weights[TEXT_VECTORS_KEY] = text
+            weights = {**frozen, **params, **buffers, table_name: own_rows, **own}
             batched_neg = None if neg is None else neg.unsqueeze(0) if neg.dim() == 2 else neg
             return functional_call(wrapper, weights, (x.unsqueeze(0), y.unsqueeze(0), batched_neg)).squeeze(0)
 
         argnums = (0, 1) if self.train_table else 0
         compute = vmap(
             grad(example_loss, argnums=argnums),
-            in_dims=(None, 0, None if own_text is None else 0, 0, 0, None if local_negatives is None else 0),
+            in_dims=(None, 0, 0, 0, 0, None if local_negatives is None else 0),
             randomness="different",
         )
-        grads = compute(dense, rows, own_text, local_inputs, local_targets, local_negatives)
+        grads = compute(dense, rows, own_buffers, local_inputs, local_targets, local_negatives)
         dense_grads, row_grads = grads if self.train_table else (grads, None)
         batch = inputs.size(0)
         squares = torch.zeros(batch)

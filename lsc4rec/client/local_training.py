@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import torch
+from flwr.app import Array, ArrayRecord, Context
 
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.data import TrainBatches
@@ -71,6 +72,25 @@ def load_optimizer_arrays(optimizer: torch.optim.Optimizer, flat: Mapping[str, t
     current = optimizer.state_dict()
     # Hyperparameters (this round's lr) come from the fresh optimizer, only the moments from the saved state.
     optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+#: context.state key of the node's Adam moments (``federated.keep_optimizer_state``).
+OPTIMIZER_STATE_KEY = "optimizer"
+
+
+def saved_optimizer_state(context: Context) -> dict[str, torch.Tensor] | None:
+    """The optimizer moments an earlier round kept in the node's state (None before the first)."""
+    saved = context.state.array_records.get(OPTIMIZER_STATE_KEY)
+    return {k: torch.from_numpy(a.numpy()) for k, a in saved.items()} if saved else None
+
+
+def optimizer_state_keeper(context: Context) -> Callable[[dict[str, torch.Tensor]], None]:
+    """A ``keep_state`` callback storing the moments in the node's state for the next round."""
+
+    def keep_state(flat: dict[str, torch.Tensor]) -> None:
+        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in flat.items()})
+
+    return keep_state
 
 
 def train_on_shard(

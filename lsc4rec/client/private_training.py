@@ -30,18 +30,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
+from lsc4rec.client.local_training import load_optimizer_arrays, optimizer_state_arrays
 from lsc4rec.data import TrainBatches
 from lsc4rec.messages import DEVICES, EPSILON, NUM_EXAMPLES, PRIVACY_EXHAUSTED, TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss
+from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss, per_sequence_rerank_loss
 from lsc4rec.models.srm.ttt4rec import TTT4Rec
 from lsc4rec.privacy import HOOK_SAFE_LOSSES, SECURE_MODE_UNAVAILABLE, PrivacySettings
 from lsc4rec.training import TrainSettings
@@ -124,11 +126,14 @@ def resolve_grad_sample_mode(privacy: PrivacySettings, model: SequentialRecommen
     ``auto`` picks ``rows`` wherever the loss reads the item table by id (``sampled_softmax``, ``bce``): exact
     and the fastest, as it never builds a per-example copy of the whole table; else ``functorch``.
     """
-    reads_rows = loss in HOOK_SAFE_LOSSES and not _generates_classifier(model)
+    reads_rows = loss in HOOK_SAFE_LOSSES
     if privacy.grad_sample_mode == "hooks":
         # TTT4Rec's fast weights are used functionally, outside any module the hooks watch; the text part
         # projects the whole catalogue at once where a batch reads many items (no batch dimension to hook).
-        if not (reads_rows and not isinstance(model, TTT4Rec) and model.item_text is None):
+        hookable = (
+            not isinstance(model, TTT4Rec) and model.item_text is None and not _generates_classifier(model)
+        )
+        if not (reads_rows and hookable):
             raise ValueError(
                 f"privacy.grad_sample_mode=hooks cannot train {type(model).__name__} with train.loss={loss}: "
                 f"Opacus' per-layer hooks need a loss in {HOOK_SAFE_LOSSES} and no parameter used outside a "
@@ -170,8 +175,81 @@ class _RowLoss(torch.nn.Module):
     def forward(
         self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None
     ) -> torch.Tensor:
-        """Per-row losses ``[B]``."""
-        return per_sequence_loss(self.loss, self.model, inputs, targets, negatives)
+        """Per-row losses ``[B]``: the next-item loss plus the model's per-row auxiliary term (SOLID's VQ)."""
+        losses = per_sequence_loss(self.loss, self.model, inputs, targets, negatives)
+        auxiliary = self.model.per_row_auxiliary_loss(inputs)
+        return losses if auxiliary is None else losses + auxiliary
+
+
+def check_per_row_terms(model: SequentialRecommender) -> None:
+    """Refuse a model whose auxiliary training term DP-SGD would drop (no per-row form of it)."""
+    kind = type(model)
+    if (
+        kind.auxiliary_loss is not SequentialRecommender.auxiliary_loss
+        and kind.per_row_auxiliary_loss is SequentialRecommender.per_row_auxiliary_loss
+    ):
+        raise ValueError(
+            f"DP-SGD clips each device's own loss: {kind.__name__} defines auxiliary_loss but not "
+            "per_row_auxiliary_loss, so its auxiliary term would be dropped; implement per_row_auxiliary_loss"
+        )
+
+
+@dataclass(frozen=True)
+class CloudListPass:
+    """The pass over the cloud's lists (LSC4Rec's collaborative training) as DP-SGD runs it: one row per
+    device (:func:`lsc4rec.client.collab.list_training.rerank_rows`), each position's target ranked against
+    the cloud's list for it and ``random_negatives`` uniform items, for ``epochs`` passes."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    hard: torch.Tensor
+    random_negatives: int
+    epochs: int
+
+    @property
+    def rows(self) -> int:
+        """Devices with a position to train on."""
+        return int(self.inputs.size(0))
+
+
+class _RerankRowLoss(torch.nn.Module):
+    """The pass's per-row candidate-rerank loss (plus the model's per-row auxiliary term) as a ``forward``."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Per-row losses ``[B]``; ``negatives [B, L, m]``: each position's list, then uniform items."""
+        losses = per_sequence_rerank_loss(self.model, inputs, targets, negatives)
+        auxiliary = self.model.per_row_auxiliary_loss(inputs)
+        return losses if auxiliary is None else losses + auxiliary
+
+
+def _train_list_pass(run: _DPRun, lists: CloudListPass) -> _Trace:
+    """DP-SGD over the cloud's lists with the round's plan (the same noise and sample rate, so the ledger
+    composes alike); uniform negatives are drawn per batch and shared by its positions (data-independent)."""
+    trainable = run.trainable
+    dataset = TensorDataset(lists.inputs, lists.targets, lists.hard)
+    optimizer = run.settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
+    pass_run = replace(run, optimizer=optimizer, loader=DataLoader(dataset, generator=run.loader.generator))
+
+    def negatives_of(
+        inputs: torch.Tensor, targets: torch.Tensor, rest: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        (hard,) = rest
+        uniform = torch.randint(
+            1, trainable.num_items + 1, (lists.random_negatives,), generator=run.negatives
+        ).to(hard.device)
+        return torch.cat([hard, uniform.expand(*hard.shape[:2], -1)], dim=-1)
+
+    return _train_rows(pass_run, lists.epochs, _RerankRowLoss(trainable), negatives_of)
+
+
+def per_example_mode(model: SequentialRecommender, on: bool) -> None:
+    """Switch ``model`` to static shapes for per-example gradients (SOLID generates at every position)."""
+    if hasattr(model, "generate_everywhere"):
+        model.generate_everywhere = on
 
 
 def _per_sample_grads(
@@ -302,12 +380,21 @@ def _train_opacus(run: _DPRun, local_epochs: int, mode: str) -> _Trace:
     return trace
 
 
-def _train_rows(run: _DPRun, local_epochs: int) -> _Trace:
+def _train_rows(
+    run: _DPRun,
+    epochs: int,
+    row_loss: torch.nn.Module | None = None,
+    negatives_of: Callable[[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]], torch.Tensor]
+    | None = None,
+) -> _Trace:
     """DP-SGD whose per-sample gradients touch only the item rows each example reads (:mod:`dp_rows`).
 
-    The mechanism is Opacus' own: its Poisson loader, its noise function (std = noise multiplier x clipping
-    norm on every coordinate of every trained parameter, the sum divided by its expected batch size) and its
-    RDP accountant, stepped once per optimizer step.
+    The mechanism is Opacus' own: Poisson sampling at the plan's rate (its loader), its noise function (std =
+    noise multiplier x clipping norm on every coordinate of every trained parameter, the sum divided by its
+    expected batch size) and its RDP accountant, stepped once per optimizer step. ``row_loss`` (default: the
+    next-item loss of ``train.loss``) gives per-row losses of ``(inputs, targets, negatives)``;
+    ``negatives_of(inputs, targets, rest)`` draws a batch's negatives from the loader's other columns
+    (default: :func:`draw_negatives`).
     """
     from opacus.accountants import RDPAccountant
     from opacus.data_loader import DPDataLoader
@@ -316,27 +403,31 @@ def _train_rows(run: _DPRun, local_epochs: int) -> _Trace:
     from lsc4rec.client.dp_rows import RowGatherStep
 
     settings, trainable, plan = run.settings, run.trainable, run.plan
-    dp_loader = DPDataLoader.from_data_loader(run.loader, generator=run.loader.generator)
+    dataset = run.loader.dataset
+    dp_loader = DPDataLoader(dataset, sample_rate=plan.sample_rate, generator=run.loader.generator)
     # Opacus' DPOptimizer divides by int(len(dataset) x sample rate); so does this engine.
-    expected_batch = int(len(run.loader.dataset) * (1 / len(run.loader)))
+    expected_batch = max(int(len(dataset) * plan.sample_rate), 1)
     accountant = RDPAccountant()
     accountant.history = list(run.history)
     trainable.train()
-    row_loss = _RowLoss(trainable, settings.loss)
+    row_loss = row_loss or _RowLoss(trainable, settings.loss)
     named = {n: p for n, p in row_loss.named_parameters() if p.requires_grad}
     step = RowGatherStep(row_loss, list(named))
     std = plan.noise_multiplier * run.privacy.clipping_norm
     trace = _Trace([], 0, 0, [])
-    for _ in range(local_epochs):
-        for inputs, targets in dp_loader:
+    for _ in range(epochs):
+        for inputs, targets, *rest in dp_loader:
             run.optimizer.zero_grad(set_to_none=True)
             if inputs.size(0) == 0:
                 # An empty Poisson batch still takes a step: the noise is part of the mechanism.
                 sums = {n: torch.zeros_like(p) for n, p in named.items()}
             else:
-                negatives = draw_negatives(
-                    settings.loss, trainable.num_items, targets, settings.num_negatives, run.negatives
-                )
+                if negatives_of is None:
+                    negatives = draw_negatives(
+                        settings.loss, trainable.num_items, targets, settings.num_negatives, run.negatives
+                    )
+                else:
+                    negatives = negatives_of(inputs, targets, tuple(rest))
                 clipped = step.clipped_sum(inputs, targets, negatives, run.privacy.clipping_norm)
                 sums = clipped.sums
                 _count_clipped(trace, clipped.norms, run.privacy.clipping_norm)
@@ -428,11 +519,19 @@ def train_on_shard_private(
     seed: int,
     history: Sequence[HistoryEntry] = (),
     label: str = "node",
+    optimizer_state: Mapping[str, torch.Tensor] | None = None,
+    keep_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    cloud_lists: CloudListPass | None = None,
 ) -> PrivateRoundResult:
     """Train ``model`` in place with DP-SGD for ``local_epochs`` over ``train_sequences`` (one per device).
 
     ``history`` is the node's ledger from earlier rounds; the result holds it extended by this round. When
-    this round would take ε past the budget, nothing is trained and ``trained`` is False. Metrics:
+    this round would take ε past the budget, nothing is trained and ``trained`` is False.
+    ``optimizer_state`` / ``keep_state`` carry the optimizer's moments across rounds
+    (``federated.keep_optimizer_state``): computed from noised gradients only, they are post-processing of
+    the mechanism and cost no ε. ``cloud_lists``: the pass over the cloud's lists runs first, as DP-SGD with
+    the same plan (each device one row, sampled at the same rate, the same noise), its steps in the ledger;
+    the noise for a ``target_epsilon`` covers both. Metrics:
     ``epsilon`` (cumulative, at ``delta``), ``delta``, ``noise-multiplier``, ``sample-rate``,
     ``clipped-fraction`` (share of per-sample gradients the clipping norm cut), ``num-examples``,
     ``train_loss``, ``grad-sample-mode`` (0 hooks, 1 functorch).
@@ -441,9 +540,11 @@ def train_on_shard_private(
     if batches.num_examples == 0:
         raise ValueError(f"{label}: no device has a sequence with 2+ training items")
     batch_size = privacy.batch_size or settings.batch_size
-    plan = plan_for(privacy, batches.num_examples, batch_size, local_epochs, planned_rounds, num_devices)
+    list_epochs = cloud_lists.epochs if cloud_lists is not None and cloud_lists.rows > 0 else 0
+    epochs = local_epochs + list_epochs
+    plan = plan_for(privacy, batches.num_examples, batch_size, epochs, planned_rounds, num_devices)
     history = list(history)
-    this_round = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_epoch * local_epochs)
+    this_round = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_epoch * epochs)
     spent = epsilon_of(history, plan.delta)
     after = epsilon_of([*history, this_round], plan.delta)
     base_metrics = {
@@ -465,10 +566,37 @@ def train_on_shard_private(
         return PrivateRoundResult(metrics, history, trained=False)
 
     mode = resolve_grad_sample_mode(privacy, model, settings.loss)
+    check_per_row_terms(model)
     run = _dp_run(model, batches, settings, privacy, plan, history, mode, seed, batch_size)
+    if optimizer_state:
+        load_optimizer_arrays(run.optimizer, optimizer_state)
     trainable = run.trainable
-    trace = _train_rows(run, local_epochs) if mode == "rows" else _train_opacus(run, local_epochs, mode)
+    if list_epochs and mode != "rows":
+        raise ValueError(
+            f"{label}: the pass over the cloud's lists runs under DP with grad_sample_mode=rows only "
+            f"(this run resolved {mode}: train.loss={settings.loss}); use a sampled loss or "
+            "collab.srm_training=standard"
+        )
+    per_example_mode(trainable, mode != "hooks")
+    list_metrics: dict[str, float] = {}
+    try:
+        if list_epochs:
+            assert cloud_lists is not None
+            start = time.perf_counter()
+            listed = _train_list_pass(run, cloud_lists)
+            run.history = listed.history
+            list_metrics = {
+                "rerank-loss": sum(listed.losses) / max(len(listed.losses), 1),
+                "rerank-positions": float((cloud_lists.targets > 0).sum()),
+                "rerank-seconds": time.perf_counter() - start,
+                "rerank-clipped-fraction": listed.clipped / max(listed.seen, 1),
+            }
+        trace = _train_rows(run, local_epochs) if mode == "rows" else _train_opacus(run, local_epochs, mode)
+    finally:
+        per_example_mode(trainable, False)
     trainable.item_embedding.weight.requires_grad_(True)
+    if keep_state is not None:
+        keep_state(optimizer_state_arrays(run.optimizer))
     if trainable is not model:
         # DPGRU keeps the nn.GRU parameter names as aliases; copy every original key back.
         fixed_state = trainable.state_dict()
@@ -483,5 +611,6 @@ def train_on_shard_private(
         TRAIN_LOSS: sum(trace.losses) / max(len(trace.losses), 1),
         "clipped-fraction": trace.clipped / max(trace.seen, 1),
         "grad-sample-mode": GRAD_SAMPLE_MODE_CODES[mode],
+        **list_metrics,
     }
     return PrivateRoundResult(metrics, new_history, trained=True, released=this_round)

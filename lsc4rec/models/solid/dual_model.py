@@ -216,6 +216,9 @@ class SolidRecommender(SequentialRecommender):
         # Semantic ids in every item's score: its vector adds its code's row of the semantic table.
         self.semantic_scores = bool(semantic_scores) and self.use_codebook
         self.clip = float(clip)
+        # Set by the per-example gradient engines of DP-SGD (lsc4rec.client.private_training): generate at
+        # every position instead of selecting the real ones (same values at real positions).
+        self.generate_everywhere = False
         self.vq_weight = float(vq_weight) if self.use_codebook else 0.0
         # The trunks' config: the base's own keys, with SOLID's width and dropout unless they override them.
         if isinstance(base_params, SRMConfig):
@@ -320,6 +323,13 @@ class SolidRecommender(SequentialRecommender):
         semantic = None
         if self.use_semantic_trunk:
             semantic = self.semantic_trunk.encode(self.semantic_tokens[history])
+        if self.generate_everywhere:
+            # Static shapes for per-example gradients (torch.func cannot batch a boolean-mask selection):
+            # the classifier runs at every position and padding is zeroed afterwards.
+            flat = state.reshape(-1, state.size(-1))
+            flat_semantic = None if semantic is None else semantic.reshape(-1, semantic.size(-1))
+            generated = (flat + self._classifier(flat, flat_semantic)).view_as(state)
+            return torch.where(where.unsqueeze(-1), generated, torch.zeros_like(generated))
         out = torch.zeros_like(state)
         s = state[where]  # [P, d]
         out[where] = s + self._classifier(s, None if semantic is None else semantic[where])
@@ -434,3 +444,15 @@ class SolidRecommender(SequentialRecommender):
         item_vectors = SequentialRecommender.embed_items(self, items)
         code_vectors = self.semantic_trunk.item_embedding(self.semantic_tokens[items])
         return self.vq_weight * ((item_vectors - code_vectors) ** 2).mean()
+
+    def per_row_auxiliary_loss(self, inputs: Tensor) -> Tensor | None:
+        """The VQ term of each row alone ``[B]``: λ · mean over the row's history items of ‖e_i − s_tok(i)‖²
+        / d (a row without items gives 0), so one device's term depends on its own sequence only."""
+        if self.vq_weight == 0.0:
+            return None
+        self._require_semantic_ids()
+        item_vectors = SequentialRecommender.embed_items(self, inputs)  # [B, L, d]
+        code_vectors = self.semantic_trunk.item_embedding(self.semantic_tokens[inputs])
+        squared = ((item_vectors - code_vectors) ** 2).mean(dim=-1)  # [B, L]
+        real = (inputs != 0).to(squared.dtype)
+        return self.vq_weight * (squared * real).sum(dim=-1) / real.sum(dim=-1).clamp(min=1.0)

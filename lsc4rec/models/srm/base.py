@@ -208,6 +208,14 @@ class SequentialRecommender(nn.Module, abc.ABC):
         """
         return None
 
+    def per_row_auxiliary_loss(self, inputs: Tensor) -> Tensor | None:
+        """The :meth:`auxiliary_loss` of each row of ``inputs [B, L]`` alone, ``[B]`` (each row's value
+        depends on that row only), for per-example gradients (DP-SGD); None = no auxiliary term.
+
+        A model with an auxiliary term that DP-SGD should train implements both.
+        """
+        return None
+
     # ------------------------------------------------------------------ public scoring API
     def position_scores(
         self, inputs: Tensor, candidates: Tensor | None = None, positions: Tensor | None = None

@@ -285,6 +285,24 @@ def candidate_rerank_loss(
     return nll.sum() / nll.new_tensor(max(nll.numel(), 1))
 
 
+def per_sequence_rerank_loss(
+    model: SequentialRecommender, inputs: Tensor, targets: Tensor, negatives: Tensor
+) -> Tensor:
+    """:func:`candidate_rerank_loss` of every row alone ``[B]``, for per-example gradients (DP-SGD).
+
+    ``negatives [B, L, m]`` are each position's negatives (the cloud's list, then uniform items); one equal to
+    the target or 0 is left out, as there. Static shapes throughout: every position is scored and the row's
+    mean is over its non-padding targets (a row without targets gives 0).
+    """
+    real = targets.clamp(min=1)
+    scores = model.position_scores(inputs, torch.cat([real.unsqueeze(-1), negatives.clamp(min=1)], dim=-1))
+    invalid = (negatives == targets.unsqueeze(-1)) | (negatives == 0)
+    scores = torch.cat([scores[..., :1], scores[..., 1:].masked_fill(invalid, float("-inf"))], dim=-1)
+    nll = torch.logsumexp(scores, dim=-1) - scores[..., 0]
+    mask = (targets > 0).to(nll.dtype)
+    return (nll * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
+
+
 def list_distillation_loss(
     model: SequentialRecommender,
     inputs: Tensor,
