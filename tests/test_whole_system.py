@@ -128,3 +128,47 @@ def test_a_closing_round_trains_the_final_model_on_every_arrival(tmp_path: Path)
     assert all(seconds >= 0 for seconds in phases.values())
     assert sum(phases.values()) <= summary["wall_seconds"] + 5.0
     assert summary["test"]["full"]["NDCG@10"] > 0.3, summary["test"]["full"]
+
+
+@pytest.mark.slow
+def test_the_whole_system_runs_under_local_dp_and_reports_every_devices_epsilon(tmp_path: Path) -> None:
+    """`make run ARGS=privacy.mode=local ...` at tiny size: SOLID on TTT4Rec with the text part trains by
+    DP-SGD, the pass over the cloud's lists included (its steps in each node's ledger), Adam moments carried,
+    no codebook statistics leave the nodes, and the final table carries the ε every device spent."""
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=NUM_ITEMS)
+    write_pattern_text(data, NUM_ITEMS)
+    summary = run_inprocess(
+        data,
+        tmp_path / "run",
+        2,
+        *WHOLE_TINY,
+        "federated.rounds=2",
+        "federated.replay_interactions=2",
+        "llm.train.epochs=1",
+        "privacy.mode=local",
+        "privacy.target_epsilon=8",
+        system="whole",
+    )
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    assert summary["failures"] == 0 and len(rows) == 2
+    train = [row["train"] for row in rows]
+    # DP-SGD trained every round: the local epochs' full softmax by the whole-model engine (1), the pass over
+    # the cloud's lists first (by the row-gather engine).
+    assert all(t["grad-sample-mode"] == 1.0 and t["rerank-positions"] > 0 for t in train)
+    assert all(0 < t["rerank-loss"] < 20 and 0 <= t["rerank-clipped-fraction"] <= 1 for t in train)
+    # The ledgers: ε grows each round and the planned run ends at its target (the pass's steps included).
+    assert 0 < train[0]["epsilon"] < train[1]["epsilon"] == pytest.approx(8.0, abs=0.1)
+    # SOLID's codebook: no statistics came back, so it stayed the one built before the rounds.
+    assert all(row["codebook"]["codebook-updated"] == 0 for row in rows)
+    assert summary["codebook"]["version"] == 0
+    # The final table: the devices' rows carry every device's ε and δ; the cloud's list and the warm start
+    # had no device data and carry none.
+    table = {row["setting"]: row for row in summary["final_table"]}
+    assert summary["privacy"]["mode"] == "local"
+    for setting in ("device alone", "collaborative, no requests", "collaborative, every device requests"):
+        assert table[setting]["epsilon"] == pytest.approx(summary["privacy"]["epsilon"])
+        assert table[setting]["delta"] == summary["privacy"]["delta"] > 0
+    assert "epsilon" not in table["cloud alone (its stale list)"]
+    assert "epsilon" not in table["cloud's warm start alone (no device data)"]
+    # Learned through the noise: a random ranking of the 40 items gives NDCG@10 about 0.13.
+    assert table["device alone"]["NDCG@10"] > 0.13, table

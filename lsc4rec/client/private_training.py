@@ -228,7 +228,11 @@ class _RerankRowLoss(torch.nn.Module):
 
 def _train_list_pass(run: _DPRun, lists: CloudListPass) -> _Trace:
     """DP-SGD over the cloud's lists with the round's plan (the same noise and sample rate, so the ledger
-    composes alike); uniform negatives are drawn per batch and shared by its positions (data-independent)."""
+    composes alike); uniform negatives are drawn per batch and shared by its positions (data-independent).
+
+    Always the row-gather engine, whatever engine the local epochs use: the rerank loss reads item rows by
+    id (the target, the list, the uniform items), never the whole table.
+    """
     trainable = run.trainable
     dataset = TensorDataset(lists.inputs, lists.targets, lists.hard)
     optimizer = run.settings.make_optimizer(p for p in trainable.parameters() if p.requires_grad)
@@ -571,12 +575,6 @@ def train_on_shard_private(
     if optimizer_state:
         load_optimizer_arrays(run.optimizer, optimizer_state)
     trainable = run.trainable
-    if list_epochs and mode != "rows":
-        raise ValueError(
-            f"{label}: the pass over the cloud's lists runs under DP with grad_sample_mode=rows only "
-            f"(this run resolved {mode}: train.loss={settings.loss}); use a sampled loss or "
-            "collab.srm_training=standard"
-        )
     per_example_mode(trainable, mode != "hooks")
     list_metrics: dict[str, float] = {}
     try:

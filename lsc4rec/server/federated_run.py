@@ -290,7 +290,7 @@ def final_report(
     }
     summary.update({e.name: part for e in extensions if (part := e.summary(history)) is not None})
     if device_test:
-        summary["final_table"] = final_table(device_test)
+        summary["final_table"] = final_table(device_test, privacy=summary.get("privacy"))
         summary["device_test"] = device_test
         log_final_table(summary["final_table"])
     payload = {

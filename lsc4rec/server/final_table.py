@@ -10,7 +10,7 @@ The server averages the nodes' replies (device-weighted) into the table.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
@@ -36,6 +36,10 @@ FINAL_TABLE_ROWS: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
+#: Rows the devices' private training has no part in (the cloud's list, the model before any device data).
+_NOT_FROM_DEVICES = ("test-cloud-", "test-warm-start-")
+
+
 def test_on_devices(
     grid: Grid,
     strategy: LoopStrategy,
@@ -55,8 +59,15 @@ def test_on_devices(
     return dict(metrics or {})
 
 
-def final_table(metrics: dict[str, float], metric: str = "NDCG@10") -> list[dict[str, Any]]:
-    """The table's rows present in ``metrics``: label, ``metric``, HR@10, and the request rate."""
+def final_table(
+    metrics: dict[str, float], metric: str = "NDCG@10", privacy: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The table's rows present in ``metrics``: label, ``metric``, HR@10, and the request rate.
+
+    ``privacy`` (the run's privacy summary, DP on): the rows the devices' model made also carry the ε every
+    device has spent (local DP: the largest of any device's ledger; central DP: the run's) and its δ.
+    """
+    spent = privacy.get("epsilon") if privacy else None
     rows = []
     for label, prefix, rate in FINAL_TABLE_ROWS:
         if f"{prefix}{metric}" not in metrics:
@@ -64,6 +75,9 @@ def final_table(metrics: dict[str, float], metric: str = "NDCG@10") -> list[dict
         row = {"setting": label, metric: metrics[f"{prefix}{metric}"], "HR@10": metrics.get(f"{prefix}HR@10")}
         if rate is not None:
             row["request_rate"] = metrics.get(rate)
+        if spent is not None and prefix not in _NOT_FROM_DEVICES:
+            row["epsilon"] = float(spent)
+            row["delta"] = privacy.get("delta")  # type: ignore[union-attr]  # spent implies privacy
         rows.append(row)
     return rows
 
@@ -75,4 +89,5 @@ def log_final_table(rows: list[dict[str, Any]], metric: str = "NDCG@10") -> None
         rate = (
             f", {row['request_rate']:.0%} of devices request" if row.get("request_rate") is not None else ""
         )
-        logger.info("  %-40s %s %.4f%s", row["setting"], metric, row[metric], rate)
+        spent = f", every device's ε ≤ {row['epsilon']:.2f}" if row.get("epsilon") is not None else ""
+        logger.info("  %-40s %s %.4f%s%s", row["setting"], metric, row[metric], rate, spent)
