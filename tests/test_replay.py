@@ -201,3 +201,38 @@ def test_a_round_without_arrivals_reports_counts_not_an_error() -> None:
         generator=torch.Generator().manual_seed(0),
     )
     assert fused["replay-requests"] == 0 and "replay-collab-NDCG@10" not in fused
+
+
+def test_devices_scored_in_chunks_serve_and_test_exactly_as_in_one_batch(monkeypatch) -> None:
+    """A node scores its devices a chunk at a time (memory bounded by the chunk, not the node's thousands of
+    devices): serving the arrivals (streaming states prefilled per chunk and joined) and the test phase's
+    request modes give the same metrics as one batch."""
+    from lsc4rec.client.collab import inference
+    from lsc4rec.client.collab.serving import serve_devices_in_modes
+
+    histories, arrivals = _toy_round()
+    full = [h + a for h, a in zip(histories, arrivals, strict=True)]
+    model = _ttt(30)
+    cloud = _OracleCloud(full, 30, n=10)
+    stale = cloud.recommend([h[:-2] for h in histories], 10)
+    settings = CollaborationSettings(
+        candidates=10, alpha=0.5, mode="intelligent", ratio=0.5, device_candidates=5
+    )
+
+    def both() -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        served = serve_arrivals(model, histories, arrivals, 20, (5, 10), cloud=cloud, stale=stale,
+                                settings=settings, generator=torch.Generator().manual_seed(0))  # fmt: skip
+        modes = {m: torch.Generator().manual_seed(1) for m in ("intelligent", "always")}
+        tested = serve_devices_in_modes(model, full, [h[-1] for h in full], stale, cloud, settings, modes, 20)
+        return served, tested
+
+    whole = both()
+    monkeypatch.setattr(inference, "SCORING_CHUNK", 3)
+    assert len(histories) > 3
+    chunked = both()
+    assert whole[0]["streaming-updates"] == chunked[0]["streaming-updates"] > 0
+    for key, value in whole[0].items():
+        if key != "replay-seconds":
+            assert chunked[0][key] == pytest.approx(value, abs=1e-6), key
+    for mode, metrics in whole[1].items():
+        assert chunked[1][mode] == pytest.approx(metrics, abs=1e-6), mode

@@ -17,11 +17,27 @@ from lsc4rec.models.srm import SequentialRecommender
 #: Values of ``collab.candidate_pool``: what the device fuses over.
 CANDIDATE_POOLS: tuple[str, ...] = ("llm", "union")
 
+#: Devices a node's SRM scores at once. A node hosts thousands of devices; encoding all of them in one batch
+#: held every layer's activations for all at once (ONNX Runtime's arena then keeps that peak): 10 GB per node
+#: on Beauty's test phase, where two nodes exceeded a 24 GB machine. The scores themselves stay whole.
+SCORING_CHUNK = 1024
+
+
+def in_device_chunks(score: Callable[..., Tensor], *rows: Tensor) -> Tensor:
+    """``score(*rows)`` computed :data:`SCORING_CHUNK` devices (rows) at a time and concatenated (the same
+    values)."""
+    count, chunk = rows[0].shape[0], SCORING_CHUNK
+    if count <= chunk:
+        return score(*rows)
+    return torch.cat([score(*(r[i : i + chunk] for r in rows)) for i in range(0, count, chunk)])
+
+
 __all__ = [
     "CANDIDATE_POOLS",
     "device_pool",
     "device_top_items",
     "drop_seen",
+    "in_device_chunks",
     "request_score_table",
     "seen_items",
     "srm_candidate_scores",
@@ -45,7 +61,7 @@ def drop_seen(items: Tensor, histories: Tensor) -> Tensor:
 def srm_candidate_scores(srm: SequentialRecommender, histories: Tensor, items: Tensor) -> Tensor:
     """The SRM scores ``[B, n]`` of candidate ``items`` after left-padded ``histories``; empty slots -inf."""
     srm.eval()
-    scores = srm.score_candidates(histories, items.clamp(min=1))
+    scores = in_device_chunks(srm.score_candidates, histories, items.clamp(min=1))
     return scores.masked_fill(items == 0, float("-inf"))
 
 
@@ -57,7 +73,7 @@ def srm_catalogue_scores(srm: SequentialRecommender, histories: Tensor, seen: Te
     history, left-padded, whose items are all excluded.
     """
     srm.eval()
-    scores = srm.score_all(histories)
+    scores = in_device_chunks(srm.score_all, histories)
     scores[:, 0] = float("-inf")
     return scores.scatter_(1, histories if seen is None else seen, float("-inf"))
 

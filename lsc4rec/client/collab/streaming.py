@@ -20,12 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsc4rec.client.collab import inference
 from lsc4rec.client.collab.fallback import FallbackCloud, as_fallback
 from lsc4rec.client.collab.fusion import rerank
 from lsc4rec.client.collab.inference import (
     device_pool,
     device_top_items,
     drop_seen,
+    in_device_chunks,
     seen_items,
     union_candidates,
 )
@@ -54,6 +56,31 @@ def _head(value: Any, rows: int) -> Any:
     return value
 
 
+def _joined(parts: Sequence[Any]) -> Any:
+    """Streaming states of consecutive groups of devices joined into one (the inverse of :func:`_head`)."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(list(parts))
+    if isinstance(first, dict):
+        return {key: _joined([part[key] for part in parts]) for key in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_joined([part[i] for part in parts]) for i in range(len(first)))
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(
+            first, **{f.name: _joined([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(first)}
+        )
+    return first
+
+
+def _prefill(model: SequentialRecommender, history: Tensor) -> tuple[Any, Tensor]:
+    """``model.prefill`` of every device, ``inference.SCORING_CHUNK`` devices at a time (the same states)."""
+    chunk = inference.SCORING_CHUNK
+    if history.shape[0] <= chunk:
+        return model.prefill(history)
+    parts = [model.prefill(history[i : i + chunk]) for i in range(0, history.shape[0], chunk)]
+    return _joined([state for state, _ in parts]), torch.cat([hidden for _, hidden in parts])
+
+
 class _DeviceScorer:
     """The devices' next-item scores over the catalogue, kept current as interactions arrive.
 
@@ -68,13 +95,13 @@ class _DeviceScorer:
         self.updates = 0
         self.state: Any = None
         if self.streaming:
-            self.state, self.hidden = model.prefill(pad_left(histories, max_len))
+            self.state, self.hidden = _prefill(model, pad_left(histories, max_len))
 
     def scores(self, histories: list[list[int]]) -> Tensor:
         """Scores ``[B, num_items + 1]`` after each (current) history of the first ``B`` devices."""
         if self.streaming:
             return self.model.score_hidden(self.hidden[: len(histories)])
-        return self.model.score_all(pad_left(histories, self.max_len))
+        return in_device_chunks(self.model.score_all, pad_left(histories, self.max_len))
 
     def absorb(self, items: Tensor) -> None:
         """The first ``len(items)`` devices consume ``items``; the others are done for this round."""
