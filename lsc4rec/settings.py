@@ -606,10 +606,12 @@ def federated_settings(cfg: DictConfig, defaults: DictConfig | None = None) -> F
                 "collab.distill_weight > 0 with privacy.mode=local: DP-SGD's pass over the cloud's lists "
                 "trains the rerank loss only; set collab.distill_weight=0"
             )
-        if settings.privacy.freeze_item_embeddings:
+        if settings.privacy.freeze_item_embeddings and settings.privacy.mode != "local":
+            # Under local DP the pass is part of the DP-SGD round, which keeps the table frozen too.
             raise SettingsError(
                 "privacy.freeze_item_embeddings=true with collab.srm_training=collaborative: the pass over "
-                "the cloud's lists trains the item table; use collab.srm_training=standard"
+                "the cloud's lists trains the item table outside local DP; use collab.srm_training=standard "
+                "or privacy.mode=local"
             )
     _check_privacy(settings)
     return settings

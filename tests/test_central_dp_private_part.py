@@ -90,3 +90,6 @@ def test_the_frozen_table_is_refused_where_a_pass_would_train_it() -> None:
         federated_settings_from_overrides(["privacy.freeze_item_embeddings=true"])  # the whole system
     run = federated_settings_from_overrides(["system=base", "privacy.freeze_item_embeddings=true"])
     assert run.privacy.freeze_item_embeddings
+    # Under local DP the pass is part of the DP-SGD round, which keeps the table frozen: allowed.
+    local = ["privacy.freeze_item_embeddings=true", "privacy.mode=local", "privacy.noise_multiplier=1"]
+    assert federated_settings_from_overrides(local).collab.srm_training == "collaborative"

@@ -202,3 +202,19 @@ def test_the_pass_moves_the_model_beyond_the_local_epochs() -> None:
     train_on_shard_private(plain, seqs, settings(), fixed, 10, 1, 1, 32, seed=2)
     train_on_shard_private(listed, seqs, settings(), fixed, 10, 1, 1, 32, seed=2, cloud_lists=lists)
     assert not torch.equal(plain.item_meta[0].weight, listed.item_meta[0].weight)
+
+
+def test_a_frozen_table_stays_put_through_the_pass_and_the_local_epochs() -> None:
+    """The private part only with the pass over the cloud's lists: the id table leaves the round
+    bit-identical (no gradient, no noise in either part), the rest trains."""
+    inputs, targets, hard = _lists(32, seed=9)
+    lists = CloudListPass(inputs, targets, hard, random_negatives=6, epochs=1)
+    model = solid_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    privacy = PrivacySettings(mode="local", noise_multiplier=1.0, freeze_item_embeddings=True)
+    result = train_on_shard_private(model, sequences(32, seed=9), settings(), privacy, 10, 1, 1, 32, seed=2,
+                                    cloud_lists=lists)  # fmt: skip
+    assert result.metrics["rerank-positions"] > 0
+    assert torch.equal(model.item_embedding.weight, before["item_embedding.weight"])
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"item_text.projection.weight", "semantic_trunk.item_embedding.weight"} <= changed

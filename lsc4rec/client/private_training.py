@@ -538,7 +538,7 @@ def train_on_shard_private(
     the noise for a ``target_epsilon`` covers both. Metrics:
     ``epsilon`` (cumulative, at ``delta``), ``delta``, ``noise-multiplier``, ``sample-rate``,
     ``clipped-fraction`` (share of per-sample gradients the clipping norm cut), ``num-examples``,
-    ``train_loss``, ``grad-sample-mode`` (0 hooks, 1 functorch).
+    ``train_loss``, ``grad-sample-mode`` (0 hooks, 1 functorch, 2 rows); with the pass, its ``rerank-*``.
     """
     batches = TrainBatches(train_sequences, max_len, settings.batch_size, seed=seed)
     if batches.num_examples == 0:
