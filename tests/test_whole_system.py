@@ -20,12 +20,11 @@ from lsc4rec.client.onnx_folders import onnx_root
 NUM_ITEMS = 40
 
 
-@pytest.mark.slow
-def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
-    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=NUM_ITEMS)
+def run_whole_tiny(tmp_path: Path, num_users: int, *overrides: str) -> tuple[dict, list[dict]]:
+    """The whole system (`make run`'s preset) at tiny size over 2 rounds with 2 replayed interactions, on a
+    pattern dataset with item text; returns the summary and the rounds' rows, checking that no node failed."""
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=num_users, num_items=NUM_ITEMS)
     write_pattern_text(data, NUM_ITEMS)
-    graphs_before = set(onnx_root().iterdir()) if onnx_root().is_dir() else set()
-    # The whole system as `make run` composes it (conf/system/whole.yaml), at tiny size.
     summary = run_inprocess(
         data,
         tmp_path / "run",
@@ -33,6 +32,21 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         *WHOLE_TINY,
         "federated.rounds=2",
         "federated.replay_interactions=2",
+        *overrides,
+        system="whole",
+    )
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    assert summary["failures"] == 0 and len(rows) == 2
+    return summary, rows
+
+
+@pytest.mark.slow
+def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
+    graphs_before = set(onnx_root().iterdir()) if onnx_root().is_dir() else set()
+    # The whole system as `make run` composes it (conf/system/whole.yaml), at tiny size.
+    summary, rows = run_whole_tiny(
+        tmp_path,
+        300,
         # Every round serves an arrival (the default's closing round is tested below).
         "federated.replay_closing_round=false",
         "solid.features=[text,embedding]",
@@ -40,10 +54,7 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
         "llm.train.epochs=3",
         # List distillation in the pass over the cloud's lists: the lists come with the cloud's scores.
         "collab.distill_weight=0.5",
-        system="whole",
     )
-    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
-    assert summary["failures"] == 0 and len(rows) == 2
     # The nodes' ONNX graphs went with the test phase (a long soak must not fill the disk).
     assert (set(onnx_root().iterdir()) if onnx_root().is_dir() else set()) <= graphs_before
     client = [row["client_evaluate"] for row in rows]
@@ -100,21 +111,7 @@ def test_every_part_acts_in_one_federated_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_closing_round_trains_the_final_model_on_every_arrival(tmp_path: Path) -> None:
-    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=200, num_items=NUM_ITEMS)
-    write_pattern_text(data, NUM_ITEMS)
-    summary = run_inprocess(
-        data,
-        tmp_path / "run",
-        2,
-        *WHOLE_TINY,
-        "federated.rounds=2",
-        "federated.replay_interactions=2",
-        "federated.replay_closing_round=true",
-        "llm.train.epochs=1",
-        system="whole",
-    )
-    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
-    assert summary["failures"] == 0 and len(rows) == 2
+    summary, rows = run_whole_tiny(tmp_path, 200, "federated.replay_closing_round=true", "llm.train.epochs=1")
     client = [row["client_evaluate"] for row in rows]
     # Round 1 serves both arrivals of every device; the closing round serves none and trained on them.
     assert client[0]["replay-arrivals-per-device"] == 2.0 and client[1]["replay-arrivals-per-device"] == 0.0
@@ -135,22 +132,9 @@ def test_the_whole_system_runs_under_local_dp_and_reports_every_devices_epsilon(
     """`make run ARGS=privacy.mode=local ...` at tiny size: SOLID on TTT4Rec with the text part trains by
     DP-SGD, the pass over the cloud's lists included (its steps in each node's ledger), Adam moments carried,
     no codebook statistics leave the nodes, and the final table carries the ε every device spent."""
-    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=300, num_items=NUM_ITEMS)
-    write_pattern_text(data, NUM_ITEMS)
-    summary = run_inprocess(
-        data,
-        tmp_path / "run",
-        2,
-        *WHOLE_TINY,
-        "federated.rounds=2",
-        "federated.replay_interactions=2",
-        "llm.train.epochs=1",
-        "privacy.mode=local",
-        "privacy.target_epsilon=8",
-        system="whole",
+    summary, rows = run_whole_tiny(
+        tmp_path, 300, "llm.train.epochs=1", "privacy.mode=local", "privacy.target_epsilon=8"
     )
-    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
-    assert summary["failures"] == 0 and len(rows) == 2
     train = [row["train"] for row in rows]
     # DP-SGD trained every round: the local epochs' full softmax by the whole-model engine (1), the pass over
     # the cloud's lists first (by the row-gather engine).
