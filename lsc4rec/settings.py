@@ -169,6 +169,8 @@ class FederatedSettings:
     node_state_dir: str | None = None
     #: The global model's item table starts from the items' projected text vectors instead of random rows.
     text_started_items: bool = False
+    #: The devices' learning rate in round 1 (None: ``train.lr``, which the server's warm start also uses).
+    local_lr: float | None = None
 
     @property
     def replay(self) -> Replay:
@@ -185,6 +187,8 @@ class FederatedSettings:
             )
         if not 0.0 < self.round_lr_decay <= 1.0:
             raise SettingsError(f"federated.round_lr_decay must be in (0, 1], got {self.round_lr_decay}")
+        if self.local_lr is not None and not (math.isfinite(self.local_lr) and self.local_lr > 0):
+            raise SettingsError(f"federated.local_lr must be a positive number or null, got {self.local_lr}")
         for name in ("users_per_node", "warm_start_epochs", "replay_interactions"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"federated.{name} must be >= 0, got {getattr(self, name)}")

@@ -86,3 +86,14 @@ def test_round_lr_decay_is_geometric_and_checked() -> None:
     assert round_settings(TrainSettings(lr=0.004), 0.5, 1).lr == pytest.approx(0.004)
     with pytest.raises(SettingsError, match=r"federated\.round_lr_decay must be in"):
         federated_settings_from_overrides(["federated.round_lr_decay=1.5"])
+
+
+def test_local_lr_sets_round_one_and_leaves_the_warm_start_lr() -> None:
+    run = federated_settings_from_overrides(["federated.local_lr=0.003", "federated.round_lr_decay=0.5"])
+    assert run.train.lr == pytest.approx(0.001)  # the warm start's
+    first = round_settings(run.train, run.federated.round_lr_decay, 1, run.federated.local_lr)
+    second = round_settings(run.train, run.federated.round_lr_decay, 2, run.federated.local_lr)
+    assert (first.lr, second.lr) == (pytest.approx(0.003), pytest.approx(0.0015))
+    assert round_settings(run.train, 1.0, 2, None).lr == pytest.approx(0.001)
+    with pytest.raises(SettingsError, match=r"federated\.local_lr must be a positive number"):
+        federated_settings_from_overrides(["federated.local_lr=-0.1"])

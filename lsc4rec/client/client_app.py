@@ -71,10 +71,13 @@ logger = logging.getLogger(__name__)
 app = ClientApp()
 
 
-def round_settings(settings: TrainSettings, decay: float, server_round: int) -> TrainSettings:
-    """This round's local settings: lr decayed by ``decay`` (``federated.round_lr_decay``) per round after the
-    first."""
-    return replace(settings, lr=settings.lr * decay ** (server_round - 1))
+def round_settings(
+    settings: TrainSettings, decay: float, server_round: int, first_lr: float | None = None
+) -> TrainSettings:
+    """This round's local settings: round 1's lr (``first_lr``, ``federated.local_lr``; None: the settings'
+    own) decayed by ``decay`` (``federated.round_lr_decay``) per round after the first."""
+    base = settings.lr if first_lr is None else first_lr
+    return replace(settings, lr=base * decay ** (server_round - 1))
 
 
 def _local_update(
@@ -145,7 +148,7 @@ def train(msg: Message, context: Context) -> Message:
     for component in components:
         component.prepare(step)
     mu = float(msg.content[CONFIG].get(PROXIMAL_MU, 0.0))
-    settings = round_settings(run.train, run.federated.round_lr_decay, server_round)
+    settings = round_settings(run.train, run.federated.round_lr_decay, server_round, run.federated.local_lr)
     start = time.perf_counter()
     before: dict[str, float] = {}
     for component in components:
