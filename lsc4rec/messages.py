@@ -38,6 +38,7 @@ from lsc4rec.codebook import CodebookStatistics, SemanticCodebook
 from lsc4rec.text.compact import CompactItemVectors
 
 __all__ = [
+    "ADAPTIVE_CLIPPING",
     "ARRAYS",
     "CODEBOOK",
     "CODEBOOK_STATS",
@@ -84,6 +85,8 @@ ITEM_TEXT = "item-text"
 # Config keys (server -> node).
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
+# Central DP with client-side adaptive clipping: the node clips adaptively and reports whether it clipped.
+ADAPTIVE_CLIPPING = "central-dp-adaptive"
 CODEBOOK_VERSION = "codebook-version"
 ITEM_TEXT_VERSION = "item-text-version"
 PHASE = "phase"

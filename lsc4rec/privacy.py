@@ -40,6 +40,10 @@ class PrivacySettings:
     batch_size: int = 0
     grad_sample_mode: str = "auto"
     central_clipping: str = "server"
+    adaptive_clipping: bool = False
+    adaptive_quantile: float = 0.5
+    adaptive_clip_lr: float = 0.2
+    adaptive_count_stddev: float | None = None
     seeded_noise: bool = True
     freeze_item_embeddings: bool = False
     ledger_dir: str | None = None
@@ -58,6 +62,29 @@ class PrivacySettings:
             )
         if not self.clipping_norm > 0:
             raise ValueError(f"privacy.clipping_norm must be > 0, got {self.clipping_norm}")
+        if self.adaptive_clipping and self.mode != "central":
+            raise ValueError(
+                f"privacy.adaptive_clipping=true adapts central DP's per-node clipping norm; privacy.mode="
+                f"{self.mode} has none (local DP-SGD clips each device's gradient at privacy.clipping_norm)"
+            )
+        if not 0.0 <= self.adaptive_quantile <= 1.0:
+            raise ValueError(f"privacy.adaptive_quantile must be in [0, 1], got {self.adaptive_quantile}")
+        if not self.adaptive_clip_lr > 0:
+            raise ValueError(f"privacy.adaptive_clip_lr must be > 0, got {self.adaptive_clip_lr}")
+        if self.adaptive_count_stddev is not None and not self.adaptive_count_stddev > 0:
+            raise ValueError(
+                f"privacy.adaptive_count_stddev must be > 0 (or null), got {self.adaptive_count_stddev}"
+            )
+        if (
+            self.adaptive_clipping
+            and self.adaptive_count_stddev is not None
+            and self.noise_multiplier >= 2 * self.adaptive_count_stddev
+        ):
+            raise ValueError(
+                f"privacy.adaptive_count_stddev={self.adaptive_count_stddev} must exceed half of "
+                f"privacy.noise_multiplier={self.noise_multiplier} (the update's noise absorbs the count's "
+                "release); set it higher or null"
+            )
         if self.noise_multiplier < 0:
             raise ValueError(f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}")
         for name in ("target_epsilon", "max_epsilon"):

@@ -574,7 +574,10 @@ def test_nodes_out_of_budget_stop_without_counting_as_failures(data: Path, tmp_p
     assert summary["failures"] == 0
 
 
-def test_central_dp_run_with_client_side_clipping_accounts_every_round(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "adaptive"])
+def test_central_dp_run_with_client_side_clipping_accounts_every_round(
+    data: Path, tmp_path: Path, adaptive: bool
+) -> None:
     summary, rounds = federated(
         data,
         tmp_path / "central",
@@ -583,11 +586,17 @@ def test_central_dp_run_with_client_side_clipping_accounts_every_round(data: Pat
         "privacy.central_clipping=client",
         "privacy.noise_multiplier=0.7",
         "privacy.clipping_norm=0.5",
+        f"privacy.adaptive_clipping={str(adaptive).lower()}",
     )
     delta = 1 / 240
     for number, row in enumerate(rounds, start=1):
+        # Adaptive clipping's two releases are accounted as one Gaussian mechanism of the same multiplier.
         assert row["train"]["epsilon"] == pytest.approx(central_epsilon(0.7, number, delta, 4), rel=1e-6)
         assert row["train"]["valid-replies"] == 4
+    norms = [row["train"]["clipping-norm"] for row in rounds]
+    assert norms[0] == 0.5
+    # The nodes report whether they clipped; the norm moves only when adaptive.
+    assert (norms[1] != 0.5) == adaptive
     assert summary["privacy"]["mode"] == "central" and summary["privacy"]["epsilon"] > 0
 
 

@@ -8,7 +8,12 @@ import math
 from lsc4rec.models.srm import ITEM_TABLE_KEY
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.strategies import ServerOptimizer, SRMStrategy
-from lsc4rec.strategies.central_dp import CentralDP, central_noise_for_target
+from lsc4rec.strategies.central_dp import (
+    AdaptiveClipping,
+    CentralDP,
+    central_noise_for_target,
+    default_count_stddev,
+)
 from lsc4rec.strategies.stock import StockStrategy
 
 __all__ = ["build_strategy", "wrap_central_dp"]
@@ -22,6 +27,13 @@ def wrap_central_dp(run: FederatedRunSettings, inner: SRMStrategy, population: i
     noise = privacy.noise_multiplier or central_noise_for_target(
         float(privacy.target_epsilon), run.federated.rounds, delta, nodes
     )
+    adaptive = None
+    if privacy.adaptive_clipping:
+        adaptive = AdaptiveClipping(
+            quantile=privacy.adaptive_quantile,
+            learning_rate=privacy.adaptive_clip_lr,
+            count_stddev=privacy.adaptive_count_stddev or default_count_stddev(noise, nodes),
+        )
     return CentralDP(
         inner,
         noise_multiplier=noise,
@@ -32,6 +44,7 @@ def wrap_central_dp(run: FederatedRunSettings, inner: SRMStrategy, population: i
         max_epsilon=privacy.budget,
         # The item table fixed on every node (public knowledge) gets no noise: it leaves rounds unchanged.
         public_keys=(ITEM_TABLE_KEY,) if privacy.freeze_item_embeddings else (),
+        adaptive=adaptive,
     )
 
 
