@@ -577,6 +577,33 @@ def _proc_usage(pids: list[int]) -> dict[str, float]:
     return {"rss_mib": rss, "open_files": fds, "threads": threads}
 
 
+#: Which part of the deployment a process is, by the executable its command line names.
+PROCESS_ROLES = (
+    ("flower-superlink", "superlink"),
+    ("flwr-serverapp", "serverapp"),
+    ("flower-supernode", "supernodes"),
+    ("flwr-clientapp", "clientapps"),
+)
+
+
+def _role(pid: int) -> str:
+    """The deployment part ``pid`` belongs to (:data:`PROCESS_ROLES`; "other" for anything else)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    return next((role for marker, role in PROCESS_ROLES if marker in command), "other")
+
+
+def _rss_by_role(pids: list[int]) -> dict[str, float]:
+    """Resident memory (MiB) summed per deployment part (``rss_<role>_mib``)."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        key = f"rss_{_role(pid)}_mib"
+        out[key] = out.get(key, 0.0) + _proc_usage([pid])["rss_mib"]
+    return out
+
+
 def _folder_mib(paths: list[Path]) -> float:
     """The size of every file under ``paths`` (MiB)."""
     total = 0
@@ -614,7 +641,8 @@ def soak(workdir: Path, nodes: int, rounds: int) -> Verdicts:
         seen = 0
         while run.process.poll() is None:
             pids = roots + [pid for root in roots for pid in descendants(root)]
-            usage = _proc_usage(pids)
+            # Per part too, so a trend can be traced to the process that grows.
+            usage = _proc_usage(pids) | _rss_by_role(pids)
             peak = {k: max(v, peak.get(k, 0.0)) for k, v in usage.items()}
             done = len(re.findall(r"round \d+/\d+:", "".join(run.lines)))
             if done > seen:
@@ -654,6 +682,10 @@ def soak(workdir: Path, nodes: int, rounds: int) -> Verdicts:
             f"slope {slope:+.3f} {unit}/round on a mean of {mean:.1f} (rounds 6-{len(per_round)}: "
             f"{min(values):.1f}-{max(values):.1f})",
         )
+    # Not a check: where a memory trend lives (each part's own per-round peak).
+    for role in sorted({k for row in settled for k in row if k.startswith("rss_") and k != "rss_mib"}):
+        values = [row.get(role, 0.0) for row in settled]
+        print(f"[{name}] {role}: slope {_slope(values):+.2f} MiB/round, mean {sum(values) / len(values):.0f}")
     verdicts.check(
         "the nodes' ONNX graphs are removed when the run ends",
         left_behind < 1.0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,25 @@ def test_devices_ride_out_a_killed_and_restarted_candidate_service(tmp_path: Pat
     assert "UNAVAILABLE" in checks["while it is down the devices serve on and count the failures"]["observed"]
     # The service process was really killed and started again: two start-ups in its log.
     assert (tmp_path / "candidate-service" / "candidate-service.log").exists()
+
+
+def test_the_soak_tells_the_deployment_parts_apart() -> None:
+    """The soak's per-part memory: a process is counted under the executable its command line names."""
+    sys.path.insert(0, str(REPO / "deploy"))
+    try:
+        import drills
+    finally:
+        sys.path.remove(str(REPO / "deploy"))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "flwr-serverapp"])
+    try:
+        deadline = time.monotonic() + 10
+        while drills._role(sleeper.pid) != "serverapp" and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the child has exec'd (before, /proc shows pytest's command line)
+        assert drills._role(sleeper.pid) == "serverapp"
+        parts = drills._rss_by_role([sleeper.pid, *([] if sleeper.pid == 1 else [1])])
+        assert parts["rss_serverapp_mib"] > 1.0  # a Python interpreter's resident memory
+        assert set(parts) <= {"rss_serverapp_mib", "rss_other_mib"}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert drills._role(sleeper.pid) == "other"  # gone: nothing to attribute
