@@ -11,10 +11,13 @@ round samples ``--sampled`` nodes for training and for client evaluation (``stra
 ``federated.fraction_evaluate``; 0 = every node), so a round sends the model to as many nodes whatever their
 total, and each of them holds fewer users the more nodes there are. Reported per
 run: seconds per round, validation NDCG@10 after the last round (the server's full ranking of every user),
-training bytes per round (all sampled nodes), the ServerApp's peak memory and the peak of all processes (the
-largest summed resident set of this process and every process it started: SuperLink, ServerApp, simulation,
-Ray workers, sampled from ``/proc`` every 0.2 s, Linux). Writes ``outputs/benchmarks/federated_scaling.json``
-+ PNG, prints ``RESULT``.
+training bytes per round (all sampled nodes), the ServerApp's peak memory and the peak of all processes, three
+ways (Linux, from ``/proc``): the largest summed resident set of this process and every process it started
+(SuperLink, ServerApp, simulation, Ray workers; every 0.2 s), which counts a page shared by several processes
+(Ray's object store, mapped by the driver and the workers) once per process; the largest summed proportional
+set size (each shared page split among its processes; every second); and the machine's used memory
+(``MemTotal - MemAvailable``) above what it was when the run started, which counts every page once.
+Writes ``outputs/benchmarks/federated_scaling.json`` + PNG, prints ``RESULT``.
 """
 
 from __future__ import annotations
@@ -52,18 +55,51 @@ def tree_rss_mb(root: int) -> float:
     return total / 1024
 
 
-class PeakMemory:
-    """Samples :func:`tree_rss_mb` of this process tree in a background thread; ``peak_mb`` is the maximum."""
+def tree_pss_mb(root: int) -> float:
+    """Summed proportional set size (MiB) of ``root`` and its descendants: a page shared by k processes
+    counts 1/k in each (``/proc/<pid>/smaps_rollup``)."""
+    total = 0.0
+    for pid in [root, *descendants(root)]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total / 1024
 
-    def __init__(self, interval: float = 0.2) -> None:
+
+def machine_used_mb() -> float:
+    """The machine's used memory (MiB): ``MemTotal - MemAvailable``."""
+    fields = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
+
+
+class PeakMemory:
+    """Samples this process tree's memory in a background thread: ``peak_mb`` the summed resident sets
+    (every ``interval`` s), ``peak_pss_mb`` the summed proportional sets and ``peak_machine_mb`` the machine's
+    used memory above its level at the start (every ``pss_every`` samples: reading the page tables costs)."""
+
+    def __init__(self, interval: float = 0.2, pss_every: int = 5) -> None:
         self.interval = interval
+        self.pss_every = pss_every
         self.peak_mb = 0.0
+        self.peak_pss_mb = 0.0
+        self.peak_machine_mb = 0.0
+        self._baseline_mb = machine_used_mb()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        sample = 0
         while not self._stop.is_set():
             self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+            self.peak_machine_mb = max(self.peak_machine_mb, machine_used_mb() - self._baseline_mb)
+            if sample % self.pss_every == 0:
+                self.peak_pss_mb = max(self.peak_pss_mb, tree_pss_mb(os.getpid()))
+            sample += 1
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
@@ -116,6 +152,8 @@ def run_one(nodes: int, sampled: int, rounds: int, extra: list[str], out: Path) 
         ),
         "valid_NDCG@10": [round(r["server_valid"]["NDCG@10"], 4) for r in rows if "server_valid" in r],
         "peak_memory_mb": round(memory.peak_mb, 1),
+        "peak_pss_mb": round(memory.peak_pss_mb, 1),
+        "peak_machine_used_mb": round(memory.peak_machine_mb, 1),
         "server_peak_memory_mb": metrics["peak_memory_mb"],
         "wall_seconds": round(wall, 1),
         "failures": metrics["final"]["failures"],

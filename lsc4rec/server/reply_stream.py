@@ -21,7 +21,7 @@ __all__ = ["PULL_CHUNK", "PULL_INTERVAL", "stream_replies"]
 
 #: Message ids per ``pull_messages`` call: at most this many replies are held before they are folded.
 PULL_CHUNK = 16
-#: Seconds between polls while no reply arrived.
+#: Seconds between polls while replies arrive slower than a chunk per poll.
 PULL_INTERVAL = 1.0
 
 
@@ -52,6 +52,9 @@ def stream_replies(
                 arrived += 1
             if remaining() <= 0:
                 break
-        if pending and not arrived:
+        if pending and arrived < chunk:
+            # Fewer than a chunk arrived during the pass: no backlog, so wait before polling again. (In a
+            # simulation the ServerApp shares its process, and the GIL, with the engine that runs the nodes;
+            # polling 1,000 pending ids without a pause takes time from it.)
             time.sleep(max(0.0, min(interval, remaining())))
     return kept
