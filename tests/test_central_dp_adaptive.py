@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
+from test_privacy import replies_adding
 
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
 from lsc4rec.messages import ADAPTIVE_CLIPPING
@@ -35,14 +36,11 @@ def _adaptive_dp(nodes: int, sigma: float, clip: float, **adaptive: float) -> Ce
 def _round(dp: CentralDP, number: int, weights: ArrayRecord, norms: list[float]) -> tuple[ArrayRecord, dict]:
     """One round in which node i sends an update of norm ``norms[i]`` (a fixed direction per node)."""
     messages = list(dp.configure_train(number, weights, ConfigRecord(), _Nodes(len(norms))))
-    replies = []
-    for index, (message, norm) in enumerate(zip(messages, norms, strict=True)):
+    updates = []
+    for index, norm in enumerate(norms):
         direction = np.random.default_rng(index).normal(size=SIZE).astype(np.float32)
-        update = direction / np.linalg.norm(direction) * norm
-        arrays = ArrayRecord({"w": Array(weights["w"].numpy() + update)})
-        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 5.0})})
-        replies.append(Message(content, reply_to=message))
-    aggregate, metrics = dp.aggregate_train(number, replies)
+        updates.append(direction / np.linalg.norm(direction) * norm)
+    aggregate, metrics = dp.aggregate_train(number, replies_adding(messages, weights, updates))
     return aggregate, dict(metrics)
 
 
@@ -81,19 +79,7 @@ def test_the_noise_is_calibrated_to_the_norm_the_round_clipped_with() -> None:
     messages = list(dp.configure_train(1, weights, ConfigRecord(), _Nodes(10)))
     generator = np.random.default_rng(1)
     updates = [generator.normal(0, 1e-4, size).astype(np.float32) for _ in messages]
-    replies = [
-        Message(
-            RecordDict(
-                {
-                    "arrays": ArrayRecord({"w": Array(weights["w"].numpy() + update)}),
-                    "metrics": MetricRecord({"num-examples": 5.0}),
-                }
-            ),
-            reply_to=message,
-        )
-        for message, update in zip(messages, updates, strict=True)
-    ]
-    aggregate, metrics = dp.aggregate_train(1, replies)
+    aggregate, metrics = dp.aggregate_train(1, replies_adding(messages, weights, updates))
     noise = aggregate["w"].numpy() - weights["w"].numpy() - np.mean(updates, axis=0)
     update_sigma = (sigma**-2 - (2 * count_stddev) ** -2) ** -0.5
     assert float(noise.std()) == pytest.approx(update_sigma * clip / 10, rel=0.03)

@@ -726,13 +726,32 @@ def test_central_dp_epsilon_matches_an_independent_accountant() -> None:
         assert central_epsilon(sigma, rounds, delta, 10) == pytest.approx(expected, rel=1e-9)
 
 
+def replies_adding(messages: list, weights, updates: list[np.ndarray]) -> list:
+    """Train replies to ``messages`` whose array ``w`` is ``weights["w"]`` plus each node's update (5 examples
+    each): what a central-DP strategy aggregates in these tests."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    return [
+        Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({"w": Array(weights["w"].numpy() + update)}),
+                    "metrics": MetricRecord({"num-examples": 5.0}),
+                }
+            ),
+            reply_to=message,
+        )
+        for message, update in zip(messages, updates, strict=True)
+    ]
+
+
 @pytest.mark.usefixtures("task_identity")
 def test_central_dp_adds_gaussian_noise_of_the_calibrated_spread() -> None:
     # Ten nodes send small known updates (inside the clipping norm, so clipping leaves them alone): the
     # aggregate differs from the global model plus their mean by the noise alone, whose standard deviation
     # must be noise_multiplier * clipping_norm / nodes per coordinate. (An exactly zero update would stop
     # Flower's clipping with a division by zero.)
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, ConfigRecord
 
     class TenNodes:
         def get_node_ids(self) -> list[int]:
@@ -745,19 +764,7 @@ def test_central_dp_adds_gaussian_noise_of_the_calibrated_spread() -> None:
     messages = list(dp.configure_train(1, weights, ConfigRecord(), TenNodes()))
     generator = np.random.default_rng(1)
     updates = [generator.normal(0, 1e-4, size).astype(np.float32) for _ in messages]
-    replies = [
-        Message(
-            RecordDict(
-                {
-                    "arrays": ArrayRecord({"w": Array(weights["w"].numpy() + update)}),
-                    "metrics": MetricRecord({"num-examples": 5.0}),
-                }
-            ),
-            reply_to=m,
-        )
-        for m, update in zip(messages, updates, strict=True)
-    ]
-    aggregate, metrics = dp.aggregate_train(1, replies)
+    aggregate, metrics = dp.aggregate_train(1, replies_adding(messages, weights, updates))
     noise = aggregate["w"].numpy() - weights["w"].numpy() - np.mean(updates, axis=0)
     assert abs(float(noise.mean())) < 4 * sigma * clip / 10 / np.sqrt(size)
     assert float(noise.std()) == pytest.approx(sigma * clip / 10, rel=0.03)
