@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,11 +46,13 @@ def test_the_soak_tells_the_deployment_parts_apart() -> None:
         import drills
     finally:
         sys.path.remove(str(REPO / "deploy"))
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "flwr-serverapp"])
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)", "flwr-serverapp"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        deadline = time.monotonic() + 10
-        while drills._role(sleeper.pid) != "serverapp" and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the child has exec'd (before, /proc shows pytest's command line)
+        assert sleeper.stdout is not None and sleeper.stdout.readline() == "up\n"  # started, not mid-exec
         assert drills._role(sleeper.pid) == "serverapp"
         parts = drills._rss_by_role([sleeper.pid, *([] if sleeper.pid == 1 else [1])])
         assert parts["rss_serverapp_mib"] > 1.0  # a Python interpreter's resident memory
@@ -59,4 +60,6 @@ def test_the_soak_tells_the_deployment_parts_apart() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+        if sleeper.stdout is not None:
+            sleeper.stdout.close()
     assert drills._role(sleeper.pid) == "other"  # gone: nothing to attribute
