@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
-from test_privacy import replies_adding
+from test_privacy import NodeGrid, replies_adding
 
 from lsc4rec.client.privacy_mods import central_dp_clipping_mod
 from lsc4rec.messages import ADAPTIVE_CLIPPING
@@ -20,14 +20,6 @@ from lsc4rec.strategies.central_dp import AdaptiveClipping, CentralDP, central_e
 SIZE = 2_000
 
 
-class _Nodes:
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self.count + 1))
-
-
 def _adaptive_dp(nodes: int, sigma: float, clip: float, **adaptive: float) -> CentralDP:
     inner = SRMStrategy(uniform_weights=True, seed=0)
     return CentralDP(inner, sigma, clip, nodes, delta=1e-3, adaptive=AdaptiveClipping(**adaptive))
@@ -35,7 +27,7 @@ def _adaptive_dp(nodes: int, sigma: float, clip: float, **adaptive: float) -> Ce
 
 def _round(dp: CentralDP, number: int, weights: ArrayRecord, norms: list[float]) -> tuple[ArrayRecord, dict]:
     """One round in which node i sends an update of norm ``norms[i]`` (a fixed direction per node)."""
-    messages = list(dp.configure_train(number, weights, ConfigRecord(), _Nodes(len(norms))))
+    messages = list(dp.configure_train(number, weights, ConfigRecord(), NodeGrid(len(norms))))
     updates = []
     for index, norm in enumerate(norms):
         direction = np.random.default_rng(index).normal(size=SIZE).astype(np.float32)
@@ -76,7 +68,7 @@ def test_the_noise_is_calibrated_to_the_norm_the_round_clipped_with() -> None:
     )  # fmt: skip
     np.random.seed(0)
     weights = ArrayRecord({"w": Array(np.linspace(-1, 1, size, dtype=np.float32))})
-    messages = list(dp.configure_train(1, weights, ConfigRecord(), _Nodes(10)))
+    messages = list(dp.configure_train(1, weights, ConfigRecord(), NodeGrid(10)))
     generator = np.random.default_rng(1)
     updates = [generator.normal(0, 1e-4, size).astype(np.float32) for _ in messages]
     aggregate, metrics = dp.aggregate_train(1, replies_adding(messages, weights, updates))
@@ -109,7 +101,7 @@ def test_client_side_adaptive_clipping_marks_the_config_and_the_node_reports_its
         adaptive=AdaptiveClipping(count_stddev=0.3),
     )  # fmt: skip
     weights = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
-    messages = list(dp.configure_train(1, weights, ConfigRecord(), _Nodes(4)))
+    messages = list(dp.configure_train(1, weights, ConfigRecord(), NodeGrid(4)))
     config = messages[0].content["config"]
     assert config[KEY_CLIPPING_NORM] == 1.5 and config[ADAPTIVE_CLIPPING]
 

@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from test_privacy import NUM_ITEMS, sequences, settings
+from test_privacy import NUM_ITEMS, NodeGrid, sequences, settings
 
 from lsc4rec.client.local_training import train_on_shard
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.models.srm import build_srm
 from lsc4rec.strategies import SRMStrategy
 from lsc4rec.strategies.central_dp import CentralDP, central_epsilon
-
-
-class _Nodes:
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self.count + 1))
 
 
 @pytest.mark.usefixtures("task_identity")
@@ -38,7 +30,7 @@ def test_public_parameters_leave_the_round_unchanged_while_the_rest_is_noised() 
         SRMStrategy(uniform_weights=True, seed=0, fraction_train=0.25), sigma, clip, num_sampled_nodes=10,
         delta=1e-3, public_keys=("table",),
     )  # fmt: skip
-    messages = list(dp.configure_train(1, weights, ConfigRecord(), _Nodes(40)))
+    messages = list(dp.configure_train(1, weights, ConfigRecord(), NodeGrid(40)))
     assert len(messages) == 10
     generator = np.random.default_rng(1)
     updates = [generator.normal(0, 1e-4, size).astype(np.float32) for _ in messages]
@@ -64,7 +56,7 @@ def test_public_parameters_leave_the_round_unchanged_while_the_rest_is_noised() 
     with pytest.raises(ValueError, match=r"public parameters \['absent'\]"):
         CentralDP(
             SRMStrategy(uniform_weights=True), 1.0, 1.0, 10, 1e-3, public_keys=("absent",)
-        ).configure_train(2, weights, ConfigRecord(), _Nodes(40))
+        ).configure_train(2, weights, ConfigRecord(), NodeGrid(40))
 
 
 def test_a_node_with_the_frozen_item_table_sends_it_back_unchanged() -> None:

@@ -726,6 +726,17 @@ def test_central_dp_epsilon_matches_an_independent_accountant() -> None:
         assert central_epsilon(sigma, rounds, delta, 10) == pytest.approx(expected, rel=1e-9)
 
 
+class NodeGrid:
+    """The part of a Flower grid a strategy's configure_train reads: ``count`` connected node ids."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def get_node_ids(self) -> list[int]:
+        """Node ids 1..count."""
+        return list(range(1, self.count + 1))
+
+
 def replies_adding(messages: list, weights, updates: list[np.ndarray]) -> list:
     """Train replies to ``messages`` whose array ``w`` is ``weights["w"]`` plus each node's update (5 examples
     each): what a central-DP strategy aggregates in these tests."""
@@ -753,15 +764,11 @@ def test_central_dp_adds_gaussian_noise_of_the_calibrated_spread() -> None:
     # Flower's clipping with a division by zero.)
     from flwr.app import Array, ArrayRecord, ConfigRecord
 
-    class TenNodes:
-        def get_node_ids(self) -> list[int]:
-            return list(range(1, 11))
-
     sigma, clip, size = 2.0, 0.5, 40_000
     weights = ArrayRecord({"w": Array(np.linspace(-1, 1, size, dtype=np.float32))})
     dp = CentralDP(SRMStrategy(uniform_weights=True, seed=0), sigma, clip, num_sampled_nodes=10, delta=1e-3)
     np.random.seed(0)
-    messages = list(dp.configure_train(1, weights, ConfigRecord(), TenNodes()))
+    messages = list(dp.configure_train(1, weights, ConfigRecord(), NodeGrid(10)))
     generator = np.random.default_rng(1)
     updates = [generator.normal(0, 1e-4, size).astype(np.float32) for _ in messages]
     aggregate, metrics = dp.aggregate_train(1, replies_adding(messages, weights, updates))
