@@ -171,6 +171,9 @@ class FederatedSettings:
     text_started_items: bool = False
     #: The devices' learning rate in round 1 (None: ``train.lr``, which the server's warm start also uses).
     local_lr: float | None = None
+    #: Instructions in flight at most (0: all at once; None: a window under Flower's simulation runtime only,
+    #: :func:`lsc4rec.server.reply_stream.dispatch_window`).
+    dispatch_window: int | None = None
 
     @property
     def replay(self) -> Replay:
@@ -187,6 +190,10 @@ class FederatedSettings:
             )
         if not 0.0 < self.round_lr_decay <= 1.0:
             raise SettingsError(f"federated.round_lr_decay must be in (0, 1], got {self.round_lr_decay}")
+        if self.dispatch_window is not None and self.dispatch_window < 0:
+            raise SettingsError(
+                f"federated.dispatch_window must be >= 0 (0: all at once) or null, got {self.dispatch_window}"
+            )
         if self.local_lr is not None and not (math.isfinite(self.local_lr) and self.local_lr > 0):
             raise SettingsError(f"federated.local_lr must be a positive number or null, got {self.local_lr}")
         for name in ("users_per_node", "warm_start_epochs", "replay_interactions"):

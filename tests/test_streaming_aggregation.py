@@ -189,19 +189,26 @@ class ChunkGrid:
         self.replies_of, self.silent = replies_of, silent
         self.ready: dict[str, Message] = {}
         self.largest_pull = 0
+        self.pushed: list[int] = []
+        self.unanswered: set[str] = set()
+        self.most_unanswered = 0
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         messages = list(messages)
         answered = [m for m in messages if m.metadata.dst_node_id != self.silent]
         replies = self.replies_of(answered)
         random.Random(3).shuffle(replies)
-        self.ready = {r.metadata.reply_to_message_id: r for r in replies}
+        self.ready.update({r.metadata.reply_to_message_id: r for r in replies})
+        self.pushed += [m.metadata.dst_node_id for m in messages]
+        self.unanswered |= {m.metadata.message_id for m in messages}
+        self.most_unanswered = max(self.most_unanswered, len(self.unanswered))
         return [m.metadata.message_id for m in messages]
 
     def pull_messages(self, ids: Iterable[str]) -> list[Message]:
         ids = list(ids)
         self.largest_pull = max(self.largest_pull, len(ids))
         ready = [i for i in ids if i in self.ready][:2]  # at most two replies ready per pull
+        self.unanswered -= set(ready)
         return [self.ready.pop(i) for i in ready]
 
 
@@ -233,6 +240,53 @@ def test_streamed_replies_stop_at_the_deadline_and_the_silent_node_fails() -> No
     assert [f.reason for f in strategy.failures if f.node_id == NODES[-1]] == [
         "no reply before the round timeout"
     ]
+
+
+@pytest.mark.parametrize("window", [1, 3, None])
+def test_a_window_keeps_that_many_unanswered_and_the_round_gives_the_same_bits(window: int | None) -> None:
+    strategy, messages = _strategy(True, False)
+
+    def replies_of(answered: list[Message]) -> list[Message]:
+        ids = {m.metadata.message_id for m in answered}
+        return [r for r in _replies(messages, True) if r.metadata.reply_to_message_id in ids]
+
+    # The last node never answers: its instruction holds one place of the window until the deadline.
+    grid = ChunkGrid(replies_of, silent=messages[-1].metadata.dst_node_id)
+    fold = train_fold(strategy, 1)
+    assert fold is not None
+    kept = stream_replies(grid, messages, 1.0, fold.add, chunk=4, interval=0.01, window=window)  # type: ignore[arg-type]
+    assert grid.most_unanswered == (window or len(NODES))
+    assert sorted(grid.pushed) == NODES and len(kept) == len(NODES) - 1
+    arrays, metrics = fold.finish()
+    whole, whole_messages = _strategy(True, False)
+    expected, expected_metrics = whole.aggregate_train(1, _replies(whole_messages, True))
+    assert arrays is not None and expected is not None
+    for key in expected:
+        assert np.array_equal(arrays[key].numpy(), expected[key].numpy())
+    assert dict(metrics) == dict(expected_metrics)
+
+
+def test_instructions_still_unsent_at_the_deadline_are_never_sent() -> None:
+    _, messages = _strategy(True, False)
+    grid = ChunkGrid(lambda answered: [], silent=-1)  # nobody answers
+    start = time.monotonic()
+    kept = stream_replies(grid, messages, 0.3, lambda r: r, interval=0.05, window=2)  # type: ignore[arg-type]
+    # Two hung nodes fill a window of two: the rest wait, and at the deadline they are nodes that did not
+    # answer (a hung node is rare under the simulation runtime, which turns a node's crash into a reply).
+    assert kept == [] and 0.3 <= time.monotonic() - start < 3
+    assert grid.pushed == [m.metadata.dst_node_id for m in messages[:2]]
+
+
+def test_the_window_is_chosen_for_flowers_simulation_grid_only() -> None:
+    from flwr.superlink.grid import InMemoryGrid
+
+    from lsc4rec.server.reply_stream import MIN_WINDOW, dispatch_window
+    from lsc4rec.simulations.launch.inprocess import InProcessGrid
+
+    simulation = InMemoryGrid.__new__(InMemoryGrid)  # only its type is read
+    assert dispatch_window(simulation, None) >= MIN_WINDOW  # type: ignore[operator]
+    assert dispatch_window(InProcessGrid(2, {}), None) is None
+    assert dispatch_window(simulation, 0) is None and dispatch_window(InProcessGrid(2, {}), 5) == 5
 
 
 def test_the_in_process_grid_runs_pushed_messages_when_they_are_pulled() -> None:
@@ -274,3 +328,16 @@ def test_the_bins_read_from_the_float_bits_are_frexp_and_ldexp() -> None:
         exponent = exact_sum.BIN_BITS * tops + 52 - exact_sum.BIN_BITS * k
         magic = exact_sum._one_and_a_half_times_two_to(exponent)
         np.testing.assert_array_equal(magic, np.ldexp(1.5, exponent))
+
+
+def test_the_configured_window_reaches_the_plan_and_a_negative_one_is_refused() -> None:
+    from lsc4rec.server.federated_run import round_plan
+    from lsc4rec.settings import SettingsError, federated_settings_from_overrides
+    from lsc4rec.simulations.launch.inprocess import InProcessGrid
+
+    run = federated_settings_from_overrides(["system=base", "federated.dispatch_window=4"])
+    assert round_plan(run, InProcessGrid(2, {})).dispatch_window == 4
+    default = federated_settings_from_overrides(["system=base"])
+    assert round_plan(default, InProcessGrid(2, {})).dispatch_window is None
+    with pytest.raises(SettingsError, match=r"federated\.dispatch_window must be >= 0"):
+        federated_settings_from_overrides(["federated.dispatch_window=-1"])

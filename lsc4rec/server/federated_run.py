@@ -38,6 +38,7 @@ from lsc4rec.server.components.registry import BuildContext, build_extensions, c
 from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
 from lsc4rec.server.loop import RoundPlan, run_rounds
 from lsc4rec.server.phase_clock import PhaseClock
+from lsc4rec.server.reply_stream import dispatch_window
 from lsc4rec.server.strategy_config import build_strategy
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings
@@ -56,8 +57,10 @@ __all__ = ["round_plan", "run_and_report", "run_federated"]
 logger = logging.getLogger(__name__)
 
 
-def round_plan(run: FederatedRunSettings) -> RoundPlan:
-    """The loop's schedule from ``federated.*`` and ``eval.*``."""
+def round_plan(run: FederatedRunSettings, grid: Grid | None = None) -> RoundPlan:
+    """The loop's schedule from ``federated.*`` and ``eval.*``; the dispatch window for ``grid`` (None: all
+    at once unless ``federated.dispatch_window`` sets one)."""
+    configured = run.federated.dispatch_window
     return RoundPlan(
         rounds=run.federated.rounds,
         round_timeout=run.federated.round_timeout,
@@ -65,6 +68,7 @@ def round_plan(run: FederatedRunSettings) -> RoundPlan:
         server_eval_every=run.federated.server_eval_every,
         ks=run.eval.ks,
         full_ranking=run.eval.full_ranking,
+        dispatch_window=dispatch_window(grid, configured) if grid is not None else (configured or None),
     )
 
 
@@ -114,7 +118,7 @@ def _tracked_run(grid: Grid, run: FederatedRunSettings, out: Path, tracker: RunT
     with clock.phase("components (cloud LLM, codebook, ...)"):
         extensions = build_extensions(context)
     try:
-        plan = round_plan(run)
+        plan = round_plan(run, grid)
         with clock.phase("server evaluation"):
             initial = _initial_valid(model, valid_set, run, extensions) if not resume else None
         warm, initial = _start_report(out / START_REPORT, warm, initial, resume)
@@ -125,7 +129,15 @@ def _tracked_run(grid: Grid, run: FederatedRunSettings, out: Path, tracker: RunT
             state = run_rounds(grid, strategy, model, valid_set, plan, extensions)
         with clock.phase("devices' test"):
             devices = (
-                test_on_devices(grid, strategy, state.arrays, extensions, plan.rounds, plan.round_timeout)
+                test_on_devices(
+                    grid,
+                    strategy,
+                    state.arrays,
+                    extensions,
+                    plan.rounds,
+                    plan.round_timeout,
+                    plan.dispatch_window,
+                )
                 if run.collab.enabled and plan.client_evaluation
                 else None
             )

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from lsc4rec.messages import PHASE, PHASE_TEST
 from lsc4rec.server.components.loop_hooks import LoopExtension
+from lsc4rec.server.reply_stream import exchange
 from lsc4rec.strategies.loop_strategy import LoopStrategy
 
 __all__ = ["FINAL_TABLE_ROWS", "final_table", "test_on_devices"]
@@ -47,6 +48,7 @@ def test_on_devices(
     extensions: Sequence[LoopExtension],
     rounds: int,
     timeout: float,
+    window: int | None = None,
 ) -> dict[str, float]:
     """Send ``arrays`` to the nodes in the test phase; return their device-weighted mean test metrics."""
     config = ConfigRecord({k: v for e in extensions for k, v in e.test_config().items()})
@@ -54,7 +56,7 @@ def test_on_devices(
     messages = list(strategy.configure_evaluate(rounds, arrays, config, grid))
     for extension in extensions:
         extension.attach(messages, "evaluate")
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = exchange(grid, messages, timeout, window)
     metrics = strategy.aggregate_evaluate(rounds, replies)
     return dict(metrics or {})
 

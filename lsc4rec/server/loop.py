@@ -24,7 +24,7 @@ from lsc4rec.messages import TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.components.checkpoint_files import restore_rng_states
 from lsc4rec.server.components.loop_hooks import Best, LoopExtension, LoopState, state_dict_of
-from lsc4rec.server.reply_stream import stream_replies
+from lsc4rec.server.reply_stream import exchange, stream_replies
 from lsc4rec.strategies.loop_strategy import LoopStrategy
 from lsc4rec.strategies.train_fold import train_fold
 from lsc4rec.training import EvalSet, evaluate
@@ -47,6 +47,9 @@ class RoundPlan:
     server_eval_every: int
     ks: tuple[int, ...]
     full_ranking: bool
+    #: Instructions in flight at most (None: all at once; see
+    #: :func:`~lsc4rec.server.reply_stream.dispatch_window`).
+    dispatch_window: int | None = None
 
     @property
     def protocol(self) -> str:
@@ -80,7 +83,9 @@ def run_rounds(
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         for extension in extensions:
             extension.attach(messages, "train")
-        replies, new_arrays, train_metrics = train(grid, strategy, server_round, messages, plan.round_timeout)
+        replies, new_arrays, train_metrics = train(
+            grid, strategy, server_round, messages, plan.round_timeout, plan.dispatch_window
+        )
         state.arrays = new_arrays if new_arrays is not None else arrays
         for extension in extensions:
             extension.after_train(server_round, replies, new_arrays)
@@ -91,7 +96,7 @@ def run_rounds(
             eval_messages = list(strategy.configure_evaluate(server_round, state.arrays, config, grid))
             for extension in extensions:
                 extension.attach(eval_messages, "evaluate")
-            eval_replies = list(grid.send_and_receive(eval_messages, timeout=plan.round_timeout))
+            eval_replies = exchange(grid, eval_messages, plan.round_timeout, plan.dispatch_window)
             for extension in extensions:
                 extension.after_evaluate(eval_replies)
             row["client_evaluate"] = dict(strategy.aggregate_evaluate(server_round, eval_replies) or {})
@@ -125,19 +130,25 @@ def _describe(strategy: LoopStrategy) -> str:
 
 
 def train(
-    grid: Grid, strategy: LoopStrategy, server_round: int, messages: list[Message], timeout: float
+    grid: Grid,
+    strategy: LoopStrategy,
+    server_round: int,
+    messages: list[Message],
+    timeout: float,
+    window: int | None = None,
 ) -> tuple[list[Message], ArrayRecord | None, MetricRecord | None]:
     """Send the round's train ``messages``; the replies (what the extensions read), the new global model and
     the train metrics. Where the strategy can (:func:`~lsc4rec.strategies.train_fold.train_fold`: FedAvg-style
     means) each reply is folded as it arrives and its update dropped; otherwise (median, trimmed mean,
-    central DP, Flower strategies) the strategy aggregates the whole round at once."""
+    central DP, Flower strategies) the strategy aggregates the whole round at once. ``window``: instructions
+    in flight at most (:func:`~lsc4rec.server.reply_stream.dispatch_window`)."""
     fold = train_fold(strategy, server_round)
     if fold is None:
         if server_round == 1:
             logger.info("%s aggregates each round's replies at once (no streaming)", _describe(strategy))
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = exchange(grid, messages, timeout, window)
         return replies, *strategy.aggregate_train(server_round, replies)
-    replies = stream_replies(grid, messages, timeout, fold.add)
+    replies = stream_replies(grid, messages, timeout, fold.add, window=window)
     return replies, *fold.finish()
 
 
