@@ -37,6 +37,9 @@ def test_flwr_run_simulation_completes_and_reports(data: Path, tmp_path: Path) -
         f"data.path={data}",
         "federated.num_supernodes=3",
         "federated.faults.crash=2",
+        # One instruction in flight at a time: the windowed dispatch under the real simulation runtime,
+        # a crashing node's error reply freeing its place like any reply.
+        "federated.dispatch_window=1",
         "federated.launch_timeout=480",
         f"output_dir={tmp_path}",
         "run_name=sim",
