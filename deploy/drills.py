@@ -833,7 +833,7 @@ DRILLS: dict[str, Callable[[argparse.Namespace, Path], Verdicts]] = {
         "whole-superlink-restart-small",
         f"{WHOLE_SMALL_OVERRIDES} data.path={write_walk_dataset(work / 'whole-small-data')}",
     ),
-    "soak": lambda args, work: soak(work / "soak", 6, 30),
+    "soak": lambda args, work: soak(work / "soak", 6, args.soak_rounds),
     "hostile-supernodes": lambda args, work: hostile_supernodes(work / "hostile-supernodes", 5, 2),
     "candidate-service": lambda args, work: candidate_service(
         work / "candidate-service", args.service_seconds, args.service_seconds / 4, args.service_seconds / 4
@@ -864,6 +864,7 @@ def main() -> None:
     parser.add_argument(
         "--service-seconds", type=positive_float, default=40.0, help="length of the service drill"
     )
+    parser.add_argument("--soak-rounds", type=positive_int, default=30, help="rounds of the soak drill")
     args = parser.parse_args()
     # A drill stopped with SIGTERM unwinds like Ctrl-C: its deployment's processes are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
