@@ -614,14 +614,17 @@ def _folder_mib(paths: list[Path]) -> float:
     return total / 2**20
 
 
-def _slope(values: list[float]) -> float:
-    """The least-squares slope of ``values`` per step."""
+def _slope(values: list[float], steps: list[int] | None = None) -> float:
+    """The least-squares slope of ``values`` per step (at ``steps``; default 0, 1, 2, ...)."""
+    xs = list(range(len(values))) if steps is None else steps
     count = len(values)
     if count < 2:
         return 0.0
-    mean_x, mean_y = (count - 1) / 2, sum(values) / count
-    num = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
-    return num / sum((i - mean_x) ** 2 for i in range(count))
+    mean_x, mean_y = sum(xs) / count, sum(values) / count
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        return 0.0
+    return sum((x - mean_x) * (v - mean_y) for x, v in zip(xs, values, strict=True)) / spread
 
 
 def soak(workdir: Path, nodes: int, rounds: int) -> Verdicts:
@@ -683,9 +686,16 @@ def soak(workdir: Path, nodes: int, rounds: int) -> Verdicts:
             f"{min(values):.1f}-{max(values):.1f})",
         )
     # Not a check: where a memory trend lives (each part's own per-round peak).
+    # A part absent when memory was sampled (a ClientApp lives for one message) is left out of that round,
+    # not counted as 0 MiB.
     for role in sorted({k for row in settled for k in row if k.startswith("rss_") and k != "rss_mib"}):
-        values = [row.get(role, 0.0) for row in settled]
-        print(f"[{name}] {role}: slope {_slope(values):+.2f} MiB/round, mean {sum(values) / len(values):.0f}")
+        seen = [(step, row[role]) for step, row in enumerate(settled) if role in row]
+        values = [value for _, value in seen]
+        slope = _slope(values, [step for step, _ in seen])
+        print(
+            f"[{name}] {role}: slope {slope:+.2f} MiB/round, mean {sum(values) / len(values):.0f} "
+            f"(seen in {len(seen)} of {len(settled)} rounds)"
+        )
     verdicts.check(
         "the nodes' ONNX graphs are removed when the run ends",
         left_behind < 1.0,

@@ -63,3 +63,17 @@ def test_the_soak_tells_the_deployment_parts_apart() -> None:
         if sleeper.stdout is not None:
             sleeper.stdout.close()
     assert drills._role(sleeper.pid) == "other"  # gone: nothing to attribute
+
+
+def test_a_trend_is_measured_over_the_rounds_a_part_was_seen_in() -> None:
+    sys.path.insert(0, str(REPO / "deploy"))
+    try:
+        import drills
+    finally:
+        sys.path.remove(str(REPO / "deploy"))
+    assert drills._slope([1.0, 3.0, 5.0]) == pytest.approx(2.0)
+    # A part seen in rounds 0, 3 and 4 at a level of 100: flat, where counting the absent rounds as 0 would
+    # make a trend of it.
+    assert drills._slope([100.0, 100.0, 100.0], [0, 3, 4]) == pytest.approx(0.0)
+    assert drills._slope([100.0, 0.0, 0.0, 100.0, 100.0]) == pytest.approx(10.0)
+    assert drills._slope([7.0]) == 0.0 and drills._slope([2.0, 4.0], [1, 1]) == 0.0
