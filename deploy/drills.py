@@ -627,6 +627,36 @@ def _slope(values: list[float], steps: list[int] | None = None) -> float:
     return sum((x - mean_x) * (v - mean_y) for x, v in zip(xs, values, strict=True)) / spread
 
 
+def plot_soak(per_round: list[dict[str, float]], path: Path) -> Path:
+    """The soak's curves: each round's peak memory (all processes and each part), open files, threads and
+    disk use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, len(per_round) + 1))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    memory, counts, disk = axes
+    memory.plot(steps, [row["rss_mib"] / 1024 for row in per_round], label="all processes", linewidth=2)
+    for role in sorted({k for row in per_round for k in row if k.startswith("rss_") and k != "rss_mib"}):
+        seen = [(step, row[role] / 1024) for step, row in zip(steps, per_round, strict=True) if role in row]
+        label = role.removeprefix("rss_").removesuffix("_mib")
+        memory.plot([x for x, _ in seen], [y for _, y in seen], marker=".", linestyle="-", label=label)
+    memory.set(title="peak resident memory per round", xlabel="round", ylabel="GiB")
+    memory.legend(fontsize=7)
+    counts.plot(steps, [row["open_files"] for row in per_round], label="open files")
+    counts.plot(steps, [row["threads"] for row in per_round], label="threads")
+    counts.set(title="open files and threads (peak per round)", xlabel="round")
+    counts.legend(fontsize=7)
+    disk.plot(steps, [row["disk_mib"] for row in per_round])
+    disk.set(title="disk: run folder, node state, ONNX graphs", xlabel="round", ylabel="MiB")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def soak(workdir: Path, nodes: int, rounds: int) -> Verdicts:
     """The whole system for ``rounds`` rounds in real processes, its processes' memory, open files and
     threads and its disk use (run folder, node state, ONNX graphs) sampled every second and kept per round;
@@ -661,6 +691,8 @@ def soak(workdir: Path, nodes: int, rounds: int) -> Verdicts:
     ours = [p for p in onnx_root.iterdir() if p not in before_onnx] if onnx_root.is_dir() else []
     left_behind = _folder_mib(ours)
     (workdir / "soak-rounds.json").write_text(json.dumps(per_round, indent=2))
+    if per_round:
+        print(f"[{name}] curves: {plot_soak(per_round, workdir / 'soak.png')}", flush=True)
     verdicts.check(
         "the run completes every round",
         result.ok and len(per_round) == rounds,

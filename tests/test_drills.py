@@ -77,3 +77,18 @@ def test_a_trend_is_measured_over_the_rounds_a_part_was_seen_in() -> None:
     assert drills._slope([100.0, 100.0, 100.0], [0, 3, 4]) == pytest.approx(0.0)
     assert drills._slope([100.0, 0.0, 0.0, 100.0, 100.0]) == pytest.approx(10.0)
     assert drills._slope([7.0]) == 0.0 and drills._slope([2.0, 4.0], [1, 1]) == 0.0
+
+
+def test_the_soak_draws_its_curves_with_parts_seen_in_some_rounds(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "deploy"))
+    try:
+        import drills
+    finally:
+        sys.path.remove(str(REPO / "deploy"))
+    rounds = [
+        {"rss_mib": 100.0 + i, "open_files": 20.0, "threads": 9.0, "disk_mib": 5.0, "rss_superlink_mib": 30.0}
+        for i in range(4)
+    ]
+    rounds[2]["rss_clientapps_mib"] = 40.0  # a ClientApp alive in round 3 only
+    path = drills.plot_soak(rounds, tmp_path / "soak.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
