@@ -605,13 +605,16 @@ def _rss_by_role(pids: list[int]) -> dict[str, float]:
 
 
 def _folder_mib(paths: list[Path]) -> float:
-    """The size of every file under ``paths`` (MiB)."""
-    total = 0
+    """The size of every file under ``paths`` (MiB), a file with several names (hard links: the nodes'
+    shared saved records) counted once."""
+    sizes: dict[tuple[int, int], int] = {}
     for root in paths:
         for file in root.rglob("*") if root.is_dir() else []:
             with suppress(OSError):  # a file that vanished while being measured
-                total += file.stat().st_size
-    return total / 2**20
+                status = file.stat()
+                if file.is_file():
+                    sizes[(status.st_dev, status.st_ino)] = status.st_size
+    return sum(sizes.values()) / 2**20
 
 
 def _slope(values: list[float], steps: list[int] | None = None) -> float:

@@ -92,3 +92,18 @@ def test_the_soak_draws_its_curves_with_parts_seen_in_some_rounds(tmp_path: Path
     rounds[2]["rss_clientapps_mib"] = 40.0  # a ClientApp alive in round 3 only
     path = drills.plot_soak(rounds, tmp_path / "soak.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_the_soaks_disk_counts_a_file_with_two_names_once(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "deploy"))
+    try:
+        import drills
+    finally:
+        sys.path.remove(str(REPO / "deploy"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "record").write_bytes(b"x" * 2**20)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "record").hardlink_to(tmp_path / "a" / "record")
+    (tmp_path / "b" / "own").write_bytes(b"y" * 2**19)
+    assert drills._folder_mib([tmp_path]) == 1.5
+    assert drills._folder_mib([tmp_path / "a", tmp_path / "b"]) == 1.5
