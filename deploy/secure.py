@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from credentials import make_supernode_key, manifest_files, read_manifest, write_private, write_public
-from local import REPO, start
+from local import REPO, SUPERNODE_MALLOC_ARENAS, start
 
 from lsc4rec.argument_types import existing_dir, host_port, port, positive_float, positive_int
 from lsc4rec.simulations.launch.flower import (
@@ -352,7 +352,8 @@ def deploy(args: argparse.Namespace) -> dict[str, Any]:
                 "--node-config",
                 f"partition-id={index} num-partitions={args.supernodes}",
             ]
-            nodes.append((start(command, log, env, stack), node_port, log))
+            node_env = {"MALLOC_ARENA_MAX": SUPERNODE_MALLOC_ARENAS, **env}
+            nodes.append((start(command, log, node_env, stack), node_port, log))
         # Flower 1.42: a SuperNode with a key only activates that key (refused unless registered, whatever the
         # SuperLink's flags); one without a key self-registers, which only --enable-supernode-auth refuses.
         intruders = (
