@@ -277,6 +277,27 @@ def test_instructions_still_unsent_at_the_deadline_are_never_sent() -> None:
     assert grid.pushed == [m.metadata.dst_node_id for m in messages[:2]]
 
 
+def test_a_message_the_grid_refuses_frees_its_place_in_the_window() -> None:
+    _, messages = _strategy(True, False)
+    refused = {messages[0].metadata.dst_node_id, messages[1].metadata.dst_node_id}
+
+    class RefusingGrid(ChunkGrid):
+        # As Flower's grid does with a message it cannot store: no id for it.
+        def push_messages(self, batch: Iterable[Message]) -> list[str]:
+            batch = list(batch)
+            kept = [m for m in batch if m.metadata.dst_node_id not in refused]
+            self.pushed += [m.metadata.dst_node_id for m in batch if m not in kept]
+            return super().push_messages(kept)
+
+    def replies_of(answered: list[Message]) -> list[Message]:
+        ids = {m.metadata.message_id for m in answered}
+        return [Message(RecordDict(), reply_to=m) for m in messages if m.metadata.message_id in ids]
+
+    grid = RefusingGrid(replies_of, silent=-1)
+    kept = stream_replies(grid, messages, 2.0, lambda r: r, interval=0.01, window=2)  # type: ignore[arg-type]
+    assert len(kept) == len(NODES) - 2 and sorted(grid.pushed) == NODES
+
+
 def test_the_window_is_chosen_for_flowers_simulation_grid_only() -> None:
     from flwr.superlink.grid import InMemoryGrid
 
