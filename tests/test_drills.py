@@ -7,10 +7,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def drills_module() -> ModuleType:
+    """``deploy/drills.py`` as a module (it imports its sibling ``local`` from its own folder)."""
+    sys.path.insert(0, str(REPO / "deploy"))
+    try:
+        import drills
+    finally:
+        sys.path.remove(str(REPO / "deploy"))
+    return drills
 
 
 @pytest.mark.slow
@@ -41,11 +52,7 @@ def test_devices_ride_out_a_killed_and_restarted_candidate_service(tmp_path: Pat
 
 def test_the_soak_tells_the_deployment_parts_apart() -> None:
     """The soak's per-part memory: a process is counted under the executable its command line names."""
-    sys.path.insert(0, str(REPO / "deploy"))
-    try:
-        import drills
-    finally:
-        sys.path.remove(str(REPO / "deploy"))
+    drills = drills_module()
     sleeper = subprocess.Popen(
         [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)", "flwr-serverapp"],
         stdout=subprocess.PIPE,
@@ -66,11 +73,7 @@ def test_the_soak_tells_the_deployment_parts_apart() -> None:
 
 
 def test_a_trend_is_measured_over_the_rounds_a_part_was_seen_in() -> None:
-    sys.path.insert(0, str(REPO / "deploy"))
-    try:
-        import drills
-    finally:
-        sys.path.remove(str(REPO / "deploy"))
+    drills = drills_module()
     assert drills._slope([1.0, 3.0, 5.0]) == pytest.approx(2.0)
     # A part seen in rounds 0, 3 and 4 at a level of 100: flat, where counting the absent rounds as 0 would
     # make a trend of it.
@@ -80,11 +83,7 @@ def test_a_trend_is_measured_over_the_rounds_a_part_was_seen_in() -> None:
 
 
 def test_the_soak_draws_its_curves_with_parts_seen_in_some_rounds(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "deploy"))
-    try:
-        import drills
-    finally:
-        sys.path.remove(str(REPO / "deploy"))
+    drills = drills_module()
     rounds = [
         {"rss_mib": 100.0 + i, "open_files": 20.0, "threads": 9.0, "disk_mib": 5.0, "rss_superlink_mib": 30.0}
         for i in range(4)
@@ -95,11 +94,7 @@ def test_the_soak_draws_its_curves_with_parts_seen_in_some_rounds(tmp_path: Path
 
 
 def test_the_soaks_disk_counts_a_file_with_two_names_once(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "deploy"))
-    try:
-        import drills
-    finally:
-        sys.path.remove(str(REPO / "deploy"))
+    drills = drills_module()
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "record").write_bytes(b"x" * 2**20)
     (tmp_path / "b").mkdir()
