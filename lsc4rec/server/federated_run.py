@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 def round_plan(run: FederatedRunSettings, grid: Grid | None = None) -> RoundPlan:
     """The loop's schedule from ``federated.*`` and ``eval.*``; the dispatch window for ``grid`` (None: all
     at once unless ``federated.dispatch_window`` sets one)."""
-    configured = run.federated.dispatch_window
     return RoundPlan(
         rounds=run.federated.rounds,
         round_timeout=run.federated.round_timeout,
@@ -68,7 +67,7 @@ def round_plan(run: FederatedRunSettings, grid: Grid | None = None) -> RoundPlan
         server_eval_every=run.federated.server_eval_every,
         ks=run.eval.ks,
         full_ranking=run.eval.full_ranking,
-        dispatch_window=dispatch_window(grid, configured) if grid is not None else (configured or None),
+        dispatch_window=dispatch_window(grid, run.federated.dispatch_window),
     )
 
 

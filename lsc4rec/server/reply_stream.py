@@ -43,13 +43,14 @@ WINDOW_PER_CPU = 8
 MIN_WINDOW = 16
 
 
-def dispatch_window(grid: Grid, configured: int | None) -> int | None:
+def dispatch_window(grid: Grid | None, configured: int | None) -> int | None:
     """Instructions in flight at most (None: all at once), from ``federated.dispatch_window``.
 
     ``configured`` 0 pushes all at once, a positive value is the window, and None chooses: a window of
     :data:`WINDOW_PER_CPU` per CPU (at least :data:`MIN_WINDOW`) under Flower's simulation runtime (its
     in-memory grid, whose feeder scans every pending instruction per node), all at once elsewhere (real
-    SuperNodes each pull their own message and work in parallel; the in-process grid runs what is pulled).
+    SuperNodes each pull their own message and work in parallel; the in-process grid runs what is pulled;
+    no grid at all).
     """
     if configured is not None:
         return configured or None
