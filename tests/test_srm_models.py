@@ -111,6 +111,33 @@ def test_output_shapes(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
+def test_selected_positions_score_as_the_full_tensor(name: str) -> None:
+    """Per-position candidates scored at selected positions only: the full tensor's rows, and its gradients."""
+    inputs = left_padded(LENGTHS, L)
+    positions = inputs > 0
+    per_pos = candidates_per_position(inputs.size(0), L, 5)
+    results = []
+    for select in (True, False):
+        torch.manual_seed(0)
+        model = make_model(name)
+        scores = (
+            model.selected_position_scores(inputs, per_pos, positions)
+            if select
+            else model.position_scores(inputs, per_pos)[positions]
+        )
+        scores.masked_fill(torch.isinf(scores), 0.0).square().sum().backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((scores.detach(), grads))
+    (selected, selected_grads), (full, full_grads) = results
+    assert selected.shape == (int(positions.sum()), 5)
+    torch.testing.assert_close(selected, full, rtol=1e-6, atol=1e-6)
+    assert torch.isneginf(selected[:, -1]).all()
+    assert selected_grads.keys() == full_grads.keys() and selected_grads
+    for key, grad in selected_grads.items():
+        torch.testing.assert_close(grad, full_grads[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_padding_item_scores_minus_inf(name: str) -> None:
     model = make_model(name)
     inputs = left_padded(LENGTHS, L)

@@ -229,6 +229,19 @@ class SequentialRecommender(nn.Module, abc.ABC):
         """
         return self._scores_from_hidden(self.encode(inputs), candidates, positions)
 
+    def selected_position_scores(self, inputs: Tensor, candidates: Tensor, positions: Tensor) -> Tensor:
+        """Scores ``[P, C]`` of per-position ``candidates [B, L, C]`` at ``positions`` only (id 0 = -inf).
+
+        The values of ``position_scores(inputs, candidates, positions)``, but only the selected positions'
+        candidates are looked up and scored: in a batch of short histories most positions are padding, and
+        the full path embeds and back-propagates through all of them. The lookup is not batch-first, so
+        Opacus' per-layer hooks cannot attribute it to examples: DP-SGD losses use :meth:`position_scores`.
+        """
+        hidden = self.encode(inputs)[positions]  # [P, d]
+        chosen = candidates[positions]  # [P, C]
+        scores = torch.matmul(self.embed_items(chosen), hidden.unsqueeze(-1)).squeeze(-1)
+        return scores.masked_fill(chosen == 0, float("-inf"))
+
     def position_scores_with_negatives(
         self, inputs: Tensor, candidates: Tensor, negatives: Tensor, positions: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:

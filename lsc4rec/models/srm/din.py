@@ -220,6 +220,10 @@ class DIN(SequentialRecommender):
         """Scores ``[P, num_items]`` of the real items at ``positions`` (see the base class)."""
         return self.position_scores(inputs, positions=positions)[:, 1:]
 
+    def selected_position_scores(self, inputs: Tensor, candidates: Tensor, positions: Tensor) -> Tensor:
+        """Scores ``[P, C]`` at ``positions``: DIN attends per candidate, so the full path's selection."""
+        return self.position_scores(inputs, candidates, positions)
+
     def position_scores_with_negatives(
         self, inputs: Tensor, candidates: Tensor, negatives: Tensor, positions: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:

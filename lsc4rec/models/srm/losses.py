@@ -277,7 +277,7 @@ def candidate_rerank_loss(
     inputs, targets, candidates = inputs[:, first:], targets[:, first:], candidates[:, first:]
     mask = targets > 0
     chosen = candidates[mask]  # [P, 1 + k + n]
-    scores = model.position_scores(inputs, candidates.clamp(min=1), positions=mask)
+    scores = model.selected_position_scores(inputs, candidates.clamp(min=1), mask)
     negative = chosen[:, 1:]
     invalid = (negative == chosen[:, :1]) | (negative == 0)
     scores = torch.cat([scores[:, :1], scores[:, 1:].masked_fill(invalid, float("-inf"))], dim=1)
