@@ -112,7 +112,7 @@ def test_output_shapes(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_selected_positions_score_as_the_full_tensor(name: str) -> None:
-    """Per-position candidates scored at selected positions only: the full tensor's rows, and its gradients."""
+    """Per-position candidates scored at selected positions only: the full tensor's rows and gradients."""
     inputs = left_padded(LENGTHS, L)
     positions = inputs > 0
     per_pos = candidates_per_position(inputs.size(0), L, 5)
