@@ -143,6 +143,26 @@ def test_streaming_updates_rank_as_re_encoding_would() -> None:
         assert streamed[key] == pytest.approx(reencoded[key], abs=1e-6)
 
 
+def test_only_devices_something_arrives_at_are_encoded(monkeypatch) -> None:
+    """The streaming states are prefilled for the devices with arrivals only (none in an empty round)."""
+    histories, arrivals = _toy_round()
+    assert any(not a for a in arrivals) and any(arrivals)
+    model = _ttt(30)
+    encoded: list[int] = []
+    prefill = model.prefill
+
+    def counting_prefill(history: torch.Tensor):
+        encoded.append(history.shape[0])
+        return prefill(history)
+
+    monkeypatch.setattr(model, "prefill", counting_prefill)
+    serve_arrivals(model, histories, arrivals, max_len=20, ks=(10,))
+    assert sum(encoded) == sum(1 for a in arrivals if a) < len(histories)
+    encoded.clear()
+    serve_arrivals(model, histories, [[] for _ in histories], max_len=20, ks=(10,))
+    assert encoded == []
+
+
 def test_requests_replace_stale_lists_within_the_budget() -> None:
     histories, arrivals = _toy_round()
     full = [h + a for h, a in zip(histories, arrivals, strict=True)]

@@ -94,7 +94,7 @@ class _DeviceScorer:
         self.streaming = bool(getattr(model, "supports_streaming", False))
         self.updates = 0
         self.state: Any = None
-        if self.streaming:
+        if self.streaming and histories:
             self.state, self.hidden = _prefill(model, pad_left(histories, max_len))
 
     def scores(self, histories: list[list[int]]) -> Tensor:
@@ -203,7 +203,8 @@ def serve_arrivals(
     order = sorted(range(len(arrivals)), key=lambda u: -len(arrivals[u]))
     current = [list(histories[u]) for u in order]
     coming = [list(arrivals[u]) for u in order]
-    scorer = _DeviceScorer(model, current, max_len)
+    # Only devices something arrives at are encoded (none in a round without arrivals).
+    scorer = _DeviceScorer(model, current[: sum(1 for a in coming if a)], max_len)
     lists = None
     if cloud is not None:
         lists = _Lists(
