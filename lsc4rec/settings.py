@@ -174,6 +174,8 @@ class FederatedSettings:
     #: Instructions in flight at most (0: all at once; None: a window under Flower's simulation runtime only,
     #: :func:`lsc4rec.server.reply_stream.dispatch_window`).
     dispatch_window: int | None = None
+    #: The last round's last N local epochs take the learning rate linearly down to 0, step by step (0: off).
+    final_decay_epochs: int = 0
 
     @property
     def replay(self) -> Replay:
@@ -193,6 +195,11 @@ class FederatedSettings:
         if self.dispatch_window is not None and self.dispatch_window < 0:
             raise SettingsError(
                 f"federated.dispatch_window must be >= 0 (0: all at once) or null, got {self.dispatch_window}"
+            )
+        if not 0 <= self.final_decay_epochs <= self.local_epochs:
+            raise SettingsError(
+                f"federated.final_decay_epochs must be in [0, federated.local_epochs = {self.local_epochs}], "
+                f"got {self.final_decay_epochs}"
             )
         if self.local_lr is not None and not (math.isfinite(self.local_lr) and self.local_lr > 0):
             raise SettingsError(f"federated.local_lr must be a positive number or null, got {self.local_lr}")

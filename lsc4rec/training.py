@@ -262,6 +262,28 @@ class TrainingHook(Protocol):
         """Called after the optimizer step."""
 
 
+def decay_lr_linearly(optimizer: torch.optim.Optimizer, keep_steps: int, decay_steps: int) -> Any:
+    """Make ``optimizer`` keep its learning rates for ``keep_steps`` steps, then take them linearly to 0.
+
+    Step ``keep_steps + j`` (``j`` from 0) runs at ``(1 - j / decay_steps)`` of each group's rate when this is
+    called; steps past the decay run at 0. Acts before every ``optimizer.step()``, whoever calls it (the
+    plain loop or a DP engine). Returns the hook's handle (``.remove()`` restores nothing: the rates stay).
+    """
+    if keep_steps < 0 or decay_steps < 1:
+        raise ValueError(f"need keep_steps >= 0 and decay_steps >= 1, got {keep_steps} and {decay_steps}")
+    base = [float(group["lr"]) for group in optimizer.param_groups]
+    taken = 0
+
+    def before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        nonlocal taken
+        factor = max(1.0 - max(taken - keep_steps, 0) / decay_steps, 0.0)
+        for group, rate in zip(opt.param_groups, base, strict=True):
+            group["lr"] = rate * factor
+        taken += 1
+
+    return optimizer.register_step_pre_hook(before_step)
+
+
 def train_one_epoch(
     model: SequentialRecommender,
     batches: TrainBatches,

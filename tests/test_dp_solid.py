@@ -218,3 +218,28 @@ def test_a_frozen_table_stays_put_through_the_pass_and_the_local_epochs() -> Non
     assert torch.equal(model.item_embedding.weight, before["item_embedding.weight"])
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert {"item_text.projection.weight", "semantic_trunk.item_embedding.weight"} <= changed
+
+
+def test_dp_rounds_decay_their_last_local_epochs_by_the_plans_steps(monkeypatch) -> None:
+    """The final decay under DP: the plan's steps per epoch set the schedule; ε does not depend on it."""
+    from lsc4rec.client import private_training
+
+    calls: list[tuple[int, int]] = []
+    real = private_training.decay_lr_linearly
+
+    def spy(optimizer, keep_steps: int, decay_steps: int):
+        calls.append((keep_steps, decay_steps))
+        return real(optimizer, keep_steps, decay_steps)
+
+    monkeypatch.setattr(private_training, "decay_lr_linearly", spy)
+    privacy = PrivacySettings(mode="local", noise_multiplier=1.0, grad_sample_mode="auto")
+    results = [
+        train_on_shard_private(
+            solid_model(), sequences(32, seed=9), settings("bce"), privacy, 10, 2, 1, 32, seed=2,
+            decay_epochs=decay,
+        )
+        for decay in (0, 1)
+    ]  # fmt: skip
+    steps = int(results[1].released[2]) // 2  # type: ignore[index]  # the round's steps over 2 epochs
+    assert calls == [(steps, steps)]
+    assert results[0].metrics["epsilon"] == results[1].metrics["epsilon"] > 0

@@ -6,11 +6,17 @@ import pytest
 import torch
 
 from lsc4rec.client.client_app import round_settings
-from lsc4rec.client.local_training import load_optimizer_arrays, optimizer_state_arrays, train_on_shard
+from lsc4rec.client import local_training
+from lsc4rec.client.local_training import (
+    final_decay_epochs,
+    load_optimizer_arrays,
+    optimizer_state_arrays,
+    train_on_shard,
+)
 from lsc4rec.client.shard import DeviceShard
 from lsc4rec.models.srm import build_srm
 from lsc4rec.settings import SettingsError, federated_settings_from_overrides
-from lsc4rec.training import TrainSettings
+from lsc4rec.training import TrainSettings, decay_lr_linearly
 
 NUM_ITEMS = 30
 
@@ -97,3 +103,44 @@ def test_local_lr_sets_round_one_and_leaves_the_warm_start_lr() -> None:
     assert round_settings(run.train, 1.0, 2, None).lr == pytest.approx(0.001)
     with pytest.raises(SettingsError, match=r"federated\.local_lr must be a positive number"):
         federated_settings_from_overrides(["federated.local_lr=-0.1"])
+
+
+def test_linear_decay_keeps_then_takes_the_rate_to_zero() -> None:
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=0.8)
+    decay_lr_linearly(optimizer, keep_steps=2, decay_steps=4)
+    rates = []
+    for _ in range(7):
+        param.grad = torch.ones(2)
+        optimizer.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.8, 0.8, 0.8, 0.6, 0.4, 0.2, 0.0])
+    # SGD moved the parameter by the sum of the rates it ran at.
+    assert param.detach() == pytest.approx(torch.full((2,), -sum(rates)))
+    with pytest.raises(ValueError, match="decay_steps >= 1"):
+        decay_lr_linearly(optimizer, keep_steps=0, decay_steps=0)
+
+
+def test_the_last_round_decays_its_last_epochs(monkeypatch) -> None:
+    run = federated_settings_from_overrides(
+        ["federated.rounds=3", "federated.local_epochs=2", "federated.final_decay_epochs=1"]
+    )
+    assert [final_decay_epochs(run.federated, r) for r in (1, 2, 3)] == [0, 0, 1]
+    calls: list[tuple[int, int]] = []
+
+    def spy(optimizer, keep_steps: int, decay_steps: int):
+        calls.append((keep_steps, decay_steps))
+        return decay_lr_linearly(optimizer, keep_steps, decay_steps)
+
+    monkeypatch.setattr(local_training, "decay_lr_linearly", spy)
+    settings = TrainSettings(batch_size=8, progress=False, device="cpu")
+    models = []
+    for decay in (0, 1):
+        torch.manual_seed(0)
+        model = build_srm("gru4rec", NUM_ITEMS, hidden_size=8, dropout=0.0)
+        train_on_shard(model, _shard(), settings, 8, 2, 0.0, seed=3, decay_epochs=decay)
+        models.append(model.state_dict())
+    assert calls == [(3, 3)]  # 24 sequences in batches of 8: epoch 1 kept, epoch 2 decayed
+    assert any(not torch.equal(models[0][k], models[1][k]) for k in models[0])
+    with pytest.raises(SettingsError, match=r"federated\.final_decay_epochs must be in \[0, federated"):
+        federated_settings_from_overrides(["federated.local_epochs=2", "federated.final_decay_epochs=3"])

@@ -29,6 +29,7 @@ from lsc4rec.client.collaboration import (
 from lsc4rec.client.fault_drills import fault_drill_mod
 from lsc4rec.client.local_training import (
     derive_seed,
+    final_decay_epochs,
     optimizer_state_keeper,
     saved_optimizer_state,
     train_on_shard,
@@ -103,6 +104,7 @@ def _local_update(
         optimizer_state=saved_optimizer_state(context) if keep else None,
         keep_state=optimizer_state_keeper(context) if keep else None,
         frozen_item_table=run.privacy.freeze_item_embeddings,
+        decay_epochs=final_decay_epochs(run.federated, server_round),
     )
 
 

@@ -13,7 +13,8 @@ from lsc4rec.client.shard import DeviceShard
 from lsc4rec.data import TrainBatches
 from lsc4rec.messages import NUM_EXAMPLES, TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
-from lsc4rec.training import TrainSettings, model_device, train_one_epoch
+from lsc4rec.settings import FederatedSettings
+from lsc4rec.training import TrainSettings, decay_lr_linearly, model_device, train_one_epoch
 
 
 def derive_seed(*parts: object) -> int:
@@ -93,6 +94,12 @@ def optimizer_state_keeper(context: Context) -> Callable[[dict[str, torch.Tensor
     return keep_state
 
 
+def final_decay_epochs(federated: FederatedSettings, server_round: int) -> int:
+    """How many of this round's last local epochs decay the learning rate: the last round's
+    ``federated.final_decay_epochs``, 0 in every other round."""
+    return federated.final_decay_epochs if server_round == federated.rounds else 0
+
+
 def train_on_shard(
     model: SequentialRecommender,
     shard: DeviceShard,
@@ -104,13 +111,15 @@ def train_on_shard(
     optimizer_state: Mapping[str, torch.Tensor] | None = None,
     keep_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
     frozen_item_table: bool = False,
+    decay_epochs: int = 0,
 ) -> dict[str, float]:
     """Run ``local_epochs`` over the shard's sequences; return the node's training metrics.
 
     ``optimizer_state`` (from an earlier round's ``keep_state``) restores the node's Adam moments instead of
     starting them from zero; ``keep_state`` receives the moments after training. ``frozen_item_table``
     (``privacy.freeze_item_embeddings``) keeps the item table as received: it gets no gradient, so the update
-    leaves it bit-identical.
+    leaves it bit-identical. The last ``decay_epochs`` epochs take the learning rate linearly to 0
+    (``federated.final_decay_epochs`` in the last round).
 
     Trains on ``settings.device``. ``num-examples`` is the number of next-item targets trained on (the FedAvg
     weight). Every source of randomness (batch order, dropout, sampled negatives) derives from ``seed``, so a
@@ -127,6 +136,9 @@ def train_on_shard(
     optimizer = settings.make_optimizer(p for p in model.parameters() if p.requires_grad)
     if optimizer_state:
         load_optimizer_arrays(optimizer, optimizer_state)
+    if decay_epochs:
+        steps = len(batches)
+        decay_lr_linearly(optimizer, (local_epochs - decay_epochs) * steps, decay_epochs * steps)
     generator = torch.Generator().manual_seed(seed)
     regularizer = proximal_term(model, proximal_mu)
     quiet = replace(settings, progress=False)

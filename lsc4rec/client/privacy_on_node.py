@@ -7,7 +7,12 @@ DP-SGD cannot run before any work (FedProx)."""
 from __future__ import annotations
 
 from lsc4rec.client.collaboration import CLOUD_LIST_PASS
-from lsc4rec.client.local_training import derive_seed, optimizer_state_keeper, saved_optimizer_state
+from lsc4rec.client.local_training import (
+    derive_seed,
+    final_decay_epochs,
+    optimizer_state_keeper,
+    saved_optimizer_state,
+)
 from lsc4rec.client.node_component import NodeComponent, NodeStep
 from lsc4rec.client.privacy_ledger import PrivacyLedger, ledger_path
 from lsc4rec.client.private_training import train_on_shard_private
@@ -55,6 +60,7 @@ class PrivacyOnNode(NodeComponent):
             optimizer_state=saved_optimizer_state(step.context) if keep else None,
             keep_state=optimizer_state_keeper(step.context) if keep else None,
             cloud_lists=step.scratch.get(CLOUD_LIST_PASS),  # type: ignore[arg-type]  # set by collaboration
+            decay_epochs=final_decay_epochs(run.federated, server_round),
         )
         if result.released is not None:
             ledger.record(server_round, result.released)

@@ -46,7 +46,7 @@ from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.models.srm.losses import draw_negatives, per_sequence_loss, per_sequence_rerank_loss
 from lsc4rec.models.srm.ttt4rec import TTT4Rec
 from lsc4rec.privacy import HOOK_SAFE_LOSSES, SECURE_MODE_UNAVAILABLE, PrivacySettings
-from lsc4rec.training import TrainSettings
+from lsc4rec.training import TrainSettings, decay_lr_linearly
 
 logger = logging.getLogger(__name__)
 
@@ -526,6 +526,7 @@ def train_on_shard_private(
     optimizer_state: Mapping[str, torch.Tensor] | None = None,
     keep_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
     cloud_lists: CloudListPass | None = None,
+    decay_epochs: int = 0,
 ) -> PrivateRoundResult:
     """Train ``model`` in place with DP-SGD for ``local_epochs`` over ``train_sequences`` (one per device).
 
@@ -539,6 +540,8 @@ def train_on_shard_private(
     ``epsilon`` (cumulative, at ``delta``), ``delta``, ``noise-multiplier``, ``sample-rate``,
     ``clipped-fraction`` (share of per-sample gradients the clipping norm cut), ``num-examples``,
     ``train_loss``, ``grad-sample-mode`` (0 hooks, 1 functorch, 2 rows); with the pass, its ``rerank-*``.
+    The last ``decay_epochs`` local epochs take the learning rate linearly to 0 (a schedule of the steps,
+    which the mechanism's noise and accounting do not depend on).
     """
     batches = TrainBatches(train_sequences, max_len, settings.batch_size, seed=seed)
     if batches.num_examples == 0:
@@ -574,6 +577,9 @@ def train_on_shard_private(
     run = _dp_run(model, batches, settings, privacy, plan, history, mode, seed, batch_size)
     if optimizer_state:
         load_optimizer_arrays(run.optimizer, optimizer_state)
+    if decay_epochs:
+        steps = plan.steps_per_epoch
+        decay_lr_linearly(run.optimizer, (local_epochs - decay_epochs) * steps, decay_epochs * steps)
     trainable = run.trainable
     per_example_mode(trainable, mode != "hooks")
     list_metrics: dict[str, float] = {}
