@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsc4rec.client.client_app import round_settings
 from lsc4rec.client import local_training
+from lsc4rec.client.client_app import round_settings
 from lsc4rec.client.local_training import (
     final_decay_epochs,
     load_optimizer_arrays,
