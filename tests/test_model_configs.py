@@ -42,7 +42,7 @@ def test_every_model_preset_composes_to_its_config_and_builds(preset: str) -> No
     model = build_model_from_config(config, 50, 20)
     assert isinstance(model, SequentialRecommender) and model.num_items == 50
     classes = {**SRM_CLASSES, "custom": SRM_CLASSES["gru4rec"]}
-    expected = SolidRecommender if preset.startswith("solid") else classes[str(cfg.model.name)]
+    expected = SolidRecommender if cfg.model.name == "solid" else classes[str(cfg.model.name)]
     assert isinstance(model, expected)
 
 
