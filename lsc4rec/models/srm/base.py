@@ -237,10 +237,7 @@ class SequentialRecommender(nn.Module, abc.ABC):
         the full path embeds and back-propagates through all of them. The lookup is not batch-first, so
         Opacus' per-layer hooks cannot attribute it to examples: DP-SGD losses use :meth:`position_scores`.
         """
-        hidden = self.encode(inputs)[positions]  # [P, d]
-        chosen = candidates[positions]  # [P, C]
-        scores = torch.matmul(self.embed_items(chosen), hidden.unsqueeze(-1)).squeeze(-1)
-        return scores.masked_fill(chosen == 0, float("-inf"))
+        return self.score_hidden(self.encode(inputs)[positions], candidates[positions])
 
     def position_scores_with_negatives(
         self, inputs: Tensor, candidates: Tensor, negatives: Tensor, positions: Tensor | None = None
