@@ -228,3 +228,32 @@ def test_a_node_builds_its_model_from_the_message_without_the_text_projection_st
         assert torch.equal(received.state_dict()[key], value), key
     inputs, _ = padded(sequences(3, seed=2))
     assert torch.equal(received.eval().score_all(inputs), sender.eval().score_all(inputs))
+
+
+@pytest.mark.slow
+def test_privacy_sweep_runs_solid_with_the_semantic_ids_its_runs_tested(tmp_path: Path) -> None:
+    """The sweep on SOLID (the whole system's device model family): its warm start and initial model are
+    labelled with the codebook's version 0, and each setting's last model is scored again with the semantic
+    ids its run saved, so a setting's "all" slice is the NDCG@10 its run reported."""
+    import subprocess
+    import sys
+
+    data = write_pattern_dataset(tmp_path / "pattern.txt", num_users=120, num_items=NUM_ITEMS)
+    write_pattern_text(data, NUM_ITEMS)
+    command = [
+        sys.executable, "-m", "lsc4rec.simulations.privacy_sweep", *PATTERN_RUN, f"data.path={data}",
+        "model=solid", "model.hidden_size=8", "model.item_text=projected", "model.semantic_scores=true",
+        "solid.features=[text]", "solid.codebook_sizes=[4,2]", "federated.rounds=2",
+        "federated.warm_start_epochs=2", "collab.cloud_users=0.5", "sweep.setting=[]", "sweep.modes=[local]",
+        "sweep.epsilons=[8]", "sweep.ablations=['private-part privacy.freeze_item_embeddings=true']",
+        "sweep.local_overrides=['train.loss=bce']", f"output_dir={tmp_path}", "run_name=sweep", "threads=1",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["model"] == "solid" and result["warm_start"]["epochs"] == 2
+    slices = result["slices_NDCG@10"]
+    for row in result["settings"]:
+        assert (tmp_path / "sweep" / row["name"] / "model_last.semantic_ids.pt").is_file()
+        assert slices[row["name"]]["all"] == pytest.approx(row["NDCG@10"], abs=1e-4)
+    assert slices["initial"]["all"] == pytest.approx(result["initial_NDCG@10"], abs=1e-4)

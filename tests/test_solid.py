@@ -500,3 +500,30 @@ def test_semantic_scores_put_the_code_into_every_items_score() -> None:
     plain = SolidRecommender(12, hidden_size=8, codebook_sizes=[3]).eval()
     plain.set_semantic_ids(codes)
     assert plain.item_table() is plain.item_embedding.weight
+
+
+def test_a_saved_model_is_scored_again_with_the_semantic_ids_saved_beside_it(tmp_path: Path) -> None:
+    from lsc4rec.models.solid.saved_ids import load_semantic_ids, save_semantic_ids, semantic_ids_path
+
+    torch.manual_seed(0)
+    codes = torch.tensor([[0], [0], [0], [0], [1], [1], [1], [2], [2], [2], [0], [1], [2]])
+    model = SolidRecommender(12, hidden_size=8, codebook_sizes=[3], semantic_scores=True).eval()
+    model.set_semantic_ids(codes)
+    weights = tmp_path / "model_last.pt"
+    torch.save(model.state_dict(), weights)
+    save_semantic_ids(model.semantic_codes, weights)
+    assert semantic_ids_path(weights) == tmp_path / "model_last.semantic_ids.pt"
+    history = torch.tensor([[0, 0, 1, 4]])
+    again = SolidRecommender(12, hidden_size=8, codebook_sizes=[3], semantic_scores=True).eval()
+    again.load_state_dict(torch.load(weights, weights_only=True))
+    load_semantic_ids(again, weights)
+    torch.testing.assert_close(again.score_all(history), model.score_all(history))
+    # Other ids score differently: the ids, not only the weights, decide the scores.
+    other = SolidRecommender(12, hidden_size=8, codebook_sizes=[3], semantic_scores=True).eval()
+    other.load_state_dict(torch.load(weights, weights_only=True))
+    other.set_semantic_ids(torch.roll(codes, 1, dims=0).clamp(max=2) * (torch.arange(13) > 0)[:, None])
+    assert not torch.allclose(other.score_all(history), model.score_all(history))
+    save_semantic_ids(None, tmp_path / "plain.pt")
+    assert not (tmp_path / "plain.semantic_ids.pt").exists()
+    with pytest.raises(FileNotFoundError, match="plain.semantic_ids.pt is missing"):
+        load_semantic_ids(again, tmp_path / "plain.pt")

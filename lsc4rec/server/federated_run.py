@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.partition import federation_size
 from lsc4rec.models.solid import SolidRecommender
+from lsc4rec.models.solid.saved_ids import save_semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, plot_rounds, write_json
 from lsc4rec.server.components import (
@@ -272,6 +273,7 @@ def final_report(
     for extension in extensions:
         extension.before_server_eval(model)
     test_last = evaluate(model, test_set, ks, full_ranking=full_ranking)
+    last_codes = model.semantic_codes if isinstance(model, SolidRecommender) else None
     if state.best.round == len(state.history):
         # The best round is the last: the same weights and extension state, already tested.
         test_best = test_last
@@ -284,6 +286,10 @@ def final_report(
         test_best = evaluate(model, test_set, ks, full_ranking=full_ranking)
     torch.save(final_state, out / "model_last.pt")
     torch.save(state.best.arrays, out / "model_best.pt")
+    if last_codes is not None:
+        # The items' semantic ids come from the codebook, not the weights: kept beside the last round's model
+        # so that it can be scored again as it was tested.
+        save_semantic_ids(last_codes, out / "model_last.pt")
     history = state.history
     summary: dict[str, Any] = {
         "experiment": str(run.record.get("experiment", "federated")),

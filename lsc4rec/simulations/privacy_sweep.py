@@ -37,12 +37,15 @@ from omegaconf import DictConfig
 
 from lsc4rec.cli import exit_on_bad_input
 from lsc4rec.config import config_dir, to_plain_dict
-from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
 from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import held_by_cloud
+from lsc4rec.models.solid import SolidRecommender
+from lsc4rec.models.solid.saved_ids import load_semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.components.catalogue_text import catalogue_vectors
+from lsc4rec.server.components.solid_codebook import SolidOnServer
 from lsc4rec.server.federated_run import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
 from lsc4rec.settings import FederatedRunSettings, federated_settings_from_overrides, typed_section
@@ -145,10 +148,13 @@ def run_setting(sweep: SweepSettings, base_overrides: list[str], setting: dict[s
     return launch(run, overrides, out)
 
 
-def _model(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Path | None) -> SequentialRecommender:
+def _model(
+    run: FederatedRunSettings, raw: RawDataset, split: LeaveOneOutSplit, weights: Path | None
+) -> SequentialRecommender:
     """The run's SRM with ``weights`` (a saved state dict), or else what every setting starts from (the
     initial weights, or the seeded fresh init); with the text part (``model.item_text``), built on the
-    catalogue's text vectors as the nodes receive them."""
+    catalogue's text vectors as the nodes receive them. A SOLID model gets the semantic ids its run saved
+    beside ``weights``, or else those of the codebook's version 0, which every setting starts from."""
     torch.manual_seed(run.seed)
     # Saved weights replace every initial value: the text projection's SVD start is skipped then.
     loaded = weights is not None or bool(run.federated.initial_weights)
@@ -159,6 +165,11 @@ def _model(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Path | N
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     elif run.federated.initial_weights:
         load_initial_weights(model, Path(run.federated.initial_weights))
+    if isinstance(model, SolidRecommender):
+        if weights is not None:
+            load_semantic_ids(model, weights)
+        else:
+            SolidOnServer.from_initial_model(run.solid, raw, split, model, seed=run.seed).label(model)
     return model
 
 
@@ -170,18 +181,22 @@ def _text_vectors(run: FederatedRunSettings, split: LeaveOneOutSplit) -> torch.T
     return None if catalogue is None else catalogue.vectors
 
 
-def initial_test_metrics(run: FederatedRunSettings, split: LeaveOneOutSplit) -> dict[str, float]:
+def initial_test_metrics(
+    run: FederatedRunSettings, raw: RawDataset, split: LeaveOneOutSplit
+) -> dict[str, float]:
     """Full-ranking test metrics of the model every setting starts from (initial weights or a fresh init)."""
-    model = _model(run, split, None)
+    model = _model(run, raw, split, None)
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     return evaluate(model, test, run.eval.ks)["full"]
 
 
-def slice_report(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Path | None) -> dict[str, dict]:
+def slice_report(
+    run: FederatedRunSettings, raw: RawDataset, split: LeaveOneOutSplit, weights: Path | None
+) -> dict[str, dict]:
     """Test NDCG@10 / HR@10 (full ranking) by slice of the model in ``weights`` (a setting's last round;
     None: the initial model): all users, rare and popular targets (by the devices' training data), cold and
     warm users, and the users the cloud held against those it never saw (``collab.cloud_users``)."""
-    model = _model(run, split, weights)
+    model = _model(run, raw, split, weights)
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     held = held_by_cloud(len(split.train), run.collab.cloud_users, run.seed)
     slices = {
@@ -192,12 +207,14 @@ def slice_report(run: FederatedRunSettings, split: LeaveOneOutSplit, weights: Pa
     return metrics_by_slice(model, test, slices, (10,))
 
 
-def report_slices(run: FederatedRunSettings, split: LeaveOneOutSplit, out: Path, rows: list[dict]) -> dict:
+def report_slices(
+    run: FederatedRunSettings, raw: RawDataset, split: LeaveOneOutSplit, out: Path, rows: list[dict]
+) -> dict:
     """Slices of the initial model and of every setting's last-round model (``<out>/<name>/model_last.pt``),
     added to ``rows`` in place; returns the initial model's."""
     for row in rows:
-        row["slices"] = slice_report(run, split, out / row["name"] / "model_last.pt")
-    return slice_report(run, split, None)
+        row["slices"] = slice_report(run, raw, split, out / row["name"] / "model_last.pt")
+    return slice_report(run, raw, split, None)
 
 
 def random_ndcg(num_items: int, k: int = 10) -> float:
@@ -246,7 +263,7 @@ def plot_sweep(
 
 
 def _warm_start(
-    base: FederatedRunSettings, base_overrides: list[str], split: LeaveOneOutSplit, out: Path
+    base: FederatedRunSettings, base_overrides: list[str], raw: RawDataset, split: LeaveOneOutSplit, out: Path
 ) -> tuple[FederatedRunSettings, list[str], dict[str, Any]]:
     """Warm-start the global SRM once on the cloud's stale data (saved as ``warm_start.pt``); the settings
     and overrides of runs that start from it, and the warm start's report."""
@@ -254,6 +271,9 @@ def _warm_start(
     torch.manual_seed(base.seed)  # the same warm start every time the sweep is run
     vectors = _text_vectors(base, split)
     model = build_model_from_config(base.model, split.num_items, base.data.max_len, vectors)
+    if isinstance(model, SolidRecommender):
+        # SOLID trains with its semantic ids: the codebook's version 0 labels them, as in a federated run.
+        SolidOnServer.from_initial_model(base.solid, raw, split, model, seed=base.seed).label(model)
     warm_start = warm_start_on_cloud(model, base, split)
     torch.save(model.state_dict(), out / "warm_start.pt")
     base_overrides = [
@@ -318,7 +338,7 @@ def main(cfg: DictConfig) -> None:
     # Typed once, here: the sweep's own keys, and the federated run every setting varies (whose keys a
     # federated run cannot honour are refused as in any federated run).
     sweep = typed_section(cfg.sweep, SweepSettings, "sweep")
-    # Every setting is a plain federated run (system=base: no cloud, no SOLID) plus the user's overrides.
+    # Every setting is a plain federated run (system=base: no cloud) plus the user's overrides.
     base_overrides = [
         "system=base",
         # The experiment's setting first, so that the command line's own overrides win.
@@ -331,15 +351,14 @@ def main(cfg: DictConfig) -> None:
     # Checks tracking.* now; the sweep's own table is logged at its end (each setting's federated run is
     # tracked in its own folder as it goes).
     tracker = RunTracker(out, base.tracking, plain)
-    split = leave_one_out(
-        load_dataset(
-            base.data.name, base.data.path, base.data.format, base.data.text_path, kcore=base.data.kcore
-        )
+    raw = load_dataset(
+        base.data.name, base.data.path, base.data.format, base.data.text_path, kcore=base.data.kcore
     )
+    split = leave_one_out(raw)
     warm_start = None
     if base.federated.warm_start_epochs > 0:
-        base, base_overrides, warm_start = _warm_start(base, base_overrides, split, out)
-    initial = initial_test_metrics(base, split)
+        base, base_overrides, warm_start = _warm_start(base, base_overrides, raw, split, out)
+    initial = initial_test_metrics(base, raw, split)
     rows: list[dict[str, Any]] = []
     for setting in settings_of(sweep):
         logger.info("privacy sweep: %s", setting["name"])
@@ -353,7 +372,7 @@ def main(cfg: DictConfig) -> None:
         row["fraction_of_non_private"] = row[METRIC] / reference if reference > 0 else math.nan
         # The share of what non-private fine-tuning adds to the initial model that this setting keeps.
         row["fraction_of_gain"] = (row[METRIC] - initial[METRIC]) / gain if gain > 0 else math.nan
-    initial_slices = report_slices(base, split, out, rows)
+    initial_slices = report_slices(base, raw, split, out, rows)
     floor = random_ndcg(split.num_items)
     plot_sweep(
         rows, floor, out / "privacy_sweep.png", f"{base.model.name} on {base.data.name}", initial[METRIC]
