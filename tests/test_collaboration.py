@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_pattern_dataset
 
 from lsc4rec.client.collab.fusion import fuse_scores, normalize_scores, rerank
 from lsc4rec.client.collab.inference import (
+    candidate_scores_from,
+    catalogue_scores,
     device_top_items,
     drop_seen,
     seen_items,
@@ -20,8 +23,11 @@ from lsc4rec.client.collab.inference import (
 )
 from lsc4rec.client.collab.request_model import FEATURE_NAMES, LearnedRequestModel
 from lsc4rec.client.collab.request_policy import RequestPolicy, inconsistency
+from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices_in_modes
 from lsc4rec.config import compose_config
 from lsc4rec.data import pad_left
+from lsc4rec.metrics import RankingAccumulator, list_ranks
+from lsc4rec.models.llm.candidates import CandidateList
 from lsc4rec.models.srm import build_srm, candidate_rerank_loss
 from lsc4rec.settings import REQUEST_CURVE_IGNORES, RequestCurveSettings, typed_run
 from lsc4rec.simulations.request_curve import (
@@ -351,3 +357,65 @@ def test_the_federated_cloud_refuses_a_baseline_llm_it_cannot_report(tmp_path: P
         SettingsError, match=r"collab\.baseline_llm_path=.*federated runs serve one cloud LLM"
     ):
         federated_settings_from_overrides([f"collab.baseline_llm_path={tmp_path}", "collab.enabled=true"])
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "ttt4rec"])
+def test_list_scores_read_from_the_catalogue_equal_the_models_candidate_scores(name: str) -> None:
+    torch.manual_seed(0)
+    srm = build_srm(name, 30, hidden_size=8, dropout=0.0)
+    generator = torch.Generator().manual_seed(2)
+    histories = pad_left([torch.randint(1, 31, (n,), generator=generator).tolist() for n in (1, 4, 9)], 6)
+    items = torch.randint(1, 31, (3, 7), generator=generator)
+    items[1, 3] = 0  # an empty slot
+    read = candidate_scores_from(catalogue_scores(srm, histories), items)
+    torch.testing.assert_close(read, srm_candidate_scores(srm, histories, items), rtol=1e-5, atol=1e-6)
+    assert read[1, 3] == float("-inf")
+
+
+class _ListsCloud:
+    """Answers every request with the same fixed list (consumed items included), scores falling."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    @property
+    def num_items(self) -> int:
+        return 30
+
+    @property
+    def max_history(self) -> int:
+        return 50
+
+    def recommend(self, histories: list[list[int]], n: int) -> CandidateList:
+        rows = len(histories)
+        items = np.tile(np.array(self.items[:n], dtype=np.int64), (rows, 1))
+        return CandidateList(items, -np.arange(n, dtype=np.float32)[None].repeat(rows, 0))
+
+
+@pytest.mark.parametrize("exclude_history", [True, False])
+def test_every_device_requesting_ranks_the_fresh_list_with_its_own_model(exclude_history: bool) -> None:
+    """The fresh lists' SRM scores (read from the catalogue's, encoded once) rank as the model's own
+    candidate scores do; with the history not excluded a consumed item in a fresh list keeps its score."""
+    torch.manual_seed(0)
+    srm = build_srm("sasrec", 30, hidden_size=8, dropout=0.0).eval()
+    histories = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    targets = [11, 12, 13]
+    fresh = [3, 11, 12, 13, 14, 15]  # item 3 is consumed by the first device
+    stale = CandidateList(np.array([[20, 21, 22, 23, 24, 25]] * 3), np.zeros((3, 6), dtype=np.float32))
+    # alpha 0: the fused ranking is the SRM's own order of the fresh list (llm pool: no device items added).
+    settings = CollaborationSettings(
+        candidates=6, alpha=0.0, exclude_history=exclude_history, candidate_pool="llm", mode="always"
+    )
+    served = serve_devices_in_modes(
+        srm, histories, targets, stale, _ListsCloud(fresh), settings, {"always": torch.Generator()}, 10, (10,)
+    )["always"]
+    history = pad_left(histories, 10)
+    items = torch.tensor([fresh] * 3)
+    if exclude_history:
+        items = drop_seen(items, seen_items(histories))
+    own = srm_candidate_scores(srm, history, items)
+    ranked = rerank(items, own)
+    expected = RankingAccumulator((10,))
+    expected.add(list_ranks(ranked, torch.tensor(targets)))
+    assert served["collab-NDCG@10"] == pytest.approx(expected.compute()["NDCG@10"])
+    assert served["requests"] == 3.0

@@ -34,6 +34,8 @@ def in_device_chunks(score: Callable[..., Tensor], *rows: Tensor) -> Tensor:
 
 __all__ = [
     "CANDIDATE_POOLS",
+    "candidate_scores_from",
+    "catalogue_scores",
     "device_pool",
     "device_top_items",
     "drop_seen",
@@ -43,6 +45,7 @@ __all__ = [
     "srm_candidate_scores",
     "srm_catalogue_scores",
     "union_candidates",
+    "without_consumed",
 ]
 
 
@@ -72,10 +75,28 @@ def srm_catalogue_scores(srm: SequentialRecommender, histories: Tensor, seen: Te
     ``histories`` is the model's (truncated) input; ``seen`` (default: ``histories``) the device's whole
     history, left-padded, whose items are all excluded.
     """
+    return without_consumed(catalogue_scores(srm, histories), histories if seen is None else seen)
+
+
+@torch.no_grad()
+def catalogue_scores(srm: SequentialRecommender, histories: Tensor) -> Tensor:
+    """The SRM's raw scores ``[B, num_items + 1]`` of every item after left-padded ``histories`` (nothing
+    excluded), :data:`SCORING_CHUNK` devices at a time."""
     srm.eval()
-    scores = in_device_chunks(srm.score_all, histories)
+    return in_device_chunks(srm.score_all, histories)
+
+
+def without_consumed(scores: Tensor, seen: Tensor) -> Tensor:
+    """Catalogue ``scores [B, num_items + 1]`` with padding and each row's ``seen`` items set to -inf, in
+    place (returned)."""
     scores[:, 0] = float("-inf")
-    return scores.scatter_(1, histories if seen is None else seen, float("-inf"))
+    return scores.scatter_(1, seen, float("-inf"))
+
+
+def candidate_scores_from(catalogue: Tensor, items: Tensor) -> Tensor:
+    """The scores ``[B, n]`` of candidate ``items`` read from the rows' catalogue scores (empty slots -inf):
+    what :func:`srm_candidate_scores` computes, without encoding the histories again."""
+    return catalogue.gather(1, items.clamp(min=0)).masked_fill(items == 0, float("-inf"))
 
 
 def request_score_table(

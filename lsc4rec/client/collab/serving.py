@@ -20,14 +20,15 @@ from lsc4rec.client.collab.fallback import FallbackCloud, as_fallback
 from lsc4rec.client.collab.fusion import fuse_scores, rerank
 from lsc4rec.client.collab.inference import (
     CANDIDATE_POOLS,
+    candidate_scores_from,
+    catalogue_scores,
     device_pool,
     device_top_items,
     drop_seen,
     request_score_table,
     seen_items,
-    srm_candidate_scores,
-    srm_catalogue_scores,
     union_candidates,
+    without_consumed,
 )
 from lsc4rec.client.collab.request_model import LearnedRequestModel, request_features
 from lsc4rec.client.collab.request_policy import top_share
@@ -158,16 +159,16 @@ def request_disagreement(
 
 
 def _take_fresh(
-    srm: SequentialRecommender,
     fresh: CandidateList,
     rows: list[int],
-    history: torch.Tensor,
+    catalogue: torch.Tensor,
     seen: torch.Tensor,
     settings: CollaborationSettings,
     ranked: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> None:
     """The requesting devices ``rows`` rank the cloud's ``fresh`` lists: written into the ``(items, LLM
-    scores, SRM scores)`` of ``ranked`` in place (seen items dropped, SRM scores computed)."""
+    scores, SRM scores)`` of ``ranked`` in place (seen items dropped, SRM scores read from the devices'
+    ``catalogue`` scores)."""
     items, llm_scores, srm_scores = ranked
     fresh_items = torch.from_numpy(fresh.items).long()
     if settings.exclude_history:
@@ -175,7 +176,7 @@ def _take_fresh(
     index = torch.tensor(rows)
     items[index] = fresh_items
     llm_scores[index] = torch.from_numpy(fresh.scores).float().masked_fill(fresh_items == 0, float("-inf"))
-    srm_scores[index] = srm_candidate_scores(srm, history[rows], fresh_items)
+    srm_scores[index] = candidate_scores_from(catalogue[index], fresh_items)
 
 
 def serve_devices(
@@ -230,8 +231,12 @@ def serve_devices_in_modes(
     if settings.exclude_history:
         items = drop_seen(items, seen)
     llm_scores = llm_scores.masked_fill(items == 0, float("-inf"))
-    srm_scores = srm_candidate_scores(srm, history, items)
-    catalogue = srm_catalogue_scores(srm, history, seen)
+    # The histories are encoded once: the lists' scores (stale and fresh) are read from the catalogue's.
+    catalogue = catalogue_scores(srm, history)
+    srm_scores = candidate_scores_from(catalogue, items)
+    # With the history not excluded, fresh lists keep consumed items: their scores come from an unmasked copy.
+    unmasked = None if settings.exclude_history else catalogue.clone()
+    catalogue = without_consumed(catalogue, seen)
     disagreement = request_disagreement(srm, settings, items, srm_scores, llm_scores, catalogue, history)
     # The device's own top items (computed once if needed, used before and after requests): for a union
     # pool, and for devices holding no cloud list.
@@ -273,7 +278,7 @@ def serve_devices_in_modes(
             own = CandidateList(fresh.items[picked], fresh.scores[picked])
             uploaded = sum(8 * min(len(histories[r]), cloud.max_history) for r in rows)
             bytes_moved = uploaded + own.items.size * 12
-            _take_fresh(srm, own, rows, history, seen, settings, lists)
+            _take_fresh(own, rows, catalogue if unmasked is None else unmasked, seen, settings, lists)
         after = RankingAccumulator(ks)
         after.add(ranked(*lists))
         metrics = {f"collab-{k}": v for k, v in after.compute().items()}
