@@ -419,3 +419,28 @@ def test_every_device_requesting_ranks_the_fresh_list_with_its_own_model(exclude
     expected.add(list_ranks(ranked, torch.tensor(targets)))
     assert served["collab-NDCG@10"] == pytest.approx(expected.compute()["NDCG@10"])
     assert served["requests"] == 3.0
+
+
+@pytest.mark.parametrize("exclude_history", [True, False])
+def test_the_device_alone_row_read_from_the_shared_scores_is_what_evaluate_reports(
+    exclude_history: bool,
+) -> None:
+    from lsc4rec.client.collab.serving import ALONE
+    from lsc4rec.training import EvalSet, evaluate
+
+    torch.manual_seed(0)
+    srm = build_srm("sasrec", 30, hidden_size=8, dropout=0.0).eval()
+    generator = torch.Generator().manual_seed(4)
+    histories = [torch.randint(1, 31, (n,), generator=generator).tolist() for n in (2, 5, 9, 14, 3, 7)]
+    targets = torch.randint(1, 31, (6,), generator=generator).tolist()
+    stale = CandidateList(np.array([[20, 21, 22, 23, 24, 25]] * 6), np.zeros((6, 6), dtype=np.float32))
+    settings = CollaborationSettings(candidates=6, exclude_history=exclude_history, mode="never")
+    served = serve_devices_in_modes(
+        srm, histories, targets, stale, _ListsCloud([1]), settings, {"never": torch.Generator()}, 10, (5, 10),
+        rank_alone=True,
+    )["never"]  # fmt: skip
+    expected = evaluate(
+        srm, EvalSet.build("test", histories, targets, 30, 10, 4, exclude_history=exclude_history), (5, 10)
+    )["full"]
+    assert {k[len(ALONE) :]: v for k, v in served.items() if k.startswith(ALONE)} == pytest.approx(expected)
+    assert expected["HR@10"] > 0  # some target is ranked: the comparison is not between empty rows

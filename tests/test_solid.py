@@ -525,5 +525,5 @@ def test_a_saved_model_is_scored_again_with_the_semantic_ids_saved_beside_it(tmp
     assert not torch.allclose(other.score_all(history), model.score_all(history))
     save_semantic_ids(None, tmp_path / "plain.pt")
     assert not (tmp_path / "plain.semantic_ids.pt").exists()
-    with pytest.raises(FileNotFoundError, match="plain.semantic_ids.pt is missing"):
+    with pytest.raises(FileNotFoundError, match=r"plain\.semantic_ids\.pt is missing"):
         load_semantic_ids(again, tmp_path / "plain.pt")

@@ -198,9 +198,17 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
             model, shard, run, server_round, service if with_cloud else None, trust, alpha, vectors
         )
     else:
-        scorer, metrics = _rank_held_out_items(model, shard, run, context, testing, with_cloud)
+        # At test with the cloud and full ranking, the device-alone row is read from the catalogue scores
+        # the fused rows use: the devices' histories are encoded once.
+        shared = testing and with_cloud and run.eval.full_ranking
+        if shared:
+            scorer, metrics = _device_scorer(model, run, context)
+        else:
+            scorer, metrics = _rank_held_out_items(model, shard, run, context, testing)
         if testing and with_cloud:
-            metrics.update(collaborate_at_test(scorer, shard, run, service, trust, alpha, vectors))
+            metrics.update(
+                collaborate_at_test(scorer, shard, run, service, trust, alpha, vectors, rank_alone=shared)
+            )
         elif with_cloud:
             metrics.update(collaborate(scorer, shard, run, service, trust, alpha, vectors))
         if testing and run.runtime == "onnx":
@@ -209,19 +217,31 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
     return Message(_reply_content(step, components, metrics, None), reply_to=msg)
 
 
+def _device_scorer(
+    model: SequentialRecommender, run: FederatedRunSettings, context: Context
+) -> tuple[SequentialRecommender, dict[str, float]]:
+    """What the devices score with, and what it cost: with ``runtime=onnx`` the node's ONNX graph (this
+    round's weights go into the graph it already holds, the first use exports it), checked against the model
+    before it scores anything; else the model itself."""
+    if run.runtime != "onnx":
+        return model, {}
+    # One graph per device: with full ranking the "all" graph also scores the cloud's lists.
+    kinds = ("all",) if run.eval.full_ranking else ("candidates",)
+    onnx, onnx_cost = OnnxRecommender.export_or_update(
+        model, onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
+    )
+    return onnx, onnx_cost  # type: ignore[return-value]  # scores like the model (score_all, score_candidates)
+
+
 def _rank_held_out_items(
     model: SequentialRecommender,
     shard: DeviceShard,
     run: FederatedRunSettings,
     context: Context,
     testing: bool,
-    with_cloud: bool,
 ) -> tuple[SequentialRecommender, dict[str, float]]:
-    """Rank each device's validation (or test) item; return the scorer the device uses and the metrics.
-
-    With ``runtime=onnx`` the scorer is the node's ONNX graph: this round's weights go into the graph it
-    already holds (the first round exports it), checked against the model before it scores anything.
-    """
+    """Rank each device's validation (or test) item with :func:`_device_scorer`; return the scorer and the
+    metrics."""
     full_ranking = run.eval.full_ranking
     eval_set = EvalSet.build(
         "client-test" if testing else "client-valid",
@@ -235,15 +255,7 @@ def _rank_held_out_items(
         sampled_negatives=0 if full_ranking else run.eval.sampled_negatives,
         sampled_seed=run.eval.sampled_seed + shard.partition_id,
     )
-    scorer: SequentialRecommender = model
-    onnx_cost: dict[str, float] = {}
-    if run.runtime == "onnx":
-        # One graph per device: with full ranking the "all" graph also scores the cloud's lists.
-        kinds = ("all",) if full_ranking else ("candidates",)
-        onnx, onnx_cost = OnnxRecommender.export_or_update(
-            model, onnx_dir(context), run.data.max_len, kinds=kinds, providers=run.onnx_providers
-        )
-        scorer = onnx  # type: ignore[assignment]  # scores like the model (score_all, score_candidates)
+    scorer, onnx_cost = _device_scorer(model, run, context)
     with torch.no_grad():
         result = evaluate(scorer, eval_set, run.eval.ks, full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"

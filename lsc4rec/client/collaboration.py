@@ -14,7 +14,7 @@ from lsc4rec.client.collab.content import unit_vectors
 from lsc4rec.client.collab.fallback import FallbackCloud, empty_lists
 from lsc4rec.client.collab.list_training import rerank_rows, train_on_cloud_lists
 from lsc4rec.client.collab.request_model import LearnedRequestModel
-from lsc4rec.client.collab.serving import CollaborationSettings, serve_devices, serve_devices_in_modes
+from lsc4rec.client.collab.serving import ALONE, CollaborationSettings, serve_devices, serve_devices_in_modes
 from lsc4rec.client.collab.streaming import serve_arrivals
 from lsc4rec.client.local_training import derive_seed
 from lsc4rec.client.node_component import NodeComponent, NodeStep
@@ -236,9 +236,11 @@ def collaborate_at_test(
     root_certificates: Path | None = None,
     alpha: float | None = None,
     item_vectors: torch.Tensor | None = None,
+    rank_alone: bool = False,
 ) -> dict[str, float]:
     """The final table's device-side rows on the test item: the cloud's stale list alone, and the fused
-    ranking with no requests, within the request budget and with every device requesting.
+    ranking with no requests, within the request budget and with every device requesting; with
+    ``rank_alone`` also the device alone (``test-device-``: full ranking of the same catalogue scores).
 
     The service holds the cloud's stale copy of each history at the test moment; the device holds its
     training part and validation item.
@@ -260,6 +262,7 @@ def collaborate_at_test(
             {mode: torch.Generator().manual_seed(seed) for mode in ("intelligent", "always")},
             run.data.max_len,
             run.eval.ks,
+            rank_alone=rank_alone,
         )
         for mode, result in served.items():
             label = "budget" if mode == "intelligent" else "all"
@@ -280,6 +283,9 @@ def collaborate_at_test(
                     }
                 )
                 out.update({f"test-{k}": v for k, v in result.items() if k.startswith("cloud-")})
+                out.update(
+                    {f"test-device-{k[len(ALONE) :]}": v for k, v in result.items() if k.startswith(ALONE)}
+                )
     out.update({f"test-{k}": v for k, v in _outage_rates(cloud, without_list, shard.num_devices).items()})
     return out
 

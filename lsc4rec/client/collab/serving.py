@@ -33,11 +33,14 @@ from lsc4rec.client.collab.inference import (
 from lsc4rec.client.collab.request_model import LearnedRequestModel, request_features
 from lsc4rec.client.collab.request_policy import top_share
 from lsc4rec.data import pad_left
-from lsc4rec.metrics import RankingAccumulator, list_ranks
+from lsc4rec.metrics import RankingAccumulator, full_ranking_ranks, list_ranks
 from lsc4rec.models.llm.candidates import CandidateList, CandidateSource
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["CollaborationSettings", "serve_devices", "serve_devices_in_modes"]
+__all__ = ["ALONE", "CollaborationSettings", "serve_devices", "serve_devices_in_modes"]
+
+#: Prefix of the SRM-alone metrics :func:`serve_devices_in_modes` adds with ``rank_alone``.
+ALONE = "srm-alone-"
 
 
 @dataclass(frozen=True)
@@ -216,12 +219,14 @@ def serve_devices_in_modes(
     modes: Mapping[str, torch.Generator],
     max_len: int,
     ks: Sequence[int] = (5, 10, 20),
+    rank_alone: bool = False,
 ) -> dict[str, dict[str, float]]:
     """:func:`serve_devices` under several request modes at once (``modes``: mode -> the generator its budget
     draws from), each mode's metrics as if served alone. What the modes share is computed once: the SRM's
     scores of the lists and the catalogue, the request scores, the rankings before any request, and one call
     to the cloud for the fresh lists of every device some mode lets request (a device's fresh list does not
-    depend on the mode that asked for it)."""
+    depend on the mode that asked for it). ``rank_alone``: also the SRM alone's full ranking of the targets
+    (:data:`ALONE` metrics, what :func:`lsc4rec.training.evaluate` reports of the same scores)."""
     cloud = as_fallback(cloud)
     history = pad_left(histories, max_len)
     seen = seen_items(histories)  # the whole history, also past max_len
@@ -234,6 +239,9 @@ def serve_devices_in_modes(
     # The histories are encoded once: the lists' scores (stale and fresh) are read from the catalogue's.
     catalogue = catalogue_scores(srm, history)
     srm_scores = candidate_scores_from(catalogue, items)
+    alone = RankingAccumulator(ks)
+    if rank_alone:
+        alone.add(full_ranking_ranks(catalogue, target, exclude=seen if settings.exclude_history else None))
     # With the history not excluded, fresh lists keep consumed items: their scores come from an unmasked copy.
     unmasked = None if settings.exclude_history else catalogue.clone()
     catalogue = without_consumed(catalogue, seen)
@@ -257,6 +265,8 @@ def serve_devices_in_modes(
     shared = {f"collab-before-request-{k}": v for k, v in before.compute().items()}
     shared.update({f"cloud-{k}": v for k, v in cloud_alone.compute().items()})
     shared["mean-inconsistency"] = float(disagreement.mean())
+    if rank_alone:
+        shared.update({f"{ALONE}{k}": v for k, v in alone.compute().items()})
 
     masks = {
         mode: budget_mask(disagreement, replace(settings, mode=mode), generator)
