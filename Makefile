@@ -21,11 +21,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The last step encodes the shipped catalogue's item text into the text-vector cache (about a minute on 2
-# cores, once per machine), so no run pays for it (python -m lsc4rec.text.prepare; docs/whole_system.md).
+# cores, once per machine), so no run pays for it (lsc4rec/simulations/prepare_text.py).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH)"
 	$(BIN)/python -m pip install -e ".[test]"
-	$(BIN)/python -m lsc4rec.text.prepare
+	$(BIN)/python -m lsc4rec.simulations.prepare_text
 	touch $(STAMP)
 
 install: $(STAMP)

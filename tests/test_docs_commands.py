@@ -371,7 +371,7 @@ HYDRA_CHECKS: dict[str, Callable[[list[str]], None]] = {
     FEDERATED: check_federated,
     "lsc4rec.simulations.privacy_sweep": check_privacy_sweep,
     # Not Hydra's main, but a federated run's overrides, typed as the run types them.
-    "lsc4rec.text.prepare": check_federated,
+    "lsc4rec.simulations.prepare_text": check_federated,
 }
 
 

@@ -1,4 +1,4 @@
-"""``python -m lsc4rec.text.prepare``: the item text a run reads is encoded into the cache ahead of it."""
+"""``python -m lsc4rec.simulations.prepare_text``: a run's item text is encoded into the cache ahead of it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_pattern_dataset, write_pattern_text
 
-from lsc4rec.text.prepare import main, prepare_text_vectors
+from lsc4rec.simulations.prepare_text import main, prepare_text_vectors
 
 NUM_ITEMS = 24
 

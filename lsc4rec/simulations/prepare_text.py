@@ -4,8 +4,8 @@ Without it a machine's first run encodes every item's text before it trains (Bea
 minute on 2 CPU cores); every later run reads the cache (:mod:`lsc4rec.text.cache`). The command takes a
 federated run's overrides and encodes exactly what that run would read, e.g.::
 
-    python -m lsc4rec.text.prepare                                     # make run's vectors (Beauty, MiniLM)
-    python -m lsc4rec.text.prepare data.name=X data.path=/abs/X.txt    # another dataset's
+    python -m lsc4rec.simulations.prepare_text                                   # make run's (Beauty)
+    python -m lsc4rec.simulations.prepare_text data.name=X data.path=/abs/X.txt  # another dataset's
 
 A dataset without item text, or a run that reads none, has nothing to prepare (said, exit 0). Ends with
 ``RESULT {json}``, also written to ``<output_dir>/text-prepare/text_prepare.json``.
@@ -55,7 +55,7 @@ def prepare_text_vectors(overrides: Sequence[str]) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: ``python -m lsc4rec.text.prepare [overrides]``."""
+    """Command-line entry point: ``python -m lsc4rec.simulations.prepare_text [overrides]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = prepare_text_vectors(sys.argv[1:] if argv is None else argv)
