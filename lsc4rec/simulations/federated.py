@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -42,19 +43,47 @@ class FlowerRunFailed(RuntimeError):
     """The Flower run did not complete (failed, timed out, or wrote no results)."""
 
 
+def untrained_reason(out: Path) -> str | None:
+    """Why no round of the finished run in ``out`` aggregated an update, or None when one did (or the run
+    had no rounds): a run whose every node failed in every round completes in Flower's eyes, yet its model
+    is the one it started from."""
+    metrics_path = out / "metrics.json"
+    if not metrics_path.is_file():
+        return None
+    rounds = json.loads(metrics_path.read_text()).get("rounds") or []
+    if not rounds or any(float((r.get("train") or {}).get("aggregated", 1)) > 0 for r in rounds):
+        return None
+    failed = [f for r in rounds for f in r.get("failed_nodes") or []]
+    if failed:
+        first = failed[0]
+        cause = " ".join(str(first.get("reason", "unknown")).split())  # one line
+        cause = cause if len(cause) <= 300 else cause[:300] + " ..."
+        return (
+            f"no round aggregated an update: {len(failed)} node failures over {len(rounds)} rounds, the "
+            f"first (round {first.get('round')}, {first.get('stage')}): {cause}"
+        )
+    return (
+        f"no round aggregated an update in {len(rounds)} rounds (no node failed: every node stopped, e.g. "
+        "its privacy budget was spent; see the log above)"
+    )
+
+
 def launch(run: FederatedRunSettings, overrides: list[str], out: Path) -> dict:
     """Run the federated job in the configured runtime; return the final summary or raise on failure."""
     # The nodes compose the same config from these overrides (one source of truth: conf/).
     pinned = [o for o in overrides if not o.startswith("run_name=")] + [f"run_name={run.run_name}"]
+    # The nodes shlex-split this string: quoted, each override comes back whole with its own quoting (a value
+    # like '0,1' stays one string instead of becoming a Hydra list).
+    joined = shlex.join(pinned)
     if run.federated.runtime == "inprocess":
-        grid = InProcessGrid(run.federated.num_supernodes, {"overrides": " ".join(pinned)})
+        grid = InProcessGrid(run.federated.num_supernodes, {"overrides": joined})
         return run_federated(grid, run, out)
     if not (APP_DIR / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{APP_DIR}/pyproject.toml not found: run from a source checkout of lsc4rec")
     run_timeout = run.federated.launch_timeout
     run = flwr_run(
         APP_DIR,
-        {"overrides": " ".join(pinned), "output-dir": str(out.parent)},
+        {"overrides": joined, "output-dir": str(out.parent)},
         run.federated.num_supernodes,
         timeout=run_timeout,
         ray_address=run.federated.ray_address,
@@ -98,6 +127,11 @@ def main(cfg: DictConfig) -> None:
     except FlowerRunFailed as error:
         # The Flower log above holds the cause; the command ends on one line saying what failed.
         sys.stderr.write(f"error: {error}\n")
+        sys.exit(1)
+    reason = untrained_reason(out)
+    if reason:
+        # The final table would only show the starting model: the run failed, whatever Flower's status says.
+        sys.stderr.write(f"error: {reason} (metrics in {out / 'metrics.json'})\n")
         sys.exit(1)
     emit_result(summary)
 

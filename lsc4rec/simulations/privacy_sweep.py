@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def run_setting(sweep: SweepSettings, base_overrides: list[str], setting: dict[s
     overrides = [*base_overrides, *setting["overrides"], f"run_name={out.name}", f"output_dir={out.parent}"]
     run = federated_settings_from_overrides(overrides)
     if sweep.runtime == "inprocess":
-        grid = InProcessGrid(run.federated.num_supernodes, {"overrides": " ".join(overrides)})
+        grid = InProcessGrid(run.federated.num_supernodes, {"overrides": shlex.join(overrides)})
         return run_federated(grid, run, out)
     return launch(run, overrides, out)
 
