@@ -38,6 +38,7 @@ class PrivacySettings:
     delta: float | None = None
     clipping_norm: float = 1.0
     batch_size: int = 0
+    physical_batch_size: int = 0
     grad_sample_mode: str = "auto"
     central_clipping: str = "server"
     adaptive_clipping: bool = False
@@ -95,6 +96,11 @@ class PrivacySettings:
             raise ValueError(f"privacy.delta must be in (0, 1) (or null = 1/devices), got {self.delta}")
         if self.batch_size < 0:
             raise ValueError(f"privacy.batch_size must be >= 0 (0 = train.batch_size), got {self.batch_size}")
+        if self.physical_batch_size < 0:
+            raise ValueError(
+                "privacy.physical_batch_size must be >= 0 (0 = each Poisson batch at once), "
+                f"got {self.physical_batch_size}"
+            )
         if self.ledger_dir is not None and self.mode != "local":
             raise ValueError(
                 "privacy.ledger_dir is where local DP-SGD nodes keep their ledgers; "

@@ -19,6 +19,10 @@ Per-sample gradients come from one of three engines (``privacy.grad_sample_mode`
   handed to Opacus' optimizer through its ``no_op`` mode: any SRM (TTT4Rec, SOLID) and any loss (full
   softmax included), the choice of ``auto`` for the full softmax.
 
+A large Poisson batch can be computed in chunks (``privacy.physical_batch_size``, Opacus' "physical" batches):
+each chunk's examples are clipped and added to the batch's sum, the noise is added once per batch and the
+optimizer steps once, so the mechanism and its ε are those of the whole batch; only the peak memory drops.
+
 Accounting: Opacus' RDP accountant history ``[(noise multiplier, sample rate, steps), ...]`` of every earlier
 round (the node's ledger, :mod:`lsc4rec.client.privacy_ledger`) is composed with this round's, so ε is
 cumulative. A noise multiplier can be given, or derived from ``privacy.target_epsilon`` for the whole planned
@@ -321,6 +325,22 @@ def _count_clipped(trace: _Trace, norms: torch.Tensor, clipping_norm: float) -> 
     trace.seen += int(norms.numel())
 
 
+def physical_chunks(rows: int, physical: int) -> list[slice]:
+    """The row ranges a Poisson batch of ``rows`` examples is computed in (``privacy.physical_batch_size``):
+    chunks of ``physical`` rows, the last one shorter; one chunk when ``physical`` is 0 or covers the
+    batch."""
+    size = physical if 0 < physical < rows else rows
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def chunk_negatives(negatives: torch.Tensor | None, part: slice) -> torch.Tensor | None:
+    """A chunk's negatives: per-position ones (``[B, L, n]``) sliced to its rows, shared ones (``[C]``)
+    as they are."""
+    if negatives is None or negatives.dim() != 3:
+        return negatives
+    return negatives[part]
+
+
 def _train_opacus(run: _DPRun, local_epochs: int, mode: str) -> _Trace:
     """DP-SGD with Opacus' engine: per-sample gradients from its hooks, or from ``torch.func`` handed over."""
     from opacus import PrivacyEngine
@@ -347,6 +367,7 @@ def _train_opacus(run: _DPRun, local_epochs: int, mode: str) -> _Trace:
     named = [(n, p) for n, p in row_loss.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
     trace = _Trace([], 0, 0, [])
+    physical = run.privacy.physical_batch_size
     for _ in range(local_epochs):
         for inputs, targets in dp_loader:
             dp_optimizer.zero_grad(set_to_none=True)
@@ -359,24 +380,37 @@ def _train_opacus(run: _DPRun, local_epochs: int, mode: str) -> _Trace:
                 negatives = draw_negatives(
                     settings.loss, trainable.num_items, targets, settings.num_negatives, run.negatives
                 )
-                if mode == "hooks":
-                    per_row = per_sequence_loss(settings.loss, trainable, inputs, targets, negatives)
-                    with warnings.catch_warnings():
-                        # Opacus' hooks on the item embedding fire for an integer input (no input grad).
-                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                        per_row.mean().backward()
-                    trace.losses.append(float(per_row.detach().mean()))
-                else:
-                    values = {n: p.detach() for n, p in zip(names, params, strict=True)}
-                    grads = _per_sample_grads(row_loss, values, inputs, targets, negatives)
-                    for name, p in zip(names, params, strict=True):
-                        p.grad_sample = grads[name]
-                    with torch.no_grad():
-                        trace.losses.append(float(row_loss(inputs, targets, negatives).mean()))
-                norms = torch.stack(
-                    [p.grad_sample.reshape(rows, -1).norm(dim=1) for p in params], dim=1
-                ).norm(dim=1)
-                _count_clipped(trace, norms, run.privacy.clipping_norm)
+                parts = physical_chunks(rows, physical)
+                loss_sum = 0.0
+                for index, part in enumerate(parts):
+                    x, y, negative = inputs[part], targets[part], chunk_negatives(negatives, part)
+                    if mode == "hooks":
+                        per_row = per_sequence_loss(settings.loss, trainable, x, y, negative)
+                        with warnings.catch_warnings():
+                            # Opacus' hooks on the item embedding fire for an integer input (no input grad).
+                            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                            # Opacus scales a mean's per-sample gradients by this chunk's own size.
+                            per_row.mean().backward()
+                        loss_sum += float(per_row.detach().sum())
+                    else:
+                        values = {n: p.detach() for n, p in zip(names, params, strict=True)}
+                        grads = _per_sample_grads(row_loss, values, x, y, negative)
+                        for name, p in zip(names, params, strict=True):
+                            p.grad_sample = grads[name]
+                        with torch.no_grad():
+                            loss_sum += float(row_loss(x, y, negative).sum())
+                    size = x.size(0)
+                    norms = torch.stack(
+                        [p.grad_sample.reshape(size, -1).norm(dim=1) for p in params], dim=1
+                    ).norm(dim=1)
+                    _count_clipped(trace, norms, run.privacy.clipping_norm)
+                    if index < len(parts) - 1:
+                        # Opacus clips this chunk and adds it to the batch's sum without noise or a step
+                        # (its gradient accumulation); the batch's last chunk steps, noised once.
+                        dp_optimizer.signal_skip_step(do_skip=True)
+                        dp_optimizer.step()
+                        dp_optimizer.zero_grad(set_to_none=True)
+                trace.losses.append(loss_sum / rows)
             dp_optimizer.step()
     if mode == "hooks":
         wrapped._close()  # remove Opacus' hooks from the module
@@ -432,11 +466,18 @@ def _train_rows(
                     )
                 else:
                     negatives = negatives_of(inputs, targets, tuple(rest))
-                clipped = step.clipped_sum(inputs, targets, negatives, run.privacy.clipping_norm)
-                sums = clipped.sums
-                _count_clipped(trace, clipped.norms, run.privacy.clipping_norm)
-                with torch.no_grad():
-                    trace.losses.append(float(row_loss(inputs, targets, negatives).mean()))
+                sums = {n: torch.zeros_like(p) for n, p in named.items()}
+                loss_sum = 0.0
+                # Each chunk's examples clipped one by one and summed: the batch's sum whatever the chunks.
+                for part in physical_chunks(inputs.size(0), run.privacy.physical_batch_size):
+                    x, y, negative = inputs[part], targets[part], chunk_negatives(negatives, part)
+                    clipped = step.clipped_sum(x, y, negative, run.privacy.clipping_norm)
+                    for name, chunk_sum in clipped.sums.items():
+                        sums[name] += chunk_sum
+                    _count_clipped(trace, clipped.norms, run.privacy.clipping_norm)
+                    with torch.no_grad():
+                        loss_sum += float(row_loss(x, y, negative).sum())
+                trace.losses.append(loss_sum / inputs.size(0))
             for name, p in named.items():
                 noisy = sums[name] + _generate_noise(
                     std=std, reference=p, generator=run.noise, secure_mode=run.privacy.secure_mode
