@@ -149,7 +149,7 @@ def run_setting(sweep: SweepSettings, base_overrides: list[str], setting: dict[s
     return launch(run, overrides, out)
 
 
-def _model(
+def run_model(
     run: FederatedRunSettings, raw: RawDataset, split: LeaveOneOutSplit, weights: Path | None
 ) -> SequentialRecommender:
     """The run's SRM with ``weights`` (a saved state dict), or else what every setting starts from (the
@@ -186,7 +186,7 @@ def initial_test_metrics(
     run: FederatedRunSettings, raw: RawDataset, split: LeaveOneOutSplit
 ) -> dict[str, float]:
     """Full-ranking test metrics of the model every setting starts from (initial weights or a fresh init)."""
-    model = _model(run, raw, split, None)
+    model = run_model(run, raw, split, None)
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     return evaluate(model, test, run.eval.ks)["full"]
 
@@ -197,7 +197,7 @@ def slice_report(
     """Test NDCG@10 / HR@10 (full ranking) by slice of the model in ``weights`` (a setting's last round;
     None: the initial model): all users, rare and popular targets (by the devices' training data), cold and
     warm users, and the users the cloud held against those it never saw (``collab.cloud_users``)."""
-    model = _model(run, raw, split, weights)
+    model = run_model(run, raw, split, weights)
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     held = held_by_cloud(len(split.train), run.collab.cloud_users, run.seed)
     slices = {

@@ -1,0 +1,78 @@
+"""The popularity-prior probe's pieces: what each device releases, its noise, and the ε it reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location(
+        "popularity_prior", REPO / "benchmarks" / "popularity_prior.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_device_counts_its_last_distinct_items_once() -> None:
+    probe = _probe()
+    # Device 0's last 3 distinct items are 5, 4, 2 (the repeated 5 counts once); device 1 holds one item.
+    counts = probe.fresh_item_counts([[1, 2, 4, 5, 5], [2]], num_items=6, recent=3)
+    assert counts.tolist() == [0.0, 0.0, 2.0, 0.0, 1.0, 1.0, 0.0]
+    # Each device adds at most `recent` ones: the L2 sensitivity the noise is calibrated to.
+    many = probe.fresh_item_counts([list(range(1, 7))], num_items=6, recent=3)
+    assert many.sum() == 3 and many[4:].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="--recent must be >= 1"):
+        probe.fresh_item_counts([[1]], num_items=2, recent=0)
+
+
+def test_count_noise_has_the_mechanisms_spread_and_the_prior_ignores_negative_counts() -> None:
+    probe = _probe()
+    zeros = torch.zeros(200_001)
+    noisy = probe.noised_counts(
+        zeros, recent=4, noise_multiplier=1.5, generator=torch.Generator().manual_seed(0)
+    )
+    assert noisy[0] == 0
+    assert float(noisy[1:].std()) == pytest.approx(1.5 * 2.0, rel=0.01)
+    prior = probe.log_prior(torch.tensor([0.0, -3.0, 0.0, math.e - 1]))
+    assert prior.tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0])
+
+
+def test_release_epsilon_is_the_gaussian_mechanisms_and_composes_with_the_ledger(tmp_path: Path) -> None:
+    probe = _probe()
+    delta = 1e-5
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    # Two releases at noise multiplier 6: the RDP of a sampling rate of 1, two steps.
+    expected, _ = get_privacy_spent(orders=orders, rdp=compute_rdp(q=1.0, noise_multiplier=6.0, steps=2,
+                                                                   orders=orders), delta=delta)  # fmt: skip
+    ledger = [(0.6, 0.02, 100)]
+    spent = probe.release_epsilon(6.0, 2, delta, ledger)
+    assert spent["alone"] == pytest.approx(expected, rel=1e-3)
+    assert spent["training_alone"] < spent["with_training"] < spent["training_alone"] + spent["alone"]
+    assert probe.release_epsilon(6.0, 2, delta, [])["with_training"] is None
+    # The run's most spent node's ledger is the one composed.
+    folder = tmp_path / "privacy-ledgers"
+    folder.mkdir()
+    for name, noise in (("partition-0.json", 1.0), ("partition-1.json", 0.6)):
+        entry = {"round": 1, "noise": noise, "rate": 0.02, "steps": 100}
+        (folder / name).write_text(json.dumps({"entries": [entry]}), encoding="utf-8")
+    assert probe.largest_ledger(tmp_path, delta) == [(0.6, 0.02, 100)]
+    assert probe.largest_ledger(tmp_path / "none", delta) == []
+
+
+def test_bad_model_arguments_are_one_clear_error(tmp_path: Path) -> None:
+    probe = _probe()
+    with pytest.raises(SystemExit, match="must be label=path"):
+        probe.parse_models(["just-a-path.pt"])
+    with pytest.raises(SystemExit, match="--model dp: no such file"):
+        probe.parse_models([f"dp={tmp_path / 'missing.pt'}"])
