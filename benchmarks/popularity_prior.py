@@ -17,7 +17,8 @@ test time (each device's validation item now part of its history): two releases,
 Choosing the weight on the devices' validation items is itself a use of their data that a deployment would
 have to make private too (not included in ε): this is a probe of what the prior can carry, not a product path.
 
-Writes ``<out>/popularity_prior.json`` and ``.png`` and prints ``RESULT {json}``.
+Reports test NDCG@10 by slice (rare/popular targets, cold/warm users) with and without the prior. Writes
+``<out>/popularity_prior.json`` and ``.png`` and prints ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import json
 import logging
 import math
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -39,10 +41,11 @@ import torch
 from lsc4rec.argument_types import non_negative_int, positive_int
 from lsc4rec.client.private_training import HistoryEntry, epsilon_of
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
+from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.privacy_sweep import run_model
-from lsc4rec.training import EvalSet, build_eval_sets, evaluate
+from lsc4rec.training import EvalSet, build_eval_sets, evaluate, metrics_by_slice
 
 logger = logging.getLogger(__name__)
 METRIC = "NDCG@10"
@@ -105,14 +108,30 @@ def largest_ledger(run_dir: Path, delta: float) -> list[HistoryEntry]:
     return max(histories, key=lambda h: epsilon_of(h, delta), default=[])
 
 
-def ndcg_with_prior(model: torch.nn.Module, eval_set: EvalSet, prior: torch.Tensor, weight: float) -> float:
-    """Full-ranking NDCG@10 of ``model`` with ``weight x prior`` added to every item's score."""
+@contextmanager
+def prior_added(model: torch.nn.Module, prior: torch.Tensor, weight: float) -> Iterator[None]:
+    """Within the block, ``model``'s full-catalogue scores get ``weight x prior`` added."""
     plain = type(model).score_all
     model.score_all = lambda history: plain(model, history) + weight * prior  # type: ignore[method-assign]
     try:
-        return float(evaluate(model, eval_set, (10,))["full"][METRIC])
+        yield
     finally:
         del model.score_all
+
+
+def ndcg_with_prior(model: torch.nn.Module, eval_set: EvalSet, prior: torch.Tensor, weight: float) -> float:
+    """Full-ranking NDCG@10 of ``model`` with ``weight x prior`` added to every item's score."""
+    with prior_added(model, prior, weight):
+        return float(evaluate(model, eval_set, (10,))["full"][METRIC])
+
+
+def slices_with_prior(
+    model: torch.nn.Module, eval_set: EvalSet, slices: dict, prior: torch.Tensor, weight: float
+) -> dict[str, float]:
+    """Test NDCG@10 by slice (rare/popular targets, cold/warm users) with ``weight x prior`` added."""
+    with prior_added(model, prior, weight):
+        by_slice = metrics_by_slice(model, eval_set, slices, (10,))
+    return {name: values.get(METRIC, 0.0) for name, values in by_slice.items()}
 
 
 def device_sequences(split: LeaveOneOutSplit, with_validation_item: bool) -> list[list[int]]:
@@ -175,6 +194,7 @@ def main() -> None:
         for k, c in counts.items()
     }
 
+    slices = evaluation_slices(split)
     rows = []
     for label, path in models.items():
         model = run_model(run, raw, split, path)
@@ -187,6 +207,8 @@ def main() -> None:
             "weight": chosen,
             "test_without": ndcg_with_prior(model, test, priors["test"], 0.0),
             "test_with": ndcg_with_prior(model, test, priors["test"], chosen) if chosen else None,
+            "test_slices_without": slices_with_prior(model, test, slices, priors["test"], 0.0),
+            "test_slices_with": slices_with_prior(model, test, slices, priors["test"], chosen),
             "epsilon": release_epsilon(args.noise_multiplier, 2, delta, largest_ledger(path.parent, delta)),
         }
         if row["test_with"] is None:
