@@ -11,11 +11,13 @@ multiplier, whose ε (RDP, δ = 1/users) is reported alone and composed with the
 the model's folder has one (``privacy-ledgers/``, the largest node's). A model's ranking scores then get
 ``weight x log(1 + max(noisy count, 0))`` added.
 
-The weight is chosen on the devices' validation items (the counts then released from what the devices held
-before their validation item), and the model with the chosen weight is tested once with counts released at
-test time (each device's validation item now part of its history): two releases, both in the reported ε.
-Choosing the weight on the devices' validation items is itself a use of their data that a deployment would
-have to make private too (not included in ε): this is a probe of what the prior can carry, not a product path.
+The weight is chosen on the devices' validation items, privately: with the counts released from what the
+devices held before their validation item, each weight's sum of the devices' validation NDCG@10 is released
+with Gaussian noise (each device adds a value in [0, 1] to each of the G sums: L2 sensitivity sqrt(G), noise
+std ``selection_noise_multiplier x sqrt(G)``) and the best noisy sum wins. The model with that weight is then
+tested once with counts released at test time (each device's validation item now part of its history). The
+three releases (two counts, one selection) are all in the reported ε. This is a probe of what the prior
+carries, measured on saved models; no federated run releases counts or adds the prior.
 
 Reports test NDCG@10 by slice (rare/popular targets, cold/warm users) with and without the prior. Writes
 ``<out>/popularity_prior.json`` and ``.png`` and prints ``RESULT {json}``.
@@ -45,7 +47,7 @@ from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.privacy_sweep import run_model
-from lsc4rec.training import EvalSet, build_eval_sets, evaluate, metrics_by_slice
+from lsc4rec.training import EvalSet, build_eval_sets, evaluate, metrics_by_slice, test_ranks
 
 logger = logging.getLogger(__name__)
 METRIC = "NDCG@10"
@@ -85,17 +87,36 @@ def log_prior(noisy_counts: torch.Tensor) -> torch.Tensor:
 
 
 def release_epsilon(
-    noise_multiplier: float, releases: int, delta: float, ledger: Sequence[HistoryEntry]
-) -> dict:
-    """ε of ``releases`` Gaussian releases alone, and composed with a DP-SGD ledger (RDP, at ``delta``)."""
-    if noise_multiplier <= 0:
-        return {"alone": math.inf, "with_training": math.inf}
-    histogram = [(noise_multiplier, 1.0, releases)]
+    releases: Sequence[HistoryEntry], delta: float, ledger: Sequence[HistoryEntry]
+) -> dict[str, float | None]:
+    """ε of the Gaussian ``releases`` ``[(noise multiplier, 1.0, count)]`` alone, and composed with a DP-SGD
+    ledger (RDP, at ``delta``)."""
+    if any(noise <= 0 for noise, _, _ in releases):
+        return {"alone": math.inf, "with_training": math.inf, "training_alone": None}
     return {
-        "alone": epsilon_of(histogram, delta),
-        "with_training": epsilon_of([*ledger, *histogram], delta) if ledger else None,
+        "alone": epsilon_of(releases, delta),
+        "with_training": epsilon_of([*ledger, *releases], delta) if ledger else None,
         "training_alone": epsilon_of(ledger, delta) if ledger else None,
     }
+
+
+def private_choice(
+    gains: dict[float, torch.Tensor], noise_multiplier: float, generator: torch.Generator
+) -> tuple[float, dict[float, float]]:
+    """The weight whose noised sum of per-device gains (each in [0, 1]) is largest, and the noised sums.
+
+    One device moves the vector of sums by at most sqrt(len(gains)) in L2 norm: Gaussian noise of std
+    ``noise_multiplier x sqrt(len(gains))`` on every sum is the Gaussian mechanism at that noise multiplier.
+    """
+    std = noise_multiplier * math.sqrt(len(gains))
+    noisy = {w: float(g.sum()) + std * float(torch.randn((), generator=generator)) for w, g in gains.items()}
+    return max(noisy, key=lambda w: (noisy[w], -w)), noisy
+
+
+def per_device_ndcg(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """Each device's NDCG@k from its target's 0-based rank: 1 / log2(rank + 2) inside the top k, else 0."""
+    gains = 1.0 / torch.log2(ranks.to(torch.float64) + 2.0)
+    return torch.where(ranks < k, gains, torch.zeros_like(gains))
 
 
 def largest_ledger(run_dir: Path, delta: float) -> list[HistoryEntry]:
@@ -167,6 +188,12 @@ def main() -> None:
     )
     parser.add_argument("--recent", type=positive_int, default=3, help="distinct last items per device")
     parser.add_argument("--noise-multiplier", type=float, default=6.0, help="counts' noise / sqrt(recent)")
+    parser.add_argument(
+        "--selection-noise-multiplier",
+        type=float,
+        default=6.0,
+        help="noise / sqrt(weights) on validation sums",
+    )
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--threads", type=positive_int, default=1)
@@ -198,18 +225,25 @@ def main() -> None:
     rows = []
     for label, path in models.items():
         model = run_model(run, raw, split, path)
-        by_weight = {w: ndcg_with_prior(model, valid, priors["valid"], w) for w in args.weights}
-        chosen = max(by_weight, key=lambda w: (by_weight[w], -w))
+        gains = {}
+        for weight in args.weights:
+            with prior_added(model, priors["valid"], weight):
+                gains[weight] = per_device_ndcg(test_ranks(model, valid))
+        by_weight = {w: float(g.mean()) for w, g in gains.items()}
+        chosen, noisy_sums = private_choice(gains, args.selection_noise_multiplier, generator)
+        releases = [(args.noise_multiplier, 1.0, 2), (args.selection_noise_multiplier, 1.0, 1)]
         row = {
             "model": label,
             "path": str(path),
             "valid_by_weight": by_weight,
+            "valid_noisy_sums": noisy_sums,
             "weight": chosen,
+            "weight_without_noise": max(by_weight, key=lambda w: (by_weight[w], -w)),
             "test_without": ndcg_with_prior(model, test, priors["test"], 0.0),
             "test_with": ndcg_with_prior(model, test, priors["test"], chosen) if chosen else None,
             "test_slices_without": slices_with_prior(model, test, slices, priors["test"], 0.0),
             "test_slices_with": slices_with_prior(model, test, slices, priors["test"], chosen),
-            "epsilon": release_epsilon(args.noise_multiplier, 2, delta, largest_ledger(path.parent, delta)),
+            "epsilon": release_epsilon(releases, delta, largest_ledger(path.parent, delta)),
         }
         if row["test_with"] is None:
             row["test_with"] = row["test_without"]
@@ -224,6 +258,7 @@ def main() -> None:
         "recent": args.recent,
         "noise_multiplier": args.noise_multiplier,
         "count_noise_std": args.noise_multiplier * math.sqrt(args.recent),
+        "selection_noise_multiplier": args.selection_noise_multiplier,
         "delta": delta,
         "metric": f"test {METRIC}",
         "models": rows,
