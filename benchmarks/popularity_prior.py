@@ -40,7 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from lsc4rec.argument_types import non_negative_int, positive_int
+from lsc4rec.argument_types import non_negative_float, non_negative_int, positive_int
 from lsc4rec.client.private_training import HistoryEntry, epsilon_of
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.slices import evaluation_slices
@@ -124,8 +124,11 @@ def largest_ledger(run_dir: Path, delta: float) -> list[HistoryEntry]:
     folder = run_dir / "privacy-ledgers"
     histories = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        entries = json.loads(path.read_text(encoding="utf-8"))["entries"]
-        histories.append([(float(e["noise"]), float(e["rate"]), int(e["steps"])) for e in entries])
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))["entries"]
+            histories.append([(float(e["noise"]), float(e["rate"]), int(e["steps"])) for e in entries])
+        except (ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"error: privacy ledger {path} is not a ledger ({error!r})") from None
     return max(histories, key=lambda h: epsilon_of(h, delta), default=[])
 
 
@@ -187,7 +190,9 @@ def main() -> None:
         "--overrides", default="", help="the runs' config overrides (one shell-quoted string)"
     )
     parser.add_argument("--recent", type=positive_int, default=3, help="distinct last items per device")
-    parser.add_argument("--noise-multiplier", type=float, default=6.0, help="counts' noise / sqrt(recent)")
+    parser.add_argument(
+        "--noise-multiplier", type=non_negative_float, default=6.0, help="counts' noise / sqrt(recent)"
+    )
     parser.add_argument(
         "--selection-noise-multiplier",
         type=float,

@@ -72,6 +72,9 @@ def test_release_epsilon_is_the_gaussian_mechanisms_and_composes_with_the_ledger
         (folder / name).write_text(json.dumps({"entries": [entry]}), encoding="utf-8")
     assert probe.largest_ledger(tmp_path, delta) == [(0.6, 0.02, 100)]
     assert probe.largest_ledger(tmp_path / "none", delta) == []
+    (folder / "partition-2.json").write_text('{"entries": [{"round": 1}]}', encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"privacy ledger .*partition-2.json is not a ledger"):
+        probe.largest_ledger(tmp_path, delta)
 
 
 def test_bad_model_arguments_are_one_clear_error(tmp_path: Path) -> None:
