@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import functools
+import importlib.util
 import ipaddress
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from unittest import mock
 
 import pytest
 from cryptography import x509
@@ -18,6 +23,19 @@ from lsc4rec.data.synthetic import PATTERN_WORDS, write_pattern_dataset, write_p
 
 #: The read-only shared ML-100K copy, used by tests only when present (never shipped, never required).
 SHARED_ML100K = Path(__file__).resolve().parents[2] / "shared/data/ml-100k"
+
+
+@functools.cache
+def load_script(path: Path) -> ModuleType:
+    """Import a ``deploy/`` or ``benchmarks/`` script as a module, its folder first on ``sys.path`` (its
+    siblings import as top-level modules there, as they do when the script runs); once per path."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there while the class is made
+    with mock.patch.object(sys, "path", [str(path.parent), *sys.path]):
+        spec.loader.exec_module(module)
+    return module
 
 
 def genre_flags(*indices: int, n: int = 19) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import os
 import sys
@@ -10,18 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _scaling_module():
-    spec = importlib.util.spec_from_file_location(
-        "federated_scaling", REPO / "benchmarks" / "federated_scaling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "federated_scaling.py")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -67,6 +67,7 @@ from unittest import mock
 
 import click
 import pytest
+from conftest import load_script
 from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -453,19 +454,6 @@ def run_parser_only(main: Callable[[], Any], argv: list[str], label: str) -> Non
             f"{label}: its argparse refused it: {stderr.getvalue().strip()} (exit {error.code})"
         ) from None
     raise CommandError(f"{label}: main() returned without parsing its arguments: not checked")
-
-
-@functools.cache
-def load_script(path: Path) -> ModuleType:
-    """Import a ``deploy/`` or ``benchmarks/`` script as a module, its folder first on ``sys.path`` (its
-    siblings import as top-level modules there, as they do when the script runs)."""
-    spec = importlib.util.spec_from_file_location(f"docs_command_{path.parent.name}_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there while the class is made
-    with mock.patch.object(sys, "path", [str(path.parent), *sys.path]):
-        spec.loader.exec_module(module)
-    return module
 
 
 def check_argparse_module(module: ModuleType, argv: list[str], label: str) -> None:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location(
-        "popularity_prior", REPO / "benchmarks" / "popularity_prior.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "benchmarks" / "popularity_prior.py")
 
 
 def test_each_device_counts_its_last_distinct_items_once() -> None:

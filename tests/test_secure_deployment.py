@@ -11,7 +11,6 @@ evidence, so they do not depend on the order they run in.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import queue
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import write_pattern_dataset
+from conftest import load_script, write_pattern_dataset
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -75,11 +74,7 @@ def make_credentials(out: Path, *extra: str) -> subprocess.CompletedProcess[str]
 
 def load_phone_client() -> ModuleType:
     """``deploy/phone_client.py`` as a module (deploy/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("phone_client", REPO / "deploy" / "phone_client.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "deploy" / "phone_client.py")
 
 
 def status_of(call: Any) -> str:
