@@ -195,7 +195,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--selection-noise-multiplier",
-        type=float,
+        type=non_negative_float,
         default=6.0,
         help="noise / sqrt(weights) on validation sums",
     )
