@@ -22,6 +22,12 @@ and ``fusion-alpha``, the weight devices fuse with; SOLID as above; ``phase``: `
 training, ``test`` once after the last round with the last round's SRM). Evaluate reply: ``metrics``
 (``num-examples`` and ``client-*`` metrics; with time moving the round's ``replay-*`` serving metrics; in the
 test phase the ``test-*`` rows of the final table).
+
+The fresh-popularity prior (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_prior`): the last round's
+train replies carry ``fresh-prior`` (ArrayRecord ``valid`` / ``test``: the node's fresh counts, noised under
+local DP) and the metric ``fresh-prior-released``; the last round's evaluate messages carry the summed
+``valid`` counts and their replies ``fresh-prior-gain-<w>`` (each weight's summed validation NDCG@10); the
+test messages carry the summed ``test`` counts and the config key ``fresh-prior-weight``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ __all__ = [
     "CONFIG",
     "DEVICES",
     "EPSILON",
+    "FRESH_PRIOR",
+    "FRESH_PRIOR_RELEASED",
+    "FRESH_PRIOR_TEST",
+    "FRESH_PRIOR_VALID",
+    "FRESH_PRIOR_WEIGHT",
     "FUSION_ALPHA",
     "ITEM_TEXT",
     "ITEM_TEXT_VERSION",
@@ -64,6 +75,7 @@ __all__ = [
     "codebook_from_record",
     "codebook_record",
     "compact_item_text_record",
+    "fresh_prior_gain_metric",
     "instruction_destinations",
     "item_text_from_record",
     "item_text_record",
@@ -92,16 +104,30 @@ ITEM_TEXT_VERSION = "item-text-version"
 PHASE = "phase"
 # The fusion weight devices use (collab.alpha=auto: chosen by the server on the devices' arrivals).
 FUSION_ALPHA = "fusion-alpha"
+# The fresh prior's weight the test's rankings use (chosen by the server on the devices' released gains).
+FRESH_PRIOR_WEIGHT = "fresh-prior-weight"
 # Values of PHASE: the per-round client evaluation and the final test on the devices.
 PHASE_ROUND = "round"
 PHASE_TEST = "test"
 
+# The fresh prior's counts (node -> server in the last round's train replies, server -> node after it).
+FRESH_PRIOR = "fresh-prior"
+FRESH_PRIOR_VALID = "valid"
+FRESH_PRIOR_TEST = "test"
+
 # Metric keys (node -> server).
+FRESH_PRIOR_RELEASED = "fresh-prior-released"
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train_loss"
 PRIVACY_EXHAUSTED = "privacy-exhausted"
 EPSILON = "epsilon"
 DEVICES = "devices"
+
+
+def fresh_prior_gain_metric(weight: float) -> str:
+    """The metric key of a node's summed validation NDCG@10 with the fresh prior at ``weight`` (node ->
+    server, the last round's evaluation)."""
+    return f"fresh-prior-gain-{weight:g}"
 
 
 def alpha_metric(alpha: float) -> str:

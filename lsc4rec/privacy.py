@@ -49,6 +49,11 @@ class PrivacySettings:
     freeze_item_embeddings: bool = False
     ledger_dir: str | None = None
     secure_mode: bool = False
+    fresh_prior: bool = False
+    fresh_prior_recent: int = 3
+    fresh_prior_noise_multiplier: float = 6.0
+    fresh_prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+    fresh_prior_selection_noise_multiplier: float = 6.0
 
     def __post_init__(self) -> None:
         if self.mode not in PRIVACY_MODES:
@@ -118,10 +123,47 @@ class PrivacySettings:
                 "privacy.secure_mode=true draws from the OS's cryptographic RNG, which cannot be seeded: "
                 "set privacy.seeded_noise=false"
             )
+        self._check_fresh_prior()
         if self.mode != "none" and self.target_epsilon is None and self.noise_multiplier == 0:
             raise ValueError(
                 f"privacy.mode={self.mode} needs privacy.noise_multiplier > 0 or privacy.target_epsilon"
             )
+
+    def _check_fresh_prior(self) -> None:
+        """The fresh-popularity prior's keys (``privacy.fresh_prior*``)."""
+        if not self.fresh_prior:
+            return
+        if self.mode == "central":
+            raise ValueError(
+                "privacy.fresh_prior=true releases user-level noised counts from each node (local DP's "
+                "unit); central DP accounts whole nodes and cannot account them: use privacy.mode=local "
+                "or none"
+            )
+        if self.fresh_prior_recent < 1:
+            raise ValueError(f"privacy.fresh_prior_recent must be >= 1, got {self.fresh_prior_recent}")
+        if not self.fresh_prior_weights or any(w < 0 for w in self.fresh_prior_weights):
+            raise ValueError(
+                "privacy.fresh_prior_weights must be a non-empty list of weights >= 0, got "
+                f"{list(self.fresh_prior_weights)}"
+            )
+        for name in ("fresh_prior_noise_multiplier", "fresh_prior_selection_noise_multiplier"):
+            value = getattr(self, name)
+            if value < 0 or (self.mode == "local" and value == 0):
+                raise ValueError(
+                    f"privacy.{name} must be > 0 with privacy.mode=local (>= 0 otherwise), got {value}"
+                )
+
+    def planned_releases(self) -> list[tuple[float, float, int]]:
+        """What each device releases besides DP-SGD, as RDP history entries (noise multiplier, rate, steps):
+        with local DP and the fresh prior, two count vectors and one vector of per-weight gains, each a
+        Gaussian mechanism over all of the node's devices (rate 1); nothing otherwise. The DP-SGD noise for a
+        ``target_epsilon`` is planned so that the composition ends at the target."""
+        if not (self.fresh_prior and self.mode == "local"):
+            return []
+        return [
+            (self.fresh_prior_noise_multiplier, 1.0, 2),
+            (self.fresh_prior_selection_noise_multiplier, 1.0, 1),
+        ]
 
     def resolved_delta(self, num_devices: int) -> float:
         """δ: the configured value, else 1 / the number of devices in the whole population."""

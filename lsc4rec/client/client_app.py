@@ -27,6 +27,7 @@ from lsc4rec.client.collaboration import (
     serve_round,
 )
 from lsc4rec.client.fault_drills import fault_drill_mod
+from lsc4rec.client.fresh_prior_on_node import RANKING_TERM
 from lsc4rec.client.local_training import (
     derive_seed,
     final_decay_epochs,
@@ -63,6 +64,7 @@ from lsc4rec.messages import (
     SERVER_ROUND,
     CandidateService,
 )
+from lsc4rec.models.fresh_prior import PriorRanking
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import EvalSet, TrainSettings, evaluate
@@ -201,10 +203,13 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
         # At test with the cloud and full ranking, the device-alone row is read from the catalogue scores
         # the fused rows use: the devices' histories are encoded once.
         shared = testing and with_cloud and run.eval.full_ranking
+        # The fresh prior's term (privacy.fresh_prior), in the test phase only: every ranking adds it.
+        term = step.scratch.get(RANKING_TERM)
+        assert term is None or isinstance(term, torch.Tensor)
         if shared:
-            scorer, metrics = _device_scorer(model, run, context)
+            scorer, metrics = _device_scorer(model, run, context, term)
         else:
-            scorer, metrics = _rank_held_out_items(model, shard, run, context, testing)
+            scorer, metrics = _rank_held_out_items(model, shard, run, context, testing, term)
         if testing and with_cloud:
             metrics.update(
                 collaborate_at_test(scorer, shard, run, service, trust, alpha, vectors, rank_alone=shared)
@@ -218,11 +223,18 @@ def evaluate_on_devices(msg: Message, context: Context) -> Message:
 
 
 def _device_scorer(
-    model: SequentialRecommender, run: FederatedRunSettings, context: Context
+    model: SequentialRecommender,
+    run: FederatedRunSettings,
+    context: Context,
+    term: torch.Tensor | None = None,
 ) -> tuple[SequentialRecommender, dict[str, float]]:
     """What the devices score with, and what it cost: with ``runtime=onnx`` the node's ONNX graph (this
     round's weights go into the graph it already holds, the first use exports it), checked against the model
-    before it scores anything; else the model itself."""
+    before it scores anything; else the model itself. A ranking ``term`` (the fresh prior) is added to
+    either's scores."""
+    if term is not None:
+        scorer, cost = _device_scorer(model, run, context)
+        return PriorRanking(scorer, term), cost  # type: ignore[return-value]  # scores like the model
     if run.runtime != "onnx":
         return model, {}
     # One graph per device: with full ranking the "all" graph also scores the cloud's lists.
@@ -239,6 +251,7 @@ def _rank_held_out_items(
     run: FederatedRunSettings,
     context: Context,
     testing: bool,
+    term: torch.Tensor | None = None,
 ) -> tuple[SequentialRecommender, dict[str, float]]:
     """Rank each device's validation (or test) item with :func:`_device_scorer`; return the scorer and the
     metrics."""
@@ -255,7 +268,7 @@ def _rank_held_out_items(
         sampled_negatives=0 if full_ranking else run.eval.sampled_negatives,
         sampled_seed=run.eval.sampled_seed + shard.partition_id,
     )
-    scorer, onnx_cost = _device_scorer(model, run, context)
+    scorer, onnx_cost = _device_scorer(model, run, context, term)
     with torch.no_grad():
         result = evaluate(scorer, eval_set, run.eval.ks, full_ranking=full_ranking)
     protocol = "full" if full_ranking else "sampled"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from lsc4rec.client.codebook_sync import CodebookOnNode
 from lsc4rec.client.collaboration import CollaborationOnNode
+from lsc4rec.client.fresh_prior_on_node import FreshPriorOnNode
 from lsc4rec.client.item_text_on_node import ItemTextOnNode
 from lsc4rec.client.node_component import NodeComponent
 from lsc4rec.client.privacy_on_node import PrivacyOnNode
@@ -27,6 +28,7 @@ NODE_COMPONENTS: tuple[NodeComponent, ...] = (
     CodebookOnNode(),
     CollaborationOnNode(),
     PrivacyOnNode(),
+    FreshPriorOnNode(),
 )
 
 

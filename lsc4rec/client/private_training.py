@@ -71,8 +71,17 @@ def epsilon_of(history: Sequence[HistoryEntry], delta: float) -> float:
     return float(accountant.get_epsilon(delta=delta))
 
 
-def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, total_steps: int) -> float:
-    """The least noise multiplier keeping ε <= ``target_epsilon`` after ``total_steps`` at ``sample_rate``."""
+def noise_for_target(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    total_steps: int,
+    other_releases: Sequence[HistoryEntry] = (),
+) -> float:
+    """The least noise multiplier keeping ε <= ``target_epsilon`` after ``total_steps`` at ``sample_rate``,
+    composed (RDP) with ``other_releases`` the device also makes (the fresh prior's)."""
+    if other_releases:
+        return _noise_for_composed_target(target_epsilon, delta, sample_rate, total_steps, other_releases)
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():
@@ -87,6 +96,40 @@ def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, to
             epsilon_tolerance=0.005,
         )
     return float(noise)
+
+
+def _noise_for_composed_target(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    total_steps: int,
+    other_releases: Sequence[HistoryEntry],
+) -> float:
+    """:func:`noise_for_target` with other releases: bisection on the noise multiplier (ε falls as it grows),
+    to within 0.5% of the target."""
+    others = epsilon_of(other_releases, delta)
+    if others >= target_epsilon:
+        raise ValueError(
+            f"the releases besides DP-SGD alone spend epsilon {others:.3f} >= privacy.target_epsilon="
+            f"{target_epsilon}: raise privacy.fresh_prior_noise_multiplier / "
+            "privacy.fresh_prior_selection_noise_multiplier or the target"
+        )
+
+    def epsilon(noise: float) -> float:
+        return epsilon_of([(noise, sample_rate, total_steps), *other_releases], delta)
+
+    low, high = 0.0, 1.0
+    while epsilon(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ValueError(f"no noise multiplier reaches epsilon {target_epsilon} at delta {delta}")
+    while high - low > 1e-4 and epsilon(high) < target_epsilon * (1 - 0.005):
+        middle = (low + high) / 2
+        if epsilon(middle) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 # ---------------------------------------------------------------------- the DP-SGD plan of one node
@@ -120,7 +163,13 @@ def plan_for(
     noise = privacy.noise_multiplier
     if noise == 0:
         assert privacy.target_epsilon is not None  # checked in PrivacySettings
-        noise = noise_for_target(privacy.target_epsilon, delta, rate, steps * local_epochs * planned_rounds)
+        noise = noise_for_target(
+            privacy.target_epsilon,
+            delta,
+            rate,
+            steps * local_epochs * planned_rounds,
+            privacy.planned_releases(),
+        )
     return PrivatePlan(rate, steps, num_examples * rate, noise, delta)
 
 

@@ -37,7 +37,7 @@ from lsc4rec.server.components.catalogue_text import CatalogueVectors, catalogue
 from lsc4rec.server.components.loop_hooks import state_dict_of
 from lsc4rec.server.components.registry import BuildContext, build_extensions, check_components
 from lsc4rec.server.final_table import final_table, log_final_table, test_on_devices
-from lsc4rec.server.loop import RoundPlan, run_rounds
+from lsc4rec.server.loop import RoundPlan, ranking_of, run_rounds
 from lsc4rec.server.phase_clock import PhaseClock
 from lsc4rec.server.reply_stream import dispatch_window
 from lsc4rec.server.strategy_config import build_strategy
@@ -272,7 +272,7 @@ def final_report(
     model.load_state_dict(final_state)
     for extension in extensions:
         extension.before_server_eval(model)
-    test_last = evaluate(model, test_set, ks, full_ranking=full_ranking)
+    test_last = evaluate(ranking_of(model, extensions, "test"), test_set, ks, full_ranking=full_ranking)
     last_codes = model.semantic_codes if isinstance(model, SolidRecommender) else None
     if state.best.round == len(state.history):
         # The best round is the last: the same weights and extension state, already tested.
@@ -283,7 +283,7 @@ def final_report(
             # The best round's weights go with what the extensions kept of that round (SOLID: its codebook).
             if extension.name in state.best.snapshots:
                 extension.before_server_eval(model, state.best.snapshots[extension.name])
-        test_best = evaluate(model, test_set, ks, full_ranking=full_ranking)
+        test_best = evaluate(ranking_of(model, extensions, "test"), test_set, ks, full_ranking=full_ranking)
     torch.save(final_state, out / "model_last.pt")
     torch.save(state.best.arrays, out / "model_best.pt")
     if last_codes is not None:

@@ -23,13 +23,13 @@ from flwr.serverapp import Grid
 from lsc4rec.messages import TRAIN_LOSS
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.server.components.checkpoint_files import restore_rng_states
-from lsc4rec.server.components.loop_hooks import Best, LoopExtension, LoopState, state_dict_of
+from lsc4rec.server.components.loop_hooks import Best, LoopExtension, LoopState, Scorer, state_dict_of
 from lsc4rec.server.reply_stream import exchange, stream_replies
 from lsc4rec.strategies.loop_strategy import LoopStrategy
 from lsc4rec.strategies.train_fold import train_fold
 from lsc4rec.training import EvalSet, evaluate
 
-__all__ = ["SELECTION_METRIC", "RoundPlan", "run_rounds", "train"]
+__all__ = ["SELECTION_METRIC", "RoundPlan", "ranking_of", "run_rounds", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,14 @@ class RoundPlan:
     def protocol(self) -> str:
         """The ranking protocol the server's metrics come from."""
         return "full" if self.full_ranking else "sampled"
+
+
+def ranking_of(model: SequentialRecommender, extensions: Sequence[LoopExtension], phase: str) -> Scorer:
+    """What the server ranks with in ``phase``: ``model`` with every extension's ranking terms added."""
+    scorer: Scorer = model
+    for extension in extensions:
+        scorer = extension.ranking(scorer, phase)
+    return scorer
 
 
 def run_rounds(
@@ -104,7 +112,8 @@ def run_rounds(
             model.load_state_dict(state.arrays.to_torch_state_dict())
             for extension in extensions:
                 extension.before_server_eval(model)
-            row["server_valid"] = evaluate(model, valid_set, plan.ks, full_ranking=plan.full_ranking)[
+            ranker = ranking_of(model, extensions, "valid")
+            row["server_valid"] = evaluate(ranker, valid_set, plan.ks, full_ranking=plan.full_ranking)[
                 plan.protocol
             ]
             if row["server_valid"][SELECTION_METRIC] > state.best.value:

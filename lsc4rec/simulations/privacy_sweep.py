@@ -41,11 +41,13 @@ from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
 from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import held_by_cloud
+from lsc4rec.models.fresh_prior import PriorRanking
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.saved_ids import load_semantic_ids
 from lsc4rec.models.srm import SequentialRecommender
 from lsc4rec.reporting import emit_result, peak_memory_mb, write_json
 from lsc4rec.server.components.catalogue_text import catalogue_vectors
+from lsc4rec.server.components.fresh_prior import load_saved_prior
 from lsc4rec.server.components.solid_codebook import SolidOnServer
 from lsc4rec.server.federated_run import run_federated
 from lsc4rec.server.warm_start import load_initial_weights, warm_start_on_cloud
@@ -196,8 +198,11 @@ def slice_report(
 ) -> dict[str, dict]:
     """Test NDCG@10 / HR@10 (full ranking) by slice of the model in ``weights`` (a setting's last round;
     None: the initial model): all users, rare and popular targets (by the devices' training data), cold and
-    warm users, and the users the cloud held against those it never saw (``collab.cloud_users``)."""
+    warm users, and the users the cloud held against those it never saw (``collab.cloud_users``). A run
+    with the fresh prior (``privacy.fresh_prior``) is ranked as it was tested: with its saved prior."""
     model = run_model(run, raw, split, weights)
+    term = None if weights is None else load_saved_prior(weights.parent, "test")
+    scorer = model if term is None else PriorRanking(model, term)
     _, test = build_eval_sets(split, run.eval, run.data.max_len)
     held = held_by_cloud(len(split.train), run.collab.cloud_users, run.seed)
     slices = {
@@ -205,7 +210,7 @@ def slice_report(
         "users_the_cloud_held": [u for u, kept in enumerate(held) if kept],
         "users_the_cloud_never_saw": [u for u, kept in enumerate(held) if not kept],
     }
-    return metrics_by_slice(model, test, slices, (10,))
+    return metrics_by_slice(scorer, test, slices, (10,))
 
 
 def report_slices(

@@ -7,7 +7,8 @@ Phases, each run over every extension before the next begins (so no extension de
 list for them): :meth:`~LoopExtension.restore` (a resumed run's checkpoint is read), ``start``, then per
 round :meth:`~LoopExtension.outgoing` (the global model to send), ``attach`` (train messages),
 ``after_train``, ``evaluate_config`` / ``attach`` / ``after_evaluate`` (when nodes evaluate),
-``before_server_eval`` (when the server evaluates), :meth:`~LoopExtension.round_row`, ``round_end`` (every
+``before_server_eval`` and :meth:`~LoopExtension.ranking` (when the server evaluates),
+:meth:`~LoopExtension.round_row`, ``round_end`` (every
 extension records its round) and last :meth:`~LoopExtension.commit` (the round's state is final: checkpoints
 save it). Within a phase the extensions run in the order of the registry
 (:mod:`lsc4rec.server.components.registry`); ``outgoing`` is the one hook where that order matters (each
@@ -26,7 +27,10 @@ from flwr.app import ArrayRecord, Message
 
 from lsc4rec.models.srm import SequentialRecommender
 
-__all__ = ["Best", "LoopExtension", "LoopState", "state_dict_of"]
+__all__ = ["Best", "LoopExtension", "LoopState", "Scorer", "state_dict_of"]
+
+#: What the server ranks with: the global SRM, or a wrapper with its ``score_all`` / ``score_candidates``.
+Scorer = torch.nn.Module
 
 
 def state_dict_of(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
@@ -100,6 +104,12 @@ class LoopExtension:
 
     def before_server_eval(self, model: SequentialRecommender, snapshot: Any = None) -> None:
         """Prepare the global model for ranking: now (``snapshot`` None) or as it was in a kept snapshot."""
+
+    def ranking(self, scorer: Scorer, phase: str) -> Scorer:
+        """What the server ranks with in ``phase`` (``valid``: a round's validation, ``test``: the final
+        test): ``scorer`` (default), or it with a term added to its scores (the fresh prior). Training never
+        goes through it."""
+        return scorer
 
     def snapshot(self) -> Any:
         """What this extension keeps with the best round (restored by ``before_server_eval``)."""

@@ -1,9 +1,9 @@
 """The one list of the round loop's components: what each needs, how it is built, in which order it acts.
 
 A component is one capability of a federated run (checkpoints, MergeNet, the catalogue's text, SOLID's
-codebook, the cloud collaboration, the progress file, privacy accounting, tracking). Each entry of
-:data:`COMPONENTS` names it, says which settings it needs or refuses (:attr:`Component.check`, run on the
-typed settings before any data is loaded), and builds its
+codebook, the cloud collaboration, the progress file, privacy accounting, the fresh prior, tracking). Each
+entry of :data:`COMPONENTS` names it, says which settings it needs or refuses (:attr:`Component.check`, run on
+the typed settings before any data is loaded), and builds its
 :class:`~lsc4rec.server.components.loop_hooks.LoopExtension` from a :class:`BuildContext` (or nothing when the
 run does not use it).
 
@@ -27,6 +27,7 @@ from lsc4rec.server.components.catalogue_text import CatalogueText, CatalogueVec
 from lsc4rec.server.components.checkpoints import Checkpoints
 from lsc4rec.server.components.cloud_candidates import CloudCandidates
 from lsc4rec.server.components.cloud_llm import Cloud, start_cloud
+from lsc4rec.server.components.fresh_prior import FreshPrior
 from lsc4rec.server.components.fusion_weight import FusionWeight
 from lsc4rec.server.components.loop_hooks import LoopExtension
 from lsc4rec.server.components.mergenet_transfer import MergeNetOnServer
@@ -129,6 +130,26 @@ def _privacy(ctx: BuildContext) -> LoopExtension | None:
     return None if privacy.mode == "none" else PrivacyAccounting(privacy.mode, privacy.clipping_norm)
 
 
+def _fresh_prior_needs(run: FederatedRunSettings) -> None:
+    if not run.privacy.fresh_prior:
+        return
+    if run.federated.fraction_evaluate <= 0:
+        raise SettingsError(
+            "privacy.fresh_prior=true chooses its weight on the devices' validation items in the last "
+            "round's evaluation: it needs federated.fraction_evaluate > 0"
+        )
+    if not run.eval.full_ranking:
+        raise SettingsError(
+            "privacy.fresh_prior=true adds a term to every item's score in full rankings: it needs "
+            "eval.full_ranking=true"
+        )
+
+
+def _fresh_prior(ctx: BuildContext) -> LoopExtension | None:
+    privacy = ctx.run.privacy
+    return FreshPrior(privacy, ctx.run.federated.rounds, ctx.out) if privacy.fresh_prior else None
+
+
 def _trackers_available(run: FederatedRunSettings) -> None:
     # A tracker set to true must be installed and keyed where the ServerApp runs: refused before any work.
     try:
@@ -150,6 +171,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("collaboration", _collaboration),
     Component("progress", lambda ctx: ProgressFile(ctx.out / "metrics.json", ctx.run.record)),
     Component("privacy", _privacy),
+    Component("fresh_prior", _fresh_prior, _fresh_prior_needs),
     Component("tracking", _tracking, _trackers_available),
 )
 
