@@ -17,7 +17,9 @@ with Gaussian noise (each device adds a value in [0, 1] to each of the G sums: L
 std ``selection_noise_multiplier x sqrt(G)``) and the best noisy sum wins. The model with that weight is then
 tested once with counts released at test time (each device's validation item now part of its history). The
 three releases (two counts, one selection) are all in the reported ε. This is a probe of what the prior
-carries, measured on saved models; no federated run releases counts or adds the prior.
+carries, measured on saved models with one noise draw on the devices' total (a trusted sum); the federated
+run's own prior (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_prior`) has each node noise its own
+counts and gains, in its ledger.
 
 Reports test NDCG@10 by slice (rare/popular targets, cold/warm users) with and without the prior. Writes
 ``<out>/popularity_prior.json`` and ``.png`` and prints ``RESULT {json}``.
@@ -30,8 +32,7 @@ import json
 import logging
 import math
 import shlex
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -44,6 +45,14 @@ from lsc4rec.argument_types import non_negative_float, non_negative_int, positiv
 from lsc4rec.client.private_training import HistoryEntry, epsilon_of
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.slices import evaluation_slices
+from lsc4rec.models.fresh_prior import (
+    PriorRanking,
+    fresh_item_counts,
+    log_prior,
+    noised,
+    per_device_ndcg,
+    release_std,
+)
 from lsc4rec.reporting import emit_result, write_json
 from lsc4rec.settings import federated_settings_from_overrides
 from lsc4rec.simulations.privacy_sweep import run_model
@@ -53,37 +62,14 @@ logger = logging.getLogger(__name__)
 METRIC = "NDCG@10"
 
 
-def fresh_item_counts(sequences: Sequence[Sequence[int]], num_items: int, recent: int) -> torch.Tensor:
-    """``[num_items + 1]``: how many devices hold each item among their last ``recent`` distinct items."""
-    if recent < 1:
-        raise ValueError(f"--recent must be >= 1, got {recent}")
-    counts = torch.zeros(num_items + 1)
-    for sequence in sequences:
-        distinct: list[int] = []
-        for item in reversed(sequence):
-            if item not in distinct:
-                distinct.append(item)
-            if len(distinct) == recent:
-                break
-        if distinct:
-            counts[torch.tensor(distinct)] += 1.0
-    counts[0] = 0.0
-    return counts
-
-
 def noised_counts(
     counts: torch.Tensor, recent: int, noise_multiplier: float, generator: torch.Generator
 ) -> torch.Tensor:
-    """The Gaussian mechanism on fresh counts: std ``noise_multiplier x sqrt(recent)`` on every item."""
-    std = noise_multiplier * math.sqrt(recent)
-    noisy = counts + std * torch.randn(counts.shape, generator=generator)
+    """The Gaussian mechanism on the devices' summed fresh counts: std ``noise_multiplier x sqrt(recent)`` on
+    every item, drawn once on the total (the federated run's nodes each noise their own counts instead)."""
+    noisy = noised(counts, release_std(noise_multiplier, recent), generator)
     noisy[0] = 0.0
     return noisy
-
-
-def log_prior(noisy_counts: torch.Tensor) -> torch.Tensor:
-    """``log(1 + max(count, 0))`` per item (padding 0): the term a ranking adds, times its weight."""
-    return torch.log1p(noisy_counts.clamp(min=0.0))
 
 
 def release_epsilon(
@@ -113,12 +99,6 @@ def private_choice(
     return max(noisy, key=lambda w: (noisy[w], -w)), noisy
 
 
-def per_device_ndcg(ranks: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """Each device's NDCG@k from its target's 0-based rank: 1 / log2(rank + 2) inside the top k, else 0."""
-    gains = 1.0 / torch.log2(ranks.to(torch.float64) + 2.0)
-    return torch.where(ranks < k, gains, torch.zeros_like(gains))
-
-
 def largest_ledger(run_dir: Path, delta: float) -> list[HistoryEntry]:
     """The DP-SGD history of the run's node that spent the most ε (empty when the run kept no ledger)."""
     folder = run_dir / "privacy-ledgers"
@@ -132,29 +112,16 @@ def largest_ledger(run_dir: Path, delta: float) -> list[HistoryEntry]:
     return max(histories, key=lambda h: epsilon_of(h, delta), default=[])
 
 
-@contextmanager
-def prior_added(model: torch.nn.Module, prior: torch.Tensor, weight: float) -> Iterator[None]:
-    """Within the block, ``model``'s full-catalogue scores get ``weight x prior`` added."""
-    plain = type(model).score_all
-    model.score_all = lambda history: plain(model, history) + weight * prior  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del model.score_all
-
-
 def ndcg_with_prior(model: torch.nn.Module, eval_set: EvalSet, prior: torch.Tensor, weight: float) -> float:
     """Full-ranking NDCG@10 of ``model`` with ``weight x prior`` added to every item's score."""
-    with prior_added(model, prior, weight):
-        return float(evaluate(model, eval_set, (10,))["full"][METRIC])
+    return float(evaluate(PriorRanking(model, weight * prior), eval_set, (10,))["full"][METRIC])
 
 
 def slices_with_prior(
     model: torch.nn.Module, eval_set: EvalSet, slices: dict, prior: torch.Tensor, weight: float
 ) -> dict[str, float]:
     """Test NDCG@10 by slice (rare/popular targets, cold/warm users) with ``weight x prior`` added."""
-    with prior_added(model, prior, weight):
-        by_slice = metrics_by_slice(model, eval_set, slices, (10,))
+    by_slice = metrics_by_slice(PriorRanking(model, weight * prior), eval_set, slices, (10,))
     return {name: values.get(METRIC, 0.0) for name, values in by_slice.items()}
 
 
@@ -232,8 +199,8 @@ def main() -> None:
         model = run_model(run, raw, split, path)
         gains = {}
         for weight in args.weights:
-            with prior_added(model, priors["valid"], weight):
-                gains[weight] = per_device_ndcg(test_ranks(model, valid))
+            ranked = PriorRanking(model, weight * priors["valid"])
+            gains[weight] = per_device_ndcg(test_ranks(ranked, valid))
         by_weight = {w: float(g.mean()) for w, g in gains.items()}
         chosen, noisy_sums = private_choice(gains, args.selection_noise_multiplier, generator)
         releases = [(args.noise_multiplier, 1.0, 2), (args.selection_noise_multiplier, 1.0, 1)]

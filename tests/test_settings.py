@@ -213,7 +213,7 @@ def test_component_rules_are_checked_before_any_work() -> None:
 
     # One registry lists every component in hook order; the checkpoint's place there does not matter.
     names = [component.name for component in COMPONENTS]
-    assert names[:2] == ["checkpoint", "mergenet"] and len(set(names)) == len(names) == 8
+    assert names[:2] == ["checkpoint", "mergenet"] and len(set(names)) == len(names) == 9
     run = federated_settings_from_overrides(["system=base", "mergenet.every_rounds=2"])
     with pytest.raises(SettingsError, match=r"mergenet\.every_rounds > 0 .* needs collab\.enabled=true"):
         check_components(run)

@@ -156,3 +156,28 @@ def test_the_whole_system_runs_under_local_dp_and_reports_every_devices_epsilon(
     assert "epsilon" not in table["cloud's warm start alone (no device data)"]
     # Learned through the noise: a random ranking of the 40 items gives NDCG@10 about 0.13.
     assert table["device alone"]["NDCG@10"] > 0.13, table
+
+
+@pytest.mark.slow
+def test_the_fresh_prior_reaches_the_devices_rankings_under_local_dp(tmp_path: Path) -> None:
+    """`make run ARGS="privacy.mode=local privacy.target_epsilon=8 privacy.fresh_prior=true"` at tiny size:
+    the devices' test (through ONNX Runtime, fused with the cloud's lists) adds the prior the server chose,
+    so the device-alone row is the server's own test with the prior; every device's ε, the prior's releases
+    included, ends at the target."""
+    summary, rows = run_whole_tiny(
+        tmp_path,
+        300,
+        "llm.train.epochs=1",
+        "privacy.mode=local",
+        "privacy.target_epsilon=8",
+        "privacy.fresh_prior=true",
+        # One weight: the choice is forced, so every ranking after the rounds carries the prior.
+        "privacy.fresh_prior_weights=[1.0]",
+    )
+    assert summary["fresh_prior"]["weight"] == 1.0 and summary["fresh_prior"]["nodes_counted"] == 2
+    assert rows[1]["fresh_prior"]["nodes_choosing"] == 2
+    table = {row["setting"]: row for row in summary["final_table"]}
+    device = table["device alone"]["NDCG@10"]
+    assert device == pytest.approx(summary["test_last_round"]["full"]["NDCG@10"], abs=1e-5)
+    assert table["device alone"]["epsilon"] == pytest.approx(8.0, rel=0.01)
+    assert table["device alone"]["epsilon"] <= 8.0 + 1e-9
