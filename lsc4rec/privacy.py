@@ -51,9 +51,9 @@ class PrivacySettings:
     secure_mode: bool = False
     fresh_prior: bool = False
     fresh_prior_recent: int = 3
-    fresh_prior_noise_multiplier: float = 6.0
+    fresh_prior_noise_multiplier: float = 4.0
     fresh_prior_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
-    fresh_prior_selection_noise_multiplier: float = 6.0
+    fresh_prior_selection_noise_multiplier: float = 4.0
 
     def __post_init__(self) -> None:
         if self.mode not in PRIVACY_MODES:

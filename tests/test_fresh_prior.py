@@ -128,7 +128,7 @@ def test_the_node_plans_its_noise_with_the_priors_releases() -> None:
     plain = PrivacySettings(mode="local", target_epsilon=8.0)
     with_prior = PrivacySettings(mode="local", target_epsilon=8.0, fresh_prior=True)
     assert plain.planned_releases() == []
-    assert with_prior.planned_releases() == [(6.0, 1.0, 2), (6.0, 1.0, 1)]
+    assert with_prior.planned_releases() == [(4.0, 1.0, 2), (4.0, 1.0, 1)]
     assert PrivacySettings(fresh_prior=True).planned_releases() == []  # without DP: exact releases
     plans = [plan_for(p, 1000, 100, 1, 5, 1000) for p in (plain, with_prior)]
     assert plans[1].noise_multiplier > plans[0].noise_multiplier
