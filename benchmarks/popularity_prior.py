@@ -18,7 +18,7 @@ std ``selection_noise_multiplier x sqrt(G)``) and the best noisy sum wins. The m
 tested once with counts released at test time (each device's validation item now part of its history). The
 three releases (two counts, one selection) are all in the reported ε. This is a probe of what the prior
 carries, measured on saved models with one noise draw on the devices' total (a trusted sum); the federated
-run's own prior (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_prior`) has each node noise its own
+run's own prior (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_popularity`) has each node noise its own
 counts and gains, in its ledger.
 
 Reports test NDCG@10 by slice (rare/popular targets, cold/warm users) with and without the prior. Writes
@@ -45,7 +45,7 @@ from lsc4rec.argument_types import non_negative_float, non_negative_int, positiv
 from lsc4rec.client.private_training import HistoryEntry, epsilon_of
 from lsc4rec.data import LeaveOneOutSplit, leave_one_out, load_dataset
 from lsc4rec.data.slices import evaluation_slices
-from lsc4rec.models.fresh_prior import (
+from lsc4rec.models.fresh_popularity import (
     PriorRanking,
     fresh_item_counts,
     log_prior,

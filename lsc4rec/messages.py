@@ -23,7 +23,7 @@ training, ``test`` once after the last round with the last round's SRM). Evaluat
 (``num-examples`` and ``client-*`` metrics; with time moving the round's ``replay-*`` serving metrics; in the
 test phase the ``test-*`` rows of the final table).
 
-The fresh-popularity prior (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_prior`): the last round's
+The fresh-popularity prior (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_popularity`): the last round's
 train replies carry ``fresh-prior`` (ArrayRecord ``valid`` / ``test``: the node's fresh counts, noised under
 local DP) and the metric ``fresh-prior-released``; the last round's evaluate messages carry the summed
 ``valid`` counts and their replies ``fresh-prior-gain-<w>`` (each weight's summed validation NDCG@10); the

@@ -15,7 +15,7 @@ from conftest import PATTERN_RUN, run_inprocess, write_pattern_dataset
 
 from lsc4rec.client.private_training import epsilon_of, noise_for_target, plan_for
 from lsc4rec.data import leave_one_out, load_dataset
-from lsc4rec.models.fresh_prior import (
+from lsc4rec.models.fresh_popularity import (
     PriorRanking,
     fresh_item_counts,
     gains_by_weight,

@@ -64,7 +64,7 @@ from lsc4rec.messages import (
     SERVER_ROUND,
     CandidateService,
 )
-from lsc4rec.models.fresh_prior import PriorRanking
+from lsc4rec.models.fresh_popularity import PriorRanking
 from lsc4rec.models.srm import ITEM_TABLE_KEY, SequentialRecommender
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import EvalSet, TrainSettings, evaluate

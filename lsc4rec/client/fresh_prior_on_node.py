@@ -1,4 +1,4 @@
-"""The fresh-popularity prior on a node (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_prior`).
+"""The fresh-popularity prior on a node (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_popularity`).
 
 Three moments of the run's end:
 
@@ -41,7 +41,7 @@ from lsc4rec.messages import (
     METRICS,
     fresh_prior_gain_metric,
 )
-from lsc4rec.models.fresh_prior import fresh_item_counts, gains_by_weight, log_prior, noised, release_std
+from lsc4rec.models.fresh_popularity import fresh_item_counts, gains_by_weight, log_prior, noised, release_std
 from lsc4rec.reporting import run_folder
 from lsc4rec.settings import FederatedRunSettings
 from lsc4rec.training import EvalSet

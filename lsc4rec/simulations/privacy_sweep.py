@@ -41,7 +41,7 @@ from lsc4rec.config import config_dir, to_plain_dict
 from lsc4rec.data import LeaveOneOutSplit, RawDataset, leave_one_out, load_dataset
 from lsc4rec.data.slices import evaluation_slices
 from lsc4rec.data.staleness import held_by_cloud
-from lsc4rec.models.fresh_prior import PriorRanking
+from lsc4rec.models.fresh_popularity import PriorRanking
 from lsc4rec.models.solid import SolidRecommender
 from lsc4rec.models.solid.saved_ids import load_semantic_ids
 from lsc4rec.models.srm import SequentialRecommender

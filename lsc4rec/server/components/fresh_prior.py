@@ -1,4 +1,4 @@
-"""The fresh-popularity prior on the server (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_prior`).
+"""The fresh-popularity prior on the server (``privacy.fresh_prior``, :mod:`lsc4rec.models.fresh_popularity`).
 
 After the last round's training the server sums the nodes' released fresh counts (as of the validation and
 of the test items). The last round's evaluation messages carry the validation counts; each node replies with
@@ -31,7 +31,7 @@ from lsc4rec.messages import (
     SERVER_ROUND,
     fresh_prior_gain_metric,
 )
-from lsc4rec.models.fresh_prior import PriorRanking, log_prior
+from lsc4rec.models.fresh_popularity import PriorRanking, log_prior
 from lsc4rec.privacy import PrivacySettings
 from lsc4rec.server.components.loop_hooks import LoopExtension, LoopState, Scorer
 
