@@ -4,10 +4,12 @@
 ``context.state`` it did not: a SuperNode restarted after a crash, or a run resumed from a checkpoint (new
 processes, fresh contexts), started again from ε = 0 and could spend the whole budget a second time. The
 ledger is therefore a JSON file per node (``<privacy.ledger_dir or output_dir/run_name/privacy-ledgers>/
-partition-<id>.json``), rewritten atomically after every round the node trains, one entry per round:
-``{"round", "noise", "rate", "steps"}`` (Opacus' RDP history of that round). A round trained twice, because
-the run crashed after the node released its update but before the server checkpointed that round, is
-counted twice: both updates left the device. Only round 1 of a run that is not resumed starts a new ledger.
+partition-<id>.json``), rewritten atomically after every release, one entry per release:
+``{"round", "noise", "rate", "steps"}`` (Opacus' RDP history: a round's DP-SGD steps, or with
+``privacy.fresh_prior`` the last round's count vectors and gains, each a Gaussian mechanism at rate 1). A
+round trained twice, because the run crashed after the node released its update but before the server
+checkpointed that round, is counted twice: both updates left the device. Only round 1 of a run that is not
+resumed starts a new ledger.
 """
 
 from __future__ import annotations
